@@ -1,0 +1,93 @@
+"""`valle-prep`: run a DAG, show a corpus's status, verify a corpus.
+
+    valle-prep run DAG [--out DIR] [--set dotted.key=value ...] [--ray-address ADDR] [--rebuild-audio]
+    valle-prep status OUT [--json]
+    valle-prep verify OUT
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="valle-prep", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a DAG file; re-run the same command to resume")
+    p.add_argument("dag", help="a DAG file, e.g. dags/sample.yaml")
+    p.add_argument("--out", help="output folder (overrides output.dir)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any DAG key; the value is parsed as YAML (repeatable)")
+    p.add_argument("--ray-address", help="join an existing Ray cluster instead of starting one")
+    p.add_argument("--rebuild-audio", action="store_true",
+                   help="re-encode every unit when the audio/codec settings changed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("status", help="units done per stage, hours, rejects")
+    p.add_argument("out")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("verify", help="check every shard against the index and the schemas")
+    p.add_argument("out")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return {"run": _run, "status": _status, "verify": _verify}[args.command](args)
+
+
+def _run(args) -> int:
+    from pipeline.dag import DagError, load_dag
+    from pipeline.codec import WeightsUnavailable
+    from pipeline.download import DownloadError
+    from pipeline.runner import RunFailed, SettingsChanged, run
+
+    try:
+        dag = load_dag(args.dag, args.overrides, out=args.out, ray_address=args.ray_address)
+        summary = run(dag, rebuild_audio=args.rebuild_audio, progress=not args.no_progress)
+    except DagError as err:
+        print(f"valle-prep: {err}", file=sys.stderr)
+        return 2
+    except (SettingsChanged, RunFailed, DownloadError, WeightsUnavailable) as err:
+        print(f"valle-prep: {err}", file=sys.stderr)
+        return 1
+    index = summary.index
+    samples = sum(s["samples"] for s in index["subsets"].values())
+    hours = sum(s["hours"] for s in index["subsets"].values())
+    print(f"{dag.out}/index.json: {samples} samples, {hours:.3f} h, {len(index['shards'])} shards, "
+          f"{index['rejects']['total']} rejects | units: {summary.units} "
+          f"({summary.encoded} encoded, {summary.reshard} re-sharded, {summary.skipped} already done), "
+          f"codec forward passes: {summary.codec_forward_passes}")
+    if index["provenance"]["codec"]["weights"] == "random":
+        print("WARNING: codes were made with RANDOM EnCodec weights (offline test run); "
+              "they are not usable for training a real model.", file=sys.stderr)
+    return 0
+
+
+def _status(args) -> int:
+    from pipeline.status import corpus_status, format_status
+
+    try:
+        status = corpus_status(Path(args.out))
+    except FileNotFoundError as err:
+        print(f"valle-prep: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(status, indent=1) if args.json else format_status(status))
+    return 0
+
+
+def _verify(args) -> int:
+    from pipeline.verify import verify
+
+    problems = verify(Path(args.out))
+    for p in problems:
+        print(p)
+    print(f"{args.out}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Load a DAG file (YAML) into typed, checked configuration.
+
+In: a path to `dags/*.yaml` and `--set dotted.key=value` overrides (values parsed as YAML).
+Out: a `Dag` of small dataclasses, one per stage. Unknown keys, wrong types and broken wiring
+(a subset with no manifest, a checksum for a file nothing downloads, ...) are reported with the
+key path before any work starts. Input locations inside a DAG that have no URL scheme are
+resolved against the DAG file's folder; `output.dir` is relative to the working directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from pipeline.codec import CodecConfig
+from pipeline.text import TEXT_FIELDS, BpeConfig
+
+FORMATS = ("webdataset", "parquet")
+ROLES = ("train", "dev", "test")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
+
+
+class DagError(ValueError):
+    """A DAG that cannot run; the message names the file, the key and what to do."""
+
+
+@dataclass
+class SourceConfig:
+    manifest_base_url: str = ""
+    audio_base_url: str | None = None
+    audio_archives: list[str] = field(default_factory=list)
+    # An already extracted LibriLight tree; when set, audio archives are not downloaded.
+    audio_dir: str | None = None
+    # Manifests name audio as download/librilight/<subset>/...; this prefix is stripped.
+    source_prefix: str = "download/librilight/"
+    # File name -> "sha256:<hex>" or "md5:<hex>"; null skips verification (with a warning).
+    checksums: dict[str, str] | None = field(default_factory=dict)
+    download_dir: str | None = None  # default: OUT/downloads
+
+    def manifest_name(self, subset: str) -> str:
+        return f"libriheavy_cuts_{subset}.jsonl.gz"
+
+
+@dataclass
+class SubsetsConfig:
+    train: list[str] = field(default_factory=list)
+    dev: list[str] = field(default_factory=list)
+    test: list[str] = field(default_factory=list)
+
+    def roles(self) -> dict[str, str]:
+        """Subset name -> role, in DAG order (train, dev, test)."""
+        return {s: role for role in ROLES for s in getattr(self, role)}
+
+
+@dataclass
+class PlanConfig:
+    # Whole recordings are packed into units of about this much cut audio. A unit is the grain
+    # of resume and distribution: ~20 h is ~1-2 min of EnCodec on one GPU, ~50 MB of shards.
+    unit_hours: float = 20.0
+
+
+@dataclass
+class SegmentConfig:
+    min_duration: float = 1.0  # seconds; Libriheavy cuts are >= 2 s, so this only drops damage
+    max_duration: float = 40.0  # 99th percentile is ~31 s; longer cuts are rare and costly
+
+
+@dataclass
+class TextConfig:
+    field: str = "book"  # book = custom.texts[0] (cased, punctuated); asr = custom.texts[1]
+    bpe: BpeConfig = dataclasses.field(default_factory=BpeConfig)
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "out"
+    formats: list[str] = field(default_factory=lambda: list(FORMATS))
+    target_shard_mb: float = 256.0
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # null: start an embedded local Ray
+    codec_workers: int | None = None  # null: one per GPU, or one on CPU
+    cpus_per_codec_worker: int | None = None  # torch threads of a CPU codec worker; null: all CPUs
+    units_in_flight: int | None = None  # null: 2 per codec worker
+
+
+@dataclass
+class Dag:
+    name: str
+    source: SourceConfig = field(default_factory=SourceConfig)
+    subsets: SubsetsConfig = field(default_factory=SubsetsConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output.dir)
+
+    def fingerprint(self) -> str:
+        """sha256 of every setting that can change the output (not where it goes or how fast)."""
+        data = dataclasses.asdict(self)
+        data.pop("ray")
+        data["output"].pop("dir")
+        data["source"].pop("download_dir")
+        for key in ("device", "batch_seconds", "cache_dir"):
+            data["codec"].pop(key, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def load_dag(path: str | Path, overrides: list[str] = (), out: str | None = None,
+             ray_address: str | None = None) -> Dag:
+    path = Path(path)
+    if not path.is_file():
+        raise DagError(f"DAG file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise DagError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise DagError(f"{path}: the top level must be a mapping of sections")
+    raw.setdefault("name", path.stem)
+    for item in overrides:
+        _apply_override(raw, item, path)
+    if out is not None:
+        raw.setdefault("output", {})["dir"] = out
+    if ray_address is not None:
+        raw.setdefault("ray", {})["address"] = ray_address
+    try:
+        dag = _build(Dag, raw, "")
+    except DagError as err:
+        raise DagError(f"{path}: {err}") from None
+    _resolve_locations(dag, path.resolve().parent)
+    _check_wiring(dag, path)
+    return dag
+
+
+def _apply_override(raw: dict, item: str, path: Path) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise DagError(f"--set {item!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise DagError(f"--set {item!r}: value is not valid YAML: {err}") from None
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise DagError(f"--set {key}: {part} is not a section in {path}")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls, data: Any, where: str):
+    """Turn a mapping into dataclass `cls`, checking keys and types; errors name the key path."""
+    if not isinstance(data, dict):
+        raise DagError(f"{where or 'top level'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(names)})"
+            raise DagError(f"unknown key {where + '.' if where else ''}{key}{hint}")
+        kwargs[key] = _convert(hints[key], value, f"{where}.{key}" if where else key)
+    return cls(**kwargs)
+
+
+def _convert(tp, value, where: str):
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, where)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise DagError(f"{where}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_convert(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise DagError(f"{where}: expected a mapping, got {value!r}")
+        _, inner = typing.get_args(tp)
+        return {str(k): _convert(inner, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (str, int, bool) and type(value) is tp:
+        return value
+    raise DagError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _resolve_locations(dag: Dag, dag_dir: Path) -> None:
+    src = dag.source
+    src.manifest_base_url = _as_url(src.manifest_base_url, dag_dir)
+    if src.audio_base_url:
+        src.audio_base_url = _as_url(src.audio_base_url, dag_dir)
+    if src.audio_dir:
+        src.audio_dir = str((dag_dir / src.audio_dir).resolve())
+    weights = dag.codec.weights
+    if weights not in ("pretrained", "auto", "random"):
+        dag.codec.weights = str((dag_dir / weights).resolve())
+
+
+def _as_url(location: str, base: Path) -> str:
+    if re.match(r"^[a-z][a-z0-9+.-]*://", location):
+        return location if location.endswith("/") else location + "/"
+    return (base / location).resolve().as_uri() + "/"
+
+
+def _check_wiring(dag: Dag, path: Path) -> None:
+    def fail(msg: str):
+        raise DagError(f"{path}: {msg}")
+
+    roles = dag.subsets.roles()
+    if not dag.subsets.train:
+        fail("subsets.train is empty: the BPE model is trained on the training subsets' text")
+    listed = dag.subsets.train + dag.subsets.dev + dag.subsets.test
+    if len(listed) != len(roles):
+        fail(f"a subset is listed twice in subsets: {listed}")
+    for name in roles:
+        if not _NAME.match(name):
+            fail(f"subset name {name!r} must be letters, digits and underscores")
+    if not dag.source.manifest_base_url:
+        fail("source.manifest_base_url is required")
+    if dag.source.audio_dir is None:
+        if not dag.source.audio_base_url or not dag.source.audio_archives:
+            fail("set source.audio_base_url and source.audio_archives, or source.audio_dir")
+        for name in dag.source.audio_archives:
+            if not name.endswith(".tar") or "/" in name:
+                fail(f"source.audio_archives: {name!r} must be a plain .tar file name")
+    if dag.source.checksums:
+        known = {dag.source.manifest_name(s) for s in roles} | set(dag.source.audio_archives)
+        for name in dag.source.checksums:
+            if name not in known:
+                fail(f"source.checksums names {name!r}, which this DAG does not download "
+                     f"(downloads: {', '.join(sorted(known))})")
+    if not dag.output.formats or any(f not in FORMATS for f in dag.output.formats):
+        fail(f"output.formats must be a non-empty list of {list(FORMATS)}, got {dag.output.formats}")
+    if len(set(dag.output.formats)) != len(dag.output.formats):
+        fail(f"output.formats lists a format twice: {dag.output.formats}")
+    if dag.output.target_shard_mb <= 0:
+        fail("output.target_shard_mb must be positive")
+    if dag.text.field not in TEXT_FIELDS:
+        fail(f"text.field must be one of {sorted(TEXT_FIELDS)}, got {dag.text.field!r}")
+    if not 0 < dag.segment.min_duration < dag.segment.max_duration:
+        fail("segment: need 0 < min_duration < max_duration")
+    if dag.plan.unit_hours <= 0:
+        fail("plan.unit_hours must be positive")
+    w = dag.codec.weights
+    if w not in ("pretrained", "auto", "random") and not Path(w).is_file():
+        fail(f"codec.weights: {w!r} is not pretrained, auto, random or an existing checkpoint file")

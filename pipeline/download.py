@@ -1,0 +1,317 @@
+"""Resumable, verified downloads over http(s):// and file://.
+
+In: a URL, a destination path and (ideally) a published checksum.
+Out: the verified file at `dest` plus a completion marker `<dest>.done.json`
+({"url", "bytes", "checksum"}); nothing else counts as downloaded.
+
+How it survives a CDN that drops hours-long transfers:
+- bytes go to `<dest>.part`; each attempt resumes from what is on disk with `Range: bytes=N-`
+  and appends only after a 206 whose Content-Range starts at N; a 200 means the server ignored
+  the Range, so the .part is truncated and the file restarts from zero (never duplicated bytes);
+- dropped connections, timeouts, short bodies and HTTP 5xx are retried with capped exponential
+  backoff; other 4xx fail at once (416 on a complete .part means "nothing left": go verify);
+- the finished .part is hashed (md5 or sha256), fsynced, renamed to `dest`, then the marker is
+  written atomically. A re-run with a matching marker returns without touching the network.
+file:// URLs go through the same code: the local file is read from the resume offset as if the
+server had answered 206, so the resume logic is exercised without a network.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from tqdm import tqdm
+
+from pipeline.fsutil import fsync_dir, fsync_file, hash_file, write_json_atomic
+
+log = logging.getLogger("pipeline.download")
+
+CHUNK_BYTES = 1024 * 1024
+MAX_BACKOFF_S = 60.0
+# Retried besides 5xx: "request timeout" and "too many requests" are transient by definition.
+RETRYABLE_4XX = (408, 429)
+_HEX_LEN = {"sha256": 64, "md5": 32}
+
+
+class DownloadError(RuntimeError):
+    """A download failed for good (bad URL/status, checksum mismatch, retries exhausted)."""
+
+
+class _Retryable(Exception):
+    """An attempt failed in a way that another attempt (resuming from disk) may fix."""
+
+
+class _Restart(_Retryable):
+    """The server's answer shows the .part cannot be continued: delete it, then retry."""
+
+
+@dataclass(frozen=True)
+class Checksum:
+    algo: str  # "sha256" or "md5"
+    hexdigest: str  # lower-case hex
+
+    def __post_init__(self) -> None:
+        algo, hexdigest = self.algo.lower(), self.hexdigest.lower()
+        if algo not in _HEX_LEN:
+            raise ValueError(f"checksum algorithm {self.algo!r} is not supported; use 'sha256' or 'md5'")
+        if len(hexdigest) != _HEX_LEN[algo] or not re.fullmatch(r"[0-9a-f]+", hexdigest):
+            raise ValueError(
+                f"{algo} digest {self.hexdigest!r} is not {_HEX_LEN[algo]} hex characters"
+            )
+        object.__setattr__(self, "algo", algo)
+        object.__setattr__(self, "hexdigest", hexdigest)
+
+    @classmethod
+    def parse(cls, text: str) -> "Checksum":
+        """Parse "sha256:<64 hex>" or "md5:<32 hex>" (case-insensitive)."""
+        algo, sep, hexdigest = text.strip().partition(":")
+        if not sep:
+            raise ValueError(f"checksum {text!r} must look like 'sha256:<64 hex>' or 'md5:<32 hex>'")
+        try:
+            return cls(algo, hexdigest)
+        except ValueError as e:
+            raise ValueError(f"checksum {text!r}: {e}") from None
+
+    def __str__(self) -> str:
+        return f"{self.algo}:{self.hexdigest}"
+
+
+def marker_path(dest: Path) -> Path:
+    """The completion marker of `dest`: `<dest>.done.json`."""
+    dest = Path(dest)
+    return dest.with_name(dest.name + ".done.json")
+
+
+def _part_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".part")
+
+
+def _read_marker(dest: Path) -> dict | None:
+    """The marker if it exists, parses, and its byte count matches the file on disk."""
+    try:
+        marker = json.loads(marker_path(dest).read_text(encoding="utf-8"))
+        size = dest.stat().st_size
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("bytes") != size:
+        return None
+    return marker
+
+
+def is_downloaded(dest: Path, checksum: Checksum | None = None) -> bool:
+    """True when `dest` has a marker matching its size and (if given) this checksum. No hashing."""
+    marker = _read_marker(Path(dest))
+    if marker is None:
+        return False
+    return checksum is None or marker.get("checksum") == str(checksum)
+
+
+def download(
+    url: str,
+    dest: Path,
+    checksum: Checksum | None = None,
+    *,
+    retries: int = 8,
+    backoff_s: float = 1.0,
+    timeout_s: float = 60.0,
+    progress: bool = True,
+) -> Path:
+    """Download `url` to `dest`, resuming and verifying; returns `dest`. See the module docstring.
+
+    A marker recorded with a different checksum than the one requested makes the existing file
+    be re-hashed: if it matches the new checksum the marker is updated and nothing is fetched.
+    With checksum=None any valid marker is accepted.
+    """
+    dest = Path(dest)
+    if retries < 1:
+        raise ValueError(f"retries must be >= 1, got {retries}")
+    marker = _read_marker(dest)
+    if marker is not None:
+        if checksum is None or marker.get("checksum") == str(checksum):
+            return dest
+        actual = hash_file(dest, checksum.algo)
+        if actual == checksum.hexdigest:
+            _write_marker(dest, url, checksum)
+            return dest
+        log.warning("%s: existing file has %s:%s, not the requested %s; downloading again",
+                    dest, checksum.algo, actual, checksum)
+    # No trusted copy: drop the stale marker first so a crash later cannot leave it vouching
+    # for a different file, and drop an unverified dest so the disk is not used twice.
+    marker_path(dest).unlink(missing_ok=True)
+    dest.unlink(missing_ok=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+
+    part = _part_path(dest)
+    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+              disable=not progress, leave=False) as bar:
+        _fetch_with_retries(url, part, retries, backoff_s, timeout_s, bar)
+
+    _verify(part, url, checksum)
+    fsync_file(part)
+    os.replace(part, dest)
+    fsync_dir(dest.parent)
+    _write_marker(dest, url, checksum)
+    return dest
+
+
+def _write_marker(dest: Path, url: str, checksum: Checksum | None) -> None:
+    write_json_atomic(marker_path(dest), {
+        "url": url,
+        "bytes": dest.stat().st_size,
+        "checksum": None if checksum is None else str(checksum),
+    })
+
+
+def _verify(part: Path, url: str, checksum: Checksum | None) -> None:
+    if checksum is None:
+        log.warning("%s: no checksum given for %s; the file is NOT verified", part, url)
+        return
+    actual = hash_file(part, checksum.algo)
+    if actual != checksum.hexdigest:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{part} (from {url}): {checksum.algo} mismatch: expected {checksum.hexdigest}, "
+            f"got {actual}; the partial file was deleted, re-run to download it again "
+            f"(or check the published checksum)"
+        )
+
+
+def _fetch_with_retries(url: str, part: Path, retries: int, backoff_s: float,
+                        timeout_s: float, bar: tqdm) -> None:
+    last_error: BaseException | None = None
+    for attempt in range(retries):
+        try:
+            _fetch_once(url, part, timeout_s, bar)
+            return
+        except _Retryable as e:
+            last_error = e
+        if attempt + 1 < retries:
+            delay = min(backoff_s * 2**attempt, MAX_BACKOFF_S)
+            log.info("%s: attempt %d/%d failed (%s); retrying in %.1f s from byte %d",
+                     url, attempt + 1, retries, last_error, delay, _size(part))
+            time.sleep(delay)
+    raise DownloadError(f"{url}: gave up after {retries} attempts; last error: {last_error}")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+@dataclass
+class _Body:
+    """An opened response: its bytes start at `start` of a file `total` bytes long (None: unknown)."""
+
+    start: int
+    total: int | None
+    stream: BinaryIO | None  # None: nothing to read (416 on a complete .part)
+
+
+def _fetch_once(url: str, part: Path, timeout_s: float, bar: tqdm) -> None:
+    """One attempt: bring `part` from its current size to the full length, or raise."""
+    offset = _size(part)
+    try:
+        body = _open_file(url, offset) if url.startswith("file:") else _open_http(url, offset, timeout_s)
+    except _Restart:
+        part.unlink(missing_ok=True)
+        raise
+    try:
+        if body.start == 0 and offset:
+            log.info("%s: server ignored the Range request; restarting from byte 0", url)
+        bar.reset(total=body.total)
+        bar.update(body.start)
+        if body.stream is not None:
+            # Append only when the body continues exactly where the .part ends; else truncate.
+            with open(part, "ab" if body.start == offset else "wb") as out:
+                while True:
+                    try:
+                        chunk = body.stream.read(CHUNK_BYTES)
+                    except (OSError, http.client.HTTPException) as e:
+                        raise _Retryable(f"connection lost at byte {out.tell()}: {e!r}") from e
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    finally:
+        if body.stream is not None:
+            body.stream.close()
+    size = _size(part)
+    if body.total is not None and size != body.total:
+        if size > body.total:  # longer than the remote file: the .part is garbage
+            part.unlink(missing_ok=True)
+        raise _Retryable(f"incomplete body: have {size} of {body.total} bytes")
+
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
+
+
+def _open_http(url: str, offset: int, timeout_s: float) -> _Body:
+    # Range goes in the normal headers: urllib copies those onto the redirected request.
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout_s)
+    except urllib.error.HTTPError as e:
+        content_range = e.headers.get("Content-Range", "") if e.headers else ""
+        e.close()
+        if e.code == 416 and offset:
+            m = _UNSATISFIED_RANGE.match(content_range)
+            total = int(m.group(1)) if m else offset  # no length given: assume .part is complete
+            if total < offset:
+                raise _Restart(f"HTTP 416: the .part has {offset} bytes, the file only {total}") from e
+            if total != offset:
+                raise _Retryable(f"HTTP 416 for byte {offset} of a {total}-byte file") from e
+            return _Body(start=offset, total=total, stream=None)
+        if e.code >= 500 or e.code in RETRYABLE_4XX:
+            raise _Retryable(f"HTTP {e.code} {e.reason}") from e
+        raise DownloadError(f"{url}: HTTP {e.code} {e.reason}; check the URL (not retried)") from e
+    except (OSError, http.client.HTTPException) as e:  # refused, reset, DNS, timeout
+        raise _Retryable(f"{e!r}") from e
+
+    status = response.status
+    if status == 206:
+        m = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+        if m is None or int(m.group(1)) != offset:
+            response.close()
+            raise _Restart(
+                f"HTTP 206 with Content-Range {response.headers.get('Content-Range')!r} "
+                f"while asking for byte {offset}; restarting from zero"
+            )
+        total = None if m.group(3) == "*" else int(m.group(3))
+        return _Body(start=offset, total=total, stream=response)
+    if status == 200:
+        length = response.headers.get("Content-Length")
+        return _Body(start=0, total=int(length) if length else None, stream=response)
+    response.close()
+    raise DownloadError(f"{url}: unexpected HTTP {status} (expected 200 or 206)")
+
+
+def _open_file(url: str, offset: int) -> _Body:
+    parsed = urllib.parse.urlparse(url)
+    path = Path(urllib.request.url2pathname(parsed.path))
+    try:
+        f = open(path, "rb")
+        total = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        raise DownloadError(f"{url}: local file {path} does not exist") from None
+    except OSError as e:
+        raise DownloadError(f"{url}: cannot read {path}: {e}") from e
+    if offset > total:  # what a server says with 416 + a smaller length
+        f.close()
+        raise _Restart(f"local file {path} has {total} bytes, fewer than the {offset} on disk")
+    f.seek(offset)  # emulate a 206 from the resume offset
+    return _Body(start=offset, total=total, stream=f)

@@ -1,0 +1,88 @@
+"""Small file-system helpers shared by the pipeline stages.
+
+In: paths and JSON-serialisable objects. Out: files written atomically (a reader sees either the
+old file or the complete new one, never a torn write) and streamed digests of large files.
+
+JSON is written deterministically (sorted keys, indent=1, UTF-8, trailing newline), so the same
+object always gives the same bytes and ledgers/markers can be compared or hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+CHUNK_BYTES = 4 * 1024 * 1024
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename/creation inside `folder` durable (no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on directories; the rename itself already happened
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to disk before it is renamed into place."""
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def json_bytes(obj: Any) -> bytes:
+    """The deterministic serialisation used for every JSON file the pipeline writes."""
+    return (json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` via a temp file in the same folder, fsync, os.replace, fsync folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same folder, so os.replace is a rename on one file system (atomic), never a copy.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def write_json_atomic(path: Path, obj: Any) -> Path:
+    """Atomically write `obj` as deterministic JSON to `path`; returns `path`."""
+    return write_bytes_atomic(path, json_bytes(obj))
+
+
+def hash_file(path: Path, algo: str = "sha256") -> str:
+    """Lower-case hex digest of a file, read in chunks (works for multi-terabyte files)."""
+    try:
+        h = hashlib.new(algo)
+    except ValueError:
+        raise ValueError(f"unknown hash algorithm {algo!r} for {path}; use 'sha256' or 'md5'") from None
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Lower-case hex sha256 of a file, streamed."""
+    return hash_file(path, "sha256")

@@ -1,0 +1,70 @@
+"""Index: build `OUT/index.json` and `OUT/rejects.jsonl` from the plans and the ledger.
+
+In: the subset plans, every unit's ledger entry, the provenance of the codes and tokens.
+Out: the index (schemas/index.v1.json: every shard with format, path, samples, hours, bytes,
+sha256; totals per subset; provenance) and one rejects line per dropped cut, both in plan order
+and without timestamps, so an interrupted and resumed run writes the same bytes as a clean one.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import schemas
+from pipeline import __version__, ledger
+from pipeline.fsutil import write_bytes_atomic, write_json_atomic
+from pipeline.plan import SubsetPlan
+
+INDEX_NAME = "index.json"
+REJECTS_NAME = "rejects.jsonl"
+
+
+def collect_rejects(out: Path, plans: list[SubsetPlan]) -> list[dict]:
+    """Every dropped cut: unreadable manifest lines first, then unit by unit."""
+    rows = []
+    for plan in plans:
+        rows += plan.rejects
+        for unit in plan.units:
+            entry = ledger.read_entry(out, unit.name)
+            for stage in ("shards", "codes"):
+                for r in (entry.get(stage) or {}).get("rejects", []):
+                    rows.append({"subset": plan.subset, "unit": unit.name, **r})
+    return rows
+
+
+def build_index(out: Path, plans: list[SubsetPlan], dag_name: str, dag_fingerprint: str,
+                provenance: dict, codebooks: int) -> dict:
+    """Write rejects.jsonl and index.json (validated against the schema); returns the index."""
+    shards, subsets = [], {}
+    for plan in plans:
+        samples, hours = 0, 0.0
+        for unit in plan.units:
+            entry = ledger.read_entry(out, unit.name)
+            if "shards" not in entry:
+                raise RuntimeError(f"unit {unit.name} has no committed shards; run the DAG again")
+            for f in entry["shards"]["files"]:
+                shards.append(f)
+                if f["format"] == entry["shards"]["files"][0]["format"]:
+                    samples += f["samples"]
+                    hours += f["hours"]
+        subsets[plan.subset] = {"role": plan.role, "samples": samples, "hours": round(hours, 6)}
+
+    rejects = collect_rejects(out, plans)
+    write_bytes_atomic(out / REJECTS_NAME, "".join(
+        json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rejects).encode())
+    index = {
+        "format": "valle-corpus-index",
+        "version": schemas.INDEX_VERSION,
+        "pipeline_version": __version__,
+        "dag": {"name": dag_name, "fingerprint": dag_fingerprint},
+        "provenance": provenance,
+        "codes": {"format": schemas.CODES_FORMAT, "codebooks": codebooks, "frame_rate": 75},
+        "subsets": subsets,
+        "shards": shards,
+        "rejects": {"path": REJECTS_NAME, "total": len(rejects),
+                    "by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items()))},
+    }
+    schemas.validate(f"index.v{schemas.INDEX_VERSION}", index, where=str(out / INDEX_NAME))
+    write_json_atomic(out / INDEX_NAME, index)
+    return index

@@ -1,0 +1,40 @@
+"""Ledger: one JSON entry per unit, written atomically and last, saying what is committed.
+
+`OUT/ledger/<unit>.json` = {"unit", "subset", "codes": {...}, "shards": {...}}. A stage's files
+count as done only when the entry names them with a fingerprint matching the current settings;
+files without an entry are leftovers of an interrupted run and are removed before the unit is
+redone. Entries are keyed by unit (a deterministic slice of the input), not by worker, so a run
+resumes on any number of machines.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.fsutil import write_json_atomic
+
+
+def entry_path(out: Path, unit: str) -> Path:
+    return out / "ledger" / f"{unit}.json"
+
+
+def read_entry(out: Path, unit: str) -> dict:
+    """The unit's entry, or {} when there is none (an unreadable entry counts as none)."""
+    path = entry_path(out, unit)
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def write_entry(out: Path, unit: str, entry: dict) -> None:
+    write_json_atomic(entry_path(out, unit), entry)
+
+
+def files_present(out: Path, files: list[dict]) -> bool:
+    """Cheap check that committed files are still there with their recorded sizes."""
+    for f in files:
+        path = out / f["path"]
+        if not path.is_file() or path.stat().st_size != f["bytes"]:
+            return False
+    return True

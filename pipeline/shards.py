@@ -1,0 +1,147 @@
+"""Shards: write a unit's samples as WebDataset tars and/or Parquet files.
+
+In: the unit's samples in order (metadata + codes), the formats, a target shard size.
+Out: `OUT/<format>/<subset>/<unit>-<k>.{tar,parquet}` under temporary names (`*.partial`);
+the caller renames them into place when the unit commits. Bytes are deterministic (fixed tar
+headers, fixed Parquet settings), so a re-run writes identical files.
+
+A WebDataset sample is two members, `<key>.json` (schemas/sample.v1.json) and `<key>.codes`
+(packed codes). Cut ids contain '/', '.' and spaces, which WebDataset would split into fields,
+so the key is `<unit>_<n>` and the real id lives in the JSON.
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import schemas
+from pipeline.fsutil import sha256_file
+
+SUFFIX = {"webdataset": ".tar", "parquet": ".parquet"}
+FORMAT_DIRS = tuple(SUFFIX)  # OUT/<format>/<subset>/...
+TAR_MEMBER_OVERHEAD = 1024  # header block + average padding, for size estimates
+
+
+@dataclass
+class Sample:
+    id: str
+    speaker: str
+    subset: str
+    duration: float
+    text: str
+    text_tokens: list[int]
+    codes: np.ndarray  # (codebooks, frames) uint16
+    recording_id: str
+    start: float
+
+    def metadata(self) -> dict:
+        return {
+            "id": self.id, "speaker": self.speaker, "subset": self.subset,
+            "duration": self.duration, "text": self.text, "text_tokens": list(self.text_tokens),
+            "codes_shape": list(self.codes.shape), "codes_format": schemas.CODES_FORMAT,
+            "recording_id": self.recording_id, "start": self.start,
+        }
+
+
+@dataclass
+class ShardFile:
+    format: str
+    path: str  # relative to OUT
+    subset: str
+    unit: str
+    samples: int
+    hours: float
+    bytes: int
+    sha256: str
+
+
+def shard_path(fmt: str, subset: str, unit: str, k: int) -> str:
+    return f"{fmt}/{subset}/{unit}-{k:03d}{SUFFIX[fmt]}"
+
+
+def partial(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def split_by_size(samples: list[Sample], target_bytes: float) -> list[list[Sample]]:
+    """Consecutive groups of samples, each closed once its estimated size reaches the target."""
+    groups, current, size = [], [], 0
+    for s in samples:
+        current.append(s)
+        size += s.codes.size * schemas.CODEBOOK_BITS // 8 + len(s.text) * 3 + 2 * TAR_MEMBER_OVERHEAD
+        if size >= target_bytes:
+            groups.append(current)
+            current, size = [], 0
+    if current:
+        groups.append(current)
+    return groups
+
+
+def write_webdataset(samples: list[Sample], path: Path, unit: str, first_index: int) -> None:
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for n, s in enumerate(samples, start=first_index):
+            key = f"{unit}_{n:06d}"
+            meta = json.dumps(s.metadata(), ensure_ascii=False, sort_keys=True,
+                              separators=(",", ":")).encode()
+            _add_member(tar, f"{key}.json", meta)
+            _add_member(tar, f"{key}.codes", schemas.pack_codes(s.codes))
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_parquet(samples: list[Sample], path: Path) -> None:
+    columns = {
+        "id": [s.id for s in samples],
+        "speaker": [s.speaker for s in samples],
+        "subset": [s.subset for s in samples],
+        "duration": [s.duration for s in samples],
+        "text": [s.text for s in samples],
+        "text_tokens": [list(s.text_tokens) for s in samples],
+        "codes": [schemas.pack_codes(s.codes) for s in samples],
+        "codes_codebooks": [s.codes.shape[0] for s in samples],
+        "codes_frames": [s.codes.shape[1] for s in samples],
+        "recording_id": [s.recording_id for s in samples],
+        "start": [s.start for s in samples],
+    }
+    table = pa.Table.from_pydict(columns, schema=schemas.arrow_schema())
+    # Codes are near-incompressible; zstd still shrinks text and tokens. One row group per
+    # shard keeps files self-contained and readers simple.
+    pq.write_table(table, path, compression="zstd", row_group_size=max(1, len(samples)))
+
+
+def write_unit_shards(samples: list[Sample], out: Path, subset: str, unit: str,
+                      formats: list[str], target_bytes: float) -> list[tuple[Path, ShardFile]]:
+    """Write partial files for every format; returns (partial path, final record) pairs.
+
+    The sha256 and byte counts in the records describe the partial files, which are renamed
+    unchanged. Shard k holds the same samples in every format.
+    """
+    written, first = [], 0
+    for k, group in enumerate(split_by_size(samples, target_bytes)):
+        hours = round(sum(s.duration for s in group) / 3600, 6)
+        for fmt in formats:
+            rel = shard_path(fmt, subset, unit, k)
+            tmp = partial(out / rel)
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            if fmt == "webdataset":
+                write_webdataset(group, tmp, unit, first)
+            else:
+                write_parquet(group, tmp)
+            written.append((tmp, ShardFile(format=fmt, path=rel, subset=subset, unit=unit,
+                                           samples=len(group), hours=hours,
+                                           bytes=tmp.stat().st_size, sha256=sha256_file(tmp))))
+        first += len(group)
+    return written

@@ -1,0 +1,259 @@
+"""Transcript text: choose, normalize, train a BPE model, tokenize.
+
+In:  Libriheavy supervision `custom.texts` (a list of strings: [book text, ASR hypothesis]) and,
+     for training, a stream of (cut_id, normalized text) pairs.
+Out: normalized text (str); a SentencePiece model file written atomically and byte-identical for
+     the same input and config; token ids (list[int], each < 65536 so they fit uint16).
+
+Reserved ids, fixed in every model trained here (the trainer reads them from the model or from
+these constants): pad=0, unk=1, bos=2, eos=3. encode() returns text pieces only; adding BOS/EOS
+and padding is the trainer's job.
+"""
+from __future__ import annotations
+
+import hashlib
+import heapq
+import io
+import logging
+import os
+import tempfile
+import unicodedata
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import sentencepiece as spm
+
+log = logging.getLogger(__name__)
+
+TEXT_FIELDS = {"book": 0, "asr": 1}  # index into supervision custom.texts
+NORMALIZATION = "nfkc-ws-v1"  # bump whenever normalize_text's output can change
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+MAX_VOCAB = 65535  # tokens are stored as uint16
+MODEL_TYPES = ("bpe", "unigram", "char")
+SAMPLER = "blake2b64-bottom-k-v1"  # how the training sample is drawn; part of the fingerprint
+MAX_SENTENCE_BYTES = 16384  # sentencepiece silently drops longer lines; we drop and count instead
+
+# Fixed trainer options. num_threads is stored in the .model file and changes unigram results,
+# so it is a constant (not the machine's core count) to keep models byte-identical everywhere.
+_TRAINER_OPTIONS = {
+    "num_threads": 16,
+    "input_sentence_size": 0,  # use every sentence we feed: sampling is done by cut-id hash
+    "hard_vocab_limit": False,  # a small corpus yields a smaller vocab instead of an error
+    "normalization_rule_name": "identity",  # normalize_text already ran; keep text as is
+    "remove_extra_whitespaces": False,
+    "split_digits": True,  # numbers are read digit by digit; no vocab slots for "1876" etc.
+    "byte_fallback": False,  # unseen characters map to unk rather than 256 byte pieces
+    "max_sentence_length": MAX_SENTENCE_BYTES,
+    "pad_id": PAD_ID,
+    "unk_id": UNK_ID,
+    "bos_id": BOS_ID,
+    "eos_id": EOS_ID,
+}
+
+_DROP_CATEGORIES = {"Cc", "Cf", "Cs", "Co"}  # control, format (soft hyphen, ZWSP, BOM), surrogate, private use
+
+
+def _clean_chars(text: str) -> str:
+    """Every whitespace character becomes a space; control/format characters disappear."""
+    if text.isprintable():  # the common case: no whitespace but " ", nothing in C*/Z* to map
+        return text
+    out = []
+    for ch in text:
+        if ch.isspace() or unicodedata.category(ch).startswith("Z"):  # tabs, newlines, NBSP, U+2028
+            out.append(" ")
+        elif unicodedata.category(ch) not in _DROP_CATEGORIES:
+            out.append(ch)
+    return "".join(out)
+
+
+def normalize_text(text: str) -> str:
+    """NFKC, drop control/format characters, collapse all whitespace to single spaces, strip.
+
+    Case and punctuation are kept: the TTS model reads them (questions, pauses, emphasis). Curly
+    quotes survive NFKC; ligatures and full-width forms fold to plain letters; "..." replaces
+    the ellipsis character. Page numbers, footnote marks and other book noise are NOT repaired
+    here: guessing would change what the speaker said as often as fix it.
+    """
+    # Clean before NFKC so that removed characters cannot block a composition, and after it
+    # because NFKC itself produces spaces (NBSP -> " ", U+00A8 -> " \u0308").
+    text = unicodedata.normalize("NFKC", _clean_chars(text))
+    return " ".join(_clean_chars(text).split())
+
+
+def select_text(texts: Sequence[str] | None, field: str) -> str:
+    """The normalized transcript `field` ("book" or "asr") of a supervision; "" if absent."""
+    if field not in TEXT_FIELDS:
+        raise ValueError(f"unknown text field {field!r}; valid fields: {sorted(TEXT_FIELDS)}")
+    index = TEXT_FIELDS[field]
+    if not texts or index >= len(texts) or not isinstance(texts[index], str):
+        return ""
+    return normalize_text(texts[index])
+
+
+@dataclass
+class BpeConfig:
+    # 1024: see pipeline/TEXT_NOTES.md (small pieces let the model learn spelling -> sound for
+    # unseen words; room beyond the ~100-300 cased characters and punctuation for common words).
+    vocab_size: int = 1024
+    model_type: str = "bpe"  # sentencepiece model type: bpe | unigram | char
+    character_coverage: float = 1.0
+    max_sentences: int = 2_000_000  # training sample cap; the sample is chosen by cut-id hash
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.vocab_size <= MAX_VOCAB:
+            raise ValueError(
+                f"vocab_size={self.vocab_size}: must be in [1, {MAX_VOCAB}] because tokens are "
+                "stored as uint16"
+            )
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type={self.model_type!r}: must be one of {MODEL_TYPES}")
+        if not 0.0 < self.character_coverage <= 1.0:
+            raise ValueError(f"character_coverage={self.character_coverage}: must be in (0, 1]")
+        if self.max_sentences < 1:
+            raise ValueError(f"max_sentences={self.max_sentences}: must be >= 1")
+
+    def fingerprint(self) -> dict:
+        """JSON-able description of everything that decides the model bytes, given the input."""
+        return {
+            **asdict(self),
+            "sampler": SAMPLER,
+            "trainer": dict(_TRAINER_OPTIONS),
+            "sentencepiece": spm.__version__,
+        }
+
+
+def _cut_hash(cut_id: str) -> int:
+    # A stable hash (Python's hash() is salted per process).
+    return int.from_bytes(hashlib.blake2b(cut_id.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def sample_sentences(sentences: Iterable[tuple[str, str]], max_sentences: int) -> tuple[list[str], dict]:
+    """Keep the `max_sentences` texts whose cut ids hash lowest, in hash order.
+
+    One streaming pass, memory bounded by the sample, independent of input order; the sample for
+    a larger cap contains the sample for a smaller one. Equivalent to a hash threshold chosen
+    after the fact, so no counting pass or `total` is needed. Returns (texts, counts).
+    """
+    heap: list[tuple[int, str]] = []  # (-hash, text): heap[0] is the highest hash kept
+    counts = {"seen": 0, "empty": 0, "too_long": 0}
+    for cut_id, text in sentences:
+        counts["seen"] += 1
+        if not text:
+            counts["empty"] += 1
+            continue
+        if len(text.encode("utf-8")) > MAX_SENTENCE_BYTES:
+            counts["too_long"] += 1
+            continue
+        item = (-_cut_hash(cut_id), text)  # ties (a 64-bit collision) broken by text: still deterministic
+        if len(heap) < max_sentences:
+            heapq.heappush(heap, item)
+        elif item > heap[0]:
+            heapq.heapreplace(heap, item)
+    texts = [text for _, text in sorted(heap, reverse=True)]  # lowest hash first
+    counts["sampled"] = len(texts)
+    return texts, counts
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def train_bpe(sentences: Iterable[tuple[str, str]], model_path: Path, cfg: BpeConfig) -> Path:
+    """Train a SentencePiece model on a hash-chosen sample of (cut_id, normalized text) pairs.
+
+    The same input (in any order) and cfg give a byte-identical file at `model_path`. If the
+    text is too small for cfg.vocab_size the model is smaller; the achieved size is logged and
+    is Tokenizer(model_path).vocab_size.
+    """
+    model_path = Path(model_path)
+    texts, counts = sample_sentences(sentences, cfg.max_sentences)
+    if not texts:
+        raise ValueError(f"train_bpe({model_path}): no non-empty sentences to train on ({counts})")
+    for text in texts:
+        if text != normalize_text(text):
+            raise ValueError(f"train_bpe: sentence is not normalized (call normalize_text first): {text[:80]!r}")
+
+    buf = io.BytesIO()
+    try:
+        # The iterator feeds sentencepiece directly: no temp file whose path would land in the model.
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts),
+            model_writer=buf,
+            vocab_size=cfg.vocab_size,
+            model_type=cfg.model_type,
+            character_coverage=cfg.character_coverage,
+            minloglevel=2,
+            **_TRAINER_OPTIONS,
+        )
+    except RuntimeError as e:
+        if "smaller than required_chars" in str(e):
+            raise ValueError(
+                f"vocab_size={cfg.vocab_size} cannot hold the {model_path.name} sample's characters "
+                f"plus 4 reserved ids; raise vocab_size or lower character_coverage ({e})"
+            ) from e
+        raise
+    data = buf.getvalue()
+    _write_atomic(model_path, data)
+
+    achieved = spm.SentencePieceProcessor(model_proto=data).get_piece_size()
+    log.info("BPE %s: %s, vocab %d (requested %d)", model_path, counts, achieved, cfg.vocab_size)
+    if achieved < cfg.vocab_size:
+        log.warning(
+            "BPE %s: text too small for vocab_size=%d, got %d pieces", model_path, cfg.vocab_size, achieved
+        )
+    return model_path
+
+
+class Tokenizer:
+    """A trained SentencePiece model. Pickles as the model bytes (ships to Ray workers without a
+    shared filesystem) and reloads the processor lazily on first use."""
+
+    def __init__(self, model_path: Path):
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"BPE model {self.model_path} not found; train it first (train_bpe)")
+        self._model = self.model_path.read_bytes()
+        self.sha256 = hashlib.sha256(self._model).hexdigest()
+        self._sp: spm.SentencePieceProcessor | None = None
+        sp = self._processor()
+        self.vocab_size = sp.get_piece_size()
+        if self.vocab_size > MAX_VOCAB:
+            raise ValueError(f"BPE model {self.model_path}: vocab_size {self.vocab_size} > {MAX_VOCAB} (uint16 tokens)")
+        self.pad_id, self.unk_id, self.bos_id, self.eos_id = sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()
+
+    def _processor(self) -> spm.SentencePieceProcessor:
+        if self._sp is None:
+            try:
+                self._sp = spm.SentencePieceProcessor(model_proto=self._model)
+            except RuntimeError as e:
+                raise ValueError(f"BPE model {self.model_path} is not a SentencePiece model: {e}") from e
+        return self._sp
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_sp"] = None  # the C++ processor does not pickle; rebuilt from the bytes on use
+        return state
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of a normalized text (no BOS/EOS); unseen characters give unk_id."""
+        return self._processor().encode(text, out_type=int)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._processor().decode([int(i) for i in ids])

@@ -1,0 +1,133 @@
+"""Verify: check a finished corpus against its index and the schemas, without trusting either.
+
+In: OUT. Out: a list of problems, each naming the file and what is wrong (empty = valid).
+Checks the index against schemas/index.v1.json; every shard's size and sha256; every sample's
+metadata against schemas/sample.v1.json, its codes' shape and range, its tokens against the BPE
+vocabulary, frames against duration (75 per second); counts and hours per shard; ids unique
+within a format and the same across formats; the rejects file against the index's counts.
+"""
+from __future__ import annotations
+
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+import schemas
+from pipeline.fsutil import sha256_file
+
+FRAME_RATE = 75
+
+
+def verify(out: Path) -> list[str]:
+    problems: list[str] = []
+    index_path = out / "index.json"
+    try:
+        index = json.loads(index_path.read_text())
+        schemas.validate("index.v1", index, where=str(index_path))
+    except FileNotFoundError:
+        return [f"{index_path}: missing (the run did not finish; run the DAG again)"]
+    except (ValueError, schemas.SchemaError) as err:
+        return [f"{index_path}: {err}"]
+
+    bpe = index["provenance"]["bpe"]
+    bpe_path = out / bpe["model"]
+    if not bpe_path.is_file() or sha256_file(bpe_path) != bpe["sha256"]:
+        problems.append(f"{bpe_path}: missing or sha256 differs from the index")
+    expect = {"codebooks": index["codes"]["codebooks"], "vocab": bpe["vocab_size"]}
+
+    ids_by_format: dict[str, Counter] = {}
+    for shard in index["shards"]:
+        path = out / shard["path"]
+        where = shard["path"]
+        if not path.is_file():
+            problems.append(f"{where}: missing")
+            continue
+        if path.stat().st_size != shard["bytes"]:
+            problems.append(f"{where}: {path.stat().st_size} bytes, index says {shard['bytes']}")
+        if sha256_file(path) != shard["sha256"]:
+            problems.append(f"{where}: sha256 differs from the index")
+        try:
+            rows = list(_read_webdataset(path) if shard["format"] == "webdataset" else _read_parquet(path))
+        except Exception as err:  # any unreadable shard is a finding, not a crash
+            problems.append(f"{where}: unreadable: {type(err).__name__}: {err}")
+            continue
+        for meta, codes_bytes in rows:
+            problems += [f"{where}: sample {meta.get('id')!r}: {p}" for p in _check_sample(meta, codes_bytes, expect)]
+        ids_by_format.setdefault(shard["format"], Counter()).update(m.get("id") for m, _ in rows)
+        if len(rows) != shard["samples"]:
+            problems.append(f"{where}: {len(rows)} samples, index says {shard['samples']}")
+        hours = sum(m.get("duration", 0) for m, _ in rows) / 3600
+        if abs(hours - shard["hours"]) > 1e-5:
+            problems.append(f"{where}: {hours:.6f} h of audio, index says {shard['hours']}")
+
+    for fmt, ids in ids_by_format.items():
+        dup = [i for i, n in ids.items() if n > 1]
+        if dup:
+            problems.append(f"{fmt}: {len(dup)} duplicated sample ids, e.g. {dup[0]!r}")
+    if len(ids_by_format) > 1 and len({frozenset(c) for c in ids_by_format.values()}) > 1:
+        problems.append("the webdataset and parquet shards hold different sample ids")
+
+    problems += _check_rejects(out, index)
+    return problems
+
+
+def _read_webdataset(path: Path):
+    """(metadata, packed codes) per sample; members must pair up as <key>.json + <key>.codes."""
+    members: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path, "r:") as tar:
+        for info in tar:
+            if not info.isfile():
+                raise ValueError(f"member {info.name!r} is not a regular file")
+            key, _, ext = info.name.partition(".")
+            members.setdefault(key, {})[ext] = tar.extractfile(info).read()
+    for key, fields in members.items():
+        if set(fields) != {"json", "codes"}:
+            raise ValueError(f"sample {key!r} has fields {sorted(fields)}, expected json and codes")
+        yield json.loads(fields["json"]), fields["codes"]
+
+
+def _read_parquet(path: Path):
+    table = pq.read_table(path)
+    if table.schema != schemas.arrow_schema():
+        raise ValueError(f"columns differ from schemas/parquet.v1.json: {table.schema}")
+    for row in table.to_pylist():
+        codes = row.pop("codes")
+        row["codes_shape"] = [row.pop("codes_codebooks"), row.pop("codes_frames")]
+        row["codes_format"] = schemas.CODES_FORMAT
+        yield row, codes
+
+
+def _check_sample(meta: dict, codes_bytes: bytes, expect: dict) -> list[str]:
+    try:
+        schemas.validate("sample.v1", meta)
+    except schemas.SchemaError as err:
+        return [str(err)]
+    problems = []
+    k, t = meta["codes_shape"]
+    if k != expect["codebooks"]:
+        problems.append(f"{k} codebooks, the index says {expect['codebooks']}")
+    try:
+        schemas.unpack_codes(codes_bytes, k, t)
+    except schemas.SchemaError as err:
+        problems.append(str(err))
+    if abs(t - meta["duration"] * FRAME_RATE) > 1:
+        problems.append(f"{t} frames for {meta['duration']} s (expected ~{meta['duration'] * FRAME_RATE:.1f})")
+    if max(meta["text_tokens"]) >= expect["vocab"]:
+        problems.append(f"token id {max(meta['text_tokens'])} outside the BPE vocabulary of {expect['vocab']}")
+    return problems
+
+
+def _check_rejects(out: Path, index: dict) -> list[str]:
+    path = out / index["rejects"]["path"]
+    if not path.is_file():
+        return [f"{path}: missing"]
+    try:
+        reasons = Counter(json.loads(line)["reason"] for line in path.open() if line.strip())
+    except (ValueError, KeyError) as err:
+        return [f"{path}: unreadable line: {err}"]
+    if sum(reasons.values()) != index["rejects"]["total"] or dict(reasons) != index["rejects"]["by_reason"]:
+        return [f"{path}: counts {dict(reasons)} differ from the index {index['rejects']['by_reason']}"]
+    return []

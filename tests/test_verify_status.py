@@ -1,0 +1,103 @@
+"""`valle-prep verify` names every kind of damage; `status` reports progress from the ledger."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.dag import load_dag
+from pipeline.runner import run
+from pipeline.status import corpus_status
+from pipeline.verify import verify
+from tests.conftest import write_dag
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, tiny_corpus, ray_address):
+    folder = tmp_path_factory.mktemp("verify")
+    dag = load_dag(write_dag(folder / "tiny.yaml", tiny_corpus))
+    run(dag, progress=False)
+    return dag.out
+
+
+@pytest.fixture
+def copy(corpus, tmp_path):
+    target = tmp_path / "corpus"
+    shutil.copytree(corpus, target)
+    return target
+
+
+def first_shard(out, fmt):
+    index = json.loads((out / "index.json").read_text())
+    return next(s for s in index["shards"] if s["format"] == fmt)
+
+
+def test_cli_verify_and_status_on_a_good_corpus(corpus, capsys):
+    assert main(["verify", str(corpus)]) == 0
+    assert capsys.readouterr().out.strip().endswith("OK")
+    assert main(["status", str(corpus), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["complete"]
+    assert all(r["codes_done"] == r["shards_done"] == r["units"] for r in status["subsets"].values())
+    assert status["rejects"] == {"bad_manifest_line": 1, "empty_text": 1, "missing_audio": 1, "too_short": 1}
+    assert main(["status", str(corpus)]) == 0
+    assert "complete" in capsys.readouterr().out
+
+
+def test_flipped_byte_in_a_tar_is_named(copy, capsys):
+    shard = first_shard(copy, "webdataset")
+    path = copy / shard["path"]
+    data = bytearray(path.read_bytes())
+    data[700] ^= 0xFF  # inside the first member's payload
+    path.write_bytes(bytes(data))
+    assert main(["verify", str(copy)]) == 1
+    assert f"{shard['path']}: sha256 differs from the index" in capsys.readouterr().out
+
+
+def test_missing_parquet_and_edited_index_are_named(copy):
+    shard = first_shard(copy, "parquet")
+    (copy / shard["path"]).unlink()
+    assert f"{shard['path']}: missing" in verify(copy)
+    index = json.loads((copy / "index.json").read_text())
+    index["shards"][0]["samples"] += 1
+    (copy / "index.json").write_text(json.dumps(index))
+    assert any("samples, index says" in p for p in verify(copy))
+
+
+def test_sample_that_breaks_the_schema_is_named(copy):
+    """A rewritten tar whose checksum was 'fixed' in the index still fails on content."""
+    import hashlib
+    import io
+    import tarfile
+
+    shard = first_shard(copy, "webdataset")
+    path = copy / shard["path"]
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for info, data in members:
+            if info.name.endswith(".json"):
+                meta = json.loads(data)
+                meta["codes_shape"][1] += 3  # frames no longer match the packed bytes
+                data = json.dumps(meta).encode()
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(buf.getvalue())
+    index = json.loads((copy / "index.json").read_text())
+    for s in index["shards"]:
+        if s["path"] == shard["path"]:
+            s["bytes"], s["sha256"] = path.stat().st_size, hashlib.sha256(buf.getvalue()).hexdigest()
+    (copy / "index.json").write_text(json.dumps(index))
+    problems = verify(copy)
+    assert problems and all(shard["path"] in p for p in problems)
+    assert any("cannot hold shape" in p for p in problems)
+
+
+def test_incomplete_corpus(tmp_path, copy):
+    (copy / "index.json").unlink()
+    assert "missing (the run did not finish" in verify(copy)[0]
+    assert not corpus_status(copy)["complete"]
+    assert main(["status", str(tmp_path / "nothing")]) == 2
