@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.codec import CodecEncoder  # noqa: E402
 from pipeline.dag import load_dag  # noqa: E402
 from pipeline.plan import read_unit_cuts  # noqa: E402
-from pipeline.runner import CodecActor, codec_threads, resolve_codec, run  # noqa: E402
+from pipeline.runner import codec_threads, resolve_codec, run  # noqa: E402
 from pipeline.segment import segment_recording  # noqa: E402
 from pipeline.text import select_text  # noqa: E402
 
@@ -78,7 +78,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="valle-bench-"))
     dag = load_dag(args.dag, [f"codec.weights={args.weights}"], out=str(work / "warmup"))
-    summary = run(dag, progress=False)  # also fetches sources once
+    run(dag, progress=False)  # fetches the sources once; later runs reuse them
     waves = kept_waves(dag.out, dag, dag.out / "downloads")
     audio_seconds = sum(len(w) for w in waves) / 24000
 

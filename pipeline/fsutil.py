@@ -44,6 +44,19 @@ def json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+def json_digest(obj: Any) -> str:
+    """sha256 of an object's canonical JSON: the fingerprint of a set of settings."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content, or None when it is missing or unreadable (e.g. torn by a crash)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
     """Write `data` to `path` via a temp file in the same folder, fsync, os.replace, fsync folder."""
     path = Path(path)

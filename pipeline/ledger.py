@@ -8,10 +8,9 @@ resumes on any number of machines.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from pipeline.fsutil import write_json_atomic
+from pipeline.fsutil import read_json, write_json_atomic
 
 
 def entry_path(out: Path, unit: str) -> Path:
@@ -20,11 +19,7 @@ def entry_path(out: Path, unit: str) -> Path:
 
 def read_entry(out: Path, unit: str) -> dict:
     """The unit's entry, or {} when there is none (an unreadable entry counts as none)."""
-    path = entry_path(out, unit)
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
+    return read_json(entry_path(out, unit)) or {}
 
 
 def write_entry(out: Path, unit: str, entry: dict) -> None:

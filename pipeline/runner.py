@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import TYPE_CHECKING
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -21,7 +21,7 @@ from tqdm import tqdm
 from pipeline import ledger
 from pipeline.audio_store import DirAudioStore, TarAudioStore, index_tar
 from pipeline.download import Checksum, download
-from pipeline.fsutil import sha256_file, write_json_atomic
+from pipeline.fsutil import json_digest, read_json, sha256_file, write_json_atomic
 from pipeline.index import INDEX_NAME, build_index
 from pipeline.plan import SubsetPlan, plan_subset, read_unit_cuts
 from pipeline.text import NORMALIZATION, Tokenizer, select_text, train_bpe
@@ -84,7 +84,7 @@ def run(dag: Dag, *, rebuild_audio: bool = False, progress: bool = True) -> RunS
                     min_duration=dag.segment.min_duration, max_duration=dag.segment.max_duration,
                     text_field=dag.text.field, tokenizer=tokenizer, formats=dag.output.formats,
                     target_shard_bytes=dag.output.target_shard_mb * 1e6,
-                    audio_fingerprint=_digest(audio_settings), text_fingerprint=_digest(text_fingerprint),
+                    audio_fingerprint=json_digest(audio_settings), text_fingerprint=json_digest(text_fingerprint),
                     encode_chunk_seconds=max(60.0, dag.codec.batch_seconds))
             for plan in plans for unit in plan.units]
     remove_orphans(out, {j.unit.name for j in jobs})
@@ -121,7 +121,7 @@ def run(dag: Dag, *, rebuild_audio: bool = False, progress: bool = True) -> RunS
         build_index(out, plans, dag.name, dag.fingerprint(), provenance,
                     num_codebooks(dag.codec.bandwidth))
         clock.log("index written")
-    summary.index = _read_json(index_path)
+    summary.index = read_json(index_path)
     return summary
 
 
@@ -156,11 +156,11 @@ def fetch_sources(dag: Dag, out: Path, progress: bool):
 def ensure_bpe(dag: Dag, out: Path, plans: list[SubsetPlan]) -> tuple[Tokenizer, dict]:
     """Train the BPE model on the training subsets' text unless the committed one still fits."""
     train_plans = [p for p in plans if p.role == "train"]
-    key = _digest({"bpe": dag.text.bpe.fingerprint(), "field": dag.text.field,
+    key = json_digest({"bpe": dag.text.bpe.fingerprint(), "field": dag.text.field,
                    "normalization": NORMALIZATION,
                    "units": [u.sha256 for p in train_plans for u in p.units]})
     model, record_path = out / "text" / "bpe.model", out / "text" / "bpe.json"
-    record = _read_json(record_path)
+    record = read_json(record_path)
     if not (record and record.get("key") == key and model.exists()
             and sha256_file(model) == record["sha256"]):
         def sentences():
@@ -191,7 +191,7 @@ def resolve_codec(cfg: CodecConfig):
 
 def check_audio_settings(out: Path, settings: dict, rebuild: bool) -> None:
     path = out / "corpus.json"
-    previous = (_read_json(path) or {}).get("audio")
+    previous = (read_json(path) or {}).get("audio")
     if previous is not None and previous != settings and not rebuild:
         changes = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, a, b in _diff(previous, settings))
         raise SettingsChanged(
@@ -285,8 +285,9 @@ def run_units_on_ray(jobs: list[UnitJob], dag: Dag, codec_cfg: CodecConfig, weig
         limit = dag.ray.units_in_flight or 2 * workers
         results, failed, running = [], [], {}
         queue = list(enumerate(jobs))
-        bar = tqdm(total=round(sum(j.unit.seconds for j in jobs) / 3600, 3), unit="h audio",
-                   desc="units", disable=not progress)
+        # Progress in seconds of audio, so the rate reads as "x real time".
+        bar = tqdm(total=round(sum(j.unit.seconds for j in jobs)), unit="s audio", unit_scale=True,
+                   desc=f"encoding {len(jobs)} units", disable=not progress)
         while queue or running:
             while queue and len(running) < limit:
                 i, job = queue.pop(0)
@@ -297,7 +298,7 @@ def run_units_on_ray(jobs: list[UnitJob], dag: Dag, codec_cfg: CodecConfig, weig
                 results.append(ray.get(ready[0]))
             except Exception as err:  # a unit's failure must not cost the others
                 failed.append({"unit": job.unit.name, "error": f"{type(err).__name__}: {err}"})
-            bar.update(round(job.unit.seconds / 3600, 6))
+            bar.update(round(job.unit.seconds))
         bar.close()
         passes = sum(ray.get([a.forward_passes.remote() for a in actors]))
         return results, failed, passes
@@ -316,18 +317,3 @@ def _diff(a: dict, b: dict, prefix: str = ""):
         elif x != y:
             yield f"{prefix}{key}", x, y
 
-
-def _read_json(path: Path):
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _digest(obj) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()

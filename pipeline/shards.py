@@ -129,6 +129,8 @@ def write_unit_shards(samples: list[Sample], out: Path, subset: str, unit: str,
     The sha256 and byte counts in the records describe the partial files, which are renamed
     unchanged. Shard k holds the same samples in every format.
     """
+    for s in samples:  # nothing off-schema is written (Parquet: the Arrow schema enforces types)
+        schemas.validate(f"sample.v{schemas.SAMPLE_VERSION}", s.metadata(), where=f"{unit}: sample {s.id!r}")
     written, first = [], 0
     for k, group in enumerate(split_by_size(samples, target_bytes)):
         hours = round(sum(s.duration for s in group) / 3600, 6)

@@ -15,14 +15,14 @@ import hashlib
 import heapq
 import io
 import logging
-import os
-import tempfile
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
+
+from pipeline.fsutil import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -156,25 +156,6 @@ def sample_sentences(sentences: Iterable[tuple[str, str]], max_sentences: int) -
     return texts, counts
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def train_bpe(sentences: Iterable[tuple[str, str]], model_path: Path, cfg: BpeConfig) -> Path:
     """Train a SentencePiece model on a hash-chosen sample of (cut_id, normalized text) pairs.
 
@@ -210,7 +191,7 @@ def train_bpe(sentences: Iterable[tuple[str, str]], model_path: Path, cfg: BpeCo
             ) from e
         raise
     data = buf.getvalue()
-    _write_atomic(model_path, data)
+    write_bytes_atomic(model_path, data)
 
     achieved = spm.SentencePieceProcessor(model_proto=data).get_piece_size()
     log.info("BPE %s: %s, vocab %d (requested %d)", model_path, counts, achieved, cfg.vocab_size)

@@ -13,7 +13,6 @@ Plain Python, no Ray: the runner supplies the codec and the parallelism.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import asdict, dataclass
 from itertools import groupby
@@ -23,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline import ledger
-from pipeline.fsutil import fsync_dir, sha256_file
+from pipeline.fsutil import fsync_dir, json_digest, sha256_file
 from pipeline.plan import UnitPlan, read_unit_cuts
 from pipeline.segment import reject, segment_recording
 from pipeline.shards import FORMAT_DIRS, Sample, partial, write_unit_shards
@@ -50,10 +49,10 @@ class UnitJob:
 
     @property
     def codes_fingerprint(self) -> str:
-        return _digest({"audio": self.audio_fingerprint, "unit": self.unit.sha256})
+        return json_digest({"audio": self.audio_fingerprint, "unit": self.unit.sha256})
 
     def shards_fingerprint(self, codes_content: str) -> str:
-        return _digest({"codes": codes_content, "text": self.text_fingerprint,
+        return json_digest({"codes": codes_content, "text": self.text_fingerprint,
                         "formats": self.formats, "target": self.target_shard_bytes})
 
     @property
@@ -228,6 +227,3 @@ def _content_digest(arrays: dict) -> str:
         h.update(a.tobytes())
     return h.hexdigest()
 
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()

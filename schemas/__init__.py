@@ -35,11 +35,18 @@ def load_schema(name: str) -> dict:
     return json.loads(path.read_text())
 
 
-def validate(name: str, obj: object, where: str = "") -> None:
-    """Raise SchemaError naming every violation of JSON Schema `name` in `obj`."""
+@lru_cache(maxsize=None)
+def _validator(name: str):
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(load_schema(name))
+    return jsonschema.Draft202012Validator(load_schema(name))
+
+
+def validate(name: str, obj: object, where: str = "") -> None:
+    """Raise SchemaError naming every violation of JSON Schema `name` in `obj`."""
+    validator = _validator(name)
+    if validator.is_valid(obj):  # the fast path: one pass, no error objects
+        return
     errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.path))
     if errors:
         lines = [f"{'/'.join(map(str, e.path)) or '<root>'}: {e.message}" for e in errors[:10]]

@@ -3,7 +3,6 @@ then the re-run behaviours: nothing to do, BPE-only change, codec change."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
