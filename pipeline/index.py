@@ -11,13 +11,26 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 import schemas
 from pipeline import __version__, ledger
-from pipeline.fsutil import write_bytes_atomic, write_json_atomic
+from pipeline.fsutil import sha256_file, write_bytes_atomic, write_json_atomic
 from pipeline.plan import SubsetPlan
 
 INDEX_NAME = "index.json"
 REJECTS_NAME = "rejects.jsonl"
+LENGTHS_NAME = "lengths.parquet"
+
+
+def write_lengths(path: Path, rows: list[dict]) -> None:
+    """Every sample's frames and text tokens by shard id (schemas/lengths.v1.json), atomically."""
+    rows = sorted(rows, key=lambda r: r["shard"])
+    table = pa.Table.from_pylist(rows, schema=schemas.arrow_schema(f"lengths.v{schemas.LENGTHS_VERSION}"))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    write_bytes_atomic(path, sink.getvalue().to_pybytes())
 
 
 def collect_rejects(out: Path, plans: list[SubsetPlan]) -> list[dict]:
@@ -36,13 +49,14 @@ def collect_rejects(out: Path, plans: list[SubsetPlan]) -> list[dict]:
 def build_index(out: Path, plans: list[SubsetPlan], dag_name: str, dag_fingerprint: str,
                 provenance: dict, codebooks: int) -> dict:
     """Write rejects.jsonl and index.json (validated against the schema); returns the index."""
-    shards, subsets = [], {}
+    shards, subsets, lengths = [], {}, []
     for plan in plans:
         samples, hours = 0, 0.0
         for unit in plan.units:
             entry = ledger.read_entry(out, unit.name)
             if "shards" not in entry:
                 raise RuntimeError(f"unit {unit.name} has no committed shards; run the DAG again")
+            lengths += entry["shards"]["lengths"]
             for f in entry["shards"]["files"]:
                 shards.append(f)
                 if f["format"] == entry["shards"]["files"][0]["format"]:
@@ -50,6 +64,7 @@ def build_index(out: Path, plans: list[SubsetPlan], dag_name: str, dag_fingerpri
                     hours += f["hours"]
         subsets[plan.subset] = {"role": plan.role, "samples": samples, "hours": round(hours, 6)}
 
+    write_lengths(out / LENGTHS_NAME, lengths)
     rejects = collect_rejects(out, plans)
     write_bytes_atomic(out / REJECTS_NAME, "".join(
         json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rejects).encode())
@@ -62,6 +77,8 @@ def build_index(out: Path, plans: list[SubsetPlan], dag_name: str, dag_fingerpri
         "codes": {"format": schemas.CODES_FORMAT, "codebooks": codebooks, "frame_rate": 75},
         "subsets": subsets,
         "shards": shards,
+        "lengths": {"path": LENGTHS_NAME, "bytes": (out / LENGTHS_NAME).stat().st_size,
+                    "sha256": sha256_file(out / LENGTHS_NAME)},
         "rejects": {"path": REJECTS_NAME, "total": len(rejects),
                     "by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items()))},
     }

@@ -52,6 +52,7 @@ class Sample:
 
 @dataclass
 class ShardFile:
+    id: str  # <unit>-<k>: the same samples under this id in every format
     format: str
     path: str  # relative to OUT
     subset: str
@@ -62,8 +63,12 @@ class ShardFile:
     sha256: str
 
 
+def shard_id(unit: str, k: int) -> str:
+    return f"{unit}-{k:03d}"
+
+
 def shard_path(fmt: str, subset: str, unit: str, k: int) -> str:
-    return f"{fmt}/{subset}/{unit}-{k:03d}{SUFFIX[fmt]}"
+    return f"{fmt}/{subset}/{shard_id(unit, k)}{SUFFIX[fmt]}"
 
 
 def partial(path: Path) -> Path:
@@ -122,18 +127,22 @@ def write_parquet(samples: list[Sample], path: Path) -> None:
     pq.write_table(table, path, compression="zstd", row_group_size=max(1, len(samples)))
 
 
-def write_unit_shards(samples: list[Sample], out: Path, subset: str, unit: str,
-                      formats: list[str], target_bytes: float) -> list[tuple[Path, ShardFile]]:
-    """Write partial files for every format; returns (partial path, final record) pairs.
+def write_unit_shards(samples: list[Sample], out: Path, subset: str, unit: str, formats: list[str],
+                      target_bytes: float) -> tuple[list[tuple[Path, ShardFile]], list[dict]]:
+    """Write partial files for every format.
 
-    The sha256 and byte counts in the records describe the partial files, which are renamed
-    unchanged. Shard k holds the same samples in every format.
+    Returns (partial path, final record) pairs, whose sha256 and sizes describe the partial
+    files (renamed unchanged), and per shard the samples' lengths (codec frames, text tokens) in
+    shard order, from which the trainer plans batches without reading shards. Shard k holds the
+    same samples in every format.
     """
     for s in samples:  # nothing off-schema is written (Parquet: the Arrow schema enforces types)
         schemas.validate(f"sample.v{schemas.SAMPLE_VERSION}", s.metadata(), where=f"{unit}: sample {s.id!r}")
-    written, first = [], 0
+    written, lengths, first = [], [], 0
     for k, group in enumerate(split_by_size(samples, target_bytes)):
         hours = round(sum(s.duration for s in group) / 3600, 6)
+        lengths.append({"shard": shard_id(unit, k), "frames": [s.codes.shape[1] for s in group],
+                        "text_tokens": [len(s.text_tokens) for s in group]})
         for fmt in formats:
             rel = shard_path(fmt, subset, unit, k)
             tmp = partial(out / rel)
@@ -142,8 +151,8 @@ def write_unit_shards(samples: list[Sample], out: Path, subset: str, unit: str,
                 write_webdataset(group, tmp, unit, first)
             else:
                 write_parquet(group, tmp)
-            written.append((tmp, ShardFile(format=fmt, path=rel, subset=subset, unit=unit,
+            written.append((tmp, ShardFile(id=shard_id(unit, k), format=fmt, path=rel, subset=subset, unit=unit,
                                            samples=len(group), hours=hours,
                                            bytes=tmp.stat().st_size, sha256=sha256_file(tmp))))
         first += len(group)
-    return written
+    return written, lengths

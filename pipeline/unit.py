@@ -196,13 +196,13 @@ def _write_shards(job: UnitJob, cuts, texts, codes, selection_rejects, fingerpri
                codes=codes[c["id"]][0], recording_id=c["recording_id"], start=c["start"])
         for c in cuts if c["id"] in codes
     ]
-    written = write_unit_shards(samples, job.out, job.unit.subset, job.unit.name,
-                                job.formats, job.target_shard_bytes)
+    written, lengths = write_unit_shards(samples, job.out, job.unit.subset, job.unit.name,
+                                         job.formats, job.target_shard_bytes)
     for tmp, record in written:
         os.replace(tmp, job.out / record.path)
         fsync_dir((job.out / record.path).parent)
     return {"fingerprint": fingerprint, "files": [asdict(r) for _, r in written],
-            "samples": len(samples), "rejects": selection_rejects}
+            "lengths": lengths, "samples": len(samples), "rejects": selection_rejects}
 
 
 def _remove_stale_shards(job: UnitJob, shards_rec: dict) -> None:

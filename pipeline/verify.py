@@ -38,6 +38,8 @@ def verify(out: Path) -> list[str]:
         problems.append(f"{bpe_path}: missing or sha256 differs from the index")
     expect = {"codebooks": index["codes"]["codebooks"], "vocab": bpe["vocab_size"]}
 
+    lengths, lengths_problems = _read_lengths(out, index)
+    problems += lengths_problems
     ids_by_format: dict[str, Counter] = {}
     for shard in index["shards"]:
         path = out / shard["path"]
@@ -59,6 +61,10 @@ def verify(out: Path) -> list[str]:
         ids_by_format.setdefault(shard["format"], Counter()).update(m.get("id") for m, _ in rows)
         if len(rows) != shard["samples"]:
             problems.append(f"{where}: {len(rows)} samples, index says {shard['samples']}")
+        actual = ([m.get("codes_shape", [0, 0])[1] for m, _ in rows],
+                  [len(m.get("text_tokens", [])) for m, _ in rows])
+        if lengths is not None and lengths.get(shard["id"]) != actual:
+            problems.append(f"{where}: sample lengths differ from {index['lengths']['path']} row {shard['id']!r}")
         hours = sum(m.get("duration", 0) for m, _ in rows) / 3600
         if abs(hours - shard["hours"]) > 1e-5:
             problems.append(f"{where}: {hours:.6f} h of audio, index says {shard['hours']}")
@@ -72,6 +78,23 @@ def verify(out: Path) -> list[str]:
 
     problems += _check_rejects(out, index)
     return problems
+
+
+def _read_lengths(out: Path, index: dict):
+    """{shard id: (frames, text tokens)} from lengths.parquet, or None with the problems found."""
+    path = out / index["lengths"]["path"]
+    if not path.is_file():
+        return None, [f"{path}: missing"]
+    if sha256_file(path) != index["lengths"]["sha256"]:
+        return None, [f"{path}: sha256 differs from the index"]
+    table = pq.read_table(path)
+    if not table.schema.equals(schemas.arrow_schema("lengths.v1")):
+        return None, [f"{path}: columns differ from schemas/lengths.v1.json"]
+    rows = table.to_pylist()
+    problems = []
+    if {r["shard"] for r in rows} != {s["id"] for s in index["shards"]}:
+        problems.append(f"{path}: its shard ids differ from the index's")
+    return {r["shard"]: (r["frames"], r["text_tokens"]) for r in rows}, problems
 
 
 def _read_webdataset(path: Path):

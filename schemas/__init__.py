@@ -17,6 +17,7 @@ SCHEMA_DIR = Path(__file__).resolve().parent
 INDEX_VERSION = 1
 SAMPLE_VERSION = 1
 PARQUET_VERSION = 1
+LENGTHS_VERSION = 1
 
 CODES_FORMAT = "uint10le"
 CODEBOOK_BITS = 10  # 1024 entries per codebook
@@ -53,13 +54,9 @@ def validate(name: str, obj: object, where: str = "") -> None:
         raise SchemaError(f"{where or 'data'} does not match schema {name}:\n  " + "\n  ".join(lines))
 
 
-def parquet_columns() -> list[dict]:
-    """Column definitions (name, type, nullable) of the Parquet shard schema."""
-    return load_schema(f"parquet.v{PARQUET_VERSION}")["columns"]
-
-
-def arrow_schema():
-    """The pyarrow schema that Parquet shards are written with and checked against."""
+def arrow_schema(name: str = f"parquet.v{PARQUET_VERSION}"):
+    """The pyarrow schema of a column-list schema file: Parquet shards by default, or
+    "lengths.v1" (OUT/lengths.parquet)."""
     import pyarrow as pa
 
     types = {
@@ -69,10 +66,10 @@ def arrow_schema():
         "uint8": pa.uint8(),
         "binary": pa.binary(),
         "list<uint16>": pa.list_(pa.uint16()),
+        "list<int32>": pa.list_(pa.int32()),
     }
-    return pa.schema(
-        [pa.field(c["name"], types[c["type"]], nullable=c["nullable"]) for c in parquet_columns()]
-    )
+    columns = load_schema(name)["columns"]
+    return pa.schema([pa.field(c["name"], types[c["type"]], nullable=c["nullable"]) for c in columns])
 
 
 def pack_codes(codes: np.ndarray) -> bytes:

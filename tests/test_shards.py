@@ -21,8 +21,11 @@ def samples(n=5, seed=0):
 
 
 def test_bytes_are_deterministic_and_readers_need_no_project_code(tmp_path):
-    a = write_unit_shards(samples(), tmp_path / "a", "small", "small-000003", ["webdataset", "parquet"], 4000)
-    b = write_unit_shards(samples(), tmp_path / "b", "small", "small-000003", ["webdataset", "parquet"], 4000)
+    a, lengths = write_unit_shards(samples(), tmp_path / "a", "small", "small-000003", ["webdataset", "parquet"], 4000)
+    b, _ = write_unit_shards(samples(), tmp_path / "b", "small", "small-000003", ["webdataset", "parquet"], 4000)
+    assert [r.id for _, r in a][:2] == ["small-000003-000"] * 2
+    assert [f for row in lengths for f in row["frames"]] == [s.codes.shape[1] for s in samples()]
+    assert [n for row in lengths for n in row["text_tokens"]] == [3] * 5
     assert [r.sha256 for _, r in a] == [r.sha256 for _, r in b]
     assert len(a) > 2  # split by target size, shard k in both formats
     assert {r.path for _, r in a} >= {"webdataset/small/small-000003-000.tar",

@@ -101,3 +101,31 @@ def test_incomplete_corpus(tmp_path, copy):
     assert "missing (the run did not finish" in verify(copy)[0]
     assert not corpus_status(copy)["complete"]
     assert main(["status", str(tmp_path / "nothing")]) == 2
+
+
+def test_lengths_file_matches_every_shard(corpus):
+    import pyarrow.parquet as pq
+
+    index = json.loads((corpus / "index.json").read_text())
+    rows = {r["shard"]: r for r in pq.read_table(corpus / index["lengths"]["path"]).to_pylist()}
+    for shard in index["shards"]:
+        assert len(rows[shard["id"]]["frames"]) == shard["samples"]
+
+
+def test_edited_lengths_are_named(copy):
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import schemas
+
+    index = json.loads((copy / "index.json").read_text())
+    path = copy / index["lengths"]["path"]
+    rows = pq.read_table(path).to_pylist()
+    rows[0]["frames"][0] += 1
+    pq.write_table(pa.Table.from_pylist(rows, schema=schemas.arrow_schema("lengths.v1")), path)
+    index["lengths"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    index["lengths"]["bytes"] = path.stat().st_size
+    (copy / "index.json").write_text(json.dumps(index))
+    assert any(f"row {rows[0]['shard']!r}" in p for p in verify(copy))
