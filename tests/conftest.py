@@ -71,3 +71,15 @@ def write_dag(path: Path, corpus, **sections) -> Path:
 @pytest.fixture
 def tiny_dag(tmp_path, tiny_corpus):
     return write_dag(tmp_path / "tiny.yaml", tiny_corpus)
+
+
+@pytest.fixture(scope="session")
+def built_corpus(tmp_path_factory, tiny_corpus, ray_address):
+    """The tiny corpus run once through the whole pipeline: (dag, run summary). Read-only:
+    tests that change files work on a copy."""
+    from pipeline.dag import load_dag
+    from pipeline.runner import run
+
+    folder = tmp_path_factory.mktemp("built")
+    dag = load_dag(write_dag(folder / "tiny.yaml", tiny_corpus))
+    return dag, run(dag, progress=False)

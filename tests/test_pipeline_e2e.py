@@ -17,12 +17,8 @@ from tests.conftest import write_dag
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_corpus, ray_address):
-    """One full run shared by the read-only tests of this module."""
-    folder = tmp_path_factory.mktemp("e2e")
-    dag = load_dag(write_dag(folder / "tiny.yaml", tiny_corpus))
-    summary = run(dag, progress=False)
-    return dag, summary
+def built(built_corpus):
+    return built_corpus
 
 
 def test_full_run_writes_a_verified_corpus(built, tiny_corpus):

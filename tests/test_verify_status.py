@@ -7,19 +7,13 @@ import shutil
 import pytest
 
 from pipeline.cli import main
-from pipeline.dag import load_dag
-from pipeline.runner import run
 from pipeline.status import corpus_status
 from pipeline.verify import verify
-from tests.conftest import write_dag
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, tiny_corpus, ray_address):
-    folder = tmp_path_factory.mktemp("verify")
-    dag = load_dag(write_dag(folder / "tiny.yaml", tiny_corpus))
-    run(dag, progress=False)
-    return dag.out
+def corpus(built_corpus):
+    return built_corpus[0].out
 
 
 @pytest.fixture
