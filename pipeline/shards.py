@@ -24,6 +24,9 @@ import pyarrow.parquet as pq
 import schemas
 from pipeline.fsutil import sha256_file
 
+# Bumped whenever what the shards stage writes changes (files, fields, ledger record), so that
+# committed units are re-written from their codes rather than trusted.
+LAYOUT_VERSION = 2
 SUFFIX = {"webdataset": ".tar", "parquet": ".parquet"}
 FORMAT_DIRS = tuple(SUFFIX)  # OUT/<format>/<subset>/...
 TAR_MEMBER_OVERHEAD = 1024  # header block + average padding, for size estimates

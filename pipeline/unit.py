@@ -25,7 +25,7 @@ from pipeline import ledger
 from pipeline.fsutil import fsync_dir, json_digest, sha256_file
 from pipeline.plan import UnitPlan, read_unit_cuts
 from pipeline.segment import reject, segment_recording
-from pipeline.shards import FORMAT_DIRS, Sample, partial, write_unit_shards
+from pipeline.shards import FORMAT_DIRS, LAYOUT_VERSION, Sample, partial, write_unit_shards
 from pipeline.text import Tokenizer, select_text
 
 # encode_async(waves) starts encoding and returns a function that waits for the codes.
@@ -53,7 +53,8 @@ class UnitJob:
 
     def shards_fingerprint(self, codes_content: str) -> str:
         return json_digest({"codes": codes_content, "text": self.text_fingerprint,
-                        "formats": self.formats, "target": self.target_shard_bytes})
+                            "formats": self.formats, "target": self.target_shard_bytes,
+                            "layout": LAYOUT_VERSION})
 
     @property
     def codes_rel(self) -> str:

@@ -4,13 +4,11 @@ http via a local mirror), and the provenance checks."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings, strategies as st
 from torch.utils.data import DataLoader
 

@@ -1,0 +1,117 @@
+"""The non-autoregressive (NAR) model: codebooks 2..K from text, codebook 1 and an acoustic prompt.
+
+In: text (B, S) BPE ids (pad 0) with text_lens (B,), codes (B, K, T) with code_lens (B,),
+prompt_lens (B,) (the split T') and stage (B,) in 1..K-1. Out: logits (B, T, V) for codebook
+`stage` (0-based: stage 1 predicts codebook 2) at every frame; the loss reads frames T'..L-1.
+
+One bidirectional Transformer over [text ; audio frames] (every real position attends to every
+real position; padding never attended). Audio frame t's input is the sum of per-codebook
+embeddings (one table per codebook) of
+- all K codebooks when t < T' (the acoustic prompt: the utterance's own start), and
+- codebooks 0..stage-1 when t >= T' (those already known when predicting codebook `stage`).
+Text and audio each count positions from 0 (two sinusoidal tables).
+
+Conditioning on the codebook index: adaptive LayerNorm (as VALL-E does): every norm of every
+block, and the final one, scales and shifts by a learned pair per stage. Chosen over an index
+embedding added to the input because the stage then reaches every layer directly (an input
+embedding must survive 12 residual layers) and costs no sequence position; it is cheap
+(2 x d x (K-1) parameters per norm). Each stage has its own output layer d -> V.
+
+Training draws per utterance (see `loss`): stage uniform in 1..K-1, and T' uniform in
+[hi // 2, hi] with hi = min(L // 2, 3 s = 225 frames): for long utterances a 1.5-3 s prompt
+(VALL-E prompts with 3 s), and at least half of every utterance is left as target.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import CODES_PER_SECOND, ModelConfig
+from .layers import SinePositions, Transformer, attention_mask, flops_per_position, length_mask
+
+MAX_PROMPT_FRAMES = 3 * CODES_PER_SECOND  # longest prompt split drawn in training
+
+
+class NARModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        K, V, d = cfg.n_codebooks, cfg.codebook_size, cfg.d_model
+        self.text_emb = nn.Embedding(cfg.text_vocab, d)
+        self.text_pos = SinePositions(d, cfg.max_text_len, "text length")
+        self.audio_emb = nn.ModuleList(nn.Embedding(V, d) for _ in range(K))  # one table per codebook
+        self.audio_pos = SinePositions(d, cfg.max_audio_frames, "audio frames")
+        self.drop = nn.Dropout(cfg.dropout)
+        self.transformer = Transformer(cfg, n_cond=K - 1)  # AdaLN row s - 1 for stage s
+        self.heads = nn.Parameter(torch.randn(K - 1, V, d) * 0.02)  # output layer of stage s: heads[s - 1]
+
+    def embed_audio(self, codes, code_lens, prompt_lens, stage) -> torch.Tensor:
+        B, K, T = codes.shape  # codes (B, K, T)
+        real = length_mask(code_lens, T)  # (B, T)
+        in_prompt = length_mask(prompt_lens, T)  # (B, T)
+        x = torch.zeros(B, T, self.cfg.d_model, device=codes.device)
+        for k in range(K):
+            use = real & (in_prompt | (k < stage)[:, None])  # (B, T): codebook k is an input here
+            ids = torch.where(use, codes[:, k], 0)  # padding may hold anything
+            x = x + self.audio_emb[k](ids) * use[..., None]
+        return x  # (B, T, d)
+
+    def forward(self, text, text_lens, codes, code_lens, prompt_lens, stage) -> torch.Tensor:
+        """Logits (B, T, V) for codebook `stage` (0-based, in 1..K-1) at every audio frame."""
+        B, S = text.shape
+        T = codes.shape[2]
+        x_text = self.text_pos(self.text_emb(text))  # (B, S, d)
+        x_audio = self.audio_pos(self.embed_audio(codes, code_lens, prompt_lens, stage))  # (B, T, d)
+        x = self.drop(torch.cat([x_text, x_audio], dim=1))  # (B, S+T, d)
+        mask = attention_mask(torch.cat([length_mask(text_lens, S), length_mask(code_lens, T)], dim=1))
+        h, _ = self.transformer(x, mask, cond=stage - 1)  # (B, S+T, d)
+        return torch.bmm(h[:, S:], self.heads[stage - 1].transpose(1, 2))  # (B, T, d) @ (B, d, V) -> (B, T, V)
+
+    def draw(self, code_lens: torch.Tensor, generator: torch.Generator | None = None):
+        """Per utterance: stage uniform in 1..K-1; prompt split T' uniform in [hi // 2, hi],
+        hi = min(L // 2, MAX_PROMPT_FRAMES). Draws on the CPU (reproducible from `generator`)."""
+        K = self.cfg.n_codebooks
+        u = torch.rand(code_lens.shape[0], 2, generator=generator).to(code_lens.device)  # (B, 2)
+        stage = 1 + (u[:, 0] * (K - 1)).long().clamp(max=K - 2)
+        hi = torch.clamp(code_lens // 2, max=MAX_PROMPT_FRAMES)
+        lo = hi // 2
+        prompt_lens = lo + (u[:, 1] * (hi - lo + 1)).long().clamp(max=hi - lo)
+        return stage, prompt_lens
+
+    def loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        """Mean cross-entropy over frames T' <= t < L of codebook `stage` (drawn by `draw`).
+
+        Returns (loss, {"accuracy", "tokens"}), dict values detached 0-dim tensors.
+        """
+        codes, code_lens = batch["codes"], batch["code_lens"]
+        B, K, T = codes.shape
+        stage, prompt_lens = self.draw(code_lens, generator)
+        logits = self(batch["text"], batch["text_lens"], codes, code_lens, prompt_lens, stage)  # (B, T, V)
+        targets = codes.gather(1, stage[:, None, None].expand(B, 1, T))[:, 0]  # (B, T)
+        scored = length_mask(code_lens, T) & ~length_mask(prompt_lens, T)  # (B, T)
+        logits, targets = logits.float()[scored], targets[scored]  # (n, V), (n,)
+        loss = F.cross_entropy(logits, targets) if targets.numel() else logits.sum() * 0.0
+        tokens = scored.sum()
+        correct = (logits.argmax(-1) == targets).sum()
+        return loss, {"accuracy": (correct / tokens.clamp(min=1)).detach(), "tokens": tokens.detach()}
+
+    @torch.no_grad()
+    def predict(self, text: torch.Tensor, prompt_codes: torch.Tensor, codes1: torch.Tensor) -> torch.Tensor:
+        """text (1, S), prompt_codes (1, K, P), codes1 (1, T) -> (K, T): codebook 1 as given, codebooks
+        2..K filled greedily one stage at a time. Call in eval mode."""
+        K, P, T = self.cfg.n_codebooks, prompt_codes.shape[2], codes1.shape[1]
+        dev = codes1.device
+        codes = torch.zeros(1, K, P + T, dtype=torch.long, device=dev)
+        codes[:, :, :P] = prompt_codes
+        codes[:, 0, P:] = codes1
+        one = lambda n: torch.full((1,), n, dtype=torch.long, device=dev)  # noqa: E731
+        for s in range(1, K):
+            logits = self(text, one(text.shape[1]), codes, one(P + T), one(P), one(s))  # (1, P+T, V)
+            codes[0, s, P:] = logits[0, P:].argmax(-1)
+        return codes[0, :, P:]
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Forward+backward FLOPs per audio frame at sequence length seq_len (text + frames)."""
+        matmul = sum(p.numel() for p in self.transformer.parameters()) + self.heads[0].numel()
+        return flops_per_position(self.cfg, matmul, seq_len)
