@@ -380,6 +380,15 @@ class CodecEncoder:
         return out
 
 
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """(n_q, T) codes -> float32 mono 24 kHz waveform of T * 320 samples (for synthesis)."""
+        self.setup()
+        x = torch.as_tensor(np.asarray(codes, dtype=np.int64))[None].to(self._device)  # (1, n_q, T)
+        with torch.inference_mode():
+            wave = self._model.decode([(x, None)])  # (1, 1, samples)
+        return wave[0, 0, : x.shape[-1] * HOP].float().cpu().numpy()
+
+
 def _as_wave(wave: np.ndarray, index: int) -> np.ndarray:
     wave = np.asarray(wave)
     if wave.ndim != 1 or not np.issubdtype(wave.dtype, np.floating):

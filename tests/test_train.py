@@ -98,3 +98,12 @@ def test_torchrun_two_processes(corpus_dir, tmp_path):
     # Both ranks took the same number of batches (DDP would hang otherwise).
     assert sum(saved["loader"][0]["delivered"]) == sum(saved["loader"][1]["delivered"])
     assert any("dev_loss" in line for line in (tmp_path / "log.jsonl").open())
+
+
+def test_accumulation_takes_that_many_batches_per_step(corpus_dir, tmp_path):
+    # Small batches, so the 6 batches of 3 steps all come from epoch 0.
+    train(config("ar", tmp_path, "run.max_steps=3", "run.checkpoint_every=3", "optim.accumulate=2",
+                 "data.max_frames=300"), [corpus_dir], allow_random_codec=True)
+    saved = torch.load(tmp_path / "checkpoint-3.pt", weights_only=True)
+    assert saved["step"] == 3
+    assert saved["loader"][0] == {"epoch": 0, "delivered": [6]}

@@ -1,0 +1,222 @@
+"""`valle-synth`: an AR and a NAR checkpoint, a text and a speaker prompt in; a 24 kHz wav out.
+
+    valle-synth --ar AR.pt --nar NAR.pt --text "..." --prompt-audio P.wav --prompt-text "..." \
+        --out OUT.wav [--data CORPUS | --bpe bpe.model] [--top-p 0.8 --window 10 --threshold 0.1 \
+        --temperature 1.0 --seed 0 --max-seconds 30] [--codec-weights pretrained|random|PATH]
+
+Steps (VALL-E inference):
+  1. the prompt audio is mono-mixed, resampled to 24 kHz (soxr HQ, as the pipeline does) and
+     encoded by EnCodec with the corpus's settings, which the checkpoints' provenance names;
+  2. the text the models read is the BPE of normalize(prompt_text + " " + text), tokenized as
+     the corpus's were (the same normalization, no BOS/EOS);
+  3. the AR model continues codebook 1 after the prompt (KV cache, repetition-aware sampling,
+     `trainer.sampling.generate_ar`); the NAR model fills codebooks 2..K greedily;
+  4. the generated frames only (not the prompt) go through the EnCodec decoder to a 16-bit
+     24 kHz mono wav, 320 samples per frame.
+
+Everything that decides what the tokens mean must agree, or synthesis refuses: the AR and NAR
+checkpoints' provenance (codec and BPE), the BPE model file's sha256, and the loaded codec
+weights' sha256. Synthesis reuses the pipeline's text normalization and codec loader so that
+the prompt is turned into tokens exactly as the corpus was.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+import soundfile as sf
+import soxr
+import torch
+
+from pipeline.codec import SAMPLE_RATE, CodecConfig, CodecEncoder, WeightsUnavailable
+from pipeline.text import NORMALIZATION, normalize_text
+from trainer.models import ARModel, NARModel
+from trainer.models.config import CODES_PER_SECOND, ModelConfig
+from trainer.sampling import SamplingConfig, generate_ar
+from trainer.storage import join, read_bytes
+
+
+
+class SynthError(ValueError):
+    """Synthesis cannot run as asked; the message says why and what to do."""
+
+
+def load_checkpoint(path: str, kind: type, device: torch.device):
+    """(model in eval mode on `device`, provenance) from a `valle-train` checkpoint of `kind`."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SynthError(f"checkpoint {path} does not exist") from None
+    except Exception as e:  # not a torch file, or objects beyond tensors and plain data
+        raise SynthError(f"{path} cannot be read as a valle-train checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(saved, dict) or not {"model", "model_kind", "model_config", "provenance"} <= saved.keys():
+        raise SynthError(f"{path} is not a valle-train checkpoint (no model/model_kind/model_config/provenance)")
+    if saved["model_kind"] != kind.__name__:
+        raise SynthError(f"{path} holds a {saved['model_kind']}, expected a {kind.__name__}")
+    model = kind(ModelConfig(**saved["model_config"]))
+    model.load_state_dict(saved["model"])
+    return model.to(device).eval(), saved["provenance"]
+
+
+def load_bpe(args, provenance: dict) -> spm.SentencePieceProcessor:
+    """The BPE model (--bpe, else the corpus's from --data), checked against the checkpoints."""
+    if args.bpe:
+        data = _read(args.bpe, "BPE model")
+        where = args.bpe
+    elif args.data:
+        index = json.loads(_read(join(args.data, "index.json"), "corpus index"))
+        p = index["provenance"]
+        corpus_key = {"codec": {k: p["codec"][k] for k in provenance["codec"]},
+                      "bpe_sha256": p["bpe"]["sha256"], "text": p["text"]}
+        if corpus_key != provenance:
+            raise SynthError(f"{args.data} was made with other codec/BPE/text settings than the "
+                             f"checkpoints ({corpus_key} vs {provenance}); use the corpus they were trained on")
+        where = join(args.data, p["bpe"]["model"])
+        data = _read(where, "BPE model")
+    else:
+        raise SynthError("give --data CORPUS (its BPE model is used) or --bpe PATH")
+    sha = hashlib.sha256(data).hexdigest()
+    if sha != provenance["bpe_sha256"]:
+        raise SynthError(f"BPE model {where} has sha256 {sha}, but the checkpoints were trained with "
+                         f"{provenance['bpe_sha256']}; use the BPE model of their corpus")
+    return spm.SentencePieceProcessor(model_proto=data)
+
+
+def _read(uri: str, what: str) -> bytes:
+    try:
+        return read_bytes(uri)
+    except OSError as e:
+        raise SynthError(f"cannot read the {what} {uri}: {e}") from None
+
+
+def load_codec(weights: str, provenance: dict, device: str) -> CodecEncoder:
+    """EnCodec with the corpus's bandwidth; refuses weights other than those the corpus used."""
+    codec = provenance["codec"]
+    encoder = CodecEncoder(CodecConfig(weights=weights, bandwidth=codec["bandwidth_kbps"], device=device))
+    try:
+        encoder.setup()
+    except WeightsUnavailable as e:
+        raise SynthError(f"--codec-weights {weights}: {e}") from None
+    if encoder.weights.sha256 != codec["weights_sha256"]:
+        raise SynthError(
+            f"--codec-weights {weights} loaded EnCodec weights with sha256 {encoder.weights.sha256}, but the "
+            f"checkpoints' corpus was encoded with weights sha256 {codec['weights_sha256']}; pass those "
+            f"weights (a corpus built offline used 'random')")
+    return encoder
+
+
+def read_prompt(path: str) -> np.ndarray:
+    """Any soundfile-readable file -> float32 mono 24 kHz."""
+    try:
+        audio, sr = sf.read(path, dtype="float32", always_2d=True)  # (samples, channels)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise SynthError(f"cannot read prompt audio {path}: {e}") from None
+    wave = audio.mean(axis=1)
+    if sr != SAMPLE_RATE:
+        wave = soxr.resample(wave, sr, SAMPLE_RATE, quality="HQ")
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def write_wav(path: Path, wave: np.ndarray) -> None:
+    """A 16-bit PCM mono 24 kHz wav (what players expect; libsndfile writes no timestamp into
+    PCM files, so the same samples give the same bytes)."""
+    sf.write(path, np.clip(wave, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="WAV")
+
+
+def synthesize(args) -> tuple[np.ndarray, int]:
+    """Run the four steps; returns (float32 waveform at 24 kHz, generated frames)."""
+    device = torch.device(args.device if args.device != "auto" else
+                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SynthError(f"--device {args.device}: CUDA is not available here; use auto or cpu")
+    if not args.max_seconds > 0:
+        raise SynthError(f"--max-seconds {args.max_seconds}: must be > 0")
+    ar, ar_prov = load_checkpoint(args.ar, ARModel, device)
+    nar, nar_prov = load_checkpoint(args.nar, NARModel, device)
+    if ar_prov != nar_prov:
+        raise SynthError(f"the AR and NAR checkpoints were trained on corpora with different codec/BPE "
+                         f"provenance ({ar_prov} vs {nar_prov}); their tokens do not mean the same thing")
+    if ar_prov["text"]["normalization"] != NORMALIZATION:
+        raise SynthError(f"the corpus normalized text as {ar_prov['text']['normalization']!r}; this "
+                         f"pipeline version does {NORMALIZATION!r}")
+    K = ar_prov["codec"]["codebooks"]
+    if nar.cfg.n_codebooks != K:
+        raise SynthError(f"the NAR predicts {nar.cfg.n_codebooks} codebooks, the codec uses {K}")
+
+    # Text: the prompt's transcript, then the target text.
+    if not normalize_text(args.text):
+        raise SynthError("--text is empty")
+    bpe = load_bpe(args, ar_prov)
+    text_ids = bpe.encode(normalize_text(f"{args.prompt_text} {args.text}"), out_type=int)
+    limit = min(ar.cfg.max_text_len, nar.cfg.max_text_len)
+    if len(text_ids) > limit:
+        raise SynthError(f"prompt text + text are {len(text_ids)} BPE tokens; the models take at most {limit}")
+    text = torch.tensor([text_ids], dtype=torch.long, device=device)  # (1, S)
+
+    # Prompt codes, made as the corpus's were.
+    encoder = load_codec(args.codec_weights, ar_prov, args.device)
+    prompt = torch.from_numpy(encoder.encode([read_prompt(args.prompt_audio)])[0].astype(np.int64))
+    prompt = prompt[None].to(device)  # (1, K, P)
+    P = prompt.shape[2]
+    room = min(ar.cfg.max_audio_frames, nar.cfg.max_audio_frames) - P
+    if P < ar.cfg.group_size or room < 1:
+        raise SynthError(f"the prompt is {P / CODES_PER_SECOND:.2f} s ({P} frames); it must be at least "
+                         f"{ar.cfg.group_size} frames and leave room in the models' "
+                         f"{ar.cfg.max_audio_frames} frames")
+    max_frames = min(round(args.max_seconds * CODES_PER_SECOND), room)
+    sampling = SamplingConfig(top_p=args.top_p, window=args.window, repetition_threshold=args.threshold,
+                              temperature=args.temperature, max_frames=max_frames)
+
+    # AR codebook 1, NAR codebooks 2..K, then the decoder.
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    codes1 = generate_ar(ar, text, prompt[:, 0], sampling, generator)  # (T,)
+    T = codes1.numel()
+    if T == 0:
+        raise SynthError("the AR model stopped at once (EOS first); nothing to decode; try another --seed")
+    with torch.inference_mode():
+        codes = nar.predict(text, prompt, codes1[None].to(device))  # (K, T)
+    return encoder.decode(codes.cpu().numpy()), T
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="valle-synth", description=__doc__.split("\n")[0])
+    parser.add_argument("--ar", required=True, help="AR checkpoint (valle-train)")
+    parser.add_argument("--nar", required=True, help="NAR checkpoint (valle-train)")
+    parser.add_argument("--text", required=True, help="what to say")
+    parser.add_argument("--prompt-audio", required=True, help="speaker prompt: a wav/flac file")
+    parser.add_argument("--prompt-text", required=True, help="transcript of the prompt audio")
+    parser.add_argument("--out", required=True, help="output wav (24 kHz mono, 16-bit PCM)")
+    parser.add_argument("--data", help="the corpus the checkpoints were trained on (folder or URL): its BPE model")
+    parser.add_argument("--bpe", help="the BPE model file, instead of --data")
+    parser.add_argument("--codec-weights", default="pretrained", help="pretrained | random | PATH")
+    parser.add_argument("--top-p", type=float, default=0.8)
+    parser.add_argument("--window", type=int, default=10, help="repetition-aware sampling window K")
+    parser.add_argument("--threshold", type=float, default=0.1, help="repetition ratio t_r")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-seconds", type=float, default=30.0, help="longest output if no EOS")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    args = parser.parse_args(argv)
+    try:
+        wave, frames = synthesize(args)
+    except (SynthError, ValueError) as err:
+        print(f"valle-synth: {err}", file=sys.stderr)
+        return 2
+    if not np.isfinite(wave).all():
+        print("valle-synth: the decoder produced NaN/inf samples", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_wav(out, wave)
+    print(f"wrote {out}: {frames} frames, {len(wave) / SAMPLE_RATE:.2f} s at {SAMPLE_RATE} Hz")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
