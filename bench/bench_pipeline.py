@@ -1,6 +1,7 @@
 """Pipeline throughput against the bare EnCodec encoder, and code bytes per audio second.
 
     python bench/bench_pipeline.py [--dag dags/sample.yaml] [--repeat 2] [--weights random]
+    python bench/bench_pipeline.py --synthetic-minutes 8     # a larger generated look-alike corpus
 
 Side by side in one process on the same cores, alternating, because these machines are noisy:
 - bare: the EnCodec encoder alone over the kept utterances of the DAG, already decoded and
@@ -55,6 +56,28 @@ def kept_waves(out: Path, dag, store_dir: Path):
     return waves
 
 
+def synthetic_dag(minutes: float) -> Path:
+    """A generated corpus (speech-like tones, 2-5 s utterances) and a DAG over it, in a temp dir."""
+    import yaml
+
+    from pipeline.lookalike import synthetic_chapters, write_corpus
+
+    root = Path(tempfile.mkdtemp(prefix="valle-bench-corpus-"))
+    per_chapter = 10  # utterances of ~3.5 s
+    chapters = max(2, round(minutes * 60 / (3.5 * per_chapter)))
+    files = write_corpus(synthetic_chapters(n_speakers=chapters // 2, chapters_per_speaker=2,
+                                            utterances_per_chapter=per_chapter, seconds=(2.0, 5.0)), root)
+    dag = yaml.safe_load((Path(__file__).resolve().parents[1] / "dags/sample.yaml").read_text())
+    dag["source"] = {"manifest_base_url": (root / "manifests").as_uri() + "/",
+                     "audio_base_url": (root / "audio").as_uri() + "/", "audio_archives": ["small.tar"],
+                     "checksums": None}
+    dag["subsets"] = {"train": sorted(files.manifests)}
+    dag["plan"]["unit_hours"] = 0.05
+    path = root / "bench.yaml"
+    path.write_text(yaml.safe_dump(dag))
+    return path
+
+
 def code_bytes(out: Path, index: dict) -> dict:
     seconds = sum(s["hours"] for s in index["subsets"].values()) * 3600
     codes = sum(m.size for s in index["shards"] if s["format"] == "webdataset"
@@ -69,7 +92,11 @@ def main() -> None:
     parser.add_argument("--dag", default="dags/sample.yaml")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--weights", default="random", help="codec.weights for both sides")
+    parser.add_argument("--synthetic-minutes", type=float, default=0,
+                        help="instead of --dag, generate a Libriheavy look-alike of about this much speech")
     args = parser.parse_args()
+    if args.synthetic_minutes:
+        args.dag = str(synthetic_dag(args.synthetic_minutes))
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     t0 = time.perf_counter()
