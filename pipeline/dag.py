@@ -117,7 +117,7 @@ class Dag:
         data.pop("ray")
         data["output"].pop("dir")
         data["source"].pop("download_dir")
-        for key in ("device", "batch_seconds", "cache_dir"):
+        for key in ("device", "batch_seconds", "cache_dir", "threads", "download_retries"):
             data["codec"].pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
