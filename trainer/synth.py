@@ -41,7 +41,6 @@ from trainer.sampling import SamplingConfig, generate_ar
 from trainer.storage import join, read_bytes
 
 
-
 class SynthError(ValueError):
     """Synthesis cannot run as asked; the message says why and what to do."""
 
