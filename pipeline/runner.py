@@ -50,7 +50,6 @@ class RunSummary:
     reshard: int = 0  # re-tokenized / re-written from committed codes
     encoded: int = 0
     codec_forward_passes: int = 0
-    hours_processed: float = 0.0
     failed: list[dict] = field(default_factory=list)
     index: dict | None = None
 
@@ -102,7 +101,6 @@ def run(dag: Dag, *, rebuild_audio: bool = False, progress: bool = True) -> RunS
             summary.encoded += r["action"] == "codes"
             summary.reshard += r["action"] == "shards"
             summary.skipped += r["action"] == "skip"
-            summary.hours_processed += r["seconds"] / 3600 if r["action"] != "skip" else 0
         clock.log(f"units done: {summary.encoded} encoded, {summary.reshard} re-sharded")
         if summary.failed:
             lines = "\n".join(f"  {f['unit']}: {f['error']}" for f in summary.failed)

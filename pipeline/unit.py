@@ -13,6 +13,7 @@ Plain Python, no Ray: the runner supplies the codec and the parallelism.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import asdict, dataclass
 from itertools import groupby
@@ -173,9 +174,12 @@ def _load_codes(job: UnitJob, record: dict | None) -> dict | None:
     if not record or record["fingerprint"] != job.codes_fingerprint:
         return None
     path = job.out / record["path"]
-    if not path.is_file() or sha256_file(path) != record["sha256"]:
+    if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as data:
+    raw = path.read_bytes()  # read once: hashed, then parsed
+    if hashlib.sha256(raw).hexdigest() != record["sha256"]:
+        return None
+    with np.load(io.BytesIO(raw), allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     return _codes_by_id(arrays)
 

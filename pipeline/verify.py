@@ -8,11 +8,14 @@ within a format and the same across formats; the rejects file against the index'
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import tarfile
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
@@ -47,12 +50,13 @@ def verify(out: Path) -> list[str]:
         if not path.is_file():
             problems.append(f"{where}: missing")
             continue
-        if path.stat().st_size != shard["bytes"]:
-            problems.append(f"{where}: {path.stat().st_size} bytes, index says {shard['bytes']}")
-        if sha256_file(path) != shard["sha256"]:
+        raw = path.read_bytes()  # read once: hashed, then parsed
+        if len(raw) != shard["bytes"]:
+            problems.append(f"{where}: {len(raw)} bytes, index says {shard['bytes']}")
+        if hashlib.sha256(raw).hexdigest() != shard["sha256"]:
             problems.append(f"{where}: sha256 differs from the index")
         try:
-            rows = list(_read_webdataset(path) if shard["format"] == "webdataset" else _read_parquet(path))
+            rows = list(_read_webdataset(raw) if shard["format"] == "webdataset" else _read_parquet(raw))
         except Exception as err:  # any unreadable shard is a finding, not a crash
             problems.append(f"{where}: unreadable: {type(err).__name__}: {err}")
             continue
@@ -97,10 +101,10 @@ def _read_lengths(out: Path, index: dict):
     return {r["shard"]: (r["frames"], r["text_tokens"]) for r in rows}, problems
 
 
-def _read_webdataset(path: Path):
+def _read_webdataset(raw: bytes):
     """(metadata, packed codes) per sample; members must pair up as <key>.json + <key>.codes."""
     members: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path, "r:") as tar:
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
         for info in tar:
             if not info.isfile():
                 raise ValueError(f"member {info.name!r} is not a regular file")
@@ -112,8 +116,8 @@ def _read_webdataset(path: Path):
         yield json.loads(fields["json"]), fields["codes"]
 
 
-def _read_parquet(path: Path):
-    table = pq.read_table(path)
+def _read_parquet(raw: bytes):
+    table = pq.read_table(pa.BufferReader(raw))
     if table.schema != schemas.arrow_schema():
         raise ValueError(f"columns differ from schemas/parquet.v1.json: {table.schema}")
     for row in table.to_pylist():

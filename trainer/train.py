@@ -102,8 +102,11 @@ def to_device(batch: dict, device) -> dict:
 
 
 def rng_state(generator: torch.Generator) -> dict:
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "model": generator.get_state(),
-             "numpy": [int(x) for x in np.random.get_state()[1]], "python": random.getstate()}
+             "numpy": {"keys": [int(x) for x in keys], "pos": int(pos), "has_gauss": int(has_gauss),
+                       "gauss": float(gauss)},  # plain data: checkpoints load with weights_only
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -112,7 +115,8 @@ def rng_state(generator: torch.Generator) -> dict:
 def set_rng_state(state: dict, generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     generator.set_state(state["model"])
-    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), 624, 0, 0.0))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
