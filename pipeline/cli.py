@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
+    from tokens.stack import require_torch_stack
+
+    require_torch_stack("valle-prep")
     from pipeline.dag import DagError, load_dag
     from pipeline.codec import WeightsUnavailable
     from pipeline.download import DownloadError

@@ -44,10 +44,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from encodec import EncodecModel
 
 from pipeline.download import Checksum, DownloadError, download, is_downloaded
 from pipeline.fsutil import hash_file
+from tokens.stack import encodec_model_class
+
+EncodecModel = encodec_model_class()  # encodec without its torchaudio import (tokens.stack)
 
 log = logging.getLogger("pipeline.codec")
 

@@ -1,0 +1,96 @@
+"""The torch stack: how valle-corpus imports it, and one clear line when it is broken.
+
+torch is the only compiled part of the stack we use. EnCodec's model code comes from the
+`encodec` package, whose `encodec.utils` imports torchaudio at module level for two helpers we
+never call (`convert_audio`, `save_audio`; we resample with libsoxr and write wavs with
+soundfile). torchaudio is in maintenance mode: its last release (2.11) trails torch, declares no
+upper bound on torch, and refuses to import beside a torch built for another CUDA version. So
+encodec is imported with torchaudio held out (`encodec_model_class`): torchaudio may be
+installed (encodec declares it) but valle-corpus never imports it, and any torch in
+TESTED_TORCH works whatever torchaudio build sits beside it.
+
+This module imports nothing heavy at import time, so the command-line tools can call
+`require_torch_stack` before anything touches torch. `python -m tokens.stack` prints the
+installed stack and exits non-zero when it does not import (CI runs it after installing).
+"""
+from __future__ import annotations
+
+import sys
+import types
+from importlib import metadata
+
+# The torch releases verified to import and encode beside encodec (README: Install). Keep in
+# step with pyproject.toml; constraints.txt pins one of them exactly for CI.
+TESTED_TORCH = ">=2.13,<2.16"
+STACK = ("torch", "encodec", "torchaudio", "numpy")
+
+
+def encodec_model_class():
+    """`encodec.EncodecModel`, imported without importing torchaudio."""
+    if "encodec" in sys.modules:  # already imported (by us, or by code that wanted torchaudio)
+        return sys.modules["encodec"].EncodecModel
+    previous = sys.modules.get("torchaudio")
+    if previous is None:
+        sys.modules["torchaudio"] = _torchaudio_placeholder()
+    try:
+        import encodec
+    finally:
+        if previous is None:  # a later `import torchaudio` elsewhere gets the real one
+            del sys.modules["torchaudio"]
+    return encodec.EncodecModel
+
+
+def _torchaudio_placeholder() -> types.ModuleType:
+    module = types.ModuleType("torchaudio", "stands in for torchaudio while encodec is imported")
+
+    def missing(name: str):
+        raise AttributeError(
+            f"torchaudio.{name}: valle-corpus imports encodec without torchaudio, so encodec's "
+            "torchaudio helpers (convert_audio, save_audio) are unavailable here")
+
+    module.__getattr__ = missing  # module-level __getattr__ (PEP 562)
+    return module
+
+
+def installed() -> str:
+    """What is installed, read from package metadata (nothing is imported): 'torch 2.14.1, ...'."""
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+    return ", ".join(f"{name} {version(name)}" for name in STACK)
+
+
+def torch_stack_problem() -> str | None:
+    """None when torch and encodec import; else one line saying what failed."""
+    try:
+        import torch  # noqa: F401
+        encodec_model_class()
+    except Exception as err:  # ImportError, OSError (a missing .so), RuntimeError (CUDA builds)
+        lines = str(err).strip().splitlines()
+        return f"{type(err).__name__}: {lines[0] if lines else ''}"
+    return None
+
+
+def require_torch_stack(prog: str) -> None:
+    """Exit with one line naming what is installed and what to install, if torch is broken."""
+    problem = torch_stack_problem()
+    if problem is not None:
+        print(f"{prog}: the torch stack does not import ({problem}). Installed: {installed()}. "
+              f"Install a tested torch: pip install 'torch{TESTED_TORCH}' (or, in a checkout, "
+              f"pip install -c constraints.txt -e .)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def main() -> int:
+    require_torch_stack("tokens.stack")
+    import torch
+
+    cuda = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU build"
+    print(f"torch stack OK: torch {torch.__version__} ({cuda}); installed: {installed()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

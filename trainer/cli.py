@@ -1,0 +1,22 @@
+"""Console entry points `valle-train` and `valle-synth`.
+
+They check the torch stack before importing anything that needs it, so a broken install reads as
+one line naming what is installed and what to install, not a traceback from inside a library.
+"""
+from __future__ import annotations
+
+from tokens.stack import require_torch_stack
+
+
+def train(argv: list[str] | None = None) -> int:
+    require_torch_stack("valle-train")
+    from trainer.train import main
+
+    return main(argv)
+
+
+def synth(argv: list[str] | None = None) -> int:
+    require_torch_stack("valle-synth")
+    from trainer.synth import main
+
+    return main(argv)
