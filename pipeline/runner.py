@@ -266,7 +266,10 @@ def run_units_on_ray(jobs: list[UnitJob], dag: Dag, codec_cfg: CodecConfig, weig
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=dag.ray.address, include_dashboard=False, logging_level=logging.WARNING)
+        # "local": a new embedded Ray, never a cluster that happens to run on this machine
+        # (address=None would join the latest `ray start` cluster found in /tmp/ray).
+        ray.init(address=dag.ray.address or "local", include_dashboard=False,
+                 logging_level=logging.WARNING)
     actors = []
     try:
         resources = ray.cluster_resources()

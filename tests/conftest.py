@@ -19,7 +19,7 @@ def ray_address():
     """A local Ray cluster shared by the whole session (ray.init costs ~5 s); yields its address."""
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
