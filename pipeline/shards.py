@@ -26,7 +26,8 @@ from pipeline.fsutil import sha256_file
 
 # Bumped whenever what the shards stage writes changes (files, fields, ledger record), so that
 # committed units are re-written from their codes rather than trusted.
-LAYOUT_VERSION = 2
+# 3: texts without a letter or digit are rejected (no_words).
+LAYOUT_VERSION = 3
 SUFFIX = {"webdataset": ".tar", "parquet": ".parquet"}
 FORMAT_DIRS = tuple(SUFFIX)  # OUT/<format>/<subset>/...
 TAR_MEMBER_OVERHEAD = 1024  # header block + average padding, for size estimates

@@ -92,6 +92,23 @@ def select_text(texts: Sequence[str] | None, field: str) -> str:
     return normalize_text(texts[index])
 
 
+def has_words(text: str) -> bool:
+    """True when a text holds a letter or a digit (any script): something a speaker says."""
+    return any(ch.isalnum() for ch in text)
+
+
+def text_problem(text: str, field: str) -> tuple[str, str] | None:
+    """Why a selected, normalized text cannot be a training target: (reason, detail), or None.
+
+    Punctuation alone ("... \u2014 !") is not speech: its audio would be trained against no words.
+    """
+    if not text:
+        return "empty_text", f"text field {field!r} normalizes to nothing"
+    if not has_words(text):
+        return "no_words", f"text field {field!r} has no letter or digit: {text[:80]!r}"
+    return None
+
+
 @dataclass
 class BpeConfig:
     # 1024: see pipeline/TEXT_NOTES.md (small pieces let the model learn spelling -> sound for
