@@ -31,6 +31,7 @@ NORMALIZATION = "nfkc-ws-v1"  # bump whenever normalize_text's output can change
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 MAX_VOCAB = 65535  # tokens are stored as uint16
+MIN_VOCAB = 5  # the 4 reserved ids and one piece
 MODEL_TYPES = ("bpe", "unigram", "char")
 SAMPLER = "blake2b64-bottom-k-v1"  # how the training sample is drawn; part of the fingerprint
 MAX_SENTENCE_BYTES = 16384  # sentencepiece silently drops longer lines; we drop and count instead
@@ -119,10 +120,11 @@ class BpeConfig:
     max_sentences: int = 2_000_000  # training sample cap; the sample is chosen by cut-id hash
 
     def __post_init__(self) -> None:
-        if not 1 <= self.vocab_size <= MAX_VOCAB:
+        # Messages start with the field name: load_dag prefixes the section (text.bpe.).
+        if not MIN_VOCAB <= self.vocab_size <= MAX_VOCAB:
             raise ValueError(
-                f"vocab_size={self.vocab_size}: must be in [1, {MAX_VOCAB}] because tokens are "
-                "stored as uint16"
+                f"vocab_size={self.vocab_size}: must be in [{MIN_VOCAB}, {MAX_VOCAB}]: the 4 "
+                "reserved ids and at least one piece, and tokens are stored as uint16"
             )
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"model_type={self.model_type!r}: must be one of {MODEL_TYPES}")
