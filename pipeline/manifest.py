@@ -86,6 +86,9 @@ class _Cut(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _DECODER = msgspec.json.Decoder(_Cut)
+# json, not msgspec, writes compact cuts: unit files keep the bytes (and sha256) of earlier
+# plans, so committed codes stay valid. One encoder: json.dumps(...) builds one per call.
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def parse_line(raw: bytes | str, source_prefix: str) -> dict:
@@ -190,7 +193,7 @@ def scan_block(block: bytes, first_line: int, source_prefix: str, subset: str, s
         tally = scan.recordings.setdefault(cut["recording_id"], [0, 0])
         tally[0] += round(cut["duration"] * 1_000_000)
         tally[1] += 1
-        out.append(f"{line_no}\t{json.dumps(cut, ensure_ascii=False)}\n")
+        out.append(f"{line_no}\t{_ENCODE(cut)}\n")
     sink.write("".join(out).encode("utf-8"))
     return scan
 
