@@ -204,3 +204,13 @@ def test_a_damaged_manifest_is_a_clear_error(tmp_path, tiny_corpus):
     with pytest.raises(ManifestUnreadable, match="not a readable gzip file.*download it again"):
         plan_subset(damaged, "small", "train", tmp_path / "out", 0.001, PREFIX, progress=False)
     assert isinstance(ManifestUnreadable("x"), DownloadError)  # the CLI reports it in one line
+
+
+def test_a_changed_manifest_is_planned_again(tmp_path, tiny_corpus):
+    lines = _lines(tiny_corpus.manifests["small"])
+    path = _write(tmp_path / "m.gz", lines)
+    first = plan_subset(path, "small", "train", tmp_path / "out", 10.0, PREFIX, progress=False)
+    _write(path, lines[:-1])  # one cut fewer upstream
+    second = plan_subset(path, "small", "train", tmp_path / "out", 10.0, PREFIX, progress=False)
+    assert second.fingerprint != first.fingerprint
+    assert second.units[0].cuts == first.units[0].cuts - 1 and second.units[0].sha256 != first.units[0].sha256
