@@ -6,7 +6,8 @@ Out: `OUT/plan/<subset>/<unit>.jsonl` (compact cuts: no pre_texts), `OUT/plan/<s
 (the units with their sha256, the rejected manifest lines, a fingerprint) and
 `OUT/plan/<subset>.ids.npy` (the subset's cut ids as digests, for checks across subsets).
 
-Four steps, memory bounded by the recordings (~250 k for large) and 16 bytes per cut:
+Four steps; memory grows only with the recordings (~250 k for large) and by 16 bytes a cut
+(about 3x that while sorting: < 1 GB in all for 12 M cuts, see bench/bench_plan.py):
 1. parse every line once (pipeline.manifest), compact cuts to a file, unreadable lines rejected;
 2. duplicate cut ids, found by sorting id digests: the copy with the smallest (recording, start)
    is kept; with `plan_subsets`, ids kept by a subset of higher priority are rejected too;
