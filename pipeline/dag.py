@@ -1,10 +1,11 @@
 """Load a DAG file (YAML) into typed, checked configuration.
 
 In: a path to `dags/*.yaml` and `--set dotted.key=value` overrides (values parsed as YAML).
-Out: a `Dag` of small dataclasses, one per stage. Unknown keys, wrong types and broken wiring
-(a subset with no manifest, a checksum for a file nothing downloads, ...) are reported with the
-key path before any work starts. Input locations inside a DAG that have no URL scheme are
-resolved against the DAG file's folder; `output.dir` is relative to the working directory.
+Out: a `Dag` of small dataclasses, one per stage. Unknown keys, wrong types, values out of
+range (section by section: `_SECTION_CHECKS`) and broken wiring (a subset with no manifest, a
+checksum for a file nothing downloads, ...) are reported with the key path before any work
+starts. Input locations inside a DAG that have no URL scheme are resolved against the DAG
+file's folder; `output.dir` is relative to the working directory.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -21,7 +23,8 @@ from typing import Any, Union
 
 import yaml
 
-from pipeline.codec import CodecConfig
+from pipeline.codec import BANDWIDTHS, CodecConfig
+from pipeline.download import Checksum
 from pipeline.text import TEXT_FIELDS, BpeConfig
 
 FORMATS = ("webdataset", "parquet")
@@ -146,6 +149,7 @@ def load_dag(path: str | Path, overrides: list[str] = (), out: str | None = None
         raise DagError(f"{path}: {err}") from None
     _resolve_locations(dag, path.resolve().parent)
     _check_wiring(dag, path)
+    _check_values(dag, path)
     return dag
 
 
@@ -182,7 +186,10 @@ def _build(cls, data: Any, where: str):
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(names)})"
             raise DagError(f"unknown key {where + '.' if where else ''}{key}{hint}")
         kwargs[key] = _convert(hints[key], value, f"{where}.{key}" if where else key)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as err:  # a config's own check; its message starts with the field name
+        raise DagError(f"{where}.{err}" if where else str(err)) from None
 
 
 def _convert(tp, value, where: str):
@@ -206,6 +213,8 @@ def _convert(tp, value, where: str):
         _, inner = typing.get_args(tp)
         return {str(k): _convert(inner, v, f"{where}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise DagError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp in (str, int, bool) and type(value) is tp:
         return value
@@ -214,7 +223,8 @@ def _convert(tp, value, where: str):
 
 def _resolve_locations(dag: Dag, dag_dir: Path) -> None:
     src = dag.source
-    src.manifest_base_url = _as_url(src.manifest_base_url, dag_dir)
+    if src.manifest_base_url:  # an empty one is reported by _check_values
+        src.manifest_base_url = _as_url(src.manifest_base_url, dag_dir)
     if src.audio_base_url:
         src.audio_base_url = _as_url(src.audio_base_url, dag_dir)
     if src.audio_dir:
@@ -243,8 +253,6 @@ def _check_wiring(dag: Dag, path: Path) -> None:
     for name in roles:
         if not _NAME.match(name):
             fail(f"subset name {name!r} must be letters, digits and underscores")
-    if not dag.source.manifest_base_url:
-        fail("source.manifest_base_url is required")
     if dag.source.audio_dir is None:
         if not dag.source.audio_base_url or not dag.source.audio_archives:
             fail("set source.audio_base_url and source.audio_archives, or source.audio_dir")
@@ -257,18 +265,95 @@ def _check_wiring(dag: Dag, path: Path) -> None:
             if name not in known:
                 fail(f"source.checksums names {name!r}, which this DAG does not download "
                      f"(downloads: {', '.join(sorted(known))})")
-    if not dag.output.formats or any(f not in FORMATS for f in dag.output.formats):
-        fail(f"output.formats must be a non-empty list of {list(FORMATS)}, got {dag.output.formats}")
-    if len(set(dag.output.formats)) != len(dag.output.formats):
-        fail(f"output.formats lists a format twice: {dag.output.formats}")
-    if dag.output.target_shard_mb <= 0:
-        fail("output.target_shard_mb must be positive")
-    if dag.text.field not in TEXT_FIELDS:
-        fail(f"text.field must be one of {sorted(TEXT_FIELDS)}, got {dag.text.field!r}")
-    if not 0 < dag.segment.min_duration < dag.segment.max_duration:
-        fail("segment: need 0 < min_duration < max_duration")
-    if dag.plan.unit_hours <= 0:
-        fail("plan.unit_hours must be positive")
-    w = dag.codec.weights
+
+
+def _check_values(dag: Dag, path: Path) -> None:
+    """Every stage setting on its own, section by section, before anything starts."""
+    for section, check in _SECTION_CHECKS.items():
+        for key, problem in check(getattr(dag, section)):
+            raise DagError(f"{path}: {section}.{key} {problem}")
+
+
+def _positive(value, key: str, optional: bool = False):
+    """[(key, problem)] unless `value` is > 0 (or None when optional)."""
+    if (value is None and optional) or (value is not None and value > 0):
+        return []
+    return [(key, f"must be > 0{' or null' if optional else ''}, got {value!r}")]
+
+
+def _source_problems(src: SourceConfig):
+    if not src.manifest_base_url:
+        yield "manifest_base_url", "is required"
+    for name, text in (src.checksums or {}).items():
+        try:
+            Checksum.parse(text)
+        except ValueError as err:
+            yield f"checksums.{name}", f"is not a checksum: {err}"
+
+
+def _plan_problems(plan: PlanConfig):
+    yield from _positive(plan.unit_hours, "unit_hours")
+
+
+def _segment_problems(seg: SegmentConfig):
+    if not 0 < seg.min_duration < seg.max_duration:
+        yield "min_duration", (f"must be > 0 and below max_duration (need 0 < min_duration < "
+                               f"max_duration), got {seg.min_duration} and {seg.max_duration}")
+
+
+def _text_problems(text: TextConfig):
+    if text.field not in TEXT_FIELDS:
+        yield "field", f"must be one of {sorted(TEXT_FIELDS)}, got {text.field!r}"
+    # text.bpe checks itself when built (BpeConfig.__post_init__).
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _codec_problems(codec: CodecConfig):
+    if codec.bandwidth not in BANDWIDTHS:
+        yield "bandwidth", f"must be one of {list(BANDWIDTHS)} (kbps; 6.0 = 8 codebooks), got {codec.bandwidth}"
+    if not _DEVICE.match(codec.device):
+        yield "device", f"must be auto, cpu, cuda or cuda:N, got {codec.device!r}"
+    yield from _positive(codec.batch_seconds, "batch_seconds")
+    w = codec.weights
     if w not in ("pretrained", "auto", "random") and not Path(w).is_file():
-        fail(f"codec.weights: {w!r} is not pretrained, auto, random or an existing checkpoint file")
+        yield "weights", f"{w!r} is not pretrained, auto, random or an existing checkpoint file"
+    if not re.match(r"^(https?|file)://", codec.weights_url):
+        yield "weights_url", f"must be an http(s):// or file:// URL, got {codec.weights_url!r}"
+    if codec.weights_checksum is not None:
+        try:
+            Checksum.parse(codec.weights_checksum)
+        except ValueError as err:
+            yield "weights_checksum", f"is not a checksum: {err}"
+    yield from _positive(codec.download_retries, "download_retries")
+    yield from _positive(codec.threads, "threads", optional=True)
+
+
+def _output_problems(out: OutputConfig):
+    if not out.dir:
+        yield "dir", "must name a folder"
+    if not out.formats or any(f not in FORMATS for f in out.formats):
+        yield "formats", f"must be a non-empty list of {list(FORMATS)}, got {out.formats}"
+    elif len(set(out.formats)) != len(out.formats):
+        yield "formats", f"lists a format twice: {out.formats}"
+    yield from _positive(out.target_shard_mb, "target_shard_mb")
+
+
+def _ray_problems(ray: RayConfig):
+    if ray.address is not None and not ray.address.strip():
+        yield "address", "must be HOST:PORT, auto, or null"
+    for key in ("codec_workers", "cpus_per_codec_worker", "units_in_flight"):
+        yield from _positive(getattr(ray, key), key, optional=True)
+
+
+# One checker per section, each yielding (key, problem): add a key's check beside its section.
+_SECTION_CHECKS = {
+    "source": _source_problems,
+    "plan": _plan_problems,
+    "segment": _segment_problems,
+    "text": _text_problems,
+    "codec": _codec_problems,
+    "output": _output_problems,
+    "ray": _ray_problems,
+}

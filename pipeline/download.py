@@ -10,6 +10,12 @@ How it survives a CDN that drops hours-long transfers:
   the Range, so the .part is truncated and the file restarts from zero (never duplicated bytes);
 - dropped connections, timeouts, short bodies and HTTP 5xx are retried with capped exponential
   backoff; other 4xx fail at once (416 on a complete .part means "nothing left": go verify);
+  `retries` counts attempts in a row that bring no new bytes: an attempt that grows the .part
+  past its largest size so far resets the count, so a multi-day 3 TB transfer survives any
+  number of routine drops while a server that never gets further still fails in minutes;
+- before writing, the free space of the destination's file system is checked against what is
+  left to fetch (when the length is known), and a full disk while writing (ENOSPC) is the same
+  clear `DiskFull` error, naming the file and the space needed; the .part is kept for resuming;
 - the finished .part is hashed (md5 or sha256), fsynced, renamed to `dest`, then the marker is
   written atomically. A re-run with a matching marker returns without touching the network.
 file:// URLs go through the same code: the local file is read from the resume offset as if the
@@ -18,11 +24,13 @@ server had answered 206, so the resume logic is exercised without a network.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import logging
 import os
 import re
+import shutil
 import time
 import urllib.error
 import urllib.parse
@@ -46,6 +54,10 @@ _HEX_LEN = {"sha256": 64, "md5": 32}
 
 class DownloadError(RuntimeError):
     """A download failed for good (bad URL/status, checksum mismatch, retries exhausted)."""
+
+
+class DiskFull(DownloadError):
+    """No room for the rest of a download; free space and run again (the .part resumes)."""
 
 
 class _Retryable(Exception):
@@ -189,19 +201,28 @@ def _verify(part: Path, url: str, checksum: Checksum | None) -> None:
 
 def _fetch_with_retries(url: str, part: Path, retries: int, backoff_s: float,
                         timeout_s: float, bar: tqdm) -> None:
+    """Attempt until complete; give up after `retries` attempts in a row without progress."""
     last_error: BaseException | None = None
-    for attempt in range(retries):
+    best, stalled, attempts = _size(part), 0, 0  # best: the largest .part seen
+    while True:
+        attempts += 1
         try:
             _fetch_once(url, part, timeout_s, bar)
             return
         except _Retryable as e:
             last_error = e
-        if attempt + 1 < retries:
-            delay = min(backoff_s * 2**attempt, MAX_BACKOFF_S)
-            log.info("%s: attempt %d/%d failed (%s); retrying in %.1f s from byte %d",
-                     url, attempt + 1, retries, last_error, delay, _size(part))
-            time.sleep(delay)
-    raise DownloadError(f"{url}: gave up after {retries} attempts; last error: {last_error}")
+        size = _size(part)
+        if size > best:  # progress: the budget is for failures in a row
+            best, stalled = size, 0
+        stalled += 1
+        if stalled >= retries:
+            break
+        delay = min(backoff_s * 2 ** (stalled - 1), MAX_BACKOFF_S)
+        log.info("%s: attempt %d failed (%s); retrying in %.1f s from byte %d (%d of %d retries "
+                 "left without progress)", url, attempts, last_error, delay, size, retries - stalled, retries)
+        time.sleep(delay)
+    raise DownloadError(f"{url}: gave up after {retries} attempts in a row without progress "
+                        f"({attempts} in all, {best} bytes at best); last error: {last_error}")
 
 
 def _size(path: Path) -> int:
@@ -234,17 +255,14 @@ def _fetch_once(url: str, part: Path, timeout_s: float, bar: tqdm) -> None:
         bar.reset(total=body.total)
         bar.update(body.start)
         if body.stream is not None:
-            # Append only when the body continues exactly where the .part ends; else truncate.
-            with open(part, "ab" if body.start == offset else "wb") as out:
-                while True:
-                    try:
-                        chunk = body.stream.read(CHUNK_BYTES)
-                    except (OSError, http.client.HTTPException) as e:
-                        raise _Retryable(f"connection lost at byte {out.tell()}: {e!r}") from e
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    bar.update(len(chunk))
+            _check_space(part, body, offset)
+            try:
+                _append(body, part, offset, bar)
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                need = None if body.total is None else body.total - _size(part)
+                raise _disk_full(part, need, e) from None
     finally:
         if body.stream is not None:
             body.stream.close()
@@ -253,6 +271,45 @@ def _fetch_once(url: str, part: Path, timeout_s: float, bar: tqdm) -> None:
         if size > body.total:  # longer than the remote file: the .part is garbage
             part.unlink(missing_ok=True)
         raise _Retryable(f"incomplete body: have {size} of {body.total} bytes")
+
+
+def _append(body: _Body, part: Path, offset: int, bar: tqdm) -> None:
+    """Write the body to `part`: appended only when it continues exactly where the .part ends,
+    else from zero (truncating)."""
+    with open(part, "ab" if body.start == offset else "wb") as out:
+        while True:
+            try:
+                chunk = body.stream.read(CHUNK_BYTES)
+            except (OSError, http.client.HTTPException) as e:
+                raise _Retryable(f"connection lost at byte {out.tell()}: {e!r}") from e
+            if not chunk:
+                break
+            out.write(chunk)
+            bar.update(len(chunk))
+
+
+def _check_space(part: Path, body: _Body, offset: int) -> None:
+    """Refuse to start a body that cannot fit (only possible when its length is known)."""
+    if body.total is None:
+        return
+    need = body.total - body.start
+    room = shutil.disk_usage(part.parent).free + (offset if body.start != offset else 0)  # truncated
+    if need > room:
+        raise _disk_full(part, need)
+
+
+def _disk_full(part: Path, need: int | None, err: OSError | None = None) -> DiskFull:
+    dest, free = part.with_name(part.name.removesuffix(".part")), shutil.disk_usage(part.parent).free
+    return DiskFull(
+        f"{dest}: not enough disk space in {part.parent}: "
+        f"{'an unknown amount' if need is None else f'{need:,} more bytes ({_gib(need)})'} needed, "
+        f"{free:,} bytes ({_gib(free)}) free{f' ({err})' if err else ''}. Free space there (or "
+        f"point source.download_dir elsewhere) and run again: the download resumes from "
+        f"{part.name}")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
 
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")

@@ -1,28 +1,44 @@
-"""Plan: stream a Libriheavy manifest into deterministic units of whole recordings.
+"""Plan: stream Libriheavy manifests into deterministic units of whole recordings.
 
 In: `libriheavy_cuts_<subset>.jsonl.gz` (one lhotse MonoCut per line; 12 M lines for large, so
 it is streamed, never loaded whole) and the unit size in hours.
-Out: `OUT/plan/<subset>/<unit>.jsonl` (compact cuts: no pre_texts) and `OUT/plan/<subset>.json`
-(the units with their sha256, the manifest lines that could not be read, a fingerprint).
+Out: `OUT/plan/<subset>/<unit>.jsonl` (compact cuts: no pre_texts), `OUT/plan/<subset>.json`
+(the units with their sha256, the rejected manifest lines, a fingerprint) and
+`OUT/plan/<subset>.ids.npy` (the subset's cut ids as digests, for checks across subsets).
 
-Recordings are sorted by id and packed greedily into units, so the same manifest and settings
-give the same units with the same names on any machine and any cluster size: the resume key.
-A unit holds whole recordings so each long FLAC is decoded once.
+Four steps; memory grows only with the recordings (~250 k for large) and by 16 bytes a cut
+(about 3x that while sorting: < 1 GB in all for 12 M cuts, see bench/bench_plan.py):
+1. parse every line once (pipeline.manifest), compact cuts to a file, unreadable lines rejected;
+2. duplicate cut ids, found by sorting id digests: the copy with the smallest (recording, start)
+   is kept; with `plan_subsets`, ids kept by a subset of higher priority are rejected too;
+3. pack: recordings sorted by id, a new unit once ~unit_hours of cut audio is reached;
+4. distribute the compact cuts into one file per unit.
+The same manifest and settings give the same units with the same names on any machine and any
+cluster size, whatever the order of its lines: the resume key. A unit holds whole recordings so
+each long FLAC is decoded once.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import shutil
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import msgspec
+import numpy as np
 from tqdm import tqdm
 
-from pipeline.fsutil import sha256_file, write_json_atomic
+from pipeline import cut_ids
+from pipeline.download import DownloadError
+from pipeline.fsutil import read_json, sha256_file, write_json_atomic
+from pipeline.manifest import ManifestScan, line_reject, read_blocks, scan_block
 
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2  # 2: msgspec parsing, number checks, duplicate ids rejected while planning
+# A cut id in several subsets is kept in the first by role in this order (then DAG order):
+# evaluation sets are fixed benchmarks, so a training copy is what goes.
+ROLE_PRIORITY = ("test", "dev", "train")
 
 
 @dataclass
@@ -45,7 +61,8 @@ class SubsetPlan:
     fingerprint: str
     cuts_in: int
     units: list[UnitPlan]
-    rejects: list[dict] = field(default_factory=list)  # manifest lines that could not be read
+    rejects: list[dict] = field(default_factory=list)  # manifest lines not planned
+    excluded: str = ""  # digest of the ids left to subsets of higher priority; "" for none
 
     @classmethod
     def from_json(cls, data: dict) -> "SubsetPlan":
@@ -53,33 +70,8 @@ class SubsetPlan:
         return cls(**{**data, "units": units})
 
 
-def compact_cut(line: str, source_prefix: str) -> dict:
-    """One manifest line -> the few fields the pipeline needs. ValueError says what is wrong."""
-    from lhotse.cut import MonoCut  # here, not at the top: unit workers read plans without lhotse
-
-    try:
-        cut = MonoCut.from_dict(json.loads(line))
-    except Exception as err:  # lhotse raises many types for malformed cuts
-        raise ValueError(f"not a lhotse MonoCut: {type(err).__name__}: {err}") from None
-    if len(cut.supervisions) != 1:
-        raise ValueError(f"cut {cut.id}: expected one supervision, found {len(cut.supervisions)}")
-    sup = cut.supervisions[0]
-    texts = (sup.custom or {}).get("texts")
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise ValueError(f"cut {cut.id}: supervision has no custom.texts list")
-    if cut.recording is None or not cut.recording.sources:
-        raise ValueError(f"cut {cut.id}: no recording source")
-    source = cut.recording.sources[0].source
-    return {
-        "id": cut.id,
-        "recording_id": cut.recording.id,
-        "audio": source[len(source_prefix):] if source.startswith(source_prefix) else source,
-        "start": float(cut.start),
-        "duration": float(cut.duration),
-        "channel": int(cut.channel) if isinstance(cut.channel, int) else 0,
-        "speaker": str(sup.speaker or ""),
-        "texts": texts,
-    }
+class ManifestUnreadable(DownloadError):
+    """The manifest file itself is damaged (not gzip, truncated): download it again."""
 
 
 def plan_fingerprint(manifest_sha256: str, unit_hours: float, source_prefix: str) -> str:
@@ -89,69 +81,163 @@ def plan_fingerprint(manifest_sha256: str, unit_hours: float, source_prefix: str
 
 
 def load_plan(out: Path, subset: str) -> SubsetPlan | None:
-    path = out / "plan" / f"{subset}.json"
-    return SubsetPlan.from_json(json.loads(path.read_text())) if path.exists() else None
+    data = read_json(out / "plan" / f"{subset}.json")
+    return SubsetPlan.from_json(data) if data is not None else None
+
+
+def ids_path(out: Path, subset: str) -> Path:
+    return out / "plan" / f"{subset}.ids.npy"
+
+
+def plan_subsets(manifests: dict[str, Path], roles: dict[str, str], out: Path, unit_hours: float,
+                 source_prefix: str, progress: bool = True) -> list[SubsetPlan]:
+    """Plan every subset (in `roles` order) so that no cut id is in two of them."""
+    order = sorted(roles, key=lambda s: ROLE_PRIORITY.index(roles[s]))  # stable: DAG order within
+    plans, earlier = {}, []
+    for subset in order:
+        plans[subset] = plan_subset(manifests[subset], subset, roles[subset], out, unit_hours,
+                                    source_prefix, progress, earlier=earlier)
+        ids = cut_ids.load(ids_path(out, subset))
+        if ids is None:
+            raise RuntimeError(f"{ids_path(out, subset)} vanished while planning; run again")
+        earlier.append((subset, ids))
+    return [plans[s] for s in roles]
 
 
 def plan_subset(manifest: Path, subset: str, role: str, out: Path, unit_hours: float,
-                source_prefix: str, progress: bool = True) -> SubsetPlan:
-    """Plan `subset`, or return the committed plan when its fingerprint still matches."""
+                source_prefix: str, progress: bool = True,
+                earlier: list[tuple[str, np.ndarray]] = ()) -> SubsetPlan:
+    """Plan `subset`, or return the committed plan when its fingerprint still matches.
+
+    `earlier`: (subset, sorted id set) of subsets that keep their copy of an id found here too.
+    """
     fingerprint = plan_fingerprint(sha256_file(manifest), unit_hours, source_prefix)
     existing = load_plan(out, subset)
     if existing is not None and existing.fingerprint == fingerprint and existing.role == role:
-        return existing
+        ids = cut_ids.load(ids_path(out, subset))
+        if ids is not None and existing.excluded == _excluded_key(ids, earlier):
+            return existing
 
     final_dir = out / "plan" / subset
     work_dir = out / "plan" / f".{subset}.partial"
     for stale in (final_dir, work_dir):
         shutil.rmtree(stale, ignore_errors=True)
     (out / "plan" / f"{subset}.json").unlink(missing_ok=True)
+    ids_path(out, subset).unlink(missing_ok=True)
     work_dir.mkdir(parents=True)
 
-    # Pass 1 parses every line once, keeping compact cuts on disk and a per-recording tally.
-    compact = work_dir / "all-cuts.jsonl"
-    seconds_by_recording: dict[str, float] = {}
-    rejects, cuts_in = [], 0
-    with gzip.open(manifest, "rt", encoding="utf-8") as lines, compact.open("w") as sink:
-        for line_no, line in enumerate(tqdm(lines, desc=f"plan {subset}", unit=" cuts",
-                                            disable=not progress), start=1):
-            if not line.strip():
-                continue
-            cuts_in += 1
-            try:
-                cut = compact_cut(line, source_prefix)
-            except ValueError as err:
-                rejects.append({"subset": subset, "unit": None, "cut_id": None,
-                                "reason": "bad_manifest_line", "detail": f"line {line_no}: {err}"})
-                continue
-            rec = cut["recording_id"]
-            seconds_by_recording[rec] = seconds_by_recording.get(rec, 0.0) + cut["duration"]
-            sink.write(json.dumps(cut, ensure_ascii=False) + "\n")
+    compact = work_dir / "all-cuts.tsv"
+    scan = _scan(manifest, subset, source_prefix, compact, progress)
+    rows = cut_ids.as_rows(scan.digests)
+    unique, groups = cut_ids.sort_ids(rows)
+    kept_by = {}  # cut position -> the subset of higher priority that keeps its id
+    for other, ids in earlier:
+        for position in np.flatnonzero(cut_ids.member(ids, rows)).tolist():
+            kept_by.setdefault(position, other)
+    dropped, duplicate_rejects = _drop_duplicates(compact, groups, kept_by, scan, subset)
+    del rows
+    scan.digests = bytearray()  # 16 bytes a cut: no longer needed
 
-    unit_of = _pack_units(seconds_by_recording, subset, unit_hours)
-
-    # Pass 2 distributes the compact cuts into one file per unit.
-    with compact.open() as lines, _AppendFiles(work_dir) as files:
-        for line in lines:
-            files.write(unit_of[json.loads(line)["recording_id"]], line)
+    seconds = {rec: micros / 1e6 for rec, (micros, _) in scan.recordings.items()}
+    unit_of = _pack_units(seconds, subset, unit_hours)
+    counts = _distribute(compact, work_dir, unit_of, dropped)
     compact.unlink()
 
     recordings_of: dict[str, list[str]] = {}
     for rec, name in unit_of.items():
         recordings_of.setdefault(name, []).append(rec)
-    units = []
-    for name, recs in sorted(recordings_of.items()):
-        path = work_dir / f"{name}.jsonl"
-        with path.open() as lines:
-            cuts = sum(1 for _ in lines)
-        units.append(UnitPlan(name=name, subset=subset, recordings=len(recs), cuts=cuts,
-                              seconds=round(sum(seconds_by_recording[r] for r in recs), 3),
-                              sha256=sha256_file(path)))
+    units = [UnitPlan(name=name, subset=subset, recordings=len(recs), cuts=counts[name],
+                      seconds=round(sum(scan.recordings[r][0] for r in recs) / 1e6, 3),
+                      sha256=sha256_file(work_dir / f"{name}.jsonl"))
+             for name, recs in sorted(recordings_of.items())]
+    cut_ids.save(ids_path(out, subset), unique)
     work_dir.rename(final_dir)
-    plan = SubsetPlan(subset=subset, role=role, fingerprint=fingerprint, cuts_in=cuts_in,
-                      units=units, rejects=rejects)
+    plan = SubsetPlan(subset=subset, role=role, fingerprint=fingerprint, cuts_in=scan.lines,
+                      units=units, rejects=scan.rejects + duplicate_rejects,
+                      excluded=_excluded_key(unique, earlier))
     write_json_atomic(out / "plan" / f"{subset}.json", asdict(plan))
     return plan
+
+
+def _scan(manifest: Path, subset: str, source_prefix: str, compact: Path, progress: bool) -> ManifestScan:
+    """Step 1: parse every line; compact cuts go to `compact` as `<line number>\\t<json>`."""
+    scan = ManifestScan()
+    with compact.open("wb") as sink, \
+            tqdm(total=manifest.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
+                 desc=f"plan {subset}", disable=not progress) as bar:
+        try:
+            for first_line, block in read_blocks(manifest, on_read=bar.update):
+                scan.merge(scan_block(block, first_line, source_prefix, subset, sink))
+                bar.set_postfix(cuts=scan.cuts, rejects=len(scan.rejects), refresh=False)
+        except (OSError, EOFError, zlib.error) as err:
+            raise ManifestUnreadable(
+                f"{manifest}: not a readable gzip file ({type(err).__name__}: {err}); delete it "
+                f"and its .done.json marker and run again to download it again") from None
+    return scan
+
+
+def _excluded_key(ids: np.ndarray, earlier) -> str:
+    """Digest of the ids of `ids` that subsets of higher priority keep ("" when none)."""
+    taken = np.zeros(len(ids), dtype=bool)
+    for _, other in earlier:
+        taken |= cut_ids.member(other, ids)
+    return hashlib.sha256(ids[taken].tobytes()).hexdigest() if taken.any() else ""
+
+
+def _drop_duplicates(compact: Path, groups: list[np.ndarray], kept_by: dict[int, str],
+                     scan: ManifestScan, subset: str) -> tuple[set[int], list[dict]]:
+    """Step 2: which cut positions go, and their rejects (in line order).
+
+    Within the subset, the copy with the smallest (recording id, start, line) stays: the same
+    choice in any line order. The audio of dropped cuts leaves their recording's tally.
+    """
+    wanted = set(kept_by).union(*(g.tolist() for g in groups))
+    if not wanted:
+        return set(), []
+    cuts = {}  # position -> (line number, compact line)
+    with compact.open("rb") as lines:
+        for position, line in enumerate(lines):
+            if position in wanted:
+                number, _, text = line.partition(b"\t")
+                cuts[position] = (int(number), msgspec.json.decode(text), text)
+    why = {p: f"the same id is kept in subset {other}" for p, other in kept_by.items()}
+    for group in groups:
+        copies = sorted((p for p in group.tolist() if p not in kept_by),
+                        key=lambda p: (cuts[p][1]["recording_id"], cuts[p][1]["start"], cuts[p][2]))
+        if len(copies) > 1:
+            line, keeper, _ = cuts[copies[0]]
+            for p in copies[1:]:
+                why[p] = (f"the same id is kept at line {line} (recording {keeper['recording_id']}, "
+                          f"start {keeper['start']:.3f}s)")
+    rejects = []
+    for p in sorted(why, key=lambda p: cuts[p][0]):
+        line, cut, _ = cuts[p]
+        rejects.append(line_reject(subset, cut["id"], "duplicate_cut_id", line, why[p]))
+        tally = scan.recordings[cut["recording_id"]]
+        tally[0] -= round(cut["duration"] * 1_000_000)
+        tally[1] -= 1
+        if tally[1] == 0:
+            del scan.recordings[cut["recording_id"]]
+    return set(why), rejects
+
+
+class _RecordingOf(msgspec.Struct):
+    recording_id: str
+
+
+def _distribute(compact: Path, folder: Path, unit_of: dict[str, str], dropped: set[int]) -> dict[str, int]:
+    """Step 4: each kept compact cut to its unit's file, in manifest order; cuts per unit."""
+    decoder = msgspec.json.Decoder(_RecordingOf)
+    counts = dict.fromkeys(set(unit_of.values()), 0)
+    with compact.open("rb") as lines, _AppendFiles(folder) as files:
+        for position, line in enumerate(lines):
+            if position in dropped:
+                continue
+            text = line[line.index(b"\t") + 1:]
+            name = unit_of[decoder.decode(text).recording_id]
+            files.write(name, text)
+            counts[name] += 1
+    return counts
 
 
 def read_unit_cuts(out: Path, unit: UnitPlan) -> list[dict]:
@@ -178,12 +264,12 @@ class _AppendFiles:
     def __init__(self, folder: Path, max_open: int = 64):
         self.folder, self.max_open, self.handles = folder, max_open, {}
 
-    def write(self, name: str, line: str) -> None:
+    def write(self, name: str, line: bytes) -> None:
         handle = self.handles.pop(name, None)
         if handle is None:
             if len(self.handles) >= self.max_open:
                 self.handles.pop(next(iter(self.handles))).close()
-            handle = (self.folder / f"{name}.jsonl").open("a", encoding="utf-8")
+            handle = (self.folder / f"{name}.jsonl").open("ab")
         self.handles[name] = handle  # most recently used last
         handle.write(line)
 

@@ -2,8 +2,9 @@
 
 In: the cuts of one recording (compact dicts from pipeline.plan), a way to read its FLAC bytes,
 duration bounds. Out: 24 kHz float32 waveforms for the kept cuts, and one reject (cut id,
-reason, detail) for every cut dropped. Windows that run past the real end of the file are
-clamped to what exists (the manifests' num_samples are sometimes slightly off).
+reason, detail) for every cut dropped. Windows that run past the real end of the file by up to
+PAST_END_TOLERANCE_S are clamped to what exists (the manifests' num_samples are sometimes
+slightly off); further than that, the transcript no longer matches the audio: rejected.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ import soundfile as sf
 import soxr
 
 TARGET_RATE = 24000
+# A window may end this far past the end of its file and be clamped; beyond, it is rejected
+# (window_past_end): its transcript covers words the file does not hold.
+PAST_END_TOLERANCE_S = 0.5
 
 
 @dataclass
@@ -51,9 +55,10 @@ def segment_recording(cuts: list[dict], read_bytes: Callable[[str], bytes],
         first = int(round(cut["start"] * rate))
         wanted = int(round((cut["start"] + cut["duration"]) * rate))
         last = min(wanted, total)
-        if first >= total or last <= first:
+        if first >= total or last <= first or wanted - total > PAST_END_TOLERANCE_S * rate:
             rejects.append(reject(cut, "window_past_end",
-                                  f"window starts at {cut['start']:.3f}s; {audio_path} lasts {total / rate:.3f}s"))
+                                  f"window {cut['start']:.3f}-{cut['start'] + cut['duration']:.3f}s; "
+                                  f"{audio_path} lasts {total / rate:.3f}s"))
             continue
         duration = (last - first) / rate
         if duration < min_duration:

@@ -1,9 +1,10 @@
 """Shards: write a unit's samples as WebDataset tars and/or Parquet files.
 
 In: the unit's samples in order (metadata + codes), the formats, a target shard size.
-Out: `OUT/<format>/<subset>/<unit>-<k>.{tar,parquet}` under temporary names (`*.partial`);
-the caller renames them into place when the unit commits. Bytes are deterministic (fixed tar
-headers, fixed Parquet settings), so a re-run writes identical files.
+Out: `OUT/<format>/<subset>/<unit>-<k>.{tar,parquet}` under temporary names (`*.partial`),
+fsynced; the caller renames them into place when the unit commits, so a renamed shard is whole
+on disk even after a power loss. Bytes are deterministic (fixed tar headers, fixed Parquet
+settings), so a re-run writes identical files.
 
 A WebDataset sample is two members, `<key>.json` (schemas/sample.v1.json) and `<key>.codes`
 (packed codes). Cut ids contain '/', '.' and spaces, which WebDataset would split into fields,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,8 @@ from pipeline.fsutil import sha256_file
 
 # Bumped whenever what the shards stage writes changes (files, fields, ledger record), so that
 # committed units are re-written from their codes rather than trusted.
-LAYOUT_VERSION = 2
+# 3: texts without a letter or digit are rejected (no_words).
+LAYOUT_VERSION = 3
 SUFFIX = {"webdataset": ".tar", "parquet": ".parquet"}
 FORMAT_DIRS = tuple(SUFFIX)  # OUT/<format>/<subset>/...
 TAR_MEMBER_OVERHEAD = 1024  # header block + average padding, for size estimates
@@ -92,8 +95,20 @@ def split_by_size(samples: list[Sample], target_bytes: float) -> list[list[Sampl
     return groups
 
 
+def _write_durably(path: Path, write) -> None:
+    """`write(file)` into a new file at `path`, then flush it to disk before anyone renames it."""
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_webdataset(samples: list[Sample], path: Path, unit: str, first_index: int) -> None:
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+    _write_durably(path, lambda f: _write_tar(samples, f, unit, first_index))
+
+
+def _write_tar(samples: list[Sample], f, unit: str, first_index: int) -> None:
+    with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for n, s in enumerate(samples, start=first_index):
             key = f"{unit}_{n:06d}"
             meta = json.dumps(s.metadata(), ensure_ascii=False, sort_keys=True,
@@ -127,7 +142,8 @@ def write_parquet(samples: list[Sample], path: Path) -> None:
     table = pa.Table.from_pydict(columns, schema=schemas.arrow_schema())
     # Codes are near-incompressible; zstd still shrinks text and tokens. One row group per
     # shard keeps files self-contained and readers simple.
-    pq.write_table(table, path, compression="zstd", row_group_size=max(1, len(samples)))
+    _write_durably(path, lambda f: pq.write_table(table, f, compression="zstd",
+                                                  row_group_size=max(1, len(samples))))
 
 
 def write_unit_shards(samples: list[Sample], out: Path, subset: str, unit: str, formats: list[str],

@@ -31,6 +31,7 @@ NORMALIZATION = "nfkc-ws-v1"  # bump whenever normalize_text's output can change
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 MAX_VOCAB = 65535  # tokens are stored as uint16
+MIN_VOCAB = 5  # the 4 reserved ids and one piece
 MODEL_TYPES = ("bpe", "unigram", "char")
 SAMPLER = "blake2b64-bottom-k-v1"  # how the training sample is drawn; part of the fingerprint
 MAX_SENTENCE_BYTES = 16384  # sentencepiece silently drops longer lines; we drop and count instead
@@ -92,6 +93,23 @@ def select_text(texts: Sequence[str] | None, field: str) -> str:
     return normalize_text(texts[index])
 
 
+def has_words(text: str) -> bool:
+    """True when a text holds a letter or a digit (any script): something a speaker says."""
+    return any(ch.isalnum() for ch in text)
+
+
+def text_problem(text: str, field: str) -> tuple[str, str] | None:
+    """Why a selected, normalized text cannot be a training target: (reason, detail), or None.
+
+    Punctuation alone ("... \u2014 !") is not speech: its audio would be trained against no words.
+    """
+    if not text:
+        return "empty_text", f"text field {field!r} normalizes to nothing"
+    if not has_words(text):
+        return "no_words", f"text field {field!r} has no letter or digit: {text[:80]!r}"
+    return None
+
+
 @dataclass
 class BpeConfig:
     # 1024: see pipeline/TEXT_NOTES.md (small pieces let the model learn spelling -> sound for
@@ -102,10 +120,11 @@ class BpeConfig:
     max_sentences: int = 2_000_000  # training sample cap; the sample is chosen by cut-id hash
 
     def __post_init__(self) -> None:
-        if not 1 <= self.vocab_size <= MAX_VOCAB:
+        # Messages start with the field name: load_dag prefixes the section (text.bpe.).
+        if not MIN_VOCAB <= self.vocab_size <= MAX_VOCAB:
             raise ValueError(
-                f"vocab_size={self.vocab_size}: must be in [1, {MAX_VOCAB}] because tokens are "
-                "stored as uint16"
+                f"vocab_size={self.vocab_size}: must be in [{MIN_VOCAB}, {MAX_VOCAB}]: the 4 "
+                "reserved ids and at least one piece, and tokens are stored as uint16"
             )
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"model_type={self.model_type!r}: must be one of {MODEL_TYPES}")

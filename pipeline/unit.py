@@ -27,7 +27,7 @@ from pipeline.fsutil import fsync_dir, json_digest, sha256_file
 from pipeline.plan import UnitPlan, read_unit_cuts
 from pipeline.segment import reject, segment_recording
 from pipeline.shards import FORMAT_DIRS, LAYOUT_VERSION, Sample, partial, write_unit_shards
-from pipeline.text import Tokenizer, select_text
+from pipeline.text import Tokenizer, select_text, text_problem
 
 # encode_async(waves) starts encoding and returns a function that waits for the codes.
 EncodeAsync = Callable[[list[np.ndarray]], Callable[[], list[np.ndarray]]]
@@ -108,8 +108,8 @@ def _select(job: UnitJob, cuts: list[dict]) -> tuple[list[dict], list[dict], dic
             continue
         seen.add(cut["id"])
         text = select_text(cut["texts"], job.text_field)
-        if not text:
-            rejects.append(reject(cut, "empty_text", f"text field {job.text_field!r} normalizes to nothing"))
+        if problem := text_problem(text, job.text_field):  # empty_text, no_words
+            rejects.append(reject(cut, *problem))
             continue
         texts[cut["id"]] = text
         kept.append(cut)

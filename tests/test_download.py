@@ -216,3 +216,75 @@ def test_part_longer_than_remote_file_is_discarded(site, source, tmp_path):
     assert [(r.range, r.status) for r in mirror.requests] == [
         (f"bytes={SIZE + 16}-", 416), (None, 200)]
     assert dest.read_bytes() == source
+
+
+def test_retry_budget_resets_after_progress(site, source, tmp_path):
+    """Twelve drops, each after new bytes, with a budget of three: a long transfer goes on."""
+    dest = tmp_path / "data.bin"
+    with HttpMirror(site, drop_after_bytes=20_000, drop_first=12) as mirror:
+        download(mirror.url("data.bin"), dest, sha(source), **{**FAST, "retries": 3})
+    assert dest.read_bytes() == source
+    assert [r.range for r in mirror.requests] == [None] + [f"bytes={20_000 * i}-" for i in range(1, 13)]
+
+
+def test_attempts_that_get_no_further_still_give_up(site, source, tmp_path):
+    """A server that ignores Range and drops at the same byte never gets past 50,000."""
+    dest = tmp_path / "data.bin"
+    with HttpMirror(site, honour_range=False, drop_after_bytes=50_000, drop_first=100) as mirror:
+        with pytest.raises(DownloadError, match=r"gave up after 3 attempts in a row without "
+                                                r"progress \(3 in all, 50000 bytes at best\)"):
+            download(mirror.url("data.bin"), dest, sha(source), **{**FAST, "retries": 3})
+    assert len(mirror.requests) == 3
+
+
+def test_no_room_for_the_rest_is_a_clear_error_before_writing(site, source, tmp_path, monkeypatch):
+    import shutil
+
+    import pipeline.download as dl
+
+    dest = tmp_path / "dl" / "data.bin"
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(dl.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    with HttpMirror(site) as mirror:
+        with pytest.raises(dl.DiskFull) as err:
+            download(mirror.url("data.bin"), dest, sha(source), **FAST)
+    message = str(err.value)
+    assert str(dest) in message and f"{SIZE:,} more bytes" in message and "1,000 bytes" in message
+    assert "run again" in message and len(mirror.requests) == 1
+    assert not part_of(dest).exists() or part_of(dest).stat().st_size == 0
+
+
+def test_disk_full_while_writing_keeps_the_part_for_resuming(site, source, tmp_path, monkeypatch):
+    import errno
+
+    import pipeline.download as dl
+
+    class FillsUp:  # a file on a disk with room for 100,000 bytes
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            if self.f.tell() + len(data) > 100_000:
+                self.f.write(data[: 100_000 - self.f.tell()])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    dest = tmp_path / "data.bin"
+    monkeypatch.setattr(dl, "open", lambda *a, **k: FillsUp(open(*a, **k)), raising=False)
+    with HttpMirror(site) as mirror:
+        with pytest.raises(dl.DiskFull, match=r"data\.bin: not enough disk space .*200,000 more bytes"):
+            download(mirror.url("data.bin"), dest, sha(source), **FAST)
+        assert len(mirror.requests) == 1  # not retried: another attempt would fill it again
+        assert part_of(dest).read_bytes() == source[:100_000]
+        monkeypatch.undo()  # space freed: the same call resumes
+        download(mirror.url("data.bin"), dest, sha(source), **FAST)
+    assert dest.read_bytes() == source and mirror.requests[-1].range == "bytes=100000-"

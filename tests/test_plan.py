@@ -3,10 +3,17 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
-from pipeline.plan import _pack_units, load_plan, plan_subset, read_unit_cuts
+from pipeline.download import DownloadError
+from pipeline.plan import (ManifestUnreadable, _pack_units, load_plan, plan_subset, plan_subsets,
+                           read_unit_cuts)
+from tests.conftest import REPO
+from tests.manifest_reference import reference_units
 
 
 @settings(max_examples=60, deadline=None)
@@ -74,3 +81,136 @@ def test_changed_settings_replan(tmp_path, tiny_corpus):
     assert len(one_unit.units) == 1 < len(small_units.units)
     assert sorted(p.name for p in (tmp_path / "plan/small").iterdir()) == ["small-000000.jsonl"]
     assert json.loads((tmp_path / "plan/small.json").read_text())["fingerprint"] == one_unit.fingerprint
+
+
+# ---------------------------------------------------------------- production-scale rules
+
+PREFIX = "download/librilight/"
+
+
+def _lines(path) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def _write(path, lines) -> Path:
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def _units(plan) -> list[tuple]:
+    return [(u.name, u.recordings, u.cuts, u.seconds, u.sha256) for u in plan.units]
+
+
+@pytest.mark.parametrize("unit_hours", [0.001, 0.002, 0.006, 10.0])
+def test_same_units_and_names_as_the_lhotse_planner(tmp_path, tiny_corpus, unit_hours):
+    manifests = sorted((REPO / "sample/manifests").glob("*.jsonl.gz")) + list(tiny_corpus.manifests.values())
+    for i, manifest in enumerate(manifests):
+        subset = manifest.name.removeprefix("libriheavy_cuts_").removesuffix(".jsonl.gz")
+        plan = plan_subset(manifest, subset, "train", tmp_path / str(i), unit_hours, PREFIX, progress=False)
+        assert _units(plan) == reference_units(manifest, subset, unit_hours, PREFIX), manifest
+
+
+def _variant(line: str, **changes) -> str:
+    d = json.loads(line)
+    for key, value in changes.items():
+        if key == "recording":  # move the cut to another recording of the manifest
+            d["recording"] = json.loads(value)["recording"]
+            d["supervisions"][0]["recording_id"] = d["recording"]["id"]
+        else:
+            d[key] = value
+    return json.dumps(d)
+
+
+def test_bad_numbers_are_counted_rejects_that_cost_no_other_cut(tmp_path, tiny_corpus):
+    lines = _lines(tiny_corpus.manifests["small"])
+    clean = plan_subset(_write(tmp_path / "clean.gz", lines), "small", "train", tmp_path / "a", 0.001,
+                        PREFIX, progress=False)
+    bad = {  # before the first recording's lines: a NaN there once swallowed every later recording
+        1: _variant(lines[0], id="x-nan", duration=math.nan),
+        2: _variant(lines[0], id="x-null", start=None),
+        3: _variant(lines[0], id="x-negative", start=-2.5),
+        4: _variant(lines[0], id="x-inf", duration=math.inf),
+        5: _variant(lines[0], id="x-zero", duration=0.0),
+    }
+    plan = plan_subset(_write(tmp_path / "bad.gz", list(bad.values()) + lines), "small", "train",
+                       tmp_path / "b", 0.001, PREFIX, progress=False)
+    assert _units(plan) == _units(clean)
+    got = {r["detail"].split(":")[0]: r["detail"] for r in plan.rejects}
+    assert {f"line {n}" for n in bad} | {"line 7"} == set(got)  # line 7: the planted malformed line
+    assert "duration is nan" in got["line 1"] and "`null` - at `$.start`" in got["line 2"]
+    assert "start is -2.5" in got["line 3"] and "duration is inf" in got["line 4"]
+    assert "duration is 0" in got["line 5"]
+    assert {r["reason"] for r in plan.rejects} == {"bad_manifest_line"}
+    assert plan.cuts_in == clean.cuts_in + len(bad)
+
+
+def test_duplicate_ids_in_a_subset_keep_one_copy_whatever_the_line_order(tmp_path, tiny_corpus):
+    lines = [l for l in _lines(tiny_corpus.manifests["small"]) if l.startswith("{") and l.endswith("}")]
+    recordings = sorted({json.loads(l)["recording"]["id"] for l in lines})
+    first_of = {json.loads(l)["recording"]["id"]: l for l in reversed(lines)}
+    moved = _variant(lines[-1], recording=first_of[recordings[0]])  # same id, an earlier recording
+    extra = [moved, lines[3]]  # and an exact copy of line 4
+    plans = []
+    for name, order in (("fwd", lines + extra), ("rev", list(reversed(lines + extra)))):
+        plan = plan_subset(_write(tmp_path / f"{name}.gz", order), "small", "train", tmp_path / name,
+                           0.001, PREFIX, progress=False)
+        cuts = [c for u in plan.units for c in read_unit_cuts(tmp_path / name, u)]
+        ids = [c["id"] for c in cuts]
+        assert len(ids) == len(set(ids)) == len(lines)
+        kept = next(c for c in cuts if c["id"] == json.loads(moved)["id"])
+        assert kept["recording_id"] == recordings[0]  # the smallest (recording, start) stays
+        dups = [r for r in plan.rejects if r["reason"] == "duplicate_cut_id"]
+        assert sorted(r["cut_id"] for r in dups) == sorted(json.loads(l)["id"] for l in extra)
+        assert all(r["detail"].startswith("line ") and "is kept at line" in r["detail"] for r in dups)
+        assert sum(u.cuts for u in plan.units) == len(lines)
+        plans.append([(u.name, u.cuts, u.seconds, read_unit_cuts(tmp_path / name, u)) for u in plan.units])
+    assert plans[0] == plans[1]  # unit files list cuts in manifest order; their cuts are the same
+
+
+def test_an_id_in_two_subsets_is_kept_in_the_evaluation_subset(tmp_path, tiny_corpus):
+    small, dev = _lines(tiny_corpus.manifests["small"]), _lines(tiny_corpus.manifests["dev"])
+    leaked = small[0]
+    paths = {"small": _write(tmp_path / "small.gz", small),
+             "dev": _write(tmp_path / "dev.gz", dev + [leaked])}
+    roles = {"small": "train", "dev": "dev"}
+    out = tmp_path / "out"
+    train, held_out = plan_subsets(paths, roles, out, 0.001, PREFIX, progress=False)
+    assert (train.subset, held_out.subset) == ("small", "dev")  # DAG order back
+    leaked_id = json.loads(leaked)["id"]
+    assert leaked_id in {c["id"] for u in held_out.units for c in read_unit_cuts(out, u)}
+    assert leaked_id not in {c["id"] for u in train.units for c in read_unit_cuts(out, u)}
+    (reject,) = [r for r in train.rejects if r["reason"] == "duplicate_cut_id"]
+    assert reject["cut_id"] == leaked_id and reject["detail"] == "line 1: the same id is kept in subset dev"
+    assert held_out.rejects == [] and train.excluded
+
+    stamp = (out / "plan/small.json").stat().st_mtime_ns
+    assert plan_subsets(paths, roles, out, 0.001, PREFIX, progress=False) == [train, held_out]
+    assert (out / "plan/small.json").stat().st_mtime_ns == stamp  # nothing re-planned
+
+    _write(paths["dev"], dev)  # the leak is fixed upstream: the training copy comes back
+    train2, _ = plan_subsets(paths, roles, out, 0.001, PREFIX, progress=False)
+    assert leaked_id in {c["id"] for u in train2.units for c in read_unit_cuts(out, u)}
+    assert train2.excluded == "" and not [r for r in train2.rejects if r["reason"] == "duplicate_cut_id"]
+    assert _units(train2) == _units(plan_subset(paths["small"], "small", "train", tmp_path / "alone",
+                                                0.001, PREFIX, progress=False))
+
+
+def test_a_damaged_manifest_is_a_clear_error(tmp_path, tiny_corpus):
+    data = tiny_corpus.manifests["small"].read_bytes()
+    damaged = tmp_path / "libriheavy_cuts_small.jsonl.gz"
+    damaged.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ManifestUnreadable, match="not a readable gzip file.*download it again"):
+        plan_subset(damaged, "small", "train", tmp_path / "out", 0.001, PREFIX, progress=False)
+    assert isinstance(ManifestUnreadable("x"), DownloadError)  # the CLI reports it in one line
+
+
+def test_a_changed_manifest_is_planned_again(tmp_path, tiny_corpus):
+    lines = _lines(tiny_corpus.manifests["small"])
+    path = _write(tmp_path / "m.gz", lines)
+    first = plan_subset(path, "small", "train", tmp_path / "out", 10.0, PREFIX, progress=False)
+    _write(path, lines[:-1])  # one cut fewer upstream
+    second = plan_subset(path, "small", "train", tmp_path / "out", 10.0, PREFIX, progress=False)
+    assert second.fingerprint != first.fingerprint
+    assert second.units[0].cuts == first.units[0].cuts - 1 and second.units[0].sha256 != first.units[0].sha256

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from pipeline.audio_store import TarAudioStore, index_tar
-from pipeline.plan import compact_cut
+from pipeline.manifest import parse_line as compact_cut
 from pipeline.segment import resample, segment_recording
 
 
@@ -83,3 +83,19 @@ def test_resample_length_and_passthrough():
     y = resample(x, 16000)
     assert y.dtype == np.float32 and len(y) == 24000
     assert resample(y, 24000) is y
+
+
+def test_overrun_past_the_end_is_clamped_up_to_the_tolerance_then_rejected(cuts_by_recording, store):
+    from pipeline.segment import PAST_END_TOLERANCE_S
+
+    cut = next(iter(cuts_by_recording.values()))[0]
+    whole, rate = sf.read(io.BytesIO(store.read_bytes(cut["audio"])), dtype="float32")
+    end = len(whole) / rate
+    start = end - 1.0
+    near = {**cut, "id": "near", "start": start, "duration": 1.0 + PAST_END_TOLERANCE_S - 0.01}
+    far = {**cut, "id": "far", "start": start, "duration": 1.0 + PAST_END_TOLERANCE_S + 0.01}
+    segments, rejects = segment_recording([near, far], store.read_bytes, 0.5, 20.0)
+    assert [s.cut["id"] for s in segments] == ["near"] and segments[0].clamped
+    assert segments[0].duration == pytest.approx(1.0, abs=1 / rate)
+    assert [(r["cut_id"], r["reason"]) for r in rejects] == [("far", "window_past_end")]
+    assert f"lasts {end:.3f}s" in rejects[0]["detail"]

@@ -9,6 +9,7 @@ import webdataset as wds
 
 import schemas
 from pipeline.shards import Sample, split_by_size, write_unit_shards
+from tests.test_unit_commit import encoder, unit_setup  # noqa: F401 (fixtures)
 
 
 def samples(n=5, seed=0):
@@ -58,3 +59,46 @@ def test_split_keeps_order_and_everything():
 def test_codes_take_10_bits():
     s = samples(1)[0]
     assert len(schemas.pack_codes(s.codes)) == s.codes.shape[1] * 10  # 750 B per second at 75 Hz
+
+
+def _record_fsyncs_and_renames(monkeypatch) -> list[tuple]:
+    """Events ("fsync", path, size) and ("replace", src) in order, from the real calls."""
+    import os
+
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        events.append(("fsync", path, os.fstat(fd).st_size))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def test_every_shard_is_fsynced_whole_before_it_is_returned(tmp_path, monkeypatch):
+    events = _record_fsyncs_and_renames(monkeypatch)
+    written, _ = write_unit_shards(samples(9), tmp_path, "small", "small-000003", ["webdataset", "parquet"], 4000)
+    synced = {(path, size) for kind, path, size in (e for e in events if e[0] == "fsync")}
+    assert len(written) > 2
+    for tmp, record in written:
+        assert (str(tmp), record.bytes) in synced  # its final size: nothing written after
+
+
+def test_a_unit_renames_no_shard_before_it_is_on_disk(tmp_path, unit_setup, encoder, monkeypatch):
+    from pipeline.unit import run_unit
+    from tests.test_unit_commit import fresh_out, local_encode, make_job
+
+    out = fresh_out(tmp_path, "out", unit_setup)
+    events = _record_fsyncs_and_renames(monkeypatch)
+    run_unit(make_job(out, unit_setup), local_encode(encoder))
+    renamed = [(i, e[1]) for i, e in enumerate(events)
+               if e[0] == "replace" and ("/parquet/" in e[1] or "/webdataset/" in e[1])]
+    assert len(renamed) >= 2
+    for i, src in renamed:
+        assert any(e[0] == "fsync" and e[1] == src for e in events[:i]), src

@@ -248,3 +248,32 @@ def test_round_trip_property(tmp_path_factory, words):
     tok = small_model(tmp_path_factory)
     sentence = normalize_text(" ".join(words))
     assert tok.decode(tok.encode(sentence)) == sentence
+
+
+@pytest.mark.parametrize("raw, reason", [
+    ("... \u2014 !", "no_words"), ("\u201c?\u201d", "no_words"), (" \u00a0 ", "empty_text"),
+    ("", "empty_text"), ("A.", None), ("1876.", None), ("\u00e9t\u00e9", None), ("\u4e00\u3002", None),
+    ("\u0663", None),  # an Arabic-Indic digit
+])
+def test_texts_without_a_letter_or_digit_are_not_targets(raw, reason):
+    from pipeline.text import text_problem
+
+    problem = text_problem(normalize_text(raw), "book")
+    assert (problem[0] if problem else None) == reason
+    if problem:
+        assert "'book'" in problem[1]
+
+
+def test_unit_selection_rejects_no_words_before_any_audio_work():
+    from types import SimpleNamespace
+
+    from pipeline.unit import _select
+
+    cut = {"recording_id": "r", "start": 0.0, "duration": 2.0, "channel": 0, "speaker": "1"}
+    cuts = [{**cut, "id": "a", "texts": ["... \u2014 !", "A"]}, {**cut, "id": "b", "texts": ["Yes.", "YES"]},
+            {**cut, "id": "c", "texts": ["  ", ""]}]
+    kept, rejects, texts = _select(SimpleNamespace(text_field="book"), cuts)
+    assert [c["id"] for c in kept] == ["b"] and texts == {"b": "Yes."}
+    assert [(r["cut_id"], r["reason"]) for r in rejects] == [("a", "no_words"), ("c", "empty_text")]
+    kept, rejects, _ = _select(SimpleNamespace(text_field="asr"), cuts)
+    assert [c["id"] for c in kept] == ["a", "b"]
