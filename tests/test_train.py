@@ -114,7 +114,7 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
 
     import numpy as np
 
-    from trainer.train import rng_state, set_rng_state
+    from trainer.checkpoint import rng_state, set_rng_state
 
     generator = torch.Generator().manual_seed(3)
     np.random.seed(1)
