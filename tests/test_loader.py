@@ -171,7 +171,7 @@ def test_s3_and_http_corpora_read_like_local(corpus_dir, tmp_path, monkeypatch):
             monkeypatch.setenv(key, value)
         import trainer.storage
 
-        monkeypatch.setattr(trainer.storage, "_CLIENT", None)
+        monkeypatch.setattr(trainer.storage, "_CLIENTS", {})
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket="corpora")
         for path in corpus_dir.rglob("*"):

@@ -68,6 +68,8 @@ class EpochPlan:
 def plan_epoch(cost: np.ndarray, keep: np.ndarray, offsets: np.ndarray, epoch: int, world: int,
                workers: int, cfg: BatchingConfig) -> EpochPlan:
     """cost, keep: per sample (flat, shard after shard); offsets: (n_shards + 1,) sample offsets."""
+    if world < 1 or workers < 1:
+        raise ValueError(f"world {world} and workers {workers} must be >= 1 (0 DataLoader workers read with one plan)")
     kept = int(keep.sum())
     if kept < world:
         raise ValueError(f"{kept} samples cannot feed {world} ranks")
