@@ -81,7 +81,7 @@ def test_random_codec_corpus_needs_the_flag(corpus_dir, tmp_path, capsys):
         open_corpus(corpus_dir)
 
 
-def test_torchrun_two_processes(corpus_dir, tmp_path):
+def torchrun(corpus_dir: str, out: Path, *overrides: str) -> subprocess.CompletedProcess:
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
@@ -89,15 +89,27 @@ def test_torchrun_two_processes(corpus_dir, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", port,
            "-m", "trainer.train", str(REPO / "trainer/configs/ar-tiny.yaml"), "--data", corpus_dir,
-           "--allow-random-codec", f"run.out={tmp_path}", "run.max_steps=6", "run.log_every=3",
-           "run.eval_every=6", "run.checkpoint_every=6", "data.workers=1", "data.max_frames=1500"]
+           "--allow-random-codec", f"run.out={out}", "run.log_every=3", "run.eval_every=6",
+           "run.checkpoint_every=3", "data.workers=1", "data.max_frames=1500", *overrides]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    saved = torch.load(tmp_path / "checkpoint-6.pt", weights_only=True)
+    return done
+
+
+def test_torchrun_two_processes_resume_exactly(corpus_dir, tmp_path):
+    torchrun(corpus_dir, tmp_path / "straight", "run.max_steps=6")
+    saved = torch.load(tmp_path / "straight" / "checkpoint-6.pt", weights_only=True)
     assert saved["world"] == 2 and len(saved["loader"]) == 2
     # Both ranks took the same number of batches (DDP would hang otherwise).
     assert sum(saved["loader"][0]["delivered"]) == sum(saved["loader"][1]["delivered"])
-    assert any("dev_loss" in line for line in (tmp_path / "log.jsonl").open())
+    assert any("dev_loss" in line for line in (tmp_path / "straight" / "log.jsonl").open())
+    # Stopped at 3 and resumed under torchrun: every rank loads step 3 before the DDP wrap.
+    torchrun(corpus_dir, tmp_path / "resumed", "run.max_steps=3")
+    torchrun(corpus_dir, tmp_path / "resumed", "run.max_steps=6", "--resume")
+    again = torch.load(tmp_path / "resumed" / "checkpoint-6.pt", weights_only=True)
+    assert again["loader"] == saved["loader"]
+    for name, tensor in saved["model"].items():
+        assert torch.equal(tensor, again["model"][name]), name
 
 
 def test_accumulation_takes_that_many_batches_per_step(corpus_dir, tmp_path):

@@ -1,8 +1,10 @@
 """Training metrics over a log window, honest about what was computed and how long it took.
 
 In: each micro-batch's loss and stats (device tensors, see the models' `loss`) and the CPU batch
-(lengths). Out: one record per window: loss; accuracy beside `majority`, what always predicting
-the window's most frequent target code (per NAR stage) would score, so a gain is visible;
+(lengths). Out: one record per window: loss beside `unigram_loss`, the cross-entropy of the
+window's own code frequencies (the best predictor that ignores all context); accuracy beside
+`majority`, what always predicting the window's most frequent target code (per NAR stage) would
+score; so a gain over guessing is visible;
 tokens/s in model positions (one position per code group for G > 1), audio frames/s, MFU from
 each batch's FLOPs at its real lengths, padding, distinct speakers per batch.
 - No host sync per micro-batch: losses and counts add up on the device and are read at log time.
@@ -66,8 +68,11 @@ class Window:
         host = dict(zip(self.host, run.sum(*self.host.values())))
         seconds = max(run.sum(self.seconds)[0] / run.world, 1e-9)
         majority = float(histogram.max(dim=1).values.sum()) / max(tokens, 1)
-        record = {"step": step, "loss": loss / max(tokens, 1), "accuracy": correct / max(tokens, 1),
-                  "majority": majority, "lr": lr, "grad_norm": float(grad_norm),
+        counts = histogram.double()
+        share = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+        unigram = float(-(counts * torch.where(counts > 0, share.log(), 0.0)).sum()) / max(tokens, 1)
+        record = {"step": step, "loss": loss / max(tokens, 1), "unigram_loss": unigram,
+                  "accuracy": correct / max(tokens, 1), "majority": majority, "lr": lr, "grad_norm": float(grad_norm),
                   "tokens_per_s": host["positions"] / seconds, "frames_per_s": host["frames"] / seconds,
                   "mfu": host["flops"] / seconds / (peak * run.world) if peak else None,
                   "padding": host["padding"] / max(host["batches"], 1),

@@ -221,7 +221,6 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
             first_plan = False
         loader = training.loader(plan, run.rank, cfg.data.workers, state.delivered,
                                  pin_memory=run.device.type == "cuda")
-        window.resume()
         for group in optimizer_steps(loader, cfg.optim.accumulate):
             accumulate_gradients(wrapped, group, run, generator, window, model)
             for batch in group:
