@@ -208,6 +208,9 @@ def _read_tar(shard: Shard, keep: set | None, last: int):
                 fields[ext] = None  # skipped: the tar stream moves past it unread
             if len(fields) < 2:
                 continue
+            if set(fields) != {"json", "codes"}:
+                raise CorpusError(f"{shard.uri}: sample {name} has members {sorted(fields)}, expected json and "
+                                  "codes; run valle-prep verify")
             if fields["json"] is not None:
                 meta = json.loads(fields["json"])
                 yield position, meta, schemas.unpack_codes(fields["codes"], *meta["codes_shape"])
