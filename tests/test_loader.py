@@ -10,7 +10,6 @@ from collections import Counter
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from torch.utils.data import DataLoader
 
 from trainer.batching import BatchingConfig, greedy_batches, plan_epoch, read_order
 from trainer.corpus import CorpusError, check_compatible, open_corpus

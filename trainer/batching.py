@@ -5,7 +5,7 @@ grouped AR) and whether it is kept, the shards' sample offsets, the epoch, seed,
 worker count. Out: for each rank and worker, the order in which it reads its shards' samples and
 its batches (flat arrays of global sample ids). Every rank computes the same plan for all ranks,
 so each knows the others' batch counts without communicating. All of it is numpy over flat
-arrays (12 M samples plan in a few seconds, bench/bench_planner.py):
+arrays (12 M samples plan in 2-5 s and 0.25 GB, bench/bench_planner.py):
 - shard order is shuffled per epoch from the seed; shards go to ranks (then workers) greedily by
   cost, so ranks read about the same amount;
 - a worker reads `interleave` shards at once, round-robin: each stream is a lane, and when a

@@ -76,7 +76,8 @@ class NARModel(nn.Module):
         Draws on the CPU (reproducible from `generator`)."""
         K = self.cfg.n_codebooks
         low, high = (round(s * CODES_PER_SECOND) for s in self.cfg.prompt_seconds)
-        u = torch.rand(code_lens.shape[0], 2, generator=generator).to(code_lens.device)  # (B, 2)
+        u = torch.rand(code_lens.shape[0], 2, generator=generator)  # (B, 2)
+        u = u.to(code_lens.device, non_blocking=True)  # staged at once: no wait for the GPU's queue
         stage = 1 + (u[:, 0] * (K - 1)).long().clamp(max=K - 2)
         cap = (code_lens * 3) // 4
         hi, lo = torch.clamp(cap, max=high), torch.clamp(cap // 2, max=low)
