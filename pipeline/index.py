@@ -25,9 +25,12 @@ LENGTHS_NAME = "lengths.parquet"
 
 
 def write_lengths(path: Path, rows: list[dict]) -> None:
-    """Every sample's frames and text tokens by shard id (schemas/lengths.v1.json), atomically."""
+    """Every sample's frames, text tokens, speaker and recording by shard id
+    (schemas/lengths.v1.json), atomically. Speakers and recordings are written only when every
+    row has them (ledger entries committed by an older version lack them)."""
     rows = sorted(rows, key=lambda r: r["shard"])
-    table = pa.Table.from_pylist(rows, schema=schemas.arrow_schema(f"lengths.v{schemas.LENGTHS_VERSION}"))
+    names = set.intersection(*(set(r) for r in rows)) if rows else set()
+    table = pa.Table.from_pylist(rows, schema=schemas.arrow_schema(f"lengths.v{schemas.LENGTHS_VERSION}", names))
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     write_bytes_atomic(path, sink.getvalue().to_pybytes())

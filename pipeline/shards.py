@@ -161,7 +161,8 @@ def write_unit_shards(samples: list[Sample], out: Path, subset: str, unit: str, 
     for k, group in enumerate(split_by_size(samples, target_bytes)):
         hours = round(sum(s.duration for s in group) / 3600, 6)
         lengths.append({"shard": shard_id(unit, k), "frames": [s.codes.shape[1] for s in group],
-                        "text_tokens": [len(s.text_tokens) for s in group]})
+                        "text_tokens": [len(s.text_tokens) for s in group],
+                        "speaker": [s.speaker for s in group], "recording_id": [s.recording_id for s in group]})
         for fmt in formats:
             rel = shard_path(fmt, subset, unit, k)
             tmp = partial(out / rel)

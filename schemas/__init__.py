@@ -54,9 +54,10 @@ def validate(name: str, obj: object, where: str = "") -> None:
         raise SchemaError(f"{where or 'data'} does not match schema {name}:\n  " + "\n  ".join(lines))
 
 
-def arrow_schema(name: str = f"parquet.v{PARQUET_VERSION}"):
+def arrow_schema(name: str = f"parquet.v{PARQUET_VERSION}", names: set[str] | None = None):
     """The pyarrow schema of a column-list schema file: Parquet shards by default, or
-    "lengths.v1" (OUT/lengths.parquet)."""
+    "lengths.v1" (OUT/lengths.parquet). With `names`, optional columns not in it are left out
+    (a file written before they were added)."""
     import pyarrow as pa
 
     types = {
@@ -67,9 +68,16 @@ def arrow_schema(name: str = f"parquet.v{PARQUET_VERSION}"):
         "binary": pa.binary(),
         "list<uint16>": pa.list_(pa.uint16()),
         "list<int32>": pa.list_(pa.int32()),
+        "list<string>": pa.list_(pa.string()),
     }
-    columns = load_schema(name)["columns"]
+    columns = [c for c in load_schema(name)["columns"]
+               if names is None or not c.get("optional") or c["name"] in names]
     return pa.schema([pa.field(c["name"], types[c["type"]], nullable=c["nullable"]) for c in columns])
+
+
+def matches_columns(name: str, schema) -> bool:
+    """True if a pyarrow schema holds the columns of `name` (optional ones may be missing)."""
+    return schema.equals(arrow_schema(name, set(schema.names)))
 
 
 def pack_codes(codes: np.ndarray) -> bytes:

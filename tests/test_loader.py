@@ -10,43 +10,89 @@ from collections import Counter
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from torch.utils.data import DataLoader
 
-from trainer.batching import BatchingConfig, plan_epoch, sample_lengths
+from trainer.batching import BatchingConfig, greedy_batches, plan_epoch, read_order
 from trainer.corpus import CorpusError, check_compatible, open_corpus
-from trainer.loader import PlanDataset
+from trainer.loader import make_loader
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.lists(st.integers(1, 400), min_size=1, max_size=30), min_size=1, max_size=12),
-       st.integers(1, 3), st.integers(1, 3), st.integers(0, 3))
-def test_plan_covers_every_sample_once_with_equal_batches_per_rank(shard_lengths, world, workers, epoch):
-    lengths = [np.array(x) for x in shard_lengths]
-    if sum(map(len, lengths)) < 2 * world:
+def offsets_of(lengths):
+    return np.concatenate([[0], np.cumsum([len(x) for x in lengths])]).astype(np.int64)
+
+
+def plan_of(lengths, epoch, world, workers, cfg, keep=None):
+    cost = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    keep = np.ones(len(cost), bool) if keep is None else keep
+    return plan_epoch(cost, keep, offsets_of(lengths), epoch, world, workers, cfg)
+
+
+def refs(plan):
+    return [int(g) for rank in plan.ranks for w in rank for g in w.samples]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 400), min_size=0, max_size=30), min_size=1, max_size=12),
+       st.integers(1, 3), st.integers(1, 3), st.integers(0, 3), st.integers(1, 4), st.integers(1, 3))
+def test_plan_covers_every_sample_once_with_equal_batches_per_rank(shard_lengths, world, workers, epoch,
+                                                                  interleave, multiple_of):
+    lengths = [np.array(x, dtype=np.int64) for x in shard_lengths]
+    cost = np.concatenate(lengths)
+    keep = cost < 390  # the model's limits: the longest samples are filtered, never batched
+    if keep.sum() < 2 * world:
         return
-    cfg = BatchingConfig(max_frames=600, buckets=3, shuffle_buffer=7, seed=1)
+    offsets = offsets_of(lengths)
+    cfg = BatchingConfig(max_frames=600, buckets=3, shuffle_buffer=7, interleave=interleave, seed=1,
+                         multiple_of=multiple_of)
     try:
-        plan = plan_epoch(lengths, epoch, world, workers, cfg)
+        plan = plan_of(lengths, epoch, world, workers, cfg, keep)
     except ValueError as err:
         assert "too few samples" in str(err)
         return
-    refs = [r for rank in plan.ranks for w in rank for b in w.batches for r in b]
-    assert Counter(refs) == Counter((s, p) for s, x in enumerate(lengths) for p in range(len(x)))
-    assert len({sum(len(w.batches) for w in rank) for rank in plan.ranks}) == 1
+    assert Counter(refs(plan)) == Counter(np.flatnonzero(keep).tolist())
+    counts = {sum(w.batches for w in rank) for rank in plan.ranks}
+    assert len(counts) == 1 and counts.pop() % multiple_of == 0
     for rank in plan.ranks:
         for w in rank:
-            for b in w.batches:
-                assert b and (len(b) == 1 or len(b) * max(lengths[s][p] for s, p in b) <= cfg.max_frames)
-                assert all(s in w.shards for s, _ in b)  # a worker only reads its own shards
-    again = plan_epoch(lengths, epoch, world, workers, cfg)
-    assert [[w.batches for w in r] for r in again.ranks] == [[w.batches for w in r] for r in plan.ranks]
+            shard_of = np.searchsorted(offsets, w.samples, side="right") - 1
+            assert set(shard_of.tolist()) <= set(w.reads.tolist())  # a worker only reads its own shards
+            # every shard it reads, it reads whole: its k-th read is position k
+            assert Counter(w.reads.tolist()) == {s: len(lengths[s]) for s in set(w.reads.tolist())}
+            for b in range(w.batches):
+                batch = w.batch(b)
+                assert len(batch) and (len(batch) == 1 or len(batch) * cost[batch].max() <= cfg.max_frames)
+    again = plan_of(lengths, epoch, world, workers, cfg, keep)
+    assert refs(again) == refs(plan)
+    assert [[w.bounds.tolist() for w in r] for r in again.ranks] == [[w.bounds.tolist() for w in r] for r in plan.ranks]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(1, 300), min_size=0, max_size=60), st.integers(1, 700))
+def test_greedy_batches_match_a_sample_by_sample_scan(costs, budget):
+    expected, count, longest = [], 0, 0
+    for c in costs:  # the obvious sequential rule the vectorized one must reproduce
+        if count and (count + 1) * max(longest, c) > budget:
+            expected.append(count)
+            count, longest = 0, 0
+        count, longest = count + 1, max(longest, c)
+    expected += [count] if count else []
+    assert greedy_batches(np.array(costs, dtype=np.int64), budget) == expected
+
+
+def test_read_order_interleaves_lanes_round_robin():
+    offsets = np.array([0, 3, 4, 6, 8])  # shard sizes 3, 1, 2, 2
+    samples, shards = read_order(np.array([0, 1, 2, 3]), offsets, interleave=2)
+    # lane 0: shard 0 (t 0-2), then shard 3 (t 3-4); lane 1: shard 1 (t 0), then shard 2 (t 1-2)
+    assert shards.tolist() == [0, 1, 0, 2, 0, 2, 3, 3]
+    assert samples.tolist() == [0, 3, 1, 4, 2, 5, 6, 7]
+    one, _ = read_order(np.array([2, 0]), offsets, interleave=1)
+    assert one.tolist() == [4, 5, 0, 1, 2]
 
 
 def test_epochs_shuffle_differently():
     lengths = [np.arange(1, 21) * 10 for _ in range(6)]
     cfg = BatchingConfig(max_frames=500, shuffle_buffer=16)
-    a, b = (plan_epoch(lengths, e, 1, 1, cfg).ranks[0][0] for e in (0, 1))
-    assert a.shards != b.shards or a.batches != b.batches
+    a, b = (plan_of(lengths, e, 1, 1, cfg).ranks[0][0] for e in (0, 1))
+    assert a.samples.tolist() != b.samples.tolist()
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +101,11 @@ def corpus_dir(built_corpus):
 
 
 def loader_for(corpus, epoch=0, world=1, rank=0, workers=2, skip=None, cfg=None):
-    cfg = cfg or BatchingConfig(max_frames=800, buckets=2, shuffle_buffer=5)
-    lengths = sample_lengths([corpus.frames[s.id] for s in corpus.shards],
-                             [corpus.text_tokens[s.id] for s in corpus.shards])
-    plan = plan_epoch(lengths, epoch, world, workers, cfg)
-    plans = plan.ranks[rank]
-    dataset = PlanDataset(corpus.shards, plans, skip or [0] * workers)
-    return DataLoader(dataset, batch_size=None, num_workers=workers), plan
+    cfg = cfg or BatchingConfig(max_frames=800, buckets=2, shuffle_buffer=5, interleave=3)
+    samples = corpus.samples
+    cost = (samples.frames + samples.text_tokens).astype(np.int64)
+    plan = plan_epoch(cost, np.ones(len(cost), bool), samples.offsets, epoch, world, workers, cfg)
+    return make_loader(samples, plan.ranks[rank], skip, workers), plan
 
 
 def test_random_codec_corpus_is_refused_unless_allowed(corpus_dir):
@@ -126,7 +170,7 @@ def test_s3_and_http_corpora_read_like_local(corpus_dir, tmp_path, monkeypatch):
             monkeypatch.setenv(key, value)
         import trainer.storage
 
-        monkeypatch.setattr(trainer.storage, "_CLIENT", None)
+        monkeypatch.setattr(trainer.storage, "_CLIENTS", {})
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket="corpora")
         for path in corpus_dir.rglob("*"):

@@ -48,7 +48,10 @@ def test_ar_shapes_and_loss(G):
     assert torch.isfinite(logits).all()  # padded query rows included
     loss, stats = m.loss(b)
     assert torch.isfinite(loss) and stats["tokens"].item() == (23 + 1) + (11 + 1) + (17 + 1)  # codes + EOS
-    assert 0.0 <= stats["accuracy"].item() <= 1.0
+    assert 0 <= stats["correct"].item() <= stats["tokens"].item()
+    histogram = stats["histogram"]  # every real target once: codes and EOS (the majority baseline)
+    assert histogram.shape == (1, 1025) and histogram.sum().item() == stats["tokens"].item()
+    assert histogram[0, 1024].item() == 3  # one EOS per utterance
 
 
 def test_ar_group_alignment():
@@ -171,15 +174,21 @@ def test_nar_inputs():
 
 
 def test_nar_draw_distribution():
-    m = nar()
-    L = torch.tensor([1, 8, 100, 1000] * 500)
+    m = nar()  # prompt_seconds (1.5, 10): 112..750 frames, at most 3/4 of the utterance
+    L = torch.tensor([1, 8, 100, 1000, 2000] * 500)
     stage, prompt = m.draw(L, torch.Generator().manual_seed(0))
     assert stage.min() == 1 and stage.max() == 7
-    hi = torch.clamp(L // 2, max=225)
-    assert ((prompt >= hi // 2) & (prompt <= hi)).all() and (prompt < L).all()
-    assert prompt[L == 1000].min() == 112 and prompt[L == 1000].max() == 225  # 1.5-3 s
-    assert set(prompt[L == 8].tolist()) == {2, 3, 4} and set(prompt[L == 1].tolist()) == {0}
+    hi = torch.clamp(L * 3 // 4, max=750)
+    lo = torch.clamp(L * 3 // 4 // 2, max=112)
+    assert ((prompt >= lo) & (prompt <= hi)).all() and (prompt < L).all()
+    for n in (1000, 2000):  # 1.5-10 s, uniform
+        assert 112 <= prompt[L == n].min() <= 116 and 746 <= prompt[L == n].max() <= 750
+    assert prompt[L == 100].min() == 37 and prompt[L == 100].max() == 75  # a quarter stays target
+    assert set(prompt[L == 8].tolist()) == {3, 4, 5, 6} and set(prompt[L == 1].tolist()) == {0}
     assert set(stage.tolist()) == set(range(1, 8))
+    narrow = NARModel(tiny(VOCAB, prompt_seconds=(3.0, 3.0)))
+    _, fixed = narrow.draw(torch.tensor([2000] * 50), torch.Generator().manual_seed(0))
+    assert set(fixed.tolist()) == {225}
 
 
 def test_nar_loss_counts_only_frames_after_prompt():
@@ -190,6 +199,9 @@ def test_nar_loss_counts_only_frames_after_prompt():
     stage, prompt = m.draw(b["code_lens"], torch.Generator().manual_seed(seed))
     loss, stats = m.loss(b, torch.Generator().manual_seed(seed))
     assert stats["tokens"].item() == (b["code_lens"] - prompt).sum().item()
+    assert stats["histogram"].shape == (7, 1024) and stats["histogram"].sum().item() == stats["tokens"].item()
+    for i in range(3):  # each utterance's targets land in its stage's row
+        assert stats["histogram"][stage[i] - 1].sum().item() >= (b["code_lens"][i] - prompt[i]).item()
     codes = b["codes"].clone()  # perturb the targets before T' and after the code length
     for i, (s, p) in enumerate(zip(stage.tolist(), prompt.tolist())):
         codes[i, s, :p] = (codes[i, s, :p] + 1) % 1024
@@ -248,5 +260,24 @@ def test_base_parameter_counts():
     assert 150e6 < counts["AR G=1"] < 160e6
     assert 160e6 < counts["AR G=8"] < 175e6  # 8 slot tables + 8-way head
     assert 160e6 < counts["NAR"] < 175e6  # 8 codebook tables + 7 stage heads + AdaLN
-    f = ar1.flops_per_token(1000)
-    assert 6 * 150e6 < f < 6 * 160e6 + 12 * 12 * 1024 * 1000
+    f = ar1.train_flops(torch.tensor([60]), torch.tensor([939]))  # one sequence of 60 + 940 = 1000
+    assert 1000 * 6 * 150e6 < f - 12 * 12 * 1024 * 1000**2 < 1000 * 6 * 160e6
+
+
+@pytest.mark.parametrize("G", [1, 2, 8])
+def test_ar_flops_count_group_positions_at_real_lengths(G):
+    m = ar(G)
+    text, codes = torch.tensor([9, 5]), torch.tensor([23, 11])
+    positions = text + codes // G + 1  # BOS + L // G groups (the last holds EOS)
+    assert m.positions(text, codes).tolist() == positions.tolist()
+    matmul = sum(p.numel() for p in m.transformer.parameters()) + m.head.weight.numel()
+    cfg = m.cfg
+    expected = 6 * matmul * positions.sum() + 12 * cfg.n_layers * cfg.d_model * (positions.double() ** 2).sum()
+    assert m.train_flops(text, codes) == pytest.approx(float(expected))
+    # a padded batch costs what its real sequences cost: padding is waste, not work
+    assert m.train_flops(torch.tensor([9]), torch.tensor([23])) < m.train_flops(text, codes)
+    with torch.device("meta"):  # at base size, frames counted as positions overstate the work ~G-fold
+        big, big1 = ARModel(base(VOCAB, group_size=G)), ARModel(base(VOCAB))
+    long_text, long_codes = torch.tensor([60] * 4), torch.tensor([1200] * 4)
+    ratio = big1.train_flops(long_text, long_codes) / big.train_flops(long_text, long_codes)
+    assert ratio > 0.75 * G or G == 1  # (the G-wide head costs a little per position)

@@ -86,3 +86,16 @@ def test_refuses_other_bpe(trained, tmp_path, capsys):
                  "--prompt-audio", str(prompt), "--prompt-text", "x", "--out", str(tmp_path / "x.wav"),
                  "--codec-weights", "random"])
     assert code == 2 and "but the checkpoints were trained with" in capsys.readouterr().err
+
+
+def test_warns_when_the_prompt_is_outside_the_trained_range(trained, tmp_path, capsys):
+    saved = torch.load(trained[2], map_location="cpu", weights_only=True)
+    assert saved["model_config"]["prompt_seconds"] == [1.5, 10.0]  # the NAR records its range
+    assert synth(trained, tmp_path / "a.wav") == 0  # a 1.5 s prompt: inside
+    assert "warning" not in capsys.readouterr().err
+    saved["model_config"]["prompt_seconds"] = [3.0, 10.0]
+    nar = tmp_path / "nar.pt"
+    torch.save(saved, nar)
+    assert synth(trained, tmp_path / "b.wav", nar=nar) == 0  # still synthesizes, but says so
+    err = capsys.readouterr().err
+    assert "warning: the prompt is 1.5" in err and "trained on 3-10 s prompts" in err

@@ -1,39 +1,58 @@
 """Batching: plan one epoch's batches for every DDP rank and DataLoader worker, from lengths only.
 
-In: the shards' per-sample lengths (codec frames + text tokens, from lengths.parquet), the epoch,
-seed, world size and worker count. Out: for each rank and worker, its shards in reading order and
-its batches as lists of (shard index, position). Every rank computes the same plan for all ranks,
-so each knows the others' batch counts without communicating:
+In: every sample's cost (model positions: text tokens + codec frames, or frame groups for the
+grouped AR) and whether it is kept, the shards' sample offsets, the epoch, seed, world size and
+worker count. Out: for each rank and worker, the order in which it reads its shards' samples and
+its batches (flat arrays of global sample ids). Every rank computes the same plan for all ranks,
+so each knows the others' batch counts without communicating. All of it is numpy over flat
+arrays (12 M samples plan in 2-5 s and 0.25 GB, bench/bench_planner.py):
 - shard order is shuffled per epoch from the seed; shards go to ranks (then workers) greedily by
-  audio frames, so ranks read about the same amount;
-- each worker streams its samples through a shuffle buffer into length buckets and closes a bucket
-  when one more sample would make (count x longest) exceed the frame budget;
-- ranks with fewer batches split their largest batches until every rank has the same count (a
-  rank that runs dry would hang DDP), so every sample is still in exactly one batch.
-Because the plan is a replayable simulation of the stream, a worker reading its shards in order
-emits each batch as soon as its samples have been read, with memory bounded by the buffer.
+  cost, so ranks read about the same amount;
+- a worker reads `interleave` shards at once, round-robin: each stream is a lane, and when a
+  shard ends the next shard in order opens in the lane that frees first. Shards hold consecutive
+  cuts of a few books, so this is what puts many speakers into one batch;
+- a windowed shuffle: the sample read i-th leaves the shuffle buffer at i + U[0, 1) x buffer, so
+  at most `shuffle_buffer` read samples wait at any time;
+- length buckets (cost quantiles); in each bucket, in shuffled order, a batch closes when one
+  more sample would make (count x longest) exceed the budget;
+- batches are delivered in the order their last sample is read; ranks with fewer batches split
+  their largest batches until every rank has the same count, a multiple of `multiple_of` (the
+  gradient accumulation: an optimizer step never spans epochs), so every sample is still in
+  exactly one batch.
+Because the plan is a deterministic function of the lengths and these settings, a worker reading
+its shards as planned emits each batch as soon as its samples are read, and a resumed run skips
+what was delivered.
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 import numpy as np
 
-SampleRef = tuple[int, int]  # (index into the corpus's shard list, position in that shard)
-
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    max_frames: int = 20_000  # budget per batch: count x longest (codec frames + text tokens)
-    buckets: int = 10  # length buckets (quantiles of the corpus's lengths)
-    shuffle_buffer: int = 2_000  # samples held per worker to shuffle across shard boundaries
+    max_frames: int = 20_000  # budget per batch: count x longest sample cost (model positions)
+    buckets: int = 10  # length buckets (quantiles of the kept samples' costs)
+    shuffle_buffer: int = 2_000  # samples a worker holds to shuffle across its streams
+    interleave: int = 64  # shard streams each worker reads at once
     seed: int = 0
+    multiple_of: int = 1  # batches per rank are a multiple of this
 
 
 @dataclass
 class WorkerPlan:
-    shards: list[int]  # reading order
-    batches: list[list[SampleRef]]
+    reads: np.ndarray  # (n,) int32: the shard read at each step; its k-th read is its position k
+    samples: np.ndarray  # (m,) int64 global sample ids, batch after batch
+    bounds: np.ndarray  # (batches + 1,) int64: batch b is samples[bounds[b]:bounds[b + 1]]
+
+    @property
+    def batches(self) -> int:
+        return len(self.bounds) - 1
+
+    def batch(self, b: int) -> np.ndarray:
+        return self.samples[self.bounds[b]:self.bounds[b + 1]]
 
 
 @dataclass
@@ -43,91 +62,175 @@ class EpochPlan:
 
     @property
     def batches_per_rank(self) -> int:
-        return sum(len(w.batches) for w in self.ranks[0])
+        return sum(w.batches for w in self.ranks[0])
 
 
-def sample_lengths(frames: list[np.ndarray], text: list[np.ndarray]) -> list[np.ndarray]:
-    return [f + t for f, t in zip(frames, text)]
-
-
-def plan_epoch(lengths: list[np.ndarray], epoch: int, world: int, workers: int,
-               cfg: BatchingConfig) -> EpochPlan:
-    """lengths[i] = per-sample lengths of shard i. Deterministic in all arguments."""
-    if sum(len(x) for x in lengths) < world:
-        raise ValueError(f"{sum(len(x) for x in lengths)} samples cannot feed {world} ranks")
+def plan_epoch(cost: np.ndarray, keep: np.ndarray, offsets: np.ndarray, epoch: int, world: int,
+               workers: int, cfg: BatchingConfig) -> EpochPlan:
+    """cost, keep: per sample (flat, shard after shard); offsets: (n_shards + 1,) sample offsets."""
+    if world < 1 or workers < 1:
+        raise ValueError(f"world {world} and workers {workers} must be >= 1 (0 DataLoader workers read with one plan)")
+    kept = int(keep.sum())
+    if kept < world:
+        raise ValueError(f"{kept} samples cannot feed {world} ranks")
+    cost = np.asarray(cost, dtype=np.int64)
     rng = np.random.default_rng([cfg.seed, epoch])
-    order = [int(i) for i in rng.permutation(len(lengths))]
-    edges = _bucket_edges(np.concatenate(lengths) if lengths else np.zeros(0), cfg.buckets)
+    order = rng.permutation(len(offsets) - 1)
+    total = np.concatenate([[0], np.cumsum(np.where(keep, cost, 0))])
+    load = total[offsets[1:]] - total[offsets[:-1]]  # kept cost per shard
+    step = max(1, len(cost) // 1_000_000)  # quantiles of a million evenly spaced samples are plenty
+    edges = bucket_edges(cost[::step][keep[::step]], cfg.buckets)
     ranks = []
-    for rank, rank_shards in enumerate(_balance(order, lengths, world)):
+    for rank, rank_shards in enumerate(_balance(order, load, world)):
         plans = []
-        for worker, shards in enumerate(_balance(rank_shards, lengths, workers)):
+        for worker, shards in enumerate(_balance(rank_shards, load, workers)):
             worker_rng = np.random.default_rng([cfg.seed, epoch, rank, worker])
-            plans.append(WorkerPlan(shards, _stream_batches(shards, lengths, edges, cfg, worker_rng)))
+            plans.append(_worker_plan(shards, cost, keep, offsets, edges, cfg, worker_rng))
         ranks.append(plans)
-    _equalize(ranks, lengths)
+    _equalize(ranks, cfg.multiple_of)
     return EpochPlan(epoch, ranks)
 
 
-def _balance(shards: list[int], lengths: list[np.ndarray], parts: int) -> list[list[int]]:
-    """Give each shard, in order, to the part with the least audio so far (ties: lowest index)."""
-    out, load = [[] for _ in range(parts)], [0] * parts
-    for s in shards:
-        target = min(range(parts), key=lambda p: (load[p], p))
-        out[target].append(s)
-        load[target] += int(lengths[s].sum())
+def bucket_edges(costs: np.ndarray, buckets: int) -> np.ndarray:
+    if not len(costs) or buckets <= 1:
+        return np.zeros(0)
+    return np.unique(np.quantile(costs, np.linspace(0, 1, buckets + 1)[1:-1]))
+
+
+def _balance(shards: np.ndarray, load: np.ndarray, parts: int) -> list[np.ndarray]:
+    """Give each shard, in order, to the part with the least load so far (ties: lowest part)."""
+    heap = [(0, p) for p in range(parts)]
+    out = [[] for _ in range(parts)]
+    for s in np.asarray(shards).tolist():
+        total, p = heapq.heappop(heap)
+        out[p].append(s)
+        heapq.heappush(heap, (total + int(load[s]), p))
+    return [np.array(x, dtype=np.int64) for x in out]
+
+
+def read_order(shards: np.ndarray, offsets: np.ndarray, interleave: int) -> tuple[np.ndarray, np.ndarray]:
+    """(global sample ids, shard of each) in the order a worker reads them: `interleave` lanes,
+    round-robin; each shard, in order, opens in the lane that frees first (ties: lowest lane)."""
+    sizes = (offsets[shards + 1] - offsets[shards]).astype(np.int64)
+    lanes = [(0, lane) for lane in range(max(1, interleave))]
+    start, lane_of = np.zeros(len(shards), np.int64), np.zeros(len(shards), np.int64)
+    for i, n in enumerate(sizes.tolist()):
+        t, lane = heapq.heappop(lanes)
+        start[i], lane_of[i] = t, lane
+        heapq.heappush(lanes, (t + n, lane))
+    total = int(sizes.sum())
+    first = np.repeat(np.cumsum(sizes) - sizes, sizes)
+    position = np.arange(total, dtype=np.int64) - first  # position inside its shard
+    time = np.repeat(start, sizes) + position
+    order = np.argsort(time * len(lanes) + np.repeat(lane_of, sizes))  # a round: every lane once, lowest first
+    shard_of = np.repeat(shards, sizes)[order]
+    return offsets[shard_of] + position[order], shard_of
+
+
+def _worker_plan(shards, cost, keep, offsets, edges, cfg: BatchingConfig, rng) -> WorkerPlan:
+    stream, shard_of = read_order(shards, offsets, cfg.interleave)
+    stream = stream[keep[stream]]  # filtered samples are read past, never batched
+    n = len(stream)
+    index = np.arange(n, dtype=np.int64)
+    delay = (rng.random(n) * max(1, cfg.shuffle_buffer)).astype(np.int64)
+    leave = np.argsort((index + delay) * max(n, 1) + index)  # unique keys: every sort agrees
+    shuffled = stream[leave]  # in the order they leave the shuffle buffer; leave[i] = read index
+    bucket = np.searchsorted(edges, cost[shuffled], side="right").astype(np.uint16)
+    by_bucket = np.argsort(bucket, kind="stable")  # bucket after bucket, shuffled order inside
+    first = np.concatenate([[0], np.cumsum(np.bincount(bucket, minlength=len(edges) + 1))])
+    sizes = []
+    for b in range(len(edges) + 1):
+        sizes += greedy_batches(cost[shuffled[by_bucket[first[b]:first[b + 1]]]], cfg.max_frames)
+    sizes = np.array(sizes, dtype=np.int64)
+    starts = np.cumsum(sizes) - sizes  # of each batch, in by_bucket
+    done = np.maximum.reduceat(leave[by_bucket], starts) if n else np.zeros(0, np.int64)
+    order = np.argsort(done)  # batches by the read index of their last sample (unique)
+    sizes, starts = sizes[order], starts[order]
+    element = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + index
+    bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return WorkerPlan(shard_of.astype(np.int32), shuffled[by_bucket[element]], bounds)
+
+
+def greedy_batches(costs: np.ndarray, budget: int) -> list[int]:
+    """Sizes of consecutive batches: each takes samples while (count x longest) <= budget (at least
+    one). Vectorized: the largest fitting count is found for every start at once, growing the
+    windows one sample at a time for the starts that still fit; then the chain of starts is walked."""
+    n = len(costs)
+    if not n:
+        return []
+    costs = costs.astype(np.int64)
+    base = max(1, budget // int(costs.max()))  # every window of `base` samples fits
+    padded = np.concatenate([costs, np.zeros(base + 1, np.int64)])
+    longest = _window_max(padded, base)[:n]  # max over [s, s + base)
+    count = np.minimum(base, n - np.arange(n))
+    active = np.flatnonzero(count < n - np.arange(n))
+    while len(active):
+        grown = np.maximum(longest[active], costs[active + count[active]])
+        fits = (count[active] + 1) * grown <= budget
+        active, grown = active[fits], grown[fits]
+        longest[active] = grown
+        count[active] += 1
+        active = active[active + count[active] < n]
+    sizes, s, count = [], 0, count.tolist()
+    while s < n:
+        sizes.append(count[s])
+        s += count[s]
+    return sizes
+
+
+def _window_max(values: np.ndarray, width: int) -> np.ndarray:
+    """out[i] = max(values[i:i + width]) for i <= len - width (sparse-table doubling)."""
+    out, span = values, 1
+    while span * 2 <= width:
+        out = np.maximum(out[:-span], out[span:])
+        span *= 2
+    if span < width:
+        out = np.maximum(out[:len(out) - (width - span)], out[width - span:])
     return out
 
 
-def _bucket_edges(all_lengths: np.ndarray, buckets: int) -> np.ndarray:
-    if not len(all_lengths) or buckets <= 1:
-        return np.zeros(0)
-    return np.unique(np.quantile(all_lengths, np.linspace(0, 1, buckets + 1)[1:-1]))
-
-
-def _stream_batches(shards, lengths, edges, cfg: BatchingConfig, rng) -> list[list[SampleRef]]:
-    buffer: list[SampleRef] = []
-    buckets: dict[int, list[SampleRef]] = {}
-    longest: dict[int, int] = {}
-    batches: list[list[SampleRef]] = []
-
-    def place(ref: SampleRef) -> None:
-        size = int(lengths[ref[0]][ref[1]])
-        b = int(np.searchsorted(edges, size, side="right"))
-        bucket = buckets.setdefault(b, [])
-        if bucket and (len(bucket) + 1) * max(longest[b], size) > cfg.max_frames:
-            batches.append(bucket)
-            bucket = buckets[b] = []
-        longest[b] = max(longest[b], size) if bucket else size
-        bucket.append(ref)
-
-    def pop_random() -> SampleRef:
-        i = int(rng.integers(len(buffer)))
-        buffer[i], buffer[-1] = buffer[-1], buffer[i]
-        return buffer.pop()
-
-    for s in shards:
-        for pos in range(len(lengths[s])):
-            buffer.append((s, pos))
-            if len(buffer) >= cfg.shuffle_buffer:
-                place(pop_random())
-    while buffer:
-        place(pop_random())
-    batches += [buckets[b] for b in sorted(buckets) if buckets[b]]
-    return batches
-
-
-def _equalize(ranks: list[list[WorkerPlan]], lengths) -> None:
-    """Split the largest batches of short ranks until every rank has the same number."""
-    target = max(sum(len(w.batches) for w in plans) for plans in ranks)
+def _equalize(ranks: list[list[WorkerPlan]], multiple_of: int) -> None:
+    """Split the largest batches of short ranks until every rank has the same count, a multiple
+    of `multiple_of`. A batch of k samples splits into k // 2 and k - k // 2."""
+    most = max(sum(w.batches for w in plans) for plans in ranks)
+    target = -(-most // multiple_of) * multiple_of
     for rank, plans in enumerate(ranks):
-        while sum(len(w.batches) for w in plans) < target:
-            size, w, i = max(((len(b), -w, -i) for w, p in enumerate(plans) for i, b in enumerate(p.batches)),
-                             default=(0, 0, 0))
-            w, i = -w, -i
+        deficit = target - sum(w.batches for w in plans)
+        if not deficit:
+            continue
+        heap = [(-int(n), w, int(a)) for w, p in enumerate(plans)
+                for n, a in zip(np.diff(p.bounds).tolist(), p.bounds[:-1].tolist())]
+        heapq.heapify(heap)
+        cuts = [[] for _ in plans]
+        for _ in range(deficit):
+            size, w, start = heapq.heappop(heap) if heap else (0, 0, 0)
+            size = -size
             if size < 2:
-                raise ValueError(f"rank {rank} has too few samples for {target} batches ({len(lengths)} "
-                                 f"shards for {len(ranks)} ranks); use fewer ranks, smaller shards "
-                                 "(output.target_shard_mb) or a smaller frame budget")
-            batch = plans[w].batches[i]
-            plans[w].batches[i:i + 1] = [batch[: size // 2], batch[size // 2:]]
+                raise ValueError(f"rank {rank} has too few samples for {target} batches; use fewer ranks, "
+                                 "smaller shards (output.target_shard_mb) or a smaller frame budget")
+            cuts[w].append(start + size // 2)
+            heapq.heappush(heap, (-(size // 2), w, start))
+            heapq.heappush(heap, (-(size - size // 2), w, start + size // 2))
+        for w, p in enumerate(plans):
+            if cuts[w]:
+                p.bounds = np.sort(np.concatenate([p.bounds, np.array(cuts[w], np.int64)]))
+
+
+def plan_stats(workers: list[WorkerPlan], cost: np.ndarray, speakers: np.ndarray | None,
+               books: np.ndarray | None) -> dict:
+    """One rank's plan at a glance: batches, padding (share of count x longest that is padding),
+    mean distinct speakers and books per batch (when the corpus names them)."""
+    sizes = np.concatenate([np.diff(w.bounds) for w in workers]) if workers else np.zeros(0, np.int64)
+    members = np.concatenate([w.samples for w in workers]) if workers else np.zeros(0, np.int64)
+    stats = {"batches": int(len(sizes)), "samples": int(len(members))}
+    if not len(sizes):
+        return stats
+    starts = np.cumsum(sizes) - sizes
+    c = cost[members]
+    stats["padding"] = float(1 - c.sum() / (sizes * np.maximum.reduceat(c, starts)).sum())
+    batch = np.repeat(np.arange(len(sizes)), sizes)
+    for name, ids in (("speakers_per_batch", speakers), ("books_per_batch", books)):
+        if ids is not None:
+            pairs = batch * (int(ids.max(initial=0)) + 1) + ids[members]
+            stats[name] = float(len(np.unique(pairs)) / len(sizes))
+    return stats

@@ -24,13 +24,15 @@ class ModelSection:
     preset: str = "tiny"  # a name in trainer.models.config.PRESETS
     group_size: int = 1  # AR only: VALL-E 2 grouped code modelling, 1 = VALL-E
     dropout: float | None = None  # null: the preset's
+    prompt_seconds: list[float] = field(default_factory=lambda: [1.5, 10.0])  # NAR: prompt lengths trained on
 
 
 @dataclass
 class DataSection:
-    max_frames: int = 20_000  # per batch: count x longest (codec frames + text tokens)
+    max_frames: int = 20_000  # per batch: count x longest sequence in model positions (text + frames / G)
     buckets: int = 10
     shuffle_buffer: int = 2_000
+    interleave: int = 64  # shard streams each DataLoader worker reads at once (speaker mix)
     workers: int = 2  # DataLoader workers per rank
     format: str = "auto"  # webdataset | parquet | auto
 
@@ -52,6 +54,8 @@ class RunSection:
     log_every: int = 50
     eval_every: int = 2_000
     checkpoint_every: int = 2_000
+    keep_last: int = 3  # checkpoints kept: the newest keep_last ...
+    keep_every: int = 0  # ... and every step that is a multiple of this (0: none)
     seed: int = 0
 
 
@@ -71,6 +75,13 @@ class TrainConfig:
             raise ConfigError(f"data.format must be auto, webdataset or parquet, got {self.data.format!r}")
         if self.optim.accumulate < 1 or self.run.max_steps < 1:
             raise ConfigError("optim.accumulate and run.max_steps must be >= 1")
+        if min(self.data.max_frames, self.data.interleave, self.data.shuffle_buffer, self.data.buckets) < 1:
+            raise ConfigError("data.max_frames, interleave, shuffle_buffer and buckets must be >= 1")
+        if self.run.keep_last < 1 or self.run.keep_every < 0:
+            raise ConfigError("run.keep_last must be >= 1 and run.keep_every >= 0")
+        prompt = self.model.prompt_seconds
+        if len(prompt) != 2 or not 0 < prompt[0] <= prompt[1]:
+            raise ConfigError(f"model.prompt_seconds must be [low, high] with 0 < low <= high, got {prompt}")
         return self
 
 

@@ -1,9 +1,10 @@
 """Corpus: open a built corpus through its index and schemas/, and read its samples.
 
 In: a location (folder, http(s):// or s3:// prefix) holding index.json. Out: the shards of the
-subsets asked for (one format), every sample's lengths (from lengths.parquet, so batches are
-planned without reading shards), and sample readers. Refuses a corpus whose codes came from a
-random-init codec unless asked, and never mixes corpora whose codec or BPE provenance differ.
+subsets asked for (one format), every sample's lengths, speaker and book as flat numpy arrays
+(from lengths.parquet, so batches are planned without reading shards; never a Python object per
+sample), and sample readers. Refuses a corpus whose codes came from a random-init codec unless
+asked, and never mixes corpora whose codec or BPE provenance differ.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import tarfile
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
@@ -32,12 +35,32 @@ class Shard:
 
 
 @dataclass
+class Samples:
+    """Per-sample facts of a list of shards, flat: shard i holds samples offsets[i]:offsets[i+1]."""
+    shards: list[Shard]
+    offsets: np.ndarray  # (n_shards + 1,) int64
+    frames: np.ndarray  # (n,) int32 codec frames
+    text_tokens: np.ndarray  # (n,) int32 BPE tokens
+    speakers: np.ndarray | None  # (n,) int32 ids into speaker_names; None for corpora written without them
+    books: np.ndarray | None  # (n,) int32 ids of the LibriLight book (the chapter's parent folder)
+    speaker_names: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def shard_of(self, sample: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.offsets, sample, side="right") - 1
+
+
+@dataclass
 class Corpus:
     location: str
     index: dict
-    shards: list[Shard]
-    frames: dict[str, np.ndarray]  # shard id -> codec frames of each sample, in shard order
-    text_tokens: dict[str, np.ndarray]  # shard id -> text tokens of each sample
+    samples: Samples
+
+    @property
+    def shards(self) -> list[Shard]:
+        return self.samples.shards
 
     @property
     def provenance_key(self) -> dict:
@@ -53,6 +76,11 @@ class Corpus:
     @property
     def codebooks(self) -> int:
         return self.index["codes"]["codebooks"]
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the samples (not where they are stored): the lengths file's sha256."""
+        return self.index["lengths"]["sha256"]
 
     def bpe_model_uri(self) -> str:
         return join(self.location, self.index["provenance"]["bpe"]["model"])
@@ -76,16 +104,70 @@ def open_corpus(location: str, *, roles: tuple[str, ...] = ("train",), fmt: str 
         raise CorpusError(f"{location}: has no {chosen} shards (it has {sorted(formats)})")
     shards = [Shard(s["id"], join(location, s["path"]), chosen, s["subset"], s["samples"])
               for s in index["shards"] if s["format"] == chosen and s["subset"] in subsets]
-    table = pq.read_table(buffer(join(location, index["lengths"]["path"])))
-    rows = {r["shard"]: r for r in table.to_pylist()}
-    frames, text = {}, {}
-    for shard in shards:
-        row = rows.get(shard.id)
-        if row is None or len(row["frames"]) != shard.samples:
-            raise CorpusError(f"{location}: lengths for shard {shard.id} missing or wrong; run valle-prep verify")
-        frames[shard.id] = np.asarray(row["frames"], dtype=np.int64)
-        text[shard.id] = np.asarray(row["text_tokens"], dtype=np.int64)
-    return Corpus(location, index, shards, frames, text)
+    return Corpus(location, index, read_lengths(join(location, index["lengths"]["path"]), shards, location))
+
+
+def read_lengths(uri: str, shards: list[Shard], where: str) -> Samples:
+    """The lengths file's rows for `shards`, flattened with Arrow (no per-sample Python objects)."""
+    data = buffer(uri)
+    names = set(pq.read_schema(data).names)
+    ids = {"speaker", "recording_id"} <= names
+    data.seek(0)
+    table = pq.read_table(data, columns=["shard", "frames", "text_tokens"] + (["speaker", "recording_id"] if ids else []),
+                          read_dictionary=["speaker.list.element", "recording_id.list.element"] if ids else None)
+    row_of = {shard: i for i, shard in enumerate(table.column("shard").to_pylist())}
+    rows = [row_of.get(s.id, -1) for s in shards]
+    if any(r < 0 for r in rows):
+        missing = next(s.id for s, r in zip(shards, rows) if r < 0)
+        raise CorpusError(f"{where}: lengths for shard {missing} missing; run valle-prep verify")
+    table = table.take(pa.array(rows, type=pa.int64()))
+    counts = pc.list_value_length(table.column("frames")).to_numpy(zero_copy_only=False)
+    wrong = [s.id for s, n in zip(shards, counts) if n != s.samples]
+    if wrong:
+        raise CorpusError(f"{where}: lengths for shard {wrong[0]} disagree with index.json; run valle-prep verify")
+    offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+
+    def flat(name: str) -> pa.Array:
+        return pc.list_flatten(table.column(name)).combine_chunks()
+
+    frames = flat("frames").to_numpy().astype(np.int32, copy=False)
+    text = flat("text_tokens").to_numpy().astype(np.int32, copy=False)
+    speakers = books = speaker_names = None
+    if ids:
+        speakers, speaker_names = _codes(flat("speaker"))
+        recordings, recording_names = _codes(flat("recording_id"))
+        book_names = np.array([r.rpartition("/")[0] or r for r in recording_names.tolist()], dtype=object)
+        _, book_of_recording = np.unique(book_names.astype(str), return_inverse=True)
+        books = book_of_recording.astype(np.int32)[recordings] if len(recordings) else recordings
+    return Samples(shards, offsets, frames, text, speakers, books, speaker_names)
+
+
+def _codes(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 codes, names) of a string or dictionary column."""
+    if not pa.types.is_dictionary(column.type):
+        column = column.dictionary_encode()
+    names = column.dictionary.to_numpy(zero_copy_only=False)
+    return column.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False), names
+
+
+def merge(corpora: list[Corpus]) -> Samples:
+    """One Samples over the corpora's shards, in order; a speaker is the same across corpora
+    when its id is (LibriLight speaker ids are global)."""
+    parts = [c.samples for c in corpora]
+    if len(parts) == 1:
+        return parts[0]
+    sizes = np.concatenate([np.diff(p.offsets) for p in parts])
+    offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+    speakers = books = names = None
+    if all(p.speakers is not None for p in parts):
+        names, inverse = np.unique(np.concatenate([p.speaker_names for p in parts]).astype(str), return_inverse=True)
+        starts = np.cumsum([0] + [len(p.speaker_names) for p in parts])
+        speakers = np.concatenate([inverse[starts[i]:starts[i + 1]][p.speakers] for i, p in enumerate(parts)])
+        book_base = np.cumsum([0] + [int(p.books.max(initial=-1)) + 1 for p in parts])
+        books = np.concatenate([p.books + book_base[i] for i, p in enumerate(parts)])  # books never span corpora
+    return Samples([s for p in parts for s in p.shards], offsets,
+                   np.concatenate([p.frames for p in parts]), np.concatenate([p.text_tokens for p in parts]),
+                   speakers, books, names)
 
 
 def check_compatible(corpora: list[Corpus]) -> None:
@@ -97,26 +179,54 @@ def check_compatible(corpora: list[Corpus]) -> None:
                 f"({other.provenance_key} vs {first.provenance_key}); their tokens do not mean the same thing")
 
 
-def read_shard(shard: Shard):
-    """Yield (position, metadata, codes (K, T) uint16) for every sample, in shard order."""
+def read_shard(shard: Shard, wanted: np.ndarray | None = None):
+    """Yield (position, metadata, codes (K, T) uint16) for the positions in `wanted` (sorted; all
+    when None), in shard order. Unwanted samples are skipped without decoding, and reading stops
+    after the last wanted one."""
+    last = shard.samples - 1 if wanted is None else (int(wanted[-1]) if len(wanted) else -1)
+    keep = None if wanted is None else set(wanted.tolist())
+    if last < 0:
+        return
     if shard.format == "webdataset":
-        with open_stream(shard.uri) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-            pending: dict[str, dict[str, bytes]] = {}
-            position = 0
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.partition(".")
-                fields = pending.setdefault(key, {})
-                fields[ext] = tar.extractfile(member).read()
-                if len(fields) == 2:  # a sample is complete once its json and codes are read
-                    del pending[key]
-                    meta = json.loads(fields["json"])
-                    codes = schemas.unpack_codes(fields["codes"], *meta["codes_shape"])
-                    yield position, meta, codes
-                    position += 1
+        yield from _read_tar(shard, keep, last)
     else:
-        table = pq.read_table(buffer(shard.uri))
-        for position, row in enumerate(table.to_pylist()):
-            codes = schemas.unpack_codes(row["codes"], row["codes_codebooks"], row["codes_frames"])
-            yield position, row, codes
+        yield from _read_parquet(shard, wanted)
+
+
+def _read_tar(shard: Shard, keep: set | None, last: int):
+    with open_stream(shard.uri) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        key, fields, position = None, {}, 0
+        for member in tar:
+            if not member.isfile():
+                continue
+            name, _, ext = member.name.partition(".")
+            if name != key:  # the members of one sample are adjacent: <key>.codes, <key>.json
+                key, fields = name, {}
+            if keep is None or position in keep:
+                fields[ext] = tar.extractfile(member).read()
+            else:
+                fields[ext] = None  # skipped: the tar stream moves past it unread
+            if len(fields) < 2:
+                continue
+            if set(fields) != {"json", "codes"}:
+                raise CorpusError(f"{shard.uri}: sample {name} has members {sorted(fields)}, expected json and "
+                                  "codes; run valle-prep verify")
+            if fields["json"] is not None:
+                meta = json.loads(fields["json"])
+                yield position, meta, schemas.unpack_codes(fields["codes"], *meta["codes_shape"])
+            if position == last:
+                return
+            position += 1
+
+
+def _read_parquet(shard: Shard, wanted: np.ndarray | None):
+    table = pq.read_table(buffer(shard.uri), columns=["id", "speaker", "text_tokens", "codes",
+                                                      "codes_codebooks", "codes_frames"])
+    positions = np.arange(table.num_rows) if wanted is None else wanted
+    table = table.take(pa.array(positions, type=pa.int64()))
+    columns = {name: table.column(name).to_pylist() for name in ("id", "speaker", "text_tokens",
+                                                                  "codes_codebooks", "codes_frames")}
+    codes = table.column("codes")
+    for i, position in enumerate(positions.tolist()):
+        meta = {name: values[i] for name, values in columns.items()}
+        yield position, meta, schemas.unpack_codes(codes[i].as_py(), meta["codes_codebooks"], meta["codes_frames"])

@@ -1,11 +1,15 @@
 """Loader: replay an epoch plan over the shards and yield padded batches, resumable mid-epoch.
 
-In: a corpus (trainer.corpus), this rank's worker plans (trainer.batching) and how many batches
-each worker has already delivered. Out: dicts of tensors, the models' batch format:
+In: the samples' shards and offsets (trainer.corpus), this rank's worker plans
+(trainer.batching) and how many batches each worker has already delivered. Out: dicts of tensors,
+the models' batch format:
   text (B, S) long (pad 0), text_lens (B,), codes (B, K, T) long (pad 0), code_lens (B,),
-  ids (list of cut ids), worker, index (this batch's position in its worker's plan), padding.
-The resume state is a handful of integers (epoch, batches delivered per worker): a resumed run
-skips what was delivered without reading shards it no longer needs and without replaying them.
+  ids (list of cut ids), speakers (distinct speakers in the batch), worker, index (this batch's
+  position in its worker's plan), padding.
+A worker keeps its plan's `interleave` shard streams open at once and pulls samples in the
+planned read order; a sample no remaining batch needs is skipped undecoded, and a shard with
+none is never opened. The resume state is a handful of integers (epoch, batches delivered per
+worker): a resumed run skips what was delivered without replaying it.
 """
 from __future__ import annotations
 
@@ -13,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from trainer.batching import WorkerPlan
-from trainer.corpus import Shard, read_shard
+from trainer.corpus import Samples, read_shard
 
 
 @dataclass
@@ -35,35 +39,54 @@ class LoaderState:
 class PlanDataset(IterableDataset):
     """Worker w of a DataLoader replays plans[w], skipping its first skip[w] batches."""
 
-    def __init__(self, shards: list[Shard], plans: list[WorkerPlan], skip: list[int]):
-        self.shards, self.plans, self.skip = shards, plans, skip
+    def __init__(self, samples: Samples, plans: list[WorkerPlan], skip: list[int]):
+        self.samples, self.plans, self.skip = samples, plans, skip
 
     def __iter__(self):
         info = get_worker_info()
         worker = info.id if info else 0
         if info is None and len(self.plans) != 1:
             raise ValueError("a plan for several workers needs DataLoader(num_workers=len(plans))")
-        yield from replay(self.shards, self.plans[worker], self.skip[worker], worker)
+        yield from replay(self.samples, self.plans[worker], self.skip[worker], worker)
 
 
-def replay(shards: list[Shard], plan: WorkerPlan, skip: int, worker: int = 0):
-    batches = plan.batches
-    needed = {ref: i for i, batch in enumerate(batches[skip:], start=skip) for ref in batch}
-    loaded: dict = {}
+def replay(samples: Samples, plan: WorkerPlan, skip: int, worker: int = 0):
+    if skip >= plan.batches:
+        return
+    needed = plan.samples[plan.bounds[skip]:]
+    batch_of = dict(zip(needed.tolist(), np.repeat(np.arange(skip, plan.batches),
+                                                   np.diff(plan.bounds[skip:])).tolist()))
+    missing = np.diff(plan.bounds).tolist()  # per batch: samples not read yet
+    offsets = samples.offsets
+    wanted = {}  # shard -> sorted positions some remaining batch needs
+    shard_of = samples.shard_of(needed)
+    for s in np.unique(shard_of).tolist():
+        wanted[s] = np.sort(needed[shard_of == s] - offsets[s])
+    streams, read, loaded = {}, {}, {}
     next_batch = skip
-    for s in plan.shards:
-        if next_batch >= len(batches):
-            break
-        if not any((s, pos) in needed for pos in range(shards[s].samples)):
-            continue  # everything this shard holds was delivered before the resume
-        for pos, meta, codes in read_shard(shards[s]):
-            if (s, pos) in needed:
-                loaded[(s, pos)] = (meta, codes)
-            while next_batch < len(batches) and all(r in loaded for r in batches[next_batch]):
-                yield collate([loaded.pop(r) for r in batches[next_batch]], worker, next_batch)
-                next_batch += 1
-    if next_batch != len(batches):
-        raise RuntimeError(f"worker {worker}: shards ended before batch {next_batch} of {len(batches)} "
+    for s in plan.reads.tolist():
+        if s not in wanted:
+            continue  # nothing in this shard is needed any more: never opened
+        position = read.get(s, 0)
+        read[s] = position + 1
+        sample = int(offsets[s]) + position
+        if sample not in batch_of:
+            continue
+        if s not in streams:
+            streams[s] = read_shard(samples.shards[s], wanted[s])
+        got, meta, codes = next(streams[s])
+        if got != position:
+            raise RuntimeError(f"{samples.shards[s].uri}: expected sample {position}, read {got}; "
+                               "the shard does not match lengths.parquet (run valle-prep verify)")
+        if position == wanted[s][-1]:
+            streams.pop(s).close()
+        loaded[sample] = (meta, codes)
+        missing[batch_of[sample]] -= 1
+        while next_batch < plan.batches and not missing[next_batch]:
+            yield collate([loaded.pop(i) for i in plan.batch(next_batch).tolist()], worker, next_batch)
+            next_batch += 1
+    if next_batch != plan.batches:
+        raise RuntimeError(f"worker {worker}: shards ended before batch {next_batch} of {plan.batches} "
                            "was complete; the shards do not match lengths.parquet (run valle-prep verify)")
 
 
@@ -71,16 +94,25 @@ def collate(samples: list[tuple[dict, np.ndarray]], worker: int, index: int) -> 
     texts = [m["text_tokens"] for m, _ in samples]
     codes = [c for _, c in samples]
     b, k = len(samples), codes[0].shape[0]
-    s_max, t_max = max(len(t) for t in texts), max(c.shape[1] for c in codes)
-    text = torch.zeros(b, s_max, dtype=torch.long)
-    audio = torch.zeros(b, k, t_max, dtype=torch.long)
+    text_lens = np.array([len(t) for t in texts], dtype=np.int64)
+    code_lens = np.array([c.shape[1] for c in codes], dtype=np.int64)
+    text = np.zeros((b, text_lens.max()), dtype=np.int64)
+    audio = np.zeros((b, k, code_lens.max()), dtype=np.int64)
     for i, (t, c) in enumerate(zip(texts, codes)):
-        text[i, : len(t)] = torch.as_tensor(t)
-        audio[i, :, : c.shape[1]] = torch.from_numpy(c.astype(np.int64))
-    code_lens = torch.tensor([c.shape[1] for c in codes])
+        text[i, : len(t)] = t
+        audio[i, :, : c.shape[1]] = c
     return {
-        "text": text, "text_lens": torch.tensor([len(t) for t in texts]),
-        "codes": audio, "code_lens": code_lens, "ids": [m["id"] for m, _ in samples],
+        "text": torch.from_numpy(text), "text_lens": torch.from_numpy(text_lens),
+        "codes": torch.from_numpy(audio), "code_lens": torch.from_numpy(code_lens),
+        "ids": [m["id"] for m, _ in samples], "speakers": len({m["speaker"] for m, _ in samples}),
         "worker": worker, "index": index,
-        "padding": 1.0 - float(code_lens.sum()) / float(b * t_max),
+        "padding": 1.0 - float(code_lens.sum()) / float(b * code_lens.max()),
     }
+
+
+def make_loader(samples: Samples, plans: list[WorkerPlan], skip: list[int] | None, workers: int,
+                pin_memory: bool = False) -> DataLoader:
+    """A DataLoader replaying `plans` (one per worker; workers = 0 reads in this process).
+    pin_memory on CUDA: page-locked batches make the host-to-device copies asynchronous."""
+    dataset = PlanDataset(samples, plans, skip or [0] * len(plans))
+    return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory)

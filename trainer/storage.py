@@ -1,16 +1,47 @@
 """Storage: read corpus files from a local folder, http(s):// or s3:// with one interface.
 
 In: a location (a folder or URL prefix holding index.json) and paths relative to it.
-Out: bytes, or a streaming binary file object for tars. s3 goes through boto3, which honours
-AWS_ENDPOINT_URL (an S3-compatible server such as MinIO or moto) and the usual credentials.
+Out: bytes, or a sequential binary stream (tars are streamed, never downloaded whole).
+
+Remote reads survive a long run:
+- a transient failure (connection dropped or reset, timeout, truncated body, HTTP 5xx/429, S3
+  SlowDown/InternalError) reopens the object at the byte where reading stopped (HTTP Range; a
+  server that ignores Range has the bytes already read skipped), with capped exponential
+  backoff and jitter, up to ATTEMPTS tries per failure streak; a body shorter than announced is
+  a failure, not the end of the file;
+- what still fails raises `StorageError` naming the URL and the byte offset;
+- s3 goes through boto3, which honours AWS_ENDPOINT_URL (an S3-compatible server such as MinIO
+  or moto) and the usual credentials, with one client per process: boto3 clients are not
+  fork-safe, so a DataLoader worker never uses a client (or pooled connection) of its parent.
 """
 from __future__ import annotations
 
+import http.client
 import io
+import logging
+import os
+import random
+import socket
+import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import BinaryIO
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 8  # tries per failure streak (a successful read starts a new streak)
+BACKOFF_S = 0.5  # first wait; doubles per try, capped
+BACKOFF_CAP_S = 30.0
+TIMEOUT_S = 60.0
+RETRY_HTTP = {408, 429, 500, 502, 503, 504}
+RETRY_S3 = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
+            "503", "500", "502", "504"}
+
+
+class StorageError(OSError):
+    """A remote object that could not be read; the message names its URL."""
 
 
 def join(location: str, relative: str) -> str:
@@ -19,14 +50,13 @@ def join(location: str, relative: str) -> str:
     return str(Path(location) / relative)
 
 
-def open_stream(uri: str, timeout_s: float = 60.0) -> BinaryIO:
-    """A readable binary stream of the whole object (read sequentially: tars are streamed)."""
+def open_stream(uri: str) -> BinaryIO:
+    """A readable binary stream of the whole object, read sequentially."""
     scheme = urllib.parse.urlparse(uri).scheme
     if scheme in ("http", "https"):
-        return urllib.request.urlopen(uri, timeout=timeout_s)  # noqa: S310 (URLs come from the user)
+        return ResumingStream(uri, _open_http)
     if scheme == "s3":
-        bucket, key = _s3_parts(uri)
-        return _s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+        return ResumingStream(uri, _open_s3)
     if scheme in ("", "file"):
         path = urllib.parse.urlparse(uri).path if scheme == "file" else uri
         return open(path, "rb")
@@ -43,6 +73,126 @@ def buffer(uri: str) -> BinaryIO:
     return io.BytesIO(read_bytes(uri))
 
 
+class ResumingStream(io.RawIOBase):
+    """Sequential reads of one remote object that reopen where they stopped after a transient error.
+
+    `opener(uri, offset)` returns (body, total size or None) with body positioned at `offset`."""
+
+    def __init__(self, uri: str, opener):
+        super().__init__()
+        self.uri, self._opener = uri, opener
+        self.offset, self.size, self._body = 0, None, None
+        self._retrying(lambda: None)  # open now: a missing object fails here, not mid-read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        data = self._retrying(lambda: self._read(len(target)))
+        target[: len(data)] = data
+        return len(data)
+
+    def _read(self, n: int) -> bytes:
+        data = self._body.read(n) if n else b""
+        if n and not data and self.size is not None and self.offset < self.size:
+            raise ConnectionError(f"body ended at byte {self.offset} of {self.size}")
+        self.offset += len(data)
+        return data
+
+    def _retrying(self, action):
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                if self._body is None:
+                    self._body, size = self._opener(self.uri, self.offset)
+                    if self.size is not None and size is not None and size != self.size:
+                        raise StorageError(f"{self.uri}: changed while being read ({self.size} -> {size} bytes)")
+                    self.size = size if size is not None else self.size
+                return action()
+            except _transient() as err:
+                self._drop()
+                if attempt == ATTEMPTS:
+                    raise StorageError(f"{self.uri}: still failing after {ATTEMPTS} attempts at byte "
+                                       f"{self.offset}: {type(err).__name__}: {err}") from err
+                wait = min(BACKOFF_CAP_S, BACKOFF_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                log.warning("%s: %s: %s; retrying from byte %d in %.1f s (attempt %d of %d)", self.uri,
+                            type(err).__name__, err, self.offset, wait, attempt + 1, ATTEMPTS)
+                time.sleep(wait)
+
+    def _drop(self) -> None:
+        if self._body is not None:
+            try:
+                self._body.close()
+            except Exception:  # noqa: BLE001 (a broken connection may fail to close; it is dropped anyway)
+                pass
+            self._body = None
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
+
+
+class Transient(Exception):
+    """A response that is worth retrying (HTTP 5xx/429, S3 SlowDown, ...)."""
+
+
+def _transient() -> tuple[type[BaseException], ...]:
+    kinds = [Transient, ConnectionError, TimeoutError, socket.timeout, http.client.HTTPException,
+             urllib.error.URLError]
+    try:
+        import botocore.exceptions as be
+        import urllib3.exceptions as ue
+
+        kinds += [be.ResponseStreamingError, be.IncompleteReadError, be.ReadTimeoutError, be.ConnectTimeoutError,
+                  be.EndpointConnectionError, be.ConnectionClosedError, ue.ProtocolError, ue.ReadTimeoutError]
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+def _open_http(uri: str, offset: int):
+    request = urllib.request.Request(uri, headers={"Range": f"bytes={offset}-"} if offset else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)  # noqa: S310 (URLs come from the user)
+    except urllib.error.HTTPError as err:
+        if err.code in RETRY_HTTP:
+            raise Transient(f"HTTP {err.code}") from None
+        if err.code == 404:
+            raise FileNotFoundError(f"{uri}: HTTP 404") from None
+        raise StorageError(f"{uri}: HTTP {err.code} {err.reason}") from None
+    if response.status == 206:
+        start, _, total = response.headers.get("Content-Range", "").removeprefix("bytes ").partition("/")
+        if not start.startswith(f"{offset}-"):
+            response.close()
+            raise StorageError(f"{uri}: asked for bytes from {offset}, got Content-Range {start}/{total}")
+        return response, int(total) if total.isdigit() else None
+    length = response.headers.get("Content-Length")
+    size = int(length) if length and length.isdigit() else None
+    skip = offset  # a server that ignores Range sends the whole object again: skip what was read
+    while skip:
+        chunk = response.read(min(skip, 1 << 20))
+        if not chunk:
+            raise ConnectionError(f"body ended while skipping to byte {offset}")
+        skip -= len(chunk)
+    return response, size
+
+
+def _open_s3(uri: str, offset: int):
+    bucket, key = _s3_parts(uri)
+    client = _s3_client()
+    try:
+        response = client.get_object(Bucket=bucket, Key=key, **({"Range": f"bytes={offset}-"} if offset else {}))
+    except client.exceptions.NoSuchKey:
+        raise FileNotFoundError(f"{uri}: no such key") from None
+    except Exception as err:  # botocore's ClientError carries the S3 error code
+        code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
+        if code in RETRY_S3:
+            raise Transient(f"S3 {code}") from None
+        if code in ("404", "NoSuchKey", "NoSuchBucket"):
+            raise FileNotFoundError(f"{uri}: {code}") from None
+        raise
+    return response["Body"], offset + int(response["ContentLength"])
+
+
 def _s3_parts(uri: str) -> tuple[str, str]:
     parsed = urllib.parse.urlparse(uri)
     if not parsed.netloc or not parsed.path.strip("/"):
@@ -50,15 +200,19 @@ def _s3_parts(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-_CLIENT = None
+_CLIENTS: dict[int, object] = {}  # process id -> its own client
 
 
 def _s3_client():
-    global _CLIENT
-    if _CLIENT is None:
+    pid = os.getpid()
+    if pid not in _CLIENTS:
         try:
             import boto3
+            from botocore.config import Config
         except ImportError:
             raise ImportError("reading s3:// needs boto3: pip install 'valle-corpus[s3]'") from None
-        _CLIENT = boto3.client("s3")
-    return _CLIENT
+        _CLIENTS.clear()  # a parent's client, inherited over fork, is never used
+        session = boto3.session.Session()  # not boto3's module-level default session, shared with the parent
+        _CLIENTS[pid] = session.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 3},
+                                                           connect_timeout=TIMEOUT_S, read_timeout=TIMEOUT_S))
+    return _CLIENTS[pid]

@@ -41,6 +41,9 @@ from trainer.sampling import SamplingConfig, generate_ar
 from trainer.storage import join, read_bytes
 
 
+LEGACY_PROMPT_SECONDS = (1.5, 3.0)  # what NAR checkpoints saved before the range was recorded trained on
+
+
 class SynthError(ValueError):
     """Synthesis cannot run as asked; the message says why and what to do."""
 
@@ -57,7 +60,9 @@ def load_checkpoint(path: str, kind: type, device: torch.device):
         raise SynthError(f"{path} is not a valle-train checkpoint (no model/model_kind/model_config/provenance)")
     if saved["model_kind"] != kind.__name__:
         raise SynthError(f"{path} holds a {saved['model_kind']}, expected a {kind.__name__}")
-    model = kind(ModelConfig(**saved["model_config"]))
+    config = dict(saved["model_config"])
+    config["prompt_seconds"] = tuple(config.get("prompt_seconds", LEGACY_PROMPT_SECONDS))
+    model = kind(ModelConfig(**config))
     model.load_state_dict(saved["model"])
     return model.to(device).eval(), saved["provenance"]
 
@@ -167,6 +172,7 @@ def synthesize(args) -> tuple[np.ndarray, int]:
         raise SynthError(f"the prompt is {P / CODES_PER_SECOND:.2f} s ({P} frames); it must be at least "
                          f"{ar.cfg.group_size} frames and leave room in the models' "
                          f"{ar.cfg.max_audio_frames} frames")
+    warn_prompt_range(P, nar.cfg.prompt_seconds)
     max_frames = min(round(args.max_seconds * CODES_PER_SECOND), room)
     sampling = SamplingConfig(top_p=args.top_p, window=args.window, repetition_threshold=args.threshold,
                               temperature=args.temperature, max_frames=max_frames)
@@ -181,6 +187,15 @@ def synthesize(args) -> tuple[np.ndarray, int]:
     with torch.inference_mode():
         codes = nar.predict(text, prompt, codes1[None].to(device))  # (K, T)
     return encoder.decode(codes.cpu().numpy()), T
+
+
+def warn_prompt_range(frames: int, trained: tuple[float, float]) -> None:
+    """The NAR has only seen prompts of `trained` seconds; say so when this one is outside."""
+    seconds, (low, high) = frames / CODES_PER_SECOND, trained
+    if not low <= seconds <= high:
+        print(f"valle-synth: warning: the prompt is {seconds:.2f} s, but the NAR checkpoint was trained on "
+              f"{low:g}-{high:g} s prompts (model.prompt_seconds); quality may suffer. Use a prompt in that "
+              "range, or train the NAR with a range that covers it.", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

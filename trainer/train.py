@@ -4,62 +4,30 @@
     torchrun --nproc_per_node 2 -m trainer.train trainer/configs/ar-tiny.yaml --data OUT
 
 In: a config, one or more corpora (folders or http(s)/s3 URLs). Out: run.out/ with checkpoints
-(model, optimizer, schedule, loader state of every rank, RNG; loaded with weights_only=True),
-log.jsonl and TensorBoard events. `--resume` continues from the newest checkpoint exactly: the
-loader skips what the interrupted epoch had delivered and the RNG streams continue.
+(model, optimizer, schedule, loader state of every rank, RNG, the data-plan key; loaded with
+weights_only=True), log.jsonl and TensorBoard events. `--resume` continues from the newest
+checkpoint exactly: the loader skips what the interrupted epoch had delivered and the RNG streams
+continue; a resume that changed a setting shaping the data plan is refused, naming it.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
-import random
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from trainer.batching import BatchingConfig, plan_epoch, sample_lengths
+from trainer import checkpoint
+from trainer.batching import BatchingConfig, EpochPlan, plan_epoch, plan_stats
 from trainer.config import TrainConfig, load_config
-from trainer.corpus import Corpus, CorpusError, check_compatible, open_corpus
-from trainer.loader import LoaderState, PlanDataset
-
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16, per GPU
-
-
-class Run:
-    """Process-group facts: rank, world size, device."""
-
-    def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-        if self.world > 1:
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def all_gather(self, obj) -> list:
-        if self.world == 1:
-            return [obj]
-        out = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def sum(self, *values: float) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        if self.world > 1:
-            dist.all_reduce(t)
-        return t.tolist()
+from trainer.corpus import Corpus, CorpusError, Samples, check_compatible, merge, open_corpus
+from trainer.distributed import Run, agree_on_checkpoint, check_shared_folder
+from trainer.loader import LoaderState, make_loader
+from trainer.metrics import Window, peak_flops
 
 
 def build_model(cfg: TrainConfig, vocab: int, codebooks: int):
@@ -71,6 +39,8 @@ def build_model(cfg: TrainConfig, vocab: int, codebooks: int):
         overrides["dropout"] = cfg.model.dropout
     if cfg.model.kind == "ar":
         overrides["group_size"] = cfg.model.group_size
+    else:
+        overrides["prompt_seconds"] = tuple(cfg.model.prompt_seconds)
     model_cfg = PRESETS[cfg.model.preset](vocab, **overrides)
     return (ARModel if cfg.model.kind == "ar" else NARModel)(model_cfg)
 
@@ -85,66 +55,50 @@ def schedule(cfg: TrainConfig):
     return factor
 
 
-def epoch_loader(corpora: list[Corpus], cfg: TrainConfig, epoch: int, world: int, rank: int,
-                 workers: int, skip: list[int] | None = None) -> DataLoader:
-    shards = [s for c in corpora for s in c.shards]
-    lengths = sample_lengths([c.frames[s.id] for c in corpora for s in c.shards],
-                             [c.text_tokens[s.id] for c in corpora for s in c.shards])
-    plans = max(1, workers)
-    batching = BatchingConfig(cfg.data.max_frames, cfg.data.buckets, cfg.data.shuffle_buffer, cfg.run.seed)
-    plan = plan_epoch(lengths, epoch, world, plans, batching)
-    dataset = PlanDataset(shards, plan.ranks[rank], skip or [0] * plans)
-    return DataLoader(dataset, batch_size=None, num_workers=workers)
+class TrainingData:
+    """The samples of some corpora as the model sees them: each sample's cost in model positions
+    (what `data.max_frames` budgets) and whether it fits the model's position tables at all."""
+
+    def __init__(self, corpora: list[Corpus], model):
+        self.samples: Samples = merge(corpora)
+        text, frames = self.samples.text_tokens.astype(np.int64), self.samples.frames.astype(np.int64)
+        self.cost = model.positions(text, frames)
+        self.keep = np.asarray(model.cfg.fits(text, frames))
+        self.too_long = int((~self.keep).sum())
+
+    def plan(self, cfg: TrainConfig, epoch: int, world: int, workers: int, multiple_of: int) -> EpochPlan:
+        batching = BatchingConfig(cfg.data.max_frames, cfg.data.buckets, cfg.data.shuffle_buffer,
+                                  cfg.data.interleave, cfg.run.seed, multiple_of)
+        return plan_epoch(self.cost, self.keep, self.samples.offsets, epoch, world, max(1, workers), batching)
+
+    def loader(self, plan: EpochPlan, rank: int, workers: int, skip=None, pin_memory=False) -> DataLoader:
+        return make_loader(self.samples, plan.ranks[rank], skip, workers, pin_memory)
+
+    def stats(self, plan: EpochPlan, rank: int) -> dict:
+        return plan_stats(plan.ranks[rank], self.cost, self.samples.speakers, self.samples.books)
 
 
 def to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def rng_state(generator: torch.Generator) -> dict:
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "model": generator.get_state(),
-             "numpy": {"keys": [int(x) for x in keys], "pos": int(pos), "has_gauss": int(has_gauss),
-                       "gauss": float(gauss)},  # plain data: checkpoints load with weights_only
-             "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["model"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    found = sorted(out.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    return found[-1] if found else None
-
-
-def evaluate(model: "LossModule", corpora: list[Corpus], cfg: TrainConfig, run: Run) -> float | None:
-    """Mean loss on the dev split. Every rank reads the (small) dev set and takes every world-th
-    batch, so any number of dev shards works with any number of ranks."""
-    if not corpora or not any(c.shards for c in corpora):
+def evaluate(model: "LossModule", data: TrainingData | None, cfg: TrainConfig, run: Run) -> dict | None:
+    """Dev loss and accuracy beside the majority baseline. Every rank plans the (small) dev set
+    alone and takes every world-th batch, so any number of dev shards works with any world."""
+    if data is None:
         return None
     model.eval()
-    loss_sum = tokens = 0.0
+    window = Window(run.device, model.model.histogram_shape)
     eval_gen = torch.Generator().manual_seed(cfg.run.seed)  # the same prompt splits every time
+    plan = data.plan(cfg, epoch=0, world=1, workers=1, multiple_of=1)
     with torch.no_grad(), autocast(run):
-        for i, batch in enumerate(epoch_loader(corpora, cfg, epoch=0, world=1, rank=0, workers=0)):
-            if i % run.world != run.rank:
-                continue
-            loss, stats = model(to_device(batch, run.device), eval_gen)
-            loss_sum += float(loss) * float(stats["tokens"])
-            tokens += float(stats["tokens"])
+        for i, batch in enumerate(data.loader(plan, rank=0, workers=0)):
+            if i % run.world == run.rank:
+                loss, stats = model(to_device(batch, run.device), eval_gen)
+                window.add(loss, stats, batch, 0.0, 0.0)
     model.train()
-    total, count = run.sum(loss_sum, tokens)
-    return total / max(count, 1.0)
+    record = window.record(run, 0, 0.0, torch.zeros(()), None)
+    return {"dev_loss": record["loss"], "dev_accuracy": record["accuracy"], "dev_majority": record["majority"]}
 
 
 class LossModule(torch.nn.Module):
@@ -167,9 +121,45 @@ def autocast(run: Run):
     return torch.autocast("cpu", enabled=False)
 
 
+def optimizer_steps(loader, accumulate: int):
+    """Group an epoch's batches into optimizer steps of `accumulate` micro-batches. Plans give
+    every rank a multiple of `accumulate` batches, so a step never spans two epochs."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == accumulate:
+            yield group
+            group = []
+    if group:
+        raise RuntimeError(f"{len(group)} micro-batches left over at the end of an epoch; "
+                           f"the plan should hold a multiple of optim.accumulate={accumulate}")
+
+
+def accumulate_gradients(wrapped, group: list[dict], run: Run, generator, window: Window, model) -> None:
+    """Forward and backward over one step's micro-batches; under DDP the gradients are averaged
+    over ranks once, on the last micro-batch (no_sync() on the others)."""
+    for i, batch in enumerate(group):
+        last = i == len(group) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(wrapped, "no_sync") else wrapped.no_sync()
+        positions = float(model.positions(batch["text_lens"], batch["code_lens"]).sum())
+        flops = model.train_flops(batch["text_lens"], batch["code_lens"])  # from the CPU lengths
+        with sync:
+            with autocast(run):
+                loss, stats = wrapped(to_device(batch, run.device), generator)
+            (loss / len(group)).backward()
+        window.add(loss, stats, batch, positions, flops)
+
+
 def train(cfg: TrainConfig, data: list[str], *, resume: bool = False,
           allow_random_codec: bool = False) -> dict:
     run = Run()
+    try:
+        return _train(run, cfg, data, resume, allow_random_codec)
+    finally:
+        run.close()
+
+
+def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_random_codec: bool) -> dict:
     torch.manual_seed(cfg.run.seed + run.rank)
     out = Path(cfg.run.out)
     corpora = [open_corpus(d, roles=("train",), fmt=cfg.data.format,
@@ -177,7 +167,23 @@ def train(cfg: TrainConfig, data: list[str], *, resume: bool = False,
     check_compatible(corpora)
     dev = [c for c in (open_corpus(d, roles=("dev",), fmt=cfg.data.format,
                                    allow_random_codec=allow_random_codec) for d in data) if c.shards]
-    model = build_model(cfg, corpora[0].vocab_size, corpora[0].codebooks).to(run.device)
+    model = build_model(cfg, corpora[0].vocab_size, corpora[0].codebooks)
+    training = TrainingData(corpora, model)
+    dev_data = TrainingData(dev, model) if dev else None
+    key = checkpoint.plan_key(cfg, corpora, run.world, (model.cfg.max_text_len, model.cfg.max_audio_frames))
+    check_shared_folder(run, out)
+
+    step, state, saved, path = 0, LoaderState(0, [0] * max(1, cfg.data.workers)), None, None
+    if resume:
+        found = checkpoint.checkpoints(out) if run.main and out.is_dir() else []
+        path = agree_on_checkpoint(run, out, found[-1] if found else None)
+    if path is not None:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved["provenance"] != corpora[0].provenance_key:
+            raise CorpusError(f"{path} was trained on a corpus with other codec/BPE provenance")
+        checkpoint.check_plan_key(saved.get("plan"), key, path)
+        model.load_state_dict(saved["model"])  # every rank, before the DDP wrap
+    model.to(run.device)
     generator = torch.Generator().manual_seed(cfg.run.seed * 1000 + run.rank)
     loss_module = LossModule(model, takes_generator=cfg.model.kind == "nar")
     wrapped = loss_module
@@ -190,65 +196,56 @@ def train(cfg: TrainConfig, data: list[str], *, resume: bool = False,
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(cfg))
-
-    step, state = 0, LoaderState(0, [0] * max(1, cfg.data.workers))
-    checkpoint = latest_checkpoint(out) if resume else None
-    if checkpoint is not None:
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if saved["provenance"] != corpora[0].provenance_key:
-            raise CorpusError(f"{checkpoint} was trained on a corpus with other codec/BPE provenance")
-        if saved["world"] != run.world or len(saved["loader"][run.rank]["delivered"]) != len(state.delivered):
-            raise CorpusError(f"{checkpoint}: resume with the same number of processes "
-                              f"({saved['world']}) and data.workers as the run that saved it")
-        model.load_state_dict(saved["model"])
+    if saved is not None:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         step = saved["step"]
         state = LoaderState.from_dict(saved["loader"][run.rank])
-        set_rng_state(saved["rng"][run.rank], generator)
+        checkpoint.set_rng_state(saved["rng"][run.rank], generator)
 
     writer = _tensorboard(out) if run.main else None
     log = (out / "log.jsonl").open("a") if run.main else None
-    flops_per_position = model.flops_per_token(1024)
-    peak = next((v for k, v in PEAK_FLOPS.items() if run.device.type == "cuda"
-                 and k in torch.cuda.get_device_name(run.device)), None)
+    if training.too_long and run.main:
+        _emit({"step": step, "too_long_filtered": training.too_long}, log, writer)
+    peak = peak_flops(run.device)
     model.train()
-    window = {"loss": 0.0, "correct": 0.0, "tokens": 0.0, "positions": 0.0, "padding": 0.0, "batches": 0}
-    started = time.perf_counter()
-    last = {}
+    window, last = Window(run.device, model.histogram_shape), {}
+    optimizer.zero_grad(set_to_none=True)
+    first_plan = True
     while step < cfg.run.max_steps:
-        loader = epoch_loader(corpora, cfg, state.epoch, run.world, run.rank, cfg.data.workers,
-                              state.delivered)
-        micro = 0
-        for batch in loader:
-            state.delivered[batch["worker"]] += 1
-            with autocast(run):
-                loss, stats = wrapped(to_device(batch, run.device), generator)
-            (loss / cfg.optim.accumulate).backward()
-            window["loss"] += float(loss.detach()) * float(stats["tokens"])
-            window["correct"] += float(stats["accuracy"]) * float(stats["tokens"])
-            window["tokens"] += float(stats["tokens"])
-            window["positions"] += float(batch["code_lens"].sum() + batch["text_lens"].sum())
-            window["padding"] += batch["padding"]
-            window["batches"] += 1
-            micro += 1
-            if micro % cfg.optim.accumulate:
-                continue
+        plan = training.plan(cfg, state.epoch, run.world, cfg.data.workers, cfg.optim.accumulate)
+        if run.main:  # printed for the first epoch of this process, logged for every one
+            _emit({"step": step, "epoch": state.epoch, **{f"plan_{k}": v for k, v in
+                                                          training.stats(plan, run.rank).items()}},
+                  log, None, quiet=not first_plan)
+            first_plan = False
+        loader = training.loader(plan, run.rank, cfg.data.workers, state.delivered,
+                                 pin_memory=run.device.type == "cuda")
+        for group in optimizer_steps(loader, cfg.optim.accumulate):
+            accumulate_gradients(wrapped, group, run, generator, window, model)
+            for batch in group:
+                state.delivered[batch["worker"]] += 1
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if step % cfg.run.log_every == 0 or step == cfg.run.max_steps:
-                last = _log_window(window, run, step, scheduler, norm, started, flops_per_position, peak, log, writer)
-                started = time.perf_counter()
-            if step % cfg.run.eval_every == 0 or step == cfg.run.max_steps:
-                dev_loss = evaluate(loss_module, dev, cfg, run)
-                if dev_loss is not None and run.main:
-                    _emit({"step": step, "dev_loss": dev_loss}, log, writer)
-                    last["dev_loss"] = dev_loss
-            if step % cfg.run.checkpoint_every == 0 or step == cfg.run.max_steps:
-                save_checkpoint(out, run, model, optimizer, scheduler, step, state, generator, corpora[0])
+                last = window.record(run, step, scheduler.get_last_lr()[0], norm, peak)
+                if run.main:
+                    _emit(last, log, writer)
+            evaluating = step % cfg.run.eval_every == 0 or step == cfg.run.max_steps
+            saving = step % cfg.run.checkpoint_every == 0 or step == cfg.run.max_steps
+            if evaluating or saving:
+                window.pause()  # neither counts as training time
+                if evaluating and (dev_stats := evaluate(loss_module, dev_data, cfg, run)) is not None:
+                    last.update(dev_stats)
+                    if run.main:
+                        _emit({"step": step, **dev_stats}, log, writer)
+                if saving:
+                    save_checkpoint(out, cfg, run, model, optimizer, scheduler, step, state, generator,
+                                    corpora[0], key)
+                window.resume()
             if step >= cfg.run.max_steps:
                 break
         else:
@@ -257,48 +254,31 @@ def train(cfg: TrainConfig, data: list[str], *, resume: bool = False,
         log.close()
     if writer:
         writer.close()
-    if run.world > 1:
-        dist.destroy_process_group()
     return last
 
 
-def save_checkpoint(out, run, model, optimizer, scheduler, step, state, generator, corpus) -> None:
+def save_checkpoint(out, cfg, run, model, optimizer, scheduler, step, state, generator, corpus, key) -> None:
     loaders = run.all_gather(state.to_dict())
-    rngs = run.all_gather(rng_state(generator))
+    rngs = run.all_gather(checkpoint.rng_state(generator))
     if not run.main:
         return
-    out.mkdir(parents=True, exist_ok=True)
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                "scheduler": scheduler.state_dict(), "step": step, "loader": loaders, "rng": rngs,
-               "world": run.world, "provenance": corpus.provenance_key,
-               "model_kind": model.__class__.__name__, "model_config": vars(model.cfg),
+               "world": run.world, "plan": key, "provenance": corpus.provenance_key,
+               "model_kind": model.__class__.__name__,
+               "model_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(model.cfg).items()},
                "bpe_sha256": corpus.index["provenance"]["bpe"]["sha256"]}
-    tmp = out / f".checkpoint-{step}.pt.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, out / f"checkpoint-{step}.pt")
+    checkpoint.save(out, payload, step, cfg.run.keep_last, cfg.run.keep_every)
 
 
-def _log_window(w, run, step, scheduler, norm, started, flops_per_position, peak, log, writer) -> dict:
-    loss, correct, tokens, positions, padding, batches = run.sum(
-        w["loss"], w["correct"], w["tokens"], w["positions"], w["padding"], w["batches"])
-    seconds = time.perf_counter() - started
-    record = {"step": step, "loss": loss / max(tokens, 1), "accuracy": correct / max(tokens, 1),
-              "lr": scheduler.get_last_lr()[0], "grad_norm": float(norm),
-              "tokens_per_s": positions / seconds, "padding": padding / max(batches, 1),
-              "mfu": (flops_per_position * positions / seconds / (peak * run.world)) if peak else None}
-    for key in w:
-        w[key] = 0.0 if key != "batches" else 0
-    if run.main:
-        _emit(record, log, writer)
-    return record
-
-
-def _emit(record: dict, log, writer) -> None:
+def _emit(record: dict, log, writer, quiet: bool = False) -> None:
     log.write(json.dumps(record) + "\n")
     log.flush()
+    if quiet:
+        return
     if writer is not None:
         for key, value in record.items():
-            if key != "step" and value is not None:
+            if key != "step" and isinstance(value, (int, float)):
                 writer.add_scalar(key, value, record["step"])
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
           flush=True)

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .layers import KV, SinePositions, Transformer, attention_mask, flops_per_position, length_mask
+from .layers import KV, SinePositions, Transformer, attention_mask, length_mask, target_stats, train_flops
 
 IGNORE = -100  # target value the loss skips
 
@@ -116,8 +116,9 @@ class ARModel(nn.Module):
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """Teacher-forced mean cross-entropy over real target codes (EOS included, padding not).
 
-        Returns (loss, {"accuracy": top-1 over the same targets, "tokens": their count}); the
-        dict's values are detached 0-dim tensors (no device sync here).
+        Returns (loss, stats): "correct" (top-1 over the same targets), "tokens" (their count) and
+        "histogram" (1, V+1) (how often each target occurs: the majority-code baseline), all
+        detached tensors on the model's device (no host sync here).
         """
         codes1 = batch["codes"][:, 0]
         inputs, targets, n_positions = self.group_codes(codes1, batch["code_lens"])
@@ -125,9 +126,21 @@ class ARModel(nn.Module):
         logits, targets = logits.float().flatten(0, 2), targets.flatten()  # (B*N*G, V+1), (B*N*G,)
         loss = F.cross_entropy(logits, targets, ignore_index=IGNORE)
         real = targets != IGNORE
-        tokens = real.sum()
         correct = ((logits.argmax(-1) == targets) & real).sum()
-        return loss, {"accuracy": (correct / tokens.clamp(min=1)).detach(), "tokens": tokens.detach()}
+        return loss, target_stats(correct, targets, real, self.EOS + 1)
+
+    @property
+    def histogram_shape(self) -> tuple[int, int]:
+        return (1, self.EOS + 1)  # targets: codes and EOS
+
+    def positions(self, text_lens, code_lens):
+        """Sequence positions the model computes per utterance: text + BOS + L // G groups."""
+        return text_lens + code_lens // self.cfg.group_size + 1
+
+    def train_flops(self, text_lens: torch.Tensor, code_lens: torch.Tensor) -> float:
+        """Forward+backward FLOPs of a batch at its real lengths (one position = one group)."""
+        matmul = sum(p.numel() for p in self.transformer.parameters()) + self.head.weight.numel()
+        return train_flops(self.cfg, matmul, self.positions(text_lens, code_lens))
 
     # ---- synthesis -------------------------------------------------------------------------
     @torch.no_grad()
@@ -152,8 +165,3 @@ class ARModel(nn.Module):
         h, kv = self.transformer(x, None, past=cache.kv)  # the new position attends to everything cached
         logits = self.head(h[0, -1]).view(self.cfg.group_size, -1)
         return logits, Cache(kv=kv, next_pos=cache.next_pos + 1)
-
-    def flops_per_token(self, seq_len: int) -> int:
-        """Forward+backward FLOPs per position (one group) at sequence length seq_len (text + groups)."""
-        matmul = sum(p.numel() for p in self.transformer.parameters()) + self.head.weight.numel()
-        return flops_per_position(self.cfg, matmul, seq_len)

@@ -33,6 +33,11 @@ class ModelConfig:
     group_size: int = 1  # AR only: VALL-E 2 code group size G (1 = VALL-E)
     max_text_len: int = 512  # longest text (tokens) the models accept
     max_audio_frames: int = 3000  # longest audio (codec frames) the models accept: 40 s
+    prompt_seconds: tuple[float, float] = (1.5, 10.0)  # NAR only: acoustic prompt lengths trained on
+
+    def fits(self, text_tokens, frames):
+        """Which samples the position tables can hold (numpy arrays or tensors, elementwise)."""
+        return (text_tokens <= self.max_text_len) & (frames <= self.max_audio_frames)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -41,6 +46,9 @@ class ModelConfig:
             raise ValueError(f"group_size {self.group_size}: use 1, 2, 4 or 8")
         if self.text_vocab < 4:
             raise ValueError(f"text_vocab {self.text_vocab}: needs at least pad/unk/bos/eos")
+        lo, hi = self.prompt_seconds
+        if not 0 < lo <= hi:
+            raise ValueError(f"prompt_seconds {self.prompt_seconds}: need 0 < low <= high")
 
 
 def tiny(text_vocab: int, **overrides) -> ModelConfig:

@@ -161,11 +161,24 @@ def length_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
     return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
 
 
-def flops_per_position(cfg: ModelConfig, matmul_params: int, seq_len: int) -> int:
-    """Forward+backward FLOPs per position: 6 x (parameters used in matmuls) + attention.
+def train_flops(cfg: ModelConfig, matmul_params: int, seq_lens) -> float:
+    """Forward+backward FLOPs of a batch whose sequences (text + audio positions) have lengths
+    `seq_lens`: per position 6 x (parameters used in matmuls), and per sequence of length L the
+    attention scores and weighted values, 2 x 2 x d x L^2 per layer forward, x3 with the backward
+    pass (as nanoGPT/PaLM count it). Real lengths, not padded ones: padding is waste, not work.
+    Attention is counted over the full L x L square, since the explicit mask makes SDPA compute
+    the masked half too."""
+    lens = [float(x) for x in seq_lens.tolist()]
+    return 6.0 * matmul_params * sum(lens) + 12.0 * cfg.n_layers * cfg.d_model * sum(x * x for x in lens)
 
-    Attention scores and weighted values cost 2 x 2 x d x seq_len per layer forward, x3 with the
-    backward pass (as nanoGPT/PaLM count it); counted over the full seq_len, since the explicit
-    mask makes SDPA compute the masked half too.
-    """
-    return 6 * matmul_params + 12 * cfg.n_layers * cfg.d_model * seq_len
+
+def target_stats(correct, targets, real, bins: int, groups: int = 1, group=None) -> dict:
+    """Loss bookkeeping without a host sync: detached device tensors "correct", "tokens" (real
+    targets) and "histogram" (groups, bins): how often each real target occurs, per group (the
+    NAR's stage; one group for the AR). Its per-group maximum is the majority-code baseline."""
+    index = targets if group is None else group * bins + targets
+    index = torch.where(real, index, groups * bins)  # ignored targets land in a spare bin
+    histogram = torch.zeros(groups * bins + 1, dtype=torch.long, device=targets.device)
+    histogram.index_add_(0, index, torch.ones_like(index))
+    return {"correct": correct.detach(), "tokens": real.sum().detach(),
+            "histogram": histogram[:-1].view(groups, bins)}

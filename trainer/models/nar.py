@@ -17,9 +17,11 @@ embedding added to the input because the stage then reaches every layer directly
 embedding must survive 12 residual layers) and costs no sequence position; it is cheap
 (2 x d x (K-1) parameters per norm). Each stage has its own output layer d -> V.
 
-Training draws per utterance (see `loss`): stage uniform in 1..K-1, and T' uniform in
-[hi // 2, hi] with hi = min(L // 2, 3 s = 225 frames): for long utterances a 1.5-3 s prompt
-(VALL-E prompts with 3 s), and at least half of every utterance is left as target.
+Training draws per utterance (see `draw`): stage uniform in 1..K-1, and the prompt split T'
+uniform in [lo, hi] frames with hi = min(prompt_seconds[1], 3/4 of the utterance) and
+lo = min(prompt_seconds[0], 3/8 of it): the prompt lengths synthesis will be given (VALL-E 2 is
+evaluated with 3, 5 and 10 s prompts; default 1.5-10 s), and at least a quarter of every
+utterance is left as target.
 """
 from __future__ import annotations
 
@@ -28,9 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import CODES_PER_SECOND, ModelConfig
-from .layers import SinePositions, Transformer, attention_mask, flops_per_position, length_mask
+from .layers import SinePositions, Transformer, attention_mask, length_mask, target_stats, train_flops
 
-MAX_PROMPT_FRAMES = 3 * CODES_PER_SECOND  # longest prompt split drawn in training
+MAX_PROMPT_SHARE = 0.75  # of an utterance, at most, is its prompt; the rest is target
 
 
 class NARModel(nn.Module):
@@ -69,20 +71,23 @@ class NARModel(nn.Module):
         return torch.bmm(h[:, S:], self.heads[stage - 1].transpose(1, 2))  # (B, T, d) @ (B, d, V) -> (B, T, V)
 
     def draw(self, code_lens: torch.Tensor, generator: torch.Generator | None = None):
-        """Per utterance: stage uniform in 1..K-1; prompt split T' uniform in [hi // 2, hi],
-        hi = min(L // 2, MAX_PROMPT_FRAMES). Draws on the CPU (reproducible from `generator`)."""
+        """Per utterance: stage uniform in 1..K-1; prompt split T' uniform in [lo, hi] frames,
+        hi = min(prompt_seconds[1] x 75, 3L/4), lo = min(prompt_seconds[0] x 75, 3L/8).
+        Draws on the CPU (reproducible from `generator`)."""
         K = self.cfg.n_codebooks
-        u = torch.rand(code_lens.shape[0], 2, generator=generator).to(code_lens.device)  # (B, 2)
+        low, high = (round(s * CODES_PER_SECOND) for s in self.cfg.prompt_seconds)
+        u = torch.rand(code_lens.shape[0], 2, generator=generator)  # (B, 2)
+        u = u.to(code_lens.device, non_blocking=True)  # staged at once: no wait for the GPU's queue
         stage = 1 + (u[:, 0] * (K - 1)).long().clamp(max=K - 2)
-        hi = torch.clamp(code_lens // 2, max=MAX_PROMPT_FRAMES)
-        lo = hi // 2
+        cap = (code_lens * 3) // 4
+        hi, lo = torch.clamp(cap, max=high), torch.clamp(cap // 2, max=low)
         prompt_lens = lo + (u[:, 1] * (hi - lo + 1)).long().clamp(max=hi - lo)
         return stage, prompt_lens
 
     def loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """Mean cross-entropy over frames T' <= t < L of codebook `stage` (drawn by `draw`).
 
-        Returns (loss, {"accuracy", "tokens"}), dict values detached 0-dim tensors.
+        Returns (loss, stats) as ARModel.loss does; the histogram has one row per stage.
         """
         codes, code_lens = batch["codes"], batch["code_lens"]
         B, K, T = codes.shape
@@ -90,11 +95,25 @@ class NARModel(nn.Module):
         logits = self(batch["text"], batch["text_lens"], codes, code_lens, prompt_lens, stage)  # (B, T, V)
         targets = codes.gather(1, stage[:, None, None].expand(B, 1, T))[:, 0]  # (B, T)
         scored = length_mask(code_lens, T) & ~length_mask(prompt_lens, T)  # (B, T)
-        logits, targets = logits.float()[scored], targets[scored]  # (n, V), (n,)
-        loss = F.cross_entropy(logits, targets) if targets.numel() else logits.sum() * 0.0
-        tokens = scored.sum()
-        correct = (logits.argmax(-1) == targets).sum()
-        return loss, {"accuracy": (correct / tokens.clamp(min=1)).detach(), "tokens": tokens.detach()}
+        logits = logits.float().flatten(0, 1)  # (B*T, V); masking by index would sync with the host
+        flat = torch.where(scored, targets, -100).flatten()
+        loss = F.cross_entropy(logits, flat, ignore_index=-100, reduction="sum") / scored.sum().clamp(min=1)
+        correct = ((logits.argmax(-1) == flat) & scored.flatten()).sum()
+        group = (stage - 1)[:, None].expand(B, T).flatten()
+        return loss, target_stats(correct, flat, scored.flatten(), self.cfg.codebook_size, K - 1, group)
+
+    @property
+    def histogram_shape(self) -> tuple[int, int]:
+        return (self.cfg.n_codebooks - 1, self.cfg.codebook_size)  # targets per stage
+
+    def positions(self, text_lens, code_lens):
+        """Sequence positions the model computes per utterance: text + frames."""
+        return text_lens + code_lens
+
+    def train_flops(self, text_lens: torch.Tensor, code_lens: torch.Tensor) -> float:
+        """Forward+backward FLOPs of a batch at its real lengths (one stage head per frame)."""
+        matmul = sum(p.numel() for p in self.transformer.parameters()) + self.heads[0].numel()
+        return train_flops(self.cfg, matmul, self.positions(text_lens, code_lens))
 
     @torch.no_grad()
     def predict(self, text: torch.Tensor, prompt_codes: torch.Tensor, codes1: torch.Tensor) -> torch.Tensor:
@@ -110,8 +129,3 @@ class NARModel(nn.Module):
             logits = self(text, one(text.shape[1]), codes, one(P + T), one(P), one(s))  # (1, P+T, V)
             codes[0, s, P:] = logits[0, P:].argmax(-1)
         return codes[0, :, P:]
-
-    def flops_per_token(self, seq_len: int) -> int:
-        """Forward+backward FLOPs per audio frame at sequence length seq_len (text + frames)."""
-        matmul = sum(p.numel() for p in self.transformer.parameters()) + self.heads[0].numel()
-        return flops_per_position(self.cfg, matmul, seq_len)

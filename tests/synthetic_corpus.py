@@ -1,0 +1,96 @@
+"""Generated corpora in the real output layout, for trainer tests and benchmarks.
+
+In: a folder and, per shard, its samples' (speaker, recording, codec frames, text tokens). Out:
+`index.json` (schemas/index.v1.json), `lengths.parquet` and WebDataset and/or Parquet shards
+written by the pipeline's own writers (pipeline.shards, pipeline.index), with random codes and
+tokens from a seeded generator: any number of speakers, books and shards in seconds, without
+audio or a codec. The codes mean nothing; `provenance.codec.weights` is "random".
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.fsutil import sha256_file
+from pipeline.index import write_lengths
+from pipeline.shards import Sample, shard_id, shard_path, write_parquet, write_webdataset
+
+VOCAB = 128
+
+
+@dataclass(frozen=True)
+class Cut:
+    speaker: str
+    recording: str  # LibriLight style: <subset>/<speaker>/<book>/<chapter>
+    frames: int
+    text_tokens: int
+
+
+def speaker_blocks(shards: int, speakers_per_shard: int, cuts_per_speaker: int, frames: int = 16,
+                   text_tokens: int = 4) -> list[list[Cut]]:
+    """Shards of consecutive cuts, one speaker (and book) after another, as Libriheavy's are."""
+    out, n = [], 0
+    for _ in range(shards):
+        shard = []
+        for _ in range(speakers_per_shard):
+            speaker = str(n)
+            shard += [Cut(speaker, f"large/{speaker}/book_{n}/chapter_{n}", frames, text_tokens)] * cuts_per_speaker
+            n += 1
+        out.append(shard)
+    return out
+
+
+def write_corpus(root: Path, shards: list[list[Cut]], *, formats=("webdataset",), dev: list[list[Cut]] = (),
+                 seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    files, lengths, subsets = [], [], {}
+    for subset, role, groups in (("large", "train", shards), ("dev", "dev", dev)):
+        if not groups:
+            continue
+        count = 0
+        for k, cuts in enumerate(groups):
+            unit = f"{subset}-000000"
+            samples = [Sample(id=f"{c.recording}_{count + i}", speaker=c.speaker, subset=subset,
+                              duration=c.frames / 75, text="generated", recording_id=c.recording, start=0.0,
+                              text_tokens=rng.integers(4, VOCAB, c.text_tokens).tolist(),
+                              codes=rng.integers(0, 1024, (8, c.frames)).astype(np.uint16))
+                       for i, c in enumerate(cuts)]
+            lengths.append({"shard": shard_id(unit, k), "frames": [c.frames for c in cuts],
+                            "text_tokens": [c.text_tokens for c in cuts], "speaker": [c.speaker for c in cuts],
+                            "recording_id": [c.recording for c in cuts]})
+            for fmt in formats:
+                rel = shard_path(fmt, subset, unit, k)
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                if fmt == "webdataset":
+                    write_webdataset(samples, root / rel, unit, count)
+                else:
+                    write_parquet(samples, root / rel)
+                files.append({"id": shard_id(unit, k), "format": fmt, "path": rel, "subset": subset, "unit": unit,
+                              "samples": len(cuts), "hours": round(sum(c.frames for c in cuts) / 75 / 3600, 6),
+                              "bytes": (root / rel).stat().st_size, "sha256": sha256_file(root / rel)})
+            count += len(cuts)
+        subsets[subset] = {"role": role, "samples": count,
+                           "hours": round(sum(c.frames for g in groups for c in g) / 75 / 3600, 6)}
+    write_lengths(root / "lengths.parquet", lengths)
+    (root / "rejects.jsonl").write_text("")
+    index = {
+        "format": "valle-corpus-index", "version": 1, "pipeline_version": "generated",
+        "dag": {"name": "generated", "fingerprint": "0" * 64},
+        "provenance": {
+            "bpe": {"model": "text/bpe.model", "model_type": "bpe", "sha256": "0" * 64, "vocab_size": VOCAB},
+            "codec": {"bandwidth_kbps": 6.0, "codebook_size": 1024, "codebooks": 8, "frame_rate": 75,
+                      "model": "encodec_24khz", "sample_rate": 24000, "weights": "random",
+                      "weights_sha256": "0" * 64, "weights_source": "generated"},
+            "text": {"field": "book", "normalization": "nfkc-ws-v1"}},
+        "codes": {"format": "uint10le", "codebooks": 8, "frame_rate": 75},
+        "subsets": subsets, "shards": files,
+        "lengths": {"path": "lengths.parquet", "bytes": (root / "lengths.parquet").stat().st_size,
+                    "sha256": sha256_file(root / "lengths.parquet")},
+        "rejects": {"path": "rejects.jsonl", "total": 0, "by_reason": {}},
+    }
+    (root / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True))
+    return root

@@ -1,0 +1,111 @@
+"""Remote corpora over a long run: s3 (a moto server on 127.0.0.1) and http, behind a proxy that
+answers 503 and drops connections mid-shard. Reads retry with backoff and resume where they
+stopped, so one epoch with DataLoader workers still delivers every sample exactly once; a shard
+that keeps failing is reported with its URL; every process reads s3 with its own client."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from torch.utils.data import DataLoader, IterableDataset
+
+import trainer.storage as storage
+from tests.faulty_proxy import FaultyProxy
+from tests.http_mirror import HttpMirror
+from tests.synthetic_corpus import speaker_blocks, write_corpus
+from trainer.batching import BatchingConfig, plan_epoch
+from trainer.corpus import open_corpus
+from trainer.loader import make_loader
+
+
+@pytest.fixture(scope="module")
+def corpus_root(tmp_path_factory):
+    """8 shards of 30 cuts (about 30 KB each, so a drop lands mid-shard), both formats."""
+    return write_corpus(tmp_path_factory.mktemp("remote"), speaker_blocks(8, 3, 10, frames=40, text_tokens=6),
+                        formats=("webdataset", "parquet"))
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    monkeypatch.setattr(storage, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(storage, "_CLIENTS", {})
+
+
+def one_epoch(location: str, fmt: str, workers: int = 2) -> list[str]:
+    corpus = open_corpus(location, allow_random_codec=True, fmt=fmt)
+    s = corpus.samples
+    cost = (s.frames + s.text_tokens).astype(np.int64)
+    plan = plan_epoch(cost, np.ones(len(cost), bool), s.offsets, 0, 1, max(1, workers),
+                      BatchingConfig(max_frames=500, buckets=2, shuffle_buffer=20, interleave=4))
+    return [i for batch in make_loader(s, plan.ranks[0], None, workers) for i in batch["ids"]]
+
+
+@pytest.fixture
+def moto(monkeypatch, corpus_root):
+    """A moto S3 server holding the corpus under s3://corpora/gen; yields its endpoint."""
+    moto_server = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    s3.create_bucket(Bucket="corpora")
+    for path in corpus_root.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), "corpora", f"gen/{path.relative_to(corpus_root).as_posix()}")
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+
+
+def test_s3_epoch_survives_503s_and_dropped_connections(moto, monkeypatch, fast_retries, corpus_root):
+    expected = sorted(one_epoch(str(corpus_root), "webdataset"))
+    with FaultyProxy(moto, schedule=("503", "drop", "503", "drop")) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.base_url)
+        got = one_epoch("s3://corpora/gen", "webdataset", workers=2)
+    assert sorted(got) == expected and len(got) == len(set(got)) == 240
+    shard_gets = {p: n for p, n in proxy.requests.items() if p.endswith(".tar")}
+    assert len(shard_gets) == 8 and min(shard_gets.values()) >= 5  # every shard: 2 x 503, 2 drops, then ok
+    assert proxy.faults["drop"] >= 16 and proxy.faults["503"] >= 16
+
+
+def test_http_epoch_survives_503s_and_dropped_connections(monkeypatch, fast_retries, corpus_root):
+    expected = sorted(one_epoch(str(corpus_root), "parquet"))
+    with HttpMirror(corpus_root) as mirror, FaultyProxy(mirror.base_url) as proxy:
+        got = one_epoch(proxy.base_url, "parquet", workers=2)
+        assert sorted(got) == expected and len(got) == len(set(got))
+        # resumed reads asked for the rest of the object, not the whole object again
+        ranges = [r.range for r in mirror.requests if r.path.endswith(".parquet") and r.range]
+        assert len(ranges) >= 8 and all(r.startswith("bytes=") and not r.startswith("bytes=0-") for r in ranges)
+    assert proxy.faults["drop"] >= 16 and proxy.faults["503"] >= 8
+
+
+def test_a_shard_that_keeps_failing_is_named(monkeypatch, fast_retries, corpus_root):
+    monkeypatch.setattr(storage, "ATTEMPTS", 3)
+    with HttpMirror(corpus_root) as mirror, FaultyProxy(mirror.base_url, schedule=["503"] * 50,
+                                                        only=("large-000000-003",)) as proxy:
+        with pytest.raises(Exception, match=r"large-000000-003\.tar: still failing after 3 attempts"):
+            one_epoch(proxy.base_url, "webdataset", workers=0)
+
+
+class _WhichClient(IterableDataset):
+    def __iter__(self):
+        storage._s3_client()
+        yield os.getpid(), sorted(storage._CLIENTS)
+
+
+def test_each_dataloader_worker_makes_its_own_s3_client(moto, monkeypatch, fast_retries):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    parent = storage._s3_client()
+    parent.list_objects_v2(Bucket="corpora")  # a pooled connection a forked child must not share
+    seen = list(DataLoader(_WhichClient(), batch_size=None, num_workers=2))
+    assert len(seen) == 2 and len({pid for pid, _ in seen}) == 2
+    for pid, clients in seen:
+        assert pid != os.getpid() and clients == [pid]  # only its own, never the parent's
+    assert sorted(storage._CLIENTS) == [os.getpid()]
