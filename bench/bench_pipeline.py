@@ -60,7 +60,7 @@ def synthetic_dag(minutes: float) -> Path:
     """A generated corpus (speech-like tones, 2-5 s utterances) and a DAG over it, in a temp dir."""
     import yaml
 
-    from pipeline.lookalike import synthetic_chapters, write_corpus
+    from tests.lookalike import synthetic_chapters, write_corpus
 
     root = Path(tempfile.mkdtemp(prefix="valle-bench-corpus-"))
     per_chapter = 10  # utterances of ~3.5 s
