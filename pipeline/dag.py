@@ -21,7 +21,7 @@ from typing import Any, Union
 
 import yaml
 
-from pipeline.codec import CodecConfig
+from pipeline.codec import PRECISIONS, CodecConfig
 from pipeline.text import TEXT_FIELDS, BpeConfig
 
 FORMATS = ("webdataset", "parquet")
@@ -90,9 +90,15 @@ class OutputConfig:
 @dataclass
 class RayConfig:
     address: str | None = None  # null: start an embedded local Ray
-    codec_workers: int | None = None  # null: one per GPU, or one on CPU
-    cpus_per_codec_worker: int | None = None  # torch threads of a CPU codec worker; null: all CPUs
-    units_in_flight: int | None = None  # null: 2 per codec worker
+    codec_workers: int | None = None  # null: one per GPU, or one per node on CPU-only clusters
+    # CPU codec worker: torch threads (null: all its node's CPUs); GPU: resampling threads
+    # (null: half its node's CPUs per GPU).
+    cpus_per_codec_worker: int | None = None
+    # Unit tasks in flight over the cluster, i.e. the decode pool. null: per GPU worker, the rest
+    # of its node's CPUs per GPU; per CPU worker, 2.
+    units_in_flight: int | None = None
+    codec_restarts: int = 3  # a crashed codec actor restarts, and a unit it held is retried
+    start_timeout_s: float = 300.0  # codec workers not up by then stop the run, with what is missing
 
 
 @dataclass
@@ -269,6 +275,13 @@ def _check_wiring(dag: Dag, path: Path) -> None:
         fail("segment: need 0 < min_duration < max_duration")
     if dag.plan.unit_hours <= 0:
         fail("plan.unit_hours must be positive")
+    if dag.codec.precision not in PRECISIONS:
+        fail(f"codec.precision must be one of {list(PRECISIONS)}, got {dag.codec.precision!r}")
+    for key in ("codec_workers", "cpus_per_codec_worker", "units_in_flight"):
+        if (getattr(dag.ray, key) or 1) < 1:
+            fail(f"ray.{key} must be at least 1 (or null for the default)")
+    if dag.ray.codec_restarts < 0 or dag.ray.start_timeout_s <= 0:
+        fail("ray.codec_restarts must be >= 0 and ray.start_timeout_s > 0")
     w = dag.codec.weights
     if w not in ("pretrained", "auto", "random") and not Path(w).is_file():
         fail(f"codec.weights: {w!r} is not pretrained, auto, random or an existing checkpoint file")

@@ -1,0 +1,240 @@
+"""Ray executor: units as Ray tasks, fed to codec workers that are Ray actors; the production path.
+
+In: the pending units, the driver's resolved codec, the `ray:` settings. Out: `UnitsOutcome`.
+
+- Weights travel once: the driver's loaded state dict is `ray.put` into the object store and
+  every codec actor builds its model from it (checked against its hash), so no node downloads
+  or loads the checkpoint again.
+- Placement (executors/placement.py) is decided from the nodes' own resources before anything
+  starts; a request the cluster cannot hold stops the run at once with a message, and actors
+  that still do not come up within `ray.start_timeout_s` stop it too. Nothing waits forever.
+- Each codec actor is threaded: the unit tasks feeding it call it concurrently, so one call's
+  resampling and padding overlap another's forward passes. Its unit tasks run on its node
+  (soft node affinity), so audio crosses only that node's shared-memory object store.
+- Codec actors restart after a crash (`ray.codec_restarts`), and their in-flight calls are
+  retried. A unit that still fails for a reason of the cluster (an actor or node lost) is
+  retried, on another worker while its own is down; a unit that fails for its own reason fails
+  alone and the run reports it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from pipeline.codec import batch_seconds
+from pipeline.codec_worker import CodecWorker
+from pipeline.executors import CodecSpec, UnitsOutcome, chunked, failure, progress_bar
+from pipeline.executors.placement import ClusterMismatch, CodecSlot, cluster_summary, plan_slots, uses_gpu
+from pipeline.unit import UnitJob, run_unit
+
+if TYPE_CHECKING:
+    from pipeline.dag import RayConfig
+
+log = logging.getLogger("pipeline.executors.ray")
+
+
+class CodecActor(CodecWorker):
+    """CodecWorker as a Ray actor; says where it runs."""
+
+    def ready(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+
+def _unit_task(job: UnitJob, actor) -> dict:
+    import ray
+
+    def encode_async(windows, rates):
+        ref = actor.encode.remote(windows, rates)
+        return lambda: ray.get(ref)
+
+    return run_unit(job, encode_async)
+
+
+def cluster_failure(err: BaseException) -> bool:
+    """True when `err` is the cluster's doing (a process, actor or node lost), not the unit's."""
+    import ray.exceptions as rex
+
+    lost = (rex.RayActorError, rex.ActorUnavailableError, rex.WorkerCrashedError, rex.NodeDiedError,
+            rex.ObjectLostError, rex.OwnerDiedError, rex.TaskUnschedulableError,
+            rex.ActorUnschedulableError, rex.LocalRayletDiedError, rex.RaySystemError)
+    if isinstance(err, rex.RayTaskError) and not isinstance(err, lost):
+        return isinstance(err.cause, lost)
+    return isinstance(err, lost)
+
+
+@dataclass
+class _Worker:
+    slot: CodecSlot
+    actor: object
+    node_id: str
+    running: int = 0
+    down_since: float | None = None  # set while a restart is awaited
+    probe: object = None  # ObjectRef of ready() while down
+    dead: bool = False
+
+    def free(self) -> bool:
+        return not self.dead and self.down_since is None and self.running < self.slot.units_in_flight
+
+
+@dataclass
+class _Attempt:
+    job: UnitJob
+    tries: int = 0
+    avoid: set = field(default_factory=set)  # workers it failed on
+
+
+class RayExecutor:
+    def __init__(self, cfg: RayConfig):
+        self.cfg = cfg
+        self._state = None  # ObjectRef of the codec weights while units run
+
+    def run_units(self, jobs: list[UnitJob], codec: CodecSpec, progress: bool) -> UnitsOutcome:
+        import ray
+
+        started_here = not ray.is_initialized()
+        if started_here:
+            # "local": a new embedded Ray, never a cluster that happens to run on this machine
+            # (address=None would join the latest `ray start` cluster found in /tmp/ray).
+            ray.init(address=self.cfg.address or "local", include_dashboard=False,
+                     logging_level=logging.WARNING)
+        workers = []
+        try:
+            nodes = ray.nodes()
+            use_gpu = uses_gpu(codec.cfg.device, nodes)
+            slots = plan_slots(nodes, use_gpu, self.cfg.codec_workers, self.cfg.cpus_per_codec_worker,
+                               self.cfg.units_in_flight)
+            cfg = replace(codec.cfg, device="cuda" if use_gpu else "cpu")
+            workers = self._start(slots, cfg, codec, nodes)
+            jobs = chunked(jobs, batch_seconds(cfg, "cuda" if use_gpu else "cpu"))
+            outcome = self._schedule(jobs, workers, progress)
+            alive = [w for w in workers if not w.dead]
+            for stats in ray.get([w.actor.stats.remote() for w in alive]):
+                outcome.codec_stats.update(stats)
+            return outcome
+        finally:
+            for w in workers:
+                ray.kill(w.actor, no_restart=True)
+            self._state = None
+            if started_here:
+                ray.shutdown()
+
+    def _start(self, slots: list[CodecSlot], cfg, codec: CodecSpec, nodes: list[dict]) -> list[_Worker]:
+        """Start one actor per slot on its node and wait until each has built its model."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # Once, for every actor and every restart: the ref lives as long as this executor, since
+        # a restart needs the object again.
+        self._state = state = ray.put(codec.state)
+        actor_cls, actors = ray.remote(CodecActor), []
+        for slot in slots:
+            options = actor_cls.options(
+                num_cpus=slot.num_cpus, num_gpus=slot.num_gpus,
+                max_restarts=self.cfg.codec_restarts, max_task_retries=self.cfg.codec_restarts,
+                max_concurrency=slot.units_in_flight + 2,  # its unit tasks, plus ready/stats
+                scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=True))
+            # The state's ObjectRef is a top-level argument: Ray resolves those (not nested ones).
+            actors.append(options.remote(cfg, state, codec.weights, slot.threads, slot.resample_threads))
+        probes = {a.ready.remote(): i for i, a in enumerate(actors)}
+        done, waiting = ray.wait(list(probes), num_returns=len(probes), timeout=self.cfg.start_timeout_s)
+        workers = []
+        for ref in probes:
+            slot = slots[probes[ref]]
+            if ref in waiting:
+                raise ClusterMismatch(
+                    f"codec worker {probes[ref]} ({slot.num_cpus} CPUs, {slot.num_gpus} GPU) did not "
+                    f"start within ray.start_timeout_s={self.cfg.start_timeout_s:g} s on a cluster with "
+                    f"{cluster_summary(nodes)}; check `ray status` for what holds the resources")
+            try:
+                node = ray.get(ref)
+            except ray.exceptions.RayError as err:
+                raise ClusterMismatch(f"codec worker {probes[ref]} failed to start: {err}") from None
+            workers.append(_Worker(slot, actors[probes[ref]], node))
+        log.info("%d codec worker(s) ready: %s", len(workers), ", ".join(
+            f"{'GPU' if s.num_gpus else f'CPU x{s.threads}'} on {w.node_id[:8]} fed by {s.units_in_flight} units"
+            for w, s in zip(workers, slots)))
+        return workers
+
+    def _schedule(self, jobs: list[UnitJob], workers: list[_Worker], progress: bool) -> UnitsOutcome:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        outcome = UnitsOutcome()
+        queue = deque(_Attempt(job) for job in jobs)
+        running: dict = {}  # ObjectRef -> (_Attempt, _Worker)
+        bar = progress_bar(jobs, progress)
+        unit_task = ray.remote(_unit_task)
+
+        def submit(attempt: _Attempt, worker: _Worker):
+            task = unit_task.options(
+                num_cpus=1, max_retries=2,  # Ray re-runs it if its process or node is lost
+                scheduling_strategy=NodeAffinitySchedulingStrategy(worker.node_id, soft=True))
+            running[task.remote(attempt.job, worker.actor)] = (attempt, worker)
+            worker.running += 1
+
+        def give_up(attempt: _Attempt, why: str):
+            outcome.failed.append({"unit": attempt.job.unit.name, "error": why})
+            bar.update(round(attempt.job.unit.seconds))
+
+        while queue or running:
+            for worker in workers:  # fill every free worker, units that failed on it last
+                while queue and worker.free():
+                    pick = next((a for a in queue if id(worker) not in a.avoid), queue[0])
+                    queue.remove(pick)
+                    submit(pick, worker)
+            if not any(not w.dead for w in workers):
+                while queue:
+                    give_up(queue.popleft(), "every codec worker is lost (see the errors above)")
+                if not running:
+                    break
+            probes = {w.probe: w for w in workers if w.probe is not None}
+            ready, _ = ray.wait(list(running) + list(probes), num_returns=1, timeout=5.0)
+            for ref in ready:
+                if ref in probes:
+                    self._worker_back(probes[ref], ref)
+                    continue
+                attempt, worker = running.pop(ref)
+                worker.running -= 1
+                try:
+                    outcome.results.append(ray.get(ref))
+                except Exception as err:
+                    if cluster_failure(err) and attempt.tries < self.cfg.codec_restarts:
+                        log.warning("unit %s lost its codec worker or node (%s); retrying it",
+                                    attempt.job.unit.name, type(err).__name__)
+                        attempt.tries += 1
+                        attempt.avoid.add(id(worker))
+                        queue.appendleft(attempt)
+                        self._worker_down(worker)
+                        continue
+                    outcome.failed.append(failure(attempt.job, err))
+                bar.update(round(attempt.job.unit.seconds))
+            now = time.monotonic()
+            for w in workers:
+                if w.down_since is not None and now - w.down_since > self.cfg.start_timeout_s:
+                    log.warning("codec worker on node %s did not come back within %g s; going on without it",
+                                w.node_id[:8], self.cfg.start_timeout_s)
+                    w.dead, w.down_since, w.probe = True, None, None
+        bar.close()
+        return outcome
+
+    def _worker_down(self, worker: _Worker) -> None:
+        """Stop feeding a worker that lost a unit until it answers again (restarted, maybe
+        elsewhere), or for good when Ray says it is dead or it stays away too long."""
+        if worker.down_since is None and not worker.dead:
+            worker.down_since = time.monotonic()
+            worker.probe = worker.actor.ready.remote()
+
+    def _worker_back(self, worker: _Worker, ref) -> None:
+        import ray
+
+        worker.probe, worker.down_since = None, None
+        try:
+            worker.node_id = ray.get(ref)
+        except ray.exceptions.RayError as err:
+            log.warning("codec worker on node %s is gone: %s", worker.node_id[:8], type(err).__name__)
+            worker.dead = True
