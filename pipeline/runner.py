@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from typing import TYPE_CHECKING
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -57,6 +58,7 @@ class RunSummary:
     orphans: list[str] = field(default_factory=list)  # committed units no longer in the plan
     pruned: bool = False  # whether those were removed (--prune)
     codec_stats: dict = field(default_factory=dict)  # the codec workers' counters (see CodecWorker)
+    unit_seconds: dict = field(default_factory=dict)  # unit tasks' seconds per step, summed
     index: dict | None = None
 
 
@@ -117,10 +119,13 @@ def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool,
         outcome = executor.run_units(pending, codec, progress)
         summary.failed, summary.codec_stats = outcome.failed, dict(outcome.codec_stats)
         summary.codec_forward_passes = int(outcome.codec_stats.get("forward_passes", 0))
+        unit_seconds = Counter()
         for r in outcome.results:
+            unit_seconds.update(r["timings"])
             summary.encoded += r["action"] == "codes"
             summary.reshard += r["action"] == "shards"
             summary.skipped += r["action"] == "skip"
+        summary.unit_seconds = dict(unit_seconds)
         clock.log(f"units done: {summary.encoded} encoded, {summary.reshard} re-sharded")
         if summary.failed:
             lines = "\n".join(f"  {f['unit']}: {f['error']}" for f in summary.failed)

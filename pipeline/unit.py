@@ -18,7 +18,8 @@ Plain Python, no Ray: the executor supplies the codec and the parallelism.
 from __future__ import annotations
 
 import os
-from collections import deque
+import time
+from collections import Counter, deque
 from dataclasses import asdict, dataclass
 from itertools import groupby
 from pathlib import Path
@@ -83,14 +84,15 @@ def run_unit(job: UnitJob, encode_async: EncodeAsync) -> dict:
     out, name = job.out, job.unit.name
     entry = ledger.read_entry(out, name)
     codes_rec, shards_rec = entry.get("codes"), entry.get("shards")
+    timings = Counter()  # seconds per step in this unit task: where the time goes
     if is_current(job, entry):
-        return _result(job, "skip", shards_rec)
+        return _result(job, "skip", shards_rec, timings)
 
     cuts, selection_rejects, texts = _select(job, read_unit_cuts(out, job.unit))
     codes = _committed_codes(job, codes_rec)
     action = "shards"
     if codes is None or not set(texts) <= set(codes.cut_ids) | {r["cut_id"] for r in codes_rec["rejects"]}:
-        codes_rec, codes = _encode(job, cuts, encode_async)
+        codes_rec, codes = _encode(job, cuts, encode_async, timings)
         entry = {"unit": name, "subset": job.unit.subset, "codes": codes_rec}
         ledger.write_entry(out, name, entry)
         action = "codes"
@@ -98,11 +100,13 @@ def run_unit(job: UnitJob, encode_async: EncodeAsync) -> dict:
     fingerprint = job.shards_fingerprint(codes_rec["content_sha256"])
     if (shards_rec and shards_rec["fingerprint"] == fingerprint
             and ledger.files_present(out, shards_rec["files"])):
-        return _result(job, action, shards_rec)
+        return _result(job, action, shards_rec, timings)
+    started = time.perf_counter()
     shards_rec = _write_shards(job, cuts, texts, codes, selection_rejects, fingerprint)
     ledger.write_entry(out, name, {**entry, "shards": shards_rec})
     _remove_stale_shards(job, shards_rec)
-    return _result(job, action, shards_rec)
+    timings["shards"] += time.perf_counter() - started
+    return _result(job, action, shards_rec, timings)
 
 
 def _select(job: UnitJob, cuts: list[dict]) -> tuple[list[dict], list[dict], dict[str, str]]:
@@ -122,7 +126,7 @@ def _select(job: UnitJob, cuts: list[dict]) -> tuple[list[dict], list[dict], dic
     return kept, rejects, texts
 
 
-def _encode(job: UnitJob, cuts: list[dict], encode_async: EncodeAsync) -> tuple[dict, CodesFile]:
+def _encode(job: UnitJob, cuts: list[dict], encode_async: EncodeAsync, timings: Counter) -> tuple[dict, CodesFile]:
     """Decode each recording once and send its windows in chunks; while one chunk is encoded the
     next is decoded. Codes go to disk as they return; then the codes file is committed."""
     target = job.out / job.codes_rel
@@ -130,21 +134,25 @@ def _encode(job: UnitJob, cuts: list[dict], encode_async: EncodeAsync) -> tuple[
     try:
         rejects, in_flight, chunk = [], deque(), []
         for _, rec_cuts in groupby(cuts, key=lambda c: c["recording_id"]):
+            started = time.perf_counter()
             segments, dropped = segment_recording(list(rec_cuts), job.audio_store.read_bytes,
                                                   job.min_duration, job.max_duration)
+            timings["read_decode_slice"] += time.perf_counter() - started
             rejects += dropped
             chunk += segments
             if sum(s.duration for s in chunk) >= job.encode_chunk_seconds:
                 in_flight.append(_send(chunk, encode_async))
                 chunk = []
                 while len(in_flight) > 1:  # keep one chunk encoding while the next one decodes
-                    _receive(writer, *in_flight.popleft())
+                    _receive(writer, *in_flight.popleft(), timings)
         if chunk:
             in_flight.append(_send(chunk, encode_async))
         del chunk
         while in_flight:
-            _receive(writer, *in_flight.popleft())
+            _receive(writer, *in_flight.popleft(), timings)
+        started = time.perf_counter()
         totals = writer.commit()
+        timings["commit_codes"] += time.perf_counter() - started
     except Exception:
         writer.abandon()
         raise
@@ -160,8 +168,10 @@ def _send(segments, encode_async: EncodeAsync):
     return [(s.cut["id"], s.duration, s.clamped) for s in segments], wait
 
 
-def _receive(writer: CodesWriter, kept: list[tuple], wait) -> None:
+def _receive(writer: CodesWriter, kept: list[tuple], wait, timings: Counter) -> None:
+    started = time.perf_counter()
     codes = wait()
+    timings["wait_for_codes"] += time.perf_counter() - started
     if len(codes) != len(kept):
         raise RuntimeError(f"codec returned {len(codes)} results for {len(kept)} inputs")
     for (cut_id, duration, clamped), c in zip(kept, codes):
@@ -220,6 +230,6 @@ def _remove_stale_shards(job: UnitJob, shards_rec: dict) -> None:
                 path.unlink()
 
 
-def _result(job: UnitJob, action: str, shards_rec: dict) -> dict:
+def _result(job: UnitJob, action: str, shards_rec: dict, timings: Counter) -> dict:
     return {"unit": job.unit.name, "action": action, "seconds": job.unit.seconds,
-            "samples": shards_rec["samples"]}
+            "samples": shards_rec["samples"], "timings": dict(timings)}

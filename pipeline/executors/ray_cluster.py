@@ -11,10 +11,10 @@ In: the pending units, the driver's resolved codec, the `ray:` settings. Out: `U
 - Each codec actor is threaded: the unit tasks feeding it call it concurrently, so one call's
   resampling and padding overlap another's forward passes. Its unit tasks run on its node
   (soft node affinity), so audio crosses only that node's shared-memory object store.
-- Codec actors restart after a crash (`ray.codec_restarts`), and their in-flight calls are
-  retried. A unit that still fails for a reason of the cluster (an actor or node lost) is
-  retried, on another worker while its own is down; a unit that fails for its own reason fails
-  alone and the run reports it.
+- Codec actors restart after a crash (`ray.codec_restarts`), on their own node, and their
+  in-flight calls are retried. When a node is lost, its actors die with it, and each unit that
+  fails for a reason of the cluster (an actor or node lost) is retried on another worker; a
+  unit that fails for its own reason fails alone and the run reports it.
 """
 from __future__ import annotations
 
@@ -137,7 +137,10 @@ class RayExecutor:
                 num_cpus=slot.num_cpus, num_gpus=slot.num_gpus,
                 max_restarts=self.cfg.codec_restarts, max_task_retries=self.cfg.codec_restarts,
                 max_concurrency=slot.units_in_flight + 2,  # its unit tasks, plus ready/stats
-                scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=True))
+                # Pinned to its node: after a crash it restarts there. If the node is gone it dies,
+                # and its units move to the other workers; restarting on another node would take
+                # the CPUs that node's unit tasks need, and they would wait for it forever.
+                scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False))
             # The state's ObjectRef is a top-level argument: Ray resolves those (not nested ones).
             actors.append(options.remote(cfg, state, codec.weights, slot.threads, slot.resample_threads))
         probes = {a.ready.remote(): i for i, a in enumerate(actors)}
