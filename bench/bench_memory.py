@@ -57,33 +57,50 @@ def make_corpus(minutes: float, root: Path) -> tuple[Path, float]:
     return path, hours * 3600
 
 
+def kind(cmdline: list[str]) -> str:
+    """What a process of the run is, from its command line (Ray sets worker titles)."""
+    text = " ".join(cmdline)
+    for needle, name in (("CodecActor", "codec actor"), ("_unit_task", "unit tasks"),
+                         ("pipeline.cli", "driver"), ("ray::IDLE", "idle Ray workers")):
+        if needle in text:
+            return name
+    return "Ray system (GCS, raylet, ...)"
+
+
 class TreeSampler(threading.Thread):
-    """Peak RSS / PSS summed over a process and its descendants, sampled every `interval` s."""
+    """Peak RSS / PSS summed over a process and its descendants, sampled every `interval` s,
+    with the RSS of each kind of process at the moment of the peak and the peak per kind."""
 
     def __init__(self, pid: int, interval: float = 0.1):
         super().__init__(daemon=True)
         self.root, self.interval = psutil.Process(pid), interval
-        self.peak_rss = self.peak_pss = self.peak_one = 0
-        self.peak_one_name = ""
+        self.peak_rss = self.peak_pss = 0
+        self.at_peak: dict[str, int] = {}
+        self.peak_by_kind: dict[str, int] = {}
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
             rss = pss = 0
+            by_kind: dict[str, int] = {}
             try:
                 procs = [self.root, *self.root.children(recursive=True)]
             except psutil.Error:
                 break
             for p in procs:
                 try:
-                    info = p.memory_full_info()
+                    info, cmdline = p.memory_full_info(), p.cmdline()
                 except psutil.Error:
                     continue
                 rss += info.rss
                 pss += getattr(info, "pss", info.rss)
-                if info.rss > self.peak_one:
-                    self.peak_one, self.peak_one_name = info.rss, " ".join(p.cmdline()[:1]) or p.name()
-            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+                k = kind(cmdline)
+                by_kind[k] = by_kind.get(k, 0) + info.rss
+            for k, v in by_kind.items():
+                self.peak_by_kind[k] = max(self.peak_by_kind.get(k, 0), v)
+            if rss > self.peak_rss:
+                self.peak_rss, self.at_peak = rss, by_kind
+            self.peak_pss = max(self.peak_pss, pss)
             self.stop.wait(self.interval)
 
 
@@ -100,9 +117,10 @@ def measure(dag: Path, out: Path, repo: Path) -> dict:
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
     units = len(list((out / "ledger").glob("*.json")))
+    mb = lambda d: {k: round(v / 2**20) for k, v in sorted(d.items())}  # noqa: E731
     return {"wall_s": time.perf_counter() - started, "units": units, "peak_rss_mb": sampler.peak_rss / 2**20,
-            "peak_pss_mb": sampler.peak_pss / 2**20, "largest_process_mb": sampler.peak_one / 2**20,
-            "largest_process": sampler.peak_one_name, "summary": stdout.strip().splitlines()[-1]}
+            "peak_pss_mb": sampler.peak_pss / 2**20, "rss_at_peak_mb": mb(sampler.at_peak),
+            "peak_by_kind_mb": mb(sampler.peak_by_kind), "summary": stdout.strip().splitlines()[-1]}
 
 
 def main() -> None:
@@ -119,12 +137,11 @@ def main() -> None:
         rows.append(row)
     print(f"$ python bench/bench_memory.py --minutes {' '.join(f'{m:g}' for m in args.minutes)}"
           + (f" --repo {args.repo}" if args.repo != REPO else ""))
-    print(f"{'corpus':>8} {'audio s':>8} {'units':>5} {'wall s':>7} {'peak RSS MB':>12} "
-          f"{'peak PSS MB':>12} {'largest process MB':>19}")
+    print(f"{'corpus':>8} {'audio s':>8} {'units':>5} {'wall s':>7} {'peak RSS MB':>12} {'peak PSS MB':>12}")
     for r in rows:
         print(f"{r['minutes']:>6g} m {r['audio_s']:>8.0f} {r['units']:>5} {r['wall_s']:>7.1f} "
-              f"{r['peak_rss_mb']:>12.0f} {r['peak_pss_mb']:>12.0f} {r['largest_process_mb']:>19.0f}"
-              f"  ({r['largest_process']})")
+              f"{r['peak_rss_mb']:>12.0f} {r['peak_pss_mb']:>12.0f}")
+        print(f"{'':>10}peak RSS MB by process: " + ", ".join(f"{k} {v}" for k, v in r["peak_by_kind_mb"].items()))
     if len(rows) >= 2:
         big, small = rows[-1], rows[0]
         print(f"peak RSS ratio {big['minutes']:g} min / {small['minutes']:g} min: "

@@ -12,6 +12,9 @@ batches are formed from them alone), never on what else runs at the same time.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
 import threading
 import time
 from collections import Counter
@@ -26,6 +29,10 @@ from pipeline.resample import codec_input
 class CodecWorker:
     def __init__(self, cfg: CodecConfig, state: dict, weights: CodecWeights, threads: int | None = None,
                  resample_threads: int = 1):
+        # oneDNN (CPU convolutions) caches compiled kernels per input shape, 1024 by default, and
+        # every batch has its own padded length: its cache would grow by megabytes per batch for
+        # hours. Read when the first kernel is built, so set before this process encodes.
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
         import torch
 
         if threads:
@@ -51,6 +58,8 @@ class CodecWorker:
             t3 = time.perf_counter()
             codes = self.encoder.run(prepared)
             t4 = time.perf_counter()
+        del prepared
+        _release_freed_memory()
         self._add({"resample": t1 - t0, "pad": t2 - t1, "device_wait": t3 - t2, "device": t4 - t3,
                    "audio": sum(len(w) / r for w, r in zip(windows, rates))})
         return codes
@@ -66,3 +75,17 @@ class CodecWorker:
 
     def device(self) -> str:
         return str(self.encoder.device)
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc's malloc_trim). Each call frees buffers of
+    new sizes (padded batches, resampled audio) from several threads' arenas, which glibc would
+    otherwise keep: a process's memory would creep up with every batch."""
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)

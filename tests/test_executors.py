@@ -71,7 +71,8 @@ def test_local_executor_writes_what_ray_writes(tmp_path, tiny_corpus, built_corp
 def test_impossible_requests_on_a_real_ray_stop_at_once(tmp_path, tiny_corpus, ray_address):
     dag_path = write_dag(tmp_path / "tiny.yaml", tiny_corpus)
     for setting, message in (("ray.codec_workers=3", "codec_workers=3 puts 3 codec workers"),
-                             ("codec.device=cuda", "no node of the Ray cluster has a GPU")):
+                             ("codec.device=cuda", "no node of the Ray cluster has a GPU"),
+                             ("ray.start_timeout_s=0.001", "did not start within")):
         started = time.monotonic()
         with pytest.raises(ClusterMismatch, match=message):
             run(load_dag(dag_path, [setting]), progress=False)

@@ -35,5 +35,6 @@ class LocalExecutor:
                     outcome.failed.append(failure(job, err))
                 bar.update(round(job.unit.seconds))
         bar.close()
+        worker.close()
         outcome.codec_stats.update(worker.stats())
         return outcome

@@ -112,9 +112,11 @@ class RayExecutor:
             workers = self._start(slots, cfg, codec, nodes)
             jobs = chunked(jobs, batch_seconds(cfg, "cuda" if use_gpu else "cpu"))
             outcome = self._schedule(jobs, workers, progress)
-            alive = [w for w in workers if not w.dead]
-            for stats in ray.get([w.actor.stats.remote() for w in alive]):
-                outcome.codec_stats.update(stats)
+            for ref in [w.actor.stats.remote() for w in workers if not w.dead and w.down_since is None]:
+                try:
+                    outcome.codec_stats.update(ray.get(ref, timeout=60))
+                except ray.exceptions.RayError:  # counters only: a worker lost now costs nothing
+                    pass
             return outcome
         finally:
             for w in workers:
@@ -144,20 +146,25 @@ class RayExecutor:
             # The state's ObjectRef is a top-level argument: Ray resolves those (not nested ones).
             actors.append(options.remote(cfg, state, codec.weights, slot.threads, slot.resample_threads))
         probes = {a.ready.remote(): i for i, a in enumerate(actors)}
-        done, waiting = ray.wait(list(probes), num_returns=len(probes), timeout=self.cfg.start_timeout_s)
+        _, waiting = ray.wait(list(probes), num_returns=len(probes), timeout=self.cfg.start_timeout_s)
         workers = []
-        for ref in probes:
-            slot = slots[probes[ref]]
-            if ref in waiting:
-                raise ClusterMismatch(
-                    f"codec worker {probes[ref]} ({slot.num_cpus} CPUs, {slot.num_gpus} GPU) did not "
-                    f"start within ray.start_timeout_s={self.cfg.start_timeout_s:g} s on a cluster with "
-                    f"{cluster_summary(nodes)}; check `ray status` for what holds the resources")
-            try:
-                node = ray.get(ref)
-            except ray.exceptions.RayError as err:
-                raise ClusterMismatch(f"codec worker {probes[ref]} failed to start: {err}") from None
-            workers.append(_Worker(slot, actors[probes[ref]], node))
+        try:
+            for ref in probes:
+                slot = slots[probes[ref]]
+                if ref in waiting:
+                    raise ClusterMismatch(
+                        f"codec worker {probes[ref]} ({slot.num_cpus} CPUs, {slot.num_gpus} GPU) did not "
+                        f"start within ray.start_timeout_s={self.cfg.start_timeout_s:g} s on a cluster with "
+                        f"{cluster_summary(nodes)}; check `ray status` for what holds the resources")
+                try:
+                    node = ray.get(ref)
+                except ray.exceptions.RayError as err:
+                    raise ClusterMismatch(f"codec worker {probes[ref]} failed to start: {err}") from None
+                workers.append(_Worker(slot, actors[probes[ref]], node))
+        except ClusterMismatch:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+            raise
         log.info("%d codec worker(s) ready: %s", len(workers), ", ".join(
             f"{'GPU' if s.num_gpus else f'CPU x{s.threads}'} on {w.node_id[:8]} fed by {s.units_in_flight} units"
             for w, s in zip(workers, slots)))
