@@ -59,6 +59,7 @@ class RunSummary:
     pruned: bool = False  # whether those were removed (--prune)
     codec_stats: dict = field(default_factory=dict)  # the codec workers' counters (see CodecWorker)
     unit_seconds: dict = field(default_factory=dict)  # unit tasks' seconds per step, summed
+    units_wall_s: float = 0.0  # wall time of the executor: codec workers starting to units done
     index: dict | None = None
 
 
@@ -116,7 +117,9 @@ def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool,
     if pending or (read_json(index_path) or {}).get("dag", {}).get("fingerprint") != dag.fingerprint():
         index_path.unlink(missing_ok=True)  # never leave an index describing a changing corpus
     if pending:
+        started = time.monotonic()
         outcome = executor.run_units(pending, codec, progress)
+        summary.units_wall_s = time.monotonic() - started
         summary.failed, summary.codec_stats = outcome.failed, dict(outcome.codec_stats)
         summary.codec_forward_passes = int(outcome.codec_stats.get("forward_passes", 0))
         unit_seconds = Counter()
