@@ -2,6 +2,7 @@
 that leave the plan are kept until --prune, and a refused run changes nothing on disk."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -87,7 +88,7 @@ def test_units_that_leave_the_plan_are_kept_until_prune(tmp_path, tiny_corpus, b
 
 
 @pytest.mark.parametrize("changes", [["codec.bandwidth=3.0", "text.bpe.vocab_size=48"],
-                                     ["plan.unit_hours=0.5"]])
+                                     ["plan.unit_hours=0.5"], ["codec.precision=bf16"]])
 def test_a_refused_run_changes_nothing_on_disk(tmp_path, tiny_corpus, built_corpus, changes):
     built, _ = built_corpus
     out = tmp_path / "out"
@@ -95,7 +96,23 @@ def test_a_refused_run_changes_nothing_on_disk(tmp_path, tiny_corpus, built_corp
     shutil.rmtree(out / "downloads")  # so that a download before the check would show
     before = snapshot(out)
     dag = load_dag(write_dag(tmp_path / "tiny.yaml", tiny_corpus), changes)
-    with pytest.raises(SettingsChanged, match="Nothing was changed"):
+    with pytest.raises(SettingsChanged, match="Nothing was changed") as refused:
         run(dag, progress=False, executor=LocalExecutor())
     assert snapshot(out) == before
+    if "codec.precision=bf16" in changes:  # modes are never mixed
+        assert "codec.precision: 'exact' -> 'bf16'" in str(refused.value)
+
+
+def test_corpora_from_before_the_precision_setting_stay_current(tmp_path, tiny_corpus, built_corpus):
+    """Their corpus.json has no precision (they were exact): accepted as is, nothing re-encoded."""
+    built, first = built_corpus
+    assert first.index["provenance"]["codec"]["precision"] == "exact"
+    out = tmp_path / "out"
+    shutil.copytree(built.out, out)
+    corpus = json.loads((out / "corpus.json").read_text())
+    del corpus["audio"]["codec"]["precision"]
+    (out / "corpus.json").write_text(json.dumps(corpus))
+    again = run(load_dag(write_dag(tmp_path / "tiny.yaml", tiny_corpus)), progress=False,
+                executor=LocalExecutor())
+    assert again.skipped == again.units and again.codec_forward_passes == 0
 
