@@ -114,3 +114,23 @@ def test_a_codec_actor_killed_mid_run_restarts_and_nothing_changes(tmp_path, tin
     assert killed is not None, "the run ended before its codec actor could be killed"
     assert "summary" in result, "the run did not finish after its codec actor was killed"
     assert outputs(dag.out) == outputs(ray_dag.out)
+
+
+def test_a_codec_worker_that_cannot_start_stops_the_run(tmp_path, tiny_corpus, ray_address, monkeypatch):
+    """Its constructor fails (here: the weights arrive with another hash): every worker would,
+    so the run stops at once naming the cause, instead of retrying units forever."""
+    from dataclasses import replace
+
+    import pipeline.runner as runner
+
+    real = runner.resolve_codec
+
+    def damaged(cfg):
+        spec = real(cfg)
+        return replace(spec, weights=replace(spec.weights, sha256="0" * 64))
+
+    monkeypatch.setattr(runner, "resolve_codec", damaged)
+    started = time.monotonic()
+    with pytest.raises(ClusterMismatch, match="failed to start.*damaged on the way"):
+        run(load_dag(write_dag(tmp_path / "tiny.yaml", tiny_corpus)), progress=False)
+    assert time.monotonic() - started < 120

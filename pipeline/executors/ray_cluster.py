@@ -73,12 +73,14 @@ class _Worker:
     actor: object
     node_id: str
     running: int = 0
-    down_since: float | None = None  # set while a restart is awaited
-    probe: object = None  # ObjectRef of ready() while down
+    starting: bool = True  # fed already: its units' first calls wait for its model
+    down_since: float | None = None  # when it started, or lost a unit; None while it is known up
+    probe: object = None  # ObjectRef of ready() while starting or down
     dead: bool = False
 
     def free(self) -> bool:
-        return not self.dead and self.down_since is None and self.running < self.slot.units_in_flight
+        up = self.starting or self.down_since is None
+        return not self.dead and up and self.running < self.slot.units_in_flight
 
 
 @dataclass
@@ -92,6 +94,7 @@ class RayExecutor:
     def __init__(self, cfg: RayConfig):
         self.cfg = cfg
         self._state = None  # ObjectRef of the codec weights while units run
+        self._unit_task = None  # the remote function, made once
 
     def run_units(self, jobs: list[UnitJob], codec: CodecSpec, progress: bool) -> UnitsOutcome:
         import ray
@@ -109,9 +112,9 @@ class RayExecutor:
             slots = plan_slots(nodes, use_gpu, self.cfg.codec_workers, self.cfg.cpus_per_codec_worker,
                                self.cfg.units_in_flight)
             cfg = replace(codec.cfg, device="cuda" if use_gpu else "cpu")
-            workers = self._start(slots, cfg, codec, nodes)
+            workers = self._start(slots, cfg, codec)
             jobs = chunked(jobs, batch_seconds(cfg, "cuda" if use_gpu else "cpu"))
-            outcome = self._schedule(jobs, workers, progress)
+            outcome = self._schedule(jobs, workers, progress, cluster_summary(nodes))
             for ref in [w.actor.stats.remote() for w in workers if not w.dead and w.down_since is None]:
                 try:
                     outcome.codec_stats.update(ray.get(ref, timeout=60))
@@ -125,15 +128,16 @@ class RayExecutor:
             if started_here:
                 ray.shutdown()
 
-    def _start(self, slots: list[CodecSlot], cfg, codec: CodecSpec, nodes: list[dict]) -> list[_Worker]:
-        """Start one actor per slot on its node and wait until each has built its model."""
+    def _start(self, slots: list[CodecSlot], cfg, codec: CodecSpec) -> list[_Worker]:
+        """Start one actor per slot on its node. Units are fed to them at once (their unit tasks
+        start and decode while the model loads); `_schedule` watches the start-up."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         # Once, for every actor and every restart: the ref lives as long as this executor, since
         # a restart needs the object again.
         self._state = state = ray.put(codec.state)
-        actor_cls, actors = ray.remote(CodecActor), []
+        actor_cls, workers = ray.remote(CodecActor), []
         for slot in slots:
             options = actor_cls.options(
                 num_cpus=slot.num_cpus, num_gpus=slot.num_gpus,
@@ -144,98 +148,104 @@ class RayExecutor:
                 # the CPUs that node's unit tasks need, and they would wait for it forever.
                 scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False))
             # The state's ObjectRef is a top-level argument: Ray resolves those (not nested ones).
-            actors.append(options.remote(cfg, state, codec.weights, slot.threads, slot.resample_threads))
-        probes = {a.ready.remote(): i for i, a in enumerate(actors)}
-        _, waiting = ray.wait(list(probes), num_returns=len(probes), timeout=self.cfg.start_timeout_s)
-        workers = []
-        try:
-            for ref in probes:
-                slot = slots[probes[ref]]
-                if ref in waiting:
-                    raise ClusterMismatch(
-                        f"codec worker {probes[ref]} ({slot.num_cpus} CPUs, {slot.num_gpus} GPU) did not "
-                        f"start within ray.start_timeout_s={self.cfg.start_timeout_s:g} s on a cluster with "
-                        f"{cluster_summary(nodes)}; check `ray status` for what holds the resources")
-                try:
-                    node = ray.get(ref)
-                except ray.exceptions.RayError as err:
-                    raise ClusterMismatch(f"codec worker {probes[ref]} failed to start: {err}") from None
-                workers.append(_Worker(slot, actors[probes[ref]], node))
-        except ClusterMismatch:
-            for actor in actors:
-                ray.kill(actor, no_restart=True)
-            raise
-        log.info("%d codec worker(s) ready: %s", len(workers), ", ".join(
-            f"{'GPU' if s.num_gpus else f'CPU x{s.threads}'} on {w.node_id[:8]} fed by {s.units_in_flight} units"
-            for w, s in zip(workers, slots)))
+            actor = options.remote(cfg, state, codec.weights, slot.threads, slot.resample_threads)
+            workers.append(_Worker(slot, actor, slot.node_id, probe=actor.ready.remote(),
+                                   down_since=time.monotonic()))
+        log.info("%d codec worker(s): %s", len(workers), ", ".join(
+            f"{'GPU' if s.num_gpus else f'CPU x{s.threads}'} on {s.node_id[:8]} fed by {s.units_in_flight} units"
+            for s in slots))
         return workers
 
-    def _schedule(self, jobs: list[UnitJob], workers: list[_Worker], progress: bool) -> UnitsOutcome:
+    def _schedule(self, jobs: list[UnitJob], workers: list[_Worker], progress: bool, cluster: str) -> UnitsOutcome:
         import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         outcome = UnitsOutcome()
         queue = deque(_Attempt(job) for job in jobs)
         running: dict = {}  # ObjectRef -> (_Attempt, _Worker)
         bar = progress_bar(jobs, progress)
-        unit_task = ray.remote(_unit_task)
-
-        def submit(attempt: _Attempt, worker: _Worker):
-            task = unit_task.options(
-                num_cpus=1, max_retries=2,  # Ray re-runs it if its process or node is lost
-                scheduling_strategy=NodeAffinitySchedulingStrategy(worker.node_id, soft=True))
-            running[task.remote(attempt.job, worker.actor)] = (attempt, worker)
-            worker.running += 1
-
-        def give_up(attempt: _Attempt, why: str):
-            outcome.failed.append({"unit": attempt.job.unit.name, "error": why})
-            bar.update(round(attempt.job.unit.seconds))
-
-        while queue or running:
-            for worker in workers:  # fill every free worker, units that failed on it last
-                while queue and worker.free():
-                    pick = next((a for a in queue if id(worker) not in a.avoid), queue[0])
-                    queue.remove(pick)
-                    submit(pick, worker)
-            if not any(not w.dead for w in workers):
-                while queue:
-                    give_up(queue.popleft(), "every codec worker is lost (see the errors above)")
-                if not running:
-                    break
-            probes = {w.probe: w for w in workers if w.probe is not None}
-            ready, _ = ray.wait(list(running) + list(probes), num_returns=1, timeout=5.0)
-            for ref in ready:
-                if ref in probes:
-                    self._worker_back(probes[ref], ref)
-                    continue
-                attempt, worker = running.pop(ref)
-                worker.running -= 1
-                try:
-                    outcome.results.append(ray.get(ref))
-                except Exception as err:
-                    if cluster_failure(err) and attempt.tries < self.cfg.codec_restarts:
-                        log.warning("unit %s lost its codec worker or node (%s); retrying it",
-                                    attempt.job.unit.name, type(err).__name__)
-                        attempt.tries += 1
-                        attempt.avoid.add(id(worker))
-                        queue.appendleft(attempt)
-                        self._worker_down(worker)
-                        continue
-                    outcome.failed.append(failure(attempt.job, err))
-                bar.update(round(attempt.job.unit.seconds))
-            now = time.monotonic()
-            for w in workers:
-                if w.down_since is not None and now - w.down_since > self.cfg.start_timeout_s:
-                    log.warning("codec worker on node %s did not come back within %g s; going on without it",
-                                w.node_id[:8], self.cfg.start_timeout_s)
-                    w.dead, w.down_since, w.probe = True, None, None
+        try:
+            while queue or running:
+                self._feed(queue, running, workers)
+                if not any(not w.dead for w in workers):
+                    while queue:
+                        attempt = queue.popleft()
+                        outcome.failed.append({"unit": attempt.job.unit.name,
+                                               "error": "every codec worker is lost (see the errors above)"})
+                        bar.update(round(attempt.job.unit.seconds))
+                    if not running:
+                        break
+                self._wait(queue, running, workers, outcome, bar, cluster)
+        except BaseException:
+            for ref in running:  # the run stops, and so do its unit tasks (their files stay partial)
+                ray.cancel(ref)
+            raise
         bar.close()
         return outcome
 
+    def _feed(self, queue: deque, running: dict, workers: list[_Worker]) -> None:
+        """Give every free worker units, preferring units that did not fail on it."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self._unit_task = self._unit_task or ray.remote(_unit_task)
+        for worker in workers:
+            while queue and worker.free():
+                attempt = next((a for a in queue if id(worker) not in a.avoid), queue[0])
+                queue.remove(attempt)
+                task = self._unit_task.options(
+                    num_cpus=1, max_retries=2,  # Ray re-runs it if its process or node is lost
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(worker.node_id, soft=True))
+                running[task.remote(attempt.job, worker.actor)] = (attempt, worker)
+                worker.running += 1
+
+    def _wait(self, queue: deque, running: dict, workers: list[_Worker], outcome: UnitsOutcome, bar,
+              cluster: str) -> None:
+        """Handle what finishes first: a unit (done, failed, or lost and queued again) or a
+        worker's probe; then the workers' deadlines."""
+        import ray
+
+        probes = {w.probe: w for w in workers if w.probe is not None}
+        deadlines = [w.down_since + self.cfg.start_timeout_s for w in workers if w.down_since is not None]
+        timeout = max(0.0, min([time.monotonic() + 5.0, *deadlines]) - time.monotonic())
+        ready, _ = ray.wait(list(running) + list(probes), num_returns=1, timeout=timeout)
+        for ref in ready:
+            if ref in probes:
+                self._worker_back(probes[ref], ref)
+                continue
+            attempt, worker = running.pop(ref)
+            worker.running -= 1
+            try:
+                outcome.results.append(ray.get(ref))
+            except Exception as err:
+                if cluster_failure(err) and attempt.tries < self.cfg.codec_restarts:
+                    log.warning("unit %s lost its codec worker or node (%s); retrying it",
+                                attempt.job.unit.name, type(err).__name__)
+                    attempt.tries += 1
+                    attempt.avoid.add(id(worker))
+                    queue.appendleft(attempt)
+                    self._worker_down(worker)
+                    continue
+                outcome.failed.append(failure(attempt.job, err))
+            bar.update(round(attempt.job.unit.seconds))
+        now = time.monotonic()
+        for w in workers:
+            if w.down_since is None or now - w.down_since < self.cfg.start_timeout_s:
+                continue
+            if w.starting:
+                s = w.slot
+                raise ClusterMismatch(
+                    f"a codec worker ({s.num_cpus} CPUs, {s.num_gpus} GPU on node {s.node_id[:8]}) did "
+                    f"not start within ray.start_timeout_s={self.cfg.start_timeout_s:g} s on a cluster "
+                    f"with {cluster}; check `ray status` for what holds the resources")
+            log.warning("codec worker on node %s did not come back within %g s; going on without it",
+                        w.node_id[:8], self.cfg.start_timeout_s)
+            w.dead, w.down_since, w.probe = True, None, None
+
     def _worker_down(self, worker: _Worker) -> None:
-        """Stop feeding a worker that lost a unit until it answers again (restarted, maybe
-        elsewhere), or for good when Ray says it is dead or it stays away too long."""
-        if worker.down_since is None and not worker.dead:
+        """Stop feeding a worker that lost a unit until it answers again (restarted on its
+        node), or for good when Ray says it is dead or it stays away too long. A worker still
+        starting keeps its start-up probe, whose outcome says the same."""
+        if not (worker.starting or worker.dead or worker.down_since is not None):
             worker.down_since = time.monotonic()
             worker.probe = worker.actor.ready.remote()
 
@@ -246,5 +256,11 @@ class RayExecutor:
         try:
             worker.node_id = ray.get(ref)
         except ray.exceptions.RayError as err:
+            if isinstance(err, ray.exceptions.RayActorError) and err.actor_init_failed:
+                # Its own constructor failed (weights, device, ...): every worker would. The last
+                # line of Ray's message is the exception; the traceback is in the worker's log.
+                raise ClusterMismatch(f"a codec worker failed to start on node {worker.slot.node_id[:8]}: "
+                                      f"{str(err).strip().splitlines()[-1]}") from None
             log.warning("codec worker on node %s is gone: %s", worker.node_id[:8], type(err).__name__)
             worker.dead = True
+        worker.starting = False
