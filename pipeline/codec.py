@@ -12,6 +12,7 @@ Weights (`CodecConfig.weights`):
 - "random": a deterministic random init (same seed, same weights, every process): for tests and
   for dry runs where nobody needs meaningful codes.
 - a path: a local EnCodec 24 kHz state dict (e.g. the official file copied by hand).
+Codec workers do not resolve weights themselves: they get the driver's state dict and check it.
 
 What the codes are, exactly: each utterance is zero-padded at the end to whole frames (a multiple
 of 320 samples, and at least MIN_FRAMES frames), encoded, and trimmed to ceil(len / 320) frames.

@@ -37,7 +37,16 @@ log = logging.getLogger("pipeline.executors.ray")
 
 
 class CodecActor(CodecWorker):
-    """CodecWorker as a Ray actor; says where it runs."""
+    """CodecWorker as a Ray actor; says where it runs.
+
+    The weights come as `[ObjectRef]` and are fetched here: Ray would resolve a top-level ref
+    itself, but then logs an error-level warning about restartable actors on every run. The
+    driver holds the ref until the run ends, so a restarted actor fetches them again."""
+
+    def __init__(self, cfg, state_ref: list, weights, threads, resample_threads):
+        import ray
+
+        super().__init__(cfg, ray.get(state_ref[0]), weights, threads, resample_threads)
 
     def ready(self) -> str:
         import ray
@@ -147,8 +156,7 @@ class RayExecutor:
                 # and its units move to the other workers; restarting on another node would take
                 # the CPUs that node's unit tasks need, and they would wait for it forever.
                 scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False))
-            # The state's ObjectRef is a top-level argument: Ray resolves those (not nested ones).
-            actor = options.remote(cfg, state, codec.weights, slot.threads, slot.resample_threads)
+            actor = options.remote(cfg, [state], codec.weights, slot.threads, slot.resample_threads)
             workers.append(_Worker(slot, actor, slot.node_id, probe=actor.ready.remote(),
                                    down_since=time.monotonic()))
         log.info("%d codec worker(s): %s", len(workers), ", ".join(
