@@ -448,7 +448,7 @@ class CodecEncoder:
             for rows, x in prepared.batches:
                 codes = self._forward(x.to(self._device, non_blocking=True))  # (B, n_q, T / 320)
                 # Codes are < 1024: int16 halves (of int32) the bytes copied back.
-                host = torch.empty(codes.shape, dtype=torch.int16, pin_memory=x.is_pinned())
+                host = torch.empty(codes.shape, dtype=torch.int16, pin_memory=self._device.type == "cuda")
                 host.copy_(codes.to(torch.int16), non_blocking=True)
                 pending.append((rows, host))
                 self.forward_passes += 1

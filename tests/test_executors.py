@@ -28,7 +28,8 @@ def test_gpu_workers_one_per_gpu_fed_from_their_nodes_cpus():
     slots = plan_slots(nodes, True, None, None, None)
     assert len(slots) == 6 and all(s.num_gpus == 1 for s in slots)
     first = [s for s in slots if s.node_id == nodes[0]["NodeID"]]
-    assert len(first) == 4 and {(s.num_cpus, s.resample_threads, s.units_in_flight) for s in first} == {(4, 4, 4)}
+    assert len(first) == 4
+    assert {(s.num_cpus, s.resample_threads, s.threads, s.units_in_flight) for s in first} == {(4, 4, 4, 4)}
     second = [s for s in slots if s.node_id == nodes[1]["NodeID"]]
     assert {(s.num_cpus, s.units_in_flight) for s in second} == {(4, 4)}
     # Per node, what the workers book leaves room for their unit tasks.

@@ -32,7 +32,7 @@ class CodecSlot:
     node_id: str
     num_cpus: int  # CPUs the worker books
     num_gpus: int  # 0 or 1
-    threads: int | None  # torch CPU threads (CPU workers); None leaves torch's default
+    threads: int  # torch CPU threads: the encoding on CPU workers, host-side ops on GPU workers
     resample_threads: int
     units_in_flight: int  # unit tasks feeding this worker at once (its decode pool)
 
@@ -84,7 +84,8 @@ def _gpu_slots(nodes: list[dict], workers: int | None, cpus: int | None) -> list
         resample = cpus or max(1, share // 2)
         booked = min(resample, share - 1)  # at least one CPU of the share stays for unit tasks
         for _ in range(min(gpus, workers - len(slots))):
-            slots.append(CodecSlot(node["NodeID"], num_cpus=booked, num_gpus=1, threads=None,
+            # torch's own CPU threads too: by default it would start one per core of the node
+            slots.append(CodecSlot(node["NodeID"], num_cpus=booked, num_gpus=1, threads=resample,
                                    resample_threads=resample, units_in_flight=max(1, share - booked)))
     return slots
 
