@@ -19,11 +19,14 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.codec import CodecConfig, CodecEncoder, CodecWeights
 from pipeline.resample import codec_input
+
+if TYPE_CHECKING:  # torch loads in __init__: a process that only holds a handle to this actor
+    from pipeline.codec import CodecConfig, CodecWeights  # (a unit task) never imports it
 
 
 class CodecWorker:
@@ -34,6 +37,8 @@ class CodecWorker:
         # hours. Read when the first kernel is built, so set before this process encodes.
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
         import torch
+
+        from pipeline.codec import CodecEncoder
 
         if threads:
             torch.set_num_threads(threads)

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +136,16 @@ def test_a_codec_worker_that_cannot_start_stops_the_run(tmp_path, tiny_corpus, r
     with pytest.raises(ClusterMismatch, match="failed to start.*damaged on the way"):
         run(load_dag(write_dag(tmp_path / "tiny.yaml", tiny_corpus)), progress=False)
     assert time.monotonic() - started < 120
+
+
+def test_unit_tasks_do_not_import_torch():
+    """A unit task imports ray_cluster (its function) and codec_actor (its actor handle's class):
+    neither may pull in torch, which costs a decode worker ~350 MB and seconds to start."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import pipeline.executors.ray_cluster, pipeline.executors.codec_actor; "
+            "print(sorted(m for m in ('torch', 'encodec') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.stdout.strip() == "[]"

@@ -24,8 +24,6 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from pipeline.codec import batch_seconds
-from pipeline.codec_worker import CodecWorker
 from pipeline.executors import CodecSpec, UnitsOutcome, chunked, failure, progress_bar
 from pipeline.executors.placement import ClusterMismatch, CodecSlot, cluster_summary, plan_slots, uses_gpu
 from pipeline.unit import UnitJob, run_unit
@@ -33,25 +31,10 @@ from pipeline.unit import UnitJob, run_unit
 if TYPE_CHECKING:
     from pipeline.dag import RayConfig
 
+# torch is imported only where the codec runs (pipeline.executors.codec_actor): unit tasks
+# import this module to run `_unit_task`, and decode workers start faster and smaller without it.
+
 log = logging.getLogger("pipeline.executors.ray")
-
-
-class CodecActor(CodecWorker):
-    """CodecWorker as a Ray actor; says where it runs.
-
-    The weights come as `[ObjectRef]` and are fetched here: Ray would resolve a top-level ref
-    itself, but then logs an error-level warning about restartable actors on every run. The
-    driver holds the ref until the run ends, so a restarted actor fetches them again."""
-
-    def __init__(self, cfg, state_ref: list, weights, threads, resample_threads):
-        import ray
-
-        super().__init__(cfg, ray.get(state_ref[0]), weights, threads, resample_threads)
-
-    def ready(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
 
 
 def _unit_task(job: UnitJob, actor) -> dict:
@@ -108,6 +91,8 @@ class RayExecutor:
     def run_units(self, jobs: list[UnitJob], codec: CodecSpec, progress: bool) -> UnitsOutcome:
         import ray
 
+        from pipeline.codec import batch_seconds
+
         started_here = not ray.is_initialized()
         if started_here:
             # "local": a new embedded Ray, never a cluster that happens to run on this machine
@@ -142,6 +127,8 @@ class RayExecutor:
         start and decode while the model loads); `_schedule` watches the start-up."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from pipeline.executors.codec_actor import CodecActor
 
         # Once, for every actor and every restart: the ref lives as long as this executor, since
         # a restart needs the object again.
