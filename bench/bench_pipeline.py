@@ -34,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.codec import CodecEncoder  # noqa: E402
 from pipeline.dag import load_dag  # noqa: E402
 from pipeline.plan import read_unit_cuts  # noqa: E402
-from pipeline.runner import codec_threads, resolve_codec, run  # noqa: E402
+from pipeline.executors.placement import plan_slots  # noqa: E402
+from pipeline.resample import codec_input  # noqa: E402
+from pipeline.runner import resolve_codec, run  # noqa: E402
 from pipeline.segment import segment_recording  # noqa: E402
 from pipeline.text import select_text  # noqa: E402
 
@@ -52,7 +54,7 @@ def kept_waves(out: Path, dag, store_dir: Path):
             for _, rec in groupby(cuts, key=lambda c: c["recording_id"]):
                 segs, _ = segment_recording(list(rec), store.read_bytes, dag.segment.min_duration,
                                             dag.segment.max_duration)
-                waves += [s.audio for s in segs]
+                waves += [codec_input(s.audio, s.rate) for s in segs]
     return waves
 
 
@@ -60,7 +62,7 @@ def synthetic_dag(minutes: float) -> Path:
     """A generated corpus (speech-like tones, 2-5 s utterances) and a DAG over it, in a temp dir."""
     import yaml
 
-    from pipeline.lookalike import synthetic_chapters, write_corpus
+    from tests.lookalike import synthetic_chapters, write_corpus
 
     root = Path(tempfile.mkdtemp(prefix="valle-bench-corpus-"))
     per_chapter = 10  # utterances of ~3.5 s
@@ -109,9 +111,9 @@ def main() -> None:
     waves = kept_waves(dag.out, dag, dag.out / "downloads")
     audio_seconds = sum(len(w) for w in waves) / 24000
 
-    threads = codec_threads(dag, ray.cluster_resources())
+    threads = plan_slots(ray.nodes(), False, None, dag.ray.cpus_per_codec_worker, None)[0].threads
     torch.set_num_threads(threads)
-    codec_cfg, _ = resolve_codec(dag.codec)
+    codec_cfg = resolve_codec(dag.codec).cfg
 
     bare, bare_load, pipe = [], [], []
     for i in range(args.repeat):

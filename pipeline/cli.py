@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ray-address", help="join an existing Ray cluster instead of starting one")
     p.add_argument("--rebuild-audio", action="store_true",
                    help="re-encode every unit when the audio/codec settings changed")
+    p.add_argument("--prune", action="store_true",
+                   help="delete committed units that are no longer in the plan (kept by default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser("status", help="units done per stage, hours, rejects")
@@ -46,15 +48,19 @@ def _run(args) -> int:
     from pipeline.dag import DagError, load_dag
     from pipeline.codec import WeightsUnavailable
     from pipeline.download import DownloadError
+    from pipeline.executors.placement import ClusterMismatch
+    from pipeline.out_lock import OutputLocked
     from pipeline.runner import RunFailed, SettingsChanged, run
 
     try:
         dag = load_dag(args.dag, args.overrides, out=args.out, ray_address=args.ray_address)
-        summary = run(dag, rebuild_audio=args.rebuild_audio, progress=not args.no_progress)
+        summary = run(dag, rebuild_audio=args.rebuild_audio, prune=args.prune,
+                      progress=not args.no_progress)
     except DagError as err:
         print(f"valle-prep: {err}", file=sys.stderr)
         return 2
-    except (SettingsChanged, RunFailed, DownloadError, WeightsUnavailable) as err:
+    except (SettingsChanged, RunFailed, DownloadError, WeightsUnavailable, OutputLocked,
+            ClusterMismatch) as err:
         print(f"valle-prep: {err}", file=sys.stderr)
         return 1
     index = summary.index
@@ -64,6 +70,10 @@ def _run(args) -> int:
           f"{index['rejects']['total']} rejects | units: {summary.units} "
           f"({summary.encoded} encoded, {summary.reshard} re-sharded, {summary.skipped} already done), "
           f"codec forward passes: {summary.codec_forward_passes}")
+    if summary.orphans:
+        print(f"{len(summary.orphans)} unit(s) no longer in the plan were "
+              f"{'deleted (--prune)' if summary.pruned else 'kept, outside index.json (--prune deletes them)'}: "
+              f"{', '.join(summary.orphans)}", file=sys.stderr)
     if index["provenance"]["codec"]["weights"] == "random":
         print("WARNING: codes were made with RANDOM EnCodec weights (offline test run); "
               "they are not usable for training a real model.", file=sys.stderr)

@@ -12,6 +12,7 @@ Weights (`CodecConfig.weights`):
 - "random": a deterministic random init (same seed, same weights, every process): for tests and
   for dry runs where nobody needs meaningful codes.
 - a path: a local EnCodec 24 kHz state dict (e.g. the official file copied by hand).
+Codec workers do not resolve weights themselves: they get the driver's state dict and check it.
 
 What the codes are, exactly: each utterance is zero-padded at the end to whole frames (a multiple
 of 320 samples, and at least MIN_FRAMES frames), encoded, and trimmed to ceil(len / 320) frames.
@@ -32,6 +33,7 @@ machine gives the same codes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -70,12 +72,25 @@ MIN_FRAMES = 7
 RANDOM_INIT_SEED = 20240917
 
 
+# Numerical modes of the encoder. "exact" is float32 with TF32 off: the reference. The fast modes
+# trade a share of codes (measured per codebook by bench/bench_codec_gpu.py) for GPU speed:
+# "tf32" lets CUDA matmuls and convolutions use TF32; "bf16" runs the encoder network (convolutions
+# and LSTM) under bfloat16 autocast and the quantizer in float32. A mode is an audio setting:
+# codes made in different modes are never mixed in one corpus.
+PRECISIONS = ("exact", "tf32", "bf16")
+# Padded audio seconds per forward pass when codec.batch_seconds is null: a GPU wants large
+# batches to stay busy (600 s is ~14 M samples, a few GB of activations); on CPU larger batches
+# gain nothing and 120 s keeps the codes of existing CPU corpora unchanged.
+DEFAULT_BATCH_SECONDS = {"cpu": 120.0, "cuda": 600.0}
+
+
 @dataclass
 class CodecConfig:
     weights: str = "pretrained"  # "pretrained" | "auto" | "random" | a local checkpoint path
     bandwidth: float = 6.0  # kbps; 6.0 -> 8 codebooks
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
-    batch_seconds: float = 120.0  # padded audio seconds per forward pass
+    batch_seconds: float | None = None  # padded audio seconds per forward pass; null: by device
+    precision: str = "exact"  # one of PRECISIONS
     weights_url: str = ENCODEC_24KHZ_URL
     # "sha256:<hex>" (or "md5:<hex>"). None: only the hub-style 8-hex prefix in the file name (if
     # any) is checked.
@@ -83,6 +98,11 @@ class CodecConfig:
     cache_dir: str | None = None  # default $VALLE_CORPUS_CACHE or ~/.cache/valle-corpus
     download_retries: int = 8
     threads: int | None = None  # torch CPU threads; None leaves torch's default alone
+
+
+def batch_seconds(cfg: CodecConfig, device_type: str) -> float:
+    """The padded seconds per forward pass on a device of this type ("cpu" or "cuda")."""
+    return cfg.batch_seconds if cfg.batch_seconds is not None else DEFAULT_BATCH_SECONDS[device_type]
 
 
 @dataclass(frozen=True)
@@ -294,6 +314,17 @@ def resolve_weights(cfg: CodecConfig) -> tuple[dict[str, torch.Tensor], CodecWei
     return model.state_dict(), weights
 
 
+def _model_from_state(state: dict[str, torch.Tensor], weights: CodecWeights) -> tuple[EncodecModel, CodecWeights]:
+    """A model from a state dict resolved elsewhere, checked against the hash it was sent with."""
+    digest = state_dict_sha256(state)
+    if digest != weights.sha256:
+        raise RuntimeError(f"codec weights arrived with sha256 {digest[:12]}, expected "
+                           f"{weights.sha256[:12]} ({weights.kind}); they were damaged on the way")
+    model = _new_model()
+    model.load_state_dict(state, strict=True)
+    return model, weights
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -319,22 +350,44 @@ def _batches(lengths: list[int], max_samples: int) -> list[list[int]]:
     return batches
 
 
-class CodecEncoder:
-    """Encodes batches of waveforms; cheap to build and to pickle, `setup()` loads the model."""
+@dataclass
+class PreparedBatches:
+    """Waveforms padded into host tensors (pinned for a GPU), ready for `CodecEncoder.run`."""
+    lengths: list[int]  # samples of each input waveform, in input order
+    batches: list[tuple[list[int], torch.Tensor]]  # (input indices, (B, 1, T) float32 host tensor)
 
-    def __init__(self, cfg: CodecConfig):
+
+class CodecEncoder:
+    """Encodes batches of waveforms; cheap to build and to pickle, `setup()` loads the model.
+
+    `given`: (state dict, CodecWeights) already resolved elsewhere (the driver, through Ray's
+    object store), used instead of loading or downloading the weights again; its hash is checked.
+    Encoding is two steps so that a worker can overlap them: `prepare` (host: pad into batches,
+    pinned memory on a GPU) and `run` (device: copy in without blocking, forward, codes out).
+    `run` is not thread-safe: one caller at a time (CodecWorker holds a lock around it).
+    """
+
+    def __init__(self, cfg: CodecConfig, given: tuple[dict, CodecWeights] | None = None):
         self.cfg = cfg
         self.n_q = num_codebooks(cfg.bandwidth)  # fail early on a bad bandwidth
-        if cfg.batch_seconds <= 0:
+        if cfg.batch_seconds is not None and cfg.batch_seconds <= 0:
             raise ValueError(f"codec.batch_seconds must be > 0, got {cfg.batch_seconds}")
+        if cfg.precision not in PRECISIONS:
+            raise ValueError(f"codec.precision must be one of {list(PRECISIONS)}, got {cfg.precision!r}")
         self.weights: CodecWeights | None = None
         self.forward_passes = 0
+        self._given = given
         self._model: EncodecModel | None = None
         self._device: torch.device | None = None
 
     def __getstate__(self) -> dict:
         # Ship the config, not the model: the receiving worker calls setup() itself.
-        return {**self.__dict__, "_model": None, "_device": None, "weights": None}
+        return {**self.__dict__, "_model": None, "_device": None, "weights": None, "_given": None}
+
+    @property
+    def device(self) -> torch.device:
+        self.setup()
+        return self._device
 
     def setup(self) -> None:
         if self._model is not None:
@@ -343,44 +396,81 @@ class CodecEncoder:
             torch.set_num_threads(self.cfg.threads)
         device = _device(self.cfg.device)
         if device.type == "cuda":
-            # Per-shape autotuning and TF32 make the numbers depend on the batch; this process
-            # is the encoder's own (a Ray actor), so changing these globals is ours to do.
+            # Per-shape autotuning makes the numbers depend on the batch, TF32 on the mode; this
+            # process is the encoder's own (a Ray actor), so changing these globals is ours to do.
+            fast = self.cfg.precision == "tf32"
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
-        model, self.weights = _load_model(self.cfg)
+            torch.backends.cudnn.allow_tf32 = fast
+            torch.backends.cuda.matmul.allow_tf32 = fast
+        elif self.cfg.precision == "tf32":
+            log.warning("codec.precision=tf32 only changes CUDA kernels; on %s the codes are exact", device)
+        if self._given is not None:
+            model, self.weights = _model_from_state(*self._given)
+            self._given = None  # the model holds its own copy now
+        else:
+            model, self.weights = _load_model(self.cfg)
         model.set_target_bandwidth(self.cfg.bandwidth)
         self._model, self._device = model.to(device).eval(), device
-        log.info("EnCodec 24 kHz on %s: %s weights sha256=%s (%s)", device,
+        log.info("EnCodec 24 kHz on %s (%s): %s weights sha256=%s (%s)", device, self.cfg.precision,
                  self.weights.kind, self.weights.sha256, self.weights.source)
 
     def encode(self, waves: list[np.ndarray]) -> list[np.ndarray]:
         """float32 mono 24 kHz waveforms -> uint16 codes (n_q, num_frames(len)), same order."""
+        return self.run(self.prepare(waves))
+
+    def prepare(self, waves: list[np.ndarray]) -> PreparedBatches:
+        """Host work: check the waveforms and pad them, longest first, into batches."""
         self.setup()
         waves = [_as_wave(w, i) for i, w in enumerate(waves)]
-        out: list[np.ndarray | None] = [None] * len(waves)
-        padded = [max(num_frames(len(w)), MIN_FRAMES) * HOP for w in waves]
-        todo = []
-        for i, w in enumerate(waves):
-            if len(w) == 0:
-                out[i] = np.zeros((self.n_q, 0), np.uint16)
-            else:
-                todo.append(i)
-        max_samples = int(self.cfg.batch_seconds * SAMPLE_RATE)
+        lengths = [len(w) for w in waves]
+        padded = [max(num_frames(n), MIN_FRAMES) * HOP for n in lengths]
+        todo = [i for i, n in enumerate(lengths) if n > 0]
+        max_samples = int(batch_seconds(self.cfg, self._device.type) * SAMPLE_RATE)
+        pin = self._device.type == "cuda"  # page-locked, so the copy to the GPU need not block
+        batches = []
         for group in _batches([padded[i] for i in todo], max_samples):
-            batch = [todo[j] for j in group]
-            x = np.zeros((len(batch), 1, padded[batch[0]]), np.float32)  # (B, 1, T), zero tail
-            for row, i in enumerate(batch):
-                x[row, 0, : len(waves[i])] = waves[i]
-            with torch.inference_mode():
-                frames = self._model.encode(torch.from_numpy(x).to(self._device))
-            self.forward_passes += 1
-            codes = frames[0][0].to("cpu").numpy()  # (B, n_q, T / 320); one segment at 24 kHz
-            for row, i in enumerate(batch):
-                out[i] = codes[row, :, : num_frames(len(waves[i]))].astype(np.uint16)
+            rows = [todo[j] for j in group]
+            x = torch.zeros((len(rows), 1, padded[rows[0]]), dtype=torch.float32, pin_memory=pin)
+            view = x.numpy()  # (B, 1, T), zero tail
+            for row, i in enumerate(rows):
+                view[row, 0, : lengths[i]] = waves[i]
+            batches.append((rows, x))
+        return PreparedBatches(lengths, batches)
+
+    def run(self, prepared: PreparedBatches) -> list[np.ndarray]:
+        """Device work: every batch is queued without waiting, then the codes come back at once."""
+        self.setup()
+        out: list[np.ndarray | None] = [np.zeros((self.n_q, 0), np.uint16) if n == 0 else None
+                                        for n in prepared.lengths]
+        pending = []
+        with torch.inference_mode():
+            for rows, x in prepared.batches:
+                codes = self._forward(x.to(self._device, non_blocking=True))  # (B, n_q, T / 320)
+                # Codes are < 1024: int16 halves (of int32) the bytes copied back.
+                host = torch.empty(codes.shape, dtype=torch.int16, pin_memory=self._device.type == "cuda")
+                host.copy_(codes.to(torch.int16), non_blocking=True)
+                pending.append((rows, host))
+                self.forward_passes += 1
+            if self._device.type == "cuda":
+                torch.cuda.current_stream(self._device).synchronize()
+        for rows, host in pending:
+            codes = host.numpy().view(np.uint16)
+            for row, i in enumerate(rows):
+                out[i] = codes[row, :, : num_frames(prepared.lengths[i])].copy()
         return out
 
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, T) at 24 kHz -> (B, n_q, T / 320) codes: EncodecModel.encode for one segment
+        (the 24 kHz model neither splits nor normalizes), with the encoder network under
+        autocast in bf16 mode and the quantizer always in float32."""
+        model = self._model
+        autocast = (torch.autocast(self._device.type, dtype=torch.bfloat16)
+                    if self.cfg.precision == "bf16" else contextlib.nullcontext())
+        with autocast:
+            emb = model.encoder(x)
+        codes = model.quantizer.encode(emb.float(), model.frame_rate, model.bandwidth)  # (n_q, B, T)
+        return codes.transpose(0, 1)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """(n_q, T) codes -> float32 mono 24 kHz waveform of T * 320 samples (for synthesis)."""
@@ -389,6 +479,13 @@ class CodecEncoder:
         with torch.inference_mode():
             wave = self._model.decode([(x, None)])  # (1, 1, samples)
         return wave[0, 0, : x.shape[-1] * HOP].float().cpu().numpy()
+
+
+def code_agreement(reference: list[np.ndarray], other: list[np.ndarray]) -> list[float]:
+    """Share of identical codes per codebook between two encodings of the same waveforms."""
+    same = sum((a == b).sum(axis=1) for a, b in zip(reference, other))
+    frames = sum(a.shape[1] for a in reference)
+    return [float(x) / max(frames, 1) for x in np.atleast_1d(same)]
 
 
 def _as_wave(wave: np.ndarray, index: int) -> np.ndarray:

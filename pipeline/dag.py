@@ -23,7 +23,7 @@ from typing import Any, Union
 
 import yaml
 
-from pipeline.codec import BANDWIDTHS, CodecConfig
+from pipeline.codec import BANDWIDTHS, PRECISIONS, CodecConfig
 from pipeline.download import Checksum
 from pipeline.text import TEXT_FIELDS, BpeConfig
 
@@ -93,9 +93,15 @@ class OutputConfig:
 @dataclass
 class RayConfig:
     address: str | None = None  # null: start an embedded local Ray
-    codec_workers: int | None = None  # null: one per GPU, or one on CPU
-    cpus_per_codec_worker: int | None = None  # torch threads of a CPU codec worker; null: all CPUs
-    units_in_flight: int | None = None  # null: 2 per codec worker
+    codec_workers: int | None = None  # null: one per GPU, or one per node on CPU-only clusters
+    # CPU codec worker: torch threads (null: all its node's CPUs); GPU: resampling threads
+    # (null: half its node's CPUs per GPU).
+    cpus_per_codec_worker: int | None = None
+    # Unit tasks in flight over the cluster, i.e. the decode pool. null: per GPU worker, the rest
+    # of its node's CPUs per GPU; per CPU worker, 2.
+    units_in_flight: int | None = None
+    codec_restarts: int = 3  # a crashed codec actor restarts, and a unit it held is retried
+    start_timeout_s: float = 300.0  # codec workers not up by then stop the run, with what is missing
 
 
 @dataclass
@@ -316,6 +322,8 @@ def _codec_problems(codec: CodecConfig):
     if not _DEVICE.match(codec.device):
         yield "device", f"must be auto, cpu, cuda or cuda:N, got {codec.device!r}"
     yield from _positive(codec.batch_seconds, "batch_seconds")
+    if codec.precision not in PRECISIONS:
+        yield "precision", f"must be one of {list(PRECISIONS)}, got {codec.precision!r}"
     w = codec.weights
     if w not in ("pretrained", "auto", "random") and not Path(w).is_file():
         yield "weights", f"{w!r} is not pretrained, auto, random or an existing checkpoint file"
@@ -345,6 +353,9 @@ def _ray_problems(ray: RayConfig):
         yield "address", "must be HOST:PORT, auto, or null"
     for key in ("codec_workers", "cpus_per_codec_worker", "units_in_flight"):
         yield from _positive(getattr(ray, key), key, optional=True)
+    if ray.codec_restarts < 0:
+        yield "codec_restarts", f"must be >= 0, got {ray.codec_restarts}"
+    yield from _positive(ray.start_timeout_s, "start_timeout_s")
 
 
 # One checker per section, each yielding (key, problem): add a key's check beside its section.

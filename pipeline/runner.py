@@ -1,35 +1,40 @@
-"""Runner: execute a DAG end to end; the only module that knows about Ray.
+"""Runner: execute a DAG end to end (the orchestration); executors run its units.
 
-download -> plan -> BPE -> [per unit, on Ray: decode+slice -> EnCodec actor -> shards] -> index
+lock OUT -> codec + audio settings check -> download -> plan -> BPE -> [units: executor] -> index
 
 Every step is idempotent and keyed to its inputs: downloads by verified markers, plans and the
 BPE model by fingerprints, units by ledger entries. Re-running the same command after a crash
 skips what is committed and cleans what is partial. Audio settings (codec, segmentation, unit
-plan) are recorded in `OUT/corpus.json`; a run that would change them is refused unless the user
-asks to rebuild, so codes from different settings are never mixed.
+plan) are recorded in `OUT/corpus.json` and checked before anything is written, so a run that
+would change them is refused with nothing changed on disk, unless the user asks to rebuild:
+codes from different settings are never mixed. One run at a time holds OUT (pipeline.out_lock).
+Units run on Ray by default (pipeline.executors.ray_cluster); tests and benchmarks may pass
+the in-process `LocalExecutor`.
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from typing import TYPE_CHECKING
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pipeline import ledger
 from pipeline.audio_store import DirAudioStore, TarAudioStore, index_tar
 from pipeline.download import Checksum, download
+from pipeline.executors import CodecSpec, Executor
 from pipeline.fsutil import json_digest, read_json, sha256_file, write_json_atomic
 from pipeline.index import INDEX_NAME, build_index
-from pipeline.plan import SubsetPlan, plan_subset, read_unit_cuts
+from pipeline.out_lock import exclusive
+from pipeline.plan import SubsetPlan, plan_subsets, read_unit_cuts
+from pipeline.resample import RESAMPLER
+from pipeline.segment import PAST_END_TOLERANCE_S
 from pipeline.text import NORMALIZATION, Tokenizer, select_text, train_bpe
-from pipeline.segment import RESAMPLER
-from pipeline.unit import UnitJob, is_current, run_unit
+from pipeline.unit import UnitJob, is_current
 
 if TYPE_CHECKING:  # torch and encodec load only where the codec runs, not in decode workers
-    from pipeline.codec import CodecConfig
+    from pipeline.codec import CodecConfig, CodecWeights
     from pipeline.dag import Dag
 
 log = logging.getLogger("pipeline.runner")
@@ -51,56 +56,80 @@ class RunSummary:
     encoded: int = 0
     codec_forward_passes: int = 0
     failed: list[dict] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)  # committed units no longer in the plan
+    pruned: bool = False  # whether those were removed (--prune)
+    codec_stats: dict = field(default_factory=dict)  # the codec workers' counters (see CodecWorker)
+    unit_seconds: dict = field(default_factory=dict)  # unit tasks' seconds per step, summed
+    units_wall_s: float = 0.0  # wall time of the executor: codec workers starting to units done
     index: dict | None = None
 
 
-def run(dag: Dag, *, rebuild_audio: bool = False, progress: bool = True) -> RunSummary:
-    out = dag.out
-    out.mkdir(parents=True, exist_ok=True)
+def run(dag: Dag, *, rebuild_audio: bool = False, prune: bool = False, progress: bool = True,
+        executor: Executor | None = None) -> RunSummary:
+    """Bring `dag.out` up to date with the DAG. Paths handed to units are absolute, so they mean
+    the same on every node of a cluster whatever its working directory."""
+    out = dag.out.absolute()
+    with exclusive(out):
+        if executor is None:
+            from pipeline.executors.ray_cluster import RayExecutor
+
+            executor = RayExecutor(dag.ray)
+        return _run(dag, out, rebuild_audio, prune, progress, executor)
+
+
+def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool,
+         executor: Executor) -> RunSummary:
     from pipeline.codec import num_codebooks
 
     clock = _Clock()
+    codec = resolve_codec(dag.codec)
+    clock.log(f"codec weights: {codec.weights.kind} {codec.weights.sha256[:12]}")
+    settings = audio_settings(dag, codec.weights)
+    check_audio_settings(out, settings, rebuild_audio)  # before anything is written
     manifests, audio_store = fetch_sources(dag, out, progress)
     clock.log("sources ready")
-    plans = [plan_subset(manifests[s], s, role, out, dag.plan.unit_hours, dag.source.source_prefix,
-                         progress=progress) for s, role in dag.subsets.roles().items()]
+    plans = plan_subsets(manifests, dag.subsets.roles(), out, dag.plan.unit_hours,
+                         dag.source.source_prefix, progress=progress)
     clock.log(f"planned {sum(len(p.units) for p in plans)} units")
     tokenizer, bpe_info = ensure_bpe(dag, out, plans)
     clock.log(f"BPE model ready (vocabulary {tokenizer.vocab_size})")
-    codec_cfg, weights = resolve_codec(dag.codec)
-    clock.log(f"codec weights: {weights.kind} {weights.sha256[:12]}")
-    audio_settings = {
-        "plan": {"unit_hours": dag.plan.unit_hours, "source_prefix": dag.source.source_prefix},
-        "segment": {"min_duration": dag.segment.min_duration,
-                    "max_duration": dag.segment.max_duration, "resampler": RESAMPLER},
-        "codec": {"model": "encodec_24khz", "bandwidth": dag.codec.bandwidth,
-                  "weights": weights.kind, "weights_sha256": weights.sha256},
-    }
-    check_audio_settings(out, audio_settings, rebuild_audio)
     text_fingerprint = {"field": dag.text.field, "normalization": NORMALIZATION,
                         "bpe_sha256": tokenizer.sha256}
     jobs = [UnitJob(out=out, unit=unit, audio_store=audio_store,
                     min_duration=dag.segment.min_duration, max_duration=dag.segment.max_duration,
                     text_field=dag.text.field, tokenizer=tokenizer, formats=dag.output.formats,
                     target_shard_bytes=dag.output.target_shard_mb * 1e6,
-                    audio_fingerprint=json_digest(audio_settings), text_fingerprint=json_digest(text_fingerprint),
-                    encode_chunk_seconds=max(60.0, dag.codec.batch_seconds))
+                    audio_fingerprint=audio_fingerprint(settings),
+                    text_fingerprint=json_digest(text_fingerprint))
             for plan in plans for unit in plan.units]
-    remove_orphans(out, {j.unit.name for j in jobs})
 
     summary = RunSummary(units=len(jobs))
+    summary.orphans, summary.pruned = units_not_in_plan(out, {j.unit.name for j in jobs}), prune
+    if summary.orphans and prune:
+        remove_units(out, summary.orphans)
+        log.warning("--prune: removed %d unit(s) no longer in the plan: %s", len(summary.orphans),
+                    ", ".join(summary.orphans))
+    elif summary.orphans:
+        log.warning("%d committed unit(s) are no longer in the plan; kept on disk, left out of "
+                    "index.json (--prune removes them): %s", len(summary.orphans), ", ".join(summary.orphans))
     pending = [j for j in jobs if not is_current(j)]
     summary.skipped = len(jobs) - len(pending)
     index_path = out / INDEX_NAME
-    if pending or not index_path.exists():
+    if pending or (read_json(index_path) or {}).get("dag", {}).get("fingerprint") != dag.fingerprint():
         index_path.unlink(missing_ok=True)  # never leave an index describing a changing corpus
     if pending:
-        results, summary.failed, summary.codec_forward_passes = run_units_on_ray(
-            pending, dag, codec_cfg, weights.sha256, progress)
-        for r in results:
+        started = time.monotonic()
+        outcome = executor.run_units(pending, codec, progress)
+        summary.units_wall_s = time.monotonic() - started
+        summary.failed, summary.codec_stats = outcome.failed, dict(outcome.codec_stats)
+        summary.codec_forward_passes = int(outcome.codec_stats.get("forward_passes", 0))
+        unit_seconds = Counter()
+        for r in outcome.results:
+            unit_seconds.update(r["timings"])
             summary.encoded += r["action"] == "codes"
             summary.reshard += r["action"] == "shards"
             summary.skipped += r["action"] == "skip"
+        summary.unit_seconds = dict(unit_seconds)
         clock.log(f"units done: {summary.encoded} encoded, {summary.reshard} re-sharded")
         if summary.failed:
             lines = "\n".join(f"  {f['unit']}: {f['error']}" for f in summary.failed)
@@ -111,8 +140,9 @@ def run(dag: Dag, *, rebuild_audio: bool = False, progress: bool = True) -> RunS
             "codec": {"model": "encodec_24khz", "sample_rate": 24000,
                       "bandwidth_kbps": dag.codec.bandwidth,
                       "codebooks": num_codebooks(dag.codec.bandwidth), "codebook_size": 1024,
-                      "frame_rate": 75, "weights": weights.kind,
-                      "weights_sha256": weights.sha256, "weights_source": weights.source},
+                      "frame_rate": 75, "weights": codec.weights.kind,
+                      "weights_sha256": codec.weights.sha256, "weights_source": codec.weights.source,
+                      "precision": dag.codec.precision},
             "text": {"field": dag.text.field, "normalization": NORMALIZATION},
             "bpe": bpe_info,
         }
@@ -134,7 +164,7 @@ class _Clock:
 def fetch_sources(dag: Dag, out: Path, progress: bool):
     """Download (or find) every manifest and audio archive; returns manifests and the audio store."""
     src = dag.source
-    folder = Path(src.download_dir) if src.download_dir else out / "downloads"
+    folder = Path(src.download_dir).absolute() if src.download_dir else out / "downloads"
     if src.checksums is None:
         log.warning("source.checksums is null: downloads are NOT verified")
     checksums = {name: Checksum.parse(text) for name, text in (src.checksums or {}).items()}
@@ -178,136 +208,66 @@ def ensure_bpe(dag: Dag, out: Path, plans: list[SubsetPlan]) -> tuple[Tokenizer,
     return Tokenizer(model), info
 
 
-def resolve_codec(cfg: CodecConfig):
-    """Settle `auto` once, in the driver, so every worker loads the same weights."""
+def resolve_codec(cfg: CodecConfig) -> CodecSpec:
+    """Settle `auto` and load the weights once, in the driver: every worker gets this state."""
     from pipeline.codec import resolve_weights
 
-    _, weights = resolve_weights(cfg)
+    state, weights = resolve_weights(cfg)
     concrete = replace(cfg, weights=weights.kind if weights.kind != "checkpoint" else cfg.weights)
-    return concrete, weights
+    return CodecSpec(concrete, state, weights)
+
+
+def audio_settings(dag: Dag, weights: CodecWeights) -> dict:
+    """Everything that shapes the codes: recorded in OUT/corpus.json, never mixed."""
+    return {
+        "plan": {"unit_hours": dag.plan.unit_hours, "source_prefix": dag.source.source_prefix},
+        "segment": {"min_duration": dag.segment.min_duration,
+                    "max_duration": dag.segment.max_duration, "resampler": RESAMPLER,
+                    "past_end_tolerance_s": PAST_END_TOLERANCE_S},
+        "codec": {"model": "encodec_24khz", "bandwidth": dag.codec.bandwidth,
+                  "weights": weights.kind, "weights_sha256": weights.sha256,
+                  "precision": dag.codec.precision},
+    }
+
+
+def audio_fingerprint(settings: dict) -> str:
+    """The settings' digest, which keys every unit's codes. The exact precision is left out:
+    corpora made before the setting existed were exact, and their codes stay current."""
+    codec = dict(settings["codec"])
+    if codec["precision"] == "exact":
+        del codec["precision"]
+    return json_digest({**settings, "codec": codec})
 
 
 def check_audio_settings(out: Path, settings: dict, rebuild: bool) -> None:
     path = out / "corpus.json"
     previous = (read_json(path) or {}).get("audio")
+    if previous is not None:
+        previous["codec"].setdefault("precision", "exact")  # written before the setting existed
     if previous is not None and previous != settings and not rebuild:
         changes = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, a, b in _diff(previous, settings))
         raise SettingsChanged(
             f"{out} holds codes made with other audio settings:\n{changes}\n"
             "Codes from different settings are never mixed. Write to a new --out, or pass "
-            "--rebuild-audio to re-encode every unit here.")
+            "--rebuild-audio to re-encode every unit here. Nothing was changed.")
     if previous != settings:
         write_json_atomic(path, {"audio": settings})
 
 
-def remove_orphans(out: Path, units: set[str]) -> None:
-    """Drop ledger entries and files of units the current plan no longer has."""
+def units_not_in_plan(out: Path, units: set[str]) -> list[str]:
+    """Committed units (ledger entries) that the current plan does not have."""
     folder = out / "ledger"
-    for path in sorted(folder.glob("*.json")) if folder.exists() else []:
-        if path.stem in units:
-            continue
-        entry = ledger.read_entry(out, path.stem)
+    return sorted(p.stem for p in folder.glob("*.json") if p.stem not in units) if folder.exists() else []
+
+
+def remove_units(out: Path, names: list[str]) -> None:
+    """Delete the named units' files, then their ledger entries (--prune)."""
+    for name in names:
+        entry = ledger.read_entry(out, name)
         for f in [entry.get("codes") or {}] + (entry.get("shards") or {}).get("files", []):
             if f.get("path"):
                 (out / f["path"]).unlink(missing_ok=True)
-        path.unlink()
-
-
-class CodecActor:
-    """EnCodec loaded once per Ray worker (a GPU each, or CPU threads)."""
-
-    def __init__(self, cfg: CodecConfig, threads: int | None, expected_sha256: str):
-        import torch
-
-        from pipeline.codec import CodecEncoder
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.encoder = CodecEncoder(cfg)
-        self.encoder.setup()
-        # Units are submitted before this check finishes, so a worker with other weights must
-        # refuse to encode anything: its units then fail instead of committing foreign codes.
-        if self.encoder.weights.sha256 != expected_sha256:
-            raise RuntimeError(
-                f"this codec worker loaded weights {self.encoder.weights.sha256[:12]}, the driver "
-                f"resolved {expected_sha256[:12]}; make codec.cache_dir hold the same checkpoint "
-                "on every node")
-
-    def encode(self, waves):
-        return self.encoder.encode(waves)
-
-    def forward_passes(self) -> int:
-        return self.encoder.forward_passes
-
-
-def _unit_task(job: UnitJob, actor) -> dict:
-    import ray
-
-    def encode_async(waves):
-        ref = actor.encode.remote(waves)
-        return lambda: ray.get(ref)
-
-    return run_unit(job, encode_async)
-
-
-def codec_uses_gpu(cfg: CodecConfig, resources: dict) -> bool:
-    return cfg.device.startswith("cuda") or (cfg.device == "auto" and resources.get("GPU", 0) > 0)
-
-
-def codec_threads(dag: Dag, resources: dict) -> int:
-    """Torch threads of a CPU codec worker: by default every CPU. Decoding, slicing and
-    resampling cost ~1% of encoding, so the unit tasks beside it barely compete."""
-    return dag.ray.cpus_per_codec_worker or max(1, int(resources.get("CPU", 1)))
-
-
-def run_units_on_ray(jobs: list[UnitJob], dag: Dag, codec_cfg: CodecConfig, weights_sha256: str,
-                     progress: bool):
-    import ray
-
-    started_here = not ray.is_initialized()
-    if started_here:
-        # "local": a new embedded Ray, never a cluster that happens to run on this machine
-        # (address=None would join the latest `ray start` cluster found in /tmp/ray).
-        ray.init(address=dag.ray.address or "local", include_dashboard=False,
-                 logging_level=logging.WARNING)
-    actors = []
-    try:
-        resources = ray.cluster_resources()
-        use_gpu = codec_uses_gpu(codec_cfg, resources)
-        workers = dag.ray.codec_workers or (max(1, int(resources.get("GPU", 0))) if use_gpu else 1)
-        threads = None if use_gpu else codec_threads(dag, resources)
-        # A CPU codec worker books at most all CPUs but one, so unit tasks can always run.
-        booked = 1 if use_gpu else max(1, min(threads, int(resources.get("CPU", 2)) - 1))
-        actor_cls = ray.remote(CodecActor).options(num_cpus=booked, num_gpus=1 if use_gpu else 0)
-        actors = [actor_cls.remote(codec_cfg, threads, weights_sha256) for _ in range(workers)]
-        log.info("%d codec worker(s) starting (%s)", workers,
-                 "GPU" if use_gpu else f"CPU, {threads} threads each")
-        task = ray.remote(_unit_task).options(num_cpus=1, max_retries=2)
-        limit = dag.ray.units_in_flight or 2 * workers
-        results, failed, running = [], [], {}
-        queue = list(enumerate(jobs))
-        # Progress in seconds of audio, so the rate reads as "x real time".
-        bar = tqdm(total=round(sum(j.unit.seconds for j in jobs)), unit="s audio", unit_scale=True,
-                   desc=f"encoding {len(jobs)} units", disable=not progress)
-        while queue or running:
-            while queue and len(running) < limit:
-                i, job = queue.pop(0)
-                running[task.remote(job, actors[i % workers])] = job
-            ready, _ = ray.wait(list(running), num_returns=1)
-            job = running.pop(ready[0])
-            try:
-                results.append(ray.get(ready[0]))
-            except Exception as err:  # a unit's failure must not cost the others
-                failed.append({"unit": job.unit.name, "error": f"{type(err).__name__}: {err}"})
-            bar.update(round(job.unit.seconds))
-        bar.close()
-        passes = sum(ray.get([a.forward_passes.remote() for a in actors]))
-        return results, failed, passes
-    finally:
-        for actor in actors:
-            ray.kill(actor)
-        if started_here:
-            ray.shutdown()
+        ledger.entry_path(out, name).unlink()
 
 
 def _diff(a: dict, b: dict, prefix: str = ""):

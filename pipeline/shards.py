@@ -18,6 +18,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -81,18 +82,18 @@ def partial(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-def split_by_size(samples: list[Sample], target_bytes: float) -> list[list[Sample]]:
-    """Consecutive groups of samples, each closed once its estimated size reaches the target."""
-    groups, current, size = [], [], 0
+def split_by_size(samples: Iterable[Sample], target_bytes: float) -> Iterator[list[Sample]]:
+    """Consecutive groups of samples, each closed once its estimated size reaches the target.
+    A generator: only the group being filled is in memory."""
+    current, size = [], 0
     for s in samples:
         current.append(s)
         size += s.codes.size * schemas.CODEBOOK_BITS // 8 + len(s.text) * 3 + 2 * TAR_MEMBER_OVERHEAD
         if size >= target_bytes:
-            groups.append(current)
+            yield current
             current, size = [], 0
     if current:
-        groups.append(current)
-    return groups
+        yield current
 
 
 def _write_durably(path: Path, write) -> None:
@@ -146,19 +147,18 @@ def write_parquet(samples: list[Sample], path: Path) -> None:
                                                   row_group_size=max(1, len(samples))))
 
 
-def write_unit_shards(samples: list[Sample], out: Path, subset: str, unit: str, formats: list[str],
+def write_unit_shards(samples: Iterable[Sample], out: Path, subset: str, unit: str, formats: list[str],
                       target_bytes: float) -> tuple[list[tuple[Path, ShardFile]], list[dict]]:
     """Write partial files for every format.
 
     Returns (partial path, final record) pairs, whose sha256 and sizes describe the partial
     files (renamed unchanged), and per shard the samples' lengths (codec frames, text tokens) in
     shard order, from which the trainer plans batches without reading shards. Shard k holds the
-    same samples in every format.
+    same samples in every format. `samples` may be a generator: one shard's samples are in
+    memory at a time.
     """
-    for s in samples:  # nothing off-schema is written (Parquet: the Arrow schema enforces types)
-        schemas.validate(f"sample.v{schemas.SAMPLE_VERSION}", s.metadata(), where=f"{unit}: sample {s.id!r}")
     written, lengths, first = [], [], 0
-    for k, group in enumerate(split_by_size(samples, target_bytes)):
+    for k, group in enumerate(split_by_size(_validated(samples, unit), target_bytes)):
         hours = round(sum(s.duration for s in group) / 3600, 6)
         lengths.append({"shard": shard_id(unit, k), "frames": [s.codes.shape[1] for s in group],
                         "text_tokens": [len(s.text_tokens) for s in group],
@@ -176,3 +176,10 @@ def write_unit_shards(samples: list[Sample], out: Path, subset: str, unit: str, 
                                            bytes=tmp.stat().st_size, sha256=sha256_file(tmp))))
         first += len(group)
     return written, lengths
+
+
+def _validated(samples: Iterable[Sample], unit: str) -> Iterator[Sample]:
+    """Nothing off-schema is written (Parquet: the Arrow schema enforces types as well)."""
+    for s in samples:
+        schemas.validate(f"sample.v{schemas.SAMPLE_VERSION}", s.metadata(), where=f"{unit}: sample {s.id!r}")
+        yield s

@@ -1,36 +1,43 @@
 """Unit: turn one planned unit (whole recordings) into committed codes and shards.
 
 In: a `UnitJob` (the unit's plan, where its audio is, the settings and their fingerprints) and
-an `encode_async` function (the codec: local, or a Ray actor). Out: `OUT/work/codes/<unit>.npz`
-(every kept cut's codes), the unit's shard files, and its ledger entry, committed in that order.
+an `encode_async` function (the codec worker: in process, or a Ray actor). Out:
+`OUT/work/codes/<unit>.npz` (every kept cut's codes, pipeline.codes_file), the unit's shard
+files, and its ledger entry, committed in that order.
 
 Two stages, so that text changes never cost audio work:
-- codes: decode + slice + resample + EnCodec. Redone only when the audio settings change, the
-  codes file is gone, or the cuts the text stage wants are not all covered.
+- codes: decode + slice here, then resample + EnCodec in the codec worker, a chunk at a time.
+  Redone only when the audio settings change, the codes file is gone, or the cuts the text stage
+  wants are not all covered.
 - shards: tokenize + write shards from the codes file. Redone when text or output settings change.
-Plain Python, no Ray: the runner supplies the codec and the parallelism.
+Memory is bounded by a chunk of audio and one shard, whatever the unit's size: a chunk's audio is
+dropped once it is sent, its codes go to disk as they come back, and shards are written from
+the codes file cut by cut.
+Plain Python, no Ray: the executor supplies the codec and the parallelism.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import os
+import time
+from collections import Counter, deque
 from dataclasses import asdict, dataclass
 from itertools import groupby
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from pipeline import ledger
+from pipeline.codes_file import CodesFile, CodesWriter
 from pipeline.fsutil import fsync_dir, json_digest, sha256_file
 from pipeline.plan import UnitPlan, read_unit_cuts
 from pipeline.segment import reject, segment_recording
 from pipeline.shards import FORMAT_DIRS, LAYOUT_VERSION, Sample, partial, write_unit_shards
 from pipeline.text import Tokenizer, select_text, text_problem
 
-# encode_async(waves) starts encoding and returns a function that waits for the codes.
-EncodeAsync = Callable[[list[np.ndarray]], Callable[[], list[np.ndarray]]]
+# encode_async(windows, rates) starts encoding a chunk of decoded windows (int16 at their file's
+# rate) and returns a function that waits for their codes.
+EncodeAsync = Callable[[list[np.ndarray], list[int]], Callable[[], list[np.ndarray]]]
 
 
 @dataclass
@@ -77,14 +84,15 @@ def run_unit(job: UnitJob, encode_async: EncodeAsync) -> dict:
     out, name = job.out, job.unit.name
     entry = ledger.read_entry(out, name)
     codes_rec, shards_rec = entry.get("codes"), entry.get("shards")
+    timings = Counter()  # seconds per step in this unit task: where the time goes
     if is_current(job, entry):
-        return _result(job, "skip", shards_rec)
+        return _result(job, "skip", shards_rec, timings)
 
     cuts, selection_rejects, texts = _select(job, read_unit_cuts(out, job.unit))
-    codes = _load_codes(job, codes_rec)
+    codes = _committed_codes(job, codes_rec)
     action = "shards"
-    if codes is None or not set(texts) <= set(codes) | {r["cut_id"] for r in codes_rec["rejects"]}:
-        codes_rec, codes = _encode(job, cuts, encode_async)
+    if codes is None or not set(texts) <= set(codes.cut_ids) | {r["cut_id"] for r in codes_rec["rejects"]}:
+        codes_rec, codes = _encode(job, cuts, encode_async, timings)
         entry = {"unit": name, "subset": job.unit.subset, "codes": codes_rec}
         ledger.write_entry(out, name, entry)
         action = "codes"
@@ -92,11 +100,13 @@ def run_unit(job: UnitJob, encode_async: EncodeAsync) -> dict:
     fingerprint = job.shards_fingerprint(codes_rec["content_sha256"])
     if (shards_rec and shards_rec["fingerprint"] == fingerprint
             and ledger.files_present(out, shards_rec["files"])):
-        return _result(job, action, shards_rec)
+        return _result(job, action, shards_rec, timings)
+    started = time.perf_counter()
     shards_rec = _write_shards(job, cuts, texts, codes, selection_rejects, fingerprint)
     ledger.write_entry(out, name, {**entry, "shards": shards_rec})
     _remove_stale_shards(job, shards_rec)
-    return _result(job, action, shards_rec)
+    timings["shards"] += time.perf_counter() - started
+    return _result(job, action, shards_rec, timings)
 
 
 def _select(job: UnitJob, cuts: list[dict]) -> tuple[list[dict], list[dict], dict[str, str]]:
@@ -116,98 +126,99 @@ def _select(job: UnitJob, cuts: list[dict]) -> tuple[list[dict], list[dict], dic
     return kept, rejects, texts
 
 
-def _encode(job: UnitJob, cuts: list[dict], encode_async: EncodeAsync) -> tuple[dict, dict]:
-    """Decode each recording once, encode in chunks while the next recording decodes, commit."""
+def _encode(job: UnitJob, cuts: list[dict], encode_async: EncodeAsync, timings: Counter) -> tuple[dict, CodesFile]:
+    """Decode each recording once and send its windows in chunks; while one chunk is encoded the
+    next is decoded. Codes go to disk as they return; then the codes file is committed."""
     target = job.out / job.codes_rel
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial(target).unlink(missing_ok=True)
-
-    rejects, done, in_flight, chunk = [], [], [], []
-    for _, rec_cuts in groupby(cuts, key=lambda c: c["recording_id"]):
-        segments, dropped = segment_recording(list(rec_cuts), job.audio_store.read_bytes,
-                                              job.min_duration, job.max_duration)
-        rejects += dropped
-        chunk += segments
-        if sum(s.duration for s in chunk) >= job.encode_chunk_seconds:
-            in_flight.append((chunk, encode_async([s.audio for s in chunk])))
-            chunk = []
-            while len(in_flight) > 1:  # keep one chunk encoding while the next one decodes
-                done += _collect(*in_flight.pop(0))
-    if chunk:
-        in_flight.append((chunk, encode_async([s.audio for s in chunk])))
-    for item in in_flight:
-        done += _collect(*item)
-
-    arrays = {
-        "cut_ids": np.array([s.cut["id"] for s, _ in done], dtype=str),
-        "durations": np.array([s.duration for s, _ in done], dtype=np.float64),
-        "clamped": np.array([s.clamped for s, _ in done], dtype=bool),
-        "frames": np.array([c.shape[1] for _, c in done], dtype=np.int64),
-        "codes": (np.concatenate([c for _, c in done], axis=1) if done
-                  else np.zeros((0, 0), dtype=np.uint16)),
-    }
-    with open(partial(target), "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial(target), target)
-    fsync_dir(target.parent)
-    record = {
-        "fingerprint": job.codes_fingerprint, "path": job.codes_rel,
-        "bytes": target.stat().st_size, "sha256": sha256_file(target),
-        "content_sha256": _content_digest(arrays), "cuts": len(done),
-        "seconds": round(float(arrays["durations"].sum()), 3),
-        "clamped": int(arrays["clamped"].sum()), "rejects": rejects,
-    }
-    return record, _codes_by_id(arrays)
+    writer = CodesWriter(target, partial(target))
+    try:
+        rejects, in_flight, chunk = [], deque(), []
+        for _, rec_cuts in groupby(cuts, key=lambda c: c["recording_id"]):
+            started = time.perf_counter()
+            segments, dropped = segment_recording(list(rec_cuts), job.audio_store.read_bytes,
+                                                  job.min_duration, job.max_duration)
+            timings["read_decode_slice"] += time.perf_counter() - started
+            rejects += dropped
+            chunk += segments
+            if sum(s.duration for s in chunk) >= job.encode_chunk_seconds:
+                in_flight.append(_send(chunk, encode_async))
+                chunk = []
+                while len(in_flight) > 1:  # keep one chunk encoding while the next one decodes
+                    _receive(writer, *in_flight.popleft(), timings)
+        if chunk:
+            in_flight.append(_send(chunk, encode_async))
+        del chunk
+        while in_flight:
+            _receive(writer, *in_flight.popleft(), timings)
+        started = time.perf_counter()
+        totals = writer.commit()
+        timings["commit_codes"] += time.perf_counter() - started
+    except Exception:
+        writer.abandon()
+        raise
+    record = {"fingerprint": job.codes_fingerprint, "path": job.codes_rel,
+              "bytes": target.stat().st_size, "sha256": sha256_file(target), **totals,
+              "rejects": rejects}
+    return record, CodesFile(target)
 
 
-def _collect(segments, wait) -> list:
+def _send(segments, encode_async: EncodeAsync):
+    """Start encoding; keep only what the codes file needs of each segment, not its audio."""
+    wait = encode_async([s.audio for s in segments], [s.rate for s in segments])
+    return [(s.cut["id"], s.duration, s.clamped) for s in segments], wait
+
+
+def _receive(writer: CodesWriter, kept: list[tuple], wait, timings: Counter) -> None:
+    started = time.perf_counter()
     codes = wait()
-    if len(codes) != len(segments):
-        raise RuntimeError(f"codec returned {len(codes)} results for {len(segments)} inputs")
-    return list(zip(segments, codes))
+    timings["wait_for_codes"] += time.perf_counter() - started
+    if len(codes) != len(kept):
+        raise RuntimeError(f"codec returned {len(codes)} results for {len(kept)} inputs")
+    for (cut_id, duration, clamped), c in zip(kept, codes):
+        writer.add(cut_id, duration, clamped, c)
 
 
-def _load_codes(job: UnitJob, record: dict | None) -> dict | None:
-    """The unit's committed codes by cut id, or None when they must be (re)computed."""
+def _committed_codes(job: UnitJob, record: dict | None) -> CodesFile | None:
+    """The unit's committed codes, or None when they must be (re)computed."""
     if not record or record["fingerprint"] != job.codes_fingerprint:
         return None
-    path = job.out / record["path"]
-    if not path.is_file():
-        return None
-    raw = path.read_bytes()  # read once: hashed, then parsed
-    if hashlib.sha256(raw).hexdigest() != record["sha256"]:
-        return None
-    with np.load(io.BytesIO(raw), allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    return _codes_by_id(arrays)
+    return CodesFile.open_verified(job.out / record["path"], record["sha256"])
 
 
-def _codes_by_id(arrays: dict) -> dict[str, tuple[np.ndarray, float]]:
-    ends = np.cumsum(arrays["frames"])
-    starts = ends - arrays["frames"]
-    return {cid: (arrays["codes"][:, s:e], float(d))
-            for cid, s, e, d in zip(arrays["cut_ids"].tolist(), starts, ends, arrays["durations"])}
-
-
-def _write_shards(job: UnitJob, cuts, texts, codes, selection_rejects, fingerprint) -> dict:
+def _write_shards(job: UnitJob, cuts, texts, codes: CodesFile, selection_rejects, fingerprint) -> dict:
     for fmt in FORMAT_DIRS:
         for leftover in (job.out / fmt / job.unit.subset).glob(f"{job.unit.name}-*.partial"):
             leftover.unlink()
-    samples = [
-        Sample(id=c["id"], speaker=c["speaker"], subset=job.unit.subset, duration=codes[c["id"]][1],
-               text=texts[c["id"]], text_tokens=job.tokenizer.encode(texts[c["id"]]),
-               codes=codes[c["id"]][0], recording_id=c["recording_id"], start=c["start"])
-        for c in cuts if c["id"] in codes
-    ]
-    written, lengths = write_unit_shards(samples, job.out, job.unit.subset, job.unit.name,
-                                         job.formats, job.target_shard_bytes)
+    written, lengths = write_unit_shards(_samples(job, cuts, texts, codes), job.out, job.unit.subset,
+                                         job.unit.name, job.formats, job.target_shard_bytes)
     for tmp, record in written:
         os.replace(tmp, job.out / record.path)
         fsync_dir((job.out / record.path).parent)
     return {"fingerprint": fingerprint, "files": [asdict(r) for _, r in written],
-            "lengths": lengths, "samples": len(samples), "rejects": selection_rejects}
+            "lengths": lengths, "samples": sum(len(s["frames"]) for s in lengths),
+            "rejects": selection_rejects}
+
+
+def _samples(job: UnitJob, cuts, texts, codes: CodesFile) -> Iterator[Sample]:
+    """The unit's samples in plan order, codes read from the file one cut at a time. The file
+    holds the cuts kept when it was encoded, in plan order too: a superset when the text choice
+    now drops some, which are passed over."""
+    encoded = set(codes.cut_ids)
+    wanted = (c for c in cuts if c["id"] in encoded)
+    cut = next(wanted, None)
+    for cut_id, duration, array in codes:
+        if cut is None:
+            break
+        if cut_id != cut["id"]:
+            continue
+        text = texts[cut_id]
+        yield Sample(id=cut_id, speaker=cut["speaker"], subset=job.unit.subset, duration=duration,
+                     text=text, text_tokens=job.tokenizer.encode(text), codes=array,
+                     recording_id=cut["recording_id"], start=cut["start"])
+        cut = next(wanted, None)
+    if cut is not None:
+        raise RuntimeError(f"unit {job.unit.name}: {job.codes_rel} is not in plan order at cut "
+                           f"{cut['id']!r}; delete it and run again")
 
 
 def _remove_stale_shards(job: UnitJob, shards_rec: dict) -> None:
@@ -219,16 +230,6 @@ def _remove_stale_shards(job: UnitJob, shards_rec: dict) -> None:
                 path.unlink()
 
 
-def _result(job: UnitJob, action: str, shards_rec: dict) -> dict:
+def _result(job: UnitJob, action: str, shards_rec: dict, timings: Counter) -> dict:
     return {"unit": job.unit.name, "action": action, "seconds": job.unit.seconds,
-            "samples": shards_rec["samples"]}
-
-
-def _content_digest(arrays: dict) -> str:
-    h = hashlib.sha256()
-    for key in sorted(arrays):
-        a = np.ascontiguousarray(arrays[key])
-        h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
+            "samples": shards_rec["samples"], "timings": dict(timings)}

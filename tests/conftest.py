@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.lookalike import Defects, synthetic_chapters, write_corpus
+from tests.lookalike import Defects, synthetic_chapters, write_corpus
 from pipeline.fsutil import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,8 @@ import soundfile as sf
 
 from pipeline.audio_store import TarAudioStore, index_tar
 from pipeline.manifest import parse_line as compact_cut
-from pipeline.segment import resample, segment_recording
+from pipeline.resample import as_float32, codec_input, resample
+from pipeline.segment import segment_recording
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,12 @@ def test_windows_match_the_source_audio(tiny_corpus, cuts_by_recording, store):
             assert seg.clamped == (truth.defect == "past_end")
             assert seg.duration == pytest.approx(truth.available_samples / 16000, abs=1 / 16000)
             window = whole[truth.first_sample:truth.first_sample + round(seg.duration * rate)]
-            assert np.array_equal(seg.audio, resample(window, rate))
-            assert len(seg.audio) == len(window) * 3 // 2
+            # 16-bit FLAC travels as int16 at 16 kHz, and becomes exactly what decoding to
+            # float32 and resampling gave before (so the codes are unchanged).
+            assert seg.audio.dtype == np.int16 and seg.rate == rate == 16000
+            assert np.array_equal(as_float32(seg.audio), window)
+            assert np.array_equal(codec_input(seg.audio, seg.rate), resample(window, rate))
+            assert len(codec_input(seg.audio, seg.rate)) == len(window) * 3 // 2
     assert sorted(reads) == sorted({c[0]["audio"] for c in cuts_by_recording.values()})  # once each
 
 
@@ -76,6 +81,31 @@ def test_missing_undecodable_and_out_of_range(cuts_by_recording, store):
     assert rejects[0]["reason"] == "window_past_end"
     _, rejects = segment_recording(cuts, store.read_bytes, 0.1, 0.2)
     assert {r["reason"] for r in rejects} == {"too_long"} and len(rejects) == len(cuts)
+
+
+def test_int16_scaled_equals_libsndfile_float_decode(tmp_path):
+    """libsndfile's float32 decode of 16-bit audio is int16 / 32768, bit for bit, over the whole
+    int16 range: what lets audio travel as int16 without changing a single code."""
+    every_value = np.arange(-32768, 32768, dtype=np.int16)
+    noise = np.random.default_rng(0).integers(-32768, 32768, 48000).astype(np.int16)
+    for samples in (every_value, noise):
+        buf = io.BytesIO()
+        sf.write(buf, samples, 16000, format="FLAC", subtype="PCM_16")
+        as_int16, _ = sf.read(io.BytesIO(buf.getvalue()), dtype="int16")
+        as_float, _ = sf.read(io.BytesIO(buf.getvalue()), dtype="float32")
+        assert np.array_equal(as_int16, samples)
+        assert as_float32(as_int16).dtype == np.float32
+        assert np.array_equal(as_float32(as_int16), as_float)
+
+
+def test_files_not_16_bit_travel_as_float(tmp_path):
+    samples = (0.5 * np.sin(np.arange(32000) / 7)).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, samples, 16000, format="FLAC", subtype="PCM_24")
+    cut = {"id": "c", "recording_id": "r", "audio": "a.flac", "start": 0.0, "duration": 1.5, "channel": 0}
+    (seg,), _ = segment_recording([cut], lambda _: buf.getvalue(), 0.5, 20.0)
+    decoded, _ = sf.read(io.BytesIO(buf.getvalue()), dtype="float32")
+    assert seg.audio.dtype == np.float32 and np.array_equal(seg.audio, decoded[:24000])
 
 
 def test_resample_length_and_passthrough():

@@ -1,5 +1,8 @@
 """A small Libriheavy look-alike corpus, laid out exactly like the real downloads.
 
+A test and benchmark helper, not part of the installed package (tests/, bench/ and
+sample/make_sample.py import it from the repository).
+
 In:  a list of `Chapter`s (speaker, book folder, file stem, and `Utterance`s = book sentence +
      float32 mono 16 kHz audio), from `synthetic_chapters()` (fast tones, for tests and
      benchmarks) or from any TTS (sample/make_sample.py uses espeak-ng).

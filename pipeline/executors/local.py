@@ -1,0 +1,40 @@
+"""Local executor: every unit in this process, one after another, without Ray.
+
+The codec worker runs in a background thread: while it encodes a chunk, the unit decodes the
+next (torch and libsndfile release the GIL). Same stage code and same codes as on Ray.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from pipeline.codec import batch_seconds
+from pipeline.codec_worker import CodecWorker
+from pipeline.executors import CodecSpec, UnitsOutcome, chunked, failure, progress_bar
+from pipeline.unit import UnitJob, run_unit
+
+
+class LocalExecutor:
+    def __init__(self, threads: int | None = None, resample_threads: int = 1):
+        self.threads = threads or os.cpu_count() or 1  # torch threads of the codec
+        self.resample_threads = resample_threads
+
+    def run_units(self, jobs: list[UnitJob], codec: CodecSpec, progress: bool) -> UnitsOutcome:
+        worker = CodecWorker(codec.cfg, codec.state, codec.weights, self.threads, self.resample_threads)
+        device_type = worker.encoder.device.type
+        outcome = UnitsOutcome()
+        bar = progress_bar(jobs, progress)
+        with ThreadPoolExecutor(1, thread_name_prefix="codec") as codec_thread:
+            def encode_async(windows, rates):
+                return codec_thread.submit(worker.encode, windows, rates).result
+
+            for job in chunked(jobs, batch_seconds(codec.cfg, device_type)):
+                try:
+                    outcome.results.append(run_unit(job, encode_async))
+                except Exception as err:  # a unit's failure must not cost the others
+                    outcome.failed.append(failure(job, err))
+                bar.update(round(job.unit.seconds))
+        bar.close()
+        worker.close()
+        outcome.codec_stats.update(worker.stats())
+        return outcome

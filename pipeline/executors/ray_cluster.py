@@ -1,0 +1,261 @@
+"""Ray executor: units as Ray tasks, fed to codec workers that are Ray actors; the production path.
+
+In: the pending units, the driver's resolved codec, the `ray:` settings. Out: `UnitsOutcome`.
+
+- Weights travel once: the driver's loaded state dict is `ray.put` into the object store and
+  every codec actor builds its model from it (checked against its hash), so no node downloads
+  or loads the checkpoint again.
+- Placement (executors/placement.py) is decided from the nodes' own resources before anything
+  starts; a request the cluster cannot hold stops the run at once with a message, and actors
+  that still do not come up within `ray.start_timeout_s` stop it too. Nothing waits forever.
+- Each codec actor is threaded: the unit tasks feeding it call it concurrently, so one call's
+  resampling and padding overlap another's forward passes. Its unit tasks run on its node
+  (soft node affinity), so audio crosses only that node's shared-memory object store.
+- Codec actors restart after a crash (`ray.codec_restarts`), on their own node, and their
+  in-flight calls are retried. When a node is lost, its actors die with it, and each unit that
+  fails for a reason of the cluster (an actor or node lost) is retried on another worker; a
+  unit that fails for its own reason fails alone and the run reports it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from pipeline.executors import CodecSpec, UnitsOutcome, chunked, failure, progress_bar
+from pipeline.executors.placement import ClusterMismatch, CodecSlot, cluster_summary, plan_slots, uses_gpu
+from pipeline.unit import UnitJob, run_unit
+
+if TYPE_CHECKING:
+    from pipeline.dag import RayConfig
+
+# torch is imported only where the codec runs (pipeline.executors.codec_actor): unit tasks
+# import this module to run `_unit_task`, and decode workers start faster and smaller without it.
+
+log = logging.getLogger("pipeline.executors.ray")
+
+
+def _unit_task(job: UnitJob, actor) -> dict:
+    import ray
+
+    def encode_async(windows, rates):
+        ref = actor.encode.remote(windows, rates)
+        return lambda: ray.get(ref)
+
+    return run_unit(job, encode_async)
+
+
+def cluster_failure(err: BaseException) -> bool:
+    """True when `err` is the cluster's doing (a process, actor or node lost), not the unit's."""
+    import ray.exceptions as rex
+
+    lost = (rex.RayActorError, rex.ActorUnavailableError, rex.WorkerCrashedError, rex.NodeDiedError,
+            rex.ObjectLostError, rex.OwnerDiedError, rex.TaskUnschedulableError,
+            rex.ActorUnschedulableError, rex.LocalRayletDiedError, rex.RaySystemError)
+    if isinstance(err, rex.RayTaskError) and not isinstance(err, lost):
+        return isinstance(err.cause, lost)
+    return isinstance(err, lost)
+
+
+@dataclass
+class _Worker:
+    slot: CodecSlot
+    actor: object
+    node_id: str
+    running: int = 0
+    starting: bool = True  # fed already: its units' first calls wait for its model
+    down_since: float | None = None  # when it started, or lost a unit; None while it is known up
+    probe: object = None  # ObjectRef of ready() while starting or down
+    dead: bool = False
+
+    def free(self) -> bool:
+        up = self.starting or self.down_since is None
+        return not self.dead and up and self.running < self.slot.units_in_flight
+
+
+@dataclass
+class _Attempt:
+    job: UnitJob
+    tries: int = 0
+    avoid: set = field(default_factory=set)  # workers it failed on
+
+
+class RayExecutor:
+    def __init__(self, cfg: RayConfig):
+        self.cfg = cfg
+        self._state = None  # ObjectRef of the codec weights while units run
+        self._unit_task = None  # the remote function, made once
+
+    def run_units(self, jobs: list[UnitJob], codec: CodecSpec, progress: bool) -> UnitsOutcome:
+        import ray
+
+        from pipeline.codec import batch_seconds
+
+        started_here = not ray.is_initialized()
+        if started_here:
+            # "local": a new embedded Ray, never a cluster that happens to run on this machine
+            # (address=None would join the latest `ray start` cluster found in /tmp/ray).
+            ray.init(address=self.cfg.address or "local", include_dashboard=False,
+                     logging_level=logging.WARNING)
+        workers = []
+        try:
+            nodes = ray.nodes()
+            use_gpu = uses_gpu(codec.cfg.device, nodes)
+            slots = plan_slots(nodes, use_gpu, self.cfg.codec_workers, self.cfg.cpus_per_codec_worker,
+                               self.cfg.units_in_flight)
+            cfg = replace(codec.cfg, device="cuda" if use_gpu else "cpu")
+            workers = self._start(slots, cfg, codec)
+            jobs = chunked(jobs, batch_seconds(cfg, "cuda" if use_gpu else "cpu"))
+            outcome = self._schedule(jobs, workers, progress, cluster_summary(nodes))
+            for ref in [w.actor.stats.remote() for w in workers if not w.dead and w.down_since is None]:
+                try:
+                    outcome.codec_stats.update(ray.get(ref, timeout=60))
+                except ray.exceptions.RayError:  # counters only: a worker lost now costs nothing
+                    pass
+            return outcome
+        finally:
+            for w in workers:
+                ray.kill(w.actor, no_restart=True)
+            self._state = None
+            if started_here:
+                ray.shutdown()
+
+    def _start(self, slots: list[CodecSlot], cfg, codec: CodecSpec) -> list[_Worker]:
+        """Start one actor per slot on its node. Units are fed to them at once (their unit tasks
+        start and decode while the model loads); `_schedule` watches the start-up."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from pipeline.executors.codec_actor import CodecActor
+
+        # Once, for every actor and every restart: the ref lives as long as this executor, since
+        # a restart needs the object again.
+        self._state = state = ray.put(codec.state)
+        actor_cls, workers = ray.remote(CodecActor), []
+        for slot in slots:
+            options = actor_cls.options(
+                num_cpus=slot.num_cpus, num_gpus=slot.num_gpus,
+                max_restarts=self.cfg.codec_restarts, max_task_retries=self.cfg.codec_restarts,
+                max_concurrency=slot.units_in_flight + 2,  # its unit tasks, plus ready/stats
+                # Pinned to its node: after a crash it restarts there. If the node is gone it dies,
+                # and its units move to the other workers; restarting on another node would take
+                # the CPUs that node's unit tasks need, and they would wait for it forever.
+                scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False))
+            actor = options.remote(cfg, [state], codec.weights, slot.threads, slot.resample_threads)
+            workers.append(_Worker(slot, actor, slot.node_id, probe=actor.ready.remote(),
+                                   down_since=time.monotonic()))
+        log.info("%d codec worker(s): %s", len(workers), ", ".join(
+            f"{'GPU' if s.num_gpus else f'CPU x{s.threads}'} on {s.node_id[:8]} fed by {s.units_in_flight} units"
+            for s in slots))
+        return workers
+
+    def _schedule(self, jobs: list[UnitJob], workers: list[_Worker], progress: bool, cluster: str) -> UnitsOutcome:
+        import ray
+
+        outcome = UnitsOutcome()
+        queue = deque(_Attempt(job) for job in jobs)
+        running: dict = {}  # ObjectRef -> (_Attempt, _Worker)
+        bar = progress_bar(jobs, progress)
+        try:
+            while queue or running:
+                self._feed(queue, running, workers)
+                if not any(not w.dead for w in workers):
+                    while queue:
+                        attempt = queue.popleft()
+                        outcome.failed.append({"unit": attempt.job.unit.name,
+                                               "error": "every codec worker is lost (see the errors above)"})
+                        bar.update(round(attempt.job.unit.seconds))
+                    if not running:
+                        break
+                self._wait(queue, running, workers, outcome, bar, cluster)
+        except BaseException:
+            for ref in running:  # the run stops, and so do its unit tasks (their files stay partial)
+                ray.cancel(ref)
+            raise
+        bar.close()
+        return outcome
+
+    def _feed(self, queue: deque, running: dict, workers: list[_Worker]) -> None:
+        """Give every free worker units, preferring units that did not fail on it."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self._unit_task = self._unit_task or ray.remote(_unit_task)
+        for worker in workers:
+            while queue and worker.free():
+                attempt = next((a for a in queue if id(worker) not in a.avoid), queue[0])
+                queue.remove(attempt)
+                task = self._unit_task.options(
+                    num_cpus=1, max_retries=2,  # Ray re-runs it if its process or node is lost
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(worker.node_id, soft=True))
+                running[task.remote(attempt.job, worker.actor)] = (attempt, worker)
+                worker.running += 1
+
+    def _wait(self, queue: deque, running: dict, workers: list[_Worker], outcome: UnitsOutcome, bar,
+              cluster: str) -> None:
+        """Handle what finishes first: a unit (done, failed, or lost and queued again) or a
+        worker's probe; then the workers' deadlines."""
+        import ray
+
+        probes = {w.probe: w for w in workers if w.probe is not None}
+        deadlines = [w.down_since + self.cfg.start_timeout_s for w in workers if w.down_since is not None]
+        timeout = max(0.0, min([time.monotonic() + 5.0, *deadlines]) - time.monotonic())
+        ready, _ = ray.wait(list(running) + list(probes), num_returns=1, timeout=timeout)
+        for ref in ready:
+            if ref in probes:
+                self._worker_back(probes[ref], ref)
+                continue
+            attempt, worker = running.pop(ref)
+            worker.running -= 1
+            try:
+                outcome.results.append(ray.get(ref))
+            except Exception as err:
+                if cluster_failure(err) and attempt.tries < self.cfg.codec_restarts:
+                    log.warning("unit %s lost its codec worker or node (%s); retrying it",
+                                attempt.job.unit.name, type(err).__name__)
+                    attempt.tries += 1
+                    attempt.avoid.add(id(worker))
+                    queue.appendleft(attempt)
+                    self._worker_down(worker)
+                    continue
+                outcome.failed.append(failure(attempt.job, err))
+            bar.update(round(attempt.job.unit.seconds))
+        now = time.monotonic()
+        for w in workers:
+            if w.down_since is None or now - w.down_since < self.cfg.start_timeout_s:
+                continue
+            if w.starting:
+                s = w.slot
+                raise ClusterMismatch(
+                    f"a codec worker ({s.num_cpus} CPUs, {s.num_gpus} GPU on node {s.node_id[:8]}) did "
+                    f"not start within ray.start_timeout_s={self.cfg.start_timeout_s:g} s on a cluster "
+                    f"with {cluster}; check `ray status` for what holds the resources")
+            log.warning("codec worker on node %s did not come back within %g s; going on without it",
+                        w.node_id[:8], self.cfg.start_timeout_s)
+            w.dead, w.down_since, w.probe = True, None, None
+
+    def _worker_down(self, worker: _Worker) -> None:
+        """Stop feeding a worker that lost a unit until it answers again (restarted on its
+        node), or for good when Ray says it is dead or it stays away too long. A worker still
+        starting keeps its start-up probe, whose outcome says the same."""
+        if not (worker.starting or worker.dead or worker.down_since is not None):
+            worker.down_since = time.monotonic()
+            worker.probe = worker.actor.ready.remote()
+
+    def _worker_back(self, worker: _Worker, ref) -> None:
+        import ray
+
+        worker.probe, worker.down_since = None, None
+        try:
+            worker.node_id = ray.get(ref)
+        except ray.exceptions.RayError as err:
+            if isinstance(err, ray.exceptions.RayActorError) and err.actor_init_failed:
+                # Its own constructor failed (weights, device, ...): every worker would. The last
+                # line of Ray's message is the exception; the traceback is in the worker's log.
+                raise ClusterMismatch(f"a codec worker failed to start on node {worker.slot.node_id[:8]}: "
+                                      f"{str(err).strip().splitlines()[-1]}") from None
+            log.warning("codec worker on node %s is gone: %s", worker.node_id[:8], type(err).__name__)
+            worker.dead = True
+        worker.starting = False

@@ -1,0 +1,118 @@
+"""A safe output folder: one run at a time (a killed holder does not block), committed units
+that leave the plan are kept until --prune, and a refused run changes nothing on disk."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.dag import load_dag
+from pipeline.executors.local import LocalExecutor
+from pipeline.fsutil import sha256_file
+from pipeline.out_lock import LOCK_NAME, OutputLocked, exclusive
+from pipeline.runner import SettingsChanged, run
+from pipeline.verify import verify
+from tests.conftest import REPO, write_dag
+
+HOLD = "import sys, time; from pathlib import Path; from pipeline.out_lock import exclusive\n" \
+       "with exclusive(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)\n"
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def hold_lock(out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_run_stops_at_once_naming_the_first(tmp_path, tiny_corpus):
+    out = tmp_path / "out"
+    holder = hold_lock(out)
+    try:
+        dag = write_dag(tmp_path / "tiny.yaml", tiny_corpus)
+        started = time.monotonic()
+        cli = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(dag), "--out", str(out),
+                              "--no-progress"], capture_output=True, text=True, cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert cli.returncode == 1
+        assert f"pid {holder.pid}" in cli.stderr and f"host {socket.gethostname()}" in cli.stderr
+        assert time.monotonic() - started < 60  # no Ray, no codec, no download: it stopped first
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder was killed (SIGKILL): its lock went with it, whatever the file still says.
+    assert str(holder.pid) in (out / LOCK_NAME).read_text()
+    with exclusive(out) as me:
+        assert me["pid"] == os.getpid()
+        with pytest.raises(OutputLocked, match=f"pid {os.getpid()}"):
+            with exclusive(out):
+                pass
+    assert (out / LOCK_NAME).read_text() == ""  # emptied, not deleted, when a run ends
+
+
+def test_units_that_leave_the_plan_are_kept_until_prune(tmp_path, tiny_corpus, built_corpus):
+    built, _ = built_corpus
+    out = tmp_path / "out"
+    shutil.copytree(built.out, out)
+    dev_units = sorted(p.stem for p in (out / "ledger").glob("*.json") if "dev" in p.read_text())
+    assert dev_units
+    checksums = {p.name: f"sha256:{sha256_file(p)}"
+                 for p in (tiny_corpus.manifests["small"], tiny_corpus.tars["small"])}
+    dag = load_dag(write_dag(tmp_path / "tiny.yaml", tiny_corpus, subsets={"train": ["small"], "dev": []},
+                             source={"checksums": checksums}))
+    kept = run(dag, progress=False, executor=LocalExecutor())
+    assert kept.orphans == dev_units and not kept.pruned
+    assert kept.codec_forward_passes == 0 and kept.skipped == kept.units
+    assert set(kept.index["subsets"]) == {"small"}  # the index describes the plan
+    assert all((out / "ledger" / f"{u}.json").exists() for u in dev_units)
+    assert list((out / "webdataset" / "dev").iterdir())
+    assert verify(out) == []
+
+    pruned = run(dag, prune=True, progress=False, executor=LocalExecutor())
+    assert pruned.orphans == dev_units and pruned.pruned
+    assert not any((out / "ledger" / f"{u}.json").exists() for u in dev_units)
+    assert not list((out / "webdataset" / "dev").glob("*.tar")) and not list((out / "work").rglob("*dev*"))
+    assert run(dag, progress=False, executor=LocalExecutor()).orphans == []
+
+
+@pytest.mark.parametrize("changes", [["codec.bandwidth=3.0", "text.bpe.vocab_size=48"],
+                                     ["plan.unit_hours=0.5"], ["codec.precision=bf16"]])
+def test_a_refused_run_changes_nothing_on_disk(tmp_path, tiny_corpus, built_corpus, changes):
+    built, _ = built_corpus
+    out = tmp_path / "out"
+    shutil.copytree(built.out, out)
+    shutil.rmtree(out / "downloads")  # so that a download before the check would show
+    before = snapshot(out)
+    dag = load_dag(write_dag(tmp_path / "tiny.yaml", tiny_corpus), changes)
+    with pytest.raises(SettingsChanged, match="Nothing was changed") as refused:
+        run(dag, progress=False, executor=LocalExecutor())
+    assert snapshot(out) == before
+    if "codec.precision=bf16" in changes:  # modes are never mixed
+        assert "codec.precision: 'exact' -> 'bf16'" in str(refused.value)
+
+
+def test_corpora_from_before_the_precision_setting_stay_current(tmp_path, tiny_corpus, built_corpus):
+    """Their corpus.json has no precision (they were exact): accepted as is, nothing re-encoded."""
+    built, first = built_corpus
+    assert first.index["provenance"]["codec"]["precision"] == "exact"
+    out = tmp_path / "out"
+    shutil.copytree(built.out, out)
+    corpus = json.loads((out / "corpus.json").read_text())
+    del corpus["audio"]["codec"]["precision"]
+    (out / "corpus.json").write_text(json.dumps(corpus))
+    again = run(load_dag(write_dag(tmp_path / "tiny.yaml", tiny_corpus)), progress=False,
+                executor=LocalExecutor())
+    assert again.skipped == again.units and again.codec_forward_passes == 0
+
