@@ -321,7 +321,7 @@ def _codec_problems(codec: CodecConfig):
         yield "bandwidth", f"must be one of {list(BANDWIDTHS)} (kbps; 6.0 = 8 codebooks), got {codec.bandwidth}"
     if not _DEVICE.match(codec.device):
         yield "device", f"must be auto, cpu, cuda or cuda:N, got {codec.device!r}"
-    yield from _positive(codec.batch_seconds, "batch_seconds")
+    yield from _positive(codec.batch_seconds, "batch_seconds", optional=True)
     if codec.precision not in PRECISIONS:
         yield "precision", f"must be one of {list(PRECISIONS)}, got {codec.precision!r}"
     w = codec.weights

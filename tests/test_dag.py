@@ -78,7 +78,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("codec.bandwidth=5.0", r"codec\.bandwidth must be one of \[1\.5, 3\.0, 6\.0, 12\.0, 24\.0\].*got 5\.0"),
-    ("codec.batch_seconds=-1", r"codec\.batch_seconds must be > 0, got -1\.0"),
+    ("codec.batch_seconds=-1", r"codec\.batch_seconds must be > 0 or null, got -1\.0"),
     ("codec.batch_seconds=0", r"codec\.batch_seconds must be > 0"),
     ("codec.device=gpu", r"codec\.device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
     ("codec.weights_url=ftp://host/x.th", r"codec\.weights_url must be an http\(s\):// or file:// URL"),
