@@ -192,7 +192,7 @@ def main() -> None:
     print(f"{'utilization':<40} {pipe['utilization']}")
     print("where the time goes (seconds, summed over threads and tasks; they overlap):")
     for who, steps in (("codec worker", pipe["codec_worker_s"]), ("unit tasks", pipe["unit_tasks_s"])):
-        print(f"  {who:<13} " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(steps.items()) if k != "forward_passes"))
+        print(f"  {who:<13} " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(steps.items()) if k != "forward_passes"))
     print(json.dumps({"bare": rows, "agreement": agreement, "pipeline": pipe}))
 
 
