@@ -84,6 +84,15 @@ class TextConfig:
 
 
 @dataclass
+class FilterConfig:
+    # Largest character error rate between the book text and the ASR text (pipeline.text_agreement)
+    # for a cut to be kept; null turns the filter off. Why 0.1: see README "Transcript agreement"
+    # (an ASR of a few percent WER plus spelling variants stays well below it; a sentence too many,
+    # a page number read as text or a misaligned window goes past it).
+    max_text_cer: float | None = 0.1
+
+
+@dataclass
 class OutputConfig:
     dir: str = "out"
     formats: list[str] = field(default_factory=lambda: list(FORMATS))
@@ -112,6 +121,7 @@ class Dag:
     plan: PlanConfig = field(default_factory=PlanConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -313,6 +323,11 @@ def _text_problems(text: TextConfig):
     # text.bpe checks itself when built (BpeConfig.__post_init__).
 
 
+def _filter_problems(flt: FilterConfig):
+    if flt.max_text_cer is not None and flt.max_text_cer < 0:
+        yield "max_text_cer", f"must be >= 0 (a character error rate) or null (off), got {flt.max_text_cer}"
+
+
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -364,6 +379,7 @@ _SECTION_CHECKS = {
     "plan": _plan_problems,
     "segment": _segment_problems,
     "text": _text_problems,
+    "filter": _filter_problems,
     "codec": _codec_problems,
     "output": _output_problems,
     "ray": _ray_problems,

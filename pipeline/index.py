@@ -25,8 +25,8 @@ LENGTHS_NAME = "lengths.parquet"
 
 
 def write_lengths(path: Path, rows: list[dict]) -> None:
-    """Every sample's frames, text tokens, speaker and recording by shard id
-    (schemas/lengths.v1.json), atomically. Speakers and recordings are written only when every
+    """Every sample's frames, text tokens, speaker, recording and transcript CER by shard id
+    (schemas/lengths.v1.json), atomically. The optional columns are written only when every
     row has them (ledger entries committed by an older version lack them)."""
     rows = sorted(rows, key=lambda r: r["shard"])
     names = set.intersection(*(set(r) for r in rows)) if rows else set()

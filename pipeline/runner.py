@@ -31,6 +31,7 @@ from pipeline.plan import SubsetPlan, plan_subsets, read_unit_cuts
 from pipeline.resample import RESAMPLER
 from pipeline.segment import PAST_END_TOLERANCE_S
 from pipeline.text import NORMALIZATION, Tokenizer, select_text, train_bpe
+from pipeline.text_agreement import AGREEMENT
 from pipeline.unit import UnitJob, is_current
 
 if TYPE_CHECKING:  # torch and encodec load only where the codec runs, not in decode workers
@@ -93,11 +94,15 @@ def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool,
     clock.log(f"planned {sum(len(p.units) for p in plans)} units")
     tokenizer, bpe_info = ensure_bpe(dag, out, plans)
     clock.log(f"BPE model ready (vocabulary {tokenizer.vocab_size})")
+    # The transcript filter decides which cuts become samples: a change re-writes the shards
+    # from committed codes (and encodes the cuts a looser filter now keeps), never retrains BPE.
     text_fingerprint = {"field": dag.text.field, "normalization": NORMALIZATION,
-                        "bpe_sha256": tokenizer.sha256}
+                        "bpe_sha256": tokenizer.sha256,
+                        "max_text_cer": dag.filter.max_text_cer, "agreement": AGREEMENT}
     jobs = [UnitJob(out=out, unit=unit, audio_store=audio_store,
                     min_duration=dag.segment.min_duration, max_duration=dag.segment.max_duration,
                     text_field=dag.text.field, tokenizer=tokenizer, formats=dag.output.formats,
+                    max_text_cer=dag.filter.max_text_cer,
                     target_shard_bytes=dag.output.target_shard_mb * 1e6,
                     audio_fingerprint=audio_fingerprint(settings),
                     text_fingerprint=json_digest(text_fingerprint))
@@ -144,6 +149,7 @@ def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool,
                       "weights_sha256": codec.weights.sha256, "weights_source": codec.weights.source,
                       "precision": dag.codec.precision},
             "text": {"field": dag.text.field, "normalization": NORMALIZATION},
+            "filter": {"max_text_cer": dag.filter.max_text_cer, "agreement": AGREEMENT},
             "bpe": bpe_info,
         }
         build_index(out, plans, dag.name, dag.fingerprint(), provenance,

@@ -30,7 +30,8 @@ from pipeline.fsutil import sha256_file
 # Bumped whenever what the shards stage writes changes (files, fields, ledger record), so that
 # committed units are re-written from their codes rather than trusted.
 # 3: texts without a letter or digit are rejected (no_words).
-LAYOUT_VERSION = 3
+# 4: transcript agreement: text_mismatch rejects, each sample's text_cer in lengths.
+LAYOUT_VERSION = 4
 SUFFIX = {"webdataset": ".tar", "parquet": ".parquet"}
 FORMAT_DIRS = tuple(SUFFIX)  # OUT/<format>/<subset>/...
 TAR_MEMBER_OVERHEAD = 1024  # header block + average padding, for size estimates
@@ -47,6 +48,7 @@ class Sample:
     codes: np.ndarray  # (codebooks, frames) uint16
     recording_id: str
     start: float
+    text_cer: float | None = None  # book vs ASR transcript (pipeline.text_agreement); lengths only
 
     def metadata(self) -> dict:
         return {
@@ -162,7 +164,8 @@ def write_unit_shards(samples: Iterable[Sample], out: Path, subset: str, unit: s
         hours = round(sum(s.duration for s in group) / 3600, 6)
         lengths.append({"shard": shard_id(unit, k), "frames": [s.codes.shape[1] for s in group],
                         "text_tokens": [len(s.text_tokens) for s in group],
-                        "speaker": [s.speaker for s in group], "recording_id": [s.recording_id for s in group]})
+                        "speaker": [s.speaker for s in group], "recording_id": [s.recording_id for s in group],
+                        "text_cer": [s.text_cer for s in group]})
         for fmt in formats:
             rel = shard_path(fmt, subset, unit, k)
             tmp = partial(out / rel)

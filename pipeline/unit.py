@@ -34,6 +34,7 @@ from pipeline.plan import UnitPlan, read_unit_cuts
 from pipeline.segment import reject, segment_recording
 from pipeline.shards import FORMAT_DIRS, LAYOUT_VERSION, Sample, partial, write_unit_shards
 from pipeline.text import Tokenizer, select_text, text_problem
+from pipeline.text_agreement import agreement_problem, text_cer
 
 # encode_async(windows, rates) starts encoding a chunk of decoded windows (int16 at their file's
 # rate) and returns a function that waits for their codes.
@@ -52,7 +53,8 @@ class UnitJob:
     formats: list[str]
     target_shard_bytes: float
     audio_fingerprint: str  # codec + segment settings, from the runner
-    text_fingerprint: str  # text field, normalization, BPE model
+    text_fingerprint: str  # text field, normalization, BPE model, transcript filter
+    max_text_cer: float | None = None  # filter.max_text_cer; None: off
     encode_chunk_seconds: float = 120.0
 
     @property
@@ -88,7 +90,7 @@ def run_unit(job: UnitJob, encode_async: EncodeAsync) -> dict:
     if is_current(job, entry):
         return _result(job, "skip", shards_rec, timings)
 
-    cuts, selection_rejects, texts = _select(job, read_unit_cuts(out, job.unit))
+    cuts, selection_rejects, texts, cers = _select(job, read_unit_cuts(out, job.unit))
     codes = _committed_codes(job, codes_rec)
     action = "shards"
     if codes is None or not set(texts) <= set(codes.cut_ids) | {r["cut_id"] for r in codes_rec["rejects"]}:
@@ -102,16 +104,17 @@ def run_unit(job: UnitJob, encode_async: EncodeAsync) -> dict:
             and ledger.files_present(out, shards_rec["files"])):
         return _result(job, action, shards_rec, timings)
     started = time.perf_counter()
-    shards_rec = _write_shards(job, cuts, texts, codes, selection_rejects, fingerprint)
+    shards_rec = _write_shards(job, cuts, texts, cers, codes, selection_rejects, fingerprint)
     ledger.write_entry(out, name, {**entry, "shards": shards_rec})
     _remove_stale_shards(job, shards_rec)
     timings["shards"] += time.perf_counter() - started
     return _result(job, action, shards_rec, timings)
 
 
-def _select(job: UnitJob, cuts: list[dict]) -> tuple[list[dict], list[dict], dict[str, str]]:
-    """Drop duplicate ids and empty texts before any audio work; texts of the cuts kept."""
-    kept, rejects, texts, seen = [], [], {}, set()
+def _select(job: UnitJob, cuts: list[dict]) -> tuple[list[dict], list[dict], dict[str, str], dict]:
+    """Drop duplicate ids, empty texts and transcripts that disagree before any audio work;
+    the cuts kept, the rejects, and the kept cuts' texts and transcript CERs (None: no ASR text)."""
+    kept, rejects, texts, cers, seen = [], [], {}, {}, set()
     for cut in cuts:
         if cut["id"] in seen:
             rejects.append(reject(cut, "duplicate_cut_id", f"in recording {cut['recording_id']}"))
@@ -121,9 +124,13 @@ def _select(job: UnitJob, cuts: list[dict]) -> tuple[list[dict], list[dict], dic
         if problem := text_problem(text, job.text_field):  # empty_text, no_words
             rejects.append(reject(cut, *problem))
             continue
-        texts[cut["id"]] = text
+        cer = text_cer(cut["texts"])
+        if problem := agreement_problem(cer, cut["texts"], job.max_text_cer):  # text_mismatch
+            rejects.append({**reject(cut, *problem), "text_cer": cer})
+            continue
+        texts[cut["id"]], cers[cut["id"]] = text, cer
         kept.append(cut)
-    return kept, rejects, texts
+    return kept, rejects, texts, cers
 
 
 def _encode(job: UnitJob, cuts: list[dict], encode_async: EncodeAsync, timings: Counter) -> tuple[dict, CodesFile]:
@@ -185,11 +192,11 @@ def _committed_codes(job: UnitJob, record: dict | None) -> CodesFile | None:
     return CodesFile.open_verified(job.out / record["path"], record["sha256"])
 
 
-def _write_shards(job: UnitJob, cuts, texts, codes: CodesFile, selection_rejects, fingerprint) -> dict:
+def _write_shards(job: UnitJob, cuts, texts, cers, codes: CodesFile, selection_rejects, fingerprint) -> dict:
     for fmt in FORMAT_DIRS:
         for leftover in (job.out / fmt / job.unit.subset).glob(f"{job.unit.name}-*.partial"):
             leftover.unlink()
-    written, lengths = write_unit_shards(_samples(job, cuts, texts, codes), job.out, job.unit.subset,
+    written, lengths = write_unit_shards(_samples(job, cuts, texts, cers, codes), job.out, job.unit.subset,
                                          job.unit.name, job.formats, job.target_shard_bytes)
     for tmp, record in written:
         os.replace(tmp, job.out / record.path)
@@ -199,7 +206,7 @@ def _write_shards(job: UnitJob, cuts, texts, codes: CodesFile, selection_rejects
             "rejects": selection_rejects}
 
 
-def _samples(job: UnitJob, cuts, texts, codes: CodesFile) -> Iterator[Sample]:
+def _samples(job: UnitJob, cuts, texts, cers, codes: CodesFile) -> Iterator[Sample]:
     """The unit's samples in plan order, codes read from the file one cut at a time. The file
     holds the cuts kept when it was encoded, in plan order too: a superset when the text choice
     now drops some, which are passed over."""
@@ -214,7 +221,7 @@ def _samples(job: UnitJob, cuts, texts, codes: CodesFile) -> Iterator[Sample]:
         text = texts[cut_id]
         yield Sample(id=cut_id, speaker=cut["speaker"], subset=job.unit.subset, duration=duration,
                      text=text, text_tokens=job.tokenizer.encode(text), codes=array,
-                     recording_id=cut["recording_id"], start=cut["start"])
+                     recording_id=cut["recording_id"], start=cut["start"], text_cer=cers[cut_id])
         cut = next(wanted, None)
     if cut is not None:
         raise RuntimeError(f"unit {job.unit.name}: {job.codes_rel} is not in plan order at cut "

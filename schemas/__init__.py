@@ -68,6 +68,7 @@ def arrow_schema(name: str = f"parquet.v{PARQUET_VERSION}", names: set[str] | No
         "binary": pa.binary(),
         "list<uint16>": pa.list_(pa.uint16()),
         "list<int32>": pa.list_(pa.int32()),
+        "list<float32>": pa.list_(pa.float32()),
         "list<string>": pa.list_(pa.string()),
     }
     columns = [c for c in load_schema(name)["columns"]

@@ -28,8 +28,8 @@ def ray_address():
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     """6 chapters x 3 utterances of synthetic speech (~1-2.5 s each), with every defect planted:
-    a malformed line, a too-short cut, an empty text, a window past the end (small) and a cut
-    with missing audio (dev)."""
+    a malformed line, a too-short cut, an empty text, a window past the end, an ASR text that
+    disagrees with the book text (small) and a cut with missing audio (dev)."""
     root = tmp_path_factory.mktemp("corpus")
     chapters = synthetic_chapters(n_speakers=3, chapters_per_speaker=2, utterances_per_chapter=3)
     ids = [c.recording_id for c in chapters]
@@ -37,7 +37,7 @@ def tiny_corpus(tmp_path_factory):
         chapters, root,
         manifest_subsets={"small": ids[:5], "dev": ids[5:]},
         defects=Defects(missing_audio="dev", past_end="small", empty_text="small",
-                        too_short="small", malformed_line="small"),
+                        too_short="small", asr_mismatch="small", malformed_line="small"),
     )
     return files
 

@@ -47,7 +47,9 @@ PAST_END_SECONDS = 0.25
 TOO_SHORT_SECONDS = 0.3
 # The empty-text defect: NFKC turns these into plain spaces; collapsing whitespace leaves "".
 EMPTY_TEXT = " \u00a0\u3000 "
-DEFECT_NAMES = ("missing_audio", "past_end", "empty_text", "too_short", "malformed_line")
+DEFECT_NAMES = ("missing_audio", "past_end", "empty_text", "too_short", "asr_mismatch", "malformed_line")
+# The asr_mismatch defect: the ASR heard this instead of the book sentence (a misaligned window).
+MISMATCHED_ASR = "AND THEN THE WHOLE COMPANY WENT DOWN TO THE SHORE TO WAIT FOR THE BOAT"
 
 
 @dataclass
@@ -82,6 +84,7 @@ class Defects:
     empty_text:     one cut's book text becomes EMPTY_TEXT (whitespace that NFKC + collapsing
                     makes empty); its ASR text is kept, as if the book text were lost.
     too_short:      one cut is shortened to TOO_SHORT_SECONDS (texts become its first word).
+    asr_mismatch:   one cut's ASR text becomes MISMATCHED_ASR: its book text is not what was said.
     malformed_line: a truncated, non-JSON copy of the first line is inserted as the second line.
     """
 
@@ -89,6 +92,7 @@ class Defects:
     past_end: str | None = None
     empty_text: str | None = None
     too_short: str | None = None
+    asr_mismatch: str | None = None
     malformed_line: str | None = None
 
     def targets(self) -> dict[str, str]:
@@ -391,6 +395,10 @@ def _plant(defect: str, rows: list[list], lays: list[_Layout], claimed: dict[str
         d["supervisions"][0]["custom"]["texts"] = texts
         free[0][1] = replace(t, duration=duration, text=texts[0], asr_text=texts[1],
                              available_samples=round(duration * SAMPLE_RATE), defect=defect)
+    elif defect == "asr_mismatch":
+        d, t = free[0]
+        d["supervisions"][0]["custom"]["texts"][1] = MISMATCHED_ASR
+        free[0][1] = replace(t, asr_text=MISMATCHED_ASR, defect=defect)
     elif defect == "missing_audio":
         d, t = json.loads(json.dumps(rows[0][0])), rows[0][1]
         subset = t.recording_id.split("/", 1)[0]
@@ -459,8 +467,8 @@ def write_corpus(chapters: list[Chapter], out_dir: Path, *,
                 for pair in _chapter_cuts(index[rid], chapters[index[rid]], lays[index[rid]], name)]
         claimed: dict[str, int] = {}
         # Order matters: missing_audio copies a still-clean first cut, and past_end claims the
-        # chapter's last cut before empty_text/too_short take the first free ones.
-        for defect in DEFECT_NAMES[:4]:
+        # chapter's last cut before empty_text/too_short/asr_mismatch take the first free ones.
+        for defect in DEFECT_NAMES[:-1]:
             if targets.get(defect) == name:
                 _plant(defect, rows, lays, claimed)
         for d, _ in rows:  # the past-end recording claims more samples in every cut of it

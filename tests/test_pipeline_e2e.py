@@ -37,7 +37,7 @@ def test_full_run_writes_a_verified_corpus(built, tiny_corpus):
     kept = clean | {cid for cid, t in tiny_corpus.cuts.items() if t.defect == "past_end"}
     assert sorted(wds_ids) == sorted(kept)
     assert index["rejects"]["by_reason"] == {"bad_manifest_line": 1, "empty_text": 1,
-                                             "missing_audio": 1, "too_short": 1}
+                                             "missing_audio": 1, "too_short": 1, "text_mismatch": 1}
     assert summary.encoded == summary.units and summary.skipped == 0
     assert index["provenance"]["codec"]["weights"] == "random"
     assert set(index["subsets"]) == {"small", "dev"}

@@ -35,7 +35,8 @@ def test_cli_verify_and_status_on_a_good_corpus(corpus, capsys):
     status = json.loads(capsys.readouterr().out)
     assert status["complete"]
     assert all(r["codes_done"] == r["shards_done"] == r["units"] for r in status["subsets"].values())
-    assert status["rejects"] == {"bad_manifest_line": 1, "empty_text": 1, "missing_audio": 1, "too_short": 1}
+    assert status["rejects"] == {"bad_manifest_line": 1, "empty_text": 1, "missing_audio": 1, "too_short": 1,
+                                 "text_mismatch": 1}
     assert main(["status", str(corpus)]) == 0
     assert "complete" in capsys.readouterr().out
 
