@@ -1,8 +1,10 @@
-"""`valle-prep`: run a DAG, show a corpus's status, verify a corpus.
+"""`valle-prep`: run a DAG, show a corpus's status, verify it, report on it, listen to it.
 
     valle-prep run DAG [--out DIR] [--set dotted.key=value ...] [--ray-address ADDR] [--rebuild-audio]
     valle-prep status OUT [--json]
     valle-prep verify OUT
+    valle-prep report OUT [--code-shards N]
+    valle-prep listen OUT CUT_ID --out x.wav
 """
 from __future__ import annotations
 
@@ -36,9 +38,24 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("verify", help="check every shard against the index and the schemas")
     p.add_argument("out")
 
+    p = sub.add_parser("report", help="write OUT/report/index.html (plots, codebooks, speakers, rejects)")
+    p.add_argument("out")
+    p.add_argument("--code-shards", type=int, metavar="N",
+                   help="read codes from N shards spread over the corpus (default: every shard)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("listen", help="decode one sample's codes to a 24 kHz wav")
+    p.add_argument("out")
+    p.add_argument("cut_id", help="the Libriheavy cut id (the sample's id)")
+    p.add_argument("--out", dest="wav", required=True, help="the wav file to write")
+    p.add_argument("--codec-weights", help="pretrained | random | PATH (default: what the corpus "
+                                           "was encoded with; the weights' hash must match)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return {"run": _run, "status": _status, "verify": _verify}[args.command](args)
+    return {"run": _run, "status": _status, "verify": _verify, "report": _report,
+            "listen": _listen}[args.command](args)
 
 
 def _run(args) -> int:
@@ -100,6 +117,40 @@ def _verify(args) -> int:
         print(p)
     print(f"{args.out}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
     return 1 if problems else 0
+
+
+def _report(args) -> int:
+    from pipeline.report import ReportError, report_dir, summary_text, write_report
+    from schemas import SchemaError
+
+    if args.code_shards is not None and args.code_shards < 1:
+        print("valle-prep: --code-shards must be >= 1", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    try:
+        stats = write_report(out, code_shards=args.code_shards, progress=not args.no_progress)
+    except (ReportError, SchemaError) as err:
+        print(f"valle-prep: {err}", file=sys.stderr)
+        return 2
+    print(summary_text(stats))
+    print(f"wrote {report_dir(out) / 'index.html'}")
+    return 0
+
+
+def _listen(args) -> int:
+    from tokens.stack import require_torch_stack
+
+    require_torch_stack("valle-prep")
+    from pipeline.listen import ListenError, listen
+
+    try:
+        seconds = listen(Path(args.out), args.cut_id, Path(args.wav), weights=args.codec_weights,
+                         device=args.device)
+    except ListenError as err:
+        print(f"valle-prep: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.wav}: {args.cut_id}, {seconds:.2f} s at 24000 Hz")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,110 @@
+"""Listen: one sample's codes back to audio, so a person can hear what the codes hold.
+
+In: OUT (a finished corpus), a cut id, a wav path. Out: a 16-bit mono 24 kHz wav of the sample's
+codes decoded by EnCodec with the weights the corpus was encoded with (its provenance names
+them; their hash must match), frames x 320 samples long.
+
+The sample is found without scanning the corpus: Libriheavy cut ids are `<recording id>_<n>`,
+and lengths.parquet lists every shard's recordings, so only the shards holding the cut's
+recording are opened, and in them only that recording's samples are decoded (through the
+trainer's reader, trainer.corpus.read_shard).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+import schemas
+from trainer.corpus import Shard, read_shard
+from trainer.storage import join
+
+
+class ListenError(ValueError):
+    """The sample cannot be decoded as asked; the message says why and what to do."""
+
+
+def find_sample(out: Path, cut_id: str) -> tuple[dict, np.ndarray]:
+    """(metadata, codes (codebooks, frames)) of the sample whose id is `cut_id`."""
+    index = _read_index(out)
+    fmt = "webdataset" if any(s["format"] == "webdataset" for s in index["shards"]) else "parquet"
+    shards = {s["id"]: s for s in index["shards"] if s["format"] == fmt}
+    lengths = pq.ParquetFile(out / index["lengths"]["path"])
+    if "recording_id" not in lengths.schema_arrow.names:
+        raise ListenError(f"{out}/lengths.parquet has no recording_id column (a corpus from an older "
+                          "version); run valle-prep run again to rewrite it")
+    searched = 0
+    for batch in lengths.iter_batches(batch_size=64, columns=["shard", "recording_id"]):
+        for row in batch.to_pylist():
+            wanted = [i for i, rec in enumerate(row["recording_id"]) if cut_id.startswith(rec + "_")]
+            if not wanted:
+                continue
+            s = shards[row["shard"]]
+            searched += 1
+            shard = Shard(s["id"], join(str(out), s["path"]), fmt, s["subset"], s["samples"])
+            for _, meta, codes in read_shard(shard, np.array(wanted)):
+                if meta["id"] == cut_id:
+                    return meta, codes
+    raise ListenError(_not_found(out, index, cut_id, searched))
+
+
+def _not_found(out: Path, index: dict, cut_id: str, searched: int) -> str:
+    where = f"its recording's {searched} shard(s)" if searched else "any shard (no sample of its recording)"
+    rejected = _rejected(out, index, cut_id)
+    if rejected:
+        return (f"cut {cut_id!r} is not in {out}: it was rejected ({rejected['reason']}: "
+                f"{rejected.get('detail', '')})")
+    return (f"cut {cut_id!r} is not in {out}: not found in {where}, and not among the rejects. "
+            "Cut ids are Libriheavy's, e.g. small/100/<book>/<chapter>_12 (see the 'id' of any sample)")
+
+
+def _rejected(out: Path, index: dict, cut_id: str) -> dict | None:
+    with (out / index["rejects"]["path"]).open(encoding="utf-8") as lines:
+        for line in lines:
+            if cut_id in line:  # cheap test first; parse only candidate lines
+                row = json.loads(line)
+                if row.get("cut_id") == cut_id:
+                    return row
+    return None
+
+
+def _read_index(out: Path) -> dict:
+    path = out / "index.json"
+    if not path.is_file():
+        raise ListenError(f"{out} has no index.json: the corpus is not finished (valle-prep status {out})")
+    index = json.loads(path.read_text())
+    schemas.validate(f"index.v{schemas.INDEX_VERSION}", index, where=str(path))
+    return index
+
+
+def corpus_codec(out: Path, weights: str | None = None, device: str = "cpu"):
+    """An EnCodec with the corpus's bandwidth and weights (or `weights`, whose hash must match)."""
+    from pipeline.codec import CodecConfig, CodecEncoder, WeightsUnavailable
+
+    codec = _read_index(out)["provenance"]["codec"]
+    if weights is None:
+        weights = codec["weights_source"] if codec["weights"] == "checkpoint" else codec["weights"]
+    encoder = CodecEncoder(CodecConfig(weights=weights, bandwidth=codec["bandwidth_kbps"], device=device))
+    try:
+        encoder.setup()
+    except (WeightsUnavailable, ValueError) as err:
+        raise ListenError(f"codec weights {weights!r}: {err}") from None
+    if encoder.weights.sha256 != codec["weights_sha256"]:
+        raise ListenError(f"codec weights {weights!r} have sha256 {encoder.weights.sha256}, but {out} was "
+                          f"encoded with {codec['weights_sha256']} ({codec['weights']}, {codec['weights_source']}); "
+                          "pass those weights with --codec-weights")
+    return encoder
+
+
+def listen(out: Path, cut_id: str, wav: Path, *, weights: str | None = None, device: str = "cpu") -> float:
+    """Decode `cut_id`'s codes into `wav`; returns its length in seconds."""
+    from pipeline.codec import SAMPLE_RATE
+    from trainer.synth import write_wav
+
+    _, codes = find_sample(out, cut_id)
+    wave = corpus_codec(out, weights, device).decode(codes)
+    wav.parent.mkdir(parents=True, exist_ok=True)
+    write_wav(wav, wave)
+    return len(wave) / SAMPLE_RATE
