@@ -36,7 +36,7 @@ def find_sample(out: Path, cut_id: str) -> tuple[dict, np.ndarray]:
         raise ListenError(f"{out}/lengths.parquet has no recording_id column (a corpus from an older "
                           "version); run valle-prep run again to rewrite it")
     searched = 0
-    for batch in lengths.iter_batches(batch_size=64, columns=["shard", "recording_id"]):
+    for batch in lengths.iter_batches(batch_size=8, columns=["shard", "recording_id"]):
         for row in batch.to_pylist():
             wanted = [i for i, rec in enumerate(row["recording_id"]) if cut_id.startswith(rec + "_")]
             if not wanted:

@@ -111,7 +111,7 @@ def _lengths_stats(out: Path, index: dict, roles: dict[str, str]) -> dict:
     speaker_seconds: dict[str, float] = defaultdict(float)  # training speakers
     speakers, books = defaultdict(set), defaultdict(set)  # by subset
     longest = {"seconds": 0.0, "tokens": 0}
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=64, columns=columns):
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=8, columns=columns):
         for row in batch.to_pylist():
             subset = subset_of.get(row["shard"])
             if subset is None:
@@ -209,13 +209,14 @@ def _code_stats(out: Path, index: dict, code_shards: int | None, progress: bool)
     if code_shards is not None and code_shards < len(shards):
         shards = [shards[i] for i in np.linspace(0, len(shards) - 1, code_shards).round().astype(int)]
     codebooks = index["codes"]["codebooks"]
-    counts = np.zeros((codebooks, CODEBOOK_SIZE), np.int64)
+    counts = np.zeros(codebooks * CODEBOOK_SIZE, np.int64)
+    offsets = (np.arange(codebooks, dtype=np.int64) * CODEBOOK_SIZE)[:, None]  # codebook k -> row k
     samples = 0
     for shard in tqdm(shards, desc="report: codes", unit="shard", disable=not progress):
         for _, _, codes in read_shard(shard):
-            for k in range(codebooks):
-                counts[k] += np.bincount(codes[k], minlength=CODEBOOK_SIZE)
+            counts += np.bincount((codes + offsets).ravel(), minlength=counts.size)
             samples += 1
+    counts = counts.reshape(codebooks, CODEBOOK_SIZE)
     per_codebook = []
     for k in range(codebooks):
         total = int(counts[k].sum())
@@ -241,7 +242,7 @@ def _warnings(stats: dict) -> list[str]:
         for kind in ("speakers", "books"):
             if leak[kind]:
                 shown = ", ".join(leak[kind][:5]) + (" ..." if len(leak[kind]) > 5 else "")
-                out.append(f"Leakage: {len(leak[kind])} {kind} of {subset} also occur in training data ({shown}).")
+                out.append(f"Leakage: {kind} of {subset} that also occur in training data ({len(leak[kind])}): {shown}")
     frames = stats["codes"]["frames"]
     for cb in stats["codes"]["per_codebook"]:
         # Too few frames leave entries unused in any codec; one code holding most frames does not.

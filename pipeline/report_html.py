@@ -18,7 +18,8 @@ th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: ta
 .warn { background: #fff3cd; border: 1px solid #e0c060; padding: 0.6em 1em; margin: 0.4em 0; border-radius: 4px; }
 .ok { color: #2d7a2d; } figure { margin: 1em 0; } figcaption { color: #555; font-size: 0.9em; }
 img { max-width: 100%; border: 1px solid #eee; } code { font-size: 0.9em; word-break: break-all; }
-.cols { display: flex; gap: 2em; flex-wrap: wrap; }
+.cols { display: flex; gap: 1.5em; flex-wrap: wrap; align-items: flex-start; }
+.cols figure { flex: 1 1 480px; margin: 0.5em 0; } .cols > div { flex: 0 0 auto; }
 """
 
 
@@ -62,6 +63,8 @@ def _overview(stats: dict, plots: dict) -> list[str]:
     rows.append(["all", "", f"{total_h:,.3f}", f"{total_n:,}", "", ""])
     return (["<h2>Subsets</h2>", _table(["subset", "role", "hours", "utterances", "speakers", "books"],
                                         rows, {2, 3, 4, 5}),
+             "<p>Speakers and books of each subset; a book is the LibriLight book folder, whoever "
+             "reads it and in whichever subset.</p>",
              '<div class="cols">'] + _figure(plots, "durations") + _figure(plots, "text_tokens") + ["</div>"])
 
 
@@ -84,9 +87,8 @@ def _speakers(stats: dict, plots: dict) -> list[str]:
         for kind in ("speakers", "books"):
             if leak[kind]:
                 shown = ", ".join(leak[kind][:20]) + (" ..." if len(leak[kind]) > 20 else "")
-                out.append(f'<div class="warn">&#9888; {escape(subset)}: {len(leak[kind])} {kind} also in training '
-                           f"data: {escape(shown)}</div>")
-    out.append("<p>A book is the LibriLight book folder, whoever reads it and in whichever subset.</p>")
+                out.append(f'<div class="warn">&#9888; {escape(subset)}: {kind} also in training data '
+                           f"({len(leak[kind])}): {escape(shown)}</div>")
     return out
 
 
@@ -100,7 +102,7 @@ def _codes(stats: dict, plots: dict) -> list[str]:
     return (["<h2>Codebooks</h2>", f"<p>{escape(scope)}. Entropy is at most 10 bits (1,024 entries).</p>",
              _table(["codebook", "entries used", "utilization", "entropy (bits)", "most frequent codes"],
                     rows, {0, 1, 2, 3})]
-            + ['<div class="cols">'] + _figure(plots, "codebooks") + _figure(plots, "code_frequencies") + ["</div>"])
+            + _figure(plots, "codebooks") + ['<div class="cols">'] + _figure(plots, "code_frequencies") + ["</div>"])
 
 
 def _transcripts(stats: dict, plots: dict) -> list[str]:
@@ -115,12 +117,13 @@ def _transcripts(stats: dict, plots: dict) -> list[str]:
     if cer["mean"] is not None:
         q = cer["quantiles"]
         text += f" Mean CER {cer['mean']:.3f}; half are at most {q['p50']:.2f}, 90% at most {q['p90']:.2f}, 99% at most {q['p99']:.2f}."
-    return out + [f"<p>{escape(text)}</p>"] + _figure(plots, "cer")
+    return out + [f"<p>{escape(text)}</p>", '<div class="cols">'] + _figure(plots, "cer") + ["</div>"]
 
 
 def _rejects(stats: dict, plots: dict) -> list[str]:
     rejects = stats["rejects"]
-    out = ["<h2>Rejected cuts</h2>", f"<p>{rejects['total']:,} cuts dropped.</p>"] + _figure(plots, "rejects")
+    out = (["<h2>Rejected cuts</h2>", f"<p>{rejects['total']:,} cuts dropped.</p>", '<div class="cols">']
+           + _figure(plots, "rejects") + ["</div>"])
     rows = [[reason, f"{count:,}", example["subset"], example["cut_id"], example["detail"]]
             for reason, count in rejects["by_reason"].items()
             for example in rejects["examples"].get(reason, [])]

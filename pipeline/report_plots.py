@@ -40,6 +40,9 @@ def _role_histograms(ax, hist: dict, bins: list, xlabel: str) -> None:
     for role, counts in hist.items():
         ax.stairs(counts, edges, label=role, color=ROLE_COLORS.get(role), fill=role == "train",
                   alpha=0.6 if role == "train" else 1.0, linewidth=1.5)
+    used = [i for counts in hist.values() for i, c in enumerate(counts) if c]
+    if used:  # the fixed bins reach far past most corpora: show the part that holds data
+        ax.set_xlim(edges[0], min(edges[-1], max(edges[max(used) + 1] * 1.15, edges[len(edges) // 4])))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("utterances")
     ax.legend(title="role")
@@ -59,7 +62,7 @@ def _text_tokens(stats: dict, path: Path) -> str:
 
 
 def _length_plot(hist: dict, path: Path, title: str, xlabel: str) -> None:
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(5.6, 3.5))
     _role_histograms(ax, hist["by_role"], hist["bins"], xlabel)
     ax.set_title(title)
     _save(fig, path)
@@ -70,7 +73,7 @@ def _speaker_hours(stats: dict, path: Path) -> str | None:
     if not speakers or not speakers["train_hours"]:
         return None
     hours = np.asarray(speakers["train_hours"])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
     left.hist(hours, bins=min(40, max(5, len(hours) // 5)), color=ROLE_COLORS["train"])
     left.set_xlabel("hours of a training speaker")
     left.set_ylabel("speakers")
@@ -92,7 +95,7 @@ def _codebooks(stats: dict, path: Path) -> str | None:
     if not stats["codes"]["frames"]:
         return None
     names = [c["codebook"] for c in per]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax in (left, right):
         ax.set_xticks(names)
     left.bar(names, [100 * c["utilization"] for c in per], color="#4C72B0")
@@ -101,12 +104,11 @@ def _codebooks(stats: dict, path: Path) -> str | None:
     left.set_xlabel("codebook")
     left.set_title("Utilization")
     right.bar(names, [c["entropy_bits"] for c in per], color="#8172B2")
-    right.axhline(10, color="grey", linestyle="--", linewidth=1, label="10 bits: uniform")
+    right.axhline(10, color="grey", linestyle="--", linewidth=1)
     right.set_ylim(0, 10.5)
-    right.set_ylabel("bits")
+    right.set_ylabel("bits (10: all entries equally used)")
     right.set_xlabel("codebook")
     right.set_title("Entropy")
-    right.legend(loc="lower right")
     _save(fig, path)
     return "Share of each codebook's 1,024 entries that occur, and the entropy of its code distribution."
 
@@ -115,7 +117,7 @@ def _code_frequencies(stats: dict, path: Path) -> str | None:
     codes = stats["codes"]
     if not codes["frames"]:
         return None
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(5.6, 3.5))
     cmap = plt.get_cmap("viridis")
     n = len(codes["sorted_frequencies"])
     for k, counts in enumerate(codes["sorted_frequencies"]):
@@ -124,6 +126,7 @@ def _code_frequencies(stats: dict, path: Path) -> str | None:
         ax.plot(np.arange(1, len(used) + 1), used, color=cmap(k / max(n - 1, 1)), label=f"{k + 1}")
     ax.axhline(1 / 1024, color="grey", linestyle="--", linewidth=1, label="uniform")
     ax.set_yscale("log")
+    ax.set_xlim(0, 1024)
     ax.set_xlabel("code rank (most frequent first)")
     ax.set_ylabel("share of frames")
     ax.set_title("Code frequencies by rank")
@@ -139,7 +142,7 @@ def _cer(stats: dict, path: Path) -> str | None:
     if not cer:
         return None
     edges = np.asarray(cer["bins"], float)
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(5.6, 3.5))
     ax.stairs(cer["accepted"], edges, fill=True, alpha=0.7, color="#4C72B0", label="kept")
     rejected = stats["rejects"]["text_mismatch_cer"]
     if any(rejected):
@@ -148,7 +151,7 @@ def _cer(stats: dict, path: Path) -> str | None:
     if limit is not None:
         ax.axvline(limit, color="black", linestyle="--", linewidth=1, label=f"max_text_cer {limit:g}")
     ax.set_yscale("symlog", linthresh=1)
-    ax.set_xlabel("CER between book text and ASR text; the last bin holds all above 1")
+    ax.set_xlabel("CER, book text vs ASR text; last bin: 1 and above")
     ax.set_ylabel("utterances")
     ax.set_title("Transcript agreement")
     ax.legend()
@@ -162,7 +165,7 @@ def _rejects(stats: dict, path: Path) -> str | None:
     if not by_reason:
         return None
     reasons = list(by_reason)[::-1]
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.4 * len(reasons)))
+    fig, ax = plt.subplots(figsize=(5.6, 1.0 + 0.4 * len(reasons)))
     bars = ax.barh(reasons, [by_reason[r] for r in reasons], color="#C44E52")
     ax.bar_label(bars, padding=3)
     ax.set_xlabel("cuts")
