@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
@@ -35,16 +37,22 @@ def find_sample(out: Path, cut_id: str) -> tuple[dict, np.ndarray]:
     if "recording_id" not in lengths.schema_arrow.names:
         raise ListenError(f"{out}/lengths.parquet has no recording_id column (a corpus from an older "
                           "version); run valle-prep run again to rewrite it")
+    # Every prefix of the id that ends before a "_" may be its recording id.
+    candidates = pa.array([cut_id[:i] for i, ch in enumerate(cut_id) if ch == "_"], pa.string())
     searched = 0
-    for batch in lengths.iter_batches(batch_size=8, columns=["shard", "recording_id"]):
-        for row in batch.to_pylist():
-            wanted = [i for i, rec in enumerate(row["recording_id"]) if cut_id.startswith(rec + "_")]
-            if not wanted:
-                continue
-            s = shards[row["shard"]]
+    for batch in lengths.iter_batches(batch_size=64, columns=["shard", "recording_id"]):
+        recordings = batch.column("recording_id")
+        hits = np.flatnonzero(pc.is_in(pc.list_flatten(recordings), value_set=candidates)
+                              .to_numpy(zero_copy_only=False))
+        if not len(hits):
+            continue
+        rows = pc.list_parent_indices(recordings).to_numpy()[hits]
+        starts = recordings.offsets.to_numpy()[rows]
+        for row in np.unique(rows):
+            s = shards[batch.column("shard")[int(row)].as_py()]
             searched += 1
             shard = Shard(s["id"], join(str(out), s["path"]), fmt, s["subset"], s["samples"])
-            for _, meta, codes in read_shard(shard, np.array(wanted)):
+            for _, meta, codes in read_shard(shard, (hits - starts)[rows == row]):
                 if meta["id"] == cut_id:
                     return meta, codes
     raise ListenError(_not_found(out, index, cut_id, searched))
