@@ -129,3 +129,16 @@ def test_an_unfinished_corpus_is_refused(tmp_path, capsys):
         collect(tmp_path)
     assert main(["report", str(tmp_path)]) == 2
     assert "not finished" in capsys.readouterr().err
+
+
+def test_a_parquet_only_corpus_without_transcript_cers(tmp_path):
+    """Codes read through the Parquet reader; a lengths file from before text_cer existed."""
+    from tests.synthetic_corpus import speaker_blocks, write_corpus
+
+    root = write_corpus(tmp_path / "c", speaker_blocks(3, 2, 4, frames=20), formats=("parquet",),
+                        dev=speaker_blocks(1, 1, 3, frames=30))
+    stats = write_report(root, progress=False)
+    assert stats["codes"]["format"] == "parquet" and stats["codes"]["samples"] == 3 * 2 * 4 + 3
+    assert stats["codes"]["frames"] == 3 * 2 * 4 * 20 + 3 * 30
+    assert stats["cer"] is None and not (root / "report/cer.png").exists()
+    assert "No text_cer column" in (root / "report/index.html").read_text()
