@@ -89,7 +89,7 @@ def _read_index(out: Path) -> dict:
 
 def corpus_codec(out: Path, weights: str | None = None, device: str = "cpu"):
     """An EnCodec with the corpus's bandwidth and weights (or `weights`, whose hash must match)."""
-    from pipeline.codec import CodecConfig, CodecEncoder, WeightsUnavailable
+    from tokens.codec import CodecConfig, CodecEncoder, WeightsUnavailable
 
     codec = _read_index(out)["provenance"]["codec"]
     if weights is None:
@@ -108,7 +108,7 @@ def corpus_codec(out: Path, weights: str | None = None, device: str = "cpu"):
 
 def listen(out: Path, cut_id: str, wav: Path, *, weights: str | None = None, device: str = "cpu") -> float:
     """Decode `cut_id`'s codes into `wav`; returns its length in seconds."""
-    from pipeline.codec import SAMPLE_RATE
+    from tokens.constants import SAMPLE_RATE
     from trainer.synth import write_wav
 
     _, codes = find_sample(out, cut_id)

@@ -23,11 +23,10 @@ from tqdm import tqdm
 
 import schemas
 from pipeline.fsutil import write_json_atomic
+from tokens.constants import CODEBOOK_SIZE, FRAME_RATE
 from trainer.corpus import Shard, read_shard
 from trainer.storage import join
 
-FRAME_RATE = 75
-CODEBOOK_SIZE = 1024
 # Fixed histogram bins: the last bin of each also counts everything above it.
 DURATION_BINS = np.arange(0.0, 40.5, 0.5)  # seconds
 TOKEN_BINS = np.arange(0, 404, 4)  # BPE tokens

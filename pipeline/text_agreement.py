@@ -6,7 +6,7 @@ Out: the character error rate between their comparison forms (float, or None whe
 
 Libriheavy's ASR text is upper case without punctuation and reads numbers as words, while the
 book text is cased and punctuated, so both are compared in a form that only keeps what a
-speaker says: normalized (pipeline.text), case-folded, every character that is not a letter or
+speaker says: normalized (tokens.text), case-folded, every character that is not a letter or
 a digit turned into a space, spaces collapsed ("an' wink?" and "AN WINK" agree). A number the
 book writes in digits ("1907", "3rd") and the ASR wrote as number words ("NINETEEN O SEVEN")
 agrees too: the words are aligned first (Levenshtein opcodes over words), and a differing span
@@ -21,7 +21,7 @@ from typing import Sequence
 
 from rapidfuzz.distance import Levenshtein
 
-from pipeline.text import normalize_text
+from tokens.text import normalize_text
 
 # Bump when comparison_form or text_cer can give another number: it keys the shards stage.
 AGREEMENT = "casefold-alnum-numbers-levenshtein-v1"

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from pipeline.cli import main
-from pipeline.codec import code_agreement
+from tokens.codec import code_agreement
 from pipeline.codes_file import CodesFile
 from pipeline.listen import ListenError, corpus_codec, find_sample, listen
 
