@@ -55,6 +55,22 @@ class SourceConfig:
 
 
 @dataclass
+class DownloadConfig:
+    # Connections at once per host, over all files; a large file takes up to all of them, one
+    # byte range each (pipeline.transfers).
+    connections: int = 8
+    # Files longer than this go as ranges of this size (MB = 1e6 bytes); shorter ones as one
+    # stream. A kill -9 costs at most the ranges in flight: `connections` x `range_mb`.
+    range_mb: float = 2000.0
+    retries: int = 8  # attempts in a row without progress, per stream or range
+    timeout_s: float = 60.0  # a connection silent this long is dropped and retried
+
+    @property
+    def range_bytes(self) -> int:
+        return max(1, int(self.range_mb * 1e6))
+
+
+@dataclass
 class SubsetsConfig:
     train: list[str] = field(default_factory=list)
     dev: list[str] = field(default_factory=list)
@@ -118,6 +134,7 @@ class RayConfig:
 class Dag:
     name: str
     source: SourceConfig = field(default_factory=SourceConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
     subsets: SubsetsConfig = field(default_factory=SubsetsConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
@@ -135,6 +152,7 @@ class Dag:
         """sha256 of every setting that can change the output (not where it goes or how fast)."""
         data = dataclasses.asdict(self)
         data.pop("ray")
+        data.pop("download")
         data["output"].pop("dir")
         data["source"].pop("download_dir")
         for key in ("device", "batch_seconds", "cache_dir", "threads", "download_retries"):
@@ -308,6 +326,13 @@ def _source_problems(src: SourceConfig):
             yield f"checksums.{name}", f"is not a checksum: {err}"
 
 
+def _download_problems(dl: DownloadConfig):
+    yield from _positive(dl.connections, "connections")
+    yield from _positive(dl.range_mb, "range_mb")
+    yield from _positive(dl.retries, "retries")
+    yield from _positive(dl.timeout_s, "timeout_s")
+
+
 def _plan_problems(plan: PlanConfig):
     yield from _positive(plan.unit_hours, "unit_hours")
 
@@ -377,6 +402,7 @@ def _ray_problems(ray: RayConfig):
 # One checker per section, each yielding (key, problem): add a key's check beside its section.
 _SECTION_CHECKS = {
     "source": _source_problems,
+    "download": _download_problems,
     "plan": _plan_problems,
     "segment": _segment_problems,
     "text": _text_problems,

@@ -60,11 +60,11 @@ class DiskFull(DownloadError):
     """No room for the rest of a download; free space and run again (the .part resumes)."""
 
 
-class _Retryable(Exception):
+class Retryable(Exception):
     """An attempt failed in a way that another attempt (resuming from disk) may fix."""
 
 
-class _Restart(_Retryable):
+class Restart(Retryable):
     """The server's answer shows the .part cannot be continued: delete it, then retry."""
 
 
@@ -105,11 +105,11 @@ def marker_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".done.json")
 
 
-def _part_path(dest: Path) -> Path:
+def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
-def _read_marker(dest: Path) -> dict | None:
+def read_marker(dest: Path) -> dict | None:
     """The marker if it exists, parses, and its byte count matches the file on disk."""
     try:
         marker = json.loads(marker_path(dest).read_text(encoding="utf-8"))
@@ -123,7 +123,7 @@ def _read_marker(dest: Path) -> dict | None:
 
 def is_downloaded(dest: Path, checksum: Checksum | None = None) -> bool:
     """True when `dest` has a marker matching its size and (if given) this checksum. No hashing."""
-    marker = _read_marker(Path(dest))
+    marker = read_marker(Path(dest))
     if marker is None:
         return False
     return checksum is None or marker.get("checksum") == str(checksum)
@@ -138,23 +138,25 @@ def download(
     backoff_s: float = 1.0,
     timeout_s: float = 60.0,
     progress: bool = True,
+    bar=None,
 ) -> Path:
     """Download `url` to `dest`, resuming and verifying; returns `dest`. See the module docstring.
 
     A marker recorded with a different checksum than the one requested makes the existing file
     be re-hashed: if it matches the new checksum the marker is updated and nothing is fetched.
-    With checksum=None any valid marker is accepted.
+    With checksum=None any valid marker is accepted. `bar`: a tqdm-like object (reset, update)
+    to report bytes to instead of a bar of its own (pipeline.transfers passes one).
     """
     dest = Path(dest)
     if retries < 1:
         raise ValueError(f"retries must be >= 1, got {retries}")
-    marker = _read_marker(dest)
+    marker = read_marker(dest)
     if marker is not None:
         if checksum is None or marker.get("checksum") == str(checksum):
             return dest
         actual = hash_file(dest, checksum.algo)
         if actual == checksum.hexdigest:
-            _write_marker(dest, url, checksum)
+            write_marker(dest, url, checksum)
             return dest
         log.warning("%s: existing file has %s:%s, not the requested %s; downloading again",
                     dest, checksum.algo, actual, checksum)
@@ -164,20 +166,23 @@ def download(
     dest.unlink(missing_ok=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
 
-    part = _part_path(dest)
-    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-              disable=not progress, leave=False) as bar:
+    part = part_path(dest)
+    if bar is not None:
         _fetch_with_retries(url, part, retries, backoff_s, timeout_s, bar)
+    else:
+        with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+                  disable=not progress, leave=False) as own_bar:
+            _fetch_with_retries(url, part, retries, backoff_s, timeout_s, own_bar)
 
-    _verify(part, url, checksum)
+    verify_part(part, url, checksum)
     fsync_file(part)
     os.replace(part, dest)
     fsync_dir(dest.parent)
-    _write_marker(dest, url, checksum)
+    write_marker(dest, url, checksum)
     return dest
 
 
-def _write_marker(dest: Path, url: str, checksum: Checksum | None) -> None:
+def write_marker(dest: Path, url: str, checksum: Checksum | None) -> None:
     write_json_atomic(marker_path(dest), {
         "url": url,
         "bytes": dest.stat().st_size,
@@ -185,7 +190,7 @@ def _write_marker(dest: Path, url: str, checksum: Checksum | None) -> None:
     })
 
 
-def _verify(part: Path, url: str, checksum: Checksum | None) -> None:
+def verify_part(part: Path, url: str, checksum: Checksum | None) -> None:
     if checksum is None:
         log.warning("%s: no checksum given for %s; the file is NOT verified", part, url)
         return
@@ -201,27 +206,34 @@ def _verify(part: Path, url: str, checksum: Checksum | None) -> None:
 
 def _fetch_with_retries(url: str, part: Path, retries: int, backoff_s: float,
                         timeout_s: float, bar: tqdm) -> None:
-    """Attempt until complete; give up after `retries` attempts in a row without progress."""
+    retry_until_done(lambda: _fetch_once(url, part, timeout_s, bar), lambda: _size(part), url,
+                     retries, backoff_s)
+
+
+def retry_until_done(attempt, position, what: str, retries: int, backoff_s: float) -> None:
+    """Call `attempt()` until it returns; `Retryable` failures are retried with capped backoff.
+    Give up after `retries` failures in a row that did not move `position()` (bytes on disk) past
+    its largest value so far: any progress resets the budget."""
     last_error: BaseException | None = None
-    best, stalled, attempts = _size(part), 0, 0  # best: the largest .part seen
+    best, stalled, attempts = position(), 0, 0  # best: the furthest position seen
     while True:
         attempts += 1
         try:
-            _fetch_once(url, part, timeout_s, bar)
+            attempt()
             return
-        except _Retryable as e:
+        except Retryable as e:
             last_error = e
-        size = _size(part)
-        if size > best:  # progress: the budget is for failures in a row
-            best, stalled = size, 0
+        now = position()
+        if now > best:  # progress: the budget is for failures in a row
+            best, stalled = now, 0
         stalled += 1
         if stalled >= retries:
             break
         delay = min(backoff_s * 2 ** (stalled - 1), MAX_BACKOFF_S)
         log.info("%s: attempt %d failed (%s); retrying in %.1f s from byte %d (%d of %d retries "
-                 "left without progress)", url, attempts, last_error, delay, size, retries - stalled, retries)
+                 "left without progress)", what, attempts, last_error, delay, now, retries - stalled, retries)
         time.sleep(delay)
-    raise DownloadError(f"{url}: gave up after {retries} attempts in a row without progress "
+    raise DownloadError(f"{what}: gave up after {retries} attempts in a row without progress "
                         f"({attempts} in all, {best} bytes at best); last error: {last_error}")
 
 
@@ -233,20 +245,21 @@ def _size(path: Path) -> int:
 
 
 @dataclass
-class _Body:
+class Body:
     """An opened response: its bytes start at `start` of a file `total` bytes long (None: unknown)."""
 
     start: int
     total: int | None
     stream: BinaryIO | None  # None: nothing to read (416 on a complete .part)
+    partial: bool = False  # a 206: the server honoured the Range request
 
 
 def _fetch_once(url: str, part: Path, timeout_s: float, bar: tqdm) -> None:
     """One attempt: bring `part` from its current size to the full length, or raise."""
     offset = _size(part)
     try:
-        body = _open_file(url, offset) if url.startswith("file:") else _open_http(url, offset, timeout_s)
-    except _Restart:
+        body = _open_file(url, offset) if url.startswith("file:") else open_http(url, offset, timeout_s)
+    except Restart:
         part.unlink(missing_ok=True)
         raise
     try:
@@ -262,7 +275,7 @@ def _fetch_once(url: str, part: Path, timeout_s: float, bar: tqdm) -> None:
                 if e.errno != errno.ENOSPC:
                     raise
                 need = None if body.total is None else body.total - _size(part)
-                raise _disk_full(part, need, e) from None
+                raise disk_full(part, need, e) from None
     finally:
         if body.stream is not None:
             body.stream.close()
@@ -270,10 +283,10 @@ def _fetch_once(url: str, part: Path, timeout_s: float, bar: tqdm) -> None:
     if body.total is not None and size != body.total:
         if size > body.total:  # longer than the remote file: the .part is garbage
             part.unlink(missing_ok=True)
-        raise _Retryable(f"incomplete body: have {size} of {body.total} bytes")
+        raise Retryable(f"incomplete body: have {size} of {body.total} bytes")
 
 
-def _append(body: _Body, part: Path, offset: int, bar: tqdm) -> None:
+def _append(body: Body, part: Path, offset: int, bar: tqdm) -> None:
     """Write the body to `part`: appended only when it continues exactly where the .part ends,
     else from zero (truncating)."""
     with open(part, "ab" if body.start == offset else "wb") as out:
@@ -281,24 +294,24 @@ def _append(body: _Body, part: Path, offset: int, bar: tqdm) -> None:
             try:
                 chunk = body.stream.read(CHUNK_BYTES)
             except (OSError, http.client.HTTPException) as e:
-                raise _Retryable(f"connection lost at byte {out.tell()}: {e!r}") from e
+                raise Retryable(f"connection lost at byte {out.tell()}: {e!r}") from e
             if not chunk:
                 break
             out.write(chunk)
             bar.update(len(chunk))
 
 
-def _check_space(part: Path, body: _Body, offset: int) -> None:
+def _check_space(part: Path, body: Body, offset: int) -> None:
     """Refuse to start a body that cannot fit (only possible when its length is known)."""
     if body.total is None:
         return
     need = body.total - body.start
     room = shutil.disk_usage(part.parent).free + (offset if body.start != offset else 0)  # truncated
     if need > room:
-        raise _disk_full(part, need)
+        raise disk_full(part, need)
 
 
-def _disk_full(part: Path, need: int | None, err: OSError | None = None) -> DiskFull:
+def disk_full(part: Path, need: int | None, err: OSError | None = None) -> DiskFull:
     dest, free = part.with_name(part.name.removesuffix(".part")), shutil.disk_usage(part.parent).free
     return DiskFull(
         f"{dest}: not enough disk space in {part.parent}: "
@@ -316,9 +329,13 @@ _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 
 
-def _open_http(url: str, offset: int, timeout_s: float) -> _Body:
+def open_http(url: str, offset: int, timeout_s: float, end: int | None = None) -> Body:
+    """Open `url` from byte `offset` (to byte `end` inclusive when given: a bounded range)."""
     # Range goes in the normal headers: urllib copies those onto the redirected request.
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    if end is not None:
+        headers = {"Range": f"bytes={offset}-{end}"}
+    else:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
     request = urllib.request.Request(url, headers=headers)
     try:
         response = urllib.request.urlopen(request, timeout=timeout_s)
@@ -329,35 +346,35 @@ def _open_http(url: str, offset: int, timeout_s: float) -> _Body:
             m = _UNSATISFIED_RANGE.match(content_range)
             total = int(m.group(1)) if m else offset  # no length given: assume .part is complete
             if total < offset:
-                raise _Restart(f"HTTP 416: the .part has {offset} bytes, the file only {total}") from e
+                raise Restart(f"HTTP 416: the .part has {offset} bytes, the file only {total}") from e
             if total != offset:
-                raise _Retryable(f"HTTP 416 for byte {offset} of a {total}-byte file") from e
-            return _Body(start=offset, total=total, stream=None)
+                raise Retryable(f"HTTP 416 for byte {offset} of a {total}-byte file") from e
+            return Body(start=offset, total=total, stream=None)
         if e.code >= 500 or e.code in RETRYABLE_4XX:
-            raise _Retryable(f"HTTP {e.code} {e.reason}") from e
+            raise Retryable(f"HTTP {e.code} {e.reason}") from e
         raise DownloadError(f"{url}: HTTP {e.code} {e.reason}; check the URL (not retried)") from e
     except (OSError, http.client.HTTPException) as e:  # refused, reset, DNS, timeout
-        raise _Retryable(f"{e!r}") from e
+        raise Retryable(f"{e!r}") from e
 
     status = response.status
     if status == 206:
         m = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
         if m is None or int(m.group(1)) != offset:
             response.close()
-            raise _Restart(
+            raise Restart(
                 f"HTTP 206 with Content-Range {response.headers.get('Content-Range')!r} "
                 f"while asking for byte {offset}; restarting from zero"
             )
         total = None if m.group(3) == "*" else int(m.group(3))
-        return _Body(start=offset, total=total, stream=response)
+        return Body(start=offset, total=total, stream=response, partial=True)
     if status == 200:
         length = response.headers.get("Content-Length")
-        return _Body(start=0, total=int(length) if length else None, stream=response)
+        return Body(start=0, total=int(length) if length else None, stream=response)
     response.close()
     raise DownloadError(f"{url}: unexpected HTTP {status} (expected 200 or 206)")
 
 
-def _open_file(url: str, offset: int) -> _Body:
+def _open_file(url: str, offset: int) -> Body:
     parsed = urllib.parse.urlparse(url)
     path = Path(urllib.request.url2pathname(parsed.path))
     try:
@@ -369,6 +386,6 @@ def _open_file(url: str, offset: int) -> _Body:
         raise DownloadError(f"{url}: cannot read {path}: {e}") from e
     if offset > total:  # what a server says with 416 + a smaller length
         f.close()
-        raise _Restart(f"local file {path} has {total} bytes, fewer than the {offset} on disk")
+        raise Restart(f"local file {path} has {total} bytes, fewer than the {offset} on disk")
     f.seek(offset)  # emulate a 206 from the resume offset
-    return _Body(start=offset, total=total, stream=f)
+    return Body(start=offset, total=total, stream=f)

@@ -1,6 +1,7 @@
 """Runner: execute a DAG end to end (the orchestration); executors run its units.
 
-lock OUT -> codec + audio settings check -> download -> plan -> BPE -> [units: executor] -> index
+lock OUT -> codec + audio settings check -> downloads start (in the background)
+  -> plan each subset as its manifest arrives -> BPE -> wait for the audio -> [units] -> index
 
 Every step is idempotent and keyed to its inputs: downloads by verified markers, plans and the
 BPE model by fingerprints, units by ledger entries. Re-running the same command after a crash
@@ -9,20 +10,22 @@ plan) are recorded in `OUT/corpus.json` and checked before anything is written, 
 would change them is refused with nothing changed on disk, unless the user asks to rebuild:
 codes from different settings are never mixed. One run at a time holds OUT (pipeline.out_lock).
 Units run on Ray by default (pipeline.executors.ray_cluster); tests and benchmarks may pass
-the in-process `LocalExecutor`.
+the in-process `LocalExecutor`. Downloads run where units run: Ray tasks with the Ray executor
+(Ray starts only if something is left to download), threads with the local one.
 """
 from __future__ import annotations
 
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipeline import ledger
 from pipeline.audio_store import DirAudioStore, TarAudioStore, index_tar
-from pipeline.download import Checksum, download
+from pipeline.download import Checksum
 from pipeline.executors import CodecSpec, Executor
 from pipeline.fsutil import json_digest, read_json, sha256_file, write_json_atomic
 from pipeline.index import INDEX_NAME, build_index
@@ -32,6 +35,7 @@ from pipeline.resample import RESAMPLER
 from pipeline.segment import PAST_END_TOLERANCE_S
 from pipeline.bpe import train_bpe
 from pipeline.text_agreement import AGREEMENT
+from pipeline.transfers import DownloadSettings, FileJob, RayTasks, ThreadTasks, Transfers
 from tokens.text import NORMALIZATION, Tokenizer, select_text
 from pipeline.unit import UnitJob, is_current
 
@@ -70,13 +74,23 @@ def run(dag: Dag, *, rebuild_audio: bool = False, prune: bool = False, progress:
         executor: Executor | None = None) -> RunSummary:
     """Bring `dag.out` up to date with the DAG. Paths handed to units are absolute, so they mean
     the same on every node of a cluster whatever its working directory."""
+    from pipeline.executors.ray_cluster import RayExecutor
+
     out = dag.out.absolute()
     with exclusive(out):
-        if executor is None:
-            from pipeline.executors.ray_cluster import RayExecutor
+        executor = executor or RayExecutor(dag.ray)
+        try:
+            return _run(dag, out, rebuild_audio, prune, progress, executor)
+        finally:
+            if isinstance(executor, RayExecutor):
+                executor.close()  # Ray, if the downloads started it
 
-            executor = RayExecutor(dag.ray)
-        return _run(dag, out, rebuild_audio, prune, progress, executor)
+
+def _task_pool(executor: Executor):
+    """Downloads run where units run: Ray tasks with the Ray executor, else threads here."""
+    from pipeline.executors.ray_cluster import RayExecutor
+
+    return RayTasks(executor.ensure_ray) if isinstance(executor, RayExecutor) else ThreadTasks()
 
 
 def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool,
@@ -88,13 +102,15 @@ def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool,
     clock.log(f"codec weights: {codec.weights.kind} {codec.weights.sha256[:12]}")
     settings = audio_settings(dag, codec.weights)
     check_audio_settings(out, settings, rebuild_audio)  # before anything is written
-    manifests, audio_store = fetch_sources(dag, out, progress)
-    clock.log("sources ready")
-    plans = plan_subsets(manifests, dag.subsets.roles(), out, dag.plan.unit_hours,
-                         dag.source.source_prefix, progress=progress)
-    clock.log(f"planned {sum(len(p.units) for p in plans)} units")
-    tokenizer, bpe_info = ensure_bpe(dag, out, plans)
-    clock.log(f"BPE model ready (vocabulary {tokenizer.vocab_size})")
+    with fetch_sources(dag, out, progress, _task_pool(executor)) as sources:
+        # Each subset is planned once its manifest is verified, while the archives still arrive.
+        plans = plan_subsets(sources.manifests(), dag.subsets.roles(), out, dag.plan.unit_hours,
+                             dag.source.source_prefix, progress=progress)
+        clock.log(f"planned {sum(len(p.units) for p in plans)} units")
+        tokenizer, bpe_info = ensure_bpe(dag, out, plans)
+        clock.log(f"BPE model ready (vocabulary {tokenizer.vocab_size})")
+        audio_store = sources.audio_store()
+        clock.log("audio ready")
     # The transcript filter decides which cuts become samples: a change re-writes the shards
     # from committed codes (and encodes the cuts a looser filter now keeps), never retrains BPE.
     text_fingerprint = {"field": dag.text.field, "normalization": NORMALIZATION,
@@ -168,24 +184,74 @@ class _Clock:
         log.info("%s (%.1f s)", what, time.monotonic() - self.start)
 
 
-def fetch_sources(dag: Dag, out: Path, progress: bool):
-    """Download (or find) every manifest and audio archive; returns manifests and the audio store."""
-    src = dag.source
-    folder = Path(src.download_dir).absolute() if src.download_dir else out / "downloads"
-    if src.checksums is None:
-        log.warning("source.checksums is null: downloads are NOT verified")
-    checksums = {name: Checksum.parse(text) for name, text in (src.checksums or {}).items()}
+def fetch_sources(dag: Dag, out: Path, progress: bool, pool) -> "Sources":
+    """Start downloading every manifest and audio archive (pipeline.transfers), manifests first."""
+    return Sources(dag, out, progress, pool)
 
-    def fetch(base: str, name: str) -> Path:
-        return download(base + name, folder / name, checksums.get(name), progress=progress)
 
-    manifests = {s: fetch(src.manifest_base_url, src.manifest_name(s)) for s in dag.subsets.roles()}
-    if src.audio_dir:
-        return manifests, DirAudioStore(Path(src.audio_dir))
-    tars = [fetch(src.audio_base_url, name) for name in src.audio_archives]
-    for tar in tars:
-        index_tar(tar)
-    return manifests, TarAudioStore(tars)
+class Sources:
+    """The run's downloads, under way in the background until `close()` (or `with`).
+
+    Units start only after `audio_store()`: every archive downloaded, verified and indexed. A
+    unit's recordings may lie in any archive, and bytes of an archive not yet verified are not
+    trusted, so no unit reads a tar that is still arriving."""
+
+    def __init__(self, dag: Dag, out: Path, progress: bool, pool):
+        src, dl = dag.source, dag.download
+        self.audio_dir = src.audio_dir
+        folder = Path(src.download_dir).absolute() if src.download_dir else out / "downloads"
+        if src.checksums is None:
+            log.warning("source.checksums is null: downloads are NOT verified")
+        checksums = {name: Checksum.parse(text) for name, text in (src.checksums or {}).items()}
+        self.manifest_paths = {s: folder / src.manifest_name(s) for s in dag.subsets.roles()}
+        self.tars = [] if src.audio_dir else [folder / name for name in src.audio_archives]
+        jobs = [FileJob(base + path.name, path, checksums.get(path.name))
+                for base, paths in ((src.manifest_base_url, self.manifest_paths.values()),
+                                    (src.audio_base_url, self.tars))
+                for path in paths]
+        settings = DownloadSettings(connections=dl.connections, range_bytes=dl.range_bytes,
+                                    retries=dl.retries, timeout_s=dl.timeout_s)
+        self.pool = pool
+        self.transfers = Transfers(jobs, settings, pool, progress)
+
+    def manifests(self) -> Mapping[str, Path]:
+        """Subset -> its verified manifest; looking a subset up waits for that manifest only."""
+        return _Arriving(self.manifest_paths, self.transfers.wait)
+
+    def audio_store(self):
+        """Wait for every archive (verified), index it, and return the store over them all."""
+        if self.audio_dir:
+            return DirAudioStore(Path(self.audio_dir))
+        tars = [self.transfers.wait(tar) for tar in self.tars]
+        for tar in tars:
+            index_tar(tar)
+        return TarAudioStore(tars)
+
+    def close(self) -> None:
+        self.transfers.close()
+        self.pool.close()
+
+    def __enter__(self) -> "Sources":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Arriving(Mapping):
+    """A mapping whose values are files still downloading: a lookup waits for that file."""
+
+    def __init__(self, paths: dict[str, Path], wait):
+        self.paths, self.wait = paths, wait
+
+    def __getitem__(self, key: str) -> Path:
+        return self.wait(self.paths[key])
+
+    def __iter__(self):
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
 
 
 def ensure_bpe(dag: Dag, out: Path, plans: list[SubsetPlan]) -> tuple[Tokenizer, dict]:

@@ -17,6 +17,9 @@ Behaviour (each knob is a plain attribute and may be changed while the server ru
   Content-Length but close the connection after N body bytes.
 - `stall_first=K, stall_s=S`: the first K file requests sleep S seconds before answering
   (for client timeouts).
+- `rate_bytes_s=R`: each response's body is sent at about R bytes/s (a per-connection cap,
+  like a CDN's); None: as fast as possible.
+- `active` / `peak_active`: bodies being sent now / at most at once (connection-cap checks).
 - `/redirect/<path>` answers `redirect_status` (302) with Location `/<path>`, like the Hugging
   Face endpoint redirecting to its CDN; it does not count as a file request.
 - `requests`: a list of `RequestRecord(method, path, range, status, bytes_sent)`, appended when
@@ -61,6 +64,7 @@ class HttpMirror:
         stall_first: int = 0,
         stall_s: float = 0.0,
         redirect_status: int = 302,
+        rate_bytes_s: float | None = None,
     ):
         self.root = Path(root)
         self.honour_range = honour_range
@@ -71,6 +75,8 @@ class HttpMirror:
         self.stall_first = stall_first
         self.stall_s = stall_s
         self.redirect_status = redirect_status
+        self.rate_bytes_s = rate_bytes_s
+        self.active = self.peak_active = 0
         self.requests: list[RequestRecord] = []
         self._file_requests = 0  # counts requests for files, for fail_first / stall_first
         self._bodies = 0  # counts responses with a body, for drop_first
@@ -210,6 +216,19 @@ class _Handler(BaseHTTPRequestHandler):
         limit = length
         if mirror.drop_after_bytes is not None and mirror._next_body() <= mirror.drop_first:
             limit = min(length, mirror.drop_after_bytes)
+        with mirror._lock:
+            mirror.active += 1
+            mirror.peak_active = max(mirror.peak_active, mirror.active)
+        try:
+            self._send_body(path, start, limit, record)
+        finally:
+            with mirror._lock:
+                mirror.active -= 1
+        if limit < length:
+            self._drop()
+
+    def _send_body(self, path: Path, start: int, limit: int, record: RequestRecord) -> None:
+        rate, started = self.mirror.rate_bytes_s, time.monotonic()
         with open(path, "rb") as f:
             f.seek(start)
             remaining = limit
@@ -217,14 +236,15 @@ class _Handler(BaseHTTPRequestHandler):
                 chunk = f.read(min(_COPY_CHUNK, remaining))
                 if not chunk:
                     break
+                if rate:  # hold the chunk back until its last byte is due
+                    due = started + (record.bytes_sent + len(chunk)) / rate
+                    time.sleep(max(0.0, due - time.monotonic()))
                 try:
                     self.wfile.write(chunk)
                 except OSError:  # the client went away; nothing more to do
                     return
                 remaining -= len(chunk)
                 record.bytes_sent += len(chunk)
-        if limit < length:
-            self._drop()
 
     def _head(self, status: int, headers: dict[str, str]) -> None:
         self.send_response(status)

@@ -82,11 +82,37 @@ class _Attempt:
     avoid: set = field(default_factory=set)  # workers it failed on
 
 
+def _init_ray(cfg: RayConfig) -> None:
+    import ray
+
+    # "local": a new embedded Ray, never a cluster that happens to run on this machine
+    # (address=None would join the latest `ray start` cluster found in /tmp/ray).
+    ray.init(address=cfg.address or "local", include_dashboard=False, logging_level=logging.WARNING)
+
+
 class RayExecutor:
     def __init__(self, cfg: RayConfig):
         self.cfg = cfg
         self._state = None  # ObjectRef of the codec weights while units run
         self._unit_task = None  # the remote function, made once
+        self._started_ray = False  # by ensure_ray: Ray stays up until close()
+
+    def ensure_ray(self) -> None:
+        """Start Ray now (for work before the units, e.g. downloads) unless it is up already;
+        it then stays up for the units, until `close()`."""
+        import ray
+
+        if not ray.is_initialized():
+            _init_ray(self.cfg)
+            self._started_ray = True
+
+    def close(self) -> None:
+        """Shut down the Ray that `ensure_ray` started, if any."""
+        import ray
+
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
 
     def run_units(self, jobs: list[UnitJob], codec: CodecSpec, progress: bool) -> UnitsOutcome:
         import ray
@@ -95,10 +121,7 @@ class RayExecutor:
 
         started_here = not ray.is_initialized()
         if started_here:
-            # "local": a new embedded Ray, never a cluster that happens to run on this machine
-            # (address=None would join the latest `ray start` cluster found in /tmp/ray).
-            ray.init(address=self.cfg.address or "local", include_dashboard=False,
-                     logging_level=logging.WARNING)
+            _init_ray(self.cfg)
         workers = []
         try:
             nodes = ray.nodes()

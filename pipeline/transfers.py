@@ -1,0 +1,461 @@
+"""Concurrent downloads: several files at once, large ones as byte ranges, a cap per host.
+
+In: `FileJob`s (url, dest, checksum) in the order they are wanted, `DownloadSettings` and a task
+pool: `RayTasks` (the production path) or `ThreadTasks` (in-process runs, tests).
+Out: every file verified at its dest with its `.done.json` marker, exactly as pipeline.download
+leaves it; `Transfers.wait(dest)` blocks for one file only, so the caller can plan a manifest
+while the archives are still arriving.
+
+A scheduler thread in the driver owns all state: it probes each file (pipeline.ranged.probe),
+then submits one task per connection, never more than `connections` at once per host, files in
+the order given (manifests first). A file longer than one range whose server answers 206 goes
+as ranges (pipeline.ranged); any other file as one resumable stream (pipeline.download). Only
+the scheduler writes a file's range ledger, after a range task has returned (its bytes
+fsynced). A task that is lost (its process died, or any error that is not a DownloadError) is
+submitted again, up to `task_retries` times, while the other ranges go on; a `DownloadError` (404, checksum,
+retries exhausted, full disk) fails its file alone, and `wait` raises it. Progress: one bar
+per file (bytes, rate, ETA) and a total, fed by the tasks' byte counts.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import urllib.parse
+from collections import Counter, deque
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from pipeline.download import (Checksum, DownloadError, download, is_downloaded, part_path,
+                               read_marker)
+from pipeline.ranged import RangeJob, RangeLedger, fetch_range, finish, forget_ranges, prepare, probe
+
+log = logging.getLogger("pipeline.download")
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    connections: int = 8  # per host, over all files
+    range_bytes: int = 2_000_000_000
+    retries: int = 8  # attempts in a row without progress, per stream or range
+    backoff_s: float = 1.0
+    timeout_s: float = 60.0
+    task_retries: int = 3  # times a lost task (its process died, a bug) is submitted again
+
+
+@dataclass(frozen=True)
+class FileJob:
+    url: str
+    dest: Path
+    checksum: Checksum | None = None
+
+
+class Cancelled(Exception):
+    """The transfers were closed before this file finished (its progress is kept on disk)."""
+
+
+@dataclass(eq=False)
+class _File:
+    job: FileJob
+    host: str
+    state: str = "new"  # new -> probe -> stream | ranges -> verify -> done; or failed
+    submitted: bool = False  # the one task of the probe, stream and verify states
+    ledger: RangeLedger | None = None
+    queue: deque = field(default_factory=deque)  # range numbers still to submit
+    running: int = 0
+    lost: Counter = field(default_factory=Counter)  # (kind, range) -> times its task was lost
+    error: BaseException | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
+    bar: tqdm | None = None
+
+
+class Transfers:
+    """Downloads `jobs` in the background from construction until `close()` (or `with`)."""
+
+    def __init__(self, jobs: list[FileJob], settings: DownloadSettings, pool, progress: bool = True):
+        self.settings, self.pool, self.progress = settings, pool, progress
+        self.files = {Path(j.dest): _File(j, urllib.parse.urlsplit(j.url).netloc) for j in jobs}
+        self._busy: Counter = Counter()  # host -> connections in use
+        self._running: dict = {}  # task handle -> (_File, kind, range number)
+        self._stop = threading.Event()
+        self._total = tqdm(desc="downloads", unit="B", unit_scale=True, unit_divisor=1024,
+                           total=0, disable=True)  # shown once a file needs downloading
+        self._thread = threading.Thread(target=self._loop, name="transfers", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> "Transfers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def wait(self, dest: Path) -> Path:
+        """Block until `dest` is downloaded and verified; raise what stopped it."""
+        f = self.files[Path(dest)]
+        f.finished.wait()
+        if f.error is not None:
+            raise f.error
+        return Path(dest)
+
+    def close(self) -> None:
+        """Stop: running tasks are cancelled, finished ranges stay in their ledgers. The pool
+        is the caller's to close (it may serve more transfers)."""
+        self._stop.set()
+        self._thread.join()
+        self._total.close()
+
+    # -- the scheduler thread ----------------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._submit_ready()
+                if not self._running:
+                    if all(f.finished.is_set() for f in self.files.values()):
+                        return
+                    raise RuntimeError("download scheduler: files unfinished with nothing to run")
+                done = self.pool.wait(list(self._running), timeout=0.2)
+                self._show(self.pool.take_progress())
+                for handle in done:
+                    self._finished(handle)
+            if self._running:
+                self.pool.cancel(list(self._running))
+            for f in self.files.values():
+                if not f.finished.is_set():
+                    self._fail(f, Cancelled(f"{f.job.dest}: download stopped; run again to resume"))
+        except BaseException as err:  # a bug here must not leave callers waiting forever
+            log.exception("download scheduler failed")
+            for f in self.files.values():
+                if not f.finished.is_set():
+                    self._fail(f, err)
+
+    def _submit_ready(self) -> None:
+        cap = self.settings.connections
+        for f in self.files.values():
+            if f.state == "new":
+                self._start(f)
+            if f.state in ("probe", "stream", "verify") and not f.submitted:
+                if f.state == "verify" or self._busy[f.host] < cap:  # verifying reads the disk only
+                    self._submit(f, f.state)
+                    f.submitted = True
+            while f.state == "ranges" and f.queue and self._busy[f.host] < cap:
+                self._submit(f, "range", f.queue.popleft())
+
+    def _start(self, f: _File) -> None:
+        job = f.job
+        if is_downloaded(job.dest, job.checksum):
+            self._done(f)
+            return
+        if self.progress and self._total.disable:
+            self._total = tqdm(desc="downloads", unit="B", unit_scale=True, unit_divisor=1024, total=0)
+        f.bar = tqdm(desc=job.dest.name, unit="B", unit_scale=True, unit_divisor=1024,
+                     disable=not self.progress, leave=False)
+        # A marker for another checksum: download() re-hashes the file, or fetches it again.
+        f.state = "stream" if read_marker(job.dest) is not None else "probe"
+
+    def _submit(self, f: _File, kind: str, index: int = -1) -> None:
+        s, job = self.settings, f.job
+        if kind == "probe":
+            call = (_probe, (job.url, s))
+        elif kind == "stream":
+            call = (_stream, (job, s))
+        elif kind == "verify":
+            log.info("%s: all ranges on disk; verifying the whole file", job.dest)
+            f.bar.set_description(f"{job.dest.name} (verifying)")
+            call = (_verify, (job,))
+        else:
+            start, end = f.ledger.bounds(index)
+            call = (fetch_range, (RangeJob(job.url, str(part_path(job.dest)), index, start, end,
+                                           f.ledger.total, s.retries, s.backoff_s, s.timeout_s),))
+        handle = self.pool.submit(*call, key=str(job.dest))
+        self._running[handle] = (f, kind, index)
+        f.running += 1
+        if kind != "verify":
+            self._busy[f.host] += 1
+
+    def _finished(self, handle) -> None:
+        f, kind, index = self._running.pop(handle)
+        f.running -= 1
+        if kind != "verify":
+            self._busy[f.host] -= 1
+        try:
+            result = self.pool.result(handle)
+        except BaseException as err:
+            err = _cause(err)
+            if (not isinstance(err, DownloadError) and not f.finished.is_set()
+                    and f.lost[kind, index] < self.settings.task_retries):
+                f.lost[kind, index] += 1
+                log.warning("%s: a %s task was lost (%s: %s); running it again", f.job.dest,
+                            kind if kind != "range" else f"range {index}", type(err).__name__, err)
+                if kind == "range":
+                    f.queue.appendleft(index)
+                else:
+                    f.submitted = False
+            elif not f.finished.is_set():
+                self._fail(f, err)
+            return
+        if kind == "probe":
+            self._probed(f, result)
+        elif kind == "range":
+            f.ledger.done.add(index)  # its bytes are fsynced: now it counts
+            f.ledger.save()
+            if f.state == "ranges" and not f.queue and f.running == 0:
+                f.state, f.submitted = "verify", False
+        else:  # stream or verify: the file is verified, in place, with its marker
+            self._done(f)
+
+    def _probed(self, f: _File, found) -> None:
+        s, job = self.settings, f.job
+        if found.total is not None:
+            f.bar.reset(total=found.total)
+            self._total.total += found.total
+            self._total.refresh()
+        if not found.ranges or found.total <= s.range_bytes:
+            if not found.ranges:
+                log.info("%s: the server does not serve byte ranges; one stream", job.url)
+            forget_ranges(job.dest)  # a ledger from a time the server did serve ranges
+            f.state, f.submitted = "stream", False
+            return
+        try:
+            f.ledger = prepare(job.url, job.dest, found.total, s.range_bytes)
+        except DownloadError as err:
+            self._fail(f, err)
+            return
+        have = f.ledger.done_bytes()
+        f.bar.update(have)
+        self._total.update(have)
+        f.queue = deque(f.ledger.missing())
+        log.info("%s: %d of %d ranges of %d bytes to fetch", job.dest, len(f.queue),
+                 f.ledger.count, f.ledger.range_bytes)
+        f.state, f.submitted = ("ranges", False) if f.queue else ("verify", False)
+
+    def _show(self, progress: dict[str, int]) -> None:
+        for key, n in progress.items():
+            f = self.files[Path(key)]
+            if f.bar is not None:
+                f.bar.update(n)
+            self._total.update(n)
+
+    def _done(self, f: _File) -> None:
+        f.state = "done"
+        if f.bar is not None:
+            f.bar.close()
+        f.finished.set()
+
+    def _fail(self, f: _File, err: BaseException) -> None:
+        f.state, f.error = "failed", err
+        f.queue.clear()
+        if f.bar is not None:
+            f.bar.close()
+        f.finished.set()
+
+
+def _cause(err: BaseException) -> BaseException:
+    """The exception a Ray task raised, without Ray's wrapper (whose message is a traceback)."""
+    cause = getattr(err, "cause", None)
+    return cause if isinstance(cause, BaseException) else err
+
+
+# -- the tasks: plain functions, the last argument a progress callback (bytes) ----------------
+def _probe(url: str, s: DownloadSettings, report):
+    return probe(url, retries=s.retries, backoff_s=s.backoff_s, timeout_s=s.timeout_s)
+
+
+def _stream(job: FileJob, s: DownloadSettings, report) -> Path:
+    return download(job.url, job.dest, job.checksum, retries=s.retries, backoff_s=s.backoff_s,
+                    timeout_s=s.timeout_s, bar=_ReportBar(report))
+
+
+def _verify(job: FileJob, report) -> Path:
+    return finish(job.url, job.dest, job.checksum)
+
+
+class _ReportBar:
+    """What pipeline.download needs of a tqdm bar, turned into byte counts for `report`."""
+
+    def __init__(self, report: Callable[[int], None]):
+        self.report, self.n = report, 0
+
+    def reset(self, total=None) -> None:
+        self.report(-self.n)
+        self.n = 0
+
+    def update(self, n: int) -> None:
+        self.n += n
+        self.report(n)
+
+
+# -- task pools ------------------------------------------------------------------------------
+class ThreadTasks:
+    """Tasks in threads of this process (in-process runs, tests): the GIL is released while
+    they wait on sockets and disks, so threads serve I/O as well as processes."""
+
+    def __init__(self, workers: int = 64):
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="download")
+        self._counts: Counter = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def submit(self, fn, args, key: str):
+        def report(n: int) -> None:
+            if self._stop.is_set():
+                raise Cancelled("download stopped")
+            with self._lock:
+                self._counts[key] += n
+
+        return self._executor.submit(fn, *args, report)
+
+    def wait(self, handles, timeout: float):
+        return list(wait_futures(handles, timeout, return_when=FIRST_COMPLETED).done)
+
+    def result(self, handle):
+        return handle.result()
+
+    def take_progress(self) -> dict[str, int]:
+        with self._lock:
+            counts, self._counts = dict(self._counts), Counter()
+        return counts
+
+    def cancel(self, handles) -> None:
+        self._stop.set()  # running tasks stop at their next chunk
+
+    def close(self) -> None:
+        self._stop.set()
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> "ThreadTasks":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RayTasks:
+    """Tasks on Ray, pinned to the driver's node (they write files the driver reads): each is a
+    call on a transfer actor, one actor per connection in use, kept for the whole download (a
+    fresh Ray worker per range would pay a process start per range, and Ray reaps idle workers).
+    An actor that dies takes only its own range with it: the scheduler runs that range again
+    on a new actor. Ray starts lazily, through `init`, on the first task: a re-run with
+    everything downloaded never starts it."""
+
+    def __init__(self, init: Callable[[], object] = lambda: None):
+        self._init, self._actor_cls, self._counter = init, None, None
+        self._idle: list = []  # actors free for the next task
+        self._busy: dict = {}  # task ref -> its actor
+
+    def _start(self) -> None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self._init()
+        node = ray.get_runtime_context().get_node_id()
+        # num_cpus=0: a transfer waits on the network, and the scheduler caps how many run.
+        self._actor_cls = ray.remote(_TransferActor).options(
+            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+        self._counter = ray.remote(_ByteCounter).options(num_cpus=0).remote()
+
+    def submit(self, fn, args, key: str):
+        if self._actor_cls is None:
+            self._start()
+        actor = self._idle.pop() if self._idle else self._actor_cls.remote(self._counter)
+        ref = actor.run.remote(fn, args, key)
+        self._busy[ref] = actor
+        return ref
+
+    def wait(self, handles, timeout: float):
+        import ray
+
+        ready, _ = ray.wait(handles, num_returns=1, timeout=timeout)
+        if ready:  # and whatever else is done by now
+            ready, _ = ray.wait(handles, num_returns=len(handles), timeout=0)
+        return ready
+
+    def result(self, handle):
+        import ray
+
+        actor = self._busy.pop(handle)
+        try:
+            value = ray.get(handle)
+        except ray.exceptions.RayActorError:
+            ray.kill(actor)  # lost (its process died): never used again
+            raise
+        except BaseException:
+            self._idle.append(actor)  # the task failed, its actor is fine
+            raise
+        self._idle.append(actor)
+        return value
+
+    def take_progress(self) -> dict[str, int]:
+        import ray
+
+        return ray.get(self._counter.take.remote()) if self._counter is not None else {}
+
+    def cancel(self, handles) -> None:
+        import ray
+
+        for handle in handles:
+            ray.kill(self._busy.pop(handle))
+
+    def close(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            for actor in [*self._idle, *self._busy.values(), self._counter]:
+                if actor is not None:
+                    ray.kill(actor)
+        self._idle, self._busy, self._actor_cls, self._counter = [], {}, None, None
+
+    def __enter__(self) -> "RayTasks":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _TransferActor:
+    """A Ray actor that runs one transfer task at a time, reporting bytes to the counter."""
+
+    def __init__(self, counter):
+        self.counter = counter
+
+    def run(self, fn, args, key: str):
+        report = _BatchedReport(self.counter, key)
+        try:
+            return fn(*args, report)
+        finally:
+            report.flush()
+
+
+class _ByteCounter:
+    """A Ray actor: bytes reported by tasks, per file, until the scheduler takes them."""
+
+    def __init__(self):
+        self.counts = Counter()
+
+    def add(self, key: str, n: int) -> None:
+        self.counts[key] += n
+
+    def take(self) -> dict[str, int]:
+        counts, self.counts = dict(self.counts), Counter()
+        return counts
+
+
+class _BatchedReport:
+    """Progress sent to the counter actor at most every 0.5 s (or 16 MB), not every chunk."""
+
+    def __init__(self, counter, key: str):
+        self.counter, self.key, self.pending, self.sent_at = counter, key, 0, time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        self.pending += n
+        if abs(self.pending) >= 16 << 20 or time.monotonic() - self.sent_at >= 0.5:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.counter.add.remote(self.key, self.pending)
+        self.pending, self.sent_at = 0, time.monotonic()
