@@ -27,7 +27,8 @@ from pipeline.codec import BANDWIDTHS, PRECISIONS, CodecConfig
 from pipeline.download import Checksum
 from pipeline.text import TEXT_FIELDS, BpeConfig
 
-FORMATS = ("webdataset", "parquet")
+FORMATS = ("webdataset", "parquet", "lhotse_shar")
+DEFAULT_FORMATS = ("webdataset", "parquet")
 ROLES = ("train", "dev", "test")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
 
@@ -86,7 +87,7 @@ class TextConfig:
 @dataclass
 class OutputConfig:
     dir: str = "out"
-    formats: list[str] = field(default_factory=lambda: list(FORMATS))
+    formats: list[str] = field(default_factory=lambda: list(DEFAULT_FORMATS))
     target_shard_mb: float = 256.0
 
 
