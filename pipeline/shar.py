@@ -48,6 +48,15 @@ def shard_paths(subset: str, unit: str, k: int) -> dict[str, str]:
     return {"cuts": f"{folder}/cuts.{k:06d}.jsonl.gz", "codes": f"{folder}/codes.{k:06d}.tar"}
 
 
+def id_problem(cut_id: str) -> str | None:
+    """Why lhotse's reader could not pair this cut id with its `<id>.npy` member (it takes a
+    member's path without its extension, normalized, as the cut id), or None."""
+    path = PurePosixPath(f"{cut_id}.npy")
+    if "\0" in cut_id or str(path.parent / path.stem) != cut_id:
+        return f"lhotse Shar would read the cut id back as {str(path.parent / path.stem)!r}"
+    return None
+
+
 def write_cuts(samples, f) -> None:
     """One MonoCut JSON line per sample, gzipped with a fixed header."""
     with gzip.GzipFile(fileobj=f, mode="wb", mtime=0, filename="") as gz:
@@ -128,8 +137,7 @@ def _read_codes(raw: bytes) -> Iterator[tuple[str, np.ndarray, dict]]:
             name = data.name.removesuffix(".npy")
             if not data.name.endswith(".npy") or meta.name != f"{name}.json":
                 raise ValueError(f"members {data.name!r}, {meta.name!r} are not an <id>.npy + <id>.json pair")
-            path = PurePosixPath(data.name)
-            if str(path.parent / path.stem) != name:  # how lhotse's reader pairs a member with its cut
-                raise ValueError(f"member {data.name!r}: lhotse would read its cut id as {str(path.parent / path.stem)!r}")
+            if problem := id_problem(name):
+                raise ValueError(f"member {data.name!r}: {problem}")
             array = np.load(io.BytesIO(tar.extractfile(data).read()), allow_pickle=False)
             yield name, array, json.loads(tar.extractfile(meta).read())

@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from pipeline import ledger
+from pipeline import ledger, shar
 from pipeline.codes_file import CodesFile, CodesWriter
 from pipeline.fsutil import fsync_dir, json_digest, sha256_file
 from pipeline.plan import UnitPlan, read_unit_cuts
@@ -117,6 +117,9 @@ def _select(job: UnitJob, cuts: list[dict]) -> tuple[list[dict], list[dict], dic
             rejects.append(reject(cut, "duplicate_cut_id", f"in recording {cut['recording_id']}"))
             continue
         seen.add(cut["id"])
+        if shar.FORMAT in job.formats and (problem := shar.id_problem(cut["id"])):
+            rejects.append(reject(cut, "bad_cut_id", problem))  # never in Libriheavy; kept out of every format
+            continue
         text = select_text(cut["texts"], job.text_field)
         if problem := text_problem(text, job.text_field):  # empty_text, no_words
             rejects.append(reject(cut, *problem))

@@ -21,6 +21,7 @@ from pipeline.shards import write_unit_shards
 from pipeline.verify import verify
 from tests.conftest import write_dag
 from tests.test_shards import samples
+from tests.test_unit_commit import unit_setup  # noqa: F401 (a fixture)
 
 lhotse = pytest.importorskip("lhotse")
 
@@ -104,7 +105,7 @@ def test_our_reader_pairs_files_as_lhotse_does(tmp_path):
         info = tarfile.TarInfo("a//b.npy")
         tar.addfile(info, io.BytesIO())
         tar.addfile(tarfile.TarInfo("a//b.json"), io.BytesIO())
-    with pytest.raises(ValueError, match="lhotse would read its cut id as 'a/b'"):
+    with pytest.raises(ValueError, match="would read the cut id back as 'a/b'"):
         list(shar.read_shard(gzip.compress(b'{"id": "a//b"}'), odd.getvalue()))
 
 
@@ -159,3 +160,17 @@ def test_verify_names_a_damaged_or_missing_codes_file(built_corpus, tmp_path):
     assert f"{codes['path']}: missing" in problems
     assert any(p.startswith(codes["path"].replace("codes.", "cuts.").replace(".tar", ".jsonl.gz") + ": unreadable")
                for p in problems)
+
+
+def test_ids_lhotse_would_misread_are_counted_rejects_with_shar(tmp_path, unit_setup):
+    from pipeline.unit import _select
+    from tests.test_unit_commit import make_job
+
+    cuts = [{"id": i, "texts": ["Some words.", "SOME WORDS"], "recording_id": "r", "start": 0.0}
+            for i in ("small/1/b.c d/ch 1_0", "a//b", "./c", "d\0e", LONG_ID)]
+    kept, rejects, _ = _select(make_job(tmp_path, unit_setup, formats=["lhotse_shar"]), cuts)
+    assert [c["id"] for c in kept] == ["small/1/b.c d/ch 1_0", LONG_ID]
+    assert [(r["cut_id"], r["reason"]) for r in rejects] == [(i, "bad_cut_id") for i in ("a//b", "./c", "d\0e")]
+    assert "read the cut id back as 'a/b'" in rejects[0]["detail"]
+    kept, rejects, _ = _select(make_job(tmp_path, unit_setup, formats=["parquet"]), cuts)
+    assert len(kept) == len(cuts) and not rejects
