@@ -85,7 +85,7 @@ def code_bytes(out: Path, index: dict) -> dict:
     codes = sum(m.size for s in index["shards"] if s["format"] == "webdataset"
                 for m in tarfile.open(out / s["path"]) if m.name.endswith(".codes"))
     per_format = {f: sum(s["bytes"] for s in index["shards"] if s["format"] == f) / seconds
-                  for f in ("webdataset", "parquet")}
+                  for f in ("webdataset", "parquet", "lhotse_shar")}
     return {"seconds": seconds, "codes_Bps": codes / seconds, **{f"{k}_Bps": v for k, v in per_format.items()}}
 
 
@@ -154,6 +154,7 @@ def main() -> None:
         ("codes bytes per audio s (goal <= 800)", f"{sizes['codes_Bps']:.0f}"),
         ("webdataset shard bytes per audio s", f"{sizes['webdataset_Bps']:.0f}"),
         ("parquet shard bytes per audio s", f"{sizes['parquet_Bps']:.0f}"),
+        ("lhotse_shar shard bytes per audio s (cuts + codes)", f"{sizes['lhotse_shar_Bps']:.0f}"),
     ]
     print(f"$ python bench/bench_pipeline.py --dag {args.dag} --repeat {args.repeat} --weights {args.weights}")
     width = max(len(k) for k, _ in rows)

@@ -28,7 +28,8 @@ from pipeline.download import Checksum
 from pipeline.bpe import BpeConfig
 from tokens.text import TEXT_FIELDS
 
-FORMATS = ("webdataset", "parquet")
+FORMATS = ("webdataset", "parquet", "lhotse_shar")
+DEFAULT_FORMATS = ("webdataset", "parquet")
 ROLES = ("train", "dev", "test")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
 
@@ -112,7 +113,7 @@ class FilterConfig:
 @dataclass
 class OutputConfig:
     dir: str = "out"
-    formats: list[str] = field(default_factory=lambda: list(FORMATS))
+    formats: list[str] = field(default_factory=lambda: list(DEFAULT_FORMATS))
     target_shard_mb: float = 256.0
 
 

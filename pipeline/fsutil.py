@@ -1,7 +1,8 @@
 """Small file-system helpers shared by the pipeline stages.
 
 In: paths and JSON-serialisable objects. Out: files written atomically (a reader sees either the
-old file or the complete new one, never a torn write) and streamed digests of large files.
+old file or the complete new one, never a torn write), streamed digests of large files, and tar
+members with fixed headers.
 
 JSON is written deterministically (sorted keys, indent=1, UTF-8, trailing newline), so the same
 object always gives the same bytes and ledgers/markers can be compared or hashed.
@@ -10,8 +11,10 @@ object always gives the same bytes and ledgers/markers can be compared or hashed
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -99,3 +102,13 @@ def hash_file(path: Path, algo: str = "sha256") -> str:
 def sha256_file(path: Path) -> str:
     """Lower-case hex sha256 of a file, streamed."""
     return hash_file(path, "sha256")
+
+
+def add_tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """A regular file member with a fixed header (mtime 0, mode 644, owner 0, no names), so the
+    same members give the same tar bytes on any machine and at any time."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))

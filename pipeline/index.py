@@ -65,7 +65,8 @@ def build_index(out: Path, plans: list[SubsetPlan], dag_name: str, dag_fingerpri
             lengths += entry["shards"]["lengths"]
             for f in entry["shards"]["files"]:
                 shards.append(f)
-                if f["format"] == entry["shards"]["files"][0]["format"]:
+                # Count each shard once: in the first format, and for Shar by its cuts file.
+                if f["format"] == entry["shards"]["files"][0]["format"] and f.get("field", "cuts") == "cuts":
                     samples += f["samples"]
                     hours += f["hours"]
         subsets[plan.subset] = {"role": plan.role, "samples": samples, "hours": round(hours, 6)}

@@ -33,6 +33,7 @@ from pipeline.out_lock import exclusive
 from pipeline.plan import SubsetPlan, plan_subsets, read_unit_cuts
 from pipeline.resample import RESAMPLER
 from pipeline.segment import PAST_END_TOLERANCE_S
+from pipeline.shards import remove_file
 from pipeline.bpe import train_bpe
 from pipeline.text_agreement import AGREEMENT
 from pipeline.transfers import DownloadSettings, FileJob, RayTasks, ThreadTasks, Transfers
@@ -339,7 +340,7 @@ def remove_units(out: Path, names: list[str]) -> None:
         entry = ledger.read_entry(out, name)
         for f in [entry.get("codes") or {}] + (entry.get("shards") or {}).get("files", []):
             if f.get("path"):
-                (out / f["path"]).unlink(missing_ok=True)
+                remove_file(out, f["path"])
         ledger.entry_path(out, name).unlink()
 
 

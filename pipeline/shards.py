@@ -1,7 +1,8 @@
 """Shards: write a unit's samples as WebDataset tars and/or Parquet files.
 
 In: the unit's samples in order (metadata + codes), the formats, a target shard size.
-Out: `OUT/<format>/<subset>/<unit>-<k>.{tar,parquet}` under temporary names (`*.partial`),
+Out: `OUT/<format>/<subset>/<unit>-<k>.{tar,parquet}` (lhotse Shar: `OUT/lhotse_shar/<subset>/<unit>/`
+`cuts.<k>.jsonl.gz` + `codes.<k>.tar`, pipeline/shar.py) under temporary names (`*.partial`),
 fsynced; the caller renames them into place when the unit commits, so a renamed shard is whole
 on disk even after a power loss. Bytes are deterministic (fixed tar headers, fixed Parquet
 settings), so a re-run writes identical files.
@@ -12,11 +13,10 @@ so the key is `<unit>_<n>` and the real id lives in the JSON.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
-from pipeline.fsutil import sha256_file
+from pipeline import shar
+from pipeline.fsutil import add_tar_member, sha256_file
 
 # Bumped whenever what the shards stage writes changes (files, fields, ledger record), so that
 # committed units are re-written from their codes rather than trusted.
@@ -33,7 +34,7 @@ from pipeline.fsutil import sha256_file
 # 4: transcript agreement: text_mismatch rejects, each sample's text_cer in lengths.
 LAYOUT_VERSION = 4
 SUFFIX = {"webdataset": ".tar", "parquet": ".parquet"}
-FORMAT_DIRS = tuple(SUFFIX)  # OUT/<format>/<subset>/...
+FORMAT_DIRS = (*SUFFIX, shar.FORMAT)  # OUT/<format>/<subset>/...
 TAR_MEMBER_OVERHEAD = 1024  # header block + average padding, for size estimates
 
 
@@ -49,6 +50,7 @@ class Sample:
     recording_id: str
     start: float
     text_cer: float | None = None  # book vs ASR transcript (pipeline.text_agreement); lengths only
+    source_texts: list[str] = field(default_factory=list)  # Libriheavy's [book, ASR] texts, as given
 
     def metadata(self) -> dict:
         return {
@@ -70,6 +72,24 @@ class ShardFile:
     hours: float
     bytes: int
     sha256: str
+    field: str | None = None  # lhotse_shar: the Shar field this file holds (cuts or codes)
+
+    def record(self) -> dict:
+        """The ledger/index record (no `field` key for the formats that have one file a shard)."""
+        return {k: v for k, v in asdict(self).items() if k != "field" or v is not None}
+
+
+def unit_files(fmt: str, unit: str) -> str:
+    """Glob, relative to OUT/<format>/<subset>, matching every file of `unit` in `fmt`."""
+    return f"{unit}/*" if fmt == shar.FORMAT else f"{unit}-*"
+
+
+def remove_file(out: Path, rel: str) -> None:
+    """Delete a committed shard file; a Shar unit folder it leaves empty goes too."""
+    path = out / rel
+    path.unlink(missing_ok=True)
+    if rel.startswith(shar.FORMAT + "/") and path.parent.is_dir() and not any(path.parent.iterdir()):
+        path.parent.rmdir()
 
 
 def shard_id(unit: str, k: int) -> str:
@@ -116,16 +136,8 @@ def _write_tar(samples: list[Sample], f, unit: str, first_index: int) -> None:
             key = f"{unit}_{n:06d}"
             meta = json.dumps(s.metadata(), ensure_ascii=False, sort_keys=True,
                               separators=(",", ":")).encode()
-            _add_member(tar, f"{key}.json", meta)
-            _add_member(tar, f"{key}.codes", schemas.pack_codes(s.codes))
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
+            add_tar_member(tar, f"{key}.json", meta)
+            add_tar_member(tar, f"{key}.codes", schemas.pack_codes(s.codes))
 
 
 def write_parquet(samples: list[Sample], path: Path) -> None:
@@ -167,6 +179,9 @@ def write_unit_shards(samples: Iterable[Sample], out: Path, subset: str, unit: s
                         "speaker": [s.speaker for s in group], "recording_id": [s.recording_id for s in group],
                         "text_cer": [s.text_cer for s in group]})
         for fmt in formats:
+            if fmt == shar.FORMAT:
+                written += _write_shar(group, out, subset, unit, k, hours)
+                continue
             rel = shard_path(fmt, subset, unit, k)
             tmp = partial(out / rel)
             tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -179,6 +194,20 @@ def write_unit_shards(samples: Iterable[Sample], out: Path, subset: str, unit: s
                                            bytes=tmp.stat().st_size, sha256=sha256_file(tmp))))
         first += len(group)
     return written, lengths
+
+
+def _write_shar(group: list[Sample], out: Path, subset: str, unit: str, k: int, hours: float):
+    """Shard k as lhotse Shar: one file per field, each its own record."""
+    written = []
+    for name, rel in shar.shard_paths(subset, unit, k).items():
+        tmp = partial(out / rel)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        write = shar.write_cuts if name == "cuts" else shar.write_codes
+        _write_durably(tmp, lambda f: write(group, f))
+        written.append((tmp, ShardFile(id=shard_id(unit, k), format=shar.FORMAT, path=rel, subset=subset,
+                                       unit=unit, samples=len(group), hours=hours, bytes=tmp.stat().st_size,
+                                       sha256=sha256_file(tmp), field=name)))
+    return written
 
 
 def _validated(samples: Iterable[Sample], unit: str) -> Iterator[Sample]:

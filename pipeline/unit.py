@@ -20,19 +20,19 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from pipeline import ledger
+from pipeline import ledger, shar
 from pipeline.codes_file import CodesFile, CodesWriter
 from pipeline.fsutil import fsync_dir, json_digest, sha256_file
 from pipeline.plan import UnitPlan, read_unit_cuts
 from pipeline.segment import reject, segment_recording
-from pipeline.shards import FORMAT_DIRS, LAYOUT_VERSION, Sample, partial, write_unit_shards
+from pipeline.shards import FORMAT_DIRS, LAYOUT_VERSION, Sample, partial, remove_file, unit_files, write_unit_shards
 from pipeline.text_agreement import agreement_problem, text_cer
 from tokens.text import Tokenizer, select_text, text_problem
 
@@ -120,6 +120,9 @@ def _select(job: UnitJob, cuts: list[dict]) -> tuple[list[dict], list[dict], dic
             rejects.append(reject(cut, "duplicate_cut_id", f"in recording {cut['recording_id']}"))
             continue
         seen.add(cut["id"])
+        if shar.FORMAT in job.formats and (problem := shar.id_problem(cut["id"])):
+            rejects.append(reject(cut, "bad_cut_id", problem))  # never in Libriheavy; kept out of every format
+            continue
         text = select_text(cut["texts"], job.text_field)
         if problem := text_problem(text, job.text_field):  # empty_text, no_words
             rejects.append(reject(cut, *problem))
@@ -194,14 +197,14 @@ def _committed_codes(job: UnitJob, record: dict | None) -> CodesFile | None:
 
 def _write_shards(job: UnitJob, cuts, texts, cers, codes: CodesFile, selection_rejects, fingerprint) -> dict:
     for fmt in FORMAT_DIRS:
-        for leftover in (job.out / fmt / job.unit.subset).glob(f"{job.unit.name}-*.partial"):
+        for leftover in (job.out / fmt / job.unit.subset).glob(unit_files(fmt, job.unit.name) + ".partial"):
             leftover.unlink()
     written, lengths = write_unit_shards(_samples(job, cuts, texts, cers, codes), job.out, job.unit.subset,
                                          job.unit.name, job.formats, job.target_shard_bytes)
     for tmp, record in written:
         os.replace(tmp, job.out / record.path)
         fsync_dir((job.out / record.path).parent)
-    return {"fingerprint": fingerprint, "files": [asdict(r) for _, r in written],
+    return {"fingerprint": fingerprint, "files": [r.record() for _, r in written],
             "lengths": lengths, "samples": sum(len(s["frames"]) for s in lengths),
             "rejects": selection_rejects}
 
@@ -221,7 +224,8 @@ def _samples(job: UnitJob, cuts, texts, cers, codes: CodesFile) -> Iterator[Samp
         text = texts[cut_id]
         yield Sample(id=cut_id, speaker=cut["speaker"], subset=job.unit.subset, duration=duration,
                      text=text, text_tokens=job.tokenizer.encode(text), codes=array,
-                     recording_id=cut["recording_id"], start=cut["start"], text_cer=cers[cut_id])
+                     recording_id=cut["recording_id"], start=cut["start"], text_cer=cers[cut_id],
+                     source_texts=cut["texts"])
         cut = next(wanted, None)
     if cut is not None:
         raise RuntimeError(f"unit {job.unit.name}: {job.codes_rel} is not in plan order at cut "
@@ -232,9 +236,10 @@ def _remove_stale_shards(job: UnitJob, shards_rec: dict) -> None:
     """Files of this unit that the new entry does not name (e.g. a format no longer asked for)."""
     keep = {f["path"] for f in shards_rec["files"]}
     for fmt in FORMAT_DIRS:
-        for path in (job.out / fmt / job.unit.subset).glob(f"{job.unit.name}-*"):
-            if path.relative_to(job.out).as_posix() not in keep:
-                path.unlink()
+        for path in (job.out / fmt / job.unit.subset).glob(unit_files(fmt, job.unit.name)):
+            rel = path.relative_to(job.out).as_posix()
+            if rel not in keep:
+                remove_file(job.out, rel)
 
 
 def _result(job: UnitJob, action: str, shards_rec: dict, timings: Counter) -> dict:

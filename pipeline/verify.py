@@ -5,6 +5,8 @@ Checks the index against schemas/index.v1.json; every shard's size and sha256; e
 metadata against schemas/sample.v1.json, its codes' shape and range, its tokens against the BPE
 vocabulary, frames against duration (75 per second); counts and hours per shard; ids unique
 within a format and the same across formats; the rejects file against the index's counts.
+lhotse Shar shards are read as lhotse pairs them (pipeline.shar.read_shard, without lhotse): a
+shard's cuts file with its codes file, each cut with its `<id>.npy` and duration = frames / 75.
 """
 from __future__ import annotations
 
@@ -18,7 +20,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import numpy as np
+
 import schemas
+from pipeline import shar
 from pipeline.fsutil import sha256_file
 
 FRAME_RATE = 75
@@ -44,6 +49,7 @@ def verify(out: Path) -> list[str]:
     lengths, lengths_problems = _read_lengths(out, index)
     problems += lengths_problems
     ids_by_format: dict[str, Counter] = {}
+    shar_codes = {s["id"]: s for s in index["shards"] if s["format"] == shar.FORMAT and s.get("field") == "codes"}
     for shard in index["shards"]:
         path = out / shard["path"]
         where = shard["path"]
@@ -55,8 +61,10 @@ def verify(out: Path) -> list[str]:
             problems.append(f"{where}: {len(raw)} bytes, index says {shard['bytes']}")
         if hashlib.sha256(raw).hexdigest() != shard["sha256"]:
             problems.append(f"{where}: sha256 differs from the index")
+        if shard.get("field") == "codes":
+            continue  # read with its cuts file
         try:
-            rows = list(_read_webdataset(raw) if shard["format"] == "webdataset" else _read_parquet(raw))
+            rows = list(_read_rows(out, shard, raw, shar_codes))
         except Exception as err:  # any unreadable shard is a finding, not a crash
             problems.append(f"{where}: unreadable: {type(err).__name__}: {err}")
             continue
@@ -78,7 +86,7 @@ def verify(out: Path) -> list[str]:
         if dup:
             problems.append(f"{fmt}: {len(dup)} duplicated sample ids, e.g. {dup[0]!r}")
     if len(ids_by_format) > 1 and len({frozenset(c) for c in ids_by_format.values()}) > 1:
-        problems.append("the webdataset and parquet shards hold different sample ids")
+        problems.append(f"the {' and '.join(sorted(ids_by_format))} shards hold different sample ids")
 
     problems += _check_rejects(out, index)
     return problems
@@ -99,6 +107,21 @@ def _read_lengths(out: Path, index: dict):
     if {r["shard"] for r in rows} != {s["id"] for s in index["shards"]}:
         problems.append(f"{path}: its shard ids differ from the index's")
     return {r["shard"]: (r["frames"], r["text_tokens"]) for r in rows}, problems
+
+
+def _read_rows(out: Path, shard: dict, raw: bytes, shar_codes: dict):
+    if shard["format"] == "webdataset":
+        return _read_webdataset(raw)
+    if shard["format"] == "parquet":
+        return _read_parquet(raw)
+    if shard["id"] not in shar_codes:
+        raise ValueError("the index lists no codes file for this Shar shard")
+    return _read_shar(raw, (out / shar_codes[shard["id"]]["path"]).read_bytes())
+
+
+def _read_shar(cuts_raw: bytes, codes_raw: bytes):
+    for meta, codes in shar.read_shard(cuts_raw, codes_raw):
+        yield {**meta, "codes_format": schemas.CODES_FORMAT}, codes
 
 
 def _read_webdataset(raw: bytes):
@@ -136,10 +159,14 @@ def _check_sample(meta: dict, codes_bytes: bytes, expect: dict) -> list[str]:
     k, t = meta["codes_shape"]
     if k != expect["codebooks"]:
         problems.append(f"{k} codebooks, the index says {expect['codebooks']}")
-    try:
-        schemas.unpack_codes(codes_bytes, k, t)
-    except schemas.SchemaError as err:
-        problems.append(str(err))
+    if isinstance(codes_bytes, np.ndarray):  # decoded already (lhotse Shar)
+        if codes_bytes.size and codes_bytes.max() >= 1 << schemas.CODEBOOK_BITS:
+            problems.append(f"code {codes_bytes.max()} outside the codebook of {1 << schemas.CODEBOOK_BITS}")
+    else:
+        try:
+            schemas.unpack_codes(codes_bytes, k, t)
+        except schemas.SchemaError as err:
+            problems.append(str(err))
     if abs(t - meta["duration"] * FRAME_RATE) > 1:
         problems.append(f"{t} frames for {meta['duration']} s (expected ~{meta['duration'] * FRAME_RATE:.1f})")
     if max(meta["text_tokens"]) >= expect["vocab"]:

@@ -58,7 +58,7 @@ def write_dag(path: Path, corpus, **sections) -> Path:
         "segment": {"min_duration": 0.5, "max_duration": 20.0},
         "text": {"field": "book", "bpe": {"vocab_size": 64}},
         "codec": {"weights": "random", "batch_seconds": 10},
-        "output": {"dir": str(path.parent / "out"), "formats": ["webdataset", "parquet"],
+        "output": {"dir": str(path.parent / "out"), "formats": ["webdataset", "parquet", "lhotse_shar"],
                    "target_shard_mb": 0.02},
         "ray": {"units_in_flight": 2},
     }

@@ -30,7 +30,7 @@ def outputs(out: Path) -> dict[str, bytes]:
     keep = ("index.json", "rejects.jsonl", "text/bpe.model")
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
             if p.is_file() and (p.relative_to(out).as_posix() in keep
-                                or p.parts[len(out.parts)] in ("webdataset", "parquet"))}
+                                or p.parts[len(out.parts)] in ("webdataset", "parquet", "lhotse_shar"))}
 
 
 def committed_units(out: Path) -> int:

@@ -71,7 +71,7 @@ def make_job(out: Path, unit_setup, **changes) -> UnitJob:
     _, unit, tokenizer, store = unit_setup
     fields = dict(out=out, unit=unit, audio_store=store, min_duration=0.5,
                   max_duration=20.0, text_field="book", tokenizer=tokenizer,
-                  formats=["webdataset", "parquet"], target_shard_bytes=20_000,
+                  formats=["webdataset", "parquet", "lhotse_shar"], target_shard_bytes=20_000,
                   audio_fingerprint="audio-v1", text_fingerprint="text-v1",
                   encode_chunk_seconds=3.0)
     fields.update(changes)
@@ -94,7 +94,7 @@ def test_crash_at_every_write_then_rerun_matches_clean_run(tmp_path, unit_setup,
     clean_out = fresh_out(tmp_path, "clean", unit_setup)
     run_unit(make_job(clean_out, unit_setup), local_encode(encoder))
     expected = snapshot(clean_out)
-    assert any(k.startswith("webdataset/") for k in expected) and any(k.startswith("parquet/") for k in expected)
+    assert {k.split("/")[0] for k in expected} >= {"webdataset", "parquet", "lhotse_shar"}
 
     real_replace = os.replace
     n_writes = 0
@@ -144,8 +144,9 @@ def test_text_change_reuses_codes_and_codec_change_reencodes(tmp_path, unit_setu
     assert not is_current(retok)
     assert run_unit(retok, local_encode(encoder))["action"] == "shards"
     assert encoder.forward_passes == passes
-    # The format no longer asked for is gone; the ledger names only what exists.
+    # The formats no longer asked for are gone; the ledger names only what exists.
     assert not list((out / "webdataset").rglob("*.tar"))
+    assert all(p.parent == out / "lhotse_shar" for p in (out / "lhotse_shar").rglob("*"))  # no unit folder
 
     recode = make_job(out, unit_setup, audio_fingerprint="audio-v2")
     assert run_unit(recode, local_encode(encoder))["action"] == "codes"
