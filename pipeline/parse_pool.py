@@ -95,10 +95,11 @@ class RayParsers(SerialParsers):
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         super().__init__(block_bytes)
-        if not ray.is_initialized():
-            raise RuntimeError("RayParsers needs ray.init() first; use ProcessParsers without Ray")
+        cpus = ray_node_cpus()
+        if not cpus:
+            raise RuntimeError("RayParsers needs ray.init() first, on a node with CPUs for Ray "
+                               "tasks; use ProcessParsers otherwise")
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        cpus = int(ray.available_resources().get("CPU", 1))
         self.workers = workers or max(1, min(cpus, MAX_WORKERS))
         self.ray = ray
         self.task = ray.remote(parse_block).options(num_cpus=1, max_retries=3,
@@ -122,13 +123,21 @@ def default_workers() -> int:
     return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
 
 
+def ray_node_cpus() -> int:
+    """CPUs that Ray may use on this node (0 without a Ray session, or on a head node started
+    with --num-cpus 0, where tasks pinned here would never run)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 0
+    here = ray.get_runtime_context().get_node_id()
+    return int(next((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["NodeID"] == here), 0))
+
+
 def default_parsers() -> SerialParsers:
-    """Ray tasks when this process is already in a Ray session, else a process pool."""
-    try:
-        import ray
-    except ImportError:  # pragma: no cover - ray is a dependency
-        ray = None
-    if ray is not None and ray.is_initialized():
+    """Ray tasks when this process is already in a Ray session (with CPUs on this node), else a
+    process pool, else (one CPU) this thread."""
+    if ray_node_cpus():
         return RayParsers()
     return ProcessParsers() if default_workers() > 1 else SerialParsers()
 

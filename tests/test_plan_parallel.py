@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import parse_pool
 
-from pipeline.parse_pool import ProcessParsers, RayParsers, SerialParsers
+from pipeline.parse_pool import ProcessParsers, RayParsers, SerialParsers, default_parsers
 from pipeline.plan import ManifestUnreadable, SubsetPlanner, ids_path, plan_subset, plan_subsets
 from tests.conftest import REPO
 
@@ -79,6 +79,8 @@ def test_parallel_parsing_gives_the_serial_plan(tmp_path, messy_manifest, make):
 def test_ray_tasks_give_the_serial_plan(tmp_path, messy_manifest, ray_address):
     reference = _plan_with(SerialParsers(), messy_manifest, tmp_path / "serial")
     assert _plan_with(RayParsers(2, TINY_BLOCK), messy_manifest, tmp_path / "ray") == reference
+    with default_parsers() as chosen:  # in a Ray session, planning parses with Ray tasks
+        assert isinstance(chosen, RayParsers) and chosen.workers == 2
 
 
 def sample_lines() -> list[str]:
