@@ -134,6 +134,7 @@ def child(path: Path, work: Path, mode: str) -> dict:
     from pipeline.plan import plan_subset
 
     parsers, workers_peak = SerialParsers() if mode == "serial" else ProcessParsers(), [0]
+    cpu = _cpu_s()
     with parsers:
         t = time.perf_counter()
         plan = plan_subset(path, "bench", "train", work, 20.0, PREFIX, progress=False, parsers=parsers)
@@ -141,7 +142,8 @@ def child(path: Path, work: Path, mode: str) -> dict:
         if mode == "parallel":  # each worker's own high-water mark (ru_maxrss of children
             # would count the driver's memory at the time they were started)
             workers_peak = [_vm_hwm_mb(pid) for pid in parsers.pool._processes]
-    result = {"units": len(plan.units), "cuts": sum(u.cuts for u in plan.units),
+    cpu = _cpu_s() - cpu  # the workers' CPU counts once they have exited (the pool is shut)
+    result = {"cpu_s": cpu, "units": len(plan.units), "cuts": sum(u.cuts for u in plan.units),
               "rejects": len(plan.rejects), "workers": parsers.workers, "plan_s": total,
               "units_sha": [u.sha256 for u in plan.units], "worker_rss_mb": max(workers_peak),
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -177,6 +179,12 @@ def phases(path: Path) -> dict:
     sampled = sum(parse_block(block, first, PREFIX, "bench")[0].lines for first, block in sample)
     return {"lines": lines, "zlib_s": zlib_s, "inflate_s": inflate,
             "parse_us": (time.perf_counter() - t) / sampled * 1e6}
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its exited children (user + system)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _vm_hwm_mb(pid: int) -> float:
@@ -244,19 +252,22 @@ def main() -> None:
         if parallel["units_sha"] != serial["units_sha"]:
             raise SystemExit(f"{path}: the parallel plan differs from the serial plan")
         rows.append({"gz_mb": path.stat().st_size / 1e6, **serial, "parallel_s": parallel["plan_s"],
+                     "parallel_cpu_s": parallel["cpu_s"],
                      "workers": parallel["workers"], "parallel_rss_mb": parallel["peak_rss_mb"],
                      "worker_rss_mb": parallel["worker_rss_mb"]})
 
     print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs "
           f"(1-minute; other jobs share the cores)")
     print("| lines | manifest (gz) | units | sha256 | inflate: zlib / ISA-L | parse, 1 core | "
-          "plan serial | plan parallel | speed-up | re-run | peak RSS: serial / parallel driver + worker |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "plan serial | plan parallel | speed-up | CPU: serial / parallel | re-run | "
+          "peak RSS: serial / parallel driver + worker |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['lines']:,} | {r['gz_mb']:.0f} MB | {r['units']} | {r['sha256_s']:.1f} s | "
               f"{r['zlib_s']:.1f} / {r['inflate_s']:.1f} s | {r['parse_us']:.1f} us/line | "
               f"{r['plan_s']:.1f} s | {r['parallel_s']:.1f} s ({r['workers']} workers) | "
-              f"{r['plan_s'] / r['parallel_s']:.2f}x | {r['rerun_s']:.1f} s | "
+              f"{r['plan_s'] / r['parallel_s']:.2f}x | {r['cpu_s']:.1f} / {r['parallel_cpu_s']:.1f} s | "
+              f"{r['rerun_s']:.1f} s | "
               f"{r['peak_rss_mb']:.0f} / {r['parallel_rss_mb']:.0f} + {r['worker_rss_mb']:.0f} MB |")
     print("(the parallel plan's units and their sha256 equal the serial plan's at every size)")
     small, big = rows[0], rows[-1]
