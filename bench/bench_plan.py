@@ -9,12 +9,15 @@ taken from the preceding text of the same "book" (so gzip compresses them as it 
 file, whose 12 M lines take 7.12 GB: ~590 bytes a line). They are cached under --cache.
 
 Each planning run is a fresh process (`plan_subset`, no progress bar), so its peak RSS is its
-own. Reported per size: the manifest's sha256 alone (the fingerprint), decompression alone,
-the whole plan, a re-run with nothing changed, and peak RSS. The duplicate-id step (the memory
-that grows with the corpus: 16 bytes an id, ~3x while sorting) is also run alone on 12 M ids in
-a fresh process. For 12 M lines: time scales linearly from the larger size; memory is bounded by
-the larger size's peak plus the id step's peak at 12 M. `--old-sample N` also times the previous
-per-line path (lhotse's MonoCut.from_dict) on N lines.
+own; each size is planned twice, serially (blocks parsed in the planning process) and in
+parallel (the default pool of worker processes), and the two plans must be identical. Reported
+per size: the manifest's sha256 alone (the fingerprint), inflating alone with Python's zlib and
+with ISA-L as planning does (the one serial step), parsing alone on one core, both plans, a re-run
+with nothing changed, and peak RSS (driver, and the largest worker). The duplicate-id step (the
+memory that grows with the corpus: 16 bytes an id, ~3x while sorting) is also run alone on 12 M
+ids in a fresh process. For 12 M lines: time scales linearly from the larger size; memory is
+bounded by the larger size's peak plus the id step's peak at 12 M. `--old-sample N` also times
+the previous per-line path (lhotse's MonoCut.from_dict) on N lines.
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 GENERATOR_VERSION = 1
 FULL_SCALE = 12_000_000
 PREFIX = "download/librilight/"
+BLOCK = 8 * 1024 * 1024
+SAMPLE_BLOCKS = 20  # blocks (~50 k lines) whose parsing alone is timed on one core
 
 def _vocabulary(rng: random.Random) -> tuple[list[str], list[float]]:
     """20,000 made-up words with Zipf frequencies (as in English text), as cumulative weights."""
@@ -121,27 +126,72 @@ def manifest(cache: Path, lines: int) -> Path:
     return path
 
 
-def child(path: Path, work: Path) -> dict:
-    """One planning run, timed by phase, in this (fresh) process."""
+def child(path: Path, work: Path, mode: str) -> dict:
+    """One planning run in this (fresh) process, then (serial mode) its phases timed alone.
+    `mode`: "serial" (blocks parsed in this process) or "parallel" (the default worker pool)."""
     from pipeline.fsutil import sha256_file
-    from pipeline.manifest import read_blocks
+    from pipeline.parse_pool import ProcessParsers, SerialParsers
     from pipeline.plan import plan_subset
 
-    t = time.perf_counter()
-    sha256_file(path)
-    sha = time.perf_counter() - t
-    t = time.perf_counter()
-    lines = sum(block.count(b"\n") + 1 for _, block in read_blocks(path))
-    gunzip = time.perf_counter() - t
-    t = time.perf_counter()
-    plan = plan_subset(path, "bench", "train", work, 20.0, PREFIX, progress=False)
-    total = time.perf_counter() - t
+    parsers, workers_peak = SerialParsers() if mode == "serial" else ProcessParsers(), [0]
+    cpu = _cpu_s()
+    with parsers:
+        t = time.perf_counter()
+        plan = plan_subset(path, "bench", "train", work, 20.0, PREFIX, progress=False, parsers=parsers)
+        total = time.perf_counter() - t
+        if mode == "parallel":  # each worker's own high-water mark (ru_maxrss of children
+            # would count the driver's memory at the time they were started)
+            workers_peak = [_vm_hwm_mb(pid) for pid in parsers.pool._processes]
+    cpu = _cpu_s() - cpu  # the workers' CPU counts once they have exited (the pool is shut)
+    result = {"cpu_s": cpu, "units": len(plan.units), "cuts": sum(u.cuts for u in plan.units),
+              "rejects": len(plan.rejects), "workers": parsers.workers, "plan_s": total,
+              "units_sha": [u.sha256 for u in plan.units], "worker_rss_mb": max(workers_peak),
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     t = time.perf_counter()
     plan_subset(path, "bench", "train", work, 20.0, PREFIX, progress=False)
-    rerun = time.perf_counter() - t
-    return {"lines": lines, "units": len(plan.units), "cuts": sum(u.cuts for u in plan.units),
-            "rejects": len(plan.rejects), "sha256_s": sha, "gunzip_s": gunzip, "plan_s": total,
-            "rerun_s": rerun, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    result["rerun_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    sha256_file(path)
+    result["sha256_s"] = time.perf_counter() - t
+    if mode == "serial":
+        result.update(phases(path))
+    return result
+
+
+def phases(path: Path) -> dict:
+    """Inflating alone (Python's zlib, and ISA-L in line-aligned blocks as planning does: the
+    serial part) and parsing alone on one core (the first SAMPLE_BLOCKS blocks)."""
+    from pipeline.manifest import parse_block, read_blocks
+
+    t = time.perf_counter()
+    with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz:
+        while gz.read(BLOCK):
+            pass
+    zlib_s = time.perf_counter() - t
+    t = time.perf_counter()
+    lines, sample = 0, []
+    for first, block in read_blocks(path):
+        lines += block.count(b"\n") + 1
+        if len(sample) < SAMPLE_BLOCKS:
+            sample.append((first, block))
+    inflate = time.perf_counter() - t
+    t = time.perf_counter()
+    sampled = sum(parse_block(block, first, PREFIX, "bench")[0].lines for first, block in sample)
+    return {"lines": lines, "zlib_s": zlib_s, "inflate_s": inflate,
+            "parse_us": (time.perf_counter() - t) / sampled * 1e6}
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its exited children (user + system)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def ids_child(n: int) -> dict:
@@ -179,11 +229,11 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "valle-bench-plan")
     parser.add_argument("--old-sample", type=int, default=20_000,
                         help="lines timed through the old lhotse path (0: skip)")
-    parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--ids-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(*args.child)))
+        print(json.dumps(child(Path(args.child[0]), Path(args.child[1]), args.child[2])))
         return
     if args.ids_child:
         print(json.dumps(ids_child(args.ids_child)))
@@ -192,18 +242,34 @@ def main() -> None:
     rows = []
     for n in sizes:
         path = manifest(args.cache, n)
-        with tempfile.TemporaryDirectory(dir=args.cache) as work:
-            res = subprocess.run([sys.executable, __file__, "--child", str(path), work],
-                                 check=True, capture_output=True, text=True)
-        rows.append({"gz_mb": path.stat().st_size / 1e6, **json.loads(res.stdout.splitlines()[-1])})
+        runs = {}
+        for mode in ("serial", "parallel"):
+            with tempfile.TemporaryDirectory(dir=args.cache) as work:
+                res = subprocess.run([sys.executable, __file__, "--child", str(path), work, mode],
+                                     check=True, capture_output=True, text=True)
+            runs[mode] = json.loads(res.stdout.splitlines()[-1])
+        serial, parallel = runs["serial"], runs["parallel"]
+        if parallel["units_sha"] != serial["units_sha"]:
+            raise SystemExit(f"{path}: the parallel plan differs from the serial plan")
+        rows.append({"gz_mb": path.stat().st_size / 1e6, **serial, "parallel_s": parallel["plan_s"],
+                     "parallel_cpu_s": parallel["cpu_s"],
+                     "workers": parallel["workers"], "parallel_rss_mb": parallel["peak_rss_mb"],
+                     "worker_rss_mb": parallel["worker_rss_mb"]})
 
-    print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    print("| lines | manifest (gz) | units | sha256 | gunzip only | plan | us/line | re-run | peak RSS |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs "
+          f"(1-minute; other jobs share the cores)")
+    print("| lines | manifest (gz) | units | sha256 | inflate: zlib / ISA-L | parse, 1 core | "
+          "plan serial | plan parallel | speed-up | CPU: serial / parallel | re-run | "
+          "peak RSS: serial / parallel driver + worker |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['lines']:,} | {r['gz_mb']:.0f} MB | {r['units']} | {r['sha256_s']:.1f} s | "
-              f"{r['gunzip_s']:.1f} s | {r['plan_s']:.1f} s | {r['plan_s'] / r['lines'] * 1e6:.1f} | "
-              f"{r['rerun_s']:.1f} s | {r['peak_rss_mb']:.0f} MB |")
+              f"{r['zlib_s']:.1f} / {r['inflate_s']:.1f} s | {r['parse_us']:.1f} us/line | "
+              f"{r['plan_s']:.1f} s | {r['parallel_s']:.1f} s ({r['workers']} workers) | "
+              f"{r['plan_s'] / r['parallel_s']:.2f}x | {r['cpu_s']:.1f} / {r['parallel_cpu_s']:.1f} s | "
+              f"{r['rerun_s']:.1f} s | "
+              f"{r['peak_rss_mb']:.0f} / {r['parallel_rss_mb']:.0f} + {r['worker_rss_mb']:.0f} MB |")
+    print("(the parallel plan's units and their sha256 equal the serial plan's at every size)")
     small, big = rows[0], rows[-1]
     scale = FULL_SCALE / big["lines"]
     slope = (big["peak_rss_mb"] - small["peak_rss_mb"]) / max(1, big["lines"] - small["lines"])
@@ -215,9 +281,13 @@ def main() -> None:
           f"1 M): {ids['seconds']:.1f} s, peak RSS {ids['peak_rss_mb']:.0f} MB (process total)")
     # At small sizes the parse phase sets the peak, at 12 M the id step does: a linear fit would
     # miss that, so the bound adds the id step at full scale to the plan's peak at the larger size.
-    bound = big["peak_rss_mb"] + ids["peak_rss_mb"]
-    print(f"extrapolated to {FULL_SCALE:,} lines: plan {big['plan_s'] * scale / 60:.1f} min "
-          f"(goal < 10), re-run with nothing changed {big['rerun_s'] * scale:.0f} s, peak RSS "
+    bound = max(big["peak_rss_mb"], big["parallel_rss_mb"]) + ids["peak_rss_mb"]
+    workers = big["workers"] * big["worker_rss_mb"]
+    print(f"extrapolated to {FULL_SCALE:,} lines: plan {big['plan_s'] * scale / 60:.1f} min serial, "
+          f"{big['parallel_s'] * scale / 60:.1f} min parallel on {os.cpu_count()} CPUs (goal < 10); "
+          f"inflating alone (the serial floor) {big['inflate_s'] * scale / 60:.1f} min; "
+          f"{big['workers']} workers' parsing alone {big['parse_us'] * FULL_SCALE / 1e6 / big['workers'] / 60:.1f} min; "
+          f"worker processes {workers:.0f} MB in all (not growing with the manifest); re-run with nothing changed {big['rerun_s'] * scale:.0f} s, peak RSS "
           f"<= {bound:.0f} MB (goal < 2048; linear fit alone: {rss:.0f} MB, "
           f"{slope * 1e6:.0f} MB per million lines), manifest {big['gz_mb'] * scale / 1e3:.1f} GB "
           f"gz (real: 7.12 GB)")

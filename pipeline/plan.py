@@ -9,20 +9,24 @@ Out: `OUT/plan/<subset>/<unit>.jsonl` (compact cuts: no pre_texts), `OUT/plan/<s
 Four steps; memory grows only with the recordings (~250 k for large) and by 16 bytes a cut
 (about 3x that while sorting: < 1 GB in all for 12 M cuts, see bench/bench_plan.py):
 1. parse every line once (pipeline.manifest), compact cuts to a file, unreadable lines rejected;
+   one thread inflates the gzip stream into blocks of lines, worker processes (or Ray tasks)
+   parse them, and the results are merged in block order (pipeline.parse_pool);
 2. duplicate cut ids, found by sorting id digests: the copy with the smallest (recording, start)
    is kept; with `plan_subsets`, ids kept by a subset of higher priority are rejected too;
 3. pack: recordings sorted by id, a new unit once ~unit_hours of cut audio is reached;
 4. distribute the compact cuts into one file per unit.
 The same manifest and settings give the same units with the same names on any machine and any
-cluster size, whatever the order of its lines: the resume key. A unit holds whole recordings so
-each long FLAC is decoded once.
+cluster size, however many workers parse it and whatever the order of its lines: the resume
+key. A unit holds whole recordings so each long FLAC is decoded once. Subsets are planned at
+the same time, each as soon as its manifest is ready (`SubsetPlanner`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
-import zlib
+import threading
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,7 +37,9 @@ from tqdm import tqdm
 from pipeline import cut_ids
 from pipeline.download import DownloadError
 from pipeline.fsutil import read_json, sha256_file, write_json_atomic
-from pipeline.manifest import ManifestScan, line_reject, read_blocks, scan_block
+from pipeline.manifest import GZIP_ERRORS, ManifestScan, line_reject, read_blocks
+from pipeline.parse_pool import (SerialParsers, default_parsers, parse_in_order, parsers_for,
+                                 small_manifest)
 
 PLAN_FORMAT = 2  # 2: msgspec parsing, number checks, duplicate ids rejected while planning
 # A cut id in several subsets is kept in the first by role in this order (then DAG order):
@@ -90,33 +96,129 @@ def ids_path(out: Path, subset: str) -> Path:
 
 
 def plan_subsets(manifests: dict[str, Path], roles: dict[str, str], out: Path, unit_hours: float,
-                 source_prefix: str, progress: bool = True) -> list[SubsetPlan]:
-    """Plan every subset (in `roles` order) so that no cut id is in two of them."""
-    order = sorted(roles, key=lambda s: ROLE_PRIORITY.index(roles[s]))  # stable: DAG order within
-    plans, earlier = {}, []
-    for subset in order:
-        plans[subset] = plan_subset(manifests[subset], subset, roles[subset], out, unit_hours,
-                                    source_prefix, progress, earlier=earlier)
-        ids = cut_ids.load(ids_path(out, subset))
-        if ids is None:
-            raise RuntimeError(f"{ids_path(out, subset)} vanished while planning; run again")
-        earlier.append((subset, ids))
-    return [plans[s] for s in roles]
+                 source_prefix: str, progress: bool = True,
+                 parsers: SerialParsers | None = None) -> list[SubsetPlan]:
+    """Plan every subset (returned in `roles` order) so that no cut id is in two of them.
+    The subsets are planned at the same time (`SubsetPlanner`)."""
+    with SubsetPlanner(roles, out, unit_hours, source_prefix, progress, parsers) as planner:
+        for subset in roles:
+            planner.manifest_ready(subset, manifests[subset])
+        return planner.plans()
+
+
+class SubsetPlanner:
+    """Plans each subset as soon as its manifest is ready, in a thread of its own; the threads
+    share one pool of parsers. `manifest_ready(subset, path)` starts one (the orchestration calls
+    it once the manifest is verified, while archives may still be downloading); `plans()` waits
+    for them all.
+
+    Ids in several subsets: a subset's own duplicates are settled within it. Across subsets,
+    each subset publishes its sorted id set (digests) as soon as its manifest is parsed; a subset
+    waits only for the sets of the subsets of higher priority (test > dev > train, then DAG
+    order) and only after its own parse, to drop the ids they keep. So train's long parse runs
+    while dev and test are planned, and the outcome is that of planning them one after another
+    in priority order. A subset that fails fails those of lower priority too (their copies of
+    its ids could not be checked), never silently.
+    """
+
+    def __init__(self, roles: dict[str, str], out: Path, unit_hours: float, source_prefix: str,
+                 progress: bool = True, parsers: SerialParsers | None = None):
+        self.roles, self.out, self.unit_hours, self.prefix = dict(roles), out, unit_hours, source_prefix
+        self.order = sorted(roles, key=lambda s: ROLE_PRIORITY.index(roles[s]))  # stable: DAG order within
+        self.progress, self.parsers, self.own_parsers = progress, parsers, None
+        self.lock = threading.Lock()
+        self.ids = {s: Future() for s in roles}
+        self.done = {s: Future() for s in roles}
+        self.threads: dict[str, threading.Thread] = {}
+
+    def manifest_ready(self, subset: str, manifest: Path) -> None:
+        if subset not in self.roles or subset in self.threads:
+            raise ValueError(f"subset {subset!r}: unknown or already handed over")
+        thread = threading.Thread(target=self._plan, args=(subset, Path(manifest)),
+                                  name=f"plan {subset}", daemon=True)
+        self.threads[subset] = thread
+        thread.start()
+
+    def plans(self) -> list[SubsetPlan]:
+        """Every subset's plan, in `roles` order; the first error (in that order) is raised."""
+        missing = [s for s in self.roles if s not in self.threads]
+        if missing:
+            raise ValueError(f"no manifest handed over for {', '.join(missing)}")
+        return [self.done[s].result() for s in self.roles]
+
+    def _plan(self, subset: str, manifest: Path) -> None:
+        higher = self.order[:self.order.index(subset)]
+        try:
+            row = list(self.roles).index(subset) if self.progress else False
+            plan = _plan(manifest, subset, self.roles[subset], self.out, self.unit_hours, self.prefix,
+                         row, lambda: [(s, self.ids[s].result()) for s in higher],
+                         self._parsers(manifest), self.ids[subset].set_result)
+            self.done[subset].set_result(plan)
+        except BaseException as err:  # handed to whoever waits on this subset
+            if not self.ids[subset].done():
+                self.ids[subset].set_exception(err)
+            self.done[subset].set_exception(err)
+
+    def _parsers(self, manifest: Path) -> SerialParsers:
+        if self.parsers is not None:
+            return self.parsers
+        if small_manifest(manifest):
+            return SerialParsers()
+        with self.lock:  # one pool for every large manifest, started on the first one
+            if self.own_parsers is None:
+                self.own_parsers = default_parsers()
+            return self.own_parsers
+
+    def close(self, cancel: bool = False) -> None:
+        """Wait for the subsets handed over; with `cancel` (an error or Ctrl-C on its way out),
+        blocks not yet parsed are dropped first, so they stop soon. Nothing plans on after
+        this returns: OUT's lock may be released next. Half-planned subsets are redone."""
+        for subset in self.roles:  # never handed over: whoever waits for its ids stops
+            if subset not in self.threads:
+                self.ids[subset].set_exception(RuntimeError(f"subset {subset} was not planned"))
+        if cancel and self.own_parsers is not None:
+            self.own_parsers.close()
+        for thread in self.threads.values():
+            thread.join()
+        if self.own_parsers is not None:
+            self.own_parsers.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *exc):
+        self.close(cancel=kind is not None)
 
 
 def plan_subset(manifest: Path, subset: str, role: str, out: Path, unit_hours: float,
                 source_prefix: str, progress: bool = True,
-                earlier: list[tuple[str, np.ndarray]] = ()) -> SubsetPlan:
+                earlier: list[tuple[str, np.ndarray]] = (),
+                parsers: SerialParsers | None = None) -> SubsetPlan:
     """Plan `subset`, or return the committed plan when its fingerprint still matches.
 
     `earlier`: (subset, sorted id set) of subsets that keep their copy of an id found here too.
+    `parsers`: where blocks are parsed; None: in processes for a large manifest, else here.
     """
+    with parsers_for(manifest, parsers) as chosen:
+        return _plan(manifest, subset, role, out, unit_hours, source_prefix, progress,
+                     lambda: list(earlier), chosen)
+
+
+def _plan(manifest: Path, subset: str, role: str, out: Path, unit_hours: float,
+          source_prefix: str, progress: bool | int, earlier, parsers: SerialParsers,
+          publish_ids=lambda ids: None) -> SubsetPlan:
+    """`plan_subset`, for subsets planned at the same time. `earlier()` waits for the id sets of
+    the subsets of higher priority; `publish_ids(ids)` hands on this subset's, as soon as they
+    are known (before its units are packed)."""
     fingerprint = plan_fingerprint(sha256_file(manifest), unit_hours, source_prefix)
-    existing = load_plan(out, subset)
+    existing, published = load_plan(out, subset), False
     if existing is not None and existing.fingerprint == fingerprint and existing.role == role:
         ids = cut_ids.load(ids_path(out, subset))
-        if ids is not None and existing.excluded == _excluded_key(ids, earlier):
-            return existing
+        if ids is not None:
+            publish_ids(ids)  # the ids depend on the manifest alone: current
+            published = True
+            if existing.excluded == _excluded_key(ids, earlier()):
+                return existing
 
     final_dir = out / "plan" / subset
     work_dir = out / "plan" / f".{subset}.partial"
@@ -127,9 +229,12 @@ def plan_subset(manifest: Path, subset: str, role: str, out: Path, unit_hours: f
     work_dir.mkdir(parents=True)
 
     compact = work_dir / "all-cuts.tsv"
-    scan = _scan(manifest, subset, source_prefix, compact, progress)
+    scan = _scan(manifest, subset, source_prefix, compact, progress, parsers)
     rows = cut_ids.as_rows(scan.digests)
     unique, groups = cut_ids.sort_ids(rows)
+    if not published:
+        publish_ids(unique)
+    earlier = earlier()
     kept_by = {}  # cut position -> the subset of higher priority that keeps its id
     for other, ids in earlier:
         for position in np.flatnonzero(cut_ids.member(ids, rows)).tolist():
@@ -159,17 +264,22 @@ def plan_subset(manifest: Path, subset: str, role: str, out: Path, unit_hours: f
     return plan
 
 
-def _scan(manifest: Path, subset: str, source_prefix: str, compact: Path, progress: bool) -> ManifestScan:
-    """Step 1: parse every line; compact cuts go to `compact` as `<line number>\\t<json>`."""
+def _scan(manifest: Path, subset: str, source_prefix: str, compact: Path, progress: bool | int,
+          parsers: SerialParsers) -> ManifestScan:
+    """Step 1: parse every line; compact cuts go to `compact` as `<line number>\\t<json>`.
+    `progress`: False for no bar, else True or the bar's row (subsets planned at once)."""
     scan = ManifestScan()
+    row = None if progress is True else progress
     with compact.open("wb") as sink, \
             tqdm(total=manifest.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
-                 desc=f"plan {subset}", disable=not progress) as bar:
+                 desc=f"plan {subset}", disable=progress is False, position=row) as bar:
         try:
-            for first_line, block in read_blocks(manifest, on_read=bar.update):
-                scan.merge(scan_block(block, first_line, source_prefix, subset, sink))
-                bar.set_postfix(cuts=scan.cuts, rejects=len(scan.rejects), refresh=False)
-        except (OSError, EOFError, zlib.error) as err:
+            blocks = read_blocks(manifest, parsers.block_bytes, on_read=bar.update)
+            for block_scan, lines in parse_in_order(blocks, source_prefix, subset, parsers):
+                sink.write(lines)
+                scan.merge(block_scan)
+                bar.set_postfix(lines=scan.lines, rejects=len(scan.rejects), refresh=False)
+        except GZIP_ERRORS as err:
             raise ManifestUnreadable(
                 f"{manifest}: not a readable gzip file ({type(err).__name__}: {err}); delete it "
                 f"and its .done.json marker and run again to download it again") from None
@@ -226,17 +336,25 @@ class _RecordingOf(msgspec.Struct):
 
 
 def _distribute(compact: Path, folder: Path, unit_of: dict[str, str], dropped: set[int]) -> dict[str, int]:
-    """Step 4: each kept compact cut to its unit's file, in manifest order; cuts per unit."""
+    """Step 4: each kept compact cut to its unit's file, in manifest order; cuts per unit.
+    Consecutive cuts of a unit (a recording's cuts are usually together) are written at once."""
     decoder = msgspec.json.Decoder(_RecordingOf)
     counts = dict.fromkeys(set(unit_of.values()), 0)
     with compact.open("rb") as lines, _AppendFiles(folder) as files:
+        run_unit, run = None, []
         for position, line in enumerate(lines):
             if position in dropped:
                 continue
             text = line[line.index(b"\t") + 1:]
             name = unit_of[decoder.decode(text).recording_id]
-            files.write(name, text)
+            if name != run_unit or len(run) >= 1000:
+                if run:
+                    files.write(run_unit, b"".join(run))
+                run_unit, run = name, []
+            run.append(text)
             counts[name] += 1
+        if run:
+            files.write(run_unit, b"".join(run))
     return counts
 
 
