@@ -101,7 +101,9 @@ def plan_subsets(manifests: dict[str, Path], roles: dict[str, str], out: Path, u
     """Plan every subset (returned in `roles` order) so that no cut id is in two of them.
     The subsets are planned at the same time (`SubsetPlanner`)."""
     with SubsetPlanner(roles, out, unit_hours, source_prefix, progress, parsers) as planner:
-        for subset in roles:
+        # Highest priority first: each subset needs those above it, and evaluation manifests are
+        # small, so when `manifests` are still arriving they are planned while train's downloads.
+        for subset in planner.order:
             planner.manifest_ready(subset, manifests[subset])
         return planner.plans()
 

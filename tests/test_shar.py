@@ -168,9 +168,9 @@ def test_ids_lhotse_would_misread_are_counted_rejects_with_shar(tmp_path, unit_s
 
     cuts = [{"id": i, "texts": ["Some words.", "SOME WORDS"], "recording_id": "r", "start": 0.0}
             for i in ("small/1/b.c d/ch 1_0", "a//b", "./c", "d\0e", LONG_ID)]
-    kept, rejects, _ = _select(make_job(tmp_path, unit_setup, formats=["lhotse_shar"]), cuts)
+    kept, rejects, *_ = _select(make_job(tmp_path, unit_setup, formats=["lhotse_shar"]), cuts)
     assert [c["id"] for c in kept] == ["small/1/b.c d/ch 1_0", LONG_ID]
     assert [(r["cut_id"], r["reason"]) for r in rejects] == [(i, "bad_cut_id") for i in ("a//b", "./c", "d\0e")]
     assert "read the cut id back as 'a/b'" in rejects[0]["detail"]
-    kept, rejects, _ = _select(make_job(tmp_path, unit_setup, formats=["parquet"]), cuts)
+    kept, rejects, *_ = _select(make_job(tmp_path, unit_setup, formats=["parquet"]), cuts)
     assert len(kept) == len(cuts) and not rejects
