@@ -40,7 +40,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.codec import CodecConfig, CodecEncoder, code_agreement, resolve_weights  # noqa: E402
+from tokens.codec import CodecConfig, CodecEncoder, code_agreement, resolve_weights  # noqa: E402
 from pipeline.dag import load_dag  # noqa: E402
 from pipeline.executors.local import LocalExecutor  # noqa: E402
 from pipeline.runner import run  # noqa: E402

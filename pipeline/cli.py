@@ -46,7 +46,7 @@ def _run(args) -> int:
 
     require_torch_stack("valle-prep")
     from pipeline.dag import DagError, load_dag
-    from pipeline.codec import WeightsUnavailable
+    from tokens.codec import WeightsUnavailable
     from pipeline.download import DownloadError
     from pipeline.executors.placement import ClusterMismatch
     from pipeline.out_lock import OutputLocked

@@ -26,7 +26,7 @@ import numpy as np
 from pipeline.resample import codec_input
 
 if TYPE_CHECKING:  # torch loads in __init__: a process that only holds a handle to this actor
-    from pipeline.codec import CodecConfig, CodecWeights  # (a unit task) never imports it
+    from tokens.codec import CodecConfig, CodecWeights  # (a unit task) never imports it
 
 
 class CodecWorker:
@@ -38,7 +38,7 @@ class CodecWorker:
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
         import torch
 
-        from pipeline.codec import CodecEncoder
+        from tokens.codec import CodecEncoder
 
         if threads:
             torch.set_num_threads(threads)

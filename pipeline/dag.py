@@ -23,9 +23,10 @@ from typing import Any, Union
 
 import yaml
 
-from pipeline.codec import BANDWIDTHS, PRECISIONS, CodecConfig
+from tokens.codec import BANDWIDTHS, PRECISIONS, CodecConfig
 from pipeline.download import Checksum
-from pipeline.text import TEXT_FIELDS, BpeConfig
+from pipeline.bpe import BpeConfig
+from tokens.text import TEXT_FIELDS
 
 FORMATS = ("webdataset", "parquet")
 ROLES = ("train", "dev", "test")

@@ -30,11 +30,12 @@ from pipeline.out_lock import exclusive
 from pipeline.plan import SubsetPlan, plan_subsets, read_unit_cuts
 from pipeline.resample import RESAMPLER
 from pipeline.segment import PAST_END_TOLERANCE_S
-from pipeline.text import NORMALIZATION, Tokenizer, select_text, train_bpe
+from pipeline.bpe import train_bpe
+from tokens.text import NORMALIZATION, Tokenizer, select_text
 from pipeline.unit import UnitJob, is_current
 
 if TYPE_CHECKING:  # torch and encodec load only where the codec runs, not in decode workers
-    from pipeline.codec import CodecConfig, CodecWeights
+    from tokens.codec import CodecConfig, CodecWeights
     from pipeline.dag import Dag
 
 log = logging.getLogger("pipeline.runner")
@@ -79,7 +80,7 @@ def run(dag: Dag, *, rebuild_audio: bool = False, prune: bool = False, progress:
 
 def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool,
          executor: Executor) -> RunSummary:
-    from pipeline.codec import num_codebooks
+    from tokens.codec import num_codebooks
 
     clock = _Clock()
     codec = resolve_codec(dag.codec)
@@ -210,7 +211,7 @@ def ensure_bpe(dag: Dag, out: Path, plans: list[SubsetPlan]) -> tuple[Tokenizer,
 
 def resolve_codec(cfg: CodecConfig) -> CodecSpec:
     """Settle `auto` and load the weights once, in the driver: every worker gets this state."""
-    from pipeline.codec import resolve_weights
+    from tokens.codec import resolve_weights
 
     state, weights = resolve_weights(cfg)
     concrete = replace(cfg, weights=weights.kind if weights.kind != "checkpoint" else cfg.weights)

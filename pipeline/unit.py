@@ -33,7 +33,7 @@ from pipeline.fsutil import fsync_dir, json_digest, sha256_file
 from pipeline.plan import UnitPlan, read_unit_cuts
 from pipeline.segment import reject, segment_recording
 from pipeline.shards import FORMAT_DIRS, LAYOUT_VERSION, Sample, partial, write_unit_shards
-from pipeline.text import Tokenizer, select_text, text_problem
+from tokens.text import Tokenizer, select_text, text_problem
 
 # encode_async(windows, rates) starts encoding a chunk of decoded windows (int16 at their file's
 # rate) and returns a function that waits for their codes.

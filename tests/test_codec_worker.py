@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline import codec as codec_module
-from pipeline.codec import CodecConfig, CodecEncoder, code_agreement, resolve_weights
+from tokens import codec as codec_module
+from tokens.codec import CodecConfig, CodecEncoder, code_agreement, resolve_weights
 from pipeline.codec_worker import CodecWorker
 from pipeline.resample import resample
 from pipeline.segment import segment_recording

@@ -58,7 +58,7 @@ def test_synthesizes_reproducibly(trained, tmp_path, capsys):
 
 
 def test_refuses_other_codec_weights(trained, tmp_path, capsys):
-    from pipeline.codec import EncodecModel
+    from tokens.codec import EncodecModel
     other = tmp_path / "encodec.pt"  # encodec's own random init: not the corpus's weights
     torch.save(EncodecModel.encodec_model_24khz(pretrained=False).state_dict(), other)
     assert synth(trained, tmp_path / "x.wav", "--codec-weights", str(other)) == 2

@@ -1,4 +1,4 @@
-"""pipeline.text: normalization, field choice, deterministic BPE training, Tokenizer."""
+"""tokens.text (normalization, field choice, Tokenizer) and pipeline.bpe (deterministic BPE training)."""
 from __future__ import annotations
 
 import pickle
@@ -8,15 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import text as T
-from pipeline.text import (
-    BpeConfig,
-    Tokenizer,
-    normalize_text,
-    sample_sentences,
-    select_text,
-    train_bpe,
-)
+from pipeline import bpe
+from pipeline.bpe import BpeConfig, sample_sentences, train_bpe
+from tokens import constants
+from tokens.text import TEXT_FIELDS, Tokenizer, normalize_text, select_text
 
 # About the size of the bundled sample: a few dozen short, cased, punctuated book sentences.
 BOOK = [
@@ -115,7 +110,7 @@ def test_select_text_fields():
     assert select_text(["\u200b \t", "X"], "book") == ""  # empty after normalization
     with pytest.raises(ValueError, match=r"'asr', 'book'"):
         select_text(texts, "phones")
-    assert T.TEXT_FIELDS == {"book": 0, "asr": 1}
+    assert TEXT_FIELDS == {"book": 0, "asr": 1}
 
 
 # --- sampling ----------------------------------------------------------------------------------
@@ -136,7 +131,7 @@ def test_capped_sample_is_deterministic_and_hits_the_cap():
 
 
 def test_sample_counts_drops():
-    pairs = [("a", ""), ("b", "x" * (T.MAX_SENTENCE_BYTES + 1)), ("c", "ok")]
+    pairs = [("a", ""), ("b", "x" * (bpe.MAX_SENTENCE_BYTES + 1)), ("c", "ok")]
     texts, counts = sample_sentences(pairs, 10)
     assert texts == ["ok"] and counts == {"seen": 3, "empty": 1, "too_long": 1, "sampled": 1}
 
@@ -160,8 +155,8 @@ def test_thread_count_is_pinned(tmp_path, monkeypatch, model_type):
     pairs = synthetic(2000)
     cfg = BpeConfig(vocab_size=300, model_type=model_type)
     a = Tokenizer(train_bpe(pairs, tmp_path / "a.model", cfg))
-    assert cfg.fingerprint()["trainer"]["num_threads"] == T._TRAINER_OPTIONS["num_threads"]
-    monkeypatch.setitem(T._TRAINER_OPTIONS, "num_threads", 1)
+    assert cfg.fingerprint()["trainer"]["num_threads"] == bpe._TRAINER_OPTIONS["num_threads"]
+    monkeypatch.setitem(bpe._TRAINER_OPTIONS, "num_threads", 1)
     b = Tokenizer(train_bpe(pairs, tmp_path / "b.model", cfg))
     assert a.sha256 != b.sha256  # the file records the thread count
     if model_type == "bpe":  # BPE merges themselves do not depend on threads
@@ -178,7 +173,7 @@ def test_small_corpus_trains_smaller_vocab(tmp_path, caplog):
     tok = Tokenizer(train_bpe(SMALL[:5], tmp_path / "m" / "small.model", BpeConfig(vocab_size=4000)))
     assert 50 < tok.vocab_size < 4000
     assert "text too small for vocab_size=4000" in caplog.text
-    assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id) == (T.PAD_ID, T.UNK_ID, T.BOS_ID, T.EOS_ID)
+    assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id) == (constants.PAD_ID, constants.UNK_ID, constants.BOS_ID, constants.EOS_ID)
 
 
 def test_training_errors(tmp_path):
@@ -200,7 +195,7 @@ def test_config_bounds():
     with pytest.raises(ValueError, match="model_type"):
         BpeConfig(model_type="wordpiece")
     fp = BpeConfig().fingerprint()
-    assert fp["vocab_size"] == 1024 and fp["sampler"] == T.SAMPLER
+    assert fp["vocab_size"] == 1024 and fp["sampler"] == bpe.SAMPLER
     assert fp != BpeConfig(vocab_size=512).fingerprint()
 
 
@@ -211,7 +206,7 @@ def test_round_trip_with_case_and_punctuation(tmp_path_factory):
     for sentence in BOOK + ["Whither goest thou, O King? \u201cSpeak!\u201d", "IN 1876; she said."]:
         ids = tok.encode(sentence)
         assert ids and all(0 <= i < tok.vocab_size for i in ids)
-        assert T.UNK_ID not in ids
+        assert constants.UNK_ID not in ids
         assert tok.decode(ids) == sentence
 
 
@@ -256,7 +251,7 @@ def test_round_trip_property(tmp_path_factory, words):
     ("\u0663", None),  # an Arabic-Indic digit
 ])
 def test_texts_without_a_letter_or_digit_are_not_targets(raw, reason):
-    from pipeline.text import text_problem
+    from tokens.text import text_problem
 
     problem = text_problem(normalize_text(raw), "book")
     assert (problem[0] if problem else None) == reason

@@ -37,7 +37,7 @@ CUDA_MISMATCH = ("Detected that PyTorch and TorchAudio were compiled with differ
 def test_codec_never_imports_torchaudio(tmp_path):
     """A torchaudio that cannot import (the CUDA mismatch of issue 6) does not stop encoding."""
     fake = _fake_package(tmp_path, "torchaudio", CUDA_MISMATCH)
-    code = ("import sys, numpy as np; from pipeline.codec import CodecConfig, CodecEncoder; "
+    code = ("import sys, numpy as np; from tokens.codec import CodecConfig, CodecEncoder; "
             "enc = CodecEncoder(CodecConfig(weights='random', device='cpu')); "
             "codes = enc.encode([np.zeros(3200, np.float32)]); "
             "print(codes[0].shape, 'torchaudio' in sys.modules)")

@@ -12,7 +12,8 @@ import pytest
 from pipeline.audio_store import TarAudioStore, index_tar
 from pipeline.plan import plan_subset
 from pipeline.resample import codec_input
-from pipeline.text import BpeConfig, Tokenizer, train_bpe
+from pipeline.bpe import BpeConfig, train_bpe
+from tokens.text import Tokenizer
 from pipeline.unit import UnitJob, is_current, run_unit
 
 

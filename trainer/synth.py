@@ -28,15 +28,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import sentencepiece as spm
 import soundfile as sf
 import soxr
 import torch
 
-from pipeline.codec import SAMPLE_RATE, CodecConfig, CodecEncoder, WeightsUnavailable
-from pipeline.text import NORMALIZATION, normalize_text
+from tokens.codec import CodecConfig, CodecEncoder, WeightsUnavailable
+from tokens.constants import FRAME_RATE, SAMPLE_RATE
+from tokens.text import NORMALIZATION, Tokenizer, normalize_text
 from trainer.models import ARModel, NARModel
-from trainer.models.config import CODES_PER_SECOND, ModelConfig
+from trainer.models.config import ModelConfig
 from trainer.sampling import SamplingConfig, generate_ar
 from trainer.storage import join, read_bytes
 
@@ -67,7 +67,7 @@ def load_checkpoint(path: str, kind: type, device: torch.device):
     return model.to(device).eval(), saved["provenance"]
 
 
-def load_bpe(args, provenance: dict) -> spm.SentencePieceProcessor:
+def load_bpe(args, provenance: dict) -> Tokenizer:
     """The BPE model (--bpe, else the corpus's from --data), checked against the checkpoints."""
     if args.bpe:
         data = _read(args.bpe, "BPE model")
@@ -88,7 +88,7 @@ def load_bpe(args, provenance: dict) -> spm.SentencePieceProcessor:
     if sha != provenance["bpe_sha256"]:
         raise SynthError(f"BPE model {where} has sha256 {sha}, but the checkpoints were trained with "
                          f"{provenance['bpe_sha256']}; use the BPE model of their corpus")
-    return spm.SentencePieceProcessor(model_proto=data)
+    return Tokenizer(where, data)  # the model the checkpoints were trained with: it parses
 
 
 def _read(uri: str, what: str) -> bytes:
@@ -156,7 +156,7 @@ def synthesize(args) -> tuple[np.ndarray, int]:
     if not normalize_text(args.text):
         raise SynthError("--text is empty")
     bpe = load_bpe(args, ar_prov)
-    text_ids = bpe.encode(normalize_text(f"{args.prompt_text} {args.text}"), out_type=int)
+    text_ids = bpe.encode(normalize_text(f"{args.prompt_text} {args.text}"))
     limit = min(ar.cfg.max_text_len, nar.cfg.max_text_len)
     if len(text_ids) > limit:
         raise SynthError(f"prompt text + text are {len(text_ids)} BPE tokens; the models take at most {limit}")
@@ -169,11 +169,11 @@ def synthesize(args) -> tuple[np.ndarray, int]:
     P = prompt.shape[2]
     room = min(ar.cfg.max_audio_frames, nar.cfg.max_audio_frames) - P
     if P < ar.cfg.group_size or room < 1:
-        raise SynthError(f"the prompt is {P / CODES_PER_SECOND:.2f} s ({P} frames); it must be at least "
+        raise SynthError(f"the prompt is {P / FRAME_RATE:.2f} s ({P} frames); it must be at least "
                          f"{ar.cfg.group_size} frames and leave room in the models' "
                          f"{ar.cfg.max_audio_frames} frames")
     warn_prompt_range(P, nar.cfg.prompt_seconds)
-    max_frames = min(round(args.max_seconds * CODES_PER_SECOND), room)
+    max_frames = min(round(args.max_seconds * FRAME_RATE), room)
     sampling = SamplingConfig(top_p=args.top_p, window=args.window, repetition_threshold=args.threshold,
                               temperature=args.temperature, max_frames=max_frames)
 
@@ -191,7 +191,7 @@ def synthesize(args) -> tuple[np.ndarray, int]:
 
 def warn_prompt_range(frames: int, trained: tuple[float, float]) -> None:
     """The NAR has only seen prompts of `trained` seconds; say so when this one is outside."""
-    seconds, (low, high) = frames / CODES_PER_SECOND, trained
+    seconds, (low, high) = frames / FRAME_RATE, trained
     if not low <= seconds <= high:
         print(f"valle-synth: warning: the prompt is {seconds:.2f} s, but the NAR checkpoint was trained on "
               f"{low:g}-{high:g} s prompts (model.prompt_seconds); quality may suffer. Use a prompt in that "

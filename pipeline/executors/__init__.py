@@ -22,7 +22,7 @@ from tqdm import tqdm
 from pipeline.unit import UnitJob
 
 if TYPE_CHECKING:  # torch loads only where the codec runs
-    from pipeline.codec import CodecConfig, CodecWeights
+    from tokens.codec import CodecConfig, CodecWeights
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from pipeline.codec import batch_seconds
+from tokens.codec import batch_seconds
 from pipeline.codec_worker import CodecWorker
 from pipeline.executors import CodecSpec, UnitsOutcome, chunked, failure, progress_bar
 from pipeline.unit import UnitJob, run_unit

@@ -91,7 +91,7 @@ class RayExecutor:
     def run_units(self, jobs: list[UnitJob], codec: CodecSpec, progress: bool) -> UnitsOutcome:
         import ray
 
-        from pipeline.codec import batch_seconds
+        from tokens.codec import batch_seconds
 
         started_here = not ray.is_initialized()
         if started_here:

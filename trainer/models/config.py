@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-CODES_PER_SECOND = 75  # EnCodec 24 kHz frame rate
+from tokens.constants import CODEBOOK_SIZE
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class ModelConfig:
     n_layers: int
     d_ff: int
     dropout: float = 0.1
-    codebook_size: int = 1024  # entries per EnCodec codebook
+    codebook_size: int = CODEBOOK_SIZE  # entries per EnCodec codebook
     n_codebooks: int = 8  # K
     group_size: int = 1  # AR only: VALL-E 2 code group size G (1 = VALL-E)
     max_text_len: int = 512  # longest text (tokens) the models accept

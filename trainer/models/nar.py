@@ -29,7 +29,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import CODES_PER_SECOND, ModelConfig
+from tokens.constants import FRAME_RATE
+
+from .config import ModelConfig
 from .layers import SinePositions, Transformer, attention_mask, length_mask, target_stats, train_flops
 
 MAX_PROMPT_SHARE = 0.75  # of an utterance, at most, is its prompt; the rest is target
@@ -75,7 +77,7 @@ class NARModel(nn.Module):
         hi = min(prompt_seconds[1] x 75, 3L/4), lo = min(prompt_seconds[0] x 75, 3L/8).
         Draws on the CPU (reproducible from `generator`)."""
         K = self.cfg.n_codebooks
-        low, high = (round(s * CODES_PER_SECOND) for s in self.cfg.prompt_seconds)
+        low, high = (round(s * FRAME_RATE) for s in self.cfg.prompt_seconds)
         u = torch.rand(code_lens.shape[0], 2, generator=generator)  # (B, 2)
         u = u.to(code_lens.device, non_blocking=True)  # staged at once: no wait for the GPU's queue
         stage = 1 + (u[:, 0] * (K - 1)).long().clamp(max=K - 2)

@@ -43,17 +43,20 @@ import urllib.parse
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from pipeline.download import Checksum, DownloadError, download, is_downloaded
-from pipeline.fsutil import hash_file
+from tokens.constants import CODEBOOK_SIZE, FRAME_RATE, HOP, SAMPLE_RATE
 from tokens.stack import encodec_model_class
+
+if TYPE_CHECKING:
+    from pipeline.download import Checksum
 
 EncodecModel = encodec_model_class()  # encodec without its torchaudio import (tokens.stack)
 
-log = logging.getLogger("pipeline.codec")
+log = logging.getLogger("tokens.codec")
 
 ENCODEC_24KHZ_URL = "https://dl.fbaipublicfiles.com/encodec/v0/encodec_24khz-d7cc33bc.th"
 # sha256 of that file (93,171,529 bytes). Its first 8 hex digits are the "d7cc33bc" in the file
@@ -61,11 +64,7 @@ ENCODEC_24KHZ_URL = "https://dl.fbaipublicfiles.com/encodec/v0/encodec_24khz-d7c
 # independent public projects that verify this exact file.
 ENCODEC_24KHZ_SHA256 = "sha256:d7cc33bcf1aad7f2dad9836f36431530744abeace3ca033005e3290ed4fa47bf"
 
-SAMPLE_RATE = 24000
-FRAME_RATE = 75
-HOP = 320  # samples per frame: SAMPLE_RATE / FRAME_RATE
 BANDWIDTHS = (1.5, 3.0, 6.0, 12.0, 24.0)  # kbps the 24 kHz model was trained for
-CODEBOOK_SIZE = 1024
 # The widest reflect padding (the last conv: kernel 7 at 75 Hz) reads 6 frames ahead: an
 # utterance needs 7 frames of its own so that reading never reaches what follows it in a batch.
 MIN_FRAMES = 7
@@ -224,6 +223,10 @@ def _model_from_file(path: Path, what: str) -> EncodecModel:
 
 def _fetch_pretrained(cfg: CodecConfig) -> tuple[Path, str]:
     """Download (or find in the cache) and verify the checkpoint; returns (path, file sha256)."""
+    # The pipeline's resumable downloader, imported only when a checkpoint must be fetched: the
+    # trainer reads codes without ever loading it, and synthesis only with pretrained weights.
+    from pipeline.download import Checksum, DownloadError, download, is_downloaded
+
     name = Path(urllib.parse.urlparse(cfg.weights_url).path).name
     dest = cache_dir(cfg) / name
     checksum = Checksum.parse(cfg.weights_checksum) if cfg.weights_checksum else None
@@ -237,13 +240,22 @@ def _fetch_pretrained(cfg: CodecConfig) -> tuple[Path, str]:
             f"cannot obtain the pretrained EnCodec 24 kHz checkpoint from URL {cfg.weights_url}: "
             f"{e}; put the file at {dest} or use codec.weights=<path>"
         ) from e
-    file_sha256 = hash_file(dest, "sha256")
+    file_sha256 = _file_digest(dest, "sha256")
     if not _matches_digest(file_sha256, checksum, name):
         raise WeightsUnavailable(
             f"{dest} (from {cfg.weights_url}) has sha256 {file_sha256}, which does not match "
             f"{checksum or 'the prefix in its name'}; delete it and run again"
         )
     return dest, file_sha256
+
+
+def _file_digest(path: Path, algo: str) -> str:
+    """Hex digest of a checkpoint file (~90 MB), read in 1 MB blocks."""
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _hub_prefix(name: str) -> str | None:
@@ -266,8 +278,8 @@ def _matches_digest(file_sha256: str, checksum: Checksum | None, name: str) -> b
 
 def _matches(path: Path, checksum: Checksum | None, name: str) -> bool:
     if checksum is not None and checksum.algo != "sha256":
-        return hash_file(path, checksum.algo) == checksum.hexdigest
-    return _matches_digest(hash_file(path, "sha256"), checksum, name)
+        return _file_digest(path, checksum.algo) == checksum.hexdigest
+    return _matches_digest(_file_digest(path, "sha256"), checksum, name)
 
 
 def _warn_random(reason: str, sha256: str) -> None:
@@ -303,7 +315,7 @@ def _load_model(cfg: CodecConfig) -> tuple[EncodecModel, CodecWeights]:
     else:
         path = Path(cfg.weights).expanduser()
         model = _model_from_file(path, "codec.weights checkpoint")
-        file_sha256, source, kind = hash_file(path, "sha256"), str(path.resolve()), "checkpoint"
+        file_sha256, source, kind = _file_digest(path, "sha256"), str(path.resolve()), "checkpoint"
     weights = CodecWeights(kind, state_dict_sha256(model.state_dict()), source, file_sha256)
     return model, weights
 
