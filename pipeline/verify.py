@@ -24,8 +24,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline.fsutil import sha256_file
-
-FRAME_RATE = 75
+from tokens.constants import FRAME_RATE
 
 
 def verify(out: Path) -> list[str]:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tokens.constants import CODEBOOK_SIZE  # values < 1024: the token contract
+
 SCHEMA_DIR = Path(__file__).resolve().parent
 INDEX_VERSION = 2  # what the pipeline writes; READABLE_VERSIONS are what readers accept
 SAMPLE_VERSION = 2
@@ -30,7 +32,6 @@ CODES_FORMAT = "uint16"  # v2: .npy member / list<list<uint16>> column
 CODES_FORMAT_V1 = "uint10le"
 CODES_MEMBER = "codes.npy"  # v2 WebDataset member: <key>.codes.npy
 CODES_MEMBER_V1 = "codes"
-CODEBOOK_SIZE = 1024
 CODEBOOK_BITS = 10  # v1 packing: 1024 entries per codebook
 
 
