@@ -85,8 +85,8 @@ def tar_breakdown(root: Path, repeats: int = 3) -> tuple[float, float, int]:
                     fields[member.name.partition(".")[2]] = tar.extractfile(member).read()
                     if len(fields) == 2:
                         if decode:
-                            meta = json.loads(fields["json"])
-                            schemas.unpack_codes(fields["codes"], *meta["codes_shape"])
+                            json.loads(fields["json"])
+                            schemas.codes_from_npy(fields[schemas.CODES_MEMBER])
                         samples, fields = samples + 1, {}
         times.append(time.perf_counter() - start)
     return min(times[:repeats]), min(times[repeats:]), samples

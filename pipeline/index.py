@@ -1,7 +1,7 @@
 """Index: build `OUT/index.json` and `OUT/rejects.jsonl` from the plans and the ledger.
 
 In: the subset plans, every unit's ledger entry, the provenance of the codes and tokens.
-Out: the index (schemas/index.v1.json: every shard with format, path, samples, hours, bytes,
+Out: the index (schemas/index.v2.json: every shard with format, path, samples, hours, bytes,
 sha256; totals per subset; provenance) and one rejects line per dropped cut, both in plan order
 and without timestamps, so an interrupted and resumed run writes the same bytes as a clean one.
 """

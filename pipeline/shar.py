@@ -96,7 +96,7 @@ def cut_dict(s) -> dict:
 
 
 def read_shard(cuts_raw: bytes, codes_raw: bytes) -> Iterator[tuple[dict, np.ndarray]]:
-    """(sample metadata as in schemas/sample.v1.json, codes [codebooks, frames]) per cut, from a
+    """(sample metadata as in schemas/sample.v2.json, codes [codebooks, frames]) per cut, from a
     shard's two files, checked against each other the way lhotse pairs them; without lhotse
     (pipeline.verify). Raises ValueError on the first inconsistency."""
     lines = gzip.decompress(cuts_raw).decode().splitlines()
@@ -119,7 +119,7 @@ def read_shard(cuts_raw: bytes, codes_raw: bytes) -> Iterator[tuple[dict, np.nda
                              f"(must be frames / {FRAME_RATE}, or lhotse truncates the codes)")
         meta = {"id": cut["id"], "speaker": sup.get("speaker"), "subset": custom.get("subset"),
                 "duration": custom.get("audio_duration"), "text": sup.get("text"),
-                "text_tokens": custom.get("text_tokens"), "codes_shape": [array.shape[1], array.shape[0]],
+                "text_tokens": custom.get("text_tokens"),
                 "recording_id": sup.get("recording_id"), "start": custom.get("source_start")}
         yield meta, array.T
     if next(arrays, None) is not None:

@@ -7,9 +7,11 @@ fsynced; the caller renames them into place when the unit commits, so a renamed 
 on disk even after a power loss. Bytes are deterministic (fixed tar headers, fixed Parquet
 settings), so a re-run writes identical files.
 
-A WebDataset sample is two members, `<key>.json` (schemas/sample.v1.json) and `<key>.codes`
-(packed codes). Cut ids contain '/', '.' and spaces, which WebDataset would split into fields,
-so the key is `<unit>_<n>` and the real id lives in the JSON.
+Schema v2: a WebDataset sample is two members, `<key>.json` (schemas/sample.v2.json) and
+`<key>.codes.npy` (a uint16 (codebooks, frames) .npy array). Cut ids contain '/', '.' and
+spaces, which WebDataset would split into fields, so the key is `<unit>_<n>` and the real id
+lives in the JSON. A Parquet shard has the columns of schemas/parquet.v2.json, codes as a
+list<list<uint16>> column, written a row group at a time.
 """
 from __future__ import annotations
 
@@ -31,11 +33,18 @@ from pipeline.fsutil import add_tar_member, sha256_file
 # Bumped whenever what the shards stage writes changes (files, fields, ledger record), so that
 # committed units are re-written from their codes rather than trusted.
 # 3: texts without a letter or digit are rejected (no_words).
-# 4: transcript agreement: text_mismatch rejects, each sample's text_cer in lengths.
+# 4: transcript agreement (text_mismatch rejects, each sample's text_cer in lengths) and
+#    schema v2, codes as .npy members and list<list<uint16>> columns (v1 corpora are
+#    re-written from their committed codes on the next run, without encoding audio again).
 LAYOUT_VERSION = 4
 SUFFIX = {"webdataset": ".tar", "parquet": ".parquet"}
 FORMAT_DIRS = (*SUFFIX, shar.FORMAT)  # OUT/<format>/<subset>/...
 TAR_MEMBER_OVERHEAD = 1024  # header block + average padding, for size estimates
+NPY_HEADER = 128  # bytes before the codes in a .npy member
+# Samples per Parquet row group: ~4 h of Libriheavy audio, ~12 MB of codes on disk. Readers
+# (datasets, the trainer) hold a row group at a time, and 1024 rows amortize the codes
+# column's dictionary page (4 kB).
+PARQUET_ROW_GROUP = 1024
 
 
 @dataclass
@@ -56,7 +65,6 @@ class Sample:
         return {
             "id": self.id, "speaker": self.speaker, "subset": self.subset,
             "duration": self.duration, "text": self.text, "text_tokens": list(self.text_tokens),
-            "codes_shape": list(self.codes.shape), "codes_format": schemas.CODES_FORMAT,
             "recording_id": self.recording_id, "start": self.start,
         }
 
@@ -105,12 +113,13 @@ def partial(path: Path) -> Path:
 
 
 def split_by_size(samples: Iterable[Sample], target_bytes: float) -> Iterator[list[Sample]]:
-    """Consecutive groups of samples, each closed once its estimated size reaches the target.
-    A generator: only the group being filled is in memory."""
+    """Consecutive groups of samples, each closed once its estimated size reaches the target
+    (as a tar, the larger format: 2 bytes per code). A generator: only the group being filled is
+    in memory."""
     current, size = [], 0
     for s in samples:
         current.append(s)
-        size += s.codes.size * schemas.CODEBOOK_BITS // 8 + len(s.text) * 3 + 2 * TAR_MEMBER_OVERHEAD
+        size += s.codes.size * 2 + NPY_HEADER + len(s.text) * 3 + 2 * TAR_MEMBER_OVERHEAD
         if size >= target_bytes:
             yield current
             current, size = [], 0
@@ -137,28 +146,37 @@ def _write_tar(samples: list[Sample], f, unit: str, first_index: int) -> None:
             meta = json.dumps(s.metadata(), ensure_ascii=False, sort_keys=True,
                               separators=(",", ":")).encode()
             add_tar_member(tar, f"{key}.json", meta)
-            add_tar_member(tar, f"{key}.codes", schemas.pack_codes(s.codes))
+            add_tar_member(tar, f"{key}.{schemas.CODES_MEMBER}", schemas.codes_to_npy(s.codes))
 
 
 def write_parquet(samples: list[Sample], path: Path) -> None:
-    columns = {
-        "id": [s.id for s in samples],
-        "speaker": [s.speaker for s in samples],
-        "subset": [s.subset for s in samples],
-        "duration": [s.duration for s in samples],
-        "text": [s.text for s in samples],
-        "text_tokens": [list(s.text_tokens) for s in samples],
-        "codes": [schemas.pack_codes(s.codes) for s in samples],
-        "codes_codebooks": [s.codes.shape[0] for s in samples],
-        "codes_frames": [s.codes.shape[1] for s in samples],
-        "recording_id": [s.recording_id for s in samples],
-        "start": [s.start for s in samples],
-    }
-    table = pa.Table.from_pydict(columns, schema=schemas.arrow_schema())
-    # Codes are near-incompressible; zstd still shrinks text and tokens. One row group per
-    # shard keeps files self-contained and readers simple.
-    _write_durably(path, lambda f: pq.write_table(table, f, compression="zstd",
-                                                  row_group_size=max(1, len(samples))))
+    _write_durably(path, lambda f: _write_row_groups(samples, f))
+
+
+def _write_row_groups(samples: list[Sample], f) -> None:
+    """One row group per PARQUET_ROW_GROUP samples, each built and written before the next.
+
+    Encodings, measured (bench/bench_code_bytes.py): a dictionary of the codes column (at most
+    1,024 values) stores each code as a 10-bit index, 752 B per audio second for uniformly
+    random codes, where plain uint16 + zstd takes 1,045 and byte-stream-split + zstd 794 (and
+    less than both on the sample's low-entropy codes). Every Parquet reader decodes a
+    dictionary; byte-stream-split on integers needs Arrow 16 or later."""
+    schema = schemas.arrow_schema()
+    with pq.ParquetWriter(f, schema, compression="zstd", use_dictionary=True) as writer:
+        for start in range(0, len(samples), PARQUET_ROW_GROUP):
+            group = samples[start:start + PARQUET_ROW_GROUP]
+            columns = {
+                "id": [s.id for s in group],
+                "speaker": [s.speaker for s in group],
+                "subset": [s.subset for s in group],
+                "duration": [s.duration for s in group],
+                "text": [s.text for s in group],
+                "text_tokens": [list(s.text_tokens) for s in group],
+                "codes": schemas.codes_to_arrow([s.codes for s in group]),
+                "recording_id": [s.recording_id for s in group],
+                "start": [s.start for s in group],
+            }
+            writer.write_table(pa.Table.from_pydict(columns, schema=schema), row_group_size=len(group))
 
 
 def write_unit_shards(samples: Iterable[Sample], out: Path, subset: str, unit: str, formats: list[str],

@@ -1,19 +1,26 @@
 """Generated corpora in the real output layout, for trainer tests and benchmarks.
 
 In: a folder and, per shard, its samples' (speaker, recording, codec frames, text tokens). Out:
-`index.json` (schemas/index.v1.json), `lengths.parquet` and WebDataset and/or Parquet shards
+`index.json` (schemas/index.v2.json), `lengths.parquet` and WebDataset and/or Parquet shards
 written by the pipeline's own writers (pipeline.shards, pipeline.index), with random codes and
 tokens from a seeded generator: any number of speakers, books and shards in seconds, without
 audio or a codec. The codes mean nothing; `provenance.codec.weights` is "random".
+`version=1` writes a schema v1 corpus instead (10-bit packed codes), as valle-corpus wrote them
+before v2, so tests can check that v1 corpora stay readable.
 """
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+import schemas
 from pipeline.fsutil import sha256_file
 from pipeline.index import write_lengths
 from pipeline.shards import Sample, shard_id, shard_path, write_parquet, write_webdataset
@@ -44,7 +51,7 @@ def speaker_blocks(shards: int, speakers_per_shard: int, cuts_per_speaker: int, 
 
 
 def write_corpus(root: Path, shards: list[list[Cut]], *, formats=("webdataset",), dev: list[list[Cut]] = (),
-                 seed: int = 0) -> Path:
+                 seed: int = 0, version: int = schemas.INDEX_VERSION) -> Path:
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     files, lengths, subsets = [], [], {}
@@ -65,10 +72,13 @@ def write_corpus(root: Path, shards: list[list[Cut]], *, formats=("webdataset",)
             for fmt in formats:
                 rel = shard_path(fmt, subset, unit, k)
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                writers = {"webdataset": (write_webdataset, write_webdataset_v1),
+                           "parquet": (write_parquet, write_parquet_v1)}
+                write = writers[fmt][version == 1]
                 if fmt == "webdataset":
-                    write_webdataset(samples, root / rel, unit, count)
+                    write(samples, root / rel, unit, count)
                 else:
-                    write_parquet(samples, root / rel)
+                    write(samples, root / rel)
                 files.append({"id": shard_id(unit, k), "format": fmt, "path": rel, "subset": subset, "unit": unit,
                               "samples": len(cuts), "hours": round(sum(c.frames for c in cuts) / 75 / 3600, 6),
                               "bytes": (root / rel).stat().st_size, "sha256": sha256_file(root / rel)})
@@ -78,7 +88,7 @@ def write_corpus(root: Path, shards: list[list[Cut]], *, formats=("webdataset",)
     write_lengths(root / "lengths.parquet", lengths)
     (root / "rejects.jsonl").write_text("")
     index = {
-        "format": "valle-corpus-index", "version": 1, "pipeline_version": "generated",
+        "format": "valle-corpus-index", "version": version, "pipeline_version": "generated",
         "dag": {"name": "generated", "fingerprint": "0" * 64},
         "provenance": {
             "bpe": {"model": "text/bpe.model", "model_type": "bpe", "sha256": "0" * 64, "vocab_size": VOCAB},
@@ -86,7 +96,8 @@ def write_corpus(root: Path, shards: list[list[Cut]], *, formats=("webdataset",)
                       "model": "encodec_24khz", "sample_rate": 24000, "weights": "random",
                       "weights_sha256": "0" * 64, "weights_source": "generated"},
             "text": {"field": "book", "normalization": "nfkc-ws-v1"}},
-        "codes": {"format": "uint10le", "codebooks": 8, "frame_rate": 75},
+        "codes": {"format": schemas.CODES_FORMAT if version == 2 else schemas.CODES_FORMAT_V1, "codebooks": 8,
+                  "frame_rate": 75},
         "subsets": subsets, "shards": files,
         "lengths": {"path": "lengths.parquet", "bytes": (root / "lengths.parquet").stat().st_size,
                     "sha256": sha256_file(root / "lengths.parquet")},
@@ -94,3 +105,28 @@ def write_corpus(root: Path, shards: list[list[Cut]], *, formats=("webdataset",)
     }
     (root / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True))
     return root
+
+
+def _v1_metadata(s: Sample) -> dict:
+    return {**s.metadata(), "codes_shape": list(s.codes.shape), "codes_format": schemas.CODES_FORMAT_V1}
+
+
+def write_webdataset_v1(samples: list[Sample], path: Path, unit: str, first_index: int) -> None:
+    """A schema v1 tar: <key>.json (sample.v1) + <key>.codes (packed), as written before v2."""
+    with tarfile.open(path, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for n, s in enumerate(samples, start=first_index):
+            meta = json.dumps(_v1_metadata(s), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+            for name, data in ((f"{unit}_{n:06d}.json", meta.encode()),
+                               (f"{unit}_{n:06d}.codes", schemas.pack_codes(s.codes))):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+
+
+def write_parquet_v1(samples: list[Sample], path: Path) -> None:
+    """A schema v1 Parquet shard (parquet.v1: packed codes + codes_codebooks/codes_frames)."""
+    rows = [{k: v for k, v in _v1_metadata(s).items() if k not in ("codes_shape", "codes_format")}
+            | {"codes": schemas.pack_codes(s.codes), "codes_codebooks": s.codes.shape[0],
+               "codes_frames": s.codes.shape[1]} for s in samples]
+    pq.write_table(pa.Table.from_pylist(rows, schema=schemas.arrow_schema("parquet.v1")), path, compression="zstd",
+                   row_group_size=max(1, len(rows)))

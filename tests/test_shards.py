@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import webdataset as wds
 
 import schemas
-from pipeline.shards import Sample, split_by_size, write_unit_shards
+from pipeline.shards import Sample, split_by_size, write_parquet, write_unit_shards
 from tests.test_unit_commit import encoder, unit_setup  # noqa: F401 (fixtures)
 
 
@@ -35,18 +35,19 @@ def test_bytes_are_deterministic_and_readers_need_no_project_code(tmp_path):
     got = []
     for tmp, rec in a:
         if rec.format == "webdataset":
-            for s in wds.WebDataset(str(tmp), shardshuffle=False):
-                meta = json.loads(s["json"])
+            for s in wds.WebDataset(str(tmp), shardshuffle=False).decode():  # stock decoders only
                 assert "." not in s["__key__"] and "/" not in s["__key__"]
-                got.append((meta["id"], schemas.unpack_codes(s["codes"], *meta["codes_shape"])))
-                schemas.validate("sample.v1", meta)
+                assert s["codes.npy"].dtype == np.uint16
+                got.append((s["json"]["id"], s["codes.npy"]))
+                schemas.validate("sample.v2", s["json"])
     want = samples()
     assert [g[0] for g in got] == [s.id for s in want]
     assert all(np.array_equal(g[1], s.codes) for g, s in zip(got, want))
 
     rows = [r for tmp, rec in a if rec.format == "parquet" for r in pq.read_table(tmp).to_pylist()]
     assert [r["id"] for r in rows] == [s.id for s in want]
-    assert rows[1]["text_tokens"] == [1, 2, 4] and rows[1]["codes_frames"] == 150
+    assert rows[1]["text_tokens"] == [1, 2, 4]
+    assert all(np.array_equal(np.array(r["codes"], dtype=np.uint16), s.codes) for r, s in zip(rows, want))
     assert pq.read_schema(a[1][0]).equals(schemas.arrow_schema(), check_metadata=False)
 
 
@@ -56,9 +57,53 @@ def test_split_keeps_order_and_everything():
     assert all(groups)
 
 
-def test_codes_take_10_bits():
+def test_v1_packing_takes_10_bits_and_round_trips():
     s = samples(1)[0]
-    assert len(schemas.pack_codes(s.codes)) == s.codes.shape[1] * 10  # 750 B per second at 75 Hz
+    packed = schemas.pack_codes(s.codes)
+    assert len(packed) == s.codes.shape[1] * 10  # 750 B per second at 75 Hz
+    assert np.array_equal(schemas.unpack_codes(packed, *s.codes.shape), s.codes)
+
+
+def test_parquet_codes_take_at_most_10_bits_each(tmp_path):
+    """Uniformly random codes (every one of the 1,024 values, the worst case for compression):
+    the dictionary-encoded column stays under 800 B per audio second (1,200 as plain uint16)."""
+    rng = np.random.default_rng(1)
+    many = [Sample(id=str(i), speaker="1", subset="small", duration=n / 75, text="t", text_tokens=[1],
+                   codes=rng.integers(0, 1024, (8, n)).astype(np.uint16), recording_id="r", start=0.0)
+            for i, n in enumerate(rng.integers(75, 1500, 300).tolist())]
+    write_parquet(many, tmp_path / "x.parquet")
+    meta = pq.ParquetFile(tmp_path / "x.parquet").metadata
+    codes_bytes = sum(meta.row_group(g).column(c).total_compressed_size for g in range(meta.num_row_groups)
+                      for c in range(meta.num_columns) if meta.row_group(g).column(c).path_in_schema.startswith("codes."))
+    assert codes_bytes / sum(s.duration for s in many) < 800
+
+
+def test_parquet_row_groups_bound_what_a_reader_holds(tmp_path, monkeypatch):
+    import pipeline.shards
+
+    monkeypatch.setattr(pipeline.shards, "PARQUET_ROW_GROUP", 2)
+    write_parquet(samples(5), tmp_path / "x.parquet")
+    file = pq.ParquetFile(tmp_path / "x.parquet")
+    assert [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)] == [2, 2, 1]
+    codes = schemas.codes_from_arrow(file.read().column("codes"))
+    assert all(np.array_equal(c, s.codes) for c, s in zip(codes, samples(5)))
+
+
+def test_bad_codes_are_refused_by_name():
+    import pytest
+
+    with pytest.raises(schemas.SchemaError, match="values must lie in"):
+        schemas.codes_to_npy(np.full((8, 3), 1024))
+    with pytest.raises(schemas.SchemaError, match="2-D"):
+        schemas.codes_to_arrow([np.zeros(3, np.uint16)])
+    with pytest.raises(schemas.SchemaError, match="expected uint16"):
+        schemas.codes_from_npy(schemas.codes_to_npy(np.zeros((8, 3), np.uint16)).replace(b"<u2", b"<i2"))
+    with pytest.raises(schemas.SchemaError, match="not a readable .npy"):
+        schemas.codes_from_npy(b"not an array")
+    with pytest.raises(schemas.SchemaError, match="codebooks of different lengths"):
+        import pyarrow as pa
+
+        schemas.codes_from_arrow(pa.array([[[1, 2], [3]]], schemas.codes_arrow_type()))
 
 
 def _record_fsyncs_and_renames(monkeypatch) -> list[tuple]:

@@ -61,34 +61,67 @@ def test_missing_parquet_and_edited_index_are_named(copy):
     assert any("samples, index says" in p for p in verify(copy))
 
 
-def test_sample_that_breaks_the_schema_is_named(copy):
-    """A rewritten tar whose checksum was 'fixed' in the index still fails on content."""
+def _replace_shard(out, shard, data: bytes) -> None:
+    """Write `data` as the shard, with its size and checksum 'fixed' in the index."""
     import hashlib
+
+    (out / shard["path"]).write_bytes(data)
+    index = json.loads((out / "index.json").read_text())
+    for s in index["shards"]:
+        if s["path"] == shard["path"]:
+            s["bytes"], s["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    (out / "index.json").write_text(json.dumps(index))
+
+
+def test_sample_that_breaks_the_schema_is_named(copy):
+    """A rewritten tar whose checksum was 'fixed' in the index still fails on content: the first
+    sample's JSON has a field sample.v2 lacks, every other sample a code past the codebook."""
     import io
     import tarfile
 
+    import numpy as np
+
     shard = first_shard(copy, "webdataset")
-    path = copy / shard["path"]
-    with tarfile.open(path) as tar:
+    with tarfile.open(copy / shard["path"]) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar]
+    first_key = members[0][0].name.partition(".")[0]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for info, data in members:
-            if info.name.endswith(".json"):
-                meta = json.loads(data)
-                meta["codes_shape"][1] += 3  # frames no longer match the packed bytes
-                data = json.dumps(meta).encode()
-                info.size = len(data)
+            if info.name == f"{first_key}.json":
+                data = json.dumps({**json.loads(data), "codes_shape": [8, 1]}).encode()  # a v1 field
+            elif info.name.endswith(".npy") and not info.name.startswith(first_key):
+                codes = np.load(io.BytesIO(data), allow_pickle=False)
+                codes[0, 0] = 1024
+                out = io.BytesIO()
+                np.save(out, codes)
+                data = out.getvalue()
+            info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    path.write_bytes(buf.getvalue())
-    index = json.loads((copy / "index.json").read_text())
-    for s in index["shards"]:
-        if s["path"] == shard["path"]:
-            s["bytes"], s["sha256"] = path.stat().st_size, hashlib.sha256(buf.getvalue()).hexdigest()
-    (copy / "index.json").write_text(json.dumps(index))
+    _replace_shard(copy, shard, buf.getvalue())
     problems = verify(copy)
     assert problems and all(shard["path"] in p for p in problems)
-    assert any("cannot hold shape" in p for p in problems)
+    assert sum("Additional properties are not allowed ('codes_shape'" in p for p in problems) == 1
+    assert sum("values must lie in [0, 1024)" in p for p in problems) == shard["samples"] - 1
+
+
+def test_parquet_codes_past_the_codebook_are_named(copy):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import schemas
+
+    shard = first_shard(copy, "parquet")
+    table = pq.read_table(copy / shard["path"])
+    codes = [c.tolist() for c in schemas.codes_from_arrow(table.column("codes"))]
+    codes[0][-1][-1] = 4000
+    table = table.set_column(table.schema.get_field_index("codes"), table.schema.field("codes"),
+                             pa.array(codes, schemas.codes_arrow_type()))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    _replace_shard(copy, shard, sink.getvalue().to_pybytes())
+    problems = verify(copy)
+    assert f"{shard['path']}: unreadable: SchemaError: codes: values must lie in [0, 1024), got 0..4000" in problems
 
 
 def test_incomplete_corpus(tmp_path, copy):

@@ -5,6 +5,10 @@ subsets asked for (one format), every sample's lengths, speaker and book as flat
 (from lengths.parquet, so batches are planned without reading shards; never a Python object per
 sample), and sample readers. Refuses a corpus whose codes came from a random-init codec unless
 asked, and never mixes corpora whose codec or BPE provenance differ.
+
+Reads schema v2 corpora (codes as .npy members / list<list<uint16>> columns) and v1 ones
+(10-bit packed codes), shard by shard as each shard's members or columns say: corpora of both
+versions train together.
 """
 from __future__ import annotations
 
@@ -92,7 +96,11 @@ def open_corpus(location: str, *, roles: tuple[str, ...] = ("train",), fmt: str 
         index = json.loads(read_bytes(join(location, "index.json")))
     except FileNotFoundError:
         raise CorpusError(f"{location}: no index.json (is the corpus finished? run valle-prep again)") from None
-    schemas.validate(f"index.v{schemas.INDEX_VERSION}", index, where=join(location, "index.json"))
+    version = index.get("version") if isinstance(index, dict) else None
+    if version not in schemas.READABLE_VERSIONS:
+        raise CorpusError(f"{join(location, 'index.json')}: index version {version!r}; this trainer reads versions "
+                          f"{list(schemas.READABLE_VERSIONS)} (a newer valle-corpus wrote it: update this one)")
+    schemas.validate(f"index.v{version}", index, where=join(location, "index.json"))
     if index["provenance"]["codec"]["weights"] == "random" and not allow_random_codec:
         raise CorpusError(
             f"{location}: its codes come from a RANDOM-INIT EnCodec (an offline test corpus); training on "
@@ -200,7 +208,7 @@ def _read_tar(shard: Shard, keep: set | None, last: int):
             if not member.isfile():
                 continue
             name, _, ext = member.name.partition(".")
-            if name != key:  # the members of one sample are adjacent: <key>.codes, <key>.json
+            if name != key:  # the members of one sample are adjacent: <key>.json and its codes
                 key, fields = name, {}
             if keep is None or position in keep:
                 fields[ext] = tar.extractfile(member).read()
@@ -208,25 +216,39 @@ def _read_tar(shard: Shard, keep: set | None, last: int):
                 fields[ext] = None  # skipped: the tar stream moves past it unread
             if len(fields) < 2:
                 continue
-            if set(fields) != {"json", "codes"}:
+            codes_member = schemas.CODES_MEMBER if schemas.CODES_MEMBER in fields else schemas.CODES_MEMBER_V1
+            if set(fields) != {"json", codes_member}:
                 raise CorpusError(f"{shard.uri}: sample {name} has members {sorted(fields)}, expected json and "
-                                  "codes; run valle-prep verify")
+                                  f"{schemas.CODES_MEMBER} (or {schemas.CODES_MEMBER_V1}); run valle-prep verify")
             if fields["json"] is not None:
                 meta = json.loads(fields["json"])
-                yield position, meta, schemas.unpack_codes(fields["codes"], *meta["codes_shape"])
+                data, where = fields[codes_member], f"{shard.uri}: {name}.{codes_member}"
+                codes = (schemas.codes_from_npy(data, where) if codes_member == schemas.CODES_MEMBER
+                         else schemas.unpack_codes(data, *meta["codes_shape"]))
+                yield position, meta, codes
             if position == last:
                 return
             position += 1
 
 
 def _read_parquet(shard: Shard, wanted: np.ndarray | None):
-    table = pq.read_table(buffer(shard.uri), columns=["id", "speaker", "text_tokens", "codes",
-                                                      "codes_codebooks", "codes_frames"])
-    positions = np.arange(table.num_rows) if wanted is None else wanted
-    table = table.take(pa.array(positions, type=pa.int64()))
-    columns = {name: table.column(name).to_pylist() for name in ("id", "speaker", "text_tokens",
-                                                                  "codes_codebooks", "codes_frames")}
-    codes = table.column("codes")
-    for i, position in enumerate(positions.tolist()):
-        meta = {name: values[i] for name, values in columns.items()}
-        yield position, meta, schemas.unpack_codes(codes[i].as_py(), meta["codes_codebooks"], meta["codes_frames"])
+    """Row group by row group: only groups holding wanted rows are decoded, one at a time."""
+    file = pq.ParquetFile(buffer(shard.uri))
+    v1 = pa.types.is_binary(file.schema_arrow.field("codes").type)  # packed codes + their shape
+    columns = ["id", "speaker", "text_tokens", "codes"] + (["codes_codebooks", "codes_frames"] if v1 else [])
+    start = 0
+    for group in range(file.num_row_groups):
+        rows = file.metadata.row_group(group).num_rows
+        positions = np.arange(start, start + rows) if wanted is None else \
+            wanted[(wanted >= start) & (wanted < start + rows)]
+        if len(positions):
+            table = file.read_row_group(group, columns=columns).take(pa.array(positions - start, type=pa.int64()))
+            meta = {name: table.column(name).to_pylist() for name in columns if name != "codes"}
+            if v1:
+                codes = [schemas.unpack_codes(b, k, t) for b, k, t in zip(table.column("codes").to_pylist(),
+                                                                        meta["codes_codebooks"], meta["codes_frames"])]
+            else:
+                codes = schemas.codes_from_arrow(table.column("codes"), where=shard.uri)
+            for i, position in enumerate(positions.tolist()):
+                yield position, {name: values[i] for name, values in meta.items()}, codes[i]
+        start += rows
