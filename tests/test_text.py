@@ -267,8 +267,8 @@ def test_unit_selection_rejects_no_words_before_any_audio_work():
     cut = {"recording_id": "r", "start": 0.0, "duration": 2.0, "channel": 0, "speaker": "1"}
     cuts = [{**cut, "id": "a", "texts": ["... \u2014 !", "A"]}, {**cut, "id": "b", "texts": ["Yes.", "YES"]},
             {**cut, "id": "c", "texts": ["  ", ""]}]
-    kept, rejects, texts, _ = _select(SimpleNamespace(text_field="book", max_text_cer=0.1), cuts)
+    kept, rejects, texts, _ = _select(SimpleNamespace(text_field="book", max_text_cer=0.1, formats=["parquet"]), cuts)
     assert [c["id"] for c in kept] == ["b"] and texts == {"b": "Yes."}
     assert [(r["cut_id"], r["reason"]) for r in rejects] == [("a", "no_words"), ("c", "empty_text")]
-    kept, rejects, _, _ = _select(SimpleNamespace(text_field="asr", max_text_cer=None), cuts)
+    kept, rejects, _, _ = _select(SimpleNamespace(text_field="asr", max_text_cer=None, formats=["parquet"]), cuts)
     assert [c["id"] for c in kept] == ["a", "b"]

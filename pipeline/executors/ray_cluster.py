@@ -225,7 +225,9 @@ class RayExecutor:
         probes = {w.probe: w for w in workers if w.probe is not None}
         deadlines = [w.down_since + self.cfg.start_timeout_s for w in workers if w.down_since is not None]
         timeout = max(0.0, min([time.monotonic() + 5.0, *deadlines]) - time.monotonic())
-        ready, _ = ray.wait(list(running) + list(probes), num_returns=1, timeout=timeout)
+        # Probes first (ray.wait returns ready refs in the order given): when a worker's start-up
+        # fails, its units fail at the same moment, and the probe names the cause.
+        ready, _ = ray.wait(list(probes) + list(running), num_returns=1, timeout=timeout)
         for ref in ready:
             if ref in probes:
                 self._worker_back(probes[ref], ref)
