@@ -91,7 +91,13 @@ def _task_pool(executor: Executor):
     """Downloads run where units run: Ray tasks with the Ray executor, else threads here."""
     from pipeline.executors.ray_cluster import RayExecutor
 
-    return RayTasks(executor.ensure_ray) if isinstance(executor, RayExecutor) else ThreadTasks()
+    if not isinstance(executor, RayExecutor):
+        return ThreadTasks()
+    # Ray starts here, in the main thread, not lazily in the download thread: an embedded Ray's
+    # GCS and raylet are killed when the THREAD that started them ends (Linux parent-death
+    # signal), which would take Ray down as soon as the downloads finish.
+    executor.ensure_ray()
+    return RayTasks()
 
 
 def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool,

@@ -339,8 +339,8 @@ class RayTasks:
     call on a transfer actor, one actor per connection in use, kept for the whole download (a
     fresh Ray worker per range would pay a process start per range, and Ray reaps idle workers).
     An actor that dies takes only its own range with it: the scheduler runs that range again
-    on a new actor. Ray starts lazily, through `init`, on the first task: a re-run with
-    everything downloaded never starts it."""
+    on a new actor. `init` runs before the first task; it must not start an embedded Ray from
+    a download thread (its processes die with that thread): the runner starts Ray first."""
 
     def __init__(self, init: Callable[[], object] = lambda: None):
         self._init, self._actor_cls, self._counter = init, None, None

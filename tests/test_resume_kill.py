@@ -95,3 +95,16 @@ def test_killed_twice_resumes_without_redoing_committed_units(tmp_path, tiny_cor
     encoded = int(line.split("units: ")[1].split(" (")[1].split(" encoded")[0])
     assert encoded <= total - committed - 1, line
     assert verify(out) == []
+
+
+def test_the_cli_with_its_own_embedded_ray_runs_to_the_end(tmp_path, tiny_corpus, built_corpus):
+    """The README's first command: no --ray-address, so the run starts an embedded Ray itself
+    (for the downloads, then the units) and must keep it up until the end; same output as the
+    in-process run."""
+    dag = write_dag(tmp_path / "tiny.yaml", tiny_corpus)
+    out = tmp_path / "cli-out"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(dag), "--out", str(out),
+                           "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert outputs(out) == outputs(built_corpus[0].out)
