@@ -18,6 +18,7 @@ import schemas
 from pipeline import __version__, ledger
 from pipeline.fsutil import sha256_file, write_bytes_atomic, write_json_atomic
 from pipeline.plan import SubsetPlan
+from tokens.constants import FRAME_RATE
 
 INDEX_NAME = "index.json"
 REJECTS_NAME = "rejects.jsonl"
@@ -81,7 +82,7 @@ def build_index(out: Path, plans: list[SubsetPlan], dag_name: str, dag_fingerpri
         "pipeline_version": __version__,
         "dag": {"name": dag_name, "fingerprint": dag_fingerprint},
         "provenance": provenance,
-        "codes": {"format": schemas.CODES_FORMAT, "codebooks": codebooks, "frame_rate": 75},
+        "codes": {"format": schemas.CODES_FORMAT, "codebooks": codebooks, "frame_rate": FRAME_RATE},
         "subsets": subsets,
         "shards": shards,
         "lengths": {"path": LENGTHS_NAME, "bytes": (out / LENGTHS_NAME).stat().st_size,

@@ -20,8 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
-from trainer.corpus import Shard, read_shard
-from trainer.storage import join
+from trainer.corpus import index_shards, read_shard
 
 
 class ListenError(ValueError):
@@ -31,8 +30,7 @@ class ListenError(ValueError):
 def find_sample(out: Path, cut_id: str) -> tuple[dict, np.ndarray]:
     """(metadata, codes (codebooks, frames)) of the sample whose id is `cut_id`."""
     index = _read_index(out)
-    fmt = "webdataset" if any(s["format"] == "webdataset" for s in index["shards"]) else "parquet"
-    shards = {s["id"]: s for s in index["shards"] if s["format"] == fmt}
+    shards = {s.id: s for s in index_shards(str(out), index)}
     lengths = pq.ParquetFile(out / index["lengths"]["path"])
     if "recording_id" not in lengths.schema_arrow.names:
         raise ListenError(f"{out}/lengths.parquet has no recording_id column (a corpus from an older "
@@ -49,9 +47,8 @@ def find_sample(out: Path, cut_id: str) -> tuple[dict, np.ndarray]:
         rows = pc.list_parent_indices(recordings).to_numpy()[hits]
         starts = recordings.offsets.to_numpy()[rows]
         for row in np.unique(rows):
-            s = shards[batch.column("shard")[int(row)].as_py()]
+            shard = shards[batch.column("shard")[int(row)].as_py()]
             searched += 1
-            shard = Shard(s["id"], join(str(out), s["path"]), fmt, s["subset"], s["samples"])
             for _, meta, codes in read_shard(shard, (hits - starts)[rows == row]):
                 if meta["id"] == cut_id:
                     return meta, codes

@@ -24,8 +24,7 @@ from tqdm import tqdm
 import schemas
 from pipeline.fsutil import write_json_atomic
 from tokens.constants import CODEBOOK_SIZE, FRAME_RATE
-from trainer.corpus import Shard, read_shard
-from trainer.storage import join
+from trainer.corpus import index_shards, read_shard
 
 # Fixed histogram bins: the last bin of each also counts everything above it.
 DURATION_BINS = np.arange(0.0, 40.5, 0.5)  # seconds
@@ -201,10 +200,8 @@ def _reject_stats(out: Path, index: dict) -> dict:
 
 
 def _code_stats(out: Path, index: dict, code_shards: int | None, progress: bool) -> dict:
-    formats = {s["format"] for s in index["shards"]}
-    fmt = "webdataset" if "webdataset" in formats else "parquet"  # as the trainer chooses
-    shards = [Shard(s["id"], join(str(out), s["path"]), fmt, s["subset"], s["samples"])
-              for s in index["shards"] if s["format"] == fmt]
+    shards = index_shards(str(out), index) if index["shards"] else []  # the format the trainer reads
+    fmt, shards_total = (shards[0].format if shards else "parquet"), len(shards)
     if code_shards is not None and code_shards < len(shards):
         shards = [shards[i] for i in np.linspace(0, len(shards) - 1, code_shards).round().astype(int)]
     codebooks = index["codes"]["codebooks"]
@@ -227,7 +224,7 @@ def _code_stats(out: Path, index: dict, code_shards: int | None, progress: bool)
             "entropy_bits": round(float(-(p * np.log2(p)).sum()), 4),
             "top": [[int(c), round(float(counts[k][c]) / max(total, 1), 6)] for c in top if counts[k][c]],
         })
-    return {"format": fmt, "shards_read": len(shards), "shards_total": sum(s["format"] == fmt for s in index["shards"]),
+    return {"format": fmt, "shards_read": len(shards), "shards_total": shards_total,
             "samples": samples, "frames": int(counts[0].sum()) if codebooks else 0,
             "per_codebook": per_codebook,
             "sorted_frequencies": [np.sort(counts[k])[::-1].tolist() for k in range(codebooks)]}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-TARGET_RATE = 24000
+from tokens.constants import SAMPLE_RATE as TARGET_RATE
 RESAMPLER = f"soxr-{soxr.__version__}-HQ"  # recorded in the audio settings: it shapes the codes
 
 

@@ -37,6 +37,7 @@ from pipeline.shards import remove_file
 from pipeline.bpe import train_bpe
 from pipeline.text_agreement import AGREEMENT
 from pipeline.transfers import DownloadSettings, FileJob, RayTasks, ThreadTasks, Transfers
+from tokens.constants import CODEBOOK_SIZE, FRAME_RATE, SAMPLE_RATE
 from tokens.text import NORMALIZATION, Tokenizer, select_text
 from pipeline.unit import UnitJob, is_current
 
@@ -166,10 +167,10 @@ def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool,
                             f"Fix the cause and run the same command again:\n{lines}")
     if not index_path.exists():
         provenance = {
-            "codec": {"model": "encodec_24khz", "sample_rate": 24000,
+            "codec": {"model": "encodec_24khz", "sample_rate": SAMPLE_RATE,
                       "bandwidth_kbps": dag.codec.bandwidth,
-                      "codebooks": num_codebooks(dag.codec.bandwidth), "codebook_size": 1024,
-                      "frame_rate": 75, "weights": codec.weights.kind,
+                      "codebooks": num_codebooks(dag.codec.bandwidth), "codebook_size": CODEBOOK_SIZE,
+                      "frame_rate": FRAME_RATE, "weights": codec.weights.kind,
                       "weights_sha256": codec.weights.sha256, "weights_source": codec.weights.source,
                       "precision": dag.codec.precision},
             "text": {"field": dag.text.field, "normalization": NORMALIZATION},

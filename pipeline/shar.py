@@ -32,9 +32,9 @@ from typing import Iterator
 import numpy as np
 
 from pipeline.fsutil import add_tar_member
+from tokens.constants import FRAME_RATE
 
 FORMAT = "lhotse_shar"
-FRAME_RATE = 75
 LANGUAGE = "English"  # Libriheavy is English audiobooks; its supervisions say so too
 
 

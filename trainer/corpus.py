@@ -106,13 +106,19 @@ def open_corpus(location: str, *, roles: tuple[str, ...] = ("train",), fmt: str 
             f"{location}: its codes come from a RANDOM-INIT EnCodec (an offline test corpus); training on "
             "them teaches nothing about speech. Pass --allow-random-codec if that is what you want.")
     subsets = {name for name, s in index["subsets"].items() if s["role"] in roles}
+    shards = [s for s in index_shards(location, index, fmt) if s.subset in subsets]
+    return Corpus(location, index, read_lengths(join(location, index["lengths"]["path"]), shards, location))
+
+
+def index_shards(location: str, index: dict, fmt: str = "auto") -> list[Shard]:
+    """Every shard of one format in an index, in index order; "auto": WebDataset if the corpus
+    has it (it streams), else Parquet."""
     formats = {s["format"] for s in index["shards"]}
     chosen = ("webdataset" if "webdataset" in formats else "parquet") if fmt == "auto" else fmt
     if chosen not in formats:
         raise CorpusError(f"{location}: has no {chosen} shards (it has {sorted(formats)})")
-    shards = [Shard(s["id"], join(location, s["path"]), chosen, s["subset"], s["samples"])
-              for s in index["shards"] if s["format"] == chosen and s["subset"] in subsets]
-    return Corpus(location, index, read_lengths(join(location, index["lengths"]["path"]), shards, location))
+    return [Shard(s["id"], join(location, s["path"]), chosen, s["subset"], s["samples"])
+            for s in index["shards"] if s["format"] == chosen]
 
 
 def read_lengths(uri: str, shards: list[Shard], where: str) -> Samples:
