@@ -138,6 +138,38 @@ def test_a_codec_worker_that_cannot_start_stops_the_run(tmp_path, tiny_corpus, r
     assert time.monotonic() - started < 120
 
 
+class _FailsToStart:
+    def __init__(self):
+        raise RuntimeError("weights damaged on the way")
+
+    def encode(self):
+        return 1
+
+
+def _call_it(actor):
+    import ray
+
+    return ray.get(actor.encode.remote())
+
+
+def test_a_unit_that_sees_its_worker_fail_to_start_names_the_cause(ray_address):
+    """The unit calling a worker whose constructor failed often fails before the start-up probe
+    is seen: its error alone must stop the run with the cause, not be retried as a lost worker."""
+    import ray
+
+    from pipeline.executors.placement import CodecSlot
+    from pipeline.executors.ray_cluster import _stop_if_start_failed, _Worker
+
+    actor = ray.remote(max_restarts=1)(_FailsToStart).remote()
+    with pytest.raises(ray.exceptions.RayError) as seen_by_unit:
+        ray.get(ray.remote(_call_it).remote(actor))
+    worker = _Worker(CodecSlot(node_id="ab" * 28, num_cpus=1, num_gpus=0, threads=1, resample_threads=1,
+                               units_in_flight=1), actor, "ab" * 28)
+    with pytest.raises(ClusterMismatch, match="failed to start on node abababab: .*damaged on the way"):
+        _stop_if_start_failed(worker, seen_by_unit.value)
+    _stop_if_start_failed(worker, RuntimeError("a unit's own error"))  # not a start-up failure
+
+
 def test_unit_tasks_do_not_import_torch():
     """A unit task imports ray_cluster (its function) and codec_actor (its actor handle's class):
     neither may pull in torch, which costs a decode worker ~350 MB and seconds to start."""

@@ -226,7 +226,7 @@ class RayExecutor:
         deadlines = [w.down_since + self.cfg.start_timeout_s for w in workers if w.down_since is not None]
         timeout = max(0.0, min([time.monotonic() + 5.0, *deadlines]) - time.monotonic())
         # Probes first (ray.wait returns ready refs in the order given): when a worker's start-up
-        # fails, its units fail at the same moment, and the probe names the cause.
+        # fails, its units fail at about the same moment; whichever is seen first names the cause.
         ready, _ = ray.wait(list(probes) + list(running), num_returns=1, timeout=timeout)
         for ref in ready:
             if ref in probes:
@@ -237,6 +237,7 @@ class RayExecutor:
             try:
                 outcome.results.append(ray.get(ref))
             except Exception as err:
+                _stop_if_start_failed(worker, err)
                 if cluster_failure(err) and attempt.tries < self.cfg.codec_restarts:
                     log.warning("unit %s lost its codec worker or node (%s); retrying it",
                                 attempt.job.unit.name, type(err).__name__)
@@ -276,11 +277,19 @@ class RayExecutor:
         try:
             worker.node_id = ray.get(ref)
         except ray.exceptions.RayError as err:
-            if isinstance(err, ray.exceptions.RayActorError) and err.actor_init_failed:
-                # Its own constructor failed (weights, device, ...): every worker would. The last
-                # line of Ray's message is the exception; the traceback is in the worker's log.
-                raise ClusterMismatch(f"a codec worker failed to start on node {worker.slot.node_id[:8]}: "
-                                      f"{str(err).strip().splitlines()[-1]}") from None
+            _stop_if_start_failed(worker, err)
             log.warning("codec worker on node %s is gone: %s", worker.node_id[:8], type(err).__name__)
             worker.dead = True
         worker.starting = False
+
+
+def _stop_if_start_failed(worker: _Worker, err: BaseException) -> None:
+    """Stop the run when a codec worker's own constructor failed (weights, device, ...): every
+    worker would. Seen by its start-up probe or, often first, by a unit that called it."""
+    import ray.exceptions as rex
+
+    died = err.cause if isinstance(err, rex.RayTaskError) and isinstance(err.cause, rex.RayActorError) else err
+    if isinstance(died, rex.RayActorError) and died.actor_init_failed:
+        # The last line of Ray's message is the exception; the traceback is in the worker's log.
+        raise ClusterMismatch(f"a codec worker failed to start on node {worker.slot.node_id[:8]}: "
+                              f"{str(died).strip().splitlines()[-1]}") from None
