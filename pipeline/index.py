@@ -1,14 +1,19 @@
-"""Index: build `OUT/index.json` and `OUT/rejects.jsonl` from the plans and the ledger.
+"""Index: build `OUT/index.json`, `OUT/lengths.parquet` and `OUT/rejects.jsonl` from the plans
+and the ledger.
 
 In: the subset plans, every unit's ledger entry, the provenance of the codes and tokens.
 Out: the index (schemas/index.v2.json: every shard with format, path, samples, hours, bytes,
-sha256; totals per subset; provenance) and one rejects line per dropped cut, both in plan order
-and without timestamps, so an interrupted and resumed run writes the same bytes as a clean one.
+sha256; totals per subset; provenance), every sample's lengths by shard id, and one rejects line
+per dropped cut (in plan order), all without timestamps, so an interrupted and resumed run writes
+the same bytes as a clean one. Memory is O(shards), never O(samples) (bench/bench_index.py).
 """
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,7 +21,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline import __version__, ledger
-from pipeline.fsutil import sha256_file, write_bytes_atomic, write_json_atomic
+from pipeline.fsutil import fsync_dir, fsync_file, sha256_file, write_json_atomic
 from pipeline.plan import SubsetPlan
 from tokens.constants import FRAME_RATE
 
@@ -30,40 +35,106 @@ LENGTHS_ROW_GROUP = 64
 
 def write_lengths(path: Path, rows: list[dict]) -> None:
     """Every sample's frames, text tokens, speaker, recording and transcript CER by shard id
-    (schemas/lengths.v1.json), atomically. The optional columns are written only when every
-    row has them (ledger entries committed by an older version lack them)."""
+    (schemas/lengths.v1.json), atomically: `rows` in any order, one per shard."""
     rows = sorted(rows, key=lambda r: r["shard"])
     names = set.intersection(*(set(r) for r in rows)) if rows else set()
-    table = pa.Table.from_pylist(rows, schema=schemas.arrow_schema(f"lengths.v{schemas.LENGTHS_VERSION}", names))
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd", row_group_size=LENGTHS_ROW_GROUP)
-    write_bytes_atomic(path, sink.getvalue().to_pybytes())
+    with _LengthsWriter(path, names) as writer:
+        for row in rows:
+            writer.add(row)
 
 
-def collect_rejects(out: Path, plans: list[SubsetPlan]) -> list[dict]:
-    """Every dropped cut: unreadable manifest lines first, then unit by unit."""
-    rows = []
-    for plan in plans:
-        rows += plan.rejects
-        for unit in plan.units:
-            entry = ledger.read_entry(out, unit.name)
-            for stage in ("shards", "codes"):
-                for r in (entry.get(stage) or {}).get("rejects", []):
-                    rows.append({"subset": plan.subset, "unit": unit.name, **r})
-    return rows
+class _LengthsWriter:
+    """Streams shard rows, given in shard-id order, into lengths.parquet a row group at a time,
+    so writing it holds one row group of Python objects, never the corpus's lengths. The optional
+    columns are written only when `names` has them (ledger entries committed by an older version
+    lack them). The file appears whole, at the end, or not at all."""
+
+    def __init__(self, path: Path, names: set[str]):
+        self.path, self.rows, self.last = path, [], None
+        self.schema = schemas.arrow_schema(f"lengths.v{schemas.LENGTHS_VERSION}", names)
+
+    def __enter__(self) -> "_LengthsWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+        return self
+
+    def add(self, row: dict) -> None:
+        if self.last is not None and row["shard"] <= self.last:
+            raise RuntimeError(f"lengths rows out of order: {row['shard']!r} after {self.last!r}")
+        self.last = row["shard"]
+        self.rows.append(row)
+        if len(self.rows) == LENGTHS_ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.rows:
+            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
+
+    def __exit__(self, kind, *_) -> None:
+        try:
+            if kind is None:
+                self._flush()
+            self.writer.close()
+            if kind is None:
+                fsync_file(Path(self.tmp))
+                os.replace(self.tmp, self.path)
+                fsync_dir(self.path.parent)
+        finally:
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+
+
+def _entries(out: Path, units: list) -> Iterator[tuple]:
+    """(unit, its committed shards record) for each unit; a unit without one stops the index."""
+    for unit in units:
+        entry = ledger.read_entry(out, unit.name)
+        if "shards" not in entry:
+            raise RuntimeError(f"unit {unit.name} has no committed shards; run the DAG again")
+        yield unit, entry
+
+
+def _write_rejects(out: Path, plans: list[SubsetPlan]) -> Counter:
+    """rejects.jsonl, streamed: unreadable manifest lines of a subset first, then unit by unit.
+    Returns the count by reason."""
+    by_reason = Counter()
+    fd, tmp = tempfile.mkstemp(prefix=f".{REJECTS_NAME}.", suffix=".tmp", dir=out)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for plan in plans:
+                f.writelines(_reject_line(r, by_reason) for r in plan.rejects)
+                for unit, entry in _entries(out, plan.units):
+                    for stage in ("shards", "codes"):
+                        for r in (entry.get(stage) or {}).get("rejects", []):
+                            f.write(_reject_line({"subset": plan.subset, "unit": unit.name, **r}, by_reason))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out / REJECTS_NAME)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    fsync_dir(out)
+    return by_reason
+
+
+def _reject_line(row: dict, by_reason: Counter) -> str:
+    by_reason[row["reason"]] += 1
+    return json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n"
 
 
 def build_index(out: Path, plans: list[SubsetPlan], dag_name: str, dag_fingerprint: str,
                 provenance: dict, codebooks: int) -> dict:
-    """Write rejects.jsonl and index.json (validated against the schema); returns the index."""
-    shards, subsets, lengths = [], {}, []
+    """Write rejects.jsonl, lengths.parquet and index.json (validated against the schema);
+    returns the index. Memory is O(shards), not O(samples): the ledger entries are read one at
+    a time, in one pass for the shards and in another for the lengths."""
+    shards, subsets, names = [], {}, None
     for plan in plans:
         samples, hours = 0, 0.0
-        for unit in plan.units:
-            entry = ledger.read_entry(out, unit.name)
-            if "shards" not in entry:
-                raise RuntimeError(f"unit {unit.name} has no committed shards; run the DAG again")
-            lengths += entry["shards"]["lengths"]
+        for unit, entry in _entries(out, plan.units):
+            for row in entry["shards"]["lengths"]:
+                names = set(row) if names is None else names & set(row)
             for f in entry["shards"]["files"]:
                 shards.append(f)
                 # Count each shard once: in the first format, and for Shar by its cuts file.
@@ -72,10 +143,13 @@ def build_index(out: Path, plans: list[SubsetPlan], dag_name: str, dag_fingerpri
                     hours += f["hours"]
         subsets[plan.subset] = {"role": plan.role, "samples": samples, "hours": round(hours, 6)}
 
-    write_lengths(out / LENGTHS_NAME, lengths)
-    rejects = collect_rejects(out, plans)
-    write_bytes_atomic(out / REJECTS_NAME, "".join(
-        json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rejects).encode())
+    # Shard ids are "{unit}-{k:03d}": units by name, then their rows by id, give the ids in order.
+    units = sorted((u for plan in plans for u in plan.units), key=lambda u: u.name)
+    with _LengthsWriter(out / LENGTHS_NAME, names or set()) as writer:
+        for _, entry in _entries(out, units):
+            for row in sorted(entry["shards"]["lengths"], key=lambda r: r["shard"]):
+                writer.add(row)
+    by_reason = _write_rejects(out, plans)
     index = {
         "format": "valle-corpus-index",
         "version": schemas.INDEX_VERSION,
@@ -87,8 +161,8 @@ def build_index(out: Path, plans: list[SubsetPlan], dag_name: str, dag_fingerpri
         "shards": shards,
         "lengths": {"path": LENGTHS_NAME, "bytes": (out / LENGTHS_NAME).stat().st_size,
                     "sha256": sha256_file(out / LENGTHS_NAME)},
-        "rejects": {"path": REJECTS_NAME, "total": len(rejects),
-                    "by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items()))},
+        "rejects": {"path": REJECTS_NAME, "total": sum(by_reason.values()),
+                    "by_reason": dict(sorted(by_reason.items()))},
     }
     schemas.validate(f"index.v{schemas.INDEX_VERSION}", index, where=str(out / INDEX_NAME))
     write_json_atomic(out / INDEX_NAME, index)

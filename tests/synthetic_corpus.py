@@ -26,6 +26,13 @@ from pipeline.index import write_lengths
 from pipeline.shards import Sample, shard_id, shard_path, write_parquet, write_webdataset
 
 VOCAB = 128
+# index.json's provenance for generated data: random codes, a placeholder BPE model.
+PROVENANCE = {
+    "bpe": {"model": "text/bpe.model", "model_type": "bpe", "sha256": "0" * 64, "vocab_size": VOCAB},
+    "codec": {"bandwidth_kbps": 6.0, "codebook_size": 1024, "codebooks": 8, "frame_rate": 75,
+              "model": "encodec_24khz", "sample_rate": 24000, "weights": "random",
+              "weights_sha256": "0" * 64, "weights_source": "generated"},
+    "text": {"field": "book", "normalization": "nfkc-ws-v1"}}
 
 
 @dataclass(frozen=True)
@@ -90,12 +97,7 @@ def write_corpus(root: Path, shards: list[list[Cut]], *, formats=("webdataset",)
     index = {
         "format": "valle-corpus-index", "version": version, "pipeline_version": "generated",
         "dag": {"name": "generated", "fingerprint": "0" * 64},
-        "provenance": {
-            "bpe": {"model": "text/bpe.model", "model_type": "bpe", "sha256": "0" * 64, "vocab_size": VOCAB},
-            "codec": {"bandwidth_kbps": 6.0, "codebook_size": 1024, "codebooks": 8, "frame_rate": 75,
-                      "model": "encodec_24khz", "sample_rate": 24000, "weights": "random",
-                      "weights_sha256": "0" * 64, "weights_source": "generated"},
-            "text": {"field": "book", "normalization": "nfkc-ws-v1"}},
+        "provenance": PROVENANCE,
         "codes": {"format": schemas.CODES_FORMAT if version == 2 else schemas.CODES_FORMAT_V1, "codebooks": 8,
                   "frame_rate": 75},
         "subsets": subsets, "shards": files,
