@@ -112,7 +112,7 @@ def _status(args) -> int:
 def _verify(args) -> int:
     from pipeline.verify import verify
 
-    problems = verify(Path(args.out))
+    problems = verify(Path(args.out), progress=sys.stderr.isatty())
     for p in problems:
         print(p)
     print(f"{args.out}: {'OK' if not problems else f'{len(problems)} problem(s)'}")

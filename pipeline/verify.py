@@ -6,8 +6,10 @@ v2); every shard's size and sha256; every sample's metadata against schemas/samp
 (Parquet: the columns of parquet.v<N>.json), its codes decoded (v2: the .npy member or the
 list<list<uint16>> column; v1: the packed bytes) with their codebooks and range, its tokens
 against the BPE vocabulary, frames against duration (75 per second); counts and hours per
-shard; ids unique within a format and the same across formats; the rejects file against the
-index's counts.
+shard; each shard's frames, tokens, speakers and recordings against its lengths.parquet row; ids
+unique over the corpus and the same in every format, shard by shard; the rejects file against the
+index's counts. Shards are read one at a time in shard-id order, and what is kept across them is
+~12 bytes a sample (the id check), so memory stays flat up to libriheavy-large.
 lhotse Shar shards are read as lhotse pairs them (pipeline.shar.read_shard, without lhotse): a
 shard's cuts file with its codes file, each cut with its `<id>.npy` and duration = frames / 75.
 """
@@ -17,12 +19,15 @@ import hashlib
 import io
 import json
 import tarfile
+from array import array
 from collections import Counter
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 import schemas
 from pipeline import shar
@@ -30,7 +35,7 @@ from pipeline.fsutil import sha256_file
 from tokens.constants import FRAME_RATE
 
 
-def verify(out: Path) -> list[str]:
+def verify(out: Path, progress: bool = False) -> list[str]:
     problems: list[str] = []
     index_path = out / "index.json"
     try:
@@ -51,66 +56,164 @@ def verify(out: Path) -> list[str]:
         problems.append(f"{bpe_path}: missing or sha256 differs from the index")
     expect = {"codebooks": index["codes"]["codebooks"], "vocab": bpe["vocab_size"], "version": version}
 
-    lengths, lengths_problems = _read_lengths(out, index)
+    lengths, lengths_problems = _Lengths.open(out, index)
     problems += lengths_problems
-    ids_by_format: dict[str, Counter] = {}
+    formats = {s["format"] for s in index["shards"]}
     shar_codes = {s["id"]: s for s in index["shards"] if s["format"] == shar.FORMAT and s.get("field") == "codes"}
-    for shard in index["shards"]:
-        path = out / shard["path"]
-        where = shard["path"]
-        if not path.is_file():
-            problems.append(f"{where}: missing")
-            continue
-        raw = path.read_bytes()  # read once: hashed, then parsed
-        if len(raw) != shard["bytes"]:
-            problems.append(f"{where}: {len(raw)} bytes, index says {shard['bytes']}")
-        if hashlib.sha256(raw).hexdigest() != shard["sha256"]:
-            problems.append(f"{where}: sha256 differs from the index")
-        if shard.get("field") == "codes":
-            continue  # read with its cuts file
-        try:
-            rows = list(_read_rows(out, shard, raw, shar_codes, version))
-        except Exception as err:  # any unreadable shard is a finding, not a crash
-            problems.append(f"{where}: unreadable: {type(err).__name__}: {err}")
-            continue
-        for meta, codes in rows:
-            problems += [f"{where}: sample {meta.get('id')!r}: {p}" for p in _check_sample(meta, codes, expect)]
-        ids_by_format.setdefault(shard["format"], Counter()).update(m.get("id") for m, _ in rows)
-        if len(rows) != shard["samples"]:
-            problems.append(f"{where}: {len(rows)} samples, index says {shard['samples']}")
-        actual = ([_frames(m, c) for m, c in rows], [len(m.get("text_tokens", [])) for m, _ in rows])
-        if lengths is not None and lengths.get(shard["id"]) != actual:
-            problems.append(f"{where}: sample lengths differ from {index['lengths']['path']} row {shard['id']!r}")
-        hours = sum(m.get("duration", 0) for m, _ in rows) / 3600
-        if abs(hours - shard["hours"]) > 1e-5:
-            problems.append(f"{where}: {hours:.6f} h of audio, index says {shard['hours']}")
-
-    for fmt, ids in ids_by_format.items():
-        dup = [i for i, n in ids.items() if n > 1]
-        if dup:
-            problems.append(f"{fmt}: {len(dup)} duplicated sample ids, e.g. {dup[0]!r}")
-    if len(ids_by_format) > 1 and len({frozenset(c) for c in ids_by_format.values()}) > 1:
-        problems.append(f"the {' and '.join(sorted(ids_by_format))} shards hold different sample ids")
-
+    sample_ids = _SampleIds()
+    # By shard id (lengths.parquet's order): a shard's files in every format are checked together,
+    # and what is held at a time is one shard, whatever the corpus's size.
+    by_id = sorted(index["shards"], key=lambda s: (s["id"], s["format"], s.get("field", "")))
+    bar = tqdm(total=sum(s["bytes"] for s in by_id), unit="B", unit_scale=True, desc="verifying",
+               disable=not progress)
+    for shard_id, group in groupby(by_id, key=lambda s: s["id"]):
+        group = list(group)
+        if {s["format"] for s in group} != formats:
+            problems.append(f"shard {shard_id!r}: the index lists it in {sorted({s['format'] for s in group})}, "
+                            f"the corpus is in {sorted(formats)}")
+        expected = lengths.row(shard_id) if lengths is not None else None
+        ids_by_format = {}
+        for shard in group:
+            bar.update(shard["bytes"])
+            rows = _check_shard(out, shard, shar_codes, expect, expected, index["lengths"]["path"], problems)
+            if rows is not None:
+                ids_by_format[shard["format"]] = [m.get("id") for m, _ in rows]
+        if len({tuple(ids) for ids in ids_by_format.values()}) > 1:
+            problems.append(f"shard {shard_id!r}: its {' and '.join(sorted(ids_by_format))} files hold "
+                            f"different sample ids")
+        if ids_by_format:
+            first = min(ids_by_format)
+            sample_ids.add(next(s for s in group if s["format"] == first and s.get("field") != "codes"),
+                           ids_by_format[first])
+    bar.close()
+    problems += sample_ids.duplicates(lambda shard: [m.get("id") for m, _ in _read_rows(
+        out, shard, (out / shard["path"]).read_bytes(), shar_codes, version)])
     problems += _check_rejects(out, index)
     return problems
 
 
-def _read_lengths(out: Path, index: dict):
-    """{shard id: (frames, text tokens)} from lengths.parquet, or None with the problems found."""
-    path = out / index["lengths"]["path"]
+def _check_shard(out: Path, shard: dict, shar_codes: dict, expect: dict, expected: dict | None,
+                 lengths_name: str, problems: list[str]):
+    """Check one file against the index, its samples against the schemas and its lengths row;
+    returns its (metadata, codes) rows, or None when it could not be read."""
+    path, where = out / shard["path"], shard["path"]
     if not path.is_file():
-        return None, [f"{path}: missing"]
-    if sha256_file(path) != index["lengths"]["sha256"]:
-        return None, [f"{path}: sha256 differs from the index"]
-    table = pq.read_table(path)
-    if not schemas.matches_columns("lengths.v1", table.schema):
-        return None, [f"{path}: columns differ from schemas/lengths.v1.json"]
-    rows = table.to_pylist()
-    problems = []
-    if {r["shard"] for r in rows} != {s["id"] for s in index["shards"]}:
-        problems.append(f"{path}: its shard ids differ from the index's")
-    return {r["shard"]: (r["frames"], r["text_tokens"]) for r in rows}, problems
+        problems.append(f"{where}: missing")
+        return None
+    raw = path.read_bytes()  # read once: hashed, then parsed
+    if len(raw) != shard["bytes"]:
+        problems.append(f"{where}: {len(raw)} bytes, index says {shard['bytes']}")
+    if hashlib.sha256(raw).hexdigest() != shard["sha256"]:
+        problems.append(f"{where}: sha256 differs from the index")
+    if shard.get("field") == "codes":
+        return None  # read with its cuts file
+    try:
+        rows = list(_read_rows(out, shard, raw, shar_codes, expect["version"]))
+    except Exception as err:  # any unreadable shard is a finding, not a crash
+        problems.append(f"{where}: unreadable: {type(err).__name__}: {err}")
+        return None
+    for meta, codes in rows:
+        problems += [f"{where}: sample {meta.get('id')!r}: {p}" for p in _check_sample(meta, codes, expect)]
+    if len(rows) != shard["samples"]:
+        problems.append(f"{where}: {len(rows)} samples, index says {shard['samples']}")
+    if expected is not None:
+        differ = [column for column, actual in _lengths_of(rows, expected).items() if expected[column] != actual]
+        if differ:
+            problems.append(f"{where}: sample {', '.join(differ)} differ from {lengths_name} row {shard['id']!r}")
+    hours = sum(m.get("duration", 0) for m, _ in rows) / 3600
+    if abs(hours - shard["hours"]) > 1e-5:
+        problems.append(f"{where}: {hours:.6f} h of audio, index says {shard['hours']}")
+    return rows
+
+
+def _lengths_of(rows: list, expected: dict) -> dict:
+    """The shard's own values of each lengths column that `expected` (its row) has, except
+    text_cer, which the samples do not carry."""
+    actual = {"frames": [_frames(m, c) for m, c in rows],
+              "text_tokens": [len(m.get("text_tokens", [])) for m, _ in rows]}
+    for column in ("speaker", "recording_id"):
+        if column in expected:
+            actual[column] = [m.get(column) for m, _ in rows]
+    return actual
+
+
+class _Lengths:
+    """lengths.parquet by shard id, decoded a row group at a time (the last one is kept: shards
+    are asked for in file order), so checking a corpus never holds all its lengths."""
+
+    def __init__(self, path: Path):
+        self.file = pq.ParquetFile(path)
+        self.where: dict[str, tuple[int, int]] = {}  # shard id -> (row group, row): O(shards)
+        self.duplicated: list[str] = []
+        for g in range(self.file.num_row_groups):
+            for i, shard in enumerate(self.file.read_row_group(g, columns=["shard"]).column(0).to_pylist()):
+                if shard in self.where:
+                    self.duplicated.append(shard)
+                self.where[shard] = (g, i)
+        self.group, self.rows = -1, []
+
+    @classmethod
+    def open(cls, out: Path, index: dict):
+        """(the lengths, the problems found), or (None, problems) when it cannot be used."""
+        path = out / index["lengths"]["path"]
+        if not path.is_file():
+            return None, [f"{path}: missing"]
+        if sha256_file(path) != index["lengths"]["sha256"]:
+            return None, [f"{path}: sha256 differs from the index"]
+        try:
+            lengths = cls(path)
+        except (OSError, pa.ArrowException) as err:
+            return None, [f"{path}: unreadable: {err}"]
+        if not schemas.matches_columns("lengths.v1", lengths.file.schema_arrow):
+            return None, [f"{path}: columns differ from schemas/lengths.v1.json"]
+        problems = [f"{path}: shard {s!r} has more than one row" for s in lengths.duplicated[:1]]
+        if set(lengths.where) != {s["id"] for s in index["shards"]}:
+            problems.append(f"{path}: its shard ids differ from the index's")
+        return lengths, problems
+
+    def row(self, shard: str) -> dict | None:
+        if shard not in self.where:
+            return None
+        group, i = self.where[shard]
+        if group != self.group:
+            self.group, self.rows = group, self.file.read_row_group(group).to_pylist()
+        return self.rows[i]
+
+
+class _SampleIds:
+    """Sample ids must be unique over the corpus. Held as 12 bytes a sample (a 64-bit digest of
+    the id and its shard's number), not as strings: ~150 MB for libriheavy-large's 12 M. Equal
+    digests are settled by reading those shards' ids again, so a digest collision is never
+    reported as a duplicate."""
+
+    def __init__(self):
+        self.digests, self.shard_of, self.shards = array("Q"), array("I"), []
+
+    def add(self, shard: dict, ids: list) -> None:
+        self.digests.extend(_digest(i) for i in ids)
+        self.shard_of.extend([len(self.shards)] * len(ids))
+        self.shards.append(shard)
+
+    def duplicates(self, read_ids) -> list[str]:
+        digests = np.frombuffer(self.digests, dtype=np.uint64) if self.digests else np.zeros(0, np.uint64)
+        order = np.argsort(digests, kind="stable")
+        ordered = digests[order]
+        same = np.flatnonzero(ordered[1:] == ordered[:-1])
+        if not len(same):
+            return []
+        suspects = set(ordered[same].tolist())
+        holders = np.frombuffer(self.shard_of, dtype=np.uint32)[np.concatenate([order[same], order[same + 1]])]
+        shards = sorted(set(holders.tolist()))
+        seen = Counter(i for k in shards for i in read_ids(self.shards[k]) if _digest(i) in suspects)
+        dup = sorted(i for i, n in seen.items() if n > 1)
+        if not dup:
+            return []
+        fmt = self.shards[0]["format"]
+        return [f"{fmt}: {len(dup)} duplicated sample ids, e.g. {dup[0]!r}"]
+
+
+def _digest(sample_id) -> int:
+    return int.from_bytes(hashlib.blake2b(str(sample_id).encode(), digest_size=8).digest(), "little")
 
 
 def _read_rows(out: Path, shard: dict, raw: bytes, shar_codes: dict, version: int):

@@ -142,7 +142,8 @@ def test_lengths_file_matches_every_shard(corpus):
         assert len(rows[shard["id"]]["frames"]) == shard["samples"]
 
 
-def test_edited_lengths_are_named(copy):
+@pytest.mark.parametrize("column", ["frames", "speaker"])
+def test_edited_lengths_are_named(copy, column):
     import hashlib
 
     import pyarrow as pa
@@ -153,9 +154,60 @@ def test_edited_lengths_are_named(copy):
     index = json.loads((copy / "index.json").read_text())
     path = copy / index["lengths"]["path"]
     rows = pq.read_table(path).to_pylist()
-    rows[0]["frames"][0] += 1
+    rows[0][column][0] = rows[0][column][0] + 1 if column == "frames" else "somebody else"
     pq.write_table(pa.Table.from_pylist(rows, schema=schemas.arrow_schema("lengths.v1")), path)
     index["lengths"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     index["lengths"]["bytes"] = path.stat().st_size
     (copy / "index.json").write_text(json.dumps(index))
-    assert any(f"row {rows[0]['shard']!r}" in p for p in verify(copy))
+    problems = verify(copy)
+    assert any(f"sample {column} differ from lengths.parquet row {rows[0]['shard']!r}" in p for p in problems), problems
+
+
+def test_a_shard_whose_formats_disagree_is_named(copy):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    index = json.loads((copy / "index.json").read_text())
+    first, other = [s for s in index["shards"] if s["format"] == "parquet"][:2]
+    taken = pq.read_table(copy / other["path"], columns=["id"]).column("id")[0].as_py()
+    table = pq.read_table(copy / first["path"])
+    ids = table.column("id").to_pylist()
+    table = table.set_column(table.schema.get_field_index("id"), table.schema.field("id"),
+                             pa.array([taken] + ids[1:], pa.string()))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    _replace_shard(copy, first, sink.getvalue().to_pybytes())
+    formats = " and ".join(sorted({s["format"] for s in index["shards"]}))
+    assert verify(copy) == [f"shard {first['id']!r}: its {formats} files hold different sample ids"]
+
+
+def test_an_id_in_two_shards_is_found_by_digest_and_named_from_the_shards(monkeypatch):
+    """Shards agree across formats (checked above), so ids are checked in one format, as
+    digests; only the shards whose digests meet are read again, to name the id."""
+    import pipeline.verify
+    from pipeline.verify import _SampleIds
+
+    held = {"a": ["x", "y"], "b": ["z", "x"], "c": ["w"]}
+    ids, read = _SampleIds(), []
+    for name, shard_ids in held.items():
+        ids.add({"id": name, "format": "webdataset"}, shard_ids)
+
+    def read_ids(shard):
+        read.append(shard["id"])
+        return held[shard["id"]]
+
+    assert ids.duplicates(read_ids) == ["webdataset: 1 duplicated sample ids, e.g. 'x'"]
+    assert read == ["a", "b"]
+    monkeypatch.setattr(pipeline.verify, "_digest", lambda sample_id: 7)
+    del held["b"][1]
+    every_digest_equal = _SampleIds()
+    for name, shard_ids in held.items():
+        every_digest_equal.add({"id": name, "format": "webdataset"}, shard_ids)
+    assert every_digest_equal.duplicates(read_ids) == []
+
+
+def test_ids_whose_digests_collide_are_not_duplicates(corpus, monkeypatch):
+    import pipeline.verify
+
+    monkeypatch.setattr(pipeline.verify, "_digest", lambda sample_id: 7)
+    assert verify(corpus) == []

@@ -1,0 +1,74 @@
+"""`valle-prep verify` at two corpus sizes: time and peak memory.
+
+    python bench/bench_verify.py [--shards 40 320] [--per-shard 250] [--frames 1100]
+
+Writes generated corpora (tests/synthetic_corpus.py: real index, lengths.parquet and WebDataset
+shards with random codes, ~15 s utterances), then runs pipeline.verify.verify on each in a fresh
+process and reports wall time, samples per second, the problems found (none expected) and the
+process's peak RSS (VmHWM). Goal: the peak does not grow with the corpus beyond the ~12 bytes a
+sample of the duplicate-id check (~150 MB at libriheavy-large's 12 M cuts).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+FULL_SCALE = 12_000_000
+
+_MEASURE = """
+import json, re, sys, time
+from pathlib import Path
+from pipeline.verify import verify
+started = time.perf_counter()
+problems = verify(Path(sys.argv[1]))
+peak_kb = int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
+print(json.dumps({"seconds": time.perf_counter() - started, "peak_rss_mb": peak_kb / 1024,
+                  "problems": problems[:3], "count": len(problems)}))
+"""
+
+
+def build(root: Path, shards: int, per_shard: int, frames: int) -> tuple[Path, int]:
+    """A generated corpus, with a placeholder BPE model file the index points to."""
+    from tests.synthetic_corpus import speaker_blocks, write_corpus
+
+    root = write_corpus(root, speaker_blocks(shards, per_shard // 50, 50, frames=frames, text_tokens=45))
+    index = json.loads((root / "index.json").read_text())
+    model = root / index["provenance"]["bpe"]["model"]
+    model.parent.mkdir(parents=True, exist_ok=True)
+    model.write_bytes(b"placeholder")
+    index["provenance"]["bpe"]["sha256"] = hashlib.sha256(b"placeholder").hexdigest()
+    (root / "index.json").write_text(json.dumps(index))
+    return root, sum(s["samples"] for s in index["subsets"].values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shards", type=int, nargs="+", default=[40, 320])
+    parser.add_argument("--per-shard", type=int, default=250)
+    parser.add_argument("--frames", type=int, default=1100, help="codec frames per utterance (75/s)")
+    args = parser.parse_args()
+    print("| shards | samples | verify | samples/s | problems | peak RSS |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory(prefix="bench-verify-") as tmp:
+        for n in args.shards:
+            root, samples = build(Path(tmp) / f"c{n}", n, args.per_shard, args.frames)
+            r = json.loads(subprocess.run([sys.executable, "-c", _MEASURE, str(root)], cwd=REPO, check=True,
+                                          stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1])
+            print(f"| {n} | {samples:,} | {r['seconds']:.1f} s | {samples / r['seconds']:,.0f} | "
+                  f"{r['count']} | {r['peak_rss_mb']:.0f} MB |")
+            if r["problems"]:
+                print("  e.g. " + "; ".join(r["problems"]), file=sys.stderr)
+    print(f"\nlibriheavy-large (~{FULL_SCALE / 1e6:.0f} M samples) at this rate on one core: "
+          f"~{FULL_SCALE / (samples / r['seconds']) / 3600:.1f} h")
+
+
+if __name__ == "__main__":
+    main()
