@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
-from trainer.storage import buffer, join, open_stream, read_bytes
+from trainer.storage import buffer, join, open_random_access, open_stream, read_bytes
 
 
 class CorpusError(ValueError):
@@ -238,8 +238,13 @@ def _read_tar(shard: Shard, keep: set | None, last: int):
 
 
 def _read_parquet(shard: Shard, wanted: np.ndarray | None):
-    """Row group by row group: only groups holding wanted rows are decoded, one at a time."""
-    file = pq.ParquetFile(buffer(shard.uri))
+    """Row group by row group: only groups holding wanted rows are read (a remote shard by byte
+    ranges) and decoded, one at a time."""
+    with open_random_access(shard.uri) as source:
+        yield from _read_row_groups(shard, pq.ParquetFile(source), wanted)
+
+
+def _read_row_groups(shard: Shard, file: pq.ParquetFile, wanted: np.ndarray | None):
     v1 = pa.types.is_binary(file.schema_arrow.field("codes").type)  # packed codes + their shape
     columns = ["id", "speaker", "text_tokens", "codes"] + (["codes_codebooks", "codes_frames"] if v1 else [])
     start = 0

@@ -1,7 +1,9 @@
 """Storage: read corpus files from a local folder, http(s):// or s3:// with one interface.
 
 In: a location (a folder or URL prefix holding index.json) and paths relative to it.
-Out: bytes, or a sequential binary stream (tars are streamed, never downloaded whole).
+Out: bytes, a sequential binary stream (tars are streamed, never downloaded whole), or a seekable
+file (Parquet: a remote one is read by byte ranges, the footer and the row groups decoded, never
+the whole object).
 
 Remote reads survive a long run:
 - a transient failure (connection dropped or reset, timeout, truncated body, HTTP 5xx/429, S3
@@ -35,6 +37,7 @@ ATTEMPTS = 8  # tries per failure streak (a successful read starts a new streak)
 BACKOFF_S = 0.5  # first wait; doubles per try, capped
 BACKOFF_CAP_S = 30.0
 TIMEOUT_S = 60.0
+RANGE_MIN_BYTES = 1 << 20  # random access: smaller reads fetch this much at once
 RETRY_HTTP = {408, 429, 500, 502, 503, 504}
 RETRY_S3 = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
             "503", "500", "502", "504"}
@@ -69,19 +72,34 @@ def read_bytes(uri: str) -> bytes:
 
 
 def buffer(uri: str) -> BinaryIO:
-    """The whole object in memory, seekable (Parquet readers need to seek)."""
+    """The whole object in memory, seekable."""
     return io.BytesIO(read_bytes(uri))
 
 
+def open_random_access(uri: str) -> BinaryIO:
+    """A seekable binary file: a local file as Arrow's own (read without Python in the way); a
+    remote object read by byte ranges (reads of under a MiB are served from a MiB fetched at once)."""
+    scheme = urllib.parse.urlparse(uri).scheme
+    if scheme in ("", "file"):
+        import pyarrow as pa
+
+        return pa.OSFile(urllib.parse.urlparse(uri).path if scheme == "file" else uri, "rb")
+    opener = {"http": _open_http, "https": _open_http, "s3": _open_s3}.get(scheme)
+    if opener is None:
+        raise ValueError(f"{uri}: unsupported location; use a folder, http(s):// or s3://")
+    return io.BufferedReader(RangedFile(uri, opener), buffer_size=RANGE_MIN_BYTES)
+
+
 class ResumingStream(io.RawIOBase):
-    """Sequential reads of one remote object that reopen where they stopped after a transient error.
+    """Sequential reads of one remote object, from byte `start` to `end` (exclusive; None: to its
+    end), that reopen where they stopped after a transient error.
 
-    `opener(uri, offset)` returns (body, total size or None) with body positioned at `offset`."""
+    `opener(uri, offset, end)` returns (body, total size or None) with body positioned at `offset`."""
 
-    def __init__(self, uri: str, opener):
+    def __init__(self, uri: str, opener, start: int = 0, end: int | None = None):
         super().__init__()
-        self.uri, self._opener = uri, opener
-        self.offset, self.size, self._body = 0, None, None
+        self.uri, self._opener, self.end = uri, opener, end
+        self.offset, self.size, self._body = start, None, None
         self._retrying(lambda: None)  # open now: a missing object fails here, not mid-read
 
     def readable(self) -> bool:
@@ -93,9 +111,11 @@ class ResumingStream(io.RawIOBase):
         return len(data)
 
     def _read(self, n: int) -> bytes:
-        data = self._body.read(n) if n else b""
-        if n and not data and self.size is not None and self.offset < self.size:
-            raise ConnectionError(f"body ended at byte {self.offset} of {self.size}")
+        n = n if self.end is None else min(n, self.end - self.offset)
+        data = self._body.read(n) if n > 0 else b""
+        last = self.end if self.end is not None else self.size
+        if n > 0 and not data and last is not None and self.offset < last:
+            raise ConnectionError(f"body ended at byte {self.offset} of {last}")
         self.offset += len(data)
         return data
 
@@ -103,7 +123,7 @@ class ResumingStream(io.RawIOBase):
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 if self._body is None:
-                    self._body, size = self._opener(self.uri, self.offset)
+                    self._body, size = self._opener(self.uri, self.offset, self.end)
                     if self.size is not None and size is not None and size != self.size:
                         raise StorageError(f"{self.uri}: changed while being read ({self.size} -> {size} bytes)")
                     self.size = size if size is not None else self.size
@@ -131,6 +151,52 @@ class ResumingStream(io.RawIOBase):
         super().close()
 
 
+class RangedFile(io.RawIOBase):
+    """Random access to a remote object: each read is one bounded range request, retried and
+    resumed as `ResumingStream` does, so reading a Parquet shard's footer and a few row groups
+    costs those bytes, not the object."""
+
+    def __init__(self, uri: str, opener):
+        super().__init__()
+        self.uri, self._opener, self.position = uri, opener, 0
+        with ResumingStream(uri, opener, 0, 1) as probe:  # one byte: is it there, and how big
+            self.size = probe.size
+        if self.size is None:
+            raise StorageError(f"{uri}: the server does not say the object's size, so it cannot be "
+                               "read by ranges")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"{self.uri}: seek to byte {base + offset}")
+        self.position = base + offset
+        return self.position
+
+    def readinto(self, target) -> int:
+        n = min(len(target), self.size - self.position)
+        if n <= 0:
+            return 0
+        with ResumingStream(self.uri, self._opener, self.position, self.position + n) as part:
+            got = 0
+            while got < n:
+                chunk = part.read(n - got)
+                target[got: got + len(chunk)] = chunk
+                got += len(chunk)
+            if part.size is not None and part.size != self.size:
+                raise StorageError(f"{self.uri}: changed while being read ({self.size} -> {part.size} bytes)")
+        self.position += n
+        return n
+
+
 class Transient(Exception):
     """A response that is worth retrying (HTTP 5xx/429, S3 SlowDown, ...)."""
 
@@ -149,8 +215,16 @@ def _transient() -> tuple[type[BaseException], ...]:
     return tuple(kinds)
 
 
-def _open_http(uri: str, offset: int):
-    request = urllib.request.Request(uri, headers={"Range": f"bytes={offset}-"} if offset else {})
+def _range(offset: int, end: int | None) -> str | None:
+    """The Range header for bytes [offset, end), or None for the whole object."""
+    if not offset and end is None:
+        return None
+    return f"bytes={offset}-{'' if end is None else end - 1}"
+
+
+def _open_http(uri: str, offset: int, end: int | None = None):
+    wanted = _range(offset, end)
+    request = urllib.request.Request(uri, headers={"Range": wanted} if wanted else {})
     try:
         response = urllib.request.urlopen(request, timeout=TIMEOUT_S)  # noqa: S310 (URLs come from the user)
     except urllib.error.HTTPError as err:
@@ -176,11 +250,12 @@ def _open_http(uri: str, offset: int):
     return response, size
 
 
-def _open_s3(uri: str, offset: int):
+def _open_s3(uri: str, offset: int, end: int | None = None):
     bucket, key = _s3_parts(uri)
     client = _s3_client()
+    wanted = _range(offset, end)
     try:
-        response = client.get_object(Bucket=bucket, Key=key, **({"Range": f"bytes={offset}-"} if offset else {}))
+        response = client.get_object(Bucket=bucket, Key=key, **({"Range": wanted} if wanted else {}))
     except client.exceptions.NoSuchKey:
         raise FileNotFoundError(f"{uri}: no such key") from None
     except Exception as err:  # botocore's ClientError carries the S3 error code
@@ -190,7 +265,8 @@ def _open_s3(uri: str, offset: int):
         if code in ("404", "NoSuchKey", "NoSuchBucket"):
             raise FileNotFoundError(f"{uri}: {code}") from None
         raise
-    return response["Body"], offset + int(response["ContentLength"])
+    total = str(response.get("ContentRange", "")).rpartition("/")[2]
+    return response["Body"], int(total) if total.isdigit() else offset + int(response["ContentLength"])
 
 
 def _s3_parts(uri: str) -> tuple[str, str]:
