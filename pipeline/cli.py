@@ -3,7 +3,7 @@
     valle-prep run DAG [--out DIR] [--set dotted.key=value ...] [--ray-address ADDR] [--rebuild-audio]
     valle-prep status OUT [--json]
     valle-prep verify OUT
-    valle-prep report OUT [--code-shards N]
+    valle-prep report OUT [--code-shards N] [--to DIR]
     valle-prep listen OUT CUT_ID --out x.wav
 """
 from __future__ import annotations
@@ -39,13 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
 
     p = sub.add_parser("report", help="write OUT/report/index.html (plots, codebooks, speakers, rejects)")
-    p.add_argument("out")
+    p.add_argument("out", help="the corpus: a folder, or an http(s):// or s3:// location")
+    p.add_argument("--to", metavar="DIR", help="where to write the report (default: OUT/report, or "
+                                               "./report for a remote corpus)")
     p.add_argument("--code-shards", type=int, metavar="N",
                    help="read codes from N shards spread over the corpus (default: every shard)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser("listen", help="decode one sample's codes to a 24 kHz wav")
-    p.add_argument("out")
+    p.add_argument("out", help="the corpus: a folder, or an http(s):// or s3:// location")
     p.add_argument("cut_id", help="the Libriheavy cut id (the sample's id)")
     p.add_argument("--out", dest="wav", required=True, help="the wav file to write")
     p.add_argument("--codec-weights", help="pretrained | random | PATH (default: what the corpus "
@@ -126,14 +128,14 @@ def _report(args) -> int:
     if args.code_shards is not None and args.code_shards < 1:
         print("valle-prep: --code-shards must be >= 1", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    folder = Path(args.to) if args.to else report_dir(args.out)
     try:
-        stats = write_report(out, code_shards=args.code_shards, progress=not args.no_progress)
+        stats = write_report(args.out, folder, code_shards=args.code_shards, progress=not args.no_progress)
     except (ReportError, SchemaError) as err:
         print(f"valle-prep: {err}", file=sys.stderr)
         return 2
     print(summary_text(stats))
-    print(f"wrote {report_dir(out) / 'index.html'}")
+    print(f"wrote {folder / 'index.html'}")
     return 0
 
 
@@ -144,7 +146,7 @@ def _listen(args) -> int:
     from pipeline.listen import ListenError, listen
 
     try:
-        seconds = listen(Path(args.out), args.cut_id, Path(args.wav), weights=args.codec_weights,
+        seconds = listen(args.out, args.cut_id, Path(args.wav), weights=args.codec_weights,
                          device=args.device)
     except ListenError as err:
         print(f"valle-prep: {err}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Listen: one sample's codes back to audio, so a person can hear what the codes hold.
 
-In: OUT (a finished corpus), a cut id, a wav path. Out: a 16-bit mono 24 kHz wav of the sample's
+In: OUT (a finished corpus: a folder, or an http(s):// or s3:// location read through
+trainer.storage), a cut id, a wav path. Out: a 16-bit mono 24 kHz wav of the sample's
 codes decoded by EnCodec with the weights the corpus was encoded with (its provenance names
 them; their hash must match), frames x 320 samples long.
 
@@ -11,6 +12,7 @@ trainer's reader, trainer.corpus.read_shard).
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -19,19 +21,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-import schemas
-from trainer.corpus import index_shards, read_shard
+from trainer.corpus import CorpusError, index_shards, read_index, read_shard
+from trainer.storage import join, open_random_access, open_stream
 
 
 class ListenError(ValueError):
     """The sample cannot be decoded as asked; the message says why and what to do."""
 
 
-def find_sample(out: Path, cut_id: str) -> tuple[dict, np.ndarray]:
+def find_sample(out, cut_id: str) -> tuple[dict, np.ndarray]:
     """(metadata, codes (codebooks, frames)) of the sample whose id is `cut_id`."""
+    out = str(out)
     index = _read_index(out)
-    shards = {s.id: s for s in index_shards(str(out), index)}
-    lengths = pq.ParquetFile(out / index["lengths"]["path"])
+    with open_random_access(join(out, index["lengths"]["path"])) as source:
+        return _find(out, index, pq.ParquetFile(source), cut_id)
+
+
+def _find(out: str, index: dict, lengths: pq.ParquetFile, cut_id: str) -> tuple[dict, np.ndarray]:
+    shards = {s.id: s for s in index_shards(out, index)}
     if "recording_id" not in lengths.schema_arrow.names:
         raise ListenError(f"{out}/lengths.parquet has no recording_id column (a corpus from an older "
                           "version); run valle-prep run again to rewrite it")
@@ -55,7 +62,7 @@ def find_sample(out: Path, cut_id: str) -> tuple[dict, np.ndarray]:
     raise ListenError(_not_found(out, index, cut_id, searched))
 
 
-def _not_found(out: Path, index: dict, cut_id: str, searched: int) -> str:
+def _not_found(out: str, index: dict, cut_id: str, searched: int) -> str:
     where = f"its recording's {searched} shard(s)" if searched else "any shard (no sample of its recording)"
     rejected = _rejected(out, index, cut_id)
     if rejected:
@@ -65,8 +72,9 @@ def _not_found(out: Path, index: dict, cut_id: str, searched: int) -> str:
             "Cut ids are Libriheavy's, e.g. small/100/<book>/<chapter>_12 (see the 'id' of any sample)")
 
 
-def _rejected(out: Path, index: dict, cut_id: str) -> dict | None:
-    with (out / index["rejects"]["path"]).open(encoding="utf-8") as lines:
+def _rejected(out: str, index: dict, cut_id: str) -> dict | None:
+    with io.TextIOWrapper(io.BufferedReader(open_stream(join(out, index["rejects"]["path"]))),
+                          encoding="utf-8") as lines:
         for line in lines:
             if cut_id in line:  # cheap test first; parse only candidate lines
                 row = json.loads(line)
@@ -75,20 +83,18 @@ def _rejected(out: Path, index: dict, cut_id: str) -> dict | None:
     return None
 
 
-def _read_index(out: Path) -> dict:
-    path = out / "index.json"
-    if not path.is_file():
-        raise ListenError(f"{out} has no index.json: the corpus is not finished (valle-prep status {out})")
-    index = json.loads(path.read_text())
-    schemas.validate(f"index.v{schemas.INDEX_VERSION}", index, where=str(path))
-    return index
+def _read_index(out: str) -> dict:
+    try:
+        return read_index(out)
+    except CorpusError as err:
+        raise ListenError(str(err)) from None
 
 
-def corpus_codec(out: Path, weights: str | None = None, device: str = "cpu"):
+def corpus_codec(out, weights: str | None = None, device: str = "cpu"):
     """An EnCodec with the corpus's bandwidth and weights (or `weights`, whose hash must match)."""
     from tokens.codec import CodecConfig, CodecEncoder, WeightsUnavailable
 
-    codec = _read_index(out)["provenance"]["codec"]
+    codec = _read_index(str(out))["provenance"]["codec"]
     if weights is None:
         weights = codec["weights_source"] if codec["weights"] == "checkpoint" else codec["weights"]
     encoder = CodecEncoder(CodecConfig(weights=weights, bandwidth=codec["bandwidth_kbps"], device=device))
@@ -103,7 +109,7 @@ def corpus_codec(out: Path, weights: str | None = None, device: str = "cpu"):
     return encoder
 
 
-def listen(out: Path, cut_id: str, wav: Path, *, weights: str | None = None, device: str = "cpu") -> float:
+def listen(out, cut_id: str, wav: Path, *, weights: str | None = None, device: str = "cpu") -> float:
     """Decode `cut_id`'s codes into `wav`; returns its length in seconds."""
     from tokens.constants import SAMPLE_RATE
     from trainer.synth import write_wav

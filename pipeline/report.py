@@ -1,9 +1,11 @@
 """Report: what a finished corpus holds, for a person to look at before spending GPU weeks on it.
 
-In: OUT with index.json, lengths.parquet, rejects.jsonl and shards. Out: `collect(out)`, the
-numbers (a JSON-able dict, also written to OUT/report/report.json); `write_report(out)` adds
-OUT/report/index.html with PNG plots (pipeline.report_plots); `summary_text(stats)` is the short
-text printed by `valle-prep report`.
+In: a corpus with index.json, lengths.parquet, rejects.jsonl and shards: a folder, or an
+http(s):// or s3:// location read through trainer.storage as the trainer reads it. Out:
+`collect(location)`, the numbers (a JSON-able dict, also written to report.json);
+`write_report(location, folder)` adds index.html with PNG plots (pipeline.report_plots) in
+`folder` (default OUT/report for a folder); `summary_text(stats)` is the short text printed by
+`valle-prep report`.
 
 Everything is streamed and memory stays flat in corpus size: lengths.parquet a batch of shards
 at a time into fixed-size histograms, rejects.jsonl line by line, codes shard by shard through
@@ -13,6 +15,7 @@ the set of speakers and books of each subset. Durations are the samples' codec f
 """
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -21,10 +24,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-import schemas
 from pipeline.fsutil import write_json_atomic
 from tokens.constants import CODEBOOK_SIZE, FRAME_RATE
-from trainer.corpus import index_shards, read_shard
+from trainer.corpus import CorpusError, index_shards, read_index, read_shard
+from trainer.storage import join, open_random_access, open_stream
 
 # Fixed histogram bins: the last bin of each also counts everything above it.
 DURATION_BINS = np.arange(0.0, 40.5, 0.5)  # seconds
@@ -40,13 +43,20 @@ class ReportError(ValueError):
     """OUT is not a finished corpus; the message says what to do."""
 
 
-def report_dir(out: Path) -> Path:
-    return out / "report"
+def is_remote(location) -> bool:
+    return "://" in str(location)
 
 
-def collect(out: Path, *, code_shards: int | None = None, progress: bool = True) -> dict:
-    """Every number of the report. `code_shards`: read codes from that many shards, spread
-    evenly over the corpus (None: all of them); the other figures always cover every sample."""
+def report_dir(location) -> Path:
+    """Where the report goes by default: OUT/report for a folder, ./report for a remote corpus."""
+    return Path("report") if is_remote(location) else Path(location) / "report"
+
+
+def collect(out, *, code_shards: int | None = None, progress: bool = True) -> dict:
+    """Every number of the report for the corpus at `out` (a folder or a URL). `code_shards`:
+    read codes from that many shards, spread evenly over the corpus (None: all of them); the
+    other figures always cover every sample."""
+    out = str(out)
     index = _read_index(out)
     roles = {name: s["role"] for name, s in index["subsets"].items()}
     stats = {
@@ -63,13 +73,15 @@ def collect(out: Path, *, code_shards: int | None = None, progress: bool = True)
     return stats
 
 
-def write_report(out: Path, *, code_shards: int | None = None, progress: bool = True) -> dict:
-    """Collect, then write OUT/report/{report.json, index.html, *.png}; returns the numbers."""
+def write_report(out, folder: Path | None = None, *, code_shards: int | None = None,
+                 progress: bool = True) -> dict:
+    """Collect, then write {report.json, index.html, *.png} into `folder` (default:
+    `report_dir(out)`); returns the numbers."""
     from pipeline import report_html, report_plots
 
     stats = collect(out, code_shards=code_shards, progress=progress)
-    folder = report_dir(out)
-    folder.mkdir(exist_ok=True)
+    folder = Path(folder) if folder is not None else report_dir(out)
+    folder.mkdir(parents=True, exist_ok=True)
     plots = report_plots.draw_all(stats, folder)
     write_json_atomic(folder / "report.json", stats)
     report_html.write_page(stats, plots, folder / "index.html")
@@ -79,14 +91,11 @@ def write_report(out: Path, *, code_shards: int | None = None, progress: bool = 
 # ------------------------------------------------------------------------------------- inputs
 
 
-def _read_index(out: Path) -> dict:
-    path = out / "index.json"
-    if not path.is_file():
-        raise ReportError(f"{out} has no index.json: the corpus is not finished (run valle-prep run "
-                          f"again; valle-prep status {out} shows how far it got)")
-    index = json.loads(path.read_text())
-    schemas.validate(f"index.v{schemas.INDEX_VERSION}", index, where=str(path))
-    return index
+def _read_index(out: str) -> dict:
+    try:
+        return read_index(out)
+    except CorpusError as err:
+        raise ReportError(str(err)) from None
 
 
 def _histogram(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
@@ -98,10 +107,14 @@ def _histogram(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
     return counts[:-1]
 
 
-def _lengths_stats(out: Path, index: dict, roles: dict[str, str]) -> dict:
+def _lengths_stats(out: str, index: dict, roles: dict[str, str]) -> dict:
+    with open_random_access(join(out, index["lengths"]["path"])) as source:
+        return _lengths_of(pq.ParquetFile(source), index, roles)
+
+
+def _lengths_of(lengths: pq.ParquetFile, index: dict, roles: dict[str, str]) -> dict:
     subset_of = {s["id"]: s["subset"] for s in index["shards"]}
-    path = out / index["lengths"]["path"]
-    names = set(pq.read_schema(path).names)
+    names = set(lengths.schema_arrow.names)
     columns = [c for c in ("shard", "frames", "text_tokens", "speaker", "recording_id", "text_cer") if c in names]
     durations = defaultdict(lambda: np.zeros(len(DURATION_BINS) - 1, np.int64))  # by role
     tokens = defaultdict(lambda: np.zeros(len(TOKEN_BINS) - 1, np.int64))
@@ -109,11 +122,12 @@ def _lengths_stats(out: Path, index: dict, roles: dict[str, str]) -> dict:
     speaker_seconds: dict[str, float] = defaultdict(float)  # training speakers
     speakers, books = defaultdict(set), defaultdict(set)  # by subset
     longest = {"seconds": 0.0, "tokens": 0}
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=8, columns=columns):
+    for batch in lengths.iter_batches(batch_size=8, columns=columns):
         for row in batch.to_pylist():
             subset = subset_of.get(row["shard"])
             if subset is None:
-                raise ReportError(f"{path}: shard {row['shard']} is not in index.json; run valle-prep verify {out}")
+                raise ReportError(f"{index['lengths']['path']}: shard {row['shard']} is not in index.json; "
+                                  "run valle-prep verify")
             role = roles[subset]
             seconds = np.asarray(row["frames"], np.float64) / FRAME_RATE
             n_tokens = np.asarray(row["text_tokens"], np.int64)
@@ -182,11 +196,11 @@ def _speaker_stats(seconds: dict[str, float], speakers, books, roles) -> dict:
     }
 
 
-def _reject_stats(out: Path, index: dict) -> dict:
+def _reject_stats(out: str, index: dict) -> dict:
     counts, examples = Counter(), defaultdict(list)
     mismatch_cer = np.zeros(len(CER_BINS) - 1, np.int64)
-    path = out / index["rejects"]["path"]
-    with path.open(encoding="utf-8") as lines:
+    with io.TextIOWrapper(io.BufferedReader(open_stream(join(out, index["rejects"]["path"]))),
+                          encoding="utf-8") as lines:
         for line in lines:
             row = json.loads(line)
             reason = row["reason"]
@@ -199,8 +213,8 @@ def _reject_stats(out: Path, index: dict) -> dict:
             "examples": dict(examples), "text_mismatch_cer": mismatch_cer.tolist()}
 
 
-def _code_stats(out: Path, index: dict, code_shards: int | None, progress: bool) -> dict:
-    shards = index_shards(str(out), index) if index["shards"] else []  # the format the trainer reads
+def _code_stats(out: str, index: dict, code_shards: int | None, progress: bool) -> dict:
+    shards = index_shards(out, index) if index["shards"] else []  # the format the trainer reads
     fmt, shards_total = (shards[0].format if shards else "parquet"), len(shards)
     if code_shards is not None and code_shards < len(shards):
         shards = [shards[i] for i in np.linspace(0, len(shards) - 1, code_shards).round().astype(int)]

@@ -39,6 +39,21 @@ def test_finds_the_sample_by_cut_id(corpus, tiny_corpus):
         np.testing.assert_array_equal(codes, committed_codes(corpus, cut.cut_id))
 
 
+def test_a_corpus_over_http_is_listened_to_as_the_folder_is(corpus, tiny_corpus, tmp_path):
+    """lengths.parquet read by ranges, the recording's shards only, and the rejects streamed."""
+    from tests.http_mirror import HttpMirror
+
+    cut = kept_cut(tiny_corpus)
+    rejected = next(t for t in tiny_corpus.cuts.values() if t.defect == "asr_mismatch")
+    with HttpMirror(corpus) as mirror:
+        meta, codes = find_sample(mirror.base_url, cut.cut_id)
+        with pytest.raises(ListenError, match=r"it was rejected \(text_mismatch: CER"):
+            find_sample(mirror.base_url, rejected.cut_id)
+        assert listen(mirror.base_url, cut.cut_id, tmp_path / "x.wav") == codes.shape[1] / 75
+    assert meta["id"] == cut.cut_id
+    np.testing.assert_array_equal(codes, committed_codes(corpus, cut.cut_id))
+
+
 def test_listen_writes_a_24khz_wav_whose_codes_round_trip(corpus, tiny_corpus, tmp_path, capsys):
     cut = kept_cut(tiny_corpus)
     wav = tmp_path / "x.wav"

@@ -142,3 +142,19 @@ def test_a_parquet_only_corpus_without_transcript_cers(tmp_path):
     assert stats["codes"]["frames"] == 3 * 2 * 4 * 20 + 3 * 30
     assert stats["cer"] is None and not (root / "report/cer.png").exists()
     assert "No text_cer column" in (root / "report/index.html").read_text()
+
+
+def test_a_corpus_over_http_reports_what_the_folder_reports(report, tmp_path, capsys):
+    """The report reads a remote corpus as the trainer does (index, lengths by ranges, rejects
+    streamed, codes shard by shard) and writes the page where --to says."""
+    from tests.http_mirror import HttpMirror
+
+    out, local = report
+    with HttpMirror(out) as mirror:
+        assert main(["report", mirror.base_url, "--to", str(tmp_path / "page"), "--no-progress"]) == 0
+        served = {r.path.rpartition("/")[2] for r in mirror.requests}
+    remote = json.loads((tmp_path / "page/report.json").read_text())
+    assert {**remote, "out": None} == {**json.loads(json.dumps(local)), "out": None}
+    assert {"index.json", "lengths.parquet", "rejects.jsonl"} <= served
+    assert (tmp_path / "page/index.html").is_file()
+    assert f"wrote {tmp_path / 'page' / 'index.html'}" in capsys.readouterr().out

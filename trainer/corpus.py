@@ -90,17 +90,24 @@ class Corpus:
         return join(self.location, self.index["provenance"]["bpe"]["model"])
 
 
-def open_corpus(location: str, *, roles: tuple[str, ...] = ("train",), fmt: str = "auto",
-                allow_random_codec: bool = False) -> Corpus:
+def read_index(location: str) -> dict:
+    """A finished corpus's index.json (a folder or a URL), checked against its schema."""
     try:
         index = json.loads(read_bytes(join(location, "index.json")))
     except FileNotFoundError:
-        raise CorpusError(f"{location}: no index.json (is the corpus finished? run valle-prep again)") from None
+        raise CorpusError(f"{location}: no index.json: the corpus is not finished (run valle-prep run again; "
+                          f"valle-prep status shows how far it got)") from None
     version = index.get("version") if isinstance(index, dict) else None
     if version not in schemas.READABLE_VERSIONS:
-        raise CorpusError(f"{join(location, 'index.json')}: index version {version!r}; this trainer reads versions "
+        raise CorpusError(f"{join(location, 'index.json')}: index version {version!r}; this version reads "
                           f"{list(schemas.READABLE_VERSIONS)} (a newer valle-corpus wrote it: update this one)")
     schemas.validate(f"index.v{version}", index, where=join(location, "index.json"))
+    return index
+
+
+def open_corpus(location: str, *, roles: tuple[str, ...] = ("train",), fmt: str = "auto",
+                allow_random_codec: bool = False) -> Corpus:
+    index = read_index(location)
     if index["provenance"]["codec"]["weights"] == "random" and not allow_random_codec:
         raise CorpusError(
             f"{location}: its codes come from a RANDOM-INIT EnCodec (an offline test corpus); training on "
