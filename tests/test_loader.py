@@ -128,6 +128,23 @@ def test_one_epoch_delivers_every_training_sample_once(corpus_dir):
     assert int(b["text"][0, : b["text_lens"][0]].min()) >= 0
 
 
+def test_every_format_reads_the_same_samples(corpus_dir):
+    """WebDataset, Parquet and lhotse Shar shards give each sample's id, speaker, tokens and
+    codes alike, all of a shard or only the positions wanted."""
+    from trainer.corpus import read_shard
+
+    by_format = {fmt: open_corpus(str(corpus_dir), allow_random_codec=True, fmt=fmt).shards
+                 for fmt in ("webdataset", "parquet", "lhotse_shar")}
+    assert len({tuple(s.id for s in shards) for shards in by_format.values()}) == 1
+    for k, shard in enumerate(by_format["webdataset"]):
+        for wanted in (None, np.unique([shard.samples // 2, shard.samples - 1])):
+            read = {fmt: [(p, m["id"], m["speaker"], list(m["text_tokens"]), c.tolist())
+                          for p, m, c in read_shard(shards[k], wanted)] for fmt, shards in by_format.items()}
+            assert read["webdataset"] == read["parquet"] == read["lhotse_shar"]
+            assert [p for p, *_ in read["lhotse_shar"]] == (list(range(shard.samples)) if wanted is None
+                                                            else wanted.tolist())
+
+
 def test_ranks_split_the_epoch_exactly(corpus_dir):
     corpus = open_corpus(str(corpus_dir), allow_random_codec=True)
     seen, counts = [], []
@@ -174,7 +191,7 @@ def test_s3_and_http_corpora_read_like_local(corpus_dir, tmp_path, monkeypatch):
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket="corpora")
         for path in corpus_dir.rglob("*"):
-            if path.is_file() and path.parts[len(corpus_dir.parts)] in ("webdataset", "parquet", "text") \
+            if path.is_file() and path.parts[len(corpus_dir.parts)] in ("webdataset", "parquet", "lhotse_shar", "text") \
                     or path.name in ("index.json", "lengths.parquet"):
                 s3.upload_file(str(path), "corpora", f"tiny/{path.relative_to(corpus_dir).as_posix()}")
         local = open_corpus(str(corpus_dir), allow_random_codec=True)
@@ -182,7 +199,7 @@ def test_s3_and_http_corpora_read_like_local(corpus_dir, tmp_path, monkeypatch):
         assert [s.id for s in remote.shards] == [s.id for s in local.shards]
         ids = lambda c: sorted(i for b in loader_for(c, workers=1)[0] for i in b["ids"])  # noqa: E731
         assert ids(remote) == ids(local)
-        for fmt in ("parquet",):
+        for fmt in ("parquet", "lhotse_shar"):
             remote_pq = open_corpus("s3://corpora/tiny", allow_random_codec=True, fmt=fmt)
             assert ids(remote_pq) == ids(local)
     finally:

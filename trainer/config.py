@@ -34,7 +34,7 @@ class DataSection:
     shuffle_buffer: int = 2_000
     interleave: int = 64  # shard streams each DataLoader worker reads at once (speaker mix)
     workers: int = 2  # DataLoader workers per rank
-    format: str = "auto"  # webdataset | parquet | auto
+    format: str = "auto"  # webdataset | parquet | lhotse_shar | auto (the first of these the corpus has)
 
 
 @dataclass
@@ -71,8 +71,8 @@ class TrainConfig:
             raise ConfigError(f"model.kind must be ar or nar, got {self.model.kind!r}")
         if self.model.group_size not in (1, 2, 4, 8):
             raise ConfigError(f"model.group_size must be 1, 2, 4 or 8, got {self.model.group_size}")
-        if self.data.format not in ("auto", "webdataset", "parquet"):
-            raise ConfigError(f"data.format must be auto, webdataset or parquet, got {self.data.format!r}")
+        if self.data.format not in ("auto", "webdataset", "parquet", "lhotse_shar"):
+            raise ConfigError(f"data.format must be auto, webdataset, parquet or lhotse_shar, got {self.data.format!r}")
         if self.optim.accumulate < 1 or self.run.max_steps < 1:
             raise ConfigError("optim.accumulate and run.max_steps must be >= 1")
         if min(self.data.max_frames, self.data.interleave, self.data.shuffle_buffer, self.data.buckets) < 1:

@@ -6,12 +6,15 @@ subsets asked for (one format), every sample's lengths, speaker and book as flat
 sample), and sample readers. Refuses a corpus whose codes came from a random-init codec unless
 asked, and never mixes corpora whose codec or BPE provenance differ.
 
-Reads schema v2 corpora (codes as .npy members / list<list<uint16>> columns) and v1 ones
+Reads every format valle-prep writes: WebDataset and lhotse Shar streamed, Parquet row group by
+row group; schema v2 corpora (codes as .npy members / list<list<uint16>> columns) and v1 ones
 (10-bit packed codes), shard by shard as each shard's members or columns say: corpora of both
 versions train together.
 """
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import tarfile
 from dataclasses import dataclass
@@ -32,10 +35,11 @@ class CorpusError(ValueError):
 @dataclass(frozen=True)
 class Shard:
     id: str
-    uri: str
+    uri: str  # lhotse Shar: the cuts file
     format: str
     subset: str
     samples: int
+    codes_uri: str | None = None  # lhotse Shar: the codes file
 
 
 @dataclass
@@ -117,15 +121,20 @@ def open_corpus(location: str, *, roles: tuple[str, ...] = ("train",), fmt: str 
     return Corpus(location, index, read_lengths(join(location, index["lengths"]["path"]), shards, location))
 
 
+FORMATS = ("webdataset", "parquet", "lhotse_shar")  # "auto" takes the first the corpus has
+
+
 def index_shards(location: str, index: dict, fmt: str = "auto") -> list[Shard]:
-    """Every shard of one format in an index, in index order; "auto": WebDataset if the corpus
-    has it (it streams), else Parquet."""
+    """Every shard of one format in an index, in index order; "auto": the first of FORMATS the
+    corpus has (WebDataset streams with the fewest requests)."""
     formats = {s["format"] for s in index["shards"]}
-    chosen = ("webdataset" if "webdataset" in formats else "parquet") if fmt == "auto" else fmt
+    chosen = next((f for f in FORMATS if f in formats), None) if fmt == "auto" else fmt
     if chosen not in formats:
         raise CorpusError(f"{location}: has no {chosen} shards (it has {sorted(formats)})")
-    return [Shard(s["id"], join(location, s["path"]), chosen, s["subset"], s["samples"])
-            for s in index["shards"] if s["format"] == chosen]
+    files = [s for s in index["shards"] if s["format"] == chosen]
+    codes = {s["id"]: join(location, s["path"]) for s in files if s.get("field") == "codes"}
+    return [Shard(s["id"], join(location, s["path"]), chosen, s["subset"], s["samples"], codes.get(s["id"]))
+            for s in files if s.get("field") != "codes"]
 
 
 def read_lengths(uri: str, shards: list[Shard], where: str) -> Samples:
@@ -210,6 +219,8 @@ def read_shard(shard: Shard, wanted: np.ndarray | None = None):
         return
     if shard.format == "webdataset":
         yield from _read_tar(shard, keep, last)
+    elif shard.format == "lhotse_shar":
+        yield from _read_shar(shard, keep, last)
     else:
         yield from _read_parquet(shard, wanted)
 
@@ -242,6 +253,34 @@ def _read_tar(shard: Shard, keep: set | None, last: int):
             if position == last:
                 return
             position += 1
+
+
+def _read_shar(shard: Shard, keep: set | None, last: int):
+    """A Shar shard's two files streamed side by side: cut k's line in the cuts file, and its
+    `<id>.npy` + `<id>.json` members in the codes tar (frames x codebooks there)."""
+    if shard.codes_uri is None:
+        raise CorpusError(f"{shard.uri}: the index lists no codes file for this Shar shard; run valle-prep verify")
+    with open_stream(shard.uri) as cuts_raw, gzip.open(io.BufferedReader(cuts_raw), "rt", encoding="utf-8") as cuts, \
+            open_stream(shard.codes_uri) as codes_raw, tarfile.open(fileobj=codes_raw, mode="r|") as tar:
+        members = iter(tar)
+        for position, line in enumerate(cuts):
+            cut = json.loads(line)
+            array = next(members, None)
+            wanted = keep is None or position in keep
+            # A stream: a member's bytes are read before the next member is asked for.
+            data = tar.extractfile(array).read() if wanted and array is not None else None
+            manifest = next(members, None)
+            if array is None or array.name != f"{cut['id']}.npy" or manifest is None \
+                    or manifest.name != f"{cut['id']}.json":
+                raise CorpusError(f"{shard.codes_uri}: cut {position} ({cut['id']!r}) has no {cut['id']}.npy + "
+                                  ".json members in its place; run valle-prep verify")
+            if wanted:
+                frames_first = schemas.codes_from_npy(data, f"{shard.codes_uri}: {array.name}")
+                meta = {"id": cut["id"], "speaker": cut["supervisions"][0].get("speaker"),
+                        "text_tokens": cut["custom"]["text_tokens"]}
+                yield position, meta, np.ascontiguousarray(frames_first.T)
+            if position == last:
+                return
 
 
 def _read_parquet(shard: Shard, wanted: np.ndarray | None):
