@@ -196,14 +196,13 @@ class _SampleIds:
 
     def duplicates(self, read_ids) -> list[str]:
         digests = np.frombuffer(self.digests, dtype=np.uint64) if self.digests else np.zeros(0, np.uint64)
-        order = np.argsort(digests, kind="stable")
-        ordered = digests[order]
-        same = np.flatnonzero(ordered[1:] == ordered[:-1])
-        if not len(same):
+        ordered = np.sort(digests)  # 8 bytes a sample more, for the moment of the check
+        suspects = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+        del ordered
+        if not suspects:
             return []
-        suspects = set(ordered[same].tolist())
-        holders = np.frombuffer(self.shard_of, dtype=np.uint32)[np.concatenate([order[same], order[same + 1]])]
-        shards = sorted(set(holders.tolist()))
+        holding = np.flatnonzero(np.isin(digests, np.fromiter(suspects, np.uint64, len(suspects))))
+        shards = sorted(set(np.frombuffer(self.shard_of, dtype=np.uint32)[holding].tolist()))
         seen = Counter(i for k in shards for i in read_ids(self.shards[k]) if _digest(i) in suspects)
         dup = sorted(i for i, n in seen.items() if n > 1)
         if not dup:
