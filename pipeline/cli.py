@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("verify", help="check every shard against the index and the schemas")
-    p.add_argument("out")
+    p.add_argument("out", help="the corpus: a folder, or an http(s):// or s3:// location")
 
     p = sub.add_parser("report", help="write OUT/report/index.html (plots, codebooks, speakers, rejects)")
     p.add_argument("out", help="the corpus: a folder, or an http(s):// or s3:// location")
@@ -114,7 +114,7 @@ def _status(args) -> int:
 def _verify(args) -> int:
     from pipeline.verify import verify
 
-    problems = verify(Path(args.out), progress=sys.stderr.isatty())
+    problems = verify(args.out, progress=sys.stderr.isatty())
     for p in problems:
         print(p)
     print(f"{args.out}: {'OK' if not problems else f'{len(problems)} problem(s)'}")

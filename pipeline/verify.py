@@ -1,6 +1,7 @@
 """Verify: check a finished corpus against its index and the schemas, without trusting either.
 
-In: OUT. Out: a list of problems, each naming the file and what is wrong (empty = valid).
+In: OUT: a folder, or an http(s):// or s3:// location (read through trainer.storage, as the
+trainer reads it: e.g. a corpus after its upload). Out: a list of problems, each naming the file and what is wrong (empty = valid).
 Checks the index against its schema (schemas/index.v2.json, or v1 for a corpus written before
 v2); every shard's size and sha256; every sample's metadata against schemas/sample.v<N>.json
 (Parquet: the columns of parquet.v<N>.json), its codes decoded (v2: the .npy member or the
@@ -22,7 +23,6 @@ import tarfile
 from array import array
 from collections import Counter
 from itertools import groupby
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -31,29 +31,31 @@ from tqdm import tqdm
 
 import schemas
 from pipeline import shar
-from pipeline.fsutil import sha256_file
+from trainer.storage import join, open_stream, read_bytes
 from tokens.constants import FRAME_RATE
 
 
-def verify(out: Path, progress: bool = False) -> list[str]:
+def verify(out, progress: bool = False) -> list[str]:
+    out = str(out)
     problems: list[str] = []
-    index_path = out / "index.json"
+    index_path = join(out, "index.json")
+    raw = _read(index_path)
+    if raw is None:
+        return [f"{index_path}: missing (the run did not finish; run the DAG again)"]
     try:
-        index = json.loads(index_path.read_text())
+        index = json.loads(raw)
         version = index.get("version") if isinstance(index, dict) else None
         if version not in schemas.READABLE_VERSIONS:
             return [f"{index_path}: index version {version!r}, this valle-prep checks versions "
                     f"{list(schemas.READABLE_VERSIONS)}"]
-        schemas.validate(f"index.v{version}", index, where=str(index_path))
-    except FileNotFoundError:
-        return [f"{index_path}: missing (the run did not finish; run the DAG again)"]
+        schemas.validate(f"index.v{version}", index, where=index_path)
     except (ValueError, schemas.SchemaError) as err:
         return [f"{index_path}: {err}"]
 
     bpe = index["provenance"]["bpe"]
-    bpe_path = out / bpe["model"]
-    if not bpe_path.is_file() or sha256_file(bpe_path) != bpe["sha256"]:
-        problems.append(f"{bpe_path}: missing or sha256 differs from the index")
+    bpe_model = _read(join(out, bpe["model"]))
+    if bpe_model is None or hashlib.sha256(bpe_model).hexdigest() != bpe["sha256"]:
+        problems.append(f"{join(out, bpe['model'])}: missing or sha256 differs from the index")
     expect = {"codebooks": index["codes"]["codebooks"], "vocab": bpe["vocab_size"], "version": version}
 
     lengths, lengths_problems = _Lengths.open(out, index)
@@ -87,20 +89,28 @@ def verify(out: Path, progress: bool = False) -> list[str]:
                            ids_by_format[first])
     bar.close()
     problems += sample_ids.duplicates(lambda shard: [m.get("id") for m, _ in _read_rows(
-        out, shard, (out / shard["path"]).read_bytes(), shar_codes, version)])
+        out, shard, _read(join(out, shard["path"])), shar_codes, version)])
     problems += _check_rejects(out, index)
     return problems
 
 
-def _check_shard(out: Path, shard: dict, shar_codes: dict, expect: dict, expected: dict | None,
+def _read(uri: str) -> bytes | None:
+    """A file's bytes (local or remote), or None when it is not there."""
+    try:
+        return read_bytes(uri)
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+
+
+def _check_shard(out: str, shard: dict, shar_codes: dict, expect: dict, expected: dict | None,
                  lengths_name: str, problems: list[str]):
     """Check one file against the index, its samples against the schemas and its lengths row;
     returns its (metadata, codes) rows, or None when it could not be read."""
-    path, where = out / shard["path"], shard["path"]
-    if not path.is_file():
+    where = shard["path"]
+    raw = _read(join(out, where))  # read once: hashed, then parsed
+    if raw is None:
         problems.append(f"{where}: missing")
         return None
-    raw = path.read_bytes()  # read once: hashed, then parsed
     if len(raw) != shard["bytes"]:
         problems.append(f"{where}: {len(raw)} bytes, index says {shard['bytes']}")
     if hashlib.sha256(raw).hexdigest() != shard["sha256"]:
@@ -141,8 +151,8 @@ class _Lengths:
     """lengths.parquet by shard id, decoded a row group at a time (the last one is kept: shards
     are asked for in file order), so checking a corpus never holds all its lengths."""
 
-    def __init__(self, path: Path):
-        self.file = pq.ParquetFile(path)
+    def __init__(self, raw: bytes):
+        self.file = pq.ParquetFile(pa.BufferReader(raw))  # ~4 bytes a sample (47 MB for large)
         self.where: dict[str, tuple[int, int]] = {}  # shard id -> (row group, row): O(shards)
         self.duplicated: list[str] = []
         for g in range(self.file.num_row_groups):
@@ -153,15 +163,16 @@ class _Lengths:
         self.group, self.rows = -1, []
 
     @classmethod
-    def open(cls, out: Path, index: dict):
+    def open(cls, out: str, index: dict):
         """(the lengths, the problems found), or (None, problems) when it cannot be used."""
-        path = out / index["lengths"]["path"]
-        if not path.is_file():
+        path = join(out, index["lengths"]["path"])
+        raw = _read(path)
+        if raw is None:
             return None, [f"{path}: missing"]
-        if sha256_file(path) != index["lengths"]["sha256"]:
+        if hashlib.sha256(raw).hexdigest() != index["lengths"]["sha256"]:
             return None, [f"{path}: sha256 differs from the index"]
         try:
-            lengths = cls(path)
+            lengths = cls(raw)
         except (OSError, pa.ArrowException) as err:
             return None, [f"{path}: unreadable: {err}"]
         if not schemas.matches_columns("lengths.v1", lengths.file.schema_arrow):
@@ -215,14 +226,17 @@ def _digest(sample_id) -> int:
     return int.from_bytes(hashlib.blake2b(str(sample_id).encode(), digest_size=8).digest(), "little")
 
 
-def _read_rows(out: Path, shard: dict, raw: bytes, shar_codes: dict, version: int):
+def _read_rows(out: str, shard: dict, raw: bytes, shar_codes: dict, version: int):
     if shard["format"] == "webdataset":
         return _read_webdataset(raw, version)
     if shard["format"] == "parquet":
         return _read_parquet(raw, version)
     if shard["id"] not in shar_codes:
         raise ValueError("the index lists no codes file for this Shar shard")
-    return _read_shar(raw, (out / shar_codes[shard["id"]]["path"]).read_bytes())
+    codes = _read(join(out, shar_codes[shard["id"]]["path"]))
+    if codes is None:
+        raise ValueError(f"its codes file {shar_codes[shard['id']]['path']} is missing")
+    return _read_shar(raw, codes)
 
 
 def _read_shar(cuts_raw: bytes, codes_raw: bytes):
@@ -300,12 +314,13 @@ def _check_sample(meta: dict, codes, expect: dict) -> list[str]:
     return problems
 
 
-def _check_rejects(out: Path, index: dict) -> list[str]:
-    path = out / index["rejects"]["path"]
-    if not path.is_file():
-        return [f"{path}: missing"]
+def _check_rejects(out: str, index: dict) -> list[str]:
+    path = join(out, index["rejects"]["path"])
     try:
-        reasons = Counter(json.loads(line)["reason"] for line in path.open() if line.strip())
+        with io.TextIOWrapper(io.BufferedReader(open_stream(path)), encoding="utf-8") as lines:
+            reasons = Counter(json.loads(line)["reason"] for line in lines if line.strip())
+    except (FileNotFoundError, IsADirectoryError):
+        return [f"{path}: missing"]
     except (ValueError, KeyError) as err:
         return [f"{path}: unreadable line: {err}"]
     if sum(reasons.values()) != index["rejects"]["total"] or dict(reasons) != index["rejects"]["by_reason"]:

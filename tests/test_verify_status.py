@@ -211,3 +211,20 @@ def test_ids_whose_digests_collide_are_not_duplicates(corpus, monkeypatch):
 
     monkeypatch.setattr(pipeline.verify, "_digest", lambda sample_id: 7)
     assert verify(corpus) == []
+
+
+def test_a_corpus_over_http_verifies_and_a_damaged_file_there_is_named(corpus, tmp_path):
+    """What an upload must be checked for: verify reads the corpus where the trainer will."""
+    from tests.http_mirror import HttpMirror
+
+    with HttpMirror(corpus) as mirror:
+        assert verify(mirror.base_url) == []
+    target = tmp_path / "corpus"
+    shutil.copytree(corpus, target)
+    shard = first_shard(target, "parquet")
+    (target / shard["path"]).write_bytes((target / shard["path"]).read_bytes()[:-1])
+    (target / "rejects.jsonl").unlink()
+    with HttpMirror(target) as mirror:
+        problems = verify(mirror.base_url)
+    assert f"{shard['path']}: {shard['bytes'] - 1} bytes, index says {shard['bytes']}" in problems
+    assert f"{mirror.base_url}/rejects.jsonl: missing" in problems
