@@ -164,6 +164,6 @@ def test_an_index_from_a_newer_version_is_refused_by_name(corpus, tmp_path):
     index = json.loads((copy / "index.json").read_text())
     index["version"] = 9
     (copy / "index.json").write_text(json.dumps(index))
-    with pytest.raises(CorpusError, match="index version 9; this trainer reads versions"):
+    with pytest.raises(CorpusError, match="index version 9; this valle-corpus reads versions"):
         open_corpus(str(copy), allow_random_codec=True)
     assert "index version 9" in verify(copy)[0]
