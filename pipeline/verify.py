@@ -1,7 +1,8 @@
 """Verify: check a finished corpus against its index and the schemas, without trusting either.
 
 In: OUT: a folder, or an http(s):// or s3:// location (read through trainer.storage, as the
-trainer reads it: e.g. a corpus after its upload). Out: a list of problems, each naming the file and what is wrong (empty = valid).
+trainer reads it: e.g. a corpus after its upload). Out: a list of problems, each naming the file
+and what is wrong (empty = valid).
 Checks the index against its schema (schemas/index.v2.json, or v1 for a corpus written before
 v2); every shard's size and sha256; every sample's metadata against schemas/sample.v<N>.json
 (Parquet: the columns of parquet.v<N>.json), its codes decoded (v2: the .npy member or the

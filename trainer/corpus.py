@@ -103,8 +103,8 @@ def read_index(location: str) -> dict:
                           f"valle-prep status shows how far it got)") from None
     version = index.get("version") if isinstance(index, dict) else None
     if version not in schemas.READABLE_VERSIONS:
-        raise CorpusError(f"{join(location, 'index.json')}: index version {version!r}; this valle-corpus reads versions "
-                          f"{list(schemas.READABLE_VERSIONS)} (a newer valle-corpus wrote it: update this one)")
+        raise CorpusError(f"{join(location, 'index.json')}: index version {version!r}; this valle-corpus reads "
+                          f"versions {list(schemas.READABLE_VERSIONS)} (a newer valle-corpus wrote it: update this one)")
     schemas.validate(f"index.v{version}", index, where=join(location, "index.json"))
     return index
 
