@@ -28,16 +28,21 @@ pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: every socket is held until all are bound (ports taken one at a
+    time can come back twice, and Ray refuses two components on one port)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
-def node_ports() -> list[str]:
-    names = ("--node-manager-port", "--object-manager-port", "--metrics-export-port",
-             "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port")
-    return [x for name in names for x in (name, str(free_port()))]
+NODE_PORTS = ("--node-manager-port", "--object-manager-port", "--metrics-export-port",
+              "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port")
 
 
 class TwoNodeCluster:
@@ -49,16 +54,22 @@ class TwoNodeCluster:
         self.head_dir = tempfile.mkdtemp(prefix="vc-head-", dir="/tmp")
         self.worker_dir = tempfile.mkdtemp(prefix="vc-node-", dir="/tmp")
         self.env = env
-        self.address = f"127.0.0.1:{free_port()}"
+        # One draw for every port of both nodes, so no two are the same.
+        self.ports = free_ports(3 + 2 * len(NODE_PORTS))
+        self.address = f"127.0.0.1:{self.ports[0]}"
+
+    def node_ports(self, node: int) -> list[str]:
+        ports = self.ports[3 + node * len(NODE_PORTS):][:len(NODE_PORTS)]
+        return [x for name, port in zip(NODE_PORTS, ports) for x in (name, str(port))]
 
     def start(self) -> None:
         common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--num-gpus", "0",
                   "--object-store-memory", str(200 * 2**20), "--disable-usage-stats"]
-        self._ray("start", "--head", "--port", self.address.split(":")[1], "--temp-dir", self.head_dir,
-                  "--include-dashboard", "false", "--dashboard-port", str(free_port()),
-                  "--ray-client-server-port", str(free_port()), *common, *node_ports())
+        self._ray("start", "--head", "--port", str(self.ports[0]), "--temp-dir", self.head_dir,
+                  "--include-dashboard", "false", "--dashboard-port", str(self.ports[1]),
+                  "--ray-client-server-port", str(self.ports[2]), *common, *self.node_ports(0))
         self._ray("start", "--address", self.address, "--temp-dir", self.worker_dir,
-                  "--resources", json.dumps({"second_node": 1}), *common, *node_ports())
+                  "--resources", json.dumps({"second_node": 1}), *common, *self.node_ports(1))
 
     def _ray(self, *args: str) -> None:
         done = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=120)
