@@ -2,7 +2,7 @@
 
     valle-prep run DAG [--out DIR] [--set dotted.key=value ...] [--ray-address ADDR] [--rebuild-audio]
     valle-prep status OUT [--json]
-    valle-prep verify OUT
+    valle-prep verify OUT [--jobs N]
     valle-prep report OUT [--code-shards N] [--to DIR]
     valle-prep listen OUT CUT_ID --out x.wav
 """
@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("verify", help="check every shard against the index and the schemas")
     p.add_argument("out", help="the corpus: a folder, or an http(s):// or s3:// location")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="processes checking shards at once (default: the CPUs, up to 8)")
 
     p = sub.add_parser("report", help="write OUT/report/index.html (plots, codebooks, speakers, rejects)")
     p.add_argument("out", help="the corpus: a folder, or an http(s):// or s3:// location")
@@ -112,9 +114,12 @@ def _status(args) -> int:
 
 
 def _verify(args) -> int:
-    from pipeline.verify import verify
+    from pipeline.verify import default_jobs, verify
 
-    problems = verify(args.out, progress=sys.stderr.isatty())
+    if args.jobs is not None and args.jobs < 1:
+        print("valle-prep: --jobs must be >= 1", file=sys.stderr)
+        return 2
+    problems = verify(args.out, progress=sys.stderr.isatty(), jobs=args.jobs or default_jobs())
     for p in problems:
         print(p)
     print(f"{args.out}: {'OK' if not problems else f'{len(problems)} problem(s)'}")

@@ -20,9 +20,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
+import os
 import tarfile
 from array import array
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from itertools import groupby
 
 import numpy as np
@@ -36,7 +40,8 @@ from trainer.storage import join, open_stream, read_bytes
 from tokens.constants import FRAME_RATE
 
 
-def verify(out, progress: bool = False) -> list[str]:
+def verify(out, progress: bool = False, jobs: int = 1) -> list[str]:
+    """Every problem found in the corpus at `out`; `jobs` processes check shards at once."""
     out = str(out)
     problems: list[str] = []
     index_path = join(out, "index.json")
@@ -65,34 +70,79 @@ def verify(out, progress: bool = False) -> list[str]:
     shar_codes = {s["id"]: s for s in index["shards"] if s["format"] == shar.FORMAT and s.get("field") == "codes"}
     sample_ids = _SampleIds()
     # By shard id (lengths.parquet's order): a shard's files in every format are checked together,
-    # and what is held at a time is one shard, whatever the corpus's size.
+    # and what is held at a time is one shard per process, whatever the corpus's size.
     by_id = sorted(index["shards"], key=lambda s: (s["id"], s["format"], s.get("field", "")))
     bar = tqdm(total=sum(s["bytes"] for s in by_id), unit="B", unit_scale=True, desc="verifying",
                disable=not progress)
-    for shard_id, group in groupby(by_id, key=lambda s: s["id"]):
-        group = list(group)
-        if {s["format"] for s in group} != formats:
-            problems.append(f"shard {shard_id!r}: the index lists it in {sorted({s['format'] for s in group})}, "
-                            f"the corpus is in {sorted(formats)}")
-        expected = lengths.row(shard_id) if lengths is not None else None
-        ids_by_format = {}
-        for shard in group:
-            bar.update(shard["bytes"])
-            rows = _check_shard(out, shard, shar_codes, expect, expected, index["lengths"]["path"], problems)
-            if rows is not None:
-                ids_by_format[shard["format"]] = [m.get("id") for m, _ in rows]
-        if len({tuple(ids) for ids in ids_by_format.values()}) > 1:
-            problems.append(f"shard {shard_id!r}: its {' and '.join(sorted(ids_by_format))} files hold "
-                            f"different sample ids")
-        if ids_by_format:
-            first = min(ids_by_format)
-            sample_ids.add(next(s for s in group if s["format"] == first and s.get("field") != "codes"),
-                           ids_by_format[first])
+    tasks = (_GroupTask(out, list(group), formats, lengths.row(shard_id) if lengths is not None else None,
+                        index["lengths"]["path"], expect, {k: shar_codes[k] for k in (shard_id,) if k in shar_codes})
+             for shard_id, group in groupby(by_id, key=lambda s: s["id"]))
+    for task, (found, first, ids) in _in_order(_check_group, tasks, jobs):
+        problems += found
+        bar.update(sum(s["bytes"] for s in task.group))
+        if first is not None:
+            sample_ids.add(first, ids)
     bar.close()
     problems += sample_ids.duplicates(lambda shard: [m.get("id") for m, _ in _read_rows(
         out, shard, _read(join(out, shard["path"])), shar_codes, version)])
     problems += _check_rejects(out, index)
     return problems
+
+
+def default_jobs() -> int:
+    """Processes for verify: the CPUs, up to 8 (each holds one shard; reading is the limit beyond)."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+@dataclass
+class _GroupTask:
+    """One shard id: its file in every format, and what the index and lengths.parquet say."""
+    out: str
+    group: list[dict]
+    formats: set[str]
+    expected: dict | None
+    lengths_name: str
+    expect: dict
+    shar_codes: dict
+
+
+def _check_group(task: _GroupTask) -> tuple[list[str], dict | None, list | None]:
+    """(problems, the file whose ids go to the duplicate check, its ids) for one shard id."""
+    problems, ids_by_format, shard_id = [], {}, task.group[0]["id"]
+    if {s["format"] for s in task.group} != task.formats:
+        problems.append(f"shard {shard_id!r}: the index lists it in {sorted({s['format'] for s in task.group})}, "
+                        f"the corpus is in {sorted(task.formats)}")
+    for shard in task.group:
+        rows = _check_shard(task.out, shard, task.shar_codes, task.expect, task.expected, task.lengths_name, problems)
+        if rows is not None:
+            ids_by_format[shard["format"]] = [m.get("id") for m, _ in rows]
+    if len({tuple(ids) for ids in ids_by_format.values()}) > 1:
+        problems.append(f"shard {shard_id!r}: its {' and '.join(sorted(ids_by_format))} files hold "
+                        f"different sample ids")
+    if not ids_by_format:
+        return problems, None, None
+    first = min(ids_by_format)
+    return (problems, next(s for s in task.group if s["format"] == first and s.get("field") != "codes"),
+            ids_by_format[first])
+
+
+def _in_order(fn, tasks, jobs: int):
+    """(task, fn(task)) in the tasks' order; with jobs > 1 in that many processes, at most
+    2 x jobs tasks submitted ahead, so memory does not grow with the number of tasks."""
+    if jobs <= 1:
+        yield from ((task, fn(task)) for task in tasks)
+        return
+    # spawn: a fresh interpreter per worker, nothing inherited from threads of this process
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = deque()
+        for task in tasks:
+            pending.append((task, pool.submit(fn, task)))
+            if len(pending) >= 2 * jobs:
+                task, future = pending.popleft()
+                yield task, future.result()
+        while pending:
+            task, future = pending.popleft()
+            yield task, future.result()
 
 
 def _read(uri: str) -> bytes | None:

@@ -30,7 +30,7 @@ def first_shard(out, fmt):
 
 
 def test_cli_verify_and_status_on_a_good_corpus(corpus, capsys):
-    assert main(["verify", str(corpus)]) == 0
+    assert main(["verify", str(corpus), "--jobs", "2"]) == 0
     assert capsys.readouterr().out.strip().endswith("OK")
     assert main(["status", str(corpus), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
@@ -179,6 +179,7 @@ def test_a_shard_whose_formats_disagree_is_named(copy):
     _replace_shard(copy, first, sink.getvalue().to_pybytes())
     formats = " and ".join(sorted({s["format"] for s in index["shards"]}))
     assert verify(copy) == [f"shard {first['id']!r}: its {formats} files hold different sample ids"]
+    assert verify(copy, jobs=2) == verify(copy)  # processes check shards at once, findings in order
 
 
 def test_an_id_in_two_shards_is_found_by_digest_and_named_from_the_shards(monkeypatch):
