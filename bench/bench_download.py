@@ -31,7 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.fsutil import hash_file  # noqa: E402
-from pipeline.transfers import DownloadSettings, FileJob, RayTasks, ThreadTasks, Transfers  # noqa: E402
+from pipeline.transfer_pools import RayTasks, ThreadTasks  # noqa: E402
+from pipeline.transfers import DownloadSettings, FileJob, Transfers  # noqa: E402
 
 
 def serve(root: str, rate: float, ready) -> None:

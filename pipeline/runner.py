@@ -36,7 +36,8 @@ from pipeline.segment import PAST_END_TOLERANCE_S
 from pipeline.shards import remove_file
 from pipeline.bpe import train_bpe
 from pipeline.text_agreement import AGREEMENT
-from pipeline.transfers import DownloadSettings, FileJob, RayTasks, ThreadTasks, Transfers
+from pipeline.transfer_pools import RayTasks, ThreadTasks
+from pipeline.transfers import DownloadSettings, FileJob, Transfers
 from tokens.constants import CODEBOOK_SIZE, FRAME_RATE, SAMPLE_RATE
 from tokens.text import NORMALIZATION, Tokenizer, select_text
 from pipeline.unit import UnitJob, is_current

@@ -329,8 +329,8 @@ def _read_parquet(raw: bytes, version: int):
         raise ValueError(f"columns differ from schemas/parquet.v{version}.json: {table.schema}")
     if version >= 2:
         codes = schemas.codes_from_arrow(table.column("codes"))  # raises for ragged or out-of-range codes
-        for row, array in zip(table.drop_columns(["codes"]).to_pylist(), codes):
-            yield row, array
+        for row, sample_codes in zip(table.drop_columns(["codes"]).to_pylist(), codes):
+            yield row, sample_codes
         return
     for row in table.to_pylist():
         packed = row.pop("codes")

@@ -18,7 +18,8 @@ import pipeline.transfers as transfers
 from pipeline.dag import DagError, load_dag
 from pipeline.download import Checksum, DiskFull, DownloadError, marker_path
 from pipeline.ranged import RangeLedger, ledger_path, prepare
-from pipeline.transfers import DownloadSettings, FileJob, RayTasks, ThreadTasks, Transfers
+from pipeline.transfer_pools import RayTasks, ThreadTasks
+from pipeline.transfers import DownloadSettings, FileJob, Transfers
 from tests.conftest import REPO, write_dag
 from tests.faulty_proxy import FaultyProxy
 from tests.http_mirror import HttpMirror
@@ -140,7 +141,8 @@ KILLED_RUN = """
 import sys
 from pathlib import Path
 from pipeline.download import Checksum
-from pipeline.transfers import DownloadSettings, FileJob, ThreadTasks, Transfers
+from pipeline.transfer_pools import ThreadTasks
+from pipeline.transfers import DownloadSettings, FileJob, Transfers
 url, dest, checksum = sys.argv[1], Path(sys.argv[2]), Checksum.parse(sys.argv[3])
 with ThreadTasks() as pool, Transfers([FileJob(url, dest, checksum)], DownloadSettings(
         connections=2, range_bytes=100_000, backoff_s=0.0), pool, progress=False) as t:
