@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline import cut_ids
-from pipeline.download import DownloadError
+from pipeline.download import DownloadError, read_marker
 from pipeline.fsutil import read_json, sha256_file, write_json_atomic
 from pipeline.manifest import GZIP_ERRORS, ManifestScan, line_reject, read_blocks
 from pipeline.parse_pool import (SerialParsers, default_parsers, parse_in_order, parsers_for,
@@ -80,8 +80,17 @@ class ManifestUnreadable(DownloadError):
     """The manifest file itself is damaged (not gzip, truncated): download it again."""
 
 
-def plan_fingerprint(manifest_sha256: str, unit_hours: float, source_prefix: str) -> str:
-    key = {"format": PLAN_FORMAT, "manifest": manifest_sha256, "unit_hours": unit_hours,
+def manifest_sha256(manifest: Path) -> str:
+    """The manifest's sha256: the one its download verified (its marker, for a file of the size
+    it recorded), else computed (a manifest given without a marker, or checked with md5). Large's
+    is 7 GB: hashing it again at every run would cost a pass over it each time."""
+    marker = read_marker(manifest) or {}
+    algo, _, digest = str(marker.get("checksum") or "").partition(":")
+    return digest if algo == "sha256" and len(digest) == 64 else sha256_file(manifest)
+
+
+def plan_fingerprint(manifest_digest: str, unit_hours: float, source_prefix: str) -> str:
+    key = {"format": PLAN_FORMAT, "manifest": manifest_digest, "unit_hours": unit_hours,
            "source_prefix": source_prefix}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
@@ -212,7 +221,7 @@ def _plan(manifest: Path, subset: str, role: str, out: Path, unit_hours: float,
     """`plan_subset`, for subsets planned at the same time. `earlier()` waits for the id sets of
     the subsets of higher priority; `publish_ids(ids)` hands on this subset's, as soon as they
     are known (before its units are packed)."""
-    fingerprint = plan_fingerprint(sha256_file(manifest), unit_hours, source_prefix)
+    fingerprint = plan_fingerprint(manifest_sha256(manifest), unit_hours, source_prefix)
     existing, published = load_plan(out, subset), False
     if existing is not None and existing.fingerprint == fingerprint and existing.role == role:
         ids = cut_ids.load(ids_path(out, subset))

@@ -214,3 +214,26 @@ def test_a_changed_manifest_is_planned_again(tmp_path, tiny_corpus):
     second = plan_subset(path, "small", "train", tmp_path / "out", 10.0, PREFIX, progress=False)
     assert second.fingerprint != first.fingerprint
     assert second.units[0].cuts == first.units[0].cuts - 1 and second.units[0].sha256 != first.units[0].sha256
+
+
+def test_a_downloaded_manifest_is_not_hashed_again(tmp_path, tiny_corpus, monkeypatch):
+    """Its download verified its sha256 and wrote it in the marker: planning takes it from
+    there while the file keeps its size; a file changed since (another size) is hashed."""
+    import hashlib
+
+    import pipeline.plan
+    from pipeline.download import Checksum, write_marker
+    from pipeline.fsutil import sha256_file
+
+    lines = _lines(tiny_corpus.manifests["small"])
+    path = _write(tmp_path / "m.gz", lines)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    write_marker(path, "https://example.org/m.gz", Checksum.parse(f"sha256:{digest}"))
+    hashed = []
+    monkeypatch.setattr(pipeline.plan, "sha256_file",
+                        lambda p: (hashed.append(p) if p == path else None) or sha256_file(p))
+    first = plan_subset(path, "small", "train", tmp_path / "out", 10.0, PREFIX, progress=False)
+    assert hashed == [] and first.fingerprint == pipeline.plan.plan_fingerprint(digest, 10.0, PREFIX)
+    _write(path, lines[:-1])
+    second = plan_subset(path, "small", "train", tmp_path / "out", 10.0, PREFIX, progress=False)
+    assert hashed == [path] and second.fingerprint != first.fingerprint
