@@ -12,7 +12,6 @@ trainer's reader, trainer.corpus.read_shard).
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from trainer.corpus import CorpusError, index_shards, read_index, read_shard
-from trainer.storage import join, open_random_access, open_stream
+from trainer.storage import join, open_random_access, open_text
 
 
 class ListenError(ValueError):
@@ -73,8 +72,7 @@ def _not_found(out: str, index: dict, cut_id: str, searched: int) -> str:
 
 
 def _rejected(out: str, index: dict, cut_id: str) -> dict | None:
-    with io.TextIOWrapper(io.BufferedReader(open_stream(join(out, index["rejects"]["path"]))),
-                          encoding="utf-8") as lines:
+    with open_text(join(out, index["rejects"]["path"])) as lines:
         for line in lines:
             if cut_id in line:  # cheap test first; parse only candidate lines
                 row = json.loads(line)

@@ -15,7 +15,6 @@ the set of speakers and books of each subset. Durations are the samples' codec f
 """
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -27,7 +26,7 @@ from tqdm import tqdm
 from pipeline.fsutil import write_json_atomic
 from tokens.constants import CODEBOOK_SIZE, FRAME_RATE
 from trainer.corpus import CorpusError, index_shards, read_index, read_shard
-from trainer.storage import join, open_random_access, open_stream
+from trainer.storage import join, open_random_access, open_text
 
 # Fixed histogram bins: the last bin of each also counts everything above it.
 DURATION_BINS = np.arange(0.0, 40.5, 0.5)  # seconds
@@ -199,8 +198,7 @@ def _speaker_stats(seconds: dict[str, float], speakers, books, roles) -> dict:
 def _reject_stats(out: str, index: dict) -> dict:
     counts, examples = Counter(), defaultdict(list)
     mismatch_cer = np.zeros(len(CER_BINS) - 1, np.int64)
-    with io.TextIOWrapper(io.BufferedReader(open_stream(join(out, index["rejects"]["path"]))),
-                          encoding="utf-8") as lines:
+    with open_text(join(out, index["rejects"]["path"])) as lines:
         for line in lines:
             row = json.loads(line)
             reason = row["reason"]

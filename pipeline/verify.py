@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 import schemas
 from pipeline import shar
-from trainer.storage import join, open_stream, read_bytes
+from trainer.storage import join, open_text, read_bytes
 from tokens.constants import FRAME_RATE
 
 
@@ -368,7 +368,7 @@ def _check_sample(meta: dict, codes, expect: dict) -> list[str]:
 def _check_rejects(out: str, index: dict) -> list[str]:
     path = join(out, index["rejects"]["path"])
     try:
-        with io.TextIOWrapper(io.BufferedReader(open_stream(path)), encoding="utf-8") as lines:
+        with open_text(path) as lines:
             reasons = Counter(json.loads(line)["reason"] for line in lines if line.strip())
     except (FileNotFoundError, IsADirectoryError):
         return [f"{path}: missing"]

@@ -29,7 +29,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,11 @@ def open_stream(uri: str) -> BinaryIO:
 def read_bytes(uri: str) -> bytes:
     with open_stream(uri) as stream:
         return stream.read()
+
+
+def open_text(uri: str) -> TextIO:
+    """A UTF-8 text stream of the whole object, read sequentially (JSON lines files)."""
+    return io.TextIOWrapper(io.BufferedReader(open_stream(uri)), encoding="utf-8")
 
 
 def buffer(uri: str) -> BinaryIO:
@@ -189,6 +194,8 @@ class RangedFile(io.RawIOBase):
             got = 0
             while got < n:
                 chunk = part.read(n - got)
+                if not chunk:  # ResumingStream raises on a short body; this guards the loop
+                    raise StorageError(f"{self.uri}: range ended at byte {self.position + got}")
                 target[got: got + len(chunk)] = chunk
                 got += len(chunk)
             if part.size is not None and part.size != self.size:
