@@ -16,6 +16,8 @@ import json
 import os
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,26 +62,30 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write `data` to `path` via a temp file in the same folder, fsync, os.replace, fsync folder."""
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temp path in `path`'s folder to write; when the block ends normally it is fsynced and
+    renamed onto `path` (atomic: readers see the old file or the whole new one), else removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Same folder, so os.replace is a rename on one file system (atomic), never a copy.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        fsync_file(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
-        try:
+    finally:
+        if os.path.exists(tmp):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     fsync_dir(path.parent)
-    return path
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` via a temp file in the same folder, fsync, os.replace, fsync folder."""
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def write_json_atomic(path: Path, obj: Any) -> Path:

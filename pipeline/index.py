@@ -10,10 +10,9 @@ the same bytes as a clean one. Memory is O(shards), never O(samples) (bench/benc
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,7 +20,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline import __version__, ledger
-from pipeline.fsutil import fsync_dir, fsync_file, sha256_file, write_json_atomic
+from pipeline.fsutil import replacing, sha256_file, write_json_atomic
 from pipeline.plan import SubsetPlan
 from tokens.constants import FRAME_RATE
 
@@ -54,10 +53,9 @@ class _LengthsWriter:
         self.schema = schemas.arrow_schema(f"lengths.v{schemas.LENGTHS_VERSION}", names)
 
     def __enter__(self) -> "_LengthsWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+        self._stack = ExitStack()  # closed in reverse: the writer, then the file moved into place
+        tmp = self._stack.enter_context(replacing(self.path))
+        self.writer = self._stack.enter_context(pq.ParquetWriter(tmp, self.schema, compression="zstd"))
         return self
 
     def add(self, row: dict) -> None:
@@ -73,18 +71,10 @@ class _LengthsWriter:
             self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
             self.rows = []
 
-    def __exit__(self, kind, *_) -> None:
-        try:
-            if kind is None:
-                self._flush()
-            self.writer.close()
-            if kind is None:
-                fsync_file(Path(self.tmp))
-                os.replace(self.tmp, self.path)
-                fsync_dir(self.path.parent)
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self._flush()
+        self._stack.__exit__(*exc)
 
 
 def _entries(out: Path, units: list) -> Iterator[tuple]:
@@ -96,29 +86,6 @@ def _entries(out: Path, units: list) -> Iterator[tuple]:
         yield unit, entry
 
 
-def _write_rejects(out: Path, plans: list[SubsetPlan]) -> Counter:
-    """rejects.jsonl, streamed: unreadable manifest lines of a subset first, then unit by unit.
-    Returns the count by reason."""
-    by_reason = Counter()
-    fd, tmp = tempfile.mkstemp(prefix=f".{REJECTS_NAME}.", suffix=".tmp", dir=out)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for plan in plans:
-                f.writelines(_reject_line(r, by_reason) for r in plan.rejects)
-                for unit, entry in _entries(out, plan.units):
-                    for stage in ("shards", "codes"):
-                        for r in (entry.get(stage) or {}).get("rejects", []):
-                            f.write(_reject_line({"subset": plan.subset, "unit": unit.name, **r}, by_reason))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out / REJECTS_NAME)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    fsync_dir(out)
-    return by_reason
-
-
 def _reject_line(row: dict, by_reason: Counter) -> str:
     by_reason[row["reason"]] += 1
     return json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n"
@@ -128,20 +95,26 @@ def build_index(out: Path, plans: list[SubsetPlan], dag_name: str, dag_fingerpri
                 provenance: dict, codebooks: int) -> dict:
     """Write rejects.jsonl, lengths.parquet and index.json (validated against the schema);
     returns the index. Memory is O(shards), not O(samples): the ledger entries are read one at
-    a time, in one pass for the shards and in another for the lengths."""
-    shards, subsets, names = [], {}, None
-    for plan in plans:
-        samples, hours = 0, 0.0
-        for unit, entry in _entries(out, plan.units):
-            for row in entry["shards"]["lengths"]:
-                names = set(row) if names is None else names & set(row)
-            for f in entry["shards"]["files"]:
-                shards.append(f)
-                # Count each shard once: in the first format, and for Shar by its cuts file.
-                if f["format"] == entry["shards"]["files"][0]["format"] and f.get("field", "cuts") == "cuts":
-                    samples += f["samples"]
-                    hours += f["hours"]
-        subsets[plan.subset] = {"role": plan.role, "samples": samples, "hours": round(hours, 6)}
+    a time, in plan order for the shards and the rejects (unreadable manifest lines of a subset
+    first, then unit by unit), then by unit name for the lengths."""
+    shards, subsets, names, by_reason = [], {}, None, Counter()
+    with replacing(out / REJECTS_NAME) as tmp, open(tmp, "w", encoding="utf-8") as rejects:
+        for plan in plans:
+            samples, hours = 0, 0.0
+            rejects.writelines(_reject_line(r, by_reason) for r in plan.rejects)
+            for unit, entry in _entries(out, plan.units):
+                for row in entry["shards"]["lengths"]:
+                    names = set(row) if names is None else names & set(row)
+                for f in entry["shards"]["files"]:
+                    shards.append(f)
+                    # Count each shard once: in the first format, and for Shar by its cuts file.
+                    if f["format"] == entry["shards"]["files"][0]["format"] and f.get("field", "cuts") == "cuts":
+                        samples += f["samples"]
+                        hours += f["hours"]
+                for stage in ("shards", "codes"):
+                    for r in (entry.get(stage) or {}).get("rejects", []):
+                        rejects.write(_reject_line({"subset": plan.subset, "unit": unit.name, **r}, by_reason))
+            subsets[plan.subset] = {"role": plan.role, "samples": samples, "hours": round(hours, 6)}
 
     # Shard ids are "{unit}-{k:03d}": units by name, then their rows by id, give the ids in order.
     units = sorted((u for plan in plans for u in plan.units), key=lambda u: u.name)
@@ -149,7 +122,6 @@ def build_index(out: Path, plans: list[SubsetPlan], dag_name: str, dag_fingerpri
         for _, entry in _entries(out, units):
             for row in sorted(entry["shards"]["lengths"], key=lambda r: r["shard"]):
                 writer.add(row)
-    by_reason = _write_rejects(out, plans)
     index = {
         "format": "valle-corpus-index",
         "version": schemas.INDEX_VERSION,

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from trainer.corpus import CorpusError, index_shards, read_index, read_shard
+from trainer.corpus import index_shards, read_index, read_shard
 from trainer.storage import join, open_random_access, open_text
 
 
@@ -31,7 +31,7 @@ class ListenError(ValueError):
 def find_sample(out, cut_id: str) -> tuple[dict, np.ndarray]:
     """(metadata, codes (codebooks, frames)) of the sample whose id is `cut_id`."""
     out = str(out)
-    index = _read_index(out)
+    index = read_index(out, ListenError)
     with open_random_access(join(out, index["lengths"]["path"])) as source:
         return _find(out, index, pq.ParquetFile(source), cut_id)
 
@@ -81,18 +81,11 @@ def _rejected(out: str, index: dict, cut_id: str) -> dict | None:
     return None
 
 
-def _read_index(out: str) -> dict:
-    try:
-        return read_index(out)
-    except CorpusError as err:
-        raise ListenError(str(err)) from None
-
-
 def corpus_codec(out, weights: str | None = None, device: str = "cpu"):
     """An EnCodec with the corpus's bandwidth and weights (or `weights`, whose hash must match)."""
     from tokens.codec import CodecConfig, CodecEncoder, WeightsUnavailable
 
-    codec = _read_index(str(out))["provenance"]["codec"]
+    codec = read_index(str(out), ListenError)["provenance"]["codec"]
     if weights is None:
         weights = codec["weights_source"] if codec["weights"] == "checkpoint" else codec["weights"]
     encoder = CodecEncoder(CodecConfig(weights=weights, bandwidth=codec["bandwidth_kbps"], device=device))

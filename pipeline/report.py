@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from pipeline.fsutil import write_json_atomic
 from tokens.constants import CODEBOOK_SIZE, FRAME_RATE
-from trainer.corpus import CorpusError, index_shards, read_index, read_shard
+from trainer.corpus import index_shards, read_index, read_shard
 from trainer.storage import join, open_random_access, open_text
 
 # Fixed histogram bins: the last bin of each also counts everything above it.
@@ -56,7 +56,7 @@ def collect(out, *, code_shards: int | None = None, progress: bool = True) -> di
     read codes from that many shards, spread evenly over the corpus (None: all of them); the
     other figures always cover every sample."""
     out = str(out)
-    index = _read_index(out)
+    index = read_index(out, ReportError)
     roles = {name: s["role"] for name, s in index["subsets"].items()}
     stats = {
         "out": str(out),
@@ -88,13 +88,6 @@ def write_report(out, folder: Path | None = None, *, code_shards: int | None = N
 
 
 # ------------------------------------------------------------------------------------- inputs
-
-
-def _read_index(out: str) -> dict:
-    try:
-        return read_index(out)
-    except CorpusError as err:
-        raise ReportError(str(err)) from None
 
 
 def _histogram(values: np.ndarray, bins: np.ndarray) -> np.ndarray:

@@ -67,7 +67,8 @@ def verify(out, progress: bool = False, jobs: int = 1) -> list[str]:
     lengths, lengths_problems = _Lengths.open(out, index)
     problems += lengths_problems
     formats = {s["format"] for s in index["shards"]}
-    shar_codes = {s["id"]: s for s in index["shards"] if s["format"] == shar.FORMAT and s.get("field") == "codes"}
+    shar_codes_files = {s["id"]: s for s in index["shards"]
+                        if s["format"] == shar.FORMAT and s.get("field") == "codes"}
     sample_ids = _SampleIds()
     # By shard id (lengths.parquet's order): a shard's files in every format are checked together,
     # and what is held at a time is one shard per process, whatever the corpus's size.
@@ -75,7 +76,7 @@ def verify(out, progress: bool = False, jobs: int = 1) -> list[str]:
     bar = tqdm(total=sum(s["bytes"] for s in by_id), unit="B", unit_scale=True, desc="verifying",
                disable=not progress)
     tasks = (_GroupTask(out, list(group), formats, lengths.row(shard_id) if lengths is not None else None,
-                        index["lengths"]["path"], expect, {k: shar_codes[k] for k in (shard_id,) if k in shar_codes})
+                        index["lengths"]["path"], expect)
              for shard_id, group in groupby(by_id, key=lambda s: s["id"]))
     for task, (found, first, ids) in _in_order(_check_group, tasks, jobs):
         problems += found
@@ -83,8 +84,13 @@ def verify(out, progress: bool = False, jobs: int = 1) -> list[str]:
         if first is not None:
             sample_ids.add(first, ids)
     bar.close()
-    problems += sample_ids.duplicates(lambda shard: [m.get("id") for m, _ in _read_rows(
-        out, shard, _read(join(out, shard["path"])), shar_codes, version)])
+
+    def ids_of(shard: dict) -> list:  # read again, only for shards whose id digests meet
+        codes = shar_codes_files.get(shard["id"])
+        rows = _read_rows(shard, _read(join(out, shard["path"])), codes and _read(join(out, codes["path"])), version)
+        return [m.get("id") for m, _ in rows]
+
+    problems += sample_ids.duplicates(ids_of)
     problems += _check_rejects(out, index)
     return problems
 
@@ -103,7 +109,6 @@ class _GroupTask:
     expected: dict | None
     lengths_name: str
     expect: dict
-    shar_codes: dict
 
 
 def _check_group(task: _GroupTask) -> tuple[list[str], dict | None, list | None]:
@@ -112,8 +117,15 @@ def _check_group(task: _GroupTask) -> tuple[list[str], dict | None, list | None]
     if {s["format"] for s in task.group} != task.formats:
         problems.append(f"shard {shard_id!r}: the index lists it in {sorted({s['format'] for s in task.group})}, "
                         f"the corpus is in {sorted(task.formats)}")
+    shar_codes = None  # a Shar shard's codes file: first in the group (by field), read with its cuts file
     for shard in task.group:
-        rows = _check_shard(task.out, shard, task.shar_codes, task.expect, task.expected, task.lengths_name, problems)
+        raw = _check_file(task.out, shard, problems)
+        if raw is None:
+            continue
+        if shard.get("field") == "codes":
+            shar_codes = raw
+            continue
+        rows = _check_samples(shard, raw, shar_codes, task.expect, task.expected, task.lengths_name, problems)
         if rows is not None:
             ids_by_format[shard["format"]] = [m.get("id") for m, _ in rows]
     if len({tuple(ids) for ids in ids_by_format.values()}) > 1:
@@ -153,12 +165,11 @@ def _read(uri: str) -> bytes | None:
         return None
 
 
-def _check_shard(out: str, shard: dict, shar_codes: dict, expect: dict, expected: dict | None,
-                 lengths_name: str, problems: list[str]):
-    """Check one file against the index, its samples against the schemas and its lengths row;
-    returns its (metadata, codes) rows, or None when it could not be read."""
+def _check_file(out: str, shard: dict, problems: list[str]) -> bytes | None:
+    """One file's bytes (read once: hashed here, parsed after), checked against the index; None
+    when it is missing."""
     where = shard["path"]
-    raw = _read(join(out, where))  # read once: hashed, then parsed
+    raw = _read(join(out, where))
     if raw is None:
         problems.append(f"{where}: missing")
         return None
@@ -166,10 +177,16 @@ def _check_shard(out: str, shard: dict, shar_codes: dict, expect: dict, expected
         problems.append(f"{where}: {len(raw)} bytes, index says {shard['bytes']}")
     if hashlib.sha256(raw).hexdigest() != shard["sha256"]:
         problems.append(f"{where}: sha256 differs from the index")
-    if shard.get("field") == "codes":
-        return None  # read with its cuts file
+    return raw
+
+
+def _check_samples(shard: dict, raw: bytes, shar_codes: bytes | None, expect: dict, expected: dict | None,
+                   lengths_name: str, problems: list[str]):
+    """Check a shard's samples against the schemas, the index and its lengths row; returns its
+    (metadata, codes) rows, or None when it could not be read."""
+    where = shard["path"]
     try:
-        rows = list(_read_rows(out, shard, raw, shar_codes, expect["version"]))
+        rows = list(_read_rows(shard, raw, shar_codes, expect["version"]))
     except Exception as err:  # any unreadable shard is a finding, not a crash
         problems.append(f"{where}: unreadable: {type(err).__name__}: {err}")
         return None
@@ -277,17 +294,14 @@ def _digest(sample_id) -> int:
     return int.from_bytes(hashlib.blake2b(str(sample_id).encode(), digest_size=8).digest(), "little")
 
 
-def _read_rows(out: str, shard: dict, raw: bytes, shar_codes: dict, version: int):
+def _read_rows(shard: dict, raw: bytes, shar_codes: bytes | None, version: int):
     if shard["format"] == "webdataset":
         return _read_webdataset(raw, version)
     if shard["format"] == "parquet":
         return _read_parquet(raw, version)
-    if shard["id"] not in shar_codes:
-        raise ValueError("the index lists no codes file for this Shar shard")
-    codes = _read(join(out, shar_codes[shard["id"]]["path"]))
-    if codes is None:
-        raise ValueError(f"its codes file {shar_codes[shard['id']]['path']} is missing")
-    return _read_shar(raw, codes)
+    if shar_codes is None:
+        raise ValueError("its codes file is missing, or not in the index")
+    return _read_shar(raw, shar_codes)
 
 
 def _read_shar(cuts_raw: bytes, codes_raw: bytes):

@@ -94,17 +94,18 @@ class Corpus:
         return join(self.location, self.index["provenance"]["bpe"]["model"])
 
 
-def read_index(location: str) -> dict:
-    """A finished corpus's index.json (a folder or a URL), checked against its schema."""
+def read_index(location: str, error: type[Exception] = CorpusError) -> dict:
+    """A finished corpus's index.json (a folder or a URL), checked against its schema. A missing
+    or too new index raises `error` (each tool's own error type), with what to do."""
     try:
         index = json.loads(read_bytes(join(location, "index.json")))
     except FileNotFoundError:
-        raise CorpusError(f"{location}: no index.json: the corpus is not finished (run valle-prep run again; "
-                          f"valle-prep status shows how far it got)") from None
+        raise error(f"{location}: no index.json: the corpus is not finished (run valle-prep run again; "
+                    f"valle-prep status shows how far it got)") from None
     version = index.get("version") if isinstance(index, dict) else None
     if version not in schemas.READABLE_VERSIONS:
-        raise CorpusError(f"{join(location, 'index.json')}: index version {version!r}; this valle-corpus reads "
-                          f"versions {list(schemas.READABLE_VERSIONS)} (a newer valle-corpus wrote it: update this one)")
+        raise error(f"{join(location, 'index.json')}: index version {version!r}; this valle-corpus reads "
+                    f"versions {list(schemas.READABLE_VERSIONS)} (a newer valle-corpus wrote it: update this one)")
     schemas.validate(f"index.v{version}", index, where=join(location, "index.json"))
     return index
 
