@@ -4,8 +4,8 @@ readers: .npy members, list<list<uint16>> Parquet column).
     python bench/bench_code_bytes.py out/sample          # a built corpus (v1 or v2), e.g. the sample
 
 Reads every sample of the corpus through trainer.corpus (its own codes, text and metadata), then
-writes them again with the v1 writers (tests/synthetic_corpus.py, as valle-corpus wrote them
-before v2) and the v2 writers (pipeline.shards), and reports, per format, what the codes take
+writes them again with the v1 writers (sample/corpora.py, as valle-corpus wrote them
+before v2) and the v2 writers (pipeline.output.shards), and reports, per format, what the codes take
 on disk per second of audio:
 - WebDataset: the codes members (payload; and with their 512-byte tar header and padding);
 - Parquet: the compressed column chunks of the codes columns (from the file's metadata);
@@ -35,9 +35,11 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import schemas  # noqa: E402
-from pipeline.shards import Sample, write_parquet, write_webdataset  # noqa: E402
-from tests.synthetic_corpus import write_parquet_v1, write_webdataset_v1  # noqa: E402
-from trainer.corpus import open_corpus, read_shard  # noqa: E402
+from pipeline.output.shards import write_parquet, write_webdataset  # noqa: E402
+from schemas.reading import read_shard  # noqa: E402
+from schemas.sample import Sample  # noqa: E402
+from sample.corpora import write_parquet_v1, write_webdataset_v1  # noqa: E402
+from trainer.corpus import open_corpus  # noqa: E402
 
 TAR_BLOCK = 512
 LONG_SAMPLES = 1000  # ~4 h of random codes at Libriheavy-like lengths: about one Parquet row group

@@ -3,9 +3,9 @@
     python bench/bench_download.py                    # 300 MB, 20 MB/s per connection, 1 and 8
     python bench/bench_download.py --mb 500 --rate-mb 50 --connections 1 --connections 16
 
-A local HTTP server (tests/http_mirror.py, in its own process so it does not share the GIL with
+A local HTTP server (sample/http_mirror.py, in its own process so it does not share the GIL with
 the clients) serves a generated file on 127.0.0.1 and holds every response to --rate-mb MB/s,
-like a CDN's per-connection cap. The file is downloaded with pipeline.transfers: on Ray (the
+like a CDN's per-connection cap. The file is downloaded with pipeline.fetch.transfers: on Ray (the
 production path: Ray is started first; the first run, while its transfer actors start, is shown
 as "cold", then the same actors serve the timed runs, as they serve a whole run in production)
 and in threads. Reported per run: wall seconds from the start to the file in place,
@@ -30,13 +30,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.fsutil import hash_file  # noqa: E402
-from pipeline.transfer_pools import RayTasks, ThreadTasks  # noqa: E402
-from pipeline.transfers import DownloadSettings, FileJob, Transfers  # noqa: E402
+from storage.hashing import hash_file  # noqa: E402
+from pipeline.fetch.transfer_pools import RayTasks, ThreadTasks  # noqa: E402
+from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers  # noqa: E402
 
 
 def serve(root: str, rate: float, ready) -> None:
-    from tests.http_mirror import HttpMirror
+    from sample.http_mirror import HttpMirror
 
     with HttpMirror(Path(root), rate_bytes_s=rate) as mirror:
         ready.put(mirror.base_url)
@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     counts = args.connections or [1, 8]
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("pipeline.download").setLevel(logging.ERROR)  # "NOT verified" on purpose
+    logging.getLogger("storage.download").setLevel(logging.ERROR)  # "NOT verified" on purpose
 
     work = Path(tempfile.mkdtemp(prefix="bench_download."))
     try:

@@ -30,9 +30,9 @@ FULL_SCALE_UNITS = 2_540
 _MEASURE = """
 import json, re, sys, time
 from pathlib import Path
-from pipeline.index import build_index
-from pipeline.plan import SubsetPlan, UnitPlan
-from tests.synthetic_corpus import PROVENANCE
+from pipeline.output.index import build_index
+from pipeline.plan.subsets import SubsetPlan, UnitPlan
+from sample.corpora import PROVENANCE
 out = Path(sys.argv[1])
 plans = [SubsetPlan(**{**p, "units": [UnitPlan(**u) for u in p["units"]]})
          for p in json.loads((out / "plans.json").read_text())]
@@ -49,7 +49,7 @@ print(json.dumps({"seconds": time.monotonic() - started, "shards": len(index["sh
 
 def generate(out: Path, units: int, cuts: int, seed: int = 0) -> None:
     """`units` ledger entries under `out/ledger`, and their plans in `out/plans.json`."""
-    from pipeline import ledger
+    from pipeline.output import ledger
 
     rng = random.Random(seed)
     plan_units = []

@@ -32,7 +32,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.lookalike import synthetic_chapters, write_corpus  # noqa: E402
+from sample.lookalike import synthetic_chapters, write_corpus  # noqa: E402
 
 UTTERANCES_PER_CHAPTER = 60  # ~3.5 s each: ~3.5 min recordings
 

@@ -33,18 +33,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tokens.codec import CodecEncoder  # noqa: E402
 from pipeline.dag import load_dag  # noqa: E402
-from pipeline.plan import read_unit_cuts  # noqa: E402
+from pipeline.plan.subsets import read_unit_cuts  # noqa: E402
 from pipeline.executors.placement import plan_slots  # noqa: E402
-from pipeline.resample import codec_input  # noqa: E402
+from tokens.audio import codec_input  # noqa: E402
 from pipeline.runner import resolve_codec, run  # noqa: E402
-from pipeline.segment import segment_recording  # noqa: E402
+from pipeline.encode.segment import segment_recording  # noqa: E402
 from tokens.text import select_text  # noqa: E402
 
 
 def kept_waves(out: Path, dag, store_dir: Path):
     """The waveforms the pipeline encoded, rebuilt from its plan with the same stage code."""
-    from pipeline.audio_store import TarAudioStore
-    from pipeline.plan import load_plan
+    from pipeline.fetch.audio_store import TarAudioStore
+    from pipeline.plan.subsets import load_plan
 
     store = TarAudioStore([store_dir / name for name in dag.source.audio_archives])
     waves = []
@@ -62,7 +62,7 @@ def synthetic_dag(minutes: float) -> Path:
     """A generated corpus (speech-like tones, 2-5 s utterances) and a DAG over it, in a temp dir."""
     import yaml
 
-    from tests.lookalike import synthetic_chapters, write_corpus
+    from sample.lookalike import synthetic_chapters, write_corpus
 
     root = Path(tempfile.mkdtemp(prefix="valle-bench-corpus-"))
     per_chapter = 10  # utterances of ~3.5 s

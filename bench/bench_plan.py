@@ -129,9 +129,9 @@ def manifest(cache: Path, lines: int) -> Path:
 def child(path: Path, work: Path, mode: str) -> dict:
     """One planning run in this (fresh) process, then (serial mode) its phases timed alone.
     `mode`: "serial" (blocks parsed in this process) or "parallel" (the default worker pool)."""
-    from pipeline.fsutil import sha256_file
-    from pipeline.parse_pool import ProcessParsers, SerialParsers
-    from pipeline.plan import plan_subset
+    from storage.hashing import sha256_file
+    from pipeline.plan.parse_pool import ProcessParsers, SerialParsers
+    from pipeline.plan.subsets import plan_subset
 
     parsers, workers_peak = SerialParsers() if mode == "serial" else ProcessParsers(), [0]
     cpu = _cpu_s()
@@ -161,7 +161,7 @@ def child(path: Path, work: Path, mode: str) -> dict:
 def phases(path: Path) -> dict:
     """Inflating alone (Python's zlib, and ISA-L in line-aligned blocks as planning does: the
     serial part) and parsing alone on one core (the first SAMPLE_BLOCKS blocks)."""
-    from pipeline.manifest import parse_block, read_blocks
+    from pipeline.plan.manifest import parse_block, read_blocks
 
     t = time.perf_counter()
     with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz:
@@ -197,7 +197,7 @@ def _vm_hwm_mb(pid: int) -> float:
 def ids_child(n: int) -> dict:
     """Step 2 of planning at full scale: sort n id digests, find duplicates, check membership
     against a 1 M-id subset of higher priority. Returns seconds and peak RSS."""
-    from pipeline import cut_ids
+    from pipeline.plan import cut_ids
 
     import numpy as np
 
@@ -213,7 +213,7 @@ def ids_child(n: int) -> dict:
 
 
 def old_path_us_per_line(path: Path, n: int) -> float:
-    from tests.manifest_reference import lhotse_compact_cut
+    from sample.manifest_reference import lhotse_compact_cut
 
     with gzip.open(path, "rt", encoding="utf-8") as f:
         lines = [next(f) for _ in range(n)]

@@ -2,9 +2,9 @@
 
     python bench/bench_report.py [--shards 40 160] [--per-shard 250] [--frames 1100]
 
-Writes generated corpora (tests/synthetic_corpus.py: real index, lengths.parquet and WebDataset
+Writes generated corpora (sample/corpora.py: real index, lengths.parquet and WebDataset
 shards with random codes, ~15 s utterances, one speaker and book per 50 cuts) of each size, then
-runs pipeline.report.collect on each in a fresh process and reports wall time, samples and audio
+runs pipeline.inspect.report.collect on each in a fresh process and reports wall time, samples and audio
 hours per second, and the process's peak RSS (VmHWM, Linux). Goal: the peak does not grow with the corpus
 (the larger corpus within ~10 % of the smaller one's), so libriheavy-large's ~12 M cuts fit.
 """
@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 _MEASURE = """
 import json, re, sys, time
 from pathlib import Path
-from pipeline.report import collect
+from pipeline.inspect.report import collect
 started = time.perf_counter()
 stats = collect(Path(sys.argv[1]), progress=False)
 # VmHWM is this process's own peak; ru_maxrss would carry the parent's over fork and exec.
@@ -35,7 +35,7 @@ print(json.dumps({"seconds": time.perf_counter() - started, "peak_rss_mb": peak_
 
 
 def build(root: Path, shards: int, per_shard: int, frames: int) -> Path:
-    from tests.synthetic_corpus import speaker_blocks, write_corpus
+    from sample.corpora import speaker_blocks, write_corpus
 
     return write_corpus(root, speaker_blocks(shards, per_shard // 50, 50, frames=frames, text_tokens=45))
 

@@ -4,7 +4,7 @@
                                   [--utterances 1600]
 
 - loader, per worker: a generated corpus of `--utterances` Libriheavy-like utterances (1-30 s,
-  ~14 s median, random codes, tests/synthetic_corpus.py) read by one worker in this process, in
+  ~14 s median, random codes, sample/corpora.py) read by one worker in this process, in
   positions (codec frames + text tokens) per second, steady state, for both shard formats; and
   where the time goes (tar reading, JSON + code unpacking, planning + collation). The bundled
   sample's utterances are short and an epoch is 4 batches, so a DataLoader worker started per
@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import schemas  # noqa: E402
-from tests.synthetic_corpus import Cut, write_corpus  # noqa: E402
+from sample.corpora import Cut, write_corpus  # noqa: E402
 from trainer.batching import BatchingConfig, plan_epoch  # noqa: E402
 from trainer.config import load_config  # noqa: E402
 from trainer.corpus import open_corpus  # noqa: E402

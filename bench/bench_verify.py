@@ -2,8 +2,8 @@
 
     python bench/bench_verify.py [--shards 40 320] [--jobs 1 2] [--per-shard 250] [--frames 1100]
 
-Writes generated corpora (tests/synthetic_corpus.py: real index, lengths.parquet and WebDataset
-shards with random codes, ~15 s utterances), then runs pipeline.verify.verify on each in a fresh
+Writes generated corpora (sample/corpora.py: real index, lengths.parquet and WebDataset
+shards with random codes, ~15 s utterances), then runs pipeline.inspect.verify.verify on each in a fresh
 process with each number of worker processes, and reports wall time, samples per second, the
 problems found (none expected) and the peak RSS of the main process (VmHWM) and of its largest
 worker. Goal: the peak does not grow with the corpus beyond the ~12 bytes a
@@ -28,7 +28,7 @@ FULL_SCALE = 12_000_000
 _MEASURE = """
 import json, re, resource, sys, time
 from pathlib import Path
-from pipeline.verify import verify
+from pipeline.inspect.verify import verify
 if __name__ == "__main__":
     started = time.perf_counter()
     problems = verify(Path(sys.argv[1]), jobs=int(sys.argv[2]))
@@ -41,7 +41,7 @@ if __name__ == "__main__":
 
 def build(root: Path, shards: int, per_shard: int, frames: int) -> tuple[Path, int]:
     """A generated corpus, with a placeholder BPE model file the index points to."""
-    from tests.synthetic_corpus import speaker_blocks, write_corpus
+    from sample.corpora import speaker_blocks, write_corpus
 
     root = write_corpus(root, speaker_blocks(shards, per_shard // 50, 50, frames=frames, text_tokens=45))
     index = json.loads((root / "index.json").read_text())

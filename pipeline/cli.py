@@ -67,10 +67,10 @@ def _run(args) -> int:
 
     require_torch_stack("valle-prep")
     from pipeline.dag import DagError, load_dag
-    from tokens.codec import WeightsUnavailable
-    from pipeline.download import DownloadError
+    from tokens.codec_weights import WeightsUnavailable
+    from storage.download import DownloadError
     from pipeline.executors.placement import ClusterMismatch
-    from pipeline.out_lock import OutputLocked
+    from pipeline.output.lock import OutputLocked
     from pipeline.runner import RunFailed, SettingsChanged, run
 
     try:
@@ -102,7 +102,7 @@ def _run(args) -> int:
 
 
 def _status(args) -> int:
-    from pipeline.status import corpus_status, format_status
+    from pipeline.inspect.status import corpus_status, format_status
 
     try:
         status = corpus_status(Path(args.out))
@@ -114,7 +114,7 @@ def _status(args) -> int:
 
 
 def _verify(args) -> int:
-    from pipeline.verify import default_jobs, verify
+    from pipeline.inspect.verify import default_jobs, verify
 
     if args.jobs is not None and args.jobs < 1:
         print("valle-prep: --jobs must be >= 1", file=sys.stderr)
@@ -127,7 +127,7 @@ def _verify(args) -> int:
 
 
 def _report(args) -> int:
-    from pipeline.report import ReportError, report_dir, summary_text, write_report
+    from pipeline.inspect.report import ReportError, report_dir, summary_text, write_report
     from schemas import SchemaError
 
     if args.code_shards is not None and args.code_shards < 1:
@@ -148,7 +148,7 @@ def _listen(args) -> int:
     from tokens.stack import require_torch_stack
 
     require_torch_stack("valle-prep")
-    from pipeline.listen import ListenError, listen
+    from pipeline.inspect.listen import ListenError, listen
 
     try:
         seconds = listen(args.out, args.cut_id, Path(args.wav), weights=args.codec_weights,

@@ -8,7 +8,7 @@ BPE model by fingerprints, units by ledger entries. Re-running the same command 
 skips what is committed and cleans what is partial. Audio settings (codec, segmentation, unit
 plan) are recorded in `OUT/corpus.json` and checked before anything is written, so a run that
 would change them is refused with nothing changed on disk, unless the user asks to rebuild:
-codes from different settings are never mixed. One run at a time holds OUT (pipeline.out_lock).
+codes from different settings are never mixed. One run at a time holds OUT (pipeline.output.lock).
 Units run on Ray by default (pipeline.executors.ray_cluster); tests and benchmarks may pass
 the in-process `LocalExecutor`. Downloads run where units run: Ray tasks with the Ray executor
 (Ray starts only if something is left to download), threads with the local one.
@@ -18,35 +18,33 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline import ledger
-from pipeline.audio_store import DirAudioStore, TarAudioStore, index_tar
-from pipeline.download import Checksum
+from pipeline.encode.segment import PAST_END_TOLERANCE_S
+from pipeline.encode.unit import UnitJob, is_current
 from pipeline.executors import CodecSpec, Executor
-from pipeline.fsutil import json_digest, read_json, sha256_file, write_json_atomic
-from pipeline.index import INDEX_NAME, build_index
-from pipeline.out_lock import exclusive
-from pipeline.plan import SubsetPlan, plan_subsets, read_unit_cuts
-from pipeline.resample import RESAMPLER
-from pipeline.segment import PAST_END_TOLERANCE_S
-from pipeline.shards import remove_file
-from pipeline.bpe import train_bpe
-from pipeline.text_agreement import AGREEMENT
-from pipeline.transfer_pools import RayTasks, ThreadTasks
-from pipeline.transfers import DownloadSettings, FileJob, Transfers
+from pipeline.fetch.sources import Sources
+from pipeline.fetch.transfer_pools import RayTasks, ThreadTasks
+from pipeline.output import ledger
+from pipeline.output.index import INDEX_NAME, build_index
+from pipeline.output.lock import exclusive
+from pipeline.output.shards import remove_file
+from pipeline.plan.subsets import SubsetPlan, plan_subsets, read_unit_cuts
+from pipeline.text.agreement import AGREEMENT
+from pipeline.text.bpe import train_bpe
+from storage.files import read_json, write_json_atomic
+from storage.hashing import json_digest, sha256_file
+from tokens.audio import RESAMPLER
+from tokens.codec_settings import CodecConfig, CodecWeights, num_codebooks
 from tokens.constants import CODEBOOK_SIZE, FRAME_RATE, SAMPLE_RATE
 from tokens.text import NORMALIZATION, Tokenizer, select_text
-from pipeline.unit import UnitJob, is_current
 
-if TYPE_CHECKING:  # torch and encodec load only where the codec runs, not in decode workers
-    from tokens.codec import CodecConfig, CodecWeights
+if TYPE_CHECKING:
     from pipeline.dag import Dag
 
-log = logging.getLogger("pipeline.runner")
+log = logging.getLogger(__name__)
 
 
 class SettingsChanged(RuntimeError):
@@ -104,14 +102,12 @@ def _task_pool(executor: Executor):
 
 def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool,
          executor: Executor) -> RunSummary:
-    from tokens.codec import num_codebooks
-
     clock = _Clock()
     codec = resolve_codec(dag.codec)
     clock.log(f"codec weights: {codec.weights.kind} {codec.weights.sha256[:12]}")
     settings = audio_settings(dag, codec.weights)
     check_audio_settings(out, settings, rebuild_audio)  # before anything is written
-    with fetch_sources(dag, out, progress, _task_pool(executor)) as sources:
+    with Sources(dag, out, progress, _task_pool(executor)) as sources:
         # Each subset is planned once its manifest is verified, while the archives still arrive.
         plans = plan_subsets(sources.manifests(), dag.subsets.roles(), out, dag.plan.unit_hours,
                              dag.source.source_prefix, progress=progress)
@@ -193,76 +189,6 @@ class _Clock:
         log.info("%s (%.1f s)", what, time.monotonic() - self.start)
 
 
-def fetch_sources(dag: Dag, out: Path, progress: bool, pool) -> "Sources":
-    """Start downloading every manifest and audio archive (pipeline.transfers), manifests first."""
-    return Sources(dag, out, progress, pool)
-
-
-class Sources:
-    """The run's downloads, under way in the background until `close()` (or `with`).
-
-    Units start only after `audio_store()`: every archive downloaded, verified and indexed. A
-    unit's recordings may lie in any archive, and bytes of an archive not yet verified are not
-    trusted, so no unit reads a tar that is still arriving."""
-
-    def __init__(self, dag: Dag, out: Path, progress: bool, pool):
-        src, dl = dag.source, dag.download
-        self.audio_dir = src.audio_dir
-        folder = Path(src.download_dir).absolute() if src.download_dir else out / "downloads"
-        if src.checksums is None:
-            log.warning("source.checksums is null: downloads are NOT verified")
-        checksums = {name: Checksum.parse(text) for name, text in (src.checksums or {}).items()}
-        self.manifest_paths = {s: folder / src.manifest_name(s) for s in dag.subsets.roles()}
-        self.tars = [] if src.audio_dir else [folder / name for name in src.audio_archives]
-        jobs = [FileJob(base + path.name, path, checksums.get(path.name))
-                for base, paths in ((src.manifest_base_url, self.manifest_paths.values()),
-                                    (src.audio_base_url, self.tars))
-                for path in paths]
-        settings = DownloadSettings(connections=dl.connections, range_bytes=dl.range_bytes,
-                                    retries=dl.retries, timeout_s=dl.timeout_s)
-        self.pool = pool
-        self.transfers = Transfers(jobs, settings, pool, progress)
-
-    def manifests(self) -> Mapping[str, Path]:
-        """Subset -> its verified manifest; looking a subset up waits for that manifest only."""
-        return _Arriving(self.manifest_paths, self.transfers.wait)
-
-    def audio_store(self):
-        """Wait for every archive (verified), index it, and return the store over them all."""
-        if self.audio_dir:
-            return DirAudioStore(Path(self.audio_dir))
-        tars = [self.transfers.wait(tar) for tar in self.tars]
-        for tar in tars:
-            index_tar(tar)
-        return TarAudioStore(tars)
-
-    def close(self) -> None:
-        self.transfers.close()
-        self.pool.close()
-
-    def __enter__(self) -> "Sources":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class _Arriving(Mapping):
-    """A mapping whose values are files still downloading: a lookup waits for that file."""
-
-    def __init__(self, paths: dict[str, Path], wait):
-        self.paths, self.wait = paths, wait
-
-    def __getitem__(self, key: str) -> Path:
-        return self.wait(self.paths[key])
-
-    def __iter__(self):
-        return iter(self.paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-
 def ensure_bpe(dag: Dag, out: Path, plans: list[SubsetPlan]) -> tuple[Tokenizer, dict]:
     """Train the BPE model on the training subsets' text unless the committed one still fits."""
     train_plans = [p for p in plans if p.role == "train"]
@@ -292,7 +218,7 @@ def ensure_bpe(dag: Dag, out: Path, plans: list[SubsetPlan]) -> tuple[Tokenizer,
 
 def resolve_codec(cfg: CodecConfig) -> CodecSpec:
     """Settle `auto` and load the weights once, in the driver: every worker gets this state."""
-    from tokens.codec import resolve_weights
+    from tokens.codec_weights import resolve_weights  # torch loads here, in the driver only
 
     state, weights = resolve_weights(cfg)
     concrete = replace(cfg, weights=weights.kind if weights.kind != "checkpoint" else cfg.weights)

@@ -6,7 +6,7 @@ Out: sample/audio/small.tar, sample/manifests/libriheavy_cuts_{small,dev}.jsonl.
      sample/SHA256SUMS. The same espeak-ng and sox versions reproduce the same bytes.
 
 The `small` manifest holds five chapters; `dev` holds the sixth (its audio is also in small.tar,
-as real dev cuts point into the training tars). Planted defects (see tests/lookalike.py, Defects):
+as real dev cuts point into the training tars). Planted defects (see sample/lookalike.py, Defects):
 missing audio in dev; past-end, empty text, too short and a malformed line in small.
 """
 
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the generator lives beside the tests, outside the package
+sys.path.insert(0, str(HERE.parent))  # the repository root: the generator is not installed
 
-from tests.lookalike import Chapter, Defects, Utterance, write_corpus  # noqa: E402
+from sample.lookalike import Chapter, Defects, Utterance, write_corpus  # noqa: E402
 
 # speaker id -> espeak-ng voice, words per minute, pitch (0-99)
 VOICES = {"2041": ("en-us", 165, 45), "587": ("en-gb+f3", 160, 60), "7302": ("en+m3", 155, 35)}

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.lookalike import Defects, synthetic_chapters, write_corpus
-from pipeline.fsutil import sha256_file
+from sample.lookalike import Defects, synthetic_chapters, write_corpus
+from storage.hashing import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 

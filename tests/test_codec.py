@@ -17,18 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from tokens.codec import (
-    HOP,
-    MIN_FRAMES,
-    CodecConfig,
-    CodecEncoder,
-    WeightsUnavailable,
-    num_codebooks,
-    num_frames,
-    resolve_weights,
-    state_dict_sha256,
-)
-from tests.http_mirror import HttpMirror
+from tokens.codec import CodecEncoder
+from tokens.codec_settings import MIN_FRAMES, CodecConfig, num_codebooks, num_frames
+from tokens.codec_weights import WeightsUnavailable, resolve_weights, state_dict_sha256
+from tokens.constants import HOP
+from sample.http_mirror import HttpMirror
 
 # Lengths around frame edges and below MIN_FRAMES frames (where reflect padding peeks ahead).
 LENGTHS = [16000, 321, 319, 2500, 8345, MIN_FRAMES * HOP, 1, 640, 6400, 0]
@@ -117,7 +110,7 @@ def test_random_weights_are_the_same_in_every_instance_and_process(encoder, rand
     assert not any(t.is_inference() for t in random_state[0].values())  # usable outside it
     # Another process, with another thread count (float32 reductions depend on it).
     script = ("import torch; torch.set_num_threads(1); "
-              "from tokens.codec import CodecConfig, resolve_weights; "
+              "from tokens.codec_settings import CodecConfig; from tokens.codec_weights import resolve_weights; "
               "print(resolve_weights(CodecConfig(weights='random'))[1].sha256)")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == random_state[1].sha256
@@ -199,7 +192,7 @@ def test_a_file_put_in_the_cache_by_hand_is_used_offline(tmp_path, site, random_
 def test_auto_falls_back_to_random_loudly(tmp_path, caplog, random_state):
     cfg = CodecConfig(weights="auto", weights_url=f"http://127.0.0.1:{unused_port()}/x.th",
                       cache_dir=str(tmp_path), download_retries=1)
-    with caplog.at_level(logging.WARNING, logger="tokens.codec"):
+    with caplog.at_level(logging.WARNING, logger="tokens.codec_weights"):
         _, weights = resolve_weights(cfg)
     assert weights == random_state[1] and weights.kind == "random"
     assert "MEANINGLESS" in caplog.text and "kind='random'" in caplog.text

@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tokens import codec as codec_module
-from tokens.codec import CodecConfig, CodecEncoder, code_agreement, resolve_weights
-from pipeline.codec_worker import CodecWorker
-from pipeline.resample import resample
-from pipeline.segment import segment_recording
+from tokens import codec_weights as codec_module
+from sample.compare import code_agreement
+from tokens.codec import CodecEncoder
+from tokens.codec_settings import CodecConfig
+from tokens.codec_weights import resolve_weights
+from pipeline.encode.codec_worker import CodecWorker
+from tokens.audio import resample
+from pipeline.encode.segment import segment_recording
 from tests.test_segment import cuts_by_recording, store  # noqa: F401  (fixtures)
 
 
@@ -76,7 +79,7 @@ def test_handed_over_weights_are_not_loaded_again(weights, monkeypatch):
     def no_loading(cfg):
         raise AssertionError("the worker loaded the weights itself")
 
-    monkeypatch.setattr(codec_module, "_load_model", no_loading)
+    monkeypatch.setattr(codec_module, "load_model", no_loading)
     w = CodecWorker(CodecConfig(weights="random", device="cpu"), *weights)
     assert w.weights == weights[1]
     damaged = dict(weights[0])

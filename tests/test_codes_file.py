@@ -7,8 +7,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from pipeline.codes_file import CodesFile, CodesWriter
-from pipeline.fsutil import sha256_file
+from pipeline.encode.codes_file import CodesFile, CodesWriter
+from storage.hashing import sha256_file
 
 
 def cuts(n_q=8, seed=0):

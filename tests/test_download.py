@@ -1,4 +1,4 @@
-"""pipeline.download against a misbehaving local mirror: resume, restart, retry, verify, markers."""
+"""storage.download against a misbehaving local mirror: resume, restart, retry, verify, markers."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.download import Checksum, DownloadError, download, is_downloaded, marker_path
-from pipeline.fsutil import sha256_file, write_json_atomic
-from tests.http_mirror import HttpMirror
+from storage.download import Checksum, DownloadError, download, is_downloaded, marker_path
+from storage.files import write_json_atomic
+from storage.hashing import sha256_file
+from sample.http_mirror import HttpMirror
 
 SIZE = 300_000
 FAST = {"backoff_s": 0.0, "progress": False, "timeout_s": 5.0}
@@ -185,7 +186,7 @@ def test_404_fails_fast_with_clear_message(site, tmp_path):
 
 def test_no_checksum_warns_unverified(site, source, tmp_path, caplog):
     dest = tmp_path / "data.bin"
-    with HttpMirror(site) as mirror, caplog.at_level(logging.WARNING, logger="pipeline.download"):
+    with HttpMirror(site) as mirror, caplog.at_level(logging.WARNING, logger="storage.download"):
         download(mirror.url("data.bin"), dest, None, **FAST)
     assert dest.read_bytes() == source
     assert any("NOT verified" in r.getMessage() for r in caplog.records)
@@ -240,7 +241,7 @@ def test_attempts_that_get_no_further_still_give_up(site, source, tmp_path):
 def test_no_room_for_the_rest_is_a_clear_error_before_writing(site, source, tmp_path, monkeypatch):
     import shutil
 
-    import pipeline.download as dl
+    import storage.download as dl
 
     dest = tmp_path / "dl" / "data.bin"
     usage = shutil.disk_usage(tmp_path)
@@ -257,7 +258,7 @@ def test_no_room_for_the_rest_is_a_clear_error_before_writing(site, source, tmp_
 def test_disk_full_while_writing_keeps_the_part_for_resuming(site, source, tmp_path, monkeypatch):
     import errno
 
-    import pipeline.download as dl
+    import storage.download as dl
 
     class FillsUp:  # a file on a disk with room for 100,000 bytes
         def __init__(self, f):

@@ -15,13 +15,14 @@ import pytest
 
 import schemas
 from pipeline.dag import load_dag
-from pipeline.fsutil import sha256_file
+from storage.hashing import sha256_file
 from pipeline.runner import run
-from pipeline.shards import Sample
-from pipeline.verify import verify
+from pipeline.inspect.verify import verify
 from tests.conftest import REPO, write_dag
-from tests.synthetic_corpus import write_parquet_v1, write_webdataset_v1
-from trainer.corpus import open_corpus, read_shard
+from sample.corpora import write_parquet_v1, write_webdataset_v1
+from schemas.reading import read_shard
+from schemas.sample import Sample
+from trainer.corpus import open_corpus
 
 
 @pytest.fixture(scope="module")

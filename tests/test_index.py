@@ -7,10 +7,11 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import ledger
-from pipeline.index import LENGTHS_ROW_GROUP, _LengthsWriter, build_index
-from pipeline.plan import SubsetPlan, UnitPlan
-from tests.synthetic_corpus import PROVENANCE
+from pipeline.output import ledger
+from pipeline.output.index import build_index
+from schemas.lengths import LENGTHS_ROW_GROUP, LengthsWriter
+from pipeline.plan.subsets import SubsetPlan, UnitPlan
+from sample.corpora import PROVENANCE
 
 
 def commit_unit(out, subset: str, n: int, shards: int, old: bool = False) -> UnitPlan:
@@ -74,7 +75,7 @@ def test_a_unit_without_shards_stops_the_index_and_leaves_no_file(tmp_path):
 def test_rows_out_of_order_are_a_bug_not_a_file(tmp_path):
     path = tmp_path / "lengths.parquet"
     with pytest.raises(RuntimeError, match="out of order"):
-        with _LengthsWriter(path, set()) as writer:
+        with LengthsWriter(path, set()) as writer:
             writer.add({"shard": "b-000", "frames": [1], "text_tokens": [1]})
             writer.add({"shard": "a-000", "frames": [1], "text_tokens": [1]})
     assert list(tmp_path.iterdir()) == []

@@ -131,7 +131,7 @@ def test_one_epoch_delivers_every_training_sample_once(corpus_dir):
 def test_every_format_reads_the_same_samples(corpus_dir):
     """WebDataset, Parquet and lhotse Shar shards give each sample's id, speaker, tokens and
     codes alike, all of a shard or only the positions wanted."""
-    from trainer.corpus import read_shard
+    from schemas.reading import read_shard
 
     by_format = {fmt: open_corpus(str(corpus_dir), allow_random_codec=True, fmt=fmt).shards
                  for fmt in ("webdataset", "parquet", "lhotse_shar")}
@@ -185,9 +185,9 @@ def test_s3_and_http_corpora_read_like_local(corpus_dir, tmp_path, monkeypatch):
                            "AWS_DEFAULT_REGION": "us-east-1",
                            "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
             monkeypatch.setenv(key, value)
-        import trainer.storage
+        import storage.remote
 
-        monkeypatch.setattr(trainer.storage, "_CLIENTS", {})
+        monkeypatch.setattr(storage.remote, "_CLIENTS", {})
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket="corpora")
         for path in corpus_dir.rglob("*"):
@@ -205,7 +205,7 @@ def test_s3_and_http_corpora_read_like_local(corpus_dir, tmp_path, monkeypatch):
     finally:
         server.stop()
 
-    from tests.http_mirror import HttpMirror
+    from sample.http_mirror import HttpMirror
 
     with HttpMirror(corpus_dir) as mirror:
         over_http = open_corpus(mirror.base_url.rstrip("/"), allow_random_codec=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.manifest import BadLine, ManifestScan, parse_line, read_blocks, scan_block
-from tests.manifest_reference import lhotse_compact_cut
+from pipeline.plan.manifest import BadLine, ManifestScan, parse_line, read_blocks, scan_block
+from sample.manifest_reference import lhotse_compact_cut
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "download/librilight/"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.synthetic_corpus import speaker_blocks, write_corpus
+from sample.corpora import speaker_blocks, write_corpus
 from trainer.batching import BatchingConfig, plan_epoch, plan_stats
 from trainer.corpus import open_corpus
 from trainer.loader import make_loader

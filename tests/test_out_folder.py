@@ -15,13 +15,13 @@ import pytest
 
 from pipeline.dag import load_dag
 from pipeline.executors.local import LocalExecutor
-from pipeline.fsutil import sha256_file
-from pipeline.out_lock import LOCK_NAME, OutputLocked, exclusive
+from storage.hashing import sha256_file
+from pipeline.output.lock import LOCK_NAME, OutputLocked, exclusive
 from pipeline.runner import SettingsChanged, run
-from pipeline.verify import verify
+from pipeline.inspect.verify import verify
 from tests.conftest import REPO, write_dag
 
-HOLD = "import sys, time; from pathlib import Path; from pipeline.out_lock import exclusive\n" \
+HOLD = "import sys, time; from pathlib import Path; from pipeline.output.lock import exclusive\n" \
        "with exclusive(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)\n"
 
 

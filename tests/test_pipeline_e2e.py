@@ -11,7 +11,7 @@ import webdataset as wds
 
 from pipeline.dag import load_dag
 from pipeline.runner import SettingsChanged, run
-from pipeline.verify import verify
+from pipeline.inspect.verify import verify
 from tests.conftest import write_dag
 
 

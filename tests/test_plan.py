@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pipeline.download import DownloadError
-from pipeline.plan import (ManifestUnreadable, _pack_units, load_plan, plan_subset, plan_subsets,
+from storage.download import DownloadError
+from pipeline.plan.subsets import (ManifestUnreadable, _pack_units, load_plan, plan_subset, plan_subsets,
                            read_unit_cuts)
 from tests.conftest import REPO
-from tests.manifest_reference import reference_units
+from sample.manifest_reference import reference_units
 
 
 @settings(max_examples=60, deadline=None)
@@ -221,19 +221,19 @@ def test_a_downloaded_manifest_is_not_hashed_again(tmp_path, tiny_corpus, monkey
     there while the file keeps its size; a file changed since (another size) is hashed."""
     import hashlib
 
-    import pipeline.plan
-    from pipeline.download import Checksum, write_marker
-    from pipeline.fsutil import sha256_file
+    import pipeline.plan.subsets
+    from storage.download import Checksum, write_marker
+    from storage.hashing import sha256_file
 
     lines = _lines(tiny_corpus.manifests["small"])
     path = _write(tmp_path / "m.gz", lines)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     write_marker(path, "https://example.org/m.gz", Checksum.parse(f"sha256:{digest}"))
     hashed = []
-    monkeypatch.setattr(pipeline.plan, "sha256_file",
+    monkeypatch.setattr(pipeline.plan.subsets, "sha256_file",
                         lambda p: (hashed.append(p) if p == path else None) or sha256_file(p))
     first = plan_subset(path, "small", "train", tmp_path / "out", 10.0, PREFIX, progress=False)
-    assert hashed == [] and first.fingerprint == pipeline.plan.plan_fingerprint(digest, 10.0, PREFIX)
+    assert hashed == [] and first.fingerprint == pipeline.plan.subsets.plan_fingerprint(digest, 10.0, PREFIX)
     _write(path, lines[:-1])
     second = plan_subset(path, "small", "train", tmp_path / "out", 10.0, PREFIX, progress=False)
     assert hashed == [path] and second.fingerprint != first.fingerprint

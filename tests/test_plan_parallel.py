@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import parse_pool
+from pipeline.plan import parse_pool
 
-from pipeline.parse_pool import ProcessParsers, RayParsers, SerialParsers, default_parsers
-from pipeline.plan import ManifestUnreadable, SubsetPlanner, ids_path, plan_subset, plan_subsets
+from pipeline.plan.parse_pool import ProcessParsers, RayParsers, SerialParsers, default_parsers
+from pipeline.plan.subsets import ManifestUnreadable, SubsetPlanner, ids_path, plan_subset, plan_subsets
 from tests.conftest import REPO
 
 PREFIX = "download/librilight/"
@@ -102,7 +102,7 @@ def _three_subsets(tmp_path: Path, tiny_corpus) -> tuple[dict[str, Path], dict[s
 
 def _one_after_another(manifests, roles, out) -> list:
     """The single-threaded reference: subsets in priority order, each told the earlier id sets."""
-    from pipeline import cut_ids
+    from pipeline.plan import cut_ids
 
     earlier, plans = [], {}
     for subset in ("test", "dev", "train_a", "train_b"):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.verify import verify
+from pipeline.inspect.verify import verify
 from tests.conftest import REPO, write_dag
 from tests.test_resume_kill import committed_units, outputs
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader, IterableDataset
 
-import trainer.storage as storage
-from tests.faulty_proxy import FaultyProxy
-from tests.http_mirror import HttpMirror
-from tests.synthetic_corpus import speaker_blocks, write_corpus
+import storage.remote as storage
+from sample.faulty_proxy import FaultyProxy
+from sample.http_mirror import HttpMirror
+from sample.corpora import speaker_blocks, write_corpus
 from trainer.batching import BatchingConfig, plan_epoch
 from trainer.corpus import open_corpus
 from trainer.loader import make_loader
@@ -97,10 +97,10 @@ def test_http_epoch_survives_503s_and_dropped_connections(monkeypatch, fast_retr
 def test_a_remote_parquet_shard_is_read_by_ranges_not_whole(tmp_path, monkeypatch):
     """Reading samples of its last row group fetches the footer and that group, a fraction of
     the object, and gives what the local file gives."""
-    import pipeline.shards
-    from trainer.corpus import read_shard
+    import schemas.parquet
+    from schemas.reading import read_shard
 
-    monkeypatch.setattr(pipeline.shards, "PARQUET_ROW_GROUP", 100)
+    monkeypatch.setattr(schemas.parquet, "PARQUET_ROW_GROUP", 100)
     root = write_corpus(tmp_path / "c", speaker_blocks(1, 16, 50, frames=750, text_tokens=6), formats=("parquet",))
     local = open_corpus(str(root), allow_random_codec=True).shards[0]
     size = os.path.getsize(local.uri)

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
-from pipeline.codes_file import CodesFile
-from pipeline.report import ReportError, collect, write_report
+from pipeline.encode.codes_file import CodesFile
+from pipeline.inspect.report import ReportError, collect, write_report
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_an_unfinished_corpus_is_refused(tmp_path, capsys):
 
 def test_a_parquet_only_corpus_without_transcript_cers(tmp_path):
     """Codes read through the Parquet reader; a lengths file from before text_cer existed."""
-    from tests.synthetic_corpus import speaker_blocks, write_corpus
+    from sample.corpora import speaker_blocks, write_corpus
 
     root = write_corpus(tmp_path / "c", speaker_blocks(3, 2, 4, frames=20), formats=("parquet",),
                         dev=speaker_blocks(1, 1, 3, frames=30))
@@ -147,7 +147,7 @@ def test_a_parquet_only_corpus_without_transcript_cers(tmp_path):
 def test_a_corpus_over_http_reports_what_the_folder_reports(report, tmp_path, capsys):
     """The report reads a remote corpus as the trainer does (index, lengths by ranges, rejects
     streamed, codes shard by shard) and writes the page where --to says."""
-    from tests.http_mirror import HttpMirror
+    from sample.http_mirror import HttpMirror
 
     out, local = report
     with HttpMirror(out) as mirror:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.verify import verify
+from pipeline.inspect.verify import verify
 from tests.conftest import write_dag
 
 pytestmark = pytest.mark.slow

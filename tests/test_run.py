@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 import trainer.train as train_module
 from tests.conftest import REPO
-from tests.synthetic_corpus import Cut, speaker_blocks, write_corpus
+from sample.corpora import Cut, speaker_blocks, write_corpus
 from trainer import checkpoint
 from trainer.batching import BatchingConfig, plan_epoch
 from trainer.config import load_config

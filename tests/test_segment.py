@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.audio_store import TarAudioStore, index_tar
-from pipeline.manifest import parse_line as compact_cut
-from pipeline.resample import as_float32, codec_input, resample
-from pipeline.segment import segment_recording
+from pipeline.fetch.audio_store import TarAudioStore, index_tar
+from pipeline.plan.manifest import parse_line as compact_cut
+from tokens.audio import as_float32, codec_input, resample
+from pipeline.encode.segment import segment_recording
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_resample_length_and_passthrough():
 
 
 def test_overrun_past_the_end_is_clamped_up_to_the_tolerance_then_rejected(cuts_by_recording, store):
-    from pipeline.segment import PAST_END_TOLERANCE_S
+    from pipeline.encode.segment import PAST_END_TOLERANCE_S
 
     cut = next(iter(cuts_by_recording.values()))[0]
     whole, rate = sf.read(io.BytesIO(store.read_bytes(cut["audio"])), dtype="float32")

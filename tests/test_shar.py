@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from pipeline import shar
+from schemas import lhotse_shar as shar
 from pipeline.dag import load_dag
 from pipeline.runner import run
-from pipeline.shards import write_unit_shards
-from pipeline.verify import verify
+from pipeline.output.shards import write_unit_shards
+from pipeline.inspect.verify import verify
 from tests.conftest import write_dag
 from tests.test_shards import samples
 from tests.test_unit_commit import unit_setup  # noqa: F401 (a fixture)
@@ -163,7 +163,7 @@ def test_verify_names_a_damaged_or_missing_codes_file(built_corpus, tmp_path):
 
 
 def test_ids_lhotse_would_misread_are_counted_rejects_with_shar(tmp_path, unit_setup):
-    from pipeline.unit import _select
+    from pipeline.encode.unit import _select
     from tests.test_unit_commit import make_job
 
     cuts = [{"id": i, "texts": ["Some words.", "SOME WORDS"], "recording_id": "r", "start": 0.0}

@@ -8,7 +8,9 @@ import pyarrow.parquet as pq
 import webdataset as wds
 
 import schemas
-from pipeline.shards import Sample, split_by_size, write_parquet, write_unit_shards
+from pipeline.output.shards import split_by_size, write_parquet, write_unit_shards
+from sample.corpora import pack_codes
+from schemas.sample import Sample
 from tests.test_unit_commit import encoder, unit_setup  # noqa: F401 (fixtures)
 
 
@@ -59,7 +61,7 @@ def test_split_keeps_order_and_everything():
 
 def test_v1_packing_takes_10_bits_and_round_trips():
     s = samples(1)[0]
-    packed = schemas.pack_codes(s.codes)
+    packed = pack_codes(s.codes)
     assert len(packed) == s.codes.shape[1] * 10  # 750 B per second at 75 Hz
     assert np.array_equal(schemas.unpack_codes(packed, *s.codes.shape), s.codes)
 
@@ -79,9 +81,9 @@ def test_parquet_codes_take_at_most_10_bits_each(tmp_path):
 
 
 def test_parquet_row_groups_bound_what_a_reader_holds(tmp_path, monkeypatch):
-    import pipeline.shards
+    import schemas.parquet
 
-    monkeypatch.setattr(pipeline.shards, "PARQUET_ROW_GROUP", 2)
+    monkeypatch.setattr(schemas.parquet, "PARQUET_ROW_GROUP", 2)
     write_parquet(samples(5), tmp_path / "x.parquet")
     file = pq.ParquetFile(tmp_path / "x.parquet")
     assert [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)] == [2, 2, 1]
@@ -136,7 +138,7 @@ def test_every_shard_is_fsynced_whole_before_it_is_returned(tmp_path, monkeypatc
 
 
 def test_a_unit_renames_no_shard_before_it_is_on_disk(tmp_path, unit_setup, encoder, monkeypatch):
-    from pipeline.unit import run_unit
+    from pipeline.encode.unit import run_unit
     from tests.test_unit_commit import fresh_out, local_encode, make_job
 
     out = fresh_out(tmp_path, "out", unit_setup)

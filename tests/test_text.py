@@ -1,4 +1,4 @@
-"""tokens.text (normalization, field choice, Tokenizer) and pipeline.bpe (deterministic BPE training)."""
+"""tokens.text (normalization, field choice, Tokenizer) and pipeline.text.bpe (deterministic BPE training)."""
 from __future__ import annotations
 
 import pickle
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import bpe
-from pipeline.bpe import BpeConfig, sample_sentences, train_bpe
+from pipeline.text import bpe
+from pipeline.text.bpe import BpeConfig, sample_sentences, train_bpe
 from tokens import constants
 from tokens.text import TEXT_FIELDS, Tokenizer, normalize_text, select_text
 
@@ -262,7 +262,7 @@ def test_texts_without_a_letter_or_digit_are_not_targets(raw, reason):
 def test_unit_selection_rejects_no_words_before_any_audio_work():
     from types import SimpleNamespace
 
-    from pipeline.unit import _select
+    from pipeline.encode.unit import _select
 
     cut = {"recording_id": "r", "start": 0.0, "duration": 2.0, "channel": 0, "speaker": "1"}
     cuts = [{**cut, "id": "a", "texts": ["... \u2014 !", "A"]}, {**cut, "id": "b", "texts": ["Yes.", "YES"]},

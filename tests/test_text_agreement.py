@@ -10,10 +10,10 @@ import pytest
 from pipeline.dag import DagError, load_dag
 from pipeline.executors.local import LocalExecutor
 from pipeline.runner import run
-from pipeline.text_agreement import agreement_problem, comparison_form, text_cer
-from pipeline.verify import verify
+from pipeline.text.agreement import agreement_problem, comparison_form, text_cer
+from pipeline.inspect.verify import verify
 from tests.conftest import write_dag
-from tests.lookalike import MISMATCHED_ASR
+from sample.lookalike import MISMATCHED_ASR
 
 
 def test_comparison_form_keeps_only_what_is_said():

@@ -15,7 +15,8 @@ import torch
 
 from tests.conftest import REPO
 from trainer.config import load_config
-from trainer.corpus import CorpusError, open_corpus, read_shard
+from schemas.reading import read_shard
+from trainer.corpus import CorpusError, open_corpus
 from trainer.train import main, train
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""pipeline.transfers + pipeline.ranged against a misbehaving local server: ranges under a
+"""pipeline.fetch.transfers + storage.ranged against a misbehaving local server: ranges under a
 connection cap, no byte fetched twice after drops, 503s, servers without Range, kill -9 and
 resume (bytes served counted), lost range tasks, Ray tasks, the runner's Sources."""
 from __future__ import annotations
@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.transfers as transfers
+import pipeline.fetch.transfers as transfers
 from pipeline.dag import DagError, load_dag
-from pipeline.download import Checksum, DiskFull, DownloadError, marker_path
-from pipeline.ranged import RangeLedger, ledger_path, prepare
-from pipeline.transfer_pools import RayTasks, ThreadTasks
-from pipeline.transfers import DownloadSettings, FileJob, Transfers
+from storage.download import Checksum, DiskFull, DownloadError, marker_path
+from storage.ranged import RangeLedger, ledger_path, prepare
+from pipeline.fetch.transfer_pools import RayTasks, ThreadTasks
+from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers
 from tests.conftest import REPO, write_dag
-from tests.faulty_proxy import FaultyProxy
-from tests.http_mirror import HttpMirror
+from sample.faulty_proxy import FaultyProxy
+from sample.http_mirror import HttpMirror
 from tests.test_download import SIZE, sha, site, source  # noqa: F401 (the same fixtures)
 
 RANGE = 50_000  # SIZE is six ranges
@@ -140,9 +140,9 @@ def test_checksum_mismatch_after_ranges_leaves_nothing(site, source, tmp_path):
 KILLED_RUN = """
 import sys
 from pathlib import Path
-from pipeline.download import Checksum
-from pipeline.transfer_pools import ThreadTasks
-from pipeline.transfers import DownloadSettings, FileJob, Transfers
+from storage.download import Checksum
+from pipeline.fetch.transfer_pools import ThreadTasks
+from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers
 url, dest, checksum = sys.argv[1], Path(sys.argv[2]), Checksum.parse(sys.argv[3])
 with ThreadTasks() as pool, Transfers([FileJob(url, dest, checksum)], DownloadSettings(
         connections=2, range_bytes=100_000, backoff_s=0.0), pool, progress=False) as t:
@@ -199,7 +199,7 @@ def test_a_single_stream_part_counts_as_its_ranges(tmp_path):
 
 
 def test_no_room_for_the_file_is_a_clear_error_before_any_range(site, source, tmp_path, monkeypatch):
-    import pipeline.ranged as ranged
+    import storage.ranged as ranged
 
     usage = ranged.shutil.disk_usage(tmp_path)
     monkeypatch.setattr(ranged.shutil, "disk_usage", lambda path: usage._replace(free=1000))
@@ -213,7 +213,7 @@ def test_no_room_for_the_file_is_a_clear_error_before_any_range(site, source, tm
 def test_a_disk_that_refuses_the_allocation_is_a_clear_error(tmp_path, monkeypatch):
     import errno
 
-    import pipeline.ranged as ranged
+    import storage.ranged as ranged
 
     def full(fd, total):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -259,7 +259,7 @@ def test_a_dead_ray_actor_costs_only_its_own_range(site, source, tmp_path, ray_a
 
 
 def test_runner_sources_plan_while_the_audio_arrives(tmp_path, tiny_corpus):
-    from pipeline.runner import Sources
+    from pipeline.fetch.sources import Sources
 
     dag = load_dag(write_dag(tmp_path / "d.yaml", tiny_corpus, download={"range_mb": 0.02}))
     with Sources(dag, tmp_path / "out", False, ThreadTasks()) as sources:

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.audio_store import TarAudioStore, index_tar
-from pipeline.plan import plan_subset
-from pipeline.resample import codec_input
-from pipeline.bpe import BpeConfig, train_bpe
+from pipeline.fetch.audio_store import TarAudioStore, index_tar
+from pipeline.plan.subsets import plan_subset
+from tokens.audio import codec_input
+from pipeline.text.bpe import BpeConfig, train_bpe
 from tokens.text import Tokenizer
-from pipeline.unit import UnitJob, is_current, run_unit
+from pipeline.encode.unit import UnitJob, is_current, run_unit
 
 
 class SimulatedCrash(BaseException):

@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from pipeline.cli import main
-from pipeline.status import corpus_status
-from pipeline.verify import verify
+from pipeline.inspect.status import corpus_status
+from pipeline.inspect.verify import verify
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +185,8 @@ def test_a_shard_whose_formats_disagree_is_named(copy):
 def test_an_id_in_two_shards_is_found_by_digest_and_named_from_the_shards(monkeypatch):
     """Shards agree across formats (checked above), so ids are checked in one format, as
     digests; only the shards whose digests meet are read again, to name the id."""
-    import pipeline.verify
-    from pipeline.verify import _SampleIds
+    import pipeline.inspect.verify
+    from pipeline.inspect.verify import _SampleIds
 
     held = {"a": ["x", "y"], "b": ["z", "x"], "c": ["w"]}
     ids, read = _SampleIds(), []
@@ -199,7 +199,7 @@ def test_an_id_in_two_shards_is_found_by_digest_and_named_from_the_shards(monkey
 
     assert ids.duplicates(read_ids) == ["webdataset: 1 duplicated sample ids, e.g. 'x'"]
     assert read == ["a", "b"]
-    monkeypatch.setattr(pipeline.verify, "_digest", lambda sample_id: 7)
+    monkeypatch.setattr(pipeline.inspect.verify, "_digest", lambda sample_id: 7)
     del held["b"][1]
     every_digest_equal = _SampleIds()
     for name, shard_ids in held.items():
@@ -208,15 +208,15 @@ def test_an_id_in_two_shards_is_found_by_digest_and_named_from_the_shards(monkey
 
 
 def test_ids_whose_digests_collide_are_not_duplicates(corpus, monkeypatch):
-    import pipeline.verify
+    import pipeline.inspect.verify
 
-    monkeypatch.setattr(pipeline.verify, "_digest", lambda sample_id: 7)
+    monkeypatch.setattr(pipeline.inspect.verify, "_digest", lambda sample_id: 7)
     assert verify(corpus) == []
 
 
 def test_a_corpus_over_http_verifies_and_a_damaged_file_there_is_named(corpus, tmp_path):
     """What an upload must be checked for: verify reads the corpus where the trainer will."""
-    from tests.http_mirror import HttpMirror
+    from sample.http_mirror import HttpMirror
 
     with HttpMirror(corpus) as mirror:
         assert verify(mirror.base_url) == []

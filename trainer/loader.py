@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from trainer.batching import WorkerPlan
-from trainer.corpus import Samples, read_shard
+from schemas.reading import read_shard
+from trainer.corpus import Samples
 
 
 @dataclass

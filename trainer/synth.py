@@ -23,22 +23,23 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
 import torch
 
-from tokens.codec import CodecConfig, CodecEncoder, WeightsUnavailable
+from schemas.reading import read_index
+from storage.remote import join, read_bytes
+from tokens.audio import read_audio, write_wav
+from tokens.codec import CodecEncoder, codec_for
+from tokens.codec_weights import WeightsUnavailable
 from tokens.constants import FRAME_RATE, SAMPLE_RATE
 from tokens.text import NORMALIZATION, Tokenizer, normalize_text
+from trainer.corpus import provenance_key
 from trainer.models import ARModel, NARModel
 from trainer.models.config import ModelConfig
 from trainer.sampling import SamplingConfig, generate_ar
-from trainer.storage import join, read_bytes
 
 
 LEGACY_PROMPT_SECONDS = (1.5, 3.0)  # what NAR checkpoints saved before the range was recorded trained on
@@ -73,14 +74,12 @@ def load_bpe(args, provenance: dict) -> Tokenizer:
         data = _read(args.bpe, "BPE model")
         where = args.bpe
     elif args.data:
-        index = json.loads(_read(join(args.data, "index.json"), "corpus index"))
-        p = index["provenance"]
-        corpus_key = {"codec": {k: p["codec"][k] for k in provenance["codec"]},
-                      "bpe_sha256": p["bpe"]["sha256"], "text": p["text"]}
+        index = read_index(args.data, SynthError)
+        corpus_key = provenance_key(index)
         if corpus_key != provenance:
             raise SynthError(f"{args.data} was made with other codec/BPE/text settings than the "
                              f"checkpoints ({corpus_key} vs {provenance}); use the corpus they were trained on")
-        where = join(args.data, p["bpe"]["model"])
+        where = join(args.data, index["provenance"]["bpe"]["model"])
         data = _read(where, "BPE model")
     else:
         raise SynthError("give --data CORPUS (its BPE model is used) or --bpe PATH")
@@ -100,36 +99,10 @@ def _read(uri: str, what: str) -> bytes:
 
 def load_codec(weights: str, provenance: dict, device: str) -> CodecEncoder:
     """EnCodec with the corpus's bandwidth; refuses weights other than those the corpus used."""
-    codec = provenance["codec"]
-    encoder = CodecEncoder(CodecConfig(weights=weights, bandwidth=codec["bandwidth_kbps"], device=device))
     try:
-        encoder.setup()
-    except WeightsUnavailable as e:
+        return codec_for(provenance["codec"], weights, device)
+    except (WeightsUnavailable, ValueError) as e:
         raise SynthError(f"--codec-weights {weights}: {e}") from None
-    if encoder.weights.sha256 != codec["weights_sha256"]:
-        raise SynthError(
-            f"--codec-weights {weights} loaded EnCodec weights with sha256 {encoder.weights.sha256}, but the "
-            f"checkpoints' corpus was encoded with weights sha256 {codec['weights_sha256']}; pass those "
-            f"weights (a corpus built offline used 'random')")
-    return encoder
-
-
-def read_prompt(path: str) -> np.ndarray:
-    """Any soundfile-readable file -> float32 mono 24 kHz."""
-    try:
-        audio, sr = sf.read(path, dtype="float32", always_2d=True)  # (samples, channels)
-    except (sf.LibsndfileError, RuntimeError) as e:
-        raise SynthError(f"cannot read prompt audio {path}: {e}") from None
-    wave = audio.mean(axis=1)
-    if sr != SAMPLE_RATE:
-        wave = soxr.resample(wave, sr, SAMPLE_RATE, quality="HQ")
-    return np.ascontiguousarray(wave, dtype=np.float32)
-
-
-def write_wav(path: Path, wave: np.ndarray) -> None:
-    """A 16-bit PCM mono 24 kHz wav (what players expect; libsndfile writes no timestamp into
-    PCM files, so the same samples give the same bytes)."""
-    sf.write(path, np.clip(wave, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="WAV")
 
 
 def synthesize(args) -> tuple[np.ndarray, int]:
@@ -164,7 +137,11 @@ def synthesize(args) -> tuple[np.ndarray, int]:
 
     # Prompt codes, made as the corpus's were.
     encoder = load_codec(args.codec_weights, ar_prov, args.device)
-    prompt = torch.from_numpy(encoder.encode([read_prompt(args.prompt_audio)])[0].astype(np.int64))
+    try:
+        prompt_audio = read_audio(args.prompt_audio)
+    except ValueError as e:
+        raise SynthError(f"--prompt-audio: {e}") from None
+    prompt = torch.from_numpy(encoder.encode([prompt_audio])[0].astype(np.int64))
     prompt = prompt[None].to(device)  # (1, K, P)
     P = prompt.shape[2]
     room = min(ar.cfg.max_audio_frames, nar.cfg.max_audio_frames) - P

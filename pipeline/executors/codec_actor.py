@@ -6,7 +6,7 @@ smaller without torch (~350 MB).
 """
 from __future__ import annotations
 
-from pipeline.codec_worker import CodecWorker
+from pipeline.encode.codec_worker import CodecWorker
 
 
 class CodecActor(CodecWorker):

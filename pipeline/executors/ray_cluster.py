@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 
 from pipeline.executors import CodecSpec, UnitsOutcome, chunked, failure, progress_bar
 from pipeline.executors.placement import ClusterMismatch, CodecSlot, cluster_summary, plan_slots, uses_gpu
-from pipeline.unit import UnitJob, run_unit
+from pipeline.encode.unit import UnitJob, run_unit
+from tokens.codec_settings import batch_seconds
 
 if TYPE_CHECKING:
     from pipeline.dag import RayConfig
@@ -116,8 +117,6 @@ class RayExecutor:
 
     def run_units(self, jobs: list[UnitJob], codec: CodecSpec, progress: bool) -> UnitsOutcome:
         import ray
-
-        from tokens.codec import batch_seconds
 
         started_here = not ray.is_initialized()
         if started_here:
