@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import schemas  # noqa: E402
 from pipeline.output.shards import write_parquet, write_webdataset  # noqa: E402
+from sample.corpora import write_parquet_v1, write_webdataset_v1  # noqa: E402
 from schemas.reading import read_shard  # noqa: E402
 from schemas.sample import Sample  # noqa: E402
-from sample.corpora import write_parquet_v1, write_webdataset_v1  # noqa: E402
 from trainer.corpus import open_corpus  # noqa: E402
 
 TAR_BLOCK = 512
@@ -169,7 +169,7 @@ def main() -> None:
         own, single, rand, long_ = (results[k][(fmt, version)] for k in ("own", "one", "uniform", "long"))
         what = "payload / with tar headers" if fmt == "webdataset" else "compressed column chunks"
 
-        def cell(r, secs=seconds):
+        def cell(r, secs=seconds, fmt=fmt):
             return f"{r[0] / secs:.0f} / {r[1] / secs:.0f}" if fmt == "webdataset" else f"{r[0] / secs:.0f}"
         print(f"| {fmt} ({what}) | v{version} | {cell(own)} | {cell(single)} | {cell(rand)} "
               f"| {cell(long_, long_seconds)} | {own[2] / seconds:.0f} |")

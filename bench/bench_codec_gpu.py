@@ -32,22 +32,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-import ray
 import psutil  # Ray's bundled copy (imported after ray)
+import ray
 import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sample.compare import code_agreement  # noqa: E402
-from tokens.codec import CodecEncoder  # noqa: E402
-from tokens.codec_settings import CodecConfig  # noqa: E402
-from tokens.codec_weights import resolve_weights  # noqa: E402
 from pipeline.dag import load_dag  # noqa: E402
 from pipeline.executors.local import LocalExecutor  # noqa: E402
 from pipeline.runner import run  # noqa: E402
+from sample.compare import code_agreement  # noqa: E402
 from sample.lookalike import synthetic_chapters, write_corpus  # noqa: E402
+from tokens.codec import CodecEncoder  # noqa: E402
+from tokens.codec_settings import CodecConfig  # noqa: E402
+from tokens.codec_weights import resolve_weights  # noqa: E402
 
 
 class Utilization(threading.Thread):

@@ -30,9 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from storage.hashing import hash_file  # noqa: E402
 from pipeline.fetch.transfer_pools import RayTasks, ThreadTasks  # noqa: E402
 from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers  # noqa: E402
+from storage.hashing import hash_file  # noqa: E402
 
 
 def serve(root: str, rate: float, ready) -> None:

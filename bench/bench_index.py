@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 FULL_SCALE_UNITS = 2_540
 
-_MEASURE = """
+_MEASURE = r"""
 import json, re, sys, time
 from pathlib import Path
 from pipeline.output.index import build_index

@@ -25,8 +25,8 @@ import threading
 import time
 from pathlib import Path
 
-import ray  # noqa: F401  (puts Ray's bundled psutil on the path)
 import psutil
+import ray  # noqa: F401  (puts Ray's bundled psutil on the path)
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]

@@ -31,13 +31,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokens.codec import CodecEncoder  # noqa: E402
 from pipeline.dag import load_dag  # noqa: E402
-from pipeline.plan.subsets import read_unit_cuts  # noqa: E402
-from pipeline.executors.placement import plan_slots  # noqa: E402
-from tokens.audio import codec_input  # noqa: E402
-from pipeline.runner import resolve_codec, run  # noqa: E402
 from pipeline.encode.segment import segment_recording  # noqa: E402
+from pipeline.executors.placement import plan_slots  # noqa: E402
+from pipeline.plan.subsets import read_unit_cuts  # noqa: E402
+from pipeline.runner import resolve_codec, run  # noqa: E402
+from tokens.audio import codec_input  # noqa: E402
+from tokens.codec import CodecEncoder  # noqa: E402
 from tokens.text import select_text  # noqa: E402
 
 

@@ -129,9 +129,9 @@ def manifest(cache: Path, lines: int) -> Path:
 def child(path: Path, work: Path, mode: str) -> dict:
     """One planning run in this (fresh) process, then (serial mode) its phases timed alone.
     `mode`: "serial" (blocks parsed in this process) or "parallel" (the default worker pool)."""
-    from storage.hashing import sha256_file
     from pipeline.plan.parse_pool import ProcessParsers, SerialParsers
     from pipeline.plan.subsets import plan_subset
+    from storage.hashing import sha256_file
 
     parsers, workers_peak = SerialParsers() if mode == "serial" else ProcessParsers(), [0]
     cpu = _cpu_s()
@@ -197,9 +197,9 @@ def _vm_hwm_mb(pid: int) -> float:
 def ids_child(n: int) -> dict:
     """Step 2 of planning at full scale: sort n id digests, find duplicates, check membership
     against a 1 M-id subset of higher priority. Returns seconds and peak RSS."""
-    from pipeline.plan import cut_ids
-
     import numpy as np
+
+    from pipeline.plan import cut_ids
 
     digests = bytearray(16 * n)  # as planning holds them: one bytearray, 16 bytes an id
     rows = cut_ids.as_rows(digests)

@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-_MEASURE = """
+_MEASURE = r"""
 import json, re, sys, time
 from pathlib import Path
 from pipeline.inspect.report import collect
@@ -46,8 +46,8 @@ def main() -> None:
     parser.add_argument("--per-shard", type=int, default=250)
     parser.add_argument("--frames", type=int, default=1100, help="codec frames per utterance (75/s)")
     args = parser.parse_args()
-    print(f"| shards | samples | audio hours | collect | samples/s | peak RSS |")
-    print(f"|---:|---:|---:|---:|---:|---:|")
+    print("| shards | samples | audio hours | collect | samples/s | peak RSS |")
+    print("|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
         for n in args.shards:
             root = build(Path(tmp) / f"c{n}", n, args.per_shard, args.frames)

@@ -67,11 +67,11 @@ def _run(args) -> int:
 
     require_torch_stack("valle-prep")
     from pipeline.dag import DagError, load_dag
-    from tokens.codec_weights import WeightsUnavailable
-    from storage.download import DownloadError
     from pipeline.executors.placement import ClusterMismatch
     from pipeline.output.lock import OutputLocked
     from pipeline.runner import RunFailed, SettingsChanged, run
+    from storage.download import DownloadError
+    from tokens.codec_weights import WeightsUnavailable
 
     try:
         dag = load_dag(args.dag, args.overrides, out=args.out, ray_address=args.ray_address)

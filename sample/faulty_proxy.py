@@ -33,7 +33,7 @@ class FaultyProxy:
         self._lock = threading.Lock()
         self._server = None
 
-    def __enter__(self) -> "FaultyProxy":
+    def __enter__(self) -> FaultyProxy:
         handler = type("_Bound", (_Handler,), {"proxy": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True

@@ -86,7 +86,7 @@ class HttpMirror:
         self._address: tuple[str, int] | None = None  # kept after stop() for assertions
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> "HttpMirror":
+    def start(self) -> HttpMirror:
         if self._server is not None:
             return self
         handler = type("_BoundHandler", (_Handler,), {"mirror": self})
@@ -106,7 +106,7 @@ class HttpMirror:
         self._thread.join(timeout=5)
         self._server = self._thread = None
 
-    def __enter__(self) -> "HttpMirror":
+    def __enter__(self) -> HttpMirror:
         return self.start()
 
     def __exit__(self, *exc) -> None:

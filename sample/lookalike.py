@@ -157,7 +157,7 @@ def pcm16(audio: np.ndarray) -> np.ndarray:
 
 def asr_text(text: str) -> str:
     """An ASR-style hypothesis: upper case, no punctuation, digits read one by one."""
-    digits = "ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE".split()
+    digits = ["ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE"]
     text = re.sub(r"\d", lambda m: f" {digits[int(m.group())]} ", text)
     text = re.sub(r"[^\w\s']|_", " ", text.replace("\u2019", "'"))
     return " ".join(w.strip("'") for w in text.upper().split() if w.strip("'"))

@@ -13,10 +13,30 @@ index (index.v1/v2) and per-sample metadata (sample.v1/v2), column lists for Par
 - `schemas.reading`: a corpus read through its index (a folder, http(s)://, s3://).
 The names below are the ones every consumer needs; import the rest from their modules.
 """
-from schemas.codes import (CODES_FORMAT, CODES_FORMAT_V1, check_codes, codes_arrow_type, codes_from_arrow,
-                           codes_from_npy, codes_to_arrow, codes_to_npy, unpack_codes)
-from schemas.contract import (FORMATS, INDEX_VERSION, LENGTHS_VERSION, PARQUET_VERSION, READABLE_VERSIONS,
-                              SAMPLE_VERSION, SchemaError, arrow_schema, load_schema, matches_columns, validate)
+from schemas.codes import (
+                           CODES_FORMAT,
+                           CODES_FORMAT_V1,
+                           check_codes,
+                           codes_arrow_type,
+                           codes_from_arrow,
+                           codes_from_npy,
+                           codes_to_arrow,
+                           codes_to_npy,
+                           unpack_codes,
+)
+from schemas.contract import (
+                           FORMATS,
+                           INDEX_VERSION,
+                           LENGTHS_VERSION,
+                           PARQUET_VERSION,
+                           READABLE_VERSIONS,
+                           SAMPLE_VERSION,
+                           SchemaError,
+                           arrow_schema,
+                           load_schema,
+                           matches_columns,
+                           validate,
+)
 
 __all__ = [
     "CODES_FORMAT", "CODES_FORMAT_V1", "FORMATS", "INDEX_VERSION", "LENGTHS_VERSION", "PARQUET_VERSION",

@@ -8,7 +8,7 @@ column list for Parquet shards and lengths.parquet).
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 SCHEMA_DIR = Path(__file__).resolve().parent
@@ -26,7 +26,7 @@ class SchemaError(ValueError):
     """Data that does not match its schema; the message names the input and the problem."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict:
     """Load `schemas/<name>.json`, e.g. "index.v1", "sample.v1", "parquet.v1"."""
     path = SCHEMA_DIR / f"{name}.json"
@@ -35,7 +35,7 @@ def load_schema(name: str) -> dict:
     return json.loads(path.read_text())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(name: str):
     import jsonschema
 

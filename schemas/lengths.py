@@ -30,7 +30,7 @@ class LengthsWriter:
         self.path, self.rows, self.last = path, [], None
         self.schema = arrow_schema(f"lengths.v{LENGTHS_VERSION}", names)
 
-    def __enter__(self) -> "LengthsWriter":
+    def __enter__(self) -> LengthsWriter:
         self._stack = ExitStack()  # closed in reverse: the writer, then the file moved into place
         tmp = self._stack.enter_context(replacing(self.path))
         self.writer = self._stack.enter_context(pq.ParquetWriter(tmp, self.schema, compression="zstd"))

@@ -60,8 +60,7 @@ def read(stream: BinaryIO, wanted: np.ndarray | None = None, *, version: int | N
     if last == -1:
         return
     prefix = f"{where}: " if where else ""
-    position = 0
-    for key, fields in _samples(stream, keep, prefix):
+    for position, (key, fields) in enumerate(_samples(stream, keep, prefix)):
         codes_member = _codes_member(fields, version, key, prefix)
         if fields["json"] is not None:
             meta = json.loads(fields["json"])
@@ -74,7 +73,6 @@ def read(stream: BinaryIO, wanted: np.ndarray | None = None, *, version: int | N
             yield meta, codes
         if position == last:
             return
-        position += 1
 
 
 def _samples(stream: BinaryIO, keep: set | None, prefix: str) -> Iterator[tuple[str, dict]]:

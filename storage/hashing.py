@@ -35,7 +35,7 @@ class Checksum:
         object.__setattr__(self, "hexdigest", hexdigest)
 
     @classmethod
-    def parse(cls, text: str) -> "Checksum":
+    def parse(cls, text: str) -> Checksum:
         """Parse "sha256:<64 hex>" or "md5:<32 hex>" (case-insensitive)."""
         algo, sep, hexdigest = text.strip().partition(":")
         if not sep:

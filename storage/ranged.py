@@ -29,12 +29,23 @@ import http.client
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from storage.download import (DownloadError, Restart, Retryable, disk_full, file_size, local_path,
-                              open_http, part_path, retry_until_done, verify_part, write_marker)
+from storage.download import (
+    DownloadError,
+    Restart,
+    Retryable,
+    disk_full,
+    file_size,
+    local_path,
+    open_http,
+    part_path,
+    retry_until_done,
+    verify_part,
+    write_marker,
+)
 from storage.files import fsync_dir, read_json, write_json_atomic
 from storage.hashing import Checksum
 from storage.http import Response
@@ -125,7 +136,7 @@ class RangeLedger:
                                       "range_bytes": self.range_bytes, "done": runs})
 
     @classmethod
-    def load(cls, dest: Path) -> "RangeLedger | None":
+    def load(cls, dest: Path) -> RangeLedger | None:
         data = read_json(ledger_path(dest))
         try:
             done = {i for first, last in data["done"] for i in range(first, last + 1)}

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
+from sample.http_mirror import HttpMirror
 from tokens.codec import CodecEncoder
 from tokens.codec_settings import MIN_FRAMES, CodecConfig, num_codebooks, num_frames
 from tokens.codec_weights import WeightsUnavailable, resolve_weights, state_dict_sha256
 from tokens.constants import HOP
-from sample.http_mirror import HttpMirror
 
 # Lengths around frame edges and below MIN_FRAMES frames (where reflect padding peeks ahead).
 LENGTHS = [16000, 321, 319, 2500, 8345, MIN_FRAMES * HOP, 1, 640, 6400, 0]

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tokens import codec_weights as codec_module
+from pipeline.encode.codec_worker import CodecWorker
+from pipeline.encode.segment import segment_recording
 from sample.compare import code_agreement
+from tests.test_segment import cuts_by_recording, store  # noqa: F401  (fixtures)
+from tokens import codec_weights as codec_module
+from tokens.audio import resample
 from tokens.codec import CodecEncoder
 from tokens.codec_settings import CodecConfig
 from tokens.codec_weights import resolve_weights
-from pipeline.encode.codec_worker import CodecWorker
-from tokens.audio import resample
-from pipeline.encode.segment import segment_recording
-from tests.test_segment import cuts_by_recording, store  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")

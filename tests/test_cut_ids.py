@@ -3,7 +3,8 @@ including rows that share their first 64-bit word."""
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.plan import cut_ids
 

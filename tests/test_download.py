@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from sample.http_mirror import HttpMirror
 from storage.download import Checksum, DownloadError, download, is_downloaded, marker_path
 from storage.files import write_json_atomic
 from storage.hashing import sha256_file
-from sample.http_mirror import HttpMirror
 
 SIZE = 300_000
 FAST = {"backoff_s": 0.0, "progress": False, "timeout_s": 5.0}

@@ -82,8 +82,8 @@ def test_impossible_requests_on_a_real_ray_stop_at_once(tmp_path, tiny_corpus, r
 
 
 def my_codec_actors() -> list:
-    import ray  # noqa: F401  (puts Ray's bundled psutil on the path)
     import psutil
+    import ray  # noqa: F401  (puts Ray's bundled psutil on the path)
 
     found = []
     for p in psutil.Process().children(recursive=True):  # only processes this session started

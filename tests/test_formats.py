@@ -15,13 +15,13 @@ import pytest
 
 import schemas
 from pipeline.dag import load_dag
-from storage.hashing import sha256_file
-from pipeline.runner import run
 from pipeline.inspect.verify import verify
-from tests.conftest import REPO, write_dag
+from pipeline.runner import run
 from sample.corpora import write_parquet_v1, write_webdataset_v1
 from schemas.reading import read_shard
 from schemas.sample import Sample
+from storage.hashing import sha256_file
+from tests.conftest import REPO, write_dag
 from trainer.corpus import open_corpus
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from pipeline.output import ledger
 from pipeline.output.index import build_index
-from schemas.lengths import LENGTHS_ROW_GROUP, LengthsWriter
 from pipeline.plan.subsets import SubsetPlan, UnitPlan
 from sample.corpora import PROVENANCE
+from schemas.lengths import LENGTHS_ROW_GROUP, LengthsWriter
 
 
 def commit_unit(out, subset: str, n: int, shards: int, old: bool = False) -> UnitPlan:

@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 
 from pipeline.cli import main
-from sample.compare import code_agreement
 from pipeline.encode.codes_file import CodesFile
 from pipeline.inspect.listen import ListenError, corpus_codec, find_sample, listen
+from sample.compare import code_agreement
 
 
 @pytest.fixture(scope="module")

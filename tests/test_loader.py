@@ -9,7 +9,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trainer.batching import BatchingConfig, greedy_batches, plan_epoch, read_order
 from trainer.corpus import CorpusError, check_compatible, open_corpus

@@ -16,8 +16,7 @@ import pytest
 import soundfile as sf
 from lhotse.cut import MonoCut
 
-from sample.lookalike import (AUDIO_PREFIX, SAMPLE_RATE, Defects, pcm16, synthetic_chapters,
-                                write_corpus)
+from sample.lookalike import AUDIO_PREFIX, SAMPLE_RATE, Defects, pcm16, synthetic_chapters, write_corpus
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample"
 

@@ -12,7 +12,6 @@ from trainer.batching import BatchingConfig, plan_epoch, plan_stats
 from trainer.corpus import open_corpus
 from trainer.loader import make_loader
 
-
 BLOCK = 40  # consecutive cuts of one speaker
 
 

@@ -15,10 +15,10 @@ import pytest
 
 from pipeline.dag import load_dag
 from pipeline.executors.local import LocalExecutor
-from storage.hashing import sha256_file
+from pipeline.inspect.verify import verify
 from pipeline.output.lock import LOCK_NAME, OutputLocked, exclusive
 from pipeline.runner import SettingsChanged, run
-from pipeline.inspect.verify import verify
+from storage.hashing import sha256_file
 from tests.conftest import REPO, write_dag
 
 HOLD = "import sys, time; from pathlib import Path; from pipeline.output.lock import exclusive\n" \

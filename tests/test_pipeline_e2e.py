@@ -10,8 +10,8 @@ import pytest
 import webdataset as wds
 
 from pipeline.dag import load_dag
-from pipeline.runner import SettingsChanged, run
 from pipeline.inspect.verify import verify
+from pipeline.runner import SettingsChanged, run
 from tests.conftest import write_dag
 
 

@@ -7,13 +7,13 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from storage.download import DownloadError
-from pipeline.plan.subsets import (ManifestUnreadable, _pack_units, load_plan, plan_subset, plan_subsets,
-                           read_unit_cuts)
-from tests.conftest import REPO
+from pipeline.plan.subsets import ManifestUnreadable, _pack_units, load_plan, plan_subset, plan_subsets, read_unit_cuts
 from sample.manifest_reference import reference_units
+from storage.download import DownloadError
+from tests.conftest import REPO
 
 
 @settings(max_examples=60, deadline=None)

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from pipeline.plan import parse_pool
-
 from pipeline.plan.parse_pool import ProcessParsers, RayParsers, SerialParsers, default_parsers
 from pipeline.plan.subsets import ManifestUnreadable, SubsetPlanner, ids_path, plan_subset, plan_subsets
 from tests.conftest import REPO

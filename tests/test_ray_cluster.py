@@ -76,8 +76,8 @@ class TwoNodeCluster:
         assert done.returncode == 0, done.stderr[-3000:]
 
     def processes(self, folder: str | None = None) -> list:
-        import ray  # noqa: F401  (puts Ray's bundled psutil on the path)
         import psutil
+        import ray  # noqa: F401  (puts Ray's bundled psutil on the path)
 
         folders = [folder] if folder else [self.head_dir, self.worker_dir]
         found = []

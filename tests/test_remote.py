@@ -12,9 +12,9 @@ import pytest
 from torch.utils.data import DataLoader, IterableDataset
 
 import storage.remote as storage
+from sample.corpora import speaker_blocks, write_corpus
 from sample.faulty_proxy import FaultyProxy
 from sample.http_mirror import HttpMirror
-from sample.corpora import speaker_blocks, write_corpus
 from trainer.batching import BatchingConfig, plan_epoch
 from trainer.corpus import open_corpus
 from trainer.loader import make_loader

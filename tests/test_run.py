@@ -16,15 +16,15 @@ import torch
 import torch.distributed as dist
 
 import trainer.train as train_module
-from tests.conftest import REPO
 from sample.corpora import Cut, speaker_blocks, write_corpus
+from tests.conftest import REPO
 from trainer import checkpoint
 from trainer.batching import BatchingConfig, plan_epoch
 from trainer.config import load_config
 from trainer.corpus import open_corpus
 from trainer.distributed import agree_on_checkpoint, check_shared_folder
-from trainer.train import LossModule, TrainingData, accumulate_gradients, build_model, main, train
 from trainer.metrics import Window
+from trainer.train import LossModule, TrainingData, accumulate_gradients, build_model, main, train
 
 
 @pytest.fixture(scope="module")

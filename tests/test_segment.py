@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from pipeline.encode.segment import segment_recording
 from pipeline.fetch.audio_store import TarAudioStore, index_tar
 from pipeline.plan.manifest import parse_line as compact_cut
 from tokens.audio import as_float32, codec_input, resample
-from pipeline.encode.segment import segment_recording
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from schemas import lhotse_shar as shar
 from pipeline.dag import load_dag
-from pipeline.runner import run
-from pipeline.output.shards import write_unit_shards
 from pipeline.inspect.verify import verify
+from pipeline.output.shards import write_unit_shards
+from pipeline.runner import run
+from schemas import lhotse_shar as shar
 from tests.conftest import write_dag
 from tests.test_shards import samples
 from tests.test_unit_commit import unit_setup  # noqa: F401 (a fixture)

@@ -1,8 +1,6 @@
 """Shards: deterministic bytes, safe keys, readable by plain webdataset and pyarrow."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pyarrow.parquet as pq
 import webdataset as wds

@@ -9,11 +9,11 @@ import pytest
 
 from pipeline.dag import DagError, load_dag
 from pipeline.executors.local import LocalExecutor
+from pipeline.inspect.verify import verify
 from pipeline.runner import run
 from pipeline.text.agreement import agreement_problem, comparison_form, text_cer
-from pipeline.inspect.verify import verify
-from tests.conftest import write_dag
 from sample.lookalike import MISMATCHED_ASR
+from tests.conftest import write_dag
 
 
 def test_comparison_form_keeps_only_what_is_said():

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from schemas.reading import read_shard
 from tests.conftest import REPO
 from trainer.config import load_config
-from schemas.reading import read_shard
 from trainer.corpus import CorpusError, open_corpus
 from trainer.train import main, train
 

@@ -16,13 +16,13 @@ import pytest
 
 import pipeline.fetch.transfers as transfers
 from pipeline.dag import DagError, load_dag
-from storage.download import Checksum, DiskFull, DownloadError, marker_path
-from storage.ranged import RangeLedger, ledger_path, prepare
 from pipeline.fetch.transfer_pools import RayTasks, ThreadTasks
 from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers
-from tests.conftest import REPO, write_dag
 from sample.faulty_proxy import FaultyProxy
 from sample.http_mirror import HttpMirror
+from storage.download import Checksum, DiskFull, DownloadError, marker_path
+from storage.ranged import RangeLedger, ledger_path, prepare
+from tests.conftest import REPO, write_dag
 from tests.test_download import SIZE, sha, site, source  # noqa: F401 (the same fixtures)
 
 RANGE = 50_000  # SIZE is six ranges

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.encode.unit import UnitJob, is_current, run_unit
 from pipeline.fetch.audio_store import TarAudioStore, index_tar
 from pipeline.plan.subsets import plan_subset
-from tokens.audio import codec_input
 from pipeline.text.bpe import BpeConfig, train_bpe
+from tokens.audio import codec_input
 from tokens.text import Tokenizer
-from pipeline.encode.unit import UnitJob, is_current, run_unit
 
 
 class SimulatedCrash(BaseException):

@@ -32,8 +32,15 @@ import numpy as np
 import torch
 
 from tokens import codec_weights
-from tokens.codec_settings import (MIN_FRAMES, PRECISIONS, CodecConfig, CodecWeights, batch_seconds,
-                                   num_codebooks, num_frames)
+from tokens.codec_settings import (
+    MIN_FRAMES,
+    PRECISIONS,
+    CodecConfig,
+    CodecWeights,
+    batch_seconds,
+    num_codebooks,
+    num_frames,
+)
 from tokens.codec_weights import EncodecModel
 from tokens.constants import HOP, SAMPLE_RATE
 

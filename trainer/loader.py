@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from trainer.batching import WorkerPlan
 from schemas.reading import read_shard
+from trainer.batching import WorkerPlan
 from trainer.corpus import Samples
 
 
@@ -33,7 +33,7 @@ class LoaderState:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "LoaderState":
+    def from_dict(cls, data: dict) -> LoaderState:
         return cls(epoch=int(data["epoch"]), delivered=[int(x) for x in data["delivered"]])
 
 

@@ -41,7 +41,6 @@ from trainer.models import ARModel, NARModel
 from trainer.models.config import ModelConfig
 from trainer.sampling import SamplingConfig, generate_ar
 
-
 LEGACY_PROMPT_SECONDS = (1.5, 3.0)  # what NAR checkpoints saved before the range was recorded trained on
 
 
@@ -145,7 +144,7 @@ def synthesize(args) -> tuple[np.ndarray, int]:
     prompt = prompt[None].to(device)  # (1, K, P)
     P = prompt.shape[2]
     room = min(ar.cfg.max_audio_frames, nar.cfg.max_audio_frames) - P
-    if P < ar.cfg.group_size or room < 1:
+    if ar.cfg.group_size > P or room < 1:
         raise SynthError(f"the prompt is {P / FRAME_RATE:.2f} s ({P} frames); it must be at least "
                          f"{ar.cfg.group_size} frames and leave room in the models' "
                          f"{ar.cfg.max_audio_frames} frames")

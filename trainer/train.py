@@ -82,7 +82,7 @@ def to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def evaluate(model: "LossModule", data: TrainingData | None, cfg: TrainConfig, run: Run) -> dict | None:
+def evaluate(model: LossModule, data: TrainingData | None, cfg: TrainConfig, run: Run) -> dict | None:
     """Dev loss and accuracy beside the majority baseline. Every rank plans the (small) dev set
     alone and takes every world-th batch, so any number of dev shards works with any world."""
     if data is None:

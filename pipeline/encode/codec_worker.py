@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from tokens.audio import codec_input

@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -130,7 +130,7 @@ class CodesFile:
             self.frames: list[int] = data["frames"].tolist()
 
     @classmethod
-    def open_verified(cls, path: Path, sha256: str) -> "CodesFile | None":
+    def open_verified(cls, path: Path, sha256: str) -> CodesFile | None:
         """The file, if it exists and its bytes hash to `sha256` (hashed streaming); else None."""
         if not path.is_file() or sha256_file(path) != sha256:
             return None

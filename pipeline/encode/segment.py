@@ -11,8 +11,8 @@ happens where the audio is encoded (tokens.audio), so what travels is a third th
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import soundfile as sf

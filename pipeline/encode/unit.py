@@ -20,24 +20,23 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
-from pipeline.output import ledger
-
-from schemas import lhotse_shar as shar
 from pipeline.encode.codes_file import CodesFile, CodesWriter
+from pipeline.encode.segment import reject, segment_recording
+from pipeline.output import ledger
+from pipeline.output.shards import FORMAT_DIRS, LAYOUT_VERSION, partial, remove_file, unit_files, write_unit_shards
+from pipeline.plan.subsets import UnitPlan, read_unit_cuts
+from pipeline.text.agreement import agreement_problem, text_cer
+from schemas import lhotse_shar as shar
+from schemas.sample import Sample
 from storage.files import fsync_dir
 from storage.hashing import json_digest, sha256_file
-from pipeline.plan.subsets import UnitPlan, read_unit_cuts
-from pipeline.encode.segment import reject, segment_recording
-from pipeline.output.shards import FORMAT_DIRS, LAYOUT_VERSION, partial, remove_file, unit_files, write_unit_shards
-from schemas.sample import Sample
-from pipeline.text.agreement import agreement_problem, text_cer
 from tokens.text import Tokenizer, select_text, text_problem
 
 # encode_async(windows, rates) starts encoding a chunk of decoded windows (int16 at their file's
@@ -49,7 +48,7 @@ EncodeAsync = Callable[[list[np.ndarray], list[int]], Callable[[], list[np.ndarr
 class UnitJob:
     out: Path
     unit: UnitPlan
-    audio_store: object  # pipeline.audio_store.TarAudioStore or DirAudioStore
+    audio_store: object  # pipeline.fetch.audio_store: TarAudioStore or DirAudioStore (read_bytes)
     min_duration: float
     max_duration: float
     text_field: str

@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from tokens.codec_settings import batch_seconds
 from pipeline.encode.codec_worker import CodecWorker
-from pipeline.executors import CodecSpec, UnitsOutcome, chunked, failure, progress_bar
 from pipeline.encode.unit import UnitJob, run_unit
+from pipeline.executors import CodecSpec, UnitsOutcome, chunked, failure, progress_bar
+from tokens.codec_settings import batch_seconds
 
 
 class LocalExecutor:

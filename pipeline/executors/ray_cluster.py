@@ -24,9 +24,9 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from pipeline.encode.unit import UnitJob, run_unit
 from pipeline.executors import CodecSpec, UnitsOutcome, chunked, failure, progress_bar
 from pipeline.executors.placement import ClusterMismatch, CodecSlot, cluster_summary, plan_slots, uses_gpu
-from pipeline.encode.unit import UnitJob, run_unit
 from tokens.codec_settings import batch_seconds
 
 if TYPE_CHECKING:

@@ -24,19 +24,15 @@ import json
 import os
 import tarfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Protocol, Sequence
+from typing import BinaryIO
 
 from storage.files import write_json_atomic
 
 
 class MissingAudio(LookupError):
     """The requested audio file is not in the store (absent, skipped when indexing, or refused)."""
-
-
-class AudioStore(Protocol):
-    def read_bytes(self, rel_path: str) -> bytes: ...
-    def __contains__(self, rel_path: str) -> bool: ...
 
 
 def index_path(tar_path: Path) -> Path:

@@ -63,7 +63,7 @@ class Sources:
         self.transfers.close()
         self.pool.close()
 
-    def __enter__(self) -> "Sources":
+    def __enter__(self) -> Sources:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from typing import Callable
 
 from pipeline.fetch.transfers import Cancelled
 
@@ -55,7 +55,7 @@ class ThreadTasks:
         self._stop.set()
         self._executor.shutdown(wait=True)
 
-    def __enter__(self) -> "ThreadTasks":
+    def __enter__(self) -> ThreadTasks:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -137,7 +137,7 @@ class RayTasks:
                     ray.kill(actor)
         self._idle, self._busy, self._actor_cls, self._counter = [], {}, None, None
 
-    def __enter__(self) -> "RayTasks":
+    def __enter__(self) -> RayTasks:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -23,9 +23,9 @@ import logging
 import threading
 import urllib.parse
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
 
@@ -86,7 +86,7 @@ class Transfers:
         self._thread = threading.Thread(target=self._loop, name="transfers", daemon=True)
         self._thread.start()
 
-    def __enter__(self) -> "Transfers":
+    def __enter__(self) -> Transfers:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -136,10 +136,10 @@ class Transfers:
         for f in self.files.values():
             if f.state == "new":
                 self._start(f)
-            if f.state in ("probe", "stream", "verify") and not f.submitted:
-                if f.state == "verify" or self._busy[f.host] < cap:  # verifying reads the disk only
-                    self._submit(f, f.state)
-                    f.submitted = True
+            ready = f.state in ("probe", "stream", "verify") and not f.submitted
+            if ready and (f.state == "verify" or self._busy[f.host] < cap):  # verifying reads the disk only
+                self._submit(f, f.state)
+                f.submitted = True
             while f.state == "ranges" and f.queue and self._busy[f.host] < cap:
                 self._submit(f, "range", f.queue.popleft())
 

@@ -73,8 +73,7 @@ def write_report(out, folder: Path | None = None, *, code_shards: int | None = N
                  progress: bool = True) -> dict:
     """Collect, then write {report.json, index.html, *.png} into `folder` (default:
     `report_dir(out)`); returns the numbers."""
-    from pipeline.inspect import report_html
-    from pipeline.inspect import report_plots
+    from pipeline.inspect import report_html, report_plots
 
     stats = collect(out, code_shards=code_shards, progress=progress)
     folder = Path(folder) if folder is not None else report_dir(out)

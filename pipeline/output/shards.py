@@ -10,9 +10,10 @@ same samples in every format, under the id `<unit>-<k>`.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial as bind
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from schemas import SAMPLE_VERSION, lhotse_shar, parquet, validate, webdataset
 from schemas.sample import Sample
@@ -138,7 +139,7 @@ def _write_shar(group: list[Sample], out: Path, subset: str, unit: str, k: int, 
         tmp = partial(out / rel)
         tmp.parent.mkdir(parents=True, exist_ok=True)
         write = lhotse_shar.write_cuts if name == "cuts" else lhotse_shar.write_codes
-        write_durably(tmp, lambda f: write(group, f))
+        write_durably(tmp, bind(write, group))
         written.append((tmp, ShardFile(id=shard_id(unit, k), format=lhotse_shar.FORMAT, path=rel, subset=subset,
                                        unit=unit, samples=len(group), hours=hours, bytes=tmp.stat().st_size,
                                        sha256=sha256_file(tmp), field=name)))

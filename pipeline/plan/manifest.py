@@ -23,9 +23,10 @@ import math
 import queue
 import threading
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import msgspec
 
@@ -171,7 +172,7 @@ class ManifestScan:
     digests: bytearray = field(default_factory=bytearray)  # DIGEST_BYTES per cut, in sink order
     recordings: dict[str, list[int]] = field(default_factory=dict)  # id -> [microseconds, cuts]
 
-    def merge(self, later: "ManifestScan") -> None:
+    def merge(self, later: ManifestScan) -> None:
         """Append the scan of the lines that follow this one's (integer sums: order-free)."""
         self.lines += later.lines
         self.rejects += later.rejects

@@ -22,10 +22,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from pipeline.plan.manifest import BLOCK_BYTES, ManifestScan, parse_block
 

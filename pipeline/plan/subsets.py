@@ -35,12 +35,11 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.plan import cut_ids
+from pipeline.plan.manifest import GZIP_ERRORS, ManifestScan, line_reject, read_blocks
+from pipeline.plan.parse_pool import SerialParsers, default_parsers, parse_in_order, parsers_for, small_manifest
 from storage.download import DownloadError, read_marker
 from storage.files import read_json, write_json_atomic
 from storage.hashing import sha256_file
-from pipeline.plan.manifest import GZIP_ERRORS, ManifestScan, line_reject, read_blocks
-from pipeline.plan.parse_pool import (SerialParsers, default_parsers, parse_in_order, parsers_for,
-                                 small_manifest)
 
 PLAN_FORMAT = 2  # 2: msgspec parsing, number checks, duplicate ids rejected while planning
 # A cut id in several subsets is kept in the first by role in this order (then DAG order):
@@ -72,7 +71,7 @@ class SubsetPlan:
     excluded: str = ""  # digest of the ids left to subsets of higher priority; "" for none
 
     @classmethod
-    def from_json(cls, data: dict) -> "SubsetPlan":
+    def from_json(cls, data: dict) -> SubsetPlan:
         units = [UnitPlan(**u) for u in data["units"]]
         return cls(**{**data, "units": units})
 

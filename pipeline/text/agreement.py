@@ -17,7 +17,7 @@ by the length of the book text's form: the share of the training text the audio 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from rapidfuzz.distance import Levenshtein
 

@@ -10,9 +10,9 @@ import hashlib
 import heapq
 import io
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
 import sentencepiece as spm
 

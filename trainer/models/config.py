@@ -5,7 +5,7 @@ and optional overrides. Out: a `ModelConfig`. Presets are plain builder function
 
     cfg = PRESETS["tiny"](text_vocab=500, group_size=2)
 
-- `tiny`: 2 layers, d 64, 4 heads, FFN 256, no dropout; for CPU tests and learning smoke tests
+- `tiny`: 3 layers, d 128, 4 heads, FFN 512, no dropout; for CPU tests and learning smoke tests
   (dropout 0 so a handful of samples can be overfitted quickly).
 - `base`: the VALL-E / VALL-E 2 papers' size: 12 layers, 16 heads, d 1024, FFN 4096, dropout 0.1.
   Parameters besides the text embedding (text_vocab x 1024): the 12 blocks hold 151.2 M

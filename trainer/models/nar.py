@@ -34,8 +34,6 @@ from tokens.constants import FRAME_RATE
 from .config import ModelConfig
 from .layers import SinePositions, Transformer, attention_mask, length_mask, target_stats, train_flops
 
-MAX_PROMPT_SHARE = 0.75  # of an utterance, at most, is its prompt; the rest is target
-
 
 class NARModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
