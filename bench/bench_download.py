@@ -15,6 +15,7 @@ sha256 of the file, which a checked download adds once. Peak RSS of this process
 for the thread runs (they run in it): it does not grow with the file, as ranges are streamed
 in 1 MiB chunks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,15 +82,16 @@ def main() -> None:
         url = ready.get(timeout=30) + "/big.bin"
         dest = work / "out" / "big.bin"
         dest.parent.mkdir()
-        print(f"file {args.mb} MB, {args.rate_mb:g} MB/s per connection, ranges of {args.range_mb:g} MB, "
-              f"{os.cpu_count()} CPUs")
+        print(
+            f"file {args.mb} MB, {args.rate_mb:g} MB/s per connection, ranges of {args.range_mb:g} MB, "
+            f"{os.cpu_count()} CPUs"
+        )
         rows = []
         for name in args.pools.split(","):
             if name == "ray":
                 import ray
 
-                ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING)
+                ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
                 pool = RayTasks()
                 # Cold: the transfer actors start during this run (a process each, 2 at a time
                 # on a 2-CPU Ray): once per run in production, where a range takes a minute.
@@ -112,10 +114,14 @@ def main() -> None:
         print("\n| pool | connections | seconds | MB/s | vs 1 connection |\n|---|---|---|---|---|")
         for name, n, seconds, rate, ratio in rows:
             print(f"| {name} | {n} | {seconds:.2f} | {rate:.1f} | {'' if ratio is None else f'{ratio:.2f}x'} |")
-        print(f"\nsha256 of the {args.mb} MB file (the verification a checked download adds): "
-              f"{hash_s:.2f} s ({args.mb / hash_s:.0f} MB/s)")
-        print(f"peak RSS of this process (server elsewhere; thread runs in it): "
-              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+        print(
+            f"\nsha256 of the {args.mb} MB file (the verification a checked download adds): "
+            f"{hash_s:.2f} s ({args.mb / hash_s:.0f} MB/s)"
+        )
+        print(
+            f"peak RSS of this process (server elsewhere; thread runs in it): "
+            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+        )
         server.terminate()
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -8,6 +8,7 @@ runs pipeline.inspect.report.collect on each in a fresh process and reports wall
 hours per second, and the process's peak RSS (VmHWM, Linux). Goal: the peak does not grow with the corpus
 (the larger corpus within ~10 % of the smaller one's), so libriheavy-large's ~12 M cuts fit.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,11 +52,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
         for n in args.shards:
             root = build(Path(tmp) / f"c{n}", n, args.per_shard, args.frames)
-            out = subprocess.run([sys.executable, "-c", _MEASURE, str(root)], cwd=REPO, check=True,
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [sys.executable, "-c", _MEASURE, str(root)], cwd=REPO, check=True, capture_output=True, text=True
+            ).stdout
             r = json.loads(out.strip().splitlines()[-1])
-            print(f"| {n} | {r['samples']:,} | {r['hours']:.1f} | {r['seconds']:.1f} s | "
-                  f"{r['samples'] / r['seconds']:,.0f} | {r['peak_rss_mb']:.0f} MB |")
+            print(
+                f"| {n} | {r['samples']:,} | {r['hours']:.1f} | {r['seconds']:.1f} s | "
+                f"{r['samples'] / r['seconds']:,.0f} | {r['peak_rss_mb']:.0f} MB |"
+            )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ problems found (none expected) and the peak RSS of the main process (VmHWM) and 
 worker. Goal: the peak does not grow with the corpus beyond the ~12 bytes a
 sample of the duplicate-id check (~150 MB at libriheavy-large's 12 M cuts).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,18 +70,28 @@ def main() -> None:
         for n in args.shards:
             root, samples = build(Path(tmp) / f"c{n}", n, args.per_shard, args.frames)
             for jobs in args.jobs:
-                done = subprocess.run([sys.executable, str(script), str(root), str(jobs)], cwd=REPO, check=True,
-                                      stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                done = subprocess.run(
+                    [sys.executable, str(script), str(root), str(jobs)],
+                    cwd=REPO,
+                    check=True,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    env={**os.environ, "PYTHONPATH": str(REPO)},
+                )
                 r = json.loads(done.stdout.strip().splitlines()[-1])
                 worker = f" / {r['worker_rss_mb']:.0f}" if jobs > 1 else ""
-                print(f"| {n} | {samples:,} | {jobs} | {r['seconds']:.1f} s | {samples / r['seconds']:,.0f} | "
-                      f"{r['count']} | {r['peak_rss_mb']:.0f}{worker} MB |")
+                print(
+                    f"| {n} | {samples:,} | {jobs} | {r['seconds']:.1f} s | {samples / r['seconds']:,.0f} | "
+                    f"{r['count']} | {r['peak_rss_mb']:.0f}{worker} MB |"
+                )
                 if r["problems"]:
                     print("  e.g. " + "; ".join(r["problems"]), file=sys.stderr)
                 rates[jobs] = samples / r["seconds"]
     for jobs, rate in rates.items():
-        print(f"libriheavy-large (~{FULL_SCALE / 1e6:.0f} M samples) at the largest size's rate with "
-              f"{jobs} job(s): ~{FULL_SCALE / rate / 3600:.1f} h")
+        print(
+            f"libriheavy-large (~{FULL_SCALE / 1e6:.0f} M samples) at the largest size's rate with "
+            f"{jobs} job(s): ~{FULL_SCALE / rate / 3600:.1f} h"
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ file nothing downloads, ...) are reported with the key path before any work star
 locations inside a DAG that have no URL scheme are resolved against the DAG file's folder;
 `output.dir` is relative to the working directory. Nothing here imports torch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -106,8 +107,13 @@ class SegmentConfig:
 
     def problems(self) -> Problems:
         if not 0 < self.min_duration < self.max_duration:
-            yield "min_duration", (f"must be > 0 and below max_duration (need 0 < min_duration < "
-                                   f"max_duration), got {self.min_duration} and {self.max_duration}")
+            yield (
+                "min_duration",
+                (
+                    f"must be > 0 and below max_duration (need 0 < min_duration < "
+                    f"max_duration), got {self.min_duration} and {self.max_duration}"
+                ),
+            )
 
 
 @dataclass
@@ -202,8 +208,9 @@ class Dag:
         return json_digest(data)
 
 
-def load_dag(path: str | Path, overrides: list[str] = (), out: str | None = None,
-             ray_address: str | None = None) -> Dag:
+def load_dag(
+    path: str | Path, overrides: list[str] = (), out: str | None = None, ray_address: str | None = None
+) -> Dag:
     path = Path(path)
     raw = settings.read_file(path, "DAG file", DagError)
     raw.setdefault("name", path.stem)
@@ -262,5 +269,7 @@ def _check_wiring(dag: Dag) -> None:
         known = {dag.source.manifest_name(s) for s in roles} | set(dag.source.audio_archives)
         for name in dag.source.checksums:
             if name not in known:
-                raise DagError(f"source.checksums names {name!r}, which this DAG does not download "
-                     f"(downloads: {', '.join(sorted(known))})")
+                raise DagError(
+                    f"source.checksums names {name!r}, which this DAG does not download "
+                    f"(downloads: {', '.join(sorted(known))})"
+                )

@@ -13,6 +13,7 @@ Units run on Ray by default (pipeline.executors.ray_cluster); tests and benchmar
 the in-process `LocalExecutor`. Downloads run where units run: Ray tasks with the Ray executor
 (Ray starts only if something is left to download), threads with the local one.
 """
+
 from __future__ import annotations
 
 import logging
@@ -71,8 +72,14 @@ class RunSummary:
     index: dict | None = None
 
 
-def run(dag: Dag, *, rebuild_audio: bool = False, prune: bool = False, progress: bool = True,
-        executor: Executor | None = None) -> RunSummary:
+def run(
+    dag: Dag,
+    *,
+    rebuild_audio: bool = False,
+    prune: bool = False,
+    progress: bool = True,
+    executor: Executor | None = None,
+) -> RunSummary:
     """Bring `dag.out` up to date with the DAG. Paths handed to units are absolute, so they mean
     the same on every node of a cluster whatever its working directory."""
     from pipeline.executors.ray_cluster import RayExecutor
@@ -100,8 +107,7 @@ def _task_pool(executor: Executor):
     return RayTasks()
 
 
-def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool,
-         executor: Executor) -> RunSummary:
+def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool, executor: Executor) -> RunSummary:
     clock = _Clock()
     codec = resolve_codec(dag.codec)
     clock.log(f"codec weights: {codec.weights.kind} {codec.weights.sha256[:12]}")
@@ -109,8 +115,14 @@ def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool,
     check_audio_settings(out, settings, rebuild_audio)  # before anything is written
     with Sources(dag, out, progress, _task_pool(executor)) as sources:
         # Each subset is planned once its manifest is verified, while the archives still arrive.
-        plans = plan_subsets(sources.manifests(), dag.subsets.roles(), out, dag.plan.unit_hours,
-                             dag.source.source_prefix, progress=progress)
+        plans = plan_subsets(
+            sources.manifests(),
+            dag.subsets.roles(),
+            out,
+            dag.plan.unit_hours,
+            dag.source.source_prefix,
+            progress=progress,
+        )
         clock.log(f"planned {sum(len(p.units) for p in plans)} units")
         tokenizer, bpe_info = ensure_bpe(dag, out, plans)
         clock.log(f"BPE model ready (vocabulary {tokenizer.vocab_size})")
@@ -118,27 +130,46 @@ def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool,
         clock.log("audio ready")
     # The transcript filter decides which cuts become samples: a change re-writes the shards
     # from committed codes (and encodes the cuts a looser filter now keeps), never retrains BPE.
-    text_fingerprint = {"field": dag.text.field, "normalization": NORMALIZATION,
-                        "bpe_sha256": tokenizer.sha256,
-                        "max_text_cer": dag.filter.max_text_cer, "agreement": AGREEMENT}
-    jobs = [UnitJob(out=out, unit=unit, audio_store=audio_store,
-                    min_duration=dag.segment.min_duration, max_duration=dag.segment.max_duration,
-                    text_field=dag.text.field, tokenizer=tokenizer, formats=dag.output.formats,
-                    max_text_cer=dag.filter.max_text_cer,
-                    target_shard_bytes=dag.output.target_shard_mb * 1e6,
-                    audio_fingerprint=audio_fingerprint(settings),
-                    text_fingerprint=json_digest(text_fingerprint))
-            for plan in plans for unit in plan.units]
+    text_fingerprint = {
+        "field": dag.text.field,
+        "normalization": NORMALIZATION,
+        "bpe_sha256": tokenizer.sha256,
+        "max_text_cer": dag.filter.max_text_cer,
+        "agreement": AGREEMENT,
+    }
+    jobs = [
+        UnitJob(
+            out=out,
+            unit=unit,
+            audio_store=audio_store,
+            min_duration=dag.segment.min_duration,
+            max_duration=dag.segment.max_duration,
+            text_field=dag.text.field,
+            tokenizer=tokenizer,
+            formats=dag.output.formats,
+            max_text_cer=dag.filter.max_text_cer,
+            target_shard_bytes=dag.output.target_shard_mb * 1e6,
+            audio_fingerprint=audio_fingerprint(settings),
+            text_fingerprint=json_digest(text_fingerprint),
+        )
+        for plan in plans
+        for unit in plan.units
+    ]
 
     summary = RunSummary(units=len(jobs))
     summary.orphans, summary.pruned = units_not_in_plan(out, {j.unit.name for j in jobs}), prune
     if summary.orphans and prune:
         remove_units(out, summary.orphans)
-        log.warning("--prune: removed %d unit(s) no longer in the plan: %s", len(summary.orphans),
-                    ", ".join(summary.orphans))
+        log.warning(
+            "--prune: removed %d unit(s) no longer in the plan: %s", len(summary.orphans), ", ".join(summary.orphans)
+        )
     elif summary.orphans:
-        log.warning("%d committed unit(s) are no longer in the plan; kept on disk, left out of "
-                    "index.json (--prune removes them): %s", len(summary.orphans), ", ".join(summary.orphans))
+        log.warning(
+            "%d committed unit(s) are no longer in the plan; kept on disk, left out of "
+            "index.json (--prune removes them): %s",
+            len(summary.orphans),
+            ", ".join(summary.orphans),
+        )
     pending = [j for j in jobs if not is_current(j)]
     summary.skipped = len(jobs) - len(pending)
     index_path = out / INDEX_NAME
@@ -160,22 +191,29 @@ def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool,
         clock.log(f"units done: {summary.encoded} encoded, {summary.reshard} re-sharded")
         if summary.failed:
             lines = "\n".join(f"  {f['unit']}: {f['error']}" for f in summary.failed)
-            raise RunFailed(f"{len(summary.failed)} unit(s) failed; the rest is committed. "
-                            f"Fix the cause and run the same command again:\n{lines}")
+            raise RunFailed(
+                f"{len(summary.failed)} unit(s) failed; the rest is committed. "
+                f"Fix the cause and run the same command again:\n{lines}"
+            )
     if not index_path.exists():
         provenance = {
-            "codec": {"model": "encodec_24khz", "sample_rate": SAMPLE_RATE,
-                      "bandwidth_kbps": dag.codec.bandwidth,
-                      "codebooks": num_codebooks(dag.codec.bandwidth), "codebook_size": CODEBOOK_SIZE,
-                      "frame_rate": FRAME_RATE, "weights": codec.weights.kind,
-                      "weights_sha256": codec.weights.sha256, "weights_source": codec.weights.source,
-                      "precision": dag.codec.precision},
+            "codec": {
+                "model": "encodec_24khz",
+                "sample_rate": SAMPLE_RATE,
+                "bandwidth_kbps": dag.codec.bandwidth,
+                "codebooks": num_codebooks(dag.codec.bandwidth),
+                "codebook_size": CODEBOOK_SIZE,
+                "frame_rate": FRAME_RATE,
+                "weights": codec.weights.kind,
+                "weights_sha256": codec.weights.sha256,
+                "weights_source": codec.weights.source,
+                "precision": dag.codec.precision,
+            },
             "text": {"field": dag.text.field, "normalization": NORMALIZATION},
             "filter": {"max_text_cer": dag.filter.max_text_cer, "agreement": AGREEMENT},
             "bpe": bpe_info,
         }
-        build_index(out, plans, dag.name, dag.fingerprint(), provenance,
-                    num_codebooks(dag.codec.bandwidth))
+        build_index(out, plans, dag.name, dag.fingerprint(), provenance, num_codebooks(dag.codec.bandwidth))
         clock.log("index written")
     summary.index = read_json(index_path)
     return summary
@@ -192,13 +230,18 @@ class _Clock:
 def ensure_bpe(dag: Dag, out: Path, plans: list[SubsetPlan]) -> tuple[Tokenizer, dict]:
     """Train the BPE model on the training subsets' text unless the committed one still fits."""
     train_plans = [p for p in plans if p.role == "train"]
-    key = json_digest({"bpe": dag.text.bpe.fingerprint(), "field": dag.text.field,
-                   "normalization": NORMALIZATION,
-                   "units": [u.sha256 for p in train_plans for u in p.units]})
+    key = json_digest(
+        {
+            "bpe": dag.text.bpe.fingerprint(),
+            "field": dag.text.field,
+            "normalization": NORMALIZATION,
+            "units": [u.sha256 for p in train_plans for u in p.units],
+        }
+    )
     model, record_path = out / "text" / "bpe.model", out / "text" / "bpe.json"
     record = read_json(record_path)
-    if not (record and record.get("key") == key and model.exists()
-            and sha256_file(model) == record["sha256"]):
+    if not (record and record.get("key") == key and model.exists() and sha256_file(model) == record["sha256"]):
+
         def sentences():
             for plan in train_plans:
                 for unit in plan.units:
@@ -206,13 +249,22 @@ def ensure_bpe(dag: Dag, out: Path, plans: list[SubsetPlan]) -> tuple[Tokenizer,
                         text = select_text(cut["texts"], dag.text.field)
                         if text:
                             yield cut["id"], text
+
         train_bpe(sentences(), model, dag.text.bpe)
         tokenizer = Tokenizer(model)
-        record = {"key": key, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
-                  "model_type": dag.text.bpe.model_type}
+        record = {
+            "key": key,
+            "sha256": tokenizer.sha256,
+            "vocab_size": tokenizer.vocab_size,
+            "model_type": dag.text.bpe.model_type,
+        }
         write_json_atomic(record_path, record)
-    info = {"model": "text/bpe.model", "sha256": record["sha256"],
-            "vocab_size": record["vocab_size"], "model_type": record["model_type"]}
+    info = {
+        "model": "text/bpe.model",
+        "sha256": record["sha256"],
+        "vocab_size": record["vocab_size"],
+        "model_type": record["model_type"],
+    }
     return Tokenizer(model), info
 
 
@@ -229,12 +281,19 @@ def audio_settings(dag: Dag, weights: CodecWeights) -> dict:
     """Everything that shapes the codes: recorded in OUT/corpus.json, never mixed."""
     return {
         "plan": {"unit_hours": dag.plan.unit_hours, "source_prefix": dag.source.source_prefix},
-        "segment": {"min_duration": dag.segment.min_duration,
-                    "max_duration": dag.segment.max_duration, "resampler": RESAMPLER,
-                    "past_end_tolerance_s": PAST_END_TOLERANCE_S},
-        "codec": {"model": "encodec_24khz", "bandwidth": dag.codec.bandwidth,
-                  "weights": weights.kind, "weights_sha256": weights.sha256,
-                  "precision": dag.codec.precision},
+        "segment": {
+            "min_duration": dag.segment.min_duration,
+            "max_duration": dag.segment.max_duration,
+            "resampler": RESAMPLER,
+            "past_end_tolerance_s": PAST_END_TOLERANCE_S,
+        },
+        "codec": {
+            "model": "encodec_24khz",
+            "bandwidth": dag.codec.bandwidth,
+            "weights": weights.kind,
+            "weights_sha256": weights.sha256,
+            "precision": dag.codec.precision,
+        },
     }
 
 
@@ -257,7 +316,8 @@ def check_audio_settings(out: Path, settings: dict, rebuild: bool) -> None:
         raise SettingsChanged(
             f"{out} holds codes made with other audio settings:\n{changes}\n"
             "Codes from different settings are never mixed. Write to a new --out, or pass "
-            "--rebuild-audio to re-encode every unit here. Nothing was changed.")
+            "--rebuild-audio to re-encode every unit here. Nothing was changed."
+        )
     if previous != settings:
         write_json_atomic(path, {"audio": settings})
 
@@ -285,4 +345,3 @@ def _diff(a: dict, b: dict, prefix: str = ""):
             yield from _diff(x, y, f"{prefix}{key}.")
         elif x != y:
             yield f"{prefix}{key}", x, y
-

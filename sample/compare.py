@@ -1,5 +1,6 @@
 """How alike two encodings of the same audio are (fast codec modes against exact, a decoded
 sample re-encoded against its codes)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -8,6 +8,7 @@ audio or a codec. The codes mean nothing; `provenance.codec.weights` is "random"
 `version=1` writes a schema v1 corpus instead (10-bit packed codes), as valle-corpus wrote them
 before v2, so tests can check that v1 corpora stay readable.
 """
+
 from __future__ import annotations
 
 import io
@@ -32,10 +33,19 @@ VOCAB = 128
 # index.json's provenance for generated data: random codes, a placeholder BPE model.
 PROVENANCE = {
     "bpe": {"model": "text/bpe.model", "model_type": "bpe", "sha256": "0" * 64, "vocab_size": VOCAB},
-    "codec": {"bandwidth_kbps": 6.0, "codebook_size": 1024, "codebooks": 8, "frame_rate": 75,
-              "model": "encodec_24khz", "sample_rate": 24000, "weights": "random",
-              "weights_sha256": "0" * 64, "weights_source": "generated"},
-    "text": {"field": "book", "normalization": "nfkc-ws-v1"}}
+    "codec": {
+        "bandwidth_kbps": 6.0,
+        "codebook_size": 1024,
+        "codebooks": 8,
+        "frame_rate": 75,
+        "model": "encodec_24khz",
+        "sample_rate": 24000,
+        "weights": "random",
+        "weights_sha256": "0" * 64,
+        "weights_source": "generated",
+    },
+    "text": {"field": "book", "normalization": "nfkc-ws-v1"},
+}
 
 
 @dataclass(frozen=True)
@@ -46,8 +56,9 @@ class Cut:
     text_tokens: int
 
 
-def speaker_blocks(shards: int, speakers_per_shard: int, cuts_per_speaker: int, frames: int = 16,
-                   text_tokens: int = 4) -> list[list[Cut]]:
+def speaker_blocks(
+    shards: int, speakers_per_shard: int, cuts_per_speaker: int, frames: int = 16, text_tokens: int = 4
+) -> list[list[Cut]]:
     """Shards of consecutive cuts, one speaker (and book) after another, as Libriheavy's are."""
     out, n = [], 0
     for _ in range(shards):
@@ -60,8 +71,15 @@ def speaker_blocks(shards: int, speakers_per_shard: int, cuts_per_speaker: int, 
     return out
 
 
-def write_corpus(root: Path, shards: list[list[Cut]], *, formats=("webdataset",), dev: list[list[Cut]] = (),
-                 seed: int = 0, version: int = schemas.INDEX_VERSION) -> Path:
+def write_corpus(
+    root: Path,
+    shards: list[list[Cut]],
+    *,
+    formats=("webdataset",),
+    dev: list[list[Cut]] = (),
+    seed: int = 0,
+    version: int = schemas.INDEX_VERSION,
+) -> Path:
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     files, lengths, subsets = [], [], {}
@@ -71,41 +89,80 @@ def write_corpus(root: Path, shards: list[list[Cut]], *, formats=("webdataset",)
         count = 0
         for k, cuts in enumerate(groups):
             unit = f"{subset}-000000"
-            samples = [Sample(id=f"{c.recording}_{count + i}", speaker=c.speaker, subset=subset,
-                              duration=c.frames / 75, text="generated", recording_id=c.recording, start=0.0,
-                              text_tokens=rng.integers(4, VOCAB, c.text_tokens).tolist(),
-                              codes=rng.integers(0, 1024, (8, c.frames)).astype(np.uint16))
-                       for i, c in enumerate(cuts)]
-            lengths.append({"shard": shard_id(unit, k), "frames": [c.frames for c in cuts],
-                            "text_tokens": [c.text_tokens for c in cuts], "speaker": [c.speaker for c in cuts],
-                            "recording_id": [c.recording for c in cuts]})
+            samples = [
+                Sample(
+                    id=f"{c.recording}_{count + i}",
+                    speaker=c.speaker,
+                    subset=subset,
+                    duration=c.frames / 75,
+                    text="generated",
+                    recording_id=c.recording,
+                    start=0.0,
+                    text_tokens=rng.integers(4, VOCAB, c.text_tokens).tolist(),
+                    codes=rng.integers(0, 1024, (8, c.frames)).astype(np.uint16),
+                )
+                for i, c in enumerate(cuts)
+            ]
+            lengths.append(
+                {
+                    "shard": shard_id(unit, k),
+                    "frames": [c.frames for c in cuts],
+                    "text_tokens": [c.text_tokens for c in cuts],
+                    "speaker": [c.speaker for c in cuts],
+                    "recording_id": [c.recording for c in cuts],
+                }
+            )
             for fmt in formats:
                 rel = shard_path(fmt, subset, unit, k)
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                writers = {"webdataset": (write_webdataset, write_webdataset_v1),
-                           "parquet": (write_parquet, write_parquet_v1)}
+                writers = {
+                    "webdataset": (write_webdataset, write_webdataset_v1),
+                    "parquet": (write_parquet, write_parquet_v1),
+                }
                 write = writers[fmt][version == 1]
                 if fmt == "webdataset":
                     write(samples, root / rel, unit, count)
                 else:
                     write(samples, root / rel)
-                files.append({"id": shard_id(unit, k), "format": fmt, "path": rel, "subset": subset, "unit": unit,
-                              "samples": len(cuts), "hours": round(sum(c.frames for c in cuts) / 75 / 3600, 6),
-                              "bytes": (root / rel).stat().st_size, "sha256": sha256_file(root / rel)})
+                files.append(
+                    {
+                        "id": shard_id(unit, k),
+                        "format": fmt,
+                        "path": rel,
+                        "subset": subset,
+                        "unit": unit,
+                        "samples": len(cuts),
+                        "hours": round(sum(c.frames for c in cuts) / 75 / 3600, 6),
+                        "bytes": (root / rel).stat().st_size,
+                        "sha256": sha256_file(root / rel),
+                    }
+                )
             count += len(cuts)
-        subsets[subset] = {"role": role, "samples": count,
-                           "hours": round(sum(c.frames for g in groups for c in g) / 75 / 3600, 6)}
+        subsets[subset] = {
+            "role": role,
+            "samples": count,
+            "hours": round(sum(c.frames for g in groups for c in g) / 75 / 3600, 6),
+        }
     write_lengths(root / "lengths.parquet", lengths)
     (root / "rejects.jsonl").write_text("")
     index = {
-        "format": "valle-corpus-index", "version": version, "pipeline_version": "generated",
+        "format": "valle-corpus-index",
+        "version": version,
+        "pipeline_version": "generated",
         "dag": {"name": "generated", "fingerprint": "0" * 64},
         "provenance": PROVENANCE,
-        "codes": {"format": schemas.CODES_FORMAT if version == 2 else schemas.CODES_FORMAT_V1, "codebooks": 8,
-                  "frame_rate": 75},
-        "subsets": subsets, "shards": files,
-        "lengths": {"path": "lengths.parquet", "bytes": (root / "lengths.parquet").stat().st_size,
-                    "sha256": sha256_file(root / "lengths.parquet")},
+        "codes": {
+            "format": schemas.CODES_FORMAT if version == 2 else schemas.CODES_FORMAT_V1,
+            "codebooks": 8,
+            "frame_rate": 75,
+        },
+        "subsets": subsets,
+        "shards": files,
+        "lengths": {
+            "path": "lengths.parquet",
+            "bytes": (root / "lengths.parquet").stat().st_size,
+            "sha256": sha256_file(root / "lengths.parquet"),
+        },
         "rejects": {"path": "rejects.jsonl", "total": 0, "by_reason": {}},
     }
     (root / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True))
@@ -121,8 +178,7 @@ def write_webdataset_v1(samples: list[Sample], path: Path, unit: str, first_inde
     with tarfile.open(path, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for n, s in enumerate(samples, start=first_index):
             meta = json.dumps(_v1_metadata(s), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-            for name, data in ((f"{unit}_{n:06d}.json", meta.encode()),
-                               (f"{unit}_{n:06d}.codes", pack_codes(s.codes))):
+            for name, data in ((f"{unit}_{n:06d}.json", meta.encode()), (f"{unit}_{n:06d}.codes", pack_codes(s.codes))):
                 info = tarfile.TarInfo(name)
                 info.size, info.mode = len(data), 0o644
                 tar.addfile(info, io.BytesIO(data))
@@ -130,11 +186,17 @@ def write_webdataset_v1(samples: list[Sample], path: Path, unit: str, first_inde
 
 def write_parquet_v1(samples: list[Sample], path: Path) -> None:
     """A schema v1 Parquet shard (parquet.v1: packed codes + codes_codebooks/codes_frames)."""
-    rows = [{k: v for k, v in _v1_metadata(s).items() if k not in ("codes_shape", "codes_format")}
-            | {"codes": pack_codes(s.codes), "codes_codebooks": s.codes.shape[0],
-               "codes_frames": s.codes.shape[1]} for s in samples]
-    pq.write_table(pa.Table.from_pylist(rows, schema=schemas.arrow_schema("parquet.v1")), path, compression="zstd",
-                   row_group_size=max(1, len(rows)))
+    rows = [
+        {k: v for k, v in _v1_metadata(s).items() if k not in ("codes_shape", "codes_format")}
+        | {"codes": pack_codes(s.codes), "codes_codebooks": s.codes.shape[0], "codes_frames": s.codes.shape[1]}
+        for s in samples
+    ]
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=schemas.arrow_schema("parquet.v1")),
+        path,
+        compression="zstd",
+        row_group_size=max(1, len(rows)),
+    )
 
 
 def write_lengths(path: Path, rows: list[dict]) -> None:

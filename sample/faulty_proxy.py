@@ -10,6 +10,7 @@ clients at, and counters for assertions. For every path, its n-th GET is answere
   Content-Length announced: the client sees a response that ends mid-body.
 `only` limits faults to paths containing one of its strings. Other methods are forwarded as is.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -19,8 +20,9 @@ import urllib.parse
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
-             b"<Message>injected fault</Message></Error>")
+SLOW_DOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>injected fault</Message></Error>'
+)
 
 
 class FaultyProxy:

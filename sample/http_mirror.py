@@ -93,8 +93,9 @@ class HttpMirror:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self._address = self._server.server_address[:2]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http-mirror",
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="http-mirror", kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -169,7 +170,7 @@ class _Handler(BaseHTTPRequestHandler):
         rel = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
 
         if rel.startswith("redirect/"):
-            target = "/" + urllib.parse.quote(rel[len("redirect/"):])
+            target = "/" + urllib.parse.quote(rel[len("redirect/") :])
             mirror._record(self, mirror.redirect_status)
             self._head(mirror.redirect_status, {"Location": target, "Content-Length": "0"})
             return
@@ -204,8 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status = 206
 
         length = end - start + 1
-        headers = {"Content-Length": str(length), "Accept-Ranges": "bytes",
-                   "Content-Type": "application/octet-stream"}
+        headers = {"Content-Length": str(length), "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
         if status == 206:
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         record = mirror._record(self, status)

@@ -165,12 +165,35 @@ def asr_text(text: str) -> str:
 
 # ---------------------------------------------------------------- synthetic chapters
 
-_SUBJECTS = ["The old captain", "My sister", "A tall stranger", "The miller's wife", "Young Thomas",
-             "The village doctor", "Her father", "The little dog", "Nobody in the house"]
-_VERBS = ["walked slowly towards", "looked for a long while at", "spoke quietly about",
-          "had never seen", "remembered", "ran across", "thought often of"]
-_OBJECTS = ["the harbour", "the narrow bridge", "an empty garden", "the river at dusk",
-            "the letter from London", "the stone church", "a field of barley"]
+_SUBJECTS = [
+    "The old captain",
+    "My sister",
+    "A tall stranger",
+    "The miller's wife",
+    "Young Thomas",
+    "The village doctor",
+    "Her father",
+    "The little dog",
+    "Nobody in the house",
+]
+_VERBS = [
+    "walked slowly towards",
+    "looked for a long while at",
+    "spoke quietly about",
+    "had never seen",
+    "remembered",
+    "ran across",
+    "thought often of",
+]
+_OBJECTS = [
+    "the harbour",
+    "the narrow bridge",
+    "an empty garden",
+    "the river at dusk",
+    "the letter from London",
+    "the stone church",
+    "a field of barley",
+]
 _ENDINGS = [".", ".", "!", "?", ", and said nothing.", ", though it was late."]
 
 
@@ -195,9 +218,14 @@ def _speechlike(seconds: float, f0: float, seed: int) -> np.ndarray:
     return audio.astype(np.float32)
 
 
-def synthetic_chapters(n_speakers: int = 3, chapters_per_speaker: int = 2,
-                       utterances_per_chapter: int = 3, seconds: tuple[float, float] = (1.0, 2.5),
-                       seed: int = 0, subset: str = "small") -> list[Chapter]:
+def synthetic_chapters(
+    n_speakers: int = 3,
+    chapters_per_speaker: int = 2,
+    utterances_per_chapter: int = 3,
+    seconds: tuple[float, float] = (1.0, 2.5),
+    seed: int = 0,
+    subset: str = "small",
+) -> list[Chapter]:
     """Deterministic chapters of tone 'speech' (one pitch per speaker) and simple book sentences."""
     rng = random.Random(seed)
     chapters = []
@@ -211,8 +239,9 @@ def synthetic_chapters(n_speakers: int = 3, chapters_per_speaker: int = 2,
             for u in range(utterances_per_chapter):
                 dur = rng.uniform(*seconds)
                 utts.append(Utterance(_sentence(rng), _speechlike(dur, f0, _seed(seed, s, c, u))))
-            chapters.append(Chapter(subset, speaker, book_dir, stem, utts,
-                                    book_title=f"Tales of the Sea, Book {s} Part {c + 1}"))
+            chapters.append(
+                Chapter(subset, speaker, book_dir, stem, utts, book_title=f"Tales of the Sea, Book {s} Part {c + 1}")
+            )
     return chapters
 
 
@@ -246,7 +275,7 @@ def _layout(ch: Chapter) -> _Layout:
     noise = 0.0004 * _hash_uniform(chapter.size, base + 1)  # about +-13 LSB, as in a quiet room
     mask = np.ones(chapter.size, bool)
     for o, n in zip(offsets, lengths):  # keep utterance samples exact so slices compare cleanly
-        mask[o:o + n] = False
+        mask[o : o + n] = False
     chapter[mask] += noise[mask]
     return _Layout(pcm16(chapter), offsets, lengths)
 
@@ -260,10 +289,10 @@ def _flac_bytes(pcm: np.ndarray) -> bytes:
 def _sidecar(ch: Chapter, lay: _Layout) -> bytes:
     """The LibriLight per-chapter JSON: speaker, book metadata, SNR, voice-activity spans."""
     title = ch.book_title or ch.book_dir.replace("_", " ").strip()
-    speech = np.concatenate([lay.pcm[o:o + n] for o, n in zip(lay.offsets, lay.lengths)])
+    speech = np.concatenate([lay.pcm[o : o + n] for o, n in zip(lay.offsets, lay.lengths)])
     mask = np.ones(lay.pcm.size, bool)
     for o, n in zip(lay.offsets, lay.lengths):
-        mask[o:o + n] = False
+        mask[o : o + n] = False
     p_speech = float(np.mean(speech.astype(np.float64) ** 2))
     p_noise = float(np.mean(lay.pcm[mask].astype(np.float64) ** 2)) or 1.0
     meta = {
@@ -278,8 +307,9 @@ def _sidecar(ch: Chapter, lay: _Layout) -> bytes:
             "genre": ["Fiction"],
         },
         "snr": round(10 * math.log10(p_speech / p_noise), 4),
-        "voice_activity": [[round(o / SAMPLE_RATE, 2), round((o + n) / SAMPLE_RATE, 2)]
-                           for o, n in zip(lay.offsets, lay.lengths)],
+        "voice_activity": [
+            [round(o / SAMPLE_RATE, 2), round((o + n) / SAMPLE_RATE, 2)] for o, n in zip(lay.offsets, lay.lengths)
+        ],
     }
     return (json.dumps(meta, indent=2) + "\n").encode()
 
@@ -320,24 +350,51 @@ def _permutation(m: int, key: str) -> list[int]:
     return order  # order[i] = n of the utterance i
 
 
-def _cut_dict(cut_id: str, rec_id: str, ch: Chapter, start: float, duration: float,
-              texts: list[str], pre_texts: list[str], begin: int, num_samples: int) -> dict:
+def _cut_dict(
+    cut_id: str,
+    rec_id: str,
+    ch: Chapter,
+    start: float,
+    duration: float,
+    texts: list[str],
+    pre_texts: list[str],
+    begin: int,
+    num_samples: int,
+) -> dict:
     return {
-        "id": cut_id, "start": start, "duration": duration, "channel": 0,
-        "supervisions": [{
-            "id": cut_id, "recording_id": rec_id, "start": 0, "duration": duration, "channel": 0,
-            "language": "English", "speaker": ch.speaker,
-            "custom": {"texts": texts, "pre_texts": pre_texts,
-                       "begin_byte": begin, "end_byte": begin + len(texts[0])},
-        }],
+        "id": cut_id,
+        "start": start,
+        "duration": duration,
+        "channel": 0,
+        "supervisions": [
+            {
+                "id": cut_id,
+                "recording_id": rec_id,
+                "start": 0,
+                "duration": duration,
+                "channel": 0,
+                "language": "English",
+                "speaker": ch.speaker,
+                "custom": {
+                    "texts": texts,
+                    "pre_texts": pre_texts,
+                    "begin_byte": begin,
+                    "end_byte": begin + len(texts[0]),
+                },
+            }
+        ],
         "recording": {
             "id": rec_id,
             "sources": [{"type": "file", "channels": [0], "source": f"{AUDIO_PREFIX}/{rec_id}.flac"}],
-            "sampling_rate": SAMPLE_RATE, "num_samples": num_samples,
-            "duration": num_samples / SAMPLE_RATE, "channel_ids": [0],
+            "sampling_rate": SAMPLE_RATE,
+            "num_samples": num_samples,
+            "duration": num_samples / SAMPLE_RATE,
+            "channel_ids": [0],
         },
-        "custom": {"text_path": f"download/librilight_text/output_text_{ch.subset}_cleaned/"
-                                f"{ch.book_title or ch.book_dir}/text.txt"},
+        "custom": {
+            "text_path": f"download/librilight_text/output_text_{ch.subset}_cleaned/"
+            f"{ch.book_title or ch.book_dir}/text.txt"
+        },
         "type": "MonoCut",
     }
 
@@ -353,10 +410,20 @@ def _chapter_cuts(ci: int, ch: Chapter, lay: _Layout, manifest: str) -> list[tup
         start = lay.offsets[ui] / SAMPLE_RATE + START_JITTER
         duration = _floor_ms(lay.lengths[ui])
         pre_texts = [book_so_far[-1000:].rstrip(), asr_so_far[-1000:].rstrip()]
-        d = _cut_dict(cut_id, rec_id, ch, start, duration, texts, pre_texts, len(book_so_far),
-                      lay.pcm.size)
-        truth = CutTruth(cut_id, manifest, rec_id, start, duration, texts[0], texts[1],
-                         lay.offsets[ui], round(duration * SAMPLE_RATE), ci, ui)
+        d = _cut_dict(cut_id, rec_id, ch, start, duration, texts, pre_texts, len(book_so_far), lay.pcm.size)
+        truth = CutTruth(
+            cut_id,
+            manifest,
+            rec_id,
+            start,
+            duration,
+            texts[0],
+            texts[1],
+            lay.offsets[ui],
+            round(duration * SAMPLE_RATE),
+            ci,
+            ui,
+        )
         out.append((d, truth))
         book_so_far += utt.text + " "
         asr_so_far += texts[1] + " "
@@ -393,8 +460,14 @@ def _plant(defect: str, rows: list[list], lays: list[_Layout], claimed: dict[str
         texts = [t.text.split()[0], t.asr_text.split()[0]]
         _set_duration(d, duration)
         d["supervisions"][0]["custom"]["texts"] = texts
-        free[0][1] = replace(t, duration=duration, text=texts[0], asr_text=texts[1],
-                             available_samples=round(duration * SAMPLE_RATE), defect=defect)
+        free[0][1] = replace(
+            t,
+            duration=duration,
+            text=texts[0],
+            asr_text=texts[1],
+            available_samples=round(duration * SAMPLE_RATE),
+            defect=defect,
+        )
     elif defect == "asr_mismatch":
         d, t = free[0]
         d["supervisions"][0]["custom"]["texts"][1] = MISMATCHED_ASR
@@ -403,14 +476,13 @@ def _plant(defect: str, rows: list[list], lays: list[_Layout], claimed: dict[str
         d, t = json.loads(json.dumps(rows[0][0])), rows[0][1]
         subset = t.recording_id.split("/", 1)[0]
         other = "medium" if subset != "medium" else "large"
-        rec_id = other + t.recording_id[len(subset):]
+        rec_id = other + t.recording_id[len(subset) :]
         n = t.cut_id.rsplit("_", 1)[1]
         cut_id = f"{rec_id}_{n}"
         d["id"] = d["supervisions"][0]["id"] = cut_id
         d["supervisions"][0]["recording_id"] = d["recording"]["id"] = rec_id
         d["recording"]["sources"][0]["source"] = f"{AUDIO_PREFIX}/{rec_id}.flac"
-        rows.append([d, replace(t, cut_id=cut_id, recording_id=rec_id, available_samples=0,
-                                defect=defect)])
+        rows.append([d, replace(t, cut_id=cut_id, recording_id=rec_id, available_samples=0, defect=defect)])
     else:
         raise ValueError(f"unknown defect {defect!r}; known: {DEFECT_NAMES}")
 
@@ -418,9 +490,13 @@ def _plant(defect: str, rows: list[list], lays: list[_Layout], claimed: dict[str
 # ---------------------------------------------------------------- the builder
 
 
-def write_corpus(chapters: list[Chapter], out_dir: Path, *,
-                 manifest_subsets: dict[str, list[str]] | None = None,
-                 defects: Defects = Defects()) -> CorpusFiles:
+def write_corpus(
+    chapters: list[Chapter],
+    out_dir: Path,
+    *,
+    manifest_subsets: dict[str, list[str]] | None = None,
+    defects: Defects = Defects(),
+) -> CorpusFiles:
     """Write audio tars and cut manifests for `chapters` under `out_dir`; return paths + truth.
 
     manifest_subsets: manifest name -> recording ids whose cuts it holds (a `dev` manifest may
@@ -440,8 +516,7 @@ def write_corpus(chapters: list[Chapter], out_dir: Path, *,
             raise ValueError(f"manifest {name!r} lists recordings not among the chapters: {unknown}")
     for defect, name in defects.targets().items():
         if name not in manifest_subsets:
-            raise ValueError(f"defect {defect!r} targets manifest {name!r}; "
-                             f"manifests are {sorted(manifest_subsets)}")
+            raise ValueError(f"defect {defect!r} targets manifest {name!r}; manifests are {sorted(manifest_subsets)}")
 
     lays = [_layout(ch) for ch in chapters]
 
@@ -463,8 +538,11 @@ def write_corpus(chapters: list[Chapter], out_dir: Path, *,
     manifests, cuts, malformed = {}, {}, {}
     targets = defects.targets()
     for name, rec_ids in manifest_subsets.items():
-        rows = [list(pair) for rid in rec_ids
-                for pair in _chapter_cuts(index[rid], chapters[index[rid]], lays[index[rid]], name)]
+        rows = [
+            list(pair)
+            for rid in rec_ids
+            for pair in _chapter_cuts(index[rid], chapters[index[rid]], lays[index[rid]], name)
+        ]
         claimed: dict[str, int] = {}
         # Order matters: missing_audio copies a still-clean first cut, and past_end claims the
         # chapter's last cut before empty_text/too_short/asr_mismatch take the first free ones.
@@ -483,8 +561,6 @@ def write_corpus(chapters: list[Chapter], out_dir: Path, *,
         _write_jsonl_gz(manifests[name], lines)
         for _, t in rows:
             if t.cut_id in cuts:
-                raise ValueError(f"cut {t.cut_id} would appear in two manifests; "
-                                 f"give each recording to one manifest")
+                raise ValueError(f"cut {t.cut_id} would appear in two manifests; give each recording to one manifest")
             cuts[t.cut_id] = t
-    return CorpusFiles(out_dir, tars, manifests, cuts, {rid: lay.pcm.size for rid, lay in zip(ids, lays)},
-                       malformed)
+    return CorpusFiles(out_dir, tars, manifests, cuts, {rid: lay.pcm.size for rid, lay in zip(ids, lays)}, malformed)

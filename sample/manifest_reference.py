@@ -1,5 +1,6 @@
 """The planner as it was before msgspec (lhotse's MonoCut per line, float sums per recording),
 kept as the reference the fast path must agree with on well-formed manifests."""
+
 from __future__ import annotations
 
 import gzip
@@ -31,7 +32,7 @@ def lhotse_compact_cut(line: str, source_prefix: str) -> dict:
     return {
         "id": cut.id,
         "recording_id": cut.recording.id,
-        "audio": source[len(source_prefix):] if source.startswith(source_prefix) else source,
+        "audio": source[len(source_prefix) :] if source.startswith(source_prefix) else source,
         "start": float(cut.start),
         "duration": float(cut.duration),
         "channel": int(cut.channel) if isinstance(cut.channel, int) else 0,
@@ -59,6 +60,13 @@ def reference_units(manifest: Path, subset: str, unit_hours: float, source_prefi
     for name in sorted(set(unit_of.values())):
         recs = [r for r in unit_of if unit_of[r] == name]
         body = "".join(line for rec, line in rows if unit_of[rec] == name)
-        out.append((name, len(recs), body.count("\n"), round(sum(seconds[r] for r in recs), 3),
-                    hashlib.sha256(body.encode()).hexdigest()))
+        out.append(
+            (
+                name,
+                len(recs),
+                body.count("\n"),
+                round(sum(seconds[r] for r in recs), 3),
+                hashlib.sha256(body.encode()).hexdigest(),
+            )
+        )
     return out

@@ -6,6 +6,7 @@
   codebook by codebook, in one 40-bit little-endian integer of 5 bytes.
 Every decoder refuses what is not a 2-D array of values < 1024, and never unpickles.
 """
+
 from __future__ import annotations
 
 import io
@@ -37,8 +38,9 @@ def codes_to_npy(codes: np.ndarray) -> bytes:
     """A v2 WebDataset codes member: a .npy file (format 1.0, little-endian uint16, row-major),
     the same bytes for the same codes."""
     out = io.BytesIO()
-    np.lib.format.write_array(out, np.ascontiguousarray(check_codes(codes), dtype="<u2"),
-                              version=(1, 0), allow_pickle=False)
+    np.lib.format.write_array(
+        out, np.ascontiguousarray(check_codes(codes), dtype="<u2"), version=(1, 0), allow_pickle=False
+    )
     return out.getvalue()
 
 
@@ -68,8 +70,9 @@ def codes_to_arrow(arrays: list[np.ndarray]):
     arrays = [check_codes(a) for a in arrays]
     rows = np.array([a.shape[0] for a in arrays], dtype=np.int64)
     lists = np.repeat([a.shape[1] for a in arrays], rows).astype(np.int64)
-    values = pa.array(np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0, np.uint16),
-                      pa.uint16())
+    values = pa.array(
+        np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0, np.uint16), pa.uint16()
+    )
     inner = pa.ListArray.from_arrays(pa.array(_offsets(lists), pa.int32()), values)
     outer = pa.ListArray.from_arrays(pa.array(_offsets(rows), pa.int32()), inner)
     return outer.cast(codes_arrow_type())
@@ -96,10 +99,12 @@ def codes_from_arrow(column, where: str = "codes") -> list[np.ndarray]:
     out, row_start, value_start = [], 0, 0
     for k in codebooks.tolist():
         t = int(frames[row_start]) if k else 0
-        if k and (frames[row_start:row_start + k] != t).any():
-            raise SchemaError(f"{where}: row {len(out)} has codebooks of different lengths "
-                              f"{sorted(set(frames[row_start:row_start + k].tolist()))}")
-        out.append(values[value_start:value_start + k * t].reshape(k, t))
+        if k and (frames[row_start : row_start + k] != t).any():
+            raise SchemaError(
+                f"{where}: row {len(out)} has codebooks of different lengths "
+                f"{sorted(set(frames[row_start : row_start + k].tolist()))}"
+            )
+        out.append(values[value_start : value_start + k * t].reshape(k, t))
         row_start, value_start = row_start + k, value_start + k * t
     return out
 

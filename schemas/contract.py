@@ -5,6 +5,7 @@ In: a schema's name ("index.v2", "sample.v2", "parquet.v2", "lengths.v1") and da
 files are the language-neutral definition (JSON Schema for the index and per-sample metadata, a
 column list for Parquet shards and lengths.parquet).
 """
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,7 @@ def arrow_schema(name: str = f"parquet.v{PARQUET_VERSION}", names: set[str] | No
         "list<string>": pa.list_(pa.string()),
         "list<list<uint16>>": codes_arrow_type(),
     }
-    columns = [c for c in load_schema(name)["columns"]
-               if names is None or not c.get("optional") or c["name"] in names]
+    columns = [c for c in load_schema(name)["columns"] if names is None or not c.get("optional") or c["name"] in names]
     return pa.schema([pa.field(c["name"], types[c["type"]], nullable=c["nullable"]) for c in columns])
 
 

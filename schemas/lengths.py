@@ -7,6 +7,7 @@ shards) at a time: writing holds one row group of Python objects, never the corp
 and a reader that streams the file (the report, listen, verify) holds one row group decoded,
 ~64 x 5,000 samples. The file appears whole, at the end, or not at all.
 """
+
 from __future__ import annotations
 
 from contextlib import ExitStack

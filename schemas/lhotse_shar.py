@@ -21,6 +21,7 @@ Here the gzip header has mtime 0 and no file name and tar headers are fixed, so 
 samples give the same bytes. tests/test_shar.py checks lhotse's own reader loads them.
 `read_shard` reads them back, strictly, without lhotse (the trainer, verify, report, listen).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -81,26 +82,50 @@ def write_codes(samples, f) -> None:
 
 def _codes_manifest(shape) -> dict:
     """A TemporalArray placeholder: lhotse's reader fills in the bytes from the tar member."""
-    return {"array": {"storage_type": "shar", "storage_path": "", "storage_key": "", "shape": list(shape)},
-            "temporal_dim": 0, "frame_shift": 1 / FRAME_RATE, "start": 0}
+    return {
+        "array": {"storage_type": "shar", "storage_path": "", "storage_key": "", "shape": list(shape)},
+        "temporal_dim": 0,
+        "frame_shift": 1 / FRAME_RATE,
+        "start": 0,
+    }
 
 
 def cut_dict(s) -> dict:
     """The MonoCut dict lhotse's `Cut.to_dict` would write for this sample."""
     codebooks, frames = s.codes.shape
     duration = frames / FRAME_RATE
-    supervision = {"id": s.id, "recording_id": s.recording_id, "start": 0, "duration": duration,
-                   "channel": 0, "text": s.text, "language": LANGUAGE, "speaker": s.speaker}
+    supervision = {
+        "id": s.id,
+        "recording_id": s.recording_id,
+        "start": 0,
+        "duration": duration,
+        "channel": 0,
+        "text": s.text,
+        "language": LANGUAGE,
+        "speaker": s.speaker,
+    }
     if s.source_texts:
         supervision["custom"] = {"texts": list(s.source_texts)}
-    return {"id": s.id, "start": 0, "duration": duration, "channel": 0, "supervisions": [supervision],
-            "custom": {"codes": _codes_manifest([frames, codebooks]), "text_tokens": list(s.text_tokens),
-                       "subset": s.subset, "audio_duration": s.duration, "source_start": s.start},
-            "type": "MonoCut"}
+    return {
+        "id": s.id,
+        "start": 0,
+        "duration": duration,
+        "channel": 0,
+        "supervisions": [supervision],
+        "custom": {
+            "codes": _codes_manifest([frames, codebooks]),
+            "text_tokens": list(s.text_tokens),
+            "subset": s.subset,
+            "audio_duration": s.duration,
+            "source_start": s.start,
+        },
+        "type": "MonoCut",
+    }
 
 
-def read_shard(cuts: BinaryIO | bytes, codes: BinaryIO | bytes, wanted: np.ndarray | None = None, *,
-               bad_codes: str = "raise") -> Iterator[tuple[dict, np.ndarray]]:
+def read_shard(
+    cuts: BinaryIO | bytes, codes: BinaryIO | bytes, wanted: np.ndarray | None = None, *, bad_codes: str = "raise"
+) -> Iterator[tuple[dict, np.ndarray]]:
     """(sample metadata as in schemas/sample.v2.json, codes (codebooks, frames)) per cut in
     `wanted` (sorted; all when None), from a shard's two files (streams, or their bytes)
     read side by side and checked against each other the way lhotse pairs them, without lhotse:
@@ -122,8 +147,7 @@ def read_shard(cuts: BinaryIO | bytes, codes: BinaryIO | bytes, wanted: np.ndarr
             manifest = next(members, None)
             name = _check_pair(array, manifest, position, cut)
             if wanted_here:
-                yield _metadata(cut), _codes(cut, name, data, json.loads(tar.extractfile(manifest).read()),
-                                             bad_codes)
+                yield _metadata(cut), _codes(cut, name, data, json.loads(tar.extractfile(manifest).read()), bad_codes)
             if position == last:
                 return
         if next(members, None) is not None:
@@ -164,8 +188,10 @@ def _codes(cut: dict, name: str, data: bytes, manifest: dict, bad_codes: str):
     if manifest["array"]["shape"] != list(array.shape) or shape != list(array.shape):
         raise SchemaError(f"cut {name!r}: manifests give shape {shape}, the array is {list(array.shape)}")
     if abs(cut["duration"] - array.shape[0] / FRAME_RATE) > 1e-9:
-        raise SchemaError(f"cut {name!r}: duration {cut['duration']} s for {array.shape[0]} frames "
-                          f"(must be frames / {FRAME_RATE}, or lhotse truncates the codes)")
+        raise SchemaError(
+            f"cut {name!r}: duration {cut['duration']} s for {array.shape[0]} frames "
+            f"(must be frames / {FRAME_RATE}, or lhotse truncates the codes)"
+        )
     try:
         return check_codes(np.ascontiguousarray(array.T), f"{name}.npy")
     except SchemaError as err:
@@ -176,7 +202,13 @@ def _codes(cut: dict, name: str, data: bytes, manifest: dict, bad_codes: str):
 
 def _metadata(cut: dict) -> dict:
     sup, custom = cut["supervisions"][0], cut["custom"]
-    return {"id": cut["id"], "speaker": sup.get("speaker"), "subset": custom.get("subset"),
-            "duration": custom.get("audio_duration"), "text": sup.get("text"),
-            "text_tokens": custom.get("text_tokens"),
-            "recording_id": sup.get("recording_id"), "start": custom.get("source_start")}
+    return {
+        "id": cut["id"],
+        "speaker": sup.get("speaker"),
+        "subset": custom.get("subset"),
+        "duration": custom.get("audio_duration"),
+        "text": sup.get("text"),
+        "text_tokens": custom.get("text_tokens"),
+        "recording_id": sup.get("recording_id"),
+        "start": custom.get("source_start"),
+    }

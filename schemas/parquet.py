@@ -11,6 +11,7 @@ Read: row group by row group: only the groups holding wanted rows are read (a re
 byte ranges, storage.remote) and decoded, one at a time. Strict: the columns must be those of
 parquet.v1 or parquet.v2 (v1 shards, still read, hold 10-bit packed codes and their shape).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ def write(samples: list, f: BinaryIO) -> None:
     schema = arrow_schema()
     with pq.ParquetWriter(f, schema, compression="zstd", use_dictionary=True) as writer:
         for start in range(0, len(samples), PARQUET_ROW_GROUP):
-            group = samples[start:start + PARQUET_ROW_GROUP]
+            group = samples[start : start + PARQUET_ROW_GROUP]
             columns = {
                 "id": [s.id for s in group],
                 "speaker": [s.speaker for s in group],
@@ -51,9 +52,15 @@ def write(samples: list, f: BinaryIO) -> None:
             writer.write_table(pa.Table.from_pydict(columns, schema=schema), row_group_size=len(group))
 
 
-def read(file: pq.ParquetFile, wanted: np.ndarray | None = None, *, columns: list[str] | None = None,
-         version: int | None = None, bad_codes: str = "raise",
-         where: str = "codes") -> Iterator[tuple[dict, np.ndarray]]:
+def read(
+    file: pq.ParquetFile,
+    wanted: np.ndarray | None = None,
+    *,
+    columns: list[str] | None = None,
+    version: int | None = None,
+    bad_codes: str = "raise",
+    where: str = "codes",
+) -> Iterator[tuple[dict, np.ndarray]]:
     """(metadata, codes (codebooks, frames) uint16) for the positions in `wanted` (sorted;
     all when None), in shard order. `columns`: the metadata columns to read (None: all); v1's
     packed codes come with `codes_shape` and `codes_format`, as in its sample JSON. `version`:
@@ -62,8 +69,11 @@ def read(file: pq.ParquetFile, wanted: np.ndarray | None = None, *, columns: lis
     a v1 row whose packed codes do not unpack is yielded with its error instead."""
     v1 = pa.types.is_binary(file.schema_arrow.field("codes").type)
     expected = 1 if v1 else 2
-    if version is not None and version != expected or not file.schema_arrow.equals(
-            arrow_schema(f"parquet.v{expected}")):
+    if (
+        version is not None
+        and version != expected
+        or not file.schema_arrow.equals(arrow_schema(f"parquet.v{expected}"))
+    ):
         raise SchemaError(f"columns differ from schemas/parquet.v{version or expected}.json: {file.schema_arrow}")
     names = [c for c in file.schema_arrow.names if c != "codes"] if columns is None else list(columns)
     if v1:
@@ -71,8 +81,9 @@ def read(file: pq.ParquetFile, wanted: np.ndarray | None = None, *, columns: lis
     start = 0
     for group in range(file.num_row_groups):
         rows = file.metadata.row_group(group).num_rows
-        positions = np.arange(start, start + rows) if wanted is None else \
-            wanted[(wanted >= start) & (wanted < start + rows)]
+        positions = (
+            np.arange(start, start + rows) if wanted is None else wanted[(wanted >= start) & (wanted < start + rows)]
+        )
         if len(positions):
             table = file.read_row_group(group, columns=names + ["codes"]).take(pa.array(positions - start, pa.int64()))
             meta = {name: table.column(name).to_pylist() for name in names}

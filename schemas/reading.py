@@ -6,6 +6,7 @@ strict reader (schemas.webdataset, schemas.parquet, schemas.lhotse_shar) through
 storage.remote: WebDataset and Shar streamed, Parquet row group by row group. The trainer,
 verify, report and listen all read corpora here.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,12 +37,16 @@ def read_index(location: str, error: type[Exception] = SchemaError) -> dict:
     try:
         index = json.loads(read_bytes(join(location, "index.json")))
     except FileNotFoundError:
-        raise error(f"{location}: no index.json: the corpus is not finished (run valle-prep run again; "
-                    f"valle-prep status shows how far it got)") from None
+        raise error(
+            f"{location}: no index.json: the corpus is not finished (run valle-prep run again; "
+            f"valle-prep status shows how far it got)"
+        ) from None
     version = index.get("version") if isinstance(index, dict) else None
     if version not in READABLE_VERSIONS:
-        raise error(f"{join(location, 'index.json')}: index version {version!r}; this valle-corpus reads "
-                    f"versions {list(READABLE_VERSIONS)} (a newer valle-corpus wrote it: update this one)")
+        raise error(
+            f"{join(location, 'index.json')}: index version {version!r}; this valle-corpus reads "
+            f"versions {list(READABLE_VERSIONS)} (a newer valle-corpus wrote it: update this one)"
+        )
     validate(f"index.v{version}", index, where=join(location, "index.json"))
     return index
 
@@ -55,8 +60,11 @@ def index_shards(location: str, index: dict, fmt: str = "auto", error: type[Exce
         raise error(f"{location}: has no {chosen} shards (it has {sorted(formats)})")
     files = [s for s in index["shards"] if s["format"] == chosen]
     codes = {s["id"]: join(location, s["path"]) for s in files if s.get("field") == "codes"}
-    return [Shard(s["id"], join(location, s["path"]), chosen, s["subset"], s["samples"], codes.get(s["id"]))
-            for s in files if s.get("field") != "codes"]
+    return [
+        Shard(s["id"], join(location, s["path"]), chosen, s["subset"], s["samples"], codes.get(s["id"]))
+        for s in files
+        if s.get("field") != "codes"
+    ]
 
 
 def read_shard(shard: Shard, wanted: np.ndarray | None = None) -> Iterator[tuple[int, dict, np.ndarray]]:
@@ -82,5 +90,6 @@ def _samples(shard: Shard, wanted: np.ndarray | None) -> Iterator[tuple[dict, np
             yield from lhotse_shar.read_shard(cuts, codes, wanted)
     else:
         with open_random_access(shard.uri) as source:
-            yield from parquet.read(pq.ParquetFile(source), wanted, columns=["id", "speaker", "text_tokens"],
-                                    where=shard.uri)
+            yield from parquet.read(
+                pq.ParquetFile(source), wanted, columns=["id", "speaker", "text_tokens"], where=shard.uri
+            )

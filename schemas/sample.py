@@ -3,6 +3,7 @@
 Its metadata is `schemas/sample.v2.json` (the WebDataset `<key>.json` member, the Parquet
 columns but codes, the lhotse cut's fields); `codes` are (codebooks, frames) uint16.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,7 +27,12 @@ class Sample:
 
     def metadata(self) -> dict:
         return {
-            "id": self.id, "speaker": self.speaker, "subset": self.subset,
-            "duration": self.duration, "text": self.text, "text_tokens": list(self.text_tokens),
-            "recording_id": self.recording_id, "start": self.start,
+            "id": self.id,
+            "speaker": self.speaker,
+            "subset": self.subset,
+            "duration": self.duration,
+            "text": self.text,
+            "text_tokens": list(self.text_tokens),
+            "recording_id": self.recording_id,
+            "start": self.start,
         }

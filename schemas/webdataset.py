@@ -9,6 +9,7 @@ Read: streamed, sample by sample (a tar is never held whole); only wanted sample
 the others passed over unread, and reading stops after the last wanted one. Strict: every member
 is a regular file, and a sample's members are adjacent and exactly its JSON and its codes.
 """
+
 from __future__ import annotations
 
 import io
@@ -49,8 +50,14 @@ def write(samples, f: BinaryIO, unit: str, first_index: int) -> None:
             add_member(tar, f"{key}.{CODES_MEMBER}", codes_to_npy(s.codes))
 
 
-def read(stream: BinaryIO, wanted: np.ndarray | None = None, *, version: int | None = None,
-         bad_codes: str = "raise", where: str = "") -> Iterator[tuple[dict, np.ndarray]]:
+def read(
+    stream: BinaryIO,
+    wanted: np.ndarray | None = None,
+    *,
+    version: int | None = None,
+    bad_codes: str = "raise",
+    where: str = "",
+) -> Iterator[tuple[dict, np.ndarray]]:
     """(metadata, codes (codebooks, frames) uint16) for the positions in `wanted` (sorted;
     all when None), in shard order. `version`: the schema version the members must have (None:
     each sample's members say). `bad_codes="yield"` yields a sample whose codes do not decode with

@@ -21,6 +21,7 @@ file:// URLs go through the same code: the local file is read from the resume of
 server had answered 206, so the resume logic is exercised without a network.
 Large files are fetched as byte ranges by storage.ranged, into the same .part and marker.
 """
+
 from __future__ import annotations
 
 import errno
@@ -121,8 +122,13 @@ def download(
         if actual == checksum.hexdigest:
             write_marker(dest, url, checksum)
             return dest
-        log.warning("%s: existing file has %s:%s, not the requested %s; downloading again",
-                    dest, checksum.algo, actual, checksum)
+        log.warning(
+            "%s: existing file has %s:%s, not the requested %s; downloading again",
+            dest,
+            checksum.algo,
+            actual,
+            checksum,
+        )
     # No trusted copy: drop the stale marker first so a crash later cannot leave it vouching
     # for a different file, and drop an unverified dest so the disk is not used twice.
     marker_path(dest).unlink(missing_ok=True)
@@ -133,8 +139,9 @@ def download(
     if bar is not None:
         _fetch_with_retries(url, part, retries, backoff_s, timeout_s, bar)
     else:
-        with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-                  disable=not progress, leave=False) as own_bar:
+        with tqdm(
+            unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name, disable=not progress, leave=False
+        ) as own_bar:
             _fetch_with_retries(url, part, retries, backoff_s, timeout_s, own_bar)
 
     verify_part(part, url, checksum)
@@ -146,11 +153,14 @@ def download(
 
 
 def write_marker(dest: Path, url: str, checksum: Checksum | None) -> None:
-    write_json_atomic(marker_path(dest), {
-        "url": url,
-        "bytes": dest.stat().st_size,
-        "checksum": None if checksum is None else str(checksum),
-    })
+    write_json_atomic(
+        marker_path(dest),
+        {
+            "url": url,
+            "bytes": dest.stat().st_size,
+            "checksum": None if checksum is None else str(checksum),
+        },
+    )
 
 
 def verify_part(part: Path, url: str, checksum: Checksum | None) -> None:
@@ -167,21 +177,29 @@ def verify_part(part: Path, url: str, checksum: Checksum | None) -> None:
         )
 
 
-def _fetch_with_retries(url: str, part: Path, retries: int, backoff_s: float,
-                        timeout_s: float, bar: tqdm) -> None:
-    retry_until_done(lambda: _fetch_once(url, part, timeout_s, bar), lambda: file_size(part), url,
-                     retries, backoff_s)
+def _fetch_with_retries(url: str, part: Path, retries: int, backoff_s: float, timeout_s: float, bar: tqdm) -> None:
+    retry_until_done(lambda: _fetch_once(url, part, timeout_s, bar), lambda: file_size(part), url, retries, backoff_s)
 
 
 def retry_until_done(attempt, position, what: str, retries: int, backoff_s: float) -> None:
     """`storage.retry` for downloads: `Retryable` failures are retried, and after `retries` in a
     row without progress the download fails with a `DownloadError` naming `what`."""
-    def give_up(err: BaseException, made: int, best: int) -> DownloadError:
-        return DownloadError(f"{what}: gave up after {retries} attempts in a row without progress "
-                             f"({made} in all, {best} bytes at best); last error: {err}")
 
-    retry(attempt, transient=(Retryable,), attempts=retries, give_up=give_up, what=what,
-          backoff=Backoff(backoff_s, MAX_BACKOFF_S), position=position)
+    def give_up(err: BaseException, made: int, best: int) -> DownloadError:
+        return DownloadError(
+            f"{what}: gave up after {retries} attempts in a row without progress "
+            f"({made} in all, {best} bytes at best); last error: {err}"
+        )
+
+    retry(
+        attempt,
+        transient=(Retryable,),
+        attempts=retries,
+        give_up=give_up,
+        what=what,
+        backoff=Backoff(backoff_s, MAX_BACKOFF_S),
+        position=position,
+    )
 
 
 def file_size(path: Path) -> int:
@@ -256,7 +274,8 @@ def disk_full(part: Path, need: int | None, err: OSError | None = None) -> DiskF
         f"{'an unknown amount' if need is None else f'{need:,} more bytes ({_gib(need)})'} needed, "
         f"{free:,} bytes ({_gib(free)}) free{f' ({err})' if err else ''}. Free space there (or "
         f"point source.download_dir elsewhere) and run again: the download resumes from "
-        f"{part.name}")
+        f"{part.name}"
+    )
 
 
 def _gib(n: int) -> str:

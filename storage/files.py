@@ -6,6 +6,7 @@ the folder), and deterministic JSON (sorted keys, indent=1, UTF-8, trailing newl
 same object always gives the same bytes and ledgers, markers and indexes can be compared or
 hashed.
 """
+
 from __future__ import annotations
 
 import json

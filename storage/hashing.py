@@ -5,6 +5,7 @@ In: "sha256:<hex>" / "md5:<hex>" strings, files of any size, JSON-able settings.
 memory), and `json_digest`, the sha256 of an object's canonical JSON that keys every stage's
 output to the settings that made it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,9 +29,7 @@ class Checksum:
         if algo not in _HEX_LEN:
             raise ValueError(f"checksum algorithm {self.algo!r} is not supported; use 'sha256' or 'md5'")
         if len(hexdigest) != _HEX_LEN[algo] or not re.fullmatch(r"[0-9a-f]+", hexdigest):
-            raise ValueError(
-                f"{algo} digest {self.hexdigest!r} is not {_HEX_LEN[algo]} hex characters"
-            )
+            raise ValueError(f"{algo} digest {self.hexdigest!r} is not {_HEX_LEN[algo]} hex characters")
         object.__setattr__(self, "algo", algo)
         object.__setattr__(self, "hexdigest", hexdigest)
 

@@ -17,6 +17,7 @@ What the server said, classified once for every caller:
 - a 200 answers a ranged request with the whole object (`partial` False, `start` 0): the caller
   decides whether to skip to its offset or start over.
 """
+
 from __future__ import annotations
 
 import http.client

@@ -21,6 +21,7 @@ bytes). Pieces, each a plain function so it can run as a Ray task or in a thread
 A .part left by a single-stream attempt (no ledger) is not wasted: the ranges its contiguous
 prefix covers count as done, and the checksum vouches for them at the end as for the rest.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -132,8 +133,9 @@ class RangeLedger:
                 runs[-1][1] = i
             else:
                 runs.append([i, i])
-        write_json_atomic(self.path, {"url": self.url, "total": self.total,
-                                      "range_bytes": self.range_bytes, "done": runs})
+        write_json_atomic(
+            self.path, {"url": self.url, "total": self.total, "range_bytes": self.range_bytes, "done": runs}
+        )
 
     @classmethod
     def load(cls, dest: Path) -> RangeLedger | None:
@@ -157,8 +159,13 @@ def prepare(url: str, dest: Path, total: int, range_bytes: int) -> RangeLedger:
     if ledger is not None and ledger.total == total and file_size(part) == total:
         return ledger
     if ledger is not None:
-        log.warning("%s: the range ledger is for %d bytes but %s has %d (or the .part is gone); "
-                    "starting over", dest, ledger.total, url, total)
+        log.warning(
+            "%s: the range ledger is for %d bytes but %s has %d (or the .part is gone); starting over",
+            dest,
+            ledger.total,
+            url,
+            total,
+        )
         part.unlink(missing_ok=True)
     ledger_path(dest).unlink(missing_ok=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -233,8 +240,7 @@ def fetch_range(job: RangeJob, report: Callable[[int], None] = lambda n: None) -
             body.stream.close()
 
     try:
-        retry_until_done(attempt, lambda: pos, f"{job.url} (bytes {job.start}-{job.end})",
-                         job.retries, job.backoff_s)
+        retry_until_done(attempt, lambda: pos, f"{job.url} (bytes {job.start}-{job.end})", job.retries, job.backoff_s)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -252,19 +258,27 @@ def _open_range(job: RangeJob, pos: int) -> Response:
     try:
         body = open_http(job.url, pos, job.timeout_s, end=job.end)
     except Restart as e:  # 416 or a Content-Range elsewhere: the remote file is not what it was
-        raise DownloadError(f"{job.url}: bytes {pos}-{job.end} cannot be had ({e}); the remote file "
-                            f"changed? Delete {job.part} and its .ranges.json and run again") from e
+        raise DownloadError(
+            f"{job.url}: bytes {pos}-{job.end} cannot be had ({e}); the remote file "
+            f"changed? Delete {job.part} and its .ranges.json and run again"
+        ) from e
     if body.stream is None:
-        raise DownloadError(f"{job.url}: nothing to read at byte {pos} of a {job.total}-byte file; "
-                            f"the remote file changed? Delete {job.part} and run again")
+        raise DownloadError(
+            f"{job.url}: nothing to read at byte {pos} of a {job.total}-byte file; "
+            f"the remote file changed? Delete {job.part} and run again"
+        )
     if not body.partial:
         body.stream.close()
-        raise RangesIgnored(f"{job.url}: the server answered a request for bytes {pos}-{job.end} "
-                            f"with the whole file; run again to fetch it as one stream")
+        raise RangesIgnored(
+            f"{job.url}: the server answered a request for bytes {pos}-{job.end} "
+            f"with the whole file; run again to fetch it as one stream"
+        )
     if body.total is not None and body.total != job.total:
         body.stream.close()
-        raise DownloadError(f"{job.url}: the file is now {body.total} bytes, not {job.total}; the "
-                            f"remote file changed: run again to start it over")
+        raise DownloadError(
+            f"{job.url}: the file is now {body.total} bytes, not {job.total}; the "
+            f"remote file changed: run again to start it over"
+        )
     return body
 
 
@@ -313,4 +327,3 @@ def forget_ranges(dest: Path) -> None:
     if part.exists():
         os.truncate(part, keep)
     ledger.path.unlink(missing_ok=True)
-

@@ -17,6 +17,7 @@ Remote reads survive a long run:
   and the usual credentials, with one client per process: boto3 clients are not fork-safe, so a
   DataLoader worker never uses a client (or pooled connection) of its parent.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -36,8 +37,17 @@ BACKOFF_S = 0.5  # first wait; doubles per try, capped
 BACKOFF_CAP_S = 30.0
 TIMEOUT_S = 60.0
 RANGE_MIN_BYTES = 1 << 20  # random access: smaller reads fetch this much at once
-RETRY_S3 = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
-            "503", "500", "502", "504"}
+RETRY_S3 = {
+    "SlowDown",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "503",
+    "500",
+    "502",
+    "504",
+}
 
 
 class StorageError(OSError):
@@ -130,12 +140,20 @@ class ResumingStream(io.RawIOBase):
             return action()
 
         def give_up(err: BaseException, made: int, best: int) -> StorageError:
-            return StorageError(f"{self.uri}: still failing after {made} attempts at byte "
-                                f"{self.offset}: {type(err).__name__}: {err}")
+            return StorageError(
+                f"{self.uri}: still failing after {made} attempts at byte {self.offset}: {type(err).__name__}: {err}"
+            )
 
-        return retry(attempt, transient=_transient(), attempts=ATTEMPTS, give_up=give_up, what=self.uri,
-                     backoff=Backoff(BACKOFF_S, BACKOFF_CAP_S, jitter=True), position=lambda: self.offset,
-                     after_failure=self._drop)
+        return retry(
+            attempt,
+            transient=_transient(),
+            attempts=ATTEMPTS,
+            give_up=give_up,
+            what=self.uri,
+            backoff=Backoff(BACKOFF_S, BACKOFF_CAP_S, jitter=True),
+            position=lambda: self.offset,
+            after_failure=self._drop,
+        )
 
     def _drop(self) -> None:
         if self._body is not None:
@@ -161,8 +179,7 @@ class RangedFile(io.RawIOBase):
         with ResumingStream(uri, opener, 0, 1) as probe:  # one byte: is it there, and how big
             self.size = probe.size
         if self.size is None:
-            raise StorageError(f"{uri}: the server does not say the object's size, so it cannot be "
-                               "read by ranges")
+            raise StorageError(f"{uri}: the server does not say the object's size, so it cannot be read by ranges")
 
     def readable(self) -> bool:
         return True
@@ -190,7 +207,7 @@ class RangedFile(io.RawIOBase):
                 chunk = part.read(n - got)
                 if not chunk:  # ResumingStream raises on a short body; this guards the loop
                     raise StorageError(f"{self.uri}: range ended at byte {self.position + got}")
-                target[got: got + len(chunk)] = chunk
+                target[got : got + len(chunk)] = chunk
                 got += len(chunk)
             if part.size is not None and part.size != self.size:
                 raise StorageError(f"{self.uri}: changed while being read ({self.size} -> {part.size} bytes)")
@@ -199,14 +216,21 @@ class RangedFile(io.RawIOBase):
 
 
 def _transient() -> tuple[type[BaseException], ...]:
-    kinds = [Transient, ConnectionError, TimeoutError, socket.timeout, http.client.HTTPException,
-             urllib.error.URLError]
+    kinds = [Transient, ConnectionError, TimeoutError, socket.timeout, http.client.HTTPException, urllib.error.URLError]
     try:
         import botocore.exceptions as be
         import urllib3.exceptions as ue
 
-        kinds += [be.ResponseStreamingError, be.IncompleteReadError, be.ReadTimeoutError, be.ConnectTimeoutError,
-                  be.EndpointConnectionError, be.ConnectionClosedError, ue.ProtocolError, ue.ReadTimeoutError]
+        kinds += [
+            be.ResponseStreamingError,
+            be.IncompleteReadError,
+            be.ReadTimeoutError,
+            be.ConnectTimeoutError,
+            be.EndpointConnectionError,
+            be.ConnectionClosedError,
+            ue.ProtocolError,
+            ue.ReadTimeoutError,
+        ]
     except ImportError:
         pass
     return tuple(kinds)
@@ -272,6 +296,10 @@ def _s3_client():
             raise ImportError("reading s3:// needs boto3: pip install 'valle-corpus[s3]'") from None
         _CLIENTS.clear()  # a parent's client, inherited over fork, is never used
         session = boto3.session.Session()  # not boto3's module-level default session, shared with the parent
-        _CLIENTS[pid] = session.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 3},
-                                                           connect_timeout=TIMEOUT_S, read_timeout=TIMEOUT_S))
+        _CLIENTS[pid] = session.client(
+            "s3",
+            config=Config(
+                retries={"mode": "standard", "max_attempts": 3}, connect_timeout=TIMEOUT_S, read_timeout=TIMEOUT_S
+            ),
+        )
     return _CLIENTS[pid]

@@ -8,6 +8,7 @@ ranges) and remote reads (shards streamed or read by ranges). An attempt that mo
 fails within minutes. Each caller says which errors are transient and what to raise when it
 gives up (its own error type, naming the URL).
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,6 +27,7 @@ T = TypeVar("T")
 class Backoff:
     """Seconds to wait before the n-th retry in a row: first_s x 2^(n-1), at most cap_s; with
     jitter, a uniform share of 50-100 % of that (readers that fail together retry apart)."""
+
     first_s: float = 1.0
     cap_s: float = 60.0
     jitter: bool = False
@@ -35,10 +37,17 @@ class Backoff:
         return wait * random.uniform(0.5, 1.0) if self.jitter else wait
 
 
-def retry(attempt: Callable[[], T], *, transient: tuple[type[BaseException], ...], attempts: int,
-          backoff: Backoff, give_up: Callable[[BaseException, int, int], BaseException],
-          what: str = "", position: Callable[[], int] = lambda: 0,
-          after_failure: Callable[[], None] = lambda: None) -> T:
+def retry(
+    attempt: Callable[[], T],
+    *,
+    transient: tuple[type[BaseException], ...],
+    attempts: int,
+    backoff: Backoff,
+    give_up: Callable[[BaseException, int, int], BaseException],
+    what: str = "",
+    position: Callable[[], int] = lambda: 0,
+    after_failure: Callable[[], None] = lambda: None,
+) -> T:
     """Call `attempt()` until it returns and return its value. An exception of a `transient`
     type is retried after `backoff`; any other propagates at once. After `attempts` transient
     failures in a row that did not move `position()` past its largest value so far, raise
@@ -59,6 +68,14 @@ def retry(attempt: Callable[[], T], *, transient: tuple[type[BaseException], ...
         if stalled >= attempts:
             raise give_up(last, made, best) from last
         wait = backoff.delay(stalled)
-        log.warning("%s: %s: %s; retrying from byte %d in %.1f s (%d of %d attempts left without "
-                    "progress)", what, type(last).__name__, last, now, wait, attempts - stalled, attempts)
+        log.warning(
+            "%s: %s: %s; retrying from byte %d in %.1f s (%d of %d attempts left without progress)",
+            what,
+            type(last).__name__,
+            last,
+            now,
+            wait,
+            attempts - stalled,
+            attempts,
+        )
         time.sleep(wait)

@@ -13,6 +13,7 @@ it. One set of rules for DAGs (pipeline.dag) and trainer configs (trainer.config
 Errors are raised as the caller's error type (DagError, ConfigError), so each tool prints its
 own name; messages start with the file's path and name the key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -98,8 +99,13 @@ def check(settings, error: type[Exception] = SettingsError, where: str = "") -> 
             check(value, error, f"{where}.{f.name}" if where else f.name)
 
 
-def load(cls, path: str | Path, overrides: list[str] = (), error: type[Exception] = SettingsError,
-         what: str = "settings file"):
+def load(
+    cls,
+    path: str | Path,
+    overrides: list[str] = (),
+    error: type[Exception] = SettingsError,
+    what: str = "settings file",
+):
     """Read, override, build and check: the whole path for a file that needs nothing else."""
     raw = read_file(path, what, error)
     for item in overrides:

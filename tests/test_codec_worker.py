@@ -1,6 +1,7 @@
 """The codec worker: int16 16 kHz windows in, the same codes as decoding to float32 and
 resampling before sending (the pre-streaming path); weights handed over, not loaded again;
 concurrent callers get exactly their own codes; the fast modes run and are measured."""
+
 from __future__ import annotations
 
 import io
@@ -28,8 +29,7 @@ def weights():
 
 @pytest.fixture(scope="module")
 def worker(weights):
-    return CodecWorker(CodecConfig(weights="random", device="cpu", batch_seconds=4), *weights,
-                       resample_threads=2)
+    return CodecWorker(CodecConfig(weights="random", device="cpu", batch_seconds=4), *weights, resample_threads=2)
 
 
 def test_int16_windows_give_the_codes_of_the_float_path(worker, cuts_by_recording, store):
@@ -41,24 +41,29 @@ def test_int16_windows_give_the_codes_of_the_float_path(worker, cuts_by_recordin
         whole, rate = sf.read(io.BytesIO(store.read_bytes(cuts[0]["audio"])), dtype="float32")
         for seg in segments:
             first = int(round(seg.cut["start"] * rate))
-            before.append(resample(whole[first:first + len(seg.audio)], rate))
+            before.append(resample(whole[first : first + len(seg.audio)], rate))
             windows.append(seg.audio)
             rates.append(seg.rate)
     assert len(windows) >= 5 and {w.dtype for w in windows} == {np.dtype(np.int16)}
-    reference = CodecEncoder(CodecConfig(weights="random", device="cpu", batch_seconds=4),
-                             (worker.encoder._model.state_dict(), worker.weights))
+    reference = CodecEncoder(
+        CodecConfig(weights="random", device="cpu", batch_seconds=4),
+        (worker.encoder._model.state_dict(), worker.weights),
+    )
     for got, want in zip(worker.encode(windows, rates), reference.encode(before)):
         np.testing.assert_array_equal(got, want)
     stats = worker.stats()
     assert stats["forward_passes"] > 0 and stats["audio"] == pytest.approx(
-        sum(len(w) / r for w, r in zip(windows, rates)))
+        sum(len(w) / r for w, r in zip(windows, rates))
+    )
     assert all(stats[k] >= 0 for k in ("resample", "pad", "device", "device_wait"))
 
 
 def test_concurrent_callers_get_their_own_codes(worker):
     rng = np.random.default_rng(3)
-    calls = [[(rng.standard_normal(n) * 3000).astype(np.int16) for n in sizes]
-             for sizes in ([8000, 4000, 12000], [2000, 15000], [6000])]
+    calls = [
+        [(rng.standard_normal(n) * 3000).astype(np.int16) for n in sizes]
+        for sizes in ([8000, 4000, 12000], [2000, 15000], [6000])
+    ]
     alone = [worker.encode(c, [16000] * len(c)) for c in calls]
     together = [None] * len(calls)
 

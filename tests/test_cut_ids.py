@@ -1,5 +1,6 @@
 """Id sets as 128-bit digests: sorting, duplicate groups and membership agree with Python sets,
 including rows that share their first 64-bit word."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -45,8 +45,7 @@ def test_resume_after_dropped_connection_appends_after_206(site, source, tmp_pat
     dest = tmp_path / "out" / "data.bin"
     with HttpMirror(site, drop_after_bytes=100_000, drop_first=1) as mirror:
         download(mirror.url("data.bin"), dest, sha(source), **FAST)
-    assert [(r.range, r.status) for r in mirror.requests] == [
-        (None, 200), ("bytes=100000-", 206)]
+    assert [(r.range, r.status) for r in mirror.requests] == [(None, 200), ("bytes=100000-", 206)]
     assert mirror.requests[0].bytes_sent == 100_000
     assert sha256_file(dest) == hashlib.sha256(source).hexdigest()
     assert not part_of(dest).exists()
@@ -59,8 +58,7 @@ def test_server_ignoring_range_restarts_cleanly(site, source, tmp_path):
     part_of(dest).write_bytes(b"junk" * 1000)  # a stale .part that must not be kept
     with HttpMirror(site, honour_range=False, drop_after_bytes=50_000, drop_first=1) as mirror:
         download(mirror.url("data.bin"), dest, sha(source), **FAST)
-    assert [(r.range, r.status) for r in mirror.requests] == [
-        ("bytes=4000-", 200), ("bytes=50000-", 200)]
+    assert [(r.range, r.status) for r in mirror.requests] == [("bytes=4000-", 200), ("bytes=50000-", 200)]
     assert dest.read_bytes() == source  # no duplicated or stale bytes
 
 
@@ -96,7 +94,9 @@ def test_redirect_is_followed_and_keeps_range(site, source, tmp_path):
     with HttpMirror(site) as mirror:
         download(mirror.redirect_url("data.bin"), dest, sha(source), **FAST)
     assert [(r.path, r.range, r.status) for r in mirror.requests] == [
-        ("/redirect/data.bin", "bytes=1234-", 302), ("/data.bin", "bytes=1234-", 206)]
+        ("/redirect/data.bin", "bytes=1234-", 302),
+        ("/data.bin", "bytes=1234-", 206),
+    ]
     assert dest.read_bytes() == source
 
 
@@ -177,8 +177,7 @@ def test_404_fails_fast_with_clear_message(site, tmp_path):
     with HttpMirror(site) as mirror:
         started = time.monotonic()
         with pytest.raises(DownloadError) as err:
-            download(mirror.url("missing.bin"), tmp_path / "m.bin",
-                     retries=8, backoff_s=10.0, progress=False)
+            download(mirror.url("missing.bin"), tmp_path / "m.bin", retries=8, backoff_s=10.0, progress=False)
     assert time.monotonic() - started < 9.0  # a retry would have waited backoff_s=10 first
     assert len(mirror.requests) == 1
     assert mirror.url("missing.bin") in str(err.value) and "404" in str(err.value)
@@ -214,8 +213,7 @@ def test_part_longer_than_remote_file_is_discarded(site, source, tmp_path):
     part_of(dest).write_bytes(source + b"trailing garbage")
     with HttpMirror(site) as mirror:
         download(mirror.url("data.bin"), dest, sha(source), **FAST)
-    assert [(r.range, r.status) for r in mirror.requests] == [
-        (f"bytes={SIZE + 16}-", 416), (None, 200)]
+    assert [(r.range, r.status) for r in mirror.requests] == [(f"bytes={SIZE + 16}-", 416), (None, 200)]
     assert dest.read_bytes() == source
 
 
@@ -232,8 +230,11 @@ def test_attempts_that_get_no_further_still_give_up(site, source, tmp_path):
     """A server that ignores Range and drops at the same byte never gets past 50,000."""
     dest = tmp_path / "data.bin"
     with HttpMirror(site, honour_range=False, drop_after_bytes=50_000, drop_first=100) as mirror:
-        with pytest.raises(DownloadError, match=r"gave up after 3 attempts in a row without "
-                                                r"progress \(3 in all, 50000 bytes at best\)"):
+        with pytest.raises(
+            DownloadError,
+            match=r"gave up after 3 attempts in a row without "
+            r"progress \(3 in all, 50000 bytes at best\)",
+        ):
             download(mirror.url("data.bin"), dest, sha(source), **{**FAST, "retries": 3})
     assert len(mirror.requests) == 3
 

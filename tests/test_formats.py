@@ -2,6 +2,7 @@
 written: webdataset, pyarrow, pandas, Hugging Face datasets) get (8, frames) arrays equal to what
 the trainer reads; v1 corpora stay readable by the trainer and verify, and a re-run rewrites
 them as v2 from their committed codes without encoding audio again."""
+
 from __future__ import annotations
 
 import json
@@ -107,15 +108,21 @@ def downgrade_to_v1(out) -> None:
         path = out / shard["path"]
         if shard["format"] == "parquet":
             table = pq.read_table(path)
-            samples = [Sample(**{k: r[k] for k in fields}, codes=c) for r, c in
-                       zip(table.drop_columns(["codes"]).to_pylist(), schemas.codes_from_arrow(table.column("codes")))]
+            samples = [
+                Sample(**{k: r[k] for k in fields}, codes=c)
+                for r, c in zip(
+                    table.drop_columns(["codes"]).to_pylist(), schemas.codes_from_arrow(table.column("codes"))
+                )
+            ]
             write_parquet_v1(samples, path)
         else:
             with tarfile.open(path) as tar:
                 members = {m.name: tar.extractfile(m).read() for m in tar}
             keys = sorted({name.partition(".")[0] for name in members})
-            samples = [Sample(**json.loads(members[f"{k}.json"]), codes=schemas.codes_from_npy(members[f"{k}.codes.npy"]))
-                       for k in keys]
+            samples = [
+                Sample(**json.loads(members[f"{k}.json"]), codes=schemas.codes_from_npy(members[f"{k}.codes.npy"]))
+                for k in keys
+            ]
             write_webdataset_v1(samples, path, shard["unit"], 0)
         shard["bytes"] = path.stat().st_size
         shard["sha256"] = sha256_file(path)
@@ -153,8 +160,9 @@ def test_a_v1_corpus_is_rewritten_as_v2_without_encoding(corpus, tmp_path, tiny_
     assert summary.index["version"] == 2 and summary.index["codes"]["format"] == "uint16"
     assert verify(out) == []
     assert {p.name: p.read_bytes() for p in (out / "work" / "codes").iterdir()} == codes_before
-    assert [(s["path"], s["sha256"]) for s in summary.index["shards"]] == \
-        [(s["path"], s["sha256"]) for s in json.loads((corpus / "index.json").read_text())["shards"]]
+    assert [(s["path"], s["sha256"]) for s in summary.index["shards"]] == [
+        (s["path"], s["sha256"]) for s in json.loads((corpus / "index.json").read_text())["shards"]
+    ]
 
 
 def test_an_index_from_a_newer_version_is_refused_by_name(corpus, tmp_path):

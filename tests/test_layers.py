@@ -5,6 +5,7 @@ other; the inspect tools (pipeline.inspect) read corpora through the shared laye
 run's ledger, not through other stages; benchmarks and sample/ import no test module. Every
 import counts, including those inside functions and under TYPE_CHECKING.
 """
+
 from __future__ import annotations
 
 import ast
@@ -31,7 +32,7 @@ def imports(source: str, package: tuple[str, ...]) -> list[str]:
         if isinstance(node, ast.Import):
             names += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = ".".join(package[:len(package) - node.level + 1]) if node.level else ""
+            base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
             module = ".".join(p for p in (base, node.module or "") if p)
             names += [f"{module}.{a.name}" for a in node.names]
     return names
@@ -47,26 +48,39 @@ def project_files(*roots: str) -> list[Path]:
 
 @pytest.mark.parametrize("layer", LAYERS)
 def test_no_module_imports_a_layer_above_its_own(layer):
-    wrong = {(str(path.relative_to(REPO)), name) for path in project_files(layer) for name in imported_by(path)
-             if name.split(".")[0] in PROJECT and name.split(".")[0] not in ALLOWED[layer]}
+    wrong = {
+        (str(path.relative_to(REPO)), name)
+        for path in project_files(layer)
+        for name in imported_by(path)
+        if name.split(".")[0] in PROJECT and name.split(".")[0] not in ALLOWED[layer]
+    }
     assert not wrong, f"{layer} imports outside {sorted(ALLOWED[layer])}: {sorted(wrong)}"
 
 
 def test_the_inspect_tools_read_through_the_shared_layers():
-    wrong = {(str(path.relative_to(REPO)), name) for path in project_files("pipeline/inspect")
-             for name in imported_by(path)
-             if name.startswith("pipeline.") and not name.startswith(("pipeline.inspect", "pipeline.output.ledger"))}
+    wrong = {
+        (str(path.relative_to(REPO)), name)
+        for path in project_files("pipeline/inspect")
+        for name in imported_by(path)
+        if name.startswith("pipeline.") and not name.startswith(("pipeline.inspect", "pipeline.output.ledger"))
+    }
     assert not wrong, sorted(wrong)
 
 
 def test_benchmarks_and_sample_data_import_no_test_module():
-    wrong = {(str(path.relative_to(REPO)), name) for path in project_files("bench", "sample")
-             for name in imported_by(path) if name.split(".")[0] == "tests"}
+    wrong = {
+        (str(path.relative_to(REPO)), name)
+        for path in project_files("bench", "sample")
+        for name in imported_by(path)
+        if name.split(".")[0] == "tests"
+    }
     assert not wrong, sorted(wrong)
 
 
 def test_imports_are_found_wherever_they_are():
     """Inside a function, under TYPE_CHECKING, relative: each counts."""
-    source = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from trainer import corpus\n"
-              "def f():\n    from ..models import ar\n    import pipeline.runner\n")
+    source = (
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from trainer import corpus\n"
+        "def f():\n    from ..models import ar\n    import pipeline.runner\n"
+    )
     assert {"trainer.corpus", "trainer.models.ar", "pipeline.runner"} <= set(imports(source, ("trainer", "synth")))

@@ -1,5 +1,6 @@
 """`valle-prep listen`: a sample's codes, found by cut id through lengths.parquet, decoded by the
 corpus's EnCodec to a 24 kHz wav of frames x 320 samples; unknown and rejected ids say so."""
+
 from __future__ import annotations
 
 import json

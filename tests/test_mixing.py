@@ -2,6 +2,7 @@
 reading one shard at a time fills a batch with 1-3 speakers. Each worker interleaves many shard
 streams in front of its shuffle buffer; speaker ids come from lengths.parquet, so the planner
 measures the mix without opening a shard, and the loader delivers exactly that plan."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Segmenting: one decode per recording, exact windows, clamping, and a reason for every drop."""
+
 from __future__ import annotations
 
 import gzip
@@ -47,7 +48,7 @@ def test_windows_match_the_source_audio(tiny_corpus, cuts_by_recording, store):
             truth = tiny_corpus.cuts[seg.cut["id"]]
             assert seg.clamped == (truth.defect == "past_end")
             assert seg.duration == pytest.approx(truth.available_samples / 16000, abs=1 / 16000)
-            window = whole[truth.first_sample:truth.first_sample + round(seg.duration * rate)]
+            window = whole[truth.first_sample : truth.first_sample + round(seg.duration * rate)]
             # 16-bit FLAC travels as int16 at 16 kHz, and becomes exactly what decoding to
             # float32 and resampling gave before (so the codes are unchanged).
             assert seg.audio.dtype == np.int16 and seg.rate == rate == 16000

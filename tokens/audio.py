@@ -10,6 +10,7 @@ crosses Ray's object store as 16 kHz int16, a third of the bytes of 24 kHz float
 it), so the codes are those of decoding straight to float32. Synthesis turns its prompt into
 codec input here too, so a prompt becomes codes exactly as the corpus's audio did.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -22,6 +22,7 @@ in another batch, or with another thread count. The batches of a given list of w
 deterministic, so re-encoding the same unit with the same settings on the same kind of
 machine gives the same codes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -79,6 +80,7 @@ def _batches(lengths: list[int], max_samples: int) -> list[list[int]]:
 @dataclass
 class PreparedBatches:
     """Waveforms padded into host tensors (pinned for a GPU), ready for `CodecEncoder.run`."""
+
     lengths: list[int]  # samples of each input waveform, in input order
     batches: list[tuple[list[int], torch.Tensor]]  # (input indices, (B, 1, T) float32 host tensor)
 
@@ -138,8 +140,14 @@ class CodecEncoder:
             model, self.weights = codec_weights.load_model(self.cfg)
         model.set_target_bandwidth(self.cfg.bandwidth)
         self._model, self._device = model.to(device).eval(), device
-        log.info("EnCodec 24 kHz on %s (%s): %s weights sha256=%s (%s)", device, self.cfg.precision,
-                 self.weights.kind, self.weights.sha256, self.weights.source)
+        log.info(
+            "EnCodec 24 kHz on %s (%s): %s weights sha256=%s (%s)",
+            device,
+            self.cfg.precision,
+            self.weights.kind,
+            self.weights.sha256,
+            self.weights.source,
+        )
 
     def encode(self, waves: list[np.ndarray]) -> list[np.ndarray]:
         """float32 mono 24 kHz waveforms -> uint16 codes (n_q, num_frames(len)), same order."""
@@ -167,8 +175,9 @@ class CodecEncoder:
     def run(self, prepared: PreparedBatches) -> list[np.ndarray]:
         """Device work: every batch is queued without waiting, then the codes come back at once."""
         self.setup()
-        out: list[np.ndarray | None] = [np.zeros((self.n_q, 0), np.uint16) if n == 0 else None
-                                        for n in prepared.lengths]
+        out: list[np.ndarray | None] = [
+            np.zeros((self.n_q, 0), np.uint16) if n == 0 else None for n in prepared.lengths
+        ]
         pending = []
         with torch.inference_mode():
             for rows, x in prepared.batches:
@@ -191,8 +200,11 @@ class CodecEncoder:
         (the 24 kHz model neither splits nor normalizes), with the encoder network under
         autocast in bf16 mode and the quantizer always in float32."""
         model = self._model
-        autocast = (torch.autocast(self._device.type, dtype=torch.bfloat16)
-                    if self.cfg.precision == "bf16" else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(self._device.type, dtype=torch.bfloat16)
+            if self.cfg.precision == "bf16"
+            else contextlib.nullcontext()
+        )
         with autocast:
             emb = model.encoder(x)
         codes = model.quantizer.encode(emb.float(), model.frame_rate, model.bandwidth)  # (n_q, B, T)
@@ -224,7 +236,9 @@ def codec_for(codec: dict, weights: str | None = None, device: str = "cpu") -> C
     a source). Raises `CodecMismatch` when the weights load but are not the corpus's, and
     ValueError / `WeightsUnavailable` when they cannot be loaded."""
     if weights is None:
-        weights = codec["weights_source"] if codec.get("weights") == "checkpoint" else codec.get("weights", "pretrained")
+        weights = (
+            codec["weights_source"] if codec.get("weights") == "checkpoint" else codec.get("weights", "pretrained")
+        )
     encoder = CodecEncoder(CodecConfig(weights=weights, bandwidth=codec["bandwidth_kbps"], device=device))
     encoder.setup()
     if encoder.weights.sha256 != codec["weights_sha256"]:
@@ -232,5 +246,6 @@ def codec_for(codec: dict, weights: str | None = None, device: str = "cpu") -> C
         raise CodecMismatch(
             f"{weights!r} loaded EnCodec weights with sha256 {encoder.weights.sha256}, but the corpus was "
             f"encoded with weights sha256 {codec['weights_sha256']}{source}; pass those weights "
-            "(a corpus built offline used 'random')")
+            "(a corpus built offline used 'random')"
+        )
     return encoder

@@ -5,6 +5,7 @@ In: a `CodecConfig` (the DAG's `codec:` section). Out: its checks (`problems`), 
 bandwidth uses, the frames a number of samples gives, the padded seconds per forward pass on a
 device, and `CodecWeights`, the provenance of the weights that made a corpus's codes.
 """
+
 from __future__ import annotations
 
 import re

@@ -11,6 +11,7 @@ the state dict, where they came from):
 Codec workers do not resolve weights themselves: they get the driver's state dict and check it
 against its hash (`model_from_state`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -190,7 +191,10 @@ def _warn_random(reason: str, sha256: str) -> None:
         "!! Falling back to RANDOM-INIT weights (codec.weights=auto). The codes written with\n"
         "!! them are MEANINGLESS for training; their provenance says kind='random',\n"
         "!! sha256=%s.\n!! Set codec.weights=pretrained to make this an error instead.\n%s",
-        bar, reason, sha256, bar,
+        bar,
+        reason,
+        sha256,
+        bar,
     )
 
 
@@ -231,8 +235,10 @@ def model_from_state(state: dict[str, torch.Tensor], weights: CodecWeights) -> t
     """A model from a state dict resolved elsewhere, checked against the hash it was sent with."""
     digest = state_dict_sha256(state)
     if digest != weights.sha256:
-        raise RuntimeError(f"codec weights arrived with sha256 {digest[:12]}, expected "
-                           f"{weights.sha256[:12]} ({weights.kind}); they were damaged on the way")
+        raise RuntimeError(
+            f"codec weights arrived with sha256 {digest[:12]}, expected "
+            f"{weights.sha256[:12]} ({weights.kind}); they were damaged on the way"
+        )
     model = new_model()
     model.load_state_dict(state, strict=True)
     return model, weights

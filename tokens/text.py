@@ -8,6 +8,7 @@ Reserved ids, fixed in every model trained here (`tokens.constants`): pad=0, unk
 eos=3. encode() returns text pieces only; adding BOS/EOS and padding is the trainer's job.
 Training the BPE model is the pipeline's (`pipeline.text.bpe`).
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -4,6 +4,7 @@ In: the file and `dotted.key=value` strings (values parsed as YAML). Out: a chec
 `TrainConfig`, read by storage.settings (the loader DAGs use too): unknown keys, wrong types and
 values out of range (each section's `problems()`) fail before anything loads, naming the key.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

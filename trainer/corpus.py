@@ -11,6 +11,7 @@ Samples are read by schemas.reading.read_shard, which reads every format valle-p
 (v2: codes as .npy members / list<list<uint16>> columns; v1: 10-bit packed codes), shard by shard:
 corpora of both versions train together.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class CorpusError(ValueError):
 @dataclass
 class Samples:
     """Per-sample facts of a list of shards, flat: shard i holds samples offsets[i]:offsets[i+1]."""
+
     shards: list[Shard]
     offsets: np.ndarray  # (n_shards + 1,) int64
     frames: np.ndarray  # (n,) int32 codec frames
@@ -80,17 +82,22 @@ def provenance_key(index: dict) -> dict:
     checkpoints trained on it: the codec (model, bandwidth, codebooks, weights), the BPE model
     and the text normalization."""
     p = index["provenance"]
-    return {"codec": {k: p["codec"][k] for k in ("model", "bandwidth_kbps", "codebooks", "weights_sha256")},
-            "bpe_sha256": p["bpe"]["sha256"], "text": p["text"]}
+    return {
+        "codec": {k: p["codec"][k] for k in ("model", "bandwidth_kbps", "codebooks", "weights_sha256")},
+        "bpe_sha256": p["bpe"]["sha256"],
+        "text": p["text"],
+    }
 
 
-def open_corpus(location: str, *, roles: tuple[str, ...] = ("train",), fmt: str = "auto",
-                allow_random_codec: bool = False) -> Corpus:
+def open_corpus(
+    location: str, *, roles: tuple[str, ...] = ("train",), fmt: str = "auto", allow_random_codec: bool = False
+) -> Corpus:
     index = read_index(location, CorpusError)
     if index["provenance"]["codec"]["weights"] == "random" and not allow_random_codec:
         raise CorpusError(
             f"{location}: its codes come from a RANDOM-INIT EnCodec (an offline test corpus); training on "
-            "them teaches nothing about speech. Pass --allow-random-codec if that is what you want.")
+            "them teaches nothing about speech. Pass --allow-random-codec if that is what you want."
+        )
     subsets = {name for name, s in index["subsets"].items() if s["role"] in roles}
     shards = [s for s in index_shards(location, index, fmt, CorpusError) if s.subset in subsets]
     return Corpus(location, index, read_lengths(join(location, index["lengths"]["path"]), shards, location))
@@ -101,8 +108,11 @@ def read_lengths(uri: str, shards: list[Shard], where: str) -> Samples:
     raw = read_bytes(uri)  # ~4 bytes a sample: 47 MB for libriheavy-large
     names = set(pq.read_schema(pa.BufferReader(raw)).names)
     ids = {"speaker", "recording_id"} <= names
-    table = pq.read_table(pa.BufferReader(raw), columns=["shard", "frames", "text_tokens"] + (["speaker", "recording_id"] if ids else []),
-                          read_dictionary=["speaker.list.element", "recording_id.list.element"] if ids else None)
+    table = pq.read_table(
+        pa.BufferReader(raw),
+        columns=["shard", "frames", "text_tokens"] + (["speaker", "recording_id"] if ids else []),
+        read_dictionary=["speaker.list.element", "recording_id.list.element"] if ids else None,
+    )
     row_of = {shard: i for i, shard in enumerate(table.column("shard").to_pylist())}
     rows = [row_of.get(s.id, -1) for s in shards]
     if any(r < 0 for r in rows):
@@ -150,12 +160,18 @@ def merge(corpora: list[Corpus]) -> Samples:
     if all(p.speakers is not None for p in parts):
         names, inverse = np.unique(np.concatenate([p.speaker_names for p in parts]).astype(str), return_inverse=True)
         starts = np.cumsum([0] + [len(p.speaker_names) for p in parts])
-        speakers = np.concatenate([inverse[starts[i]:starts[i + 1]][p.speakers] for i, p in enumerate(parts)])
+        speakers = np.concatenate([inverse[starts[i] : starts[i + 1]][p.speakers] for i, p in enumerate(parts)])
         book_base = np.cumsum([0] + [int(p.books.max(initial=-1)) + 1 for p in parts])
         books = np.concatenate([p.books + book_base[i] for i, p in enumerate(parts)])  # books never span corpora
-    return Samples([s for p in parts for s in p.shards], offsets,
-                   np.concatenate([p.frames for p in parts]), np.concatenate([p.text_tokens for p in parts]),
-                   speakers, books, names)
+    return Samples(
+        [s for p in parts for s in p.shards],
+        offsets,
+        np.concatenate([p.frames for p in parts]),
+        np.concatenate([p.text_tokens for p in parts]),
+        speakers,
+        books,
+        names,
+    )
 
 
 def check_compatible(corpora: list[Corpus]) -> None:
@@ -164,4 +180,5 @@ def check_compatible(corpora: list[Corpus]) -> None:
         if other.provenance_key != first.provenance_key:
             raise CorpusError(
                 f"{other.location} and {first.location} were made with different codec or BPE settings "
-                f"({other.provenance_key} vs {first.provenance_key}); their tokens do not mean the same thing")
+                f"({other.provenance_key} vs {first.provenance_key}); their tokens do not mean the same thing"
+            )

@@ -19,6 +19,7 @@ checkpoints' provenance (codec and BPE), the BPE model file's sha256, and the lo
 weights' sha256. Synthesis reuses the pipeline's text normalization and codec loader so that
 the prompt is turned into tokens exactly as the corpus was.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,16 +77,20 @@ def load_bpe(args, provenance: dict) -> Tokenizer:
         index = read_index(args.data, SynthError)
         corpus_key = provenance_key(index)
         if corpus_key != provenance:
-            raise SynthError(f"{args.data} was made with other codec/BPE/text settings than the "
-                             f"checkpoints ({corpus_key} vs {provenance}); use the corpus they were trained on")
+            raise SynthError(
+                f"{args.data} was made with other codec/BPE/text settings than the "
+                f"checkpoints ({corpus_key} vs {provenance}); use the corpus they were trained on"
+            )
         where = join(args.data, index["provenance"]["bpe"]["model"])
         data = _read(where, "BPE model")
     else:
         raise SynthError("give --data CORPUS (its BPE model is used) or --bpe PATH")
     sha = hashlib.sha256(data).hexdigest()
     if sha != provenance["bpe_sha256"]:
-        raise SynthError(f"BPE model {where} has sha256 {sha}, but the checkpoints were trained with "
-                         f"{provenance['bpe_sha256']}; use the BPE model of their corpus")
+        raise SynthError(
+            f"BPE model {where} has sha256 {sha}, but the checkpoints were trained with "
+            f"{provenance['bpe_sha256']}; use the BPE model of their corpus"
+        )
     return Tokenizer(where, data)  # the model the checkpoints were trained with: it parses
 
 
@@ -106,8 +111,7 @@ def load_codec(weights: str, provenance: dict, device: str) -> CodecEncoder:
 
 def synthesize(args) -> tuple[np.ndarray, int]:
     """Run the four steps; returns (float32 waveform at 24 kHz, generated frames)."""
-    device = torch.device(args.device if args.device != "auto" else
-                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SynthError(f"--device {args.device}: CUDA is not available here; use auto or cpu")
     if not args.max_seconds > 0:
@@ -115,11 +119,15 @@ def synthesize(args) -> tuple[np.ndarray, int]:
     ar, ar_prov = load_checkpoint(args.ar, ARModel, device)
     nar, nar_prov = load_checkpoint(args.nar, NARModel, device)
     if ar_prov != nar_prov:
-        raise SynthError(f"the AR and NAR checkpoints were trained on corpora with different codec/BPE "
-                         f"provenance ({ar_prov} vs {nar_prov}); their tokens do not mean the same thing")
+        raise SynthError(
+            f"the AR and NAR checkpoints were trained on corpora with different codec/BPE "
+            f"provenance ({ar_prov} vs {nar_prov}); their tokens do not mean the same thing"
+        )
     if ar_prov["text"]["normalization"] != NORMALIZATION:
-        raise SynthError(f"the corpus normalized text as {ar_prov['text']['normalization']!r}; this "
-                         f"pipeline version does {NORMALIZATION!r}")
+        raise SynthError(
+            f"the corpus normalized text as {ar_prov['text']['normalization']!r}; this "
+            f"pipeline version does {NORMALIZATION!r}"
+        )
     K = ar_prov["codec"]["codebooks"]
     if nar.cfg.n_codebooks != K:
         raise SynthError(f"the NAR predicts {nar.cfg.n_codebooks} codebooks, the codec uses {K}")
@@ -145,13 +153,20 @@ def synthesize(args) -> tuple[np.ndarray, int]:
     P = prompt.shape[2]
     room = min(ar.cfg.max_audio_frames, nar.cfg.max_audio_frames) - P
     if ar.cfg.group_size > P or room < 1:
-        raise SynthError(f"the prompt is {P / FRAME_RATE:.2f} s ({P} frames); it must be at least "
-                         f"{ar.cfg.group_size} frames and leave room in the models' "
-                         f"{ar.cfg.max_audio_frames} frames")
+        raise SynthError(
+            f"the prompt is {P / FRAME_RATE:.2f} s ({P} frames); it must be at least "
+            f"{ar.cfg.group_size} frames and leave room in the models' "
+            f"{ar.cfg.max_audio_frames} frames"
+        )
     warn_prompt_range(P, nar.cfg.prompt_seconds)
     max_frames = min(round(args.max_seconds * FRAME_RATE), room)
-    sampling = SamplingConfig(top_p=args.top_p, window=args.window, repetition_threshold=args.threshold,
-                              temperature=args.temperature, max_frames=max_frames)
+    sampling = SamplingConfig(
+        top_p=args.top_p,
+        window=args.window,
+        repetition_threshold=args.threshold,
+        temperature=args.temperature,
+        max_frames=max_frames,
+    )
 
     # AR codebook 1, NAR codebooks 2..K, then the decoder.
     torch.manual_seed(args.seed)
@@ -169,9 +184,12 @@ def warn_prompt_range(frames: int, trained: tuple[float, float]) -> None:
     """The NAR has only seen prompts of `trained` seconds; say so when this one is outside."""
     seconds, (low, high) = frames / FRAME_RATE, trained
     if not low <= seconds <= high:
-        print(f"valle-synth: warning: the prompt is {seconds:.2f} s, but the NAR checkpoint was trained on "
-              f"{low:g}-{high:g} s prompts (model.prompt_seconds); quality may suffer. Use a prompt in that "
-              "range, or train the NAR with a range that covers it.", file=sys.stderr)
+        print(
+            f"valle-synth: warning: the prompt is {seconds:.2f} s, but the NAR checkpoint was trained on "
+            f"{low:g}-{high:g} s prompts (model.prompt_seconds); quality may suffer. Use a prompt in that "
+            "range, or train the NAR with a range that covers it.",
+            file=sys.stderr,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ batches, then takes the device lock only to run them; so while one call's batche
 device, the next call's host work proceeds. Codes depend only on the call's own windows (their
 batches are formed from them alone), never on what else runs at the same time.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -27,8 +28,14 @@ from tokens.codec_settings import CodecConfig, CodecWeights
 
 
 class CodecWorker:
-    def __init__(self, cfg: CodecConfig, state: dict, weights: CodecWeights, threads: int | None = None,
-                 resample_threads: int = 1):
+    def __init__(
+        self,
+        cfg: CodecConfig,
+        state: dict,
+        weights: CodecWeights,
+        threads: int | None = None,
+        resample_threads: int = 1,
+    ):
         # oneDNN (CPU convolutions) caches compiled kernels per input shape, 1024 by default, and
         # every batch has its own padded length: its cache would grow by megabytes per batch for
         # hours. Read when the first kernel is built, so set before this process encodes.
@@ -62,8 +69,15 @@ class CodecWorker:
             t4 = time.perf_counter()
         del prepared
         _release_freed_memory()
-        self._add({"resample": t1 - t0, "pad": t2 - t1, "device_wait": t3 - t2, "device": t4 - t3,
-                   "audio": sum(len(w) / r for w, r in zip(windows, rates))})
+        self._add(
+            {
+                "resample": t1 - t0,
+                "pad": t2 - t1,
+                "device_wait": t3 - t2,
+                "device": t4 - t3,
+                "audio": sum(len(w) / r for w, r in zip(windows, rates)),
+            }
+        )
         return codes
 
     def _add(self, seconds: dict) -> None:

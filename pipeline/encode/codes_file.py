@@ -11,6 +11,7 @@ were streamed) are still read, whole.
 `content_sha256` hashes the arrays in their logical (row-major) layout, whatever the layout on
 disk, so it is the same digest as for those older files and the shards keyed to it stay current.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -81,8 +82,12 @@ class CodesWriter:
         os.replace(self.partial, self.target)
         fsync_dir(self.target.parent)
         self.raw.unlink()
-        return {"content_sha256": digest, "cuts": len(self.cut_ids),
-                "seconds": round(float(meta["durations"].sum()), 3), "clamped": int(meta["clamped"].sum())}
+        return {
+            "content_sha256": digest,
+            "cuts": len(self.cut_ids),
+            "seconds": round(float(meta["durations"].sum()), 3),
+            "clamped": int(meta["clamped"].sum()),
+        }
 
     def abandon(self) -> None:
         self._raw.close()
@@ -140,8 +145,9 @@ class CodesFile:
         """(cut id, duration, codes (n_q, frames) uint16) in file order."""
         with zipfile.ZipFile(self.path) as zf, zf.open("codes.npy") as member:
             version = np.lib.format.read_magic(member)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read_header(member)
             if fortran and self.cut_ids:
                 n_q = shape[0]
@@ -154,5 +160,5 @@ class CodesFile:
             codes = data["codes"]
         start = 0
         for cut_id, duration, frames in zip(self.cut_ids, self.durations, self.frames):
-            yield cut_id, duration, codes[:, start:start + frames]
+            yield cut_id, duration, codes[:, start : start + frames]
             start += frames

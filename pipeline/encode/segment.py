@@ -8,6 +8,7 @@ are clamped to what exists (the manifests' num_samples are sometimes slightly of
 that, the transcript no longer matches the audio: rejected. Resampling to the codec's 24 kHz
 happens where the audio is encoded (tokens.audio), so what travels is a third the size.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,8 +37,9 @@ def reject(cut: dict, reason: str, detail: str = "") -> dict:
     return {"cut_id": cut["id"], "reason": reason, "detail": detail}
 
 
-def segment_recording(cuts: list[dict], read_bytes: Callable[[str], bytes],
-                      min_duration: float, max_duration: float) -> tuple[list[Segment], list[dict]]:
+def segment_recording(
+    cuts: list[dict], read_bytes: Callable[[str], bytes], min_duration: float, max_duration: float
+) -> tuple[list[Segment], list[dict]]:
     """Decode the recording all `cuts` share and slice each cut's window out of it."""
     audio_path = cuts[0]["audio"]
     try:
@@ -61,9 +63,14 @@ def segment_recording(cuts: list[dict], read_bytes: Callable[[str], bytes],
         wanted = int(round((cut["start"] + cut["duration"]) * rate))
         last = min(wanted, total)
         if first >= total or last <= first or wanted - total > PAST_END_TOLERANCE_S * rate:
-            rejects.append(reject(cut, "window_past_end",
-                                  f"window {cut['start']:.3f}-{cut['start'] + cut['duration']:.3f}s; "
-                                  f"{audio_path} lasts {total / rate:.3f}s"))
+            rejects.append(
+                reject(
+                    cut,
+                    "window_past_end",
+                    f"window {cut['start']:.3f}-{cut['start'] + cut['duration']:.3f}s; "
+                    f"{audio_path} lasts {total / rate:.3f}s",
+                )
+            )
             continue
         duration = (last - first) / rate
         if duration < min_duration:
@@ -73,7 +80,9 @@ def segment_recording(cuts: list[dict], read_bytes: Callable[[str], bytes],
             rejects.append(reject(cut, "too_long", f"{duration:.3f}s > {max_duration}s"))
             continue
         window = np.ascontiguousarray(samples[first:last, channel])
-        segments.append(Segment(cut=cut, audio=window, rate=rate, start=cut["start"],
-                                duration=round(duration, 6), clamped=last < wanted))
+        segments.append(
+            Segment(
+                cut=cut, audio=window, rate=rate, start=cut["start"], duration=round(duration, 6), clamped=last < wanted
+            )
+        )
     return segments, rejects
-

@@ -15,6 +15,7 @@ dropped once it is sent, its codes go to disk as they come back, and shards are 
 the codes file cut by cut.
 Plain Python, no Ray: the executor supplies the codec and the parallelism.
 """
+
 from __future__ import annotations
 
 import os
@@ -65,9 +66,15 @@ class UnitJob:
         return json_digest({"audio": self.audio_fingerprint, "unit": self.unit.sha256})
 
     def shards_fingerprint(self, codes_content: str) -> str:
-        return json_digest({"codes": codes_content, "text": self.text_fingerprint,
-                            "formats": self.formats, "target": self.target_shard_bytes,
-                            "layout": LAYOUT_VERSION})
+        return json_digest(
+            {
+                "codes": codes_content,
+                "text": self.text_fingerprint,
+                "formats": self.formats,
+                "target": self.target_shard_bytes,
+                "layout": LAYOUT_VERSION,
+            }
+        )
 
     @property
     def codes_rel(self) -> str:
@@ -78,10 +85,13 @@ def is_current(job: UnitJob, entry: dict | None = None) -> bool:
     """True when the ledger says codes and shards exist for exactly the current settings."""
     entry = ledger.read_entry(job.out, job.unit.name) if entry is None else entry
     codes_rec, shards_rec = entry.get("codes"), entry.get("shards")
-    return bool(codes_rec and codes_rec["fingerprint"] == job.codes_fingerprint
-                and shards_rec
-                and shards_rec["fingerprint"] == job.shards_fingerprint(codes_rec["content_sha256"])
-                and ledger.files_present(job.out, [codes_rec] + shards_rec["files"]))
+    return bool(
+        codes_rec
+        and codes_rec["fingerprint"] == job.codes_fingerprint
+        and shards_rec
+        and shards_rec["fingerprint"] == job.shards_fingerprint(codes_rec["content_sha256"])
+        and ledger.files_present(job.out, [codes_rec] + shards_rec["files"])
+    )
 
 
 def run_unit(job: UnitJob, encode_async: EncodeAsync) -> dict:
@@ -103,8 +113,7 @@ def run_unit(job: UnitJob, encode_async: EncodeAsync) -> dict:
         action = "codes"
 
     fingerprint = job.shards_fingerprint(codes_rec["content_sha256"])
-    if (shards_rec and shards_rec["fingerprint"] == fingerprint
-            and ledger.files_present(out, shards_rec["files"])):
+    if shards_rec and shards_rec["fingerprint"] == fingerprint and ledger.files_present(out, shards_rec["files"]):
         return _result(job, action, shards_rec, timings)
     started = time.perf_counter()
     shards_rec = _write_shards(job, cuts, texts, cers, codes, selection_rejects, fingerprint)
@@ -148,8 +157,9 @@ def _encode(job: UnitJob, cuts: list[dict], encode_async: EncodeAsync, timings: 
         rejects, in_flight, chunk = [], deque(), []
         for _, rec_cuts in groupby(cuts, key=lambda c: c["recording_id"]):
             started = time.perf_counter()
-            segments, dropped = segment_recording(list(rec_cuts), job.audio_store.read_bytes,
-                                                  job.min_duration, job.max_duration)
+            segments, dropped = segment_recording(
+                list(rec_cuts), job.audio_store.read_bytes, job.min_duration, job.max_duration
+            )
             timings["read_decode_slice"] += time.perf_counter() - started
             rejects += dropped
             chunk += segments
@@ -169,9 +179,14 @@ def _encode(job: UnitJob, cuts: list[dict], encode_async: EncodeAsync, timings: 
     except Exception:
         writer.abandon()
         raise
-    record = {"fingerprint": job.codes_fingerprint, "path": job.codes_rel,
-              "bytes": target.stat().st_size, "sha256": sha256_file(target), **totals,
-              "rejects": rejects}
+    record = {
+        "fingerprint": job.codes_fingerprint,
+        "path": job.codes_rel,
+        "bytes": target.stat().st_size,
+        "sha256": sha256_file(target),
+        **totals,
+        "rejects": rejects,
+    }
     return record, CodesFile(target)
 
 
@@ -202,14 +217,24 @@ def _write_shards(job: UnitJob, cuts, texts, cers, codes: CodesFile, selection_r
     for fmt in FORMAT_DIRS:
         for leftover in (job.out / fmt / job.unit.subset).glob(unit_files(fmt, job.unit.name) + ".partial"):
             leftover.unlink()
-    written, lengths = write_unit_shards(_samples(job, cuts, texts, cers, codes), job.out, job.unit.subset,
-                                         job.unit.name, job.formats, job.target_shard_bytes)
+    written, lengths = write_unit_shards(
+        _samples(job, cuts, texts, cers, codes),
+        job.out,
+        job.unit.subset,
+        job.unit.name,
+        job.formats,
+        job.target_shard_bytes,
+    )
     for tmp, record in written:
         os.replace(tmp, job.out / record.path)
         fsync_dir((job.out / record.path).parent)
-    return {"fingerprint": fingerprint, "files": [r.record() for _, r in written],
-            "lengths": lengths, "samples": sum(len(s["frames"]) for s in lengths),
-            "rejects": selection_rejects}
+    return {
+        "fingerprint": fingerprint,
+        "files": [r.record() for _, r in written],
+        "lengths": lengths,
+        "samples": sum(len(s["frames"]) for s in lengths),
+        "rejects": selection_rejects,
+    }
 
 
 def _samples(job: UnitJob, cuts, texts, cers, codes: CodesFile) -> Iterator[Sample]:
@@ -225,14 +250,24 @@ def _samples(job: UnitJob, cuts, texts, cers, codes: CodesFile) -> Iterator[Samp
         if cut_id != cut["id"]:
             continue
         text = texts[cut_id]
-        yield Sample(id=cut_id, speaker=cut["speaker"], subset=job.unit.subset, duration=duration,
-                     text=text, text_tokens=job.tokenizer.encode(text), codes=array,
-                     recording_id=cut["recording_id"], start=cut["start"], text_cer=cers[cut_id],
-                     source_texts=cut["texts"])
+        yield Sample(
+            id=cut_id,
+            speaker=cut["speaker"],
+            subset=job.unit.subset,
+            duration=duration,
+            text=text,
+            text_tokens=job.tokenizer.encode(text),
+            codes=array,
+            recording_id=cut["recording_id"],
+            start=cut["start"],
+            text_cer=cers[cut_id],
+            source_texts=cut["texts"],
+        )
         cut = next(wanted, None)
     if cut is not None:
-        raise RuntimeError(f"unit {job.unit.name}: {job.codes_rel} is not in plan order at cut "
-                           f"{cut['id']!r}; delete it and run again")
+        raise RuntimeError(
+            f"unit {job.unit.name}: {job.codes_rel} is not in plan order at cut {cut['id']!r}; delete it and run again"
+        )
 
 
 def _remove_stale_shards(job: UnitJob, shards_rec: dict) -> None:
@@ -246,5 +281,10 @@ def _remove_stale_shards(job: UnitJob, shards_rec: dict) -> None:
 
 
 def _result(job: UnitJob, action: str, shards_rec: dict, timings: Counter) -> dict:
-    return {"unit": job.unit.name, "action": action, "seconds": job.unit.seconds,
-            "samples": shards_rec["samples"], "timings": dict(timings)}
+    return {
+        "unit": job.unit.name,
+        "action": action,
+        "seconds": job.unit.seconds,
+        "samples": shards_rec["samples"],
+        "timings": dict(timings),
+    }

@@ -11,6 +11,7 @@ passes, audio seconds, seconds per step: where the time goes).
   node each), unit tasks on their workers' nodes, restarts and retries.
 Stage code (pipeline.encode.unit, pipeline.encode.codec_worker) knows neither.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -48,8 +49,13 @@ def chunked(jobs: list[UnitJob], batch_seconds: float) -> list[UnitJob]:
 
 def progress_bar(jobs: list[UnitJob], progress: bool) -> tqdm:
     """Progress in seconds of audio, so the rate reads as "x real time"."""
-    return tqdm(total=round(sum(j.unit.seconds for j in jobs)), unit="s audio", unit_scale=True,
-                desc=f"encoding {len(jobs)} units", disable=not progress)
+    return tqdm(
+        total=round(sum(j.unit.seconds for j in jobs)),
+        unit="s audio",
+        unit_scale=True,
+        desc=f"encoding {len(jobs)} units",
+        disable=not progress,
+    )
 
 
 def failure(job: UnitJob, err: BaseException) -> dict:

@@ -4,6 +4,7 @@ Apart from ray_cluster.py, and torch-free until constructed: unit tasks import r
 hold a handle to this actor (which imports this module), and decode workers start faster and
 smaller without torch (~350 MB).
 """
+
 from __future__ import annotations
 
 from pipeline.encode.codec_worker import CodecWorker

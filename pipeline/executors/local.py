@@ -3,6 +3,7 @@
 The codec worker runs in a background thread: while it encodes a chunk, the unit decodes the
 next (torch and libsndfile release the GIL). Same stage code and same codes as on Ray.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,6 +26,7 @@ class LocalExecutor:
         outcome = UnitsOutcome()
         bar = progress_bar(jobs, progress)
         with ThreadPoolExecutor(1, thread_name_prefix="codec") as codec_thread:
+
             def encode_async(windows, rates):
                 return codec_thread.submit(worker.encode, windows, rates).result
 

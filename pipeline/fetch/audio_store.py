@@ -51,9 +51,14 @@ def _unsafe_name_reason(name: str) -> str | None:
 
 
 def _kind(member: tarfile.TarInfo) -> str:
-    for test, kind in ((member.issym, "symlink"), (member.islnk, "hardlink"),
-                       (member.isdir, "directory"), (member.ischr, "character device"),
-                       (member.isblk, "block device"), (member.isfifo, "fifo")):
+    for test, kind in (
+        (member.issym, "symlink"),
+        (member.islnk, "hardlink"),
+        (member.isdir, "directory"),
+        (member.ischr, "character device"),
+        (member.isblk, "block device"),
+        (member.isfifo, "fifo"),
+    ):
         if test():
             return kind
     return f"not a regular file (type {member.type!r})"
@@ -112,8 +117,7 @@ def index_tar(tar_path: Path) -> Path:
             f"{tar_path} cannot be read as an uncompressed tar ({e}): if it is truncated, "
             f"download it again; if it is compressed, decompress it (tars are read in place)"
         ) from e
-    write_json_atomic(out, {"tar": tar_path.name, "tar_bytes": tar_bytes,
-                            "members": members, "skipped": skipped})
+    write_json_atomic(out, {"tar": tar_path.name, "tar_bytes": tar_bytes, "members": members, "skipped": skipped})
     return out
 
 

@@ -4,6 +4,7 @@ In: the DAG's `source:` and `download:` sections, OUT, a task pool (pipeline.fet
 Out: each subset's verified manifest as soon as it is there (`manifests()`: a lookup waits for
 that manifest only), then the audio store over every verified, indexed archive (`audio_store()`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,12 +38,14 @@ class Sources:
         checksums = {name: Checksum.parse(text) for name, text in (src.checksums or {}).items()}
         self.manifest_paths = {s: folder / src.manifest_name(s) for s in dag.subsets.roles()}
         self.tars = [] if src.audio_dir else [folder / name for name in src.audio_archives]
-        jobs = [FileJob(base + path.name, path, checksums.get(path.name))
-                for base, paths in ((src.manifest_base_url, self.manifest_paths.values()),
-                                    (src.audio_base_url, self.tars))
-                for path in paths]
-        settings = DownloadSettings(connections=dl.connections, range_bytes=dl.range_bytes,
-                                    retries=dl.retries, timeout_s=dl.timeout_s)
+        jobs = [
+            FileJob(base + path.name, path, checksums.get(path.name))
+            for base, paths in ((src.manifest_base_url, self.manifest_paths.values()), (src.audio_base_url, self.tars))
+            for path in paths
+        ]
+        settings = DownloadSettings(
+            connections=dl.connections, range_bytes=dl.range_bytes, retries=dl.retries, timeout_s=dl.timeout_s
+        )
         self.pool = pool
         self.transfers = Transfers(jobs, settings, pool, progress)
 

@@ -6,6 +6,7 @@ scheduler waits on, results, and the bytes each file received since it last aske
 - `RayTasks`: Ray actors pinned to the driver's node, one per connection in use (the production
   path); progress goes through a counter actor, batched.
 """
+
 from __future__ import annotations
 
 import threading
@@ -83,7 +84,8 @@ class RayTasks:
         node = ray.get_runtime_context().get_node_id()
         # num_cpus=0: a transfer waits on the network, and the scheduler caps how many run.
         self._actor_cls = ray.remote(_TransferActor).options(
-            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+        )
         self._counter = ray.remote(_ByteCounter).options(num_cpus=0).remote()
 
     def submit(self, fn, args, key: str):

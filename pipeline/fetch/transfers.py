@@ -17,6 +17,7 @@ submitted again, up to `task_retries` times, while the other ranges go on; a `Do
 retries exhausted, full disk) fails its file alone, and `wait` raises it. Progress: one bar
 per file (bytes, rate, ETA) and a total, fed by the tasks' byte counts.
 """
+
 from __future__ import annotations
 
 import logging
@@ -81,8 +82,9 @@ class Transfers:
         self._busy: Counter = Counter()  # host -> connections in use
         self._running: dict = {}  # task handle -> (_File, kind, range number)
         self._stop = threading.Event()
-        self._total = tqdm(desc="downloads", unit="B", unit_scale=True, unit_divisor=1024,
-                           total=0, disable=True)  # shown once a file needs downloading
+        self._total = tqdm(
+            desc="downloads", unit="B", unit_scale=True, unit_divisor=1024, total=0, disable=True
+        )  # shown once a file needs downloading
         self._thread = threading.Thread(target=self._loop, name="transfers", daemon=True)
         self._thread.start()
 
@@ -150,8 +152,9 @@ class Transfers:
             return
         if self.progress and self._total.disable:
             self._total = tqdm(desc="downloads", unit="B", unit_scale=True, unit_divisor=1024, total=0)
-        f.bar = tqdm(desc=job.dest.name, unit="B", unit_scale=True, unit_divisor=1024,
-                     disable=not self.progress, leave=False)
+        f.bar = tqdm(
+            desc=job.dest.name, unit="B", unit_scale=True, unit_divisor=1024, disable=not self.progress, leave=False
+        )
         # A marker for another checksum: download() re-hashes the file, or fetches it again.
         f.state = "stream" if read_marker(job.dest) is not None else "probe"
 
@@ -167,8 +170,22 @@ class Transfers:
             call = (_verify, (job,))
         else:
             start, end = f.ledger.bounds(index)
-            call = (fetch_range, (RangeJob(job.url, str(part_path(job.dest)), index, start, end,
-                                           f.ledger.total, s.retries, s.backoff_s, s.timeout_s),))
+            call = (
+                fetch_range,
+                (
+                    RangeJob(
+                        job.url,
+                        str(part_path(job.dest)),
+                        index,
+                        start,
+                        end,
+                        f.ledger.total,
+                        s.retries,
+                        s.backoff_s,
+                        s.timeout_s,
+                    ),
+                ),
+            )
         handle = self.pool.submit(*call, key=str(job.dest))
         self._running[handle] = (f, kind, index)
         f.running += 1
@@ -184,11 +201,19 @@ class Transfers:
             result = self.pool.result(handle)
         except BaseException as err:
             err = _cause(err)
-            if (not isinstance(err, DownloadError) and not f.finished.is_set()
-                    and f.lost[kind, index] < self.settings.task_retries):
+            if (
+                not isinstance(err, DownloadError)
+                and not f.finished.is_set()
+                and f.lost[kind, index] < self.settings.task_retries
+            ):
                 f.lost[kind, index] += 1
-                log.warning("%s: a %s task was lost (%s: %s); running it again", f.job.dest,
-                            kind if kind != "range" else f"range {index}", type(err).__name__, err)
+                log.warning(
+                    "%s: a %s task was lost (%s: %s); running it again",
+                    f.job.dest,
+                    kind if kind != "range" else f"range {index}",
+                    type(err).__name__,
+                    err,
+                )
                 if kind == "range":
                     f.queue.appendleft(index)
                 else:
@@ -227,8 +252,9 @@ class Transfers:
         f.bar.update(have)
         self._total.update(have)
         f.queue = deque(f.ledger.missing())
-        log.info("%s: %d of %d ranges of %d bytes to fetch", job.dest, len(f.queue),
-                 f.ledger.count, f.ledger.range_bytes)
+        log.info(
+            "%s: %d of %d ranges of %d bytes to fetch", job.dest, len(f.queue), f.ledger.count, f.ledger.range_bytes
+        )
         f.state, f.submitted = ("ranges", False) if f.queue else ("verify", False)
 
     def _show(self, progress: dict[str, int]) -> None:
@@ -264,8 +290,15 @@ def _probe(url: str, s: DownloadSettings, report):
 
 
 def _stream(job: FileJob, s: DownloadSettings, report) -> Path:
-    return download(job.url, job.dest, job.checksum, retries=s.retries, backoff_s=s.backoff_s,
-                    timeout_s=s.timeout_s, bar=_ReportBar(report))
+    return download(
+        job.url,
+        job.dest,
+        job.checksum,
+        retries=s.retries,
+        backoff_s=s.backoff_s,
+        timeout_s=s.timeout_s,
+        bar=_ReportBar(report),
+    )
 
 
 def _verify(job: FileJob, report) -> Path:

@@ -10,6 +10,7 @@ and lengths.parquet lists every shard's recordings, so only the shards holding t
 recording are opened, and in them only that recording's samples are decoded (through the
 formats' readers, schemas.reading.read_shard).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,15 +42,18 @@ def find_sample(out, cut_id: str) -> tuple[dict, np.ndarray]:
 def _find(out: str, index: dict, lengths: pq.ParquetFile, cut_id: str) -> tuple[dict, np.ndarray]:
     shards = {s.id: s for s in index_shards(out, index, error=ListenError)}
     if "recording_id" not in lengths.schema_arrow.names:
-        raise ListenError(f"{out}/lengths.parquet has no recording_id column (a corpus from an older "
-                          "version); run valle-prep run again to rewrite it")
+        raise ListenError(
+            f"{out}/lengths.parquet has no recording_id column (a corpus from an older "
+            "version); run valle-prep run again to rewrite it"
+        )
     # Every prefix of the id that ends before a "_" may be its recording id.
     candidates = pa.array([cut_id[:i] for i, ch in enumerate(cut_id) if ch == "_"], pa.string())
     searched = 0
     for batch in lengths.iter_batches(batch_size=64, columns=["shard", "recording_id"]):
         recordings = batch.column("recording_id")
-        hits = np.flatnonzero(pc.is_in(pc.list_flatten(recordings), value_set=candidates)
-                              .to_numpy(zero_copy_only=False))
+        hits = np.flatnonzero(
+            pc.is_in(pc.list_flatten(recordings), value_set=candidates).to_numpy(zero_copy_only=False)
+        )
         if not len(hits):
             continue
         rows = pc.list_parent_indices(recordings).to_numpy()[hits]
@@ -67,10 +71,11 @@ def _not_found(out: str, index: dict, cut_id: str, searched: int) -> str:
     where = f"its recording's {searched} shard(s)" if searched else "any shard (no sample of its recording)"
     rejected = _rejected(out, index, cut_id)
     if rejected:
-        return (f"cut {cut_id!r} is not in {out}: it was rejected ({rejected['reason']}: "
-                f"{rejected.get('detail', '')})")
-    return (f"cut {cut_id!r} is not in {out}: not found in {where}, and not among the rejects. "
-            "Cut ids are Libriheavy's, e.g. small/100/<book>/<chapter>_12 (see the 'id' of any sample)")
+        return f"cut {cut_id!r} is not in {out}: it was rejected ({rejected['reason']}: {rejected.get('detail', '')})"
+    return (
+        f"cut {cut_id!r} is not in {out}: not found in {where}, and not among the rejects. "
+        "Cut ids are Libriheavy's, e.g. small/100/<book>/<chapter>_12 (see the 'id' of any sample)"
+    )
 
 
 def _rejected(out: str, index: dict, cut_id: str) -> dict | None:
@@ -92,8 +97,9 @@ def corpus_codec(out, weights: str | None = None, device: str = "cpu"):
     try:
         return codec_for(codec, weights, device)
     except (WeightsUnavailable, ValueError) as err:
-        raise ListenError(f"codec weights {weights or 'of the corpus'}: {err}; pass the corpus's weights "
-                          "with --codec-weights") from None
+        raise ListenError(
+            f"codec weights {weights or 'of the corpus'}: {err}; pass the corpus's weights with --codec-weights"
+        ) from None
 
 
 def listen(out, cut_id: str, wav: Path, *, weights: str | None = None, device: str = "cpu") -> float:

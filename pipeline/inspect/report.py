@@ -14,6 +14,7 @@ the formats' readers (schemas.reading.read_shard, the one place that decodes cod
 (codebooks x 1,024) count table. What grows is one number per speaker (~7 k in Libriheavy) and
 the set of speakers and books of each subset. Durations are the samples' codec frames / 75.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,10 +58,11 @@ def collect(out, *, code_shards: int | None = None, progress: bool = True) -> di
     roles = {name: s["role"] for name, s in index["subsets"].items()}
     stats = {
         "out": str(out),
-        "provenance": {**index["provenance"], "dag": index["dag"],
-                       "pipeline_version": index["pipeline_version"]},
-        "subsets": {name: {"role": s["role"], "samples": s["samples"], "hours": s["hours"]}
-                    for name, s in index["subsets"].items()},
+        "provenance": {**index["provenance"], "dag": index["dag"], "pipeline_version": index["pipeline_version"]},
+        "subsets": {
+            name: {"role": s["role"], "samples": s["samples"], "hours": s["hours"]}
+            for name, s in index["subsets"].items()
+        },
     }
     stats.update(_lengths_stats(out, index, roles))
     stats["rejects"] = _reject_stats(out, index)
@@ -69,8 +71,7 @@ def collect(out, *, code_shards: int | None = None, progress: bool = True) -> di
     return stats
 
 
-def write_report(out, folder: Path | None = None, *, code_shards: int | None = None,
-                 progress: bool = True) -> dict:
+def write_report(out, folder: Path | None = None, *, code_shards: int | None = None, progress: bool = True) -> dict:
     """Collect, then write {report.json, index.html, *.png} into `folder` (default:
     `report_dir(out)`); returns the numbers."""
     from pipeline.inspect import report_html, report_plots
@@ -90,8 +91,9 @@ def write_report(out, folder: Path | None = None, *, code_shards: int | None = N
 def _histogram(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
     """Counts per bin [bins[i], bins[i+1]); the last bin also takes everything above."""
     clipped = np.minimum(values, bins[-1])
-    counts = np.bincount(np.clip(np.searchsorted(bins, clipped, side="right") - 1, 0, len(bins) - 1),
-                         minlength=len(bins))
+    counts = np.bincount(
+        np.clip(np.searchsorted(bins, clipped, side="right") - 1, 0, len(bins) - 1), minlength=len(bins)
+    )
     counts[-2] += counts[-1]  # values at or above the last edge
     return counts[:-1]
 
@@ -115,15 +117,18 @@ def _lengths_of(lengths: pq.ParquetFile, index: dict, roles: dict[str, str]) -> 
         for row in batch.to_pylist():
             subset = subset_of.get(row["shard"])
             if subset is None:
-                raise ReportError(f"{index['lengths']['path']}: shard {row['shard']} is not in index.json; "
-                                  "run valle-prep verify")
+                raise ReportError(
+                    f"{index['lengths']['path']}: shard {row['shard']} is not in index.json; run valle-prep verify"
+                )
             role = roles[subset]
             seconds = np.asarray(row["frames"], np.float64) / FRAME_RATE
             n_tokens = np.asarray(row["text_tokens"], np.int64)
             durations[role] += _histogram(seconds, DURATION_BINS)
             tokens[role] += _histogram(n_tokens, TOKEN_BINS)
-            longest = {"seconds": max(longest["seconds"], float(seconds.max())),
-                       "tokens": max(longest["tokens"], int(n_tokens.max()))}
+            longest = {
+                "seconds": max(longest["seconds"], float(seconds.max())),
+                "tokens": max(longest["tokens"], int(n_tokens.max())),
+            }
             if "text_cer" in row:
                 cers = np.array([c for c in row["text_cer"] if c is not None], np.float64)
                 cer_missing += len(row["text_cer"]) - len(cers)
@@ -136,14 +141,27 @@ def _lengths_of(lengths: pq.ParquetFile, index: dict, roles: dict[str, str]) -> 
                     for speaker, s in zip(row["speaker"], seconds.tolist()):
                         speaker_seconds[speaker] += s
     return {
-        "durations": {"bins": DURATION_BINS.tolist(), "by_role": {r: h.tolist() for r, h in durations.items()},
-                      "longest_s": round(longest["seconds"], 3)},
-        "text_tokens": {"bins": TOKEN_BINS.tolist(), "by_role": {r: h.tolist() for r, h in tokens.items()},
-                        "longest": longest["tokens"]},
-        "cer": ({"bins": CER_BINS.tolist(), "accepted": cer_hist.tolist(), "without_asr_text": cer_missing,
-                 "mean": round(cer_sum / cer_count, 4) if cer_count else None,
-                 "quantiles": _quantiles(cer_hist, CER_BINS, (0.5, 0.9, 0.99))}
-                if "text_cer" in names else None),
+        "durations": {
+            "bins": DURATION_BINS.tolist(),
+            "by_role": {r: h.tolist() for r, h in durations.items()},
+            "longest_s": round(longest["seconds"], 3),
+        },
+        "text_tokens": {
+            "bins": TOKEN_BINS.tolist(),
+            "by_role": {r: h.tolist() for r, h in tokens.items()},
+            "longest": longest["tokens"],
+        },
+        "cer": (
+            {
+                "bins": CER_BINS.tolist(),
+                "accepted": cer_hist.tolist(),
+                "without_asr_text": cer_missing,
+                "mean": round(cer_sum / cer_count, 4) if cer_count else None,
+                "quantiles": _quantiles(cer_hist, CER_BINS, (0.5, 0.9, 0.99)),
+            }
+            if "text_cer" in names
+            else None
+        ),
         "speakers": _speaker_stats(speaker_seconds, speakers, books, roles) if "speaker" in names else None,
     }
 
@@ -161,8 +179,10 @@ def _quantiles(hist: np.ndarray, bins: np.ndarray, qs) -> dict[str, float]:
     if not total:
         return {}
     cumulative = np.cumsum(hist)
-    return {f"p{round(q * 100)}": float(bins[min(int(np.searchsorted(cumulative, q * total)) + 1, len(bins) - 1)])
-            for q in qs}
+    return {
+        f"p{round(q * 100)}": float(bins[min(int(np.searchsorted(cumulative, q * total)) + 1, len(bins) - 1)])
+        for q in qs
+    }
 
 
 def _speaker_stats(seconds: dict[str, float], speakers, books, roles) -> dict:
@@ -173,8 +193,10 @@ def _speaker_stats(seconds: dict[str, float], speakers, books, roles) -> dict:
     leaks = {}
     for subset, role in roles.items():
         if role != "train":
-            leaks[subset] = {"speakers": sorted(speakers[subset] & train_speakers),
-                             "books": sorted(books[subset] & train_books)}
+            leaks[subset] = {
+                "speakers": sorted(speakers[subset] & train_speakers),
+                "books": sorted(books[subset] & train_books),
+            }
     return {
         "per_subset": {s: {"speakers": len(speakers[s]), "books": len(books[s])} for s in roles},
         "train_hours": [round(float(h), 6) for h in hours],  # one per training speaker, most first
@@ -197,8 +219,12 @@ def _reject_stats(out: str, index: dict) -> dict:
                 examples[reason].append({k: row.get(k, "") for k in ("subset", "cut_id", "detail")})
             if row.get("text_cer") is not None:
                 mismatch_cer += _histogram(np.array([row["text_cer"]]), CER_BINS)
-    return {"total": sum(counts.values()), "by_reason": dict(counts.most_common()),
-            "examples": dict(examples), "text_mismatch_cer": mismatch_cer.tolist()}
+    return {
+        "total": sum(counts.values()),
+        "by_reason": dict(counts.most_common()),
+        "examples": dict(examples),
+        "text_mismatch_cer": mismatch_cer.tolist(),
+    }
 
 
 def _code_stats(out: str, index: dict, code_shards: int | None, progress: bool) -> dict:
@@ -220,16 +246,24 @@ def _code_stats(out: str, index: dict, code_shards: int | None, progress: bool) 
         total = int(counts[k].sum())
         p = counts[k][counts[k] > 0] / max(total, 1)
         top = np.argsort(-counts[k], kind="stable")[:TOP_CODES]
-        per_codebook.append({
-            "codebook": k + 1, "used": int((counts[k] > 0).sum()),
-            "utilization": round(float((counts[k] > 0).mean()), 6),
-            "entropy_bits": round(float(-(p * np.log2(p)).sum()), 4),
-            "top": [[int(c), round(float(counts[k][c]) / max(total, 1), 6)] for c in top if counts[k][c]],
-        })
-    return {"format": fmt, "shards_read": len(shards), "shards_total": shards_total,
-            "samples": samples, "frames": int(counts[0].sum()) if codebooks else 0,
-            "per_codebook": per_codebook,
-            "sorted_frequencies": [np.sort(counts[k])[::-1].tolist() for k in range(codebooks)]}
+        per_codebook.append(
+            {
+                "codebook": k + 1,
+                "used": int((counts[k] > 0).sum()),
+                "utilization": round(float((counts[k] > 0).mean()), 6),
+                "entropy_bits": round(float(-(p * np.log2(p)).sum()), 4),
+                "top": [[int(c), round(float(counts[k][c]) / max(total, 1), 6)] for c in top if counts[k][c]],
+            }
+        )
+    return {
+        "format": fmt,
+        "shards_read": len(shards),
+        "shards_total": shards_total,
+        "samples": samples,
+        "frames": int(counts[0].sum()) if codebooks else 0,
+        "per_codebook": per_codebook,
+        "sorted_frequencies": [np.sort(counts[k])[::-1].tolist() for k in range(codebooks)],
+    }
 
 
 def _warnings(stats: dict) -> list[str]:
@@ -245,11 +279,15 @@ def _warnings(stats: dict) -> list[str]:
     for cb in stats["codes"]["per_codebook"]:
         # Too few frames leave entries unused in any codec; one code holding most frames does not.
         if (frames >= ENOUGH_FRAMES and cb["utilization"] < 0.5) or (cb["top"] and cb["top"][0][1] > 0.5):
-            out.append(f"Codebook {cb['codebook']}: {cb['used']} of {CODEBOOK_SIZE} entries used, the most "
-                       f"frequent code in {cb['top'][0][1]:.0%} of frames: a collapsed codec?")
+            out.append(
+                f"Codebook {cb['codebook']}: {cb['used']} of {CODEBOOK_SIZE} entries used, the most "
+                f"frequent code in {cb['top'][0][1]:.0%} of frames: a collapsed codec?"
+            )
     if stats["speakers"] is None:
-        out.append("lengths.parquet has no speaker column (a corpus from an older version): "
-                   "no speaker, book or leakage figures.")
+        out.append(
+            "lengths.parquet has no speaker column (a corpus from an older version): "
+            "no speaker, book or leakage figures."
+        )
     return out
 
 
@@ -263,14 +301,19 @@ def summary_text(stats: dict) -> str:
             extra = f", {per['speakers']} speakers, {per['books']} books"
         lines.append(f"  {name:<16} {s['role']:<5} {s['hours']:>10.3f} h {s['samples']:>10} utterances{extra}")
     codes = stats["codes"]
-    lines.append(f"codebooks ({codes['frames']} frames of {codes['shards_read']}/{codes['shards_total']} shards): "
-                 + "  ".join(f"{c['codebook']}: {c['utilization']:.0%} used, {c['entropy_bits']:.2f} bits"
-                             for c in codes["per_codebook"]))
+    lines.append(
+        f"codebooks ({codes['frames']} frames of {codes['shards_read']}/{codes['shards_total']} shards): "
+        + "  ".join(
+            f"{c['codebook']}: {c['utilization']:.0%} used, {c['entropy_bits']:.2f} bits" for c in codes["per_codebook"]
+        )
+    )
     if stats["cer"] and stats["cer"]["mean"] is not None:
         q = stats["cer"]["quantiles"]
-        lines.append(f"transcript CER of kept cuts: mean {stats['cer']['mean']:.3f}, "
-                     f"median <= {q['p50']:.2f}, 99% <= {q['p99']:.2f} "
-                     f"(filter.max_text_cer: {stats['provenance'].get('filter', {}).get('max_text_cer', 'n/a')})")
+        lines.append(
+            f"transcript CER of kept cuts: mean {stats['cer']['mean']:.3f}, "
+            f"median <= {q['p50']:.2f}, 99% <= {q['p99']:.2f} "
+            f"(filter.max_text_cer: {stats['provenance'].get('filter', {}).get('max_text_cer', 'n/a')})"
+        )
     rejects = stats["rejects"]
     lines.append(f"rejects: {rejects['total']}" + "".join(f", {k} {v}" for k, v in rejects["by_reason"].items()))
     lines += [f"WARNING: {w}" for w in stats["warnings"]]

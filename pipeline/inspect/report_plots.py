@@ -4,6 +4,7 @@ In: the dict `pipeline.inspect.report.collect` returns and a folder. Out: one PN
 folder, and {figure name: (file name, caption)} for the page. matplotlib's Agg backend draws
 without a display, so this runs on any server; figures are closed as soon as they are saved.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,9 +21,15 @@ DPI = 110
 
 def draw_all(stats: dict, folder: Path) -> dict[str, tuple[str, str]]:
     plots = {}
-    for name, draw in (("durations", _durations), ("text_tokens", _text_tokens),
-                       ("speaker_hours", _speaker_hours), ("codebooks", _codebooks),
-                       ("code_frequencies", _code_frequencies), ("cer", _cer), ("rejects", _rejects)):
+    for name, draw in (
+        ("durations", _durations),
+        ("text_tokens", _text_tokens),
+        ("speaker_hours", _speaker_hours),
+        ("codebooks", _codebooks),
+        ("code_frequencies", _code_frequencies),
+        ("cer", _cer),
+        ("rejects", _rejects),
+    ):
         caption = draw(stats, folder / f"{name}.png")
         if caption:
             plots[name] = (f"{name}.png", caption)
@@ -38,8 +45,15 @@ def _save(fig, path: Path) -> None:
 def _role_histograms(ax, hist: dict, bins: list, xlabel: str) -> None:
     edges = np.asarray(bins, float)
     for role, counts in hist.items():
-        ax.stairs(counts, edges, label=role, color=ROLE_COLORS.get(role), fill=role == "train",
-                  alpha=0.6 if role == "train" else 1.0, linewidth=1.5)
+        ax.stairs(
+            counts,
+            edges,
+            label=role,
+            color=ROLE_COLORS.get(role),
+            fill=role == "train",
+            alpha=0.6 if role == "train" else 1.0,
+            linewidth=1.5,
+        )
     used = [i for counts in hist.values() for i, c in enumerate(counts) if c]
     if used:  # the fixed bins reach far past most corpora: show the part that holds data
         ax.set_xlim(edges[0], min(edges[-1], max(edges[max(used) + 1] * 1.15, edges[len(edges) // 4])))
@@ -86,8 +100,10 @@ def _speaker_hours(stats: dict, path: Path) -> str | None:
     right.set_title("Cumulative share")
     right.grid(alpha=0.3)
     _save(fig, path)
-    return (f"{len(hours)} training speakers; median {speakers['median_hours']:.3g} h each. "
-            "Right: how much of the training audio the top speakers hold.")
+    return (
+        f"{len(hours)} training speakers; median {speakers['median_hours']:.3g} h each. "
+        "Right: how much of the training audio the top speakers hold."
+    )
 
 
 def _codebooks(stats: dict, path: Path) -> str | None:
@@ -133,8 +149,10 @@ def _code_frequencies(stats: dict, path: Path) -> str | None:
     ax.legend(title="codebook", ncol=3, fontsize=8)
     ax.grid(alpha=0.3)
     _save(fig, path)
-    return ("Each codebook's codes from most to least frequent. A healthy codec gives long, gently "
-            "falling curves; a collapsed one a few codes holding almost everything.")
+    return (
+        "Each codebook's codes from most to least frequent. A healthy codec gives long, gently "
+        "falling curves; a collapsed one a few codes holding almost everything."
+    )
 
 
 def _cer(stats: dict, path: Path) -> str | None:

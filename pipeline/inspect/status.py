@@ -4,6 +4,7 @@ In: OUT. Out: per subset the units planned / with committed codes / with committ
 planned and encoded hours, samples written, rejects by reason, and whether the index exists.
 "Committed" is as of the settings of the last run; `valle-prep run` decides what is current.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,15 @@ def corpus_status(out: Path) -> dict:
     subsets, reasons = {}, Counter()
     for plan_file in sorted(plan_dir.glob("*.json")):
         plan = json.loads(plan_file.read_text())
-        row = {"role": plan["role"], "units": len(plan["units"]), "codes_done": 0, "shards_done": 0,
-               "hours_planned": round(sum(u["seconds"] for u in plan["units"]) / 3600, 4),
-               "hours_encoded": 0.0, "samples": 0}
+        row = {
+            "role": plan["role"],
+            "units": len(plan["units"]),
+            "codes_done": 0,
+            "shards_done": 0,
+            "hours_planned": round(sum(u["seconds"] for u in plan["units"]) / 3600, 4),
+            "hours_encoded": 0.0,
+            "samples": 0,
+        }
         reasons.update(r["reason"] for r in plan["rejects"])
         for unit in plan["units"]:
             entry = ledger.read_entry(out, unit["name"])
@@ -36,17 +43,25 @@ def corpus_status(out: Path) -> dict:
                 reasons.update(r["reason"] for r in entry["shards"]["rejects"])
         row["hours_encoded"] = round(row["hours_encoded"], 4)
         subsets[plan["subset"]] = row
-    return {"out": str(out), "complete": (out / "index.json").is_file(), "subsets": subsets,
-            "rejects": dict(sorted(reasons.items()))}
+    return {
+        "out": str(out),
+        "complete": (out / "index.json").is_file(),
+        "subsets": subsets,
+        "rejects": dict(sorted(reasons.items())),
+    }
 
 
 def format_status(status: dict) -> str:
-    lines = [f"corpus {status['out']}: {'complete (index.json written)' if status['complete'] else 'incomplete'}",
-             f"{'subset':<18}{'role':<7}{'codes':>12}{'shards':>12}{'hours':>20}{'samples':>10}"]
+    lines = [
+        f"corpus {status['out']}: {'complete (index.json written)' if status['complete'] else 'incomplete'}",
+        f"{'subset':<18}{'role':<7}{'codes':>12}{'shards':>12}{'hours':>20}{'samples':>10}",
+    ]
     for name, r in status["subsets"].items():
-        lines.append(f"{name:<18}{r['role']:<7}{r['codes_done']:>6}/{r['units']:<5}"
-                     f"{r['shards_done']:>6}/{r['units']:<5}"
-                     f"{r['hours_encoded']:>9.3f}/{r['hours_planned']:<10.3f}{r['samples']:>10}")
+        lines.append(
+            f"{name:<18}{r['role']:<7}{r['codes_done']:>6}/{r['units']:<5}"
+            f"{r['shards_done']:>6}/{r['units']:<5}"
+            f"{r['hours_encoded']:>9.3f}/{r['hours_planned']:<10.3f}{r['samples']:>10}"
+        )
     total = sum(status["rejects"].values())
     lines.append(f"rejects: {total}" + "".join(f"\n  {k}: {v}" for k, v in status["rejects"].items()))
     return "\n".join(lines)

@@ -16,6 +16,7 @@ Every shard is read by its format's strict reader in schemas/ (the trainer's rea
 shards as lhotse pairs them (without lhotse): a shard's cuts file with its codes file, each cut
 with its `<id>.npy` and duration = frames / 75.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,10 @@ def verify(out, progress: bool = False, jobs: int = 1) -> list[str]:
         index = json.loads(raw)
         version = index.get("version") if isinstance(index, dict) else None
         if version not in schemas.READABLE_VERSIONS:
-            return [f"{index_path}: index version {version!r}, this valle-prep checks versions "
-                    f"{list(schemas.READABLE_VERSIONS)}"]
+            return [
+                f"{index_path}: index version {version!r}, this valle-prep checks versions "
+                f"{list(schemas.READABLE_VERSIONS)}"
+            ]
         schemas.validate(f"index.v{version}", index, where=index_path)
     except (ValueError, schemas.SchemaError) as err:
         return [f"{index_path}: {err}"]
@@ -67,17 +70,25 @@ def verify(out, progress: bool = False, jobs: int = 1) -> list[str]:
     lengths, lengths_problems = _Lengths.open(out, index)
     problems += lengths_problems
     formats = {s["format"] for s in index["shards"]}
-    shar_codes_files = {s["id"]: s for s in index["shards"]
-                        if s["format"] == lhotse_shar.FORMAT and s.get("field") == "codes"}
+    shar_codes_files = {
+        s["id"]: s for s in index["shards"] if s["format"] == lhotse_shar.FORMAT and s.get("field") == "codes"
+    }
     sample_ids = _SampleIds()
     # By shard id (lengths.parquet's order): a shard's files in every format are checked together,
     # and what is held at a time is one shard per process, whatever the corpus's size.
     by_id = sorted(index["shards"], key=lambda s: (s["id"], s["format"], s.get("field", "")))
-    bar = tqdm(total=sum(s["bytes"] for s in by_id), unit="B", unit_scale=True, desc="verifying",
-               disable=not progress)
-    tasks = (_GroupTask(out, list(group), formats, lengths.row(shard_id) if lengths is not None else None,
-                        index["lengths"]["path"], expect)
-             for shard_id, group in groupby(by_id, key=lambda s: s["id"]))
+    bar = tqdm(total=sum(s["bytes"] for s in by_id), unit="B", unit_scale=True, desc="verifying", disable=not progress)
+    tasks = (
+        _GroupTask(
+            out,
+            list(group),
+            formats,
+            lengths.row(shard_id) if lengths is not None else None,
+            index["lengths"]["path"],
+            expect,
+        )
+        for shard_id, group in groupby(by_id, key=lambda s: s["id"])
+    )
     for task, (found, first, ids) in _in_order(_check_group, tasks, jobs):
         problems += found
         bar.update(sum(s["bytes"] for s in task.group))
@@ -103,6 +114,7 @@ def default_jobs() -> int:
 @dataclass
 class _GroupTask:
     """One shard id: its file in every format, and what the index and lengths.parquet say."""
+
     out: str
     group: list[dict]
     formats: set[str]
@@ -115,8 +127,10 @@ def _check_group(task: _GroupTask) -> tuple[list[str], dict | None, list | None]
     """(problems, the file whose ids go to the duplicate check, its ids) for one shard id."""
     problems, ids_by_format, shard_id = [], {}, task.group[0]["id"]
     if {s["format"] for s in task.group} != task.formats:
-        problems.append(f"shard {shard_id!r}: the index lists it in {sorted({s['format'] for s in task.group})}, "
-                        f"the corpus is in {sorted(task.formats)}")
+        problems.append(
+            f"shard {shard_id!r}: the index lists it in {sorted({s['format'] for s in task.group})}, "
+            f"the corpus is in {sorted(task.formats)}"
+        )
     shar_codes = None  # a Shar shard's codes file: first in the group (by field), read with its cuts file
     for shard in task.group:
         raw = _check_file(task.out, shard, problems)
@@ -129,13 +143,17 @@ def _check_group(task: _GroupTask) -> tuple[list[str], dict | None, list | None]
         if rows is not None:
             ids_by_format[shard["format"]] = [m.get("id") for m, _ in rows]
     if len({tuple(ids) for ids in ids_by_format.values()}) > 1:
-        problems.append(f"shard {shard_id!r}: its {' and '.join(sorted(ids_by_format))} files hold "
-                        f"different sample ids")
+        problems.append(
+            f"shard {shard_id!r}: its {' and '.join(sorted(ids_by_format))} files hold different sample ids"
+        )
     if not ids_by_format:
         return problems, None, None
     first = min(ids_by_format)
-    return (problems, next(s for s in task.group if s["format"] == first and s.get("field") != "codes"),
-            ids_by_format[first])
+    return (
+        problems,
+        next(s for s in task.group if s["format"] == first and s.get("field") != "codes"),
+        ids_by_format[first],
+    )
 
 
 def _in_order(fn, tasks, jobs: int):
@@ -180,8 +198,15 @@ def _check_file(out: str, shard: dict, problems: list[str]) -> bytes | None:
     return raw
 
 
-def _check_samples(shard: dict, raw: bytes, shar_codes: bytes | None, expect: dict, expected: dict | None,
-                   lengths_name: str, problems: list[str]):
+def _check_samples(
+    shard: dict,
+    raw: bytes,
+    shar_codes: bytes | None,
+    expect: dict,
+    expected: dict | None,
+    lengths_name: str,
+    problems: list[str],
+):
     """Check a shard's samples against the schemas, the index and its lengths row; returns its
     (metadata, codes) rows, or None when it could not be read."""
     where = shard["path"]
@@ -207,8 +232,10 @@ def _check_samples(shard: dict, raw: bytes, shar_codes: bytes | None, expect: di
 def _lengths_of(rows: list, expected: dict) -> dict:
     """The shard's own values of each lengths column that `expected` (its row) has, except
     text_cer, which the samples do not carry."""
-    actual = {"frames": [_frames(m, c) for m, c in rows],
-              "text_tokens": [len(m.get("text_tokens", [])) for m, _ in rows]}
+    actual = {
+        "frames": [_frames(m, c) for m, c in rows],
+        "text_tokens": [len(m.get("text_tokens", [])) for m, _ in rows],
+    }
     for column in ("speaker", "recording_id"):
         if column in expected:
             actual[column] = [m.get(column) for m, _ in rows]

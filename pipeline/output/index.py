@@ -7,6 +7,7 @@ sha256; totals per subset; provenance), every sample's lengths by shard id, and 
 per dropped cut (in plan order), all without timestamps, so an interrupted and resumed run writes
 the same bytes as a clean one. Memory is O(shards), never O(samples) (bench/bench_index.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ def _reject_line(row: dict, by_reason: Counter) -> str:
     return json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n"
 
 
-def build_index(out: Path, plans: list[SubsetPlan], dag_name: str, dag_fingerprint: str,
-                provenance: dict, codebooks: int) -> dict:
+def build_index(
+    out: Path, plans: list[SubsetPlan], dag_name: str, dag_fingerprint: str, provenance: dict, codebooks: int
+) -> dict:
     """Write rejects.jsonl, lengths.parquet and index.json (validated against the schema);
     returns the index. Memory is O(shards), not O(samples): the ledger entries are read one at
     a time, in plan order for the shards and the rejects (unreadable manifest lines of a subset
@@ -82,10 +84,16 @@ def build_index(out: Path, plans: list[SubsetPlan], dag_name: str, dag_fingerpri
         "codes": {"format": schemas.CODES_FORMAT, "codebooks": codebooks, "frame_rate": FRAME_RATE},
         "subsets": subsets,
         "shards": shards,
-        "lengths": {"path": LENGTHS_NAME, "bytes": (out / LENGTHS_NAME).stat().st_size,
-                    "sha256": sha256_file(out / LENGTHS_NAME)},
-        "rejects": {"path": REJECTS_NAME, "total": sum(by_reason.values()),
-                    "by_reason": dict(sorted(by_reason.items()))},
+        "lengths": {
+            "path": LENGTHS_NAME,
+            "bytes": (out / LENGTHS_NAME).stat().st_size,
+            "sha256": sha256_file(out / LENGTHS_NAME),
+        },
+        "rejects": {
+            "path": REJECTS_NAME,
+            "total": sum(by_reason.values()),
+            "by_reason": dict(sorted(by_reason.items())),
+        },
     }
     schemas.validate(f"index.v{schemas.INDEX_VERSION}", index, where=str(out / INDEX_NAME))
     write_json_atomic(out / INDEX_NAME, index)

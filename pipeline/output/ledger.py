@@ -6,6 +6,7 @@ files without an entry are leftovers of an interrupted run and are removed befor
 redone. Entries are keyed by unit (a deterministic slice of the input), not by worker, so a run
 resumes on any number of machines.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -10,6 +10,7 @@ runs lock two different files of the same name).
 flock works across NFS v4 clients on Linux; on a shared file system without working locks,
 run one driver per output folder by hand.
 """
+
 from __future__ import annotations
 
 import errno
@@ -39,10 +40,11 @@ def exclusive(out: Path):
         except OSError as err:
             if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            raise OutputLocked(f"{out} is in use by another valle-prep run ({_holder(fd)}); wait for "
-                               f"it to finish or stop it, or write to another --out") from None
-        me = {"host": socket.gethostname(), "pid": os.getpid(),
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            raise OutputLocked(
+                f"{out} is in use by another valle-prep run ({_holder(fd)}); wait for "
+                f"it to finish or stop it, or write to another --out"
+            ) from None
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
         try:

@@ -8,6 +8,7 @@ power loss. The bytes of each format are its module's in schemas/ (deterministic
 headers, fixed Parquet settings), so a re-run writes identical files. Shard k of a unit holds the
 same samples in every format, under the id `<unit>-<k>`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -97,8 +98,9 @@ def write_parquet(samples: list[Sample], path: Path) -> None:
     write_durably(path, lambda f: parquet.write(samples, f))
 
 
-def write_unit_shards(samples: Iterable[Sample], out: Path, subset: str, unit: str, formats: list[str],
-                      target_bytes: float) -> tuple[list[tuple[Path, ShardFile]], list[dict]]:
+def write_unit_shards(
+    samples: Iterable[Sample], out: Path, subset: str, unit: str, formats: list[str], target_bytes: float
+) -> tuple[list[tuple[Path, ShardFile]], list[dict]]:
     """Write partial files for every format.
 
     Returns (partial path, final record) pairs, whose sha256 and sizes describe the partial
@@ -110,10 +112,16 @@ def write_unit_shards(samples: Iterable[Sample], out: Path, subset: str, unit: s
     written, lengths, first = [], [], 0
     for k, group in enumerate(split_by_size(_validated(samples, unit), target_bytes)):
         hours = round(sum(s.duration for s in group) / 3600, 6)
-        lengths.append({"shard": shard_id(unit, k), "frames": [s.codes.shape[1] for s in group],
-                        "text_tokens": [len(s.text_tokens) for s in group],
-                        "speaker": [s.speaker for s in group], "recording_id": [s.recording_id for s in group],
-                        "text_cer": [s.text_cer for s in group]})
+        lengths.append(
+            {
+                "shard": shard_id(unit, k),
+                "frames": [s.codes.shape[1] for s in group],
+                "text_tokens": [len(s.text_tokens) for s in group],
+                "speaker": [s.speaker for s in group],
+                "recording_id": [s.recording_id for s in group],
+                "text_cer": [s.text_cer for s in group],
+            }
+        )
         for fmt in formats:
             if fmt == lhotse_shar.FORMAT:
                 written += _write_shar(group, out, subset, unit, k, hours)
@@ -125,9 +133,22 @@ def write_unit_shards(samples: Iterable[Sample], out: Path, subset: str, unit: s
                 write_webdataset(group, tmp, unit, first)
             else:
                 write_parquet(group, tmp)
-            written.append((tmp, ShardFile(id=shard_id(unit, k), format=fmt, path=rel, subset=subset, unit=unit,
-                                           samples=len(group), hours=hours,
-                                           bytes=tmp.stat().st_size, sha256=sha256_file(tmp))))
+            written.append(
+                (
+                    tmp,
+                    ShardFile(
+                        id=shard_id(unit, k),
+                        format=fmt,
+                        path=rel,
+                        subset=subset,
+                        unit=unit,
+                        samples=len(group),
+                        hours=hours,
+                        bytes=tmp.stat().st_size,
+                        sha256=sha256_file(tmp),
+                    ),
+                )
+            )
         first += len(group)
     return written, lengths
 
@@ -140,9 +161,23 @@ def _write_shar(group: list[Sample], out: Path, subset: str, unit: str, k: int, 
         tmp.parent.mkdir(parents=True, exist_ok=True)
         write = lhotse_shar.write_cuts if name == "cuts" else lhotse_shar.write_codes
         write_durably(tmp, bind(write, group))
-        written.append((tmp, ShardFile(id=shard_id(unit, k), format=lhotse_shar.FORMAT, path=rel, subset=subset,
-                                       unit=unit, samples=len(group), hours=hours, bytes=tmp.stat().st_size,
-                                       sha256=sha256_file(tmp), field=name)))
+        written.append(
+            (
+                tmp,
+                ShardFile(
+                    id=shard_id(unit, k),
+                    format=lhotse_shar.FORMAT,
+                    path=rel,
+                    subset=subset,
+                    unit=unit,
+                    samples=len(group),
+                    hours=hours,
+                    bytes=tmp.stat().st_size,
+                    sha256=sha256_file(tmp),
+                    field=name,
+                ),
+            )
+        )
     return written
 
 

@@ -5,6 +5,7 @@ unique id sets (an (n, 2) uint64 array, saved as `.npy`), duplicate groups, memb
 12 M ids take 192 MB (and about 3x that while sorting), where a Python set of the strings
 would take ~1.5 GB. Rows sort by the first word, then the second; equal rows are equal ids.
 """
+
 from __future__ import annotations
 
 import io
@@ -37,7 +38,7 @@ def sort_ids(rows: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
             end = start
             while end < len(same) and same[end]:
                 end += 1
-            groups.append(np.sort(order[start:end + 1]))
+            groups.append(np.sort(order[start : end + 1]))
     return unique, groups
 
 

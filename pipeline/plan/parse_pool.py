@@ -17,6 +17,7 @@ and more add nothing. Three kinds of workers, the same results:
 Memory is bounded: at most `in_flight` blocks (8 MB each by default) are out at once, and what
 comes back is bytes and fixed-width digests, not an object per line.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -97,13 +98,13 @@ class RayParsers(SerialParsers):
         super().__init__(block_bytes)
         cpus = ray_node_cpus()
         if not cpus:
-            raise RuntimeError("RayParsers needs ray.init() first, on a node with CPUs for Ray "
-                               "tasks; use ProcessParsers otherwise")
+            raise RuntimeError(
+                "RayParsers needs ray.init() first, on a node with CPUs for Ray tasks; use ProcessParsers otherwise"
+            )
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.workers = workers or max(1, min(cpus, MAX_WORKERS))
         self.ray = ray
-        self.task = ray.remote(parse_block).options(num_cpus=1, max_retries=3,
-                                                     scheduling_strategy=here)
+        self.task = ray.remote(parse_block).options(num_cpus=1, max_retries=3, scheduling_strategy=here)
 
     @property
     def in_flight(self) -> int:
@@ -152,12 +153,13 @@ def parsers_for(manifest: Path, parsers: SerialParsers | None):
     if parsers is not None:
         yield parsers
         return
-    with (SerialParsers() if small_manifest(manifest) else default_parsers()) as chosen:
+    with SerialParsers() if small_manifest(manifest) else default_parsers() as chosen:
         yield chosen
 
 
-def parse_in_order(blocks: Iterable[tuple[int, bytes]], source_prefix: str, subset: str,
-                   parsers: SerialParsers) -> Iterator[tuple[ManifestScan, bytes]]:
+def parse_in_order(
+    blocks: Iterable[tuple[int, bytes]], source_prefix: str, subset: str, parsers: SerialParsers
+) -> Iterator[tuple[ManifestScan, bytes]]:
     """Each block's (scan, compact lines), in block order, with at most `in_flight` out."""
     pending: deque = deque()
     for first_line, block in blocks:

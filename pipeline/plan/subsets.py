@@ -20,6 +20,7 @@ cluster size, however many workers parse it and whatever the order of its lines:
 key. A unit holds whole recordings so each long FLAC is decoded once. Subsets are planned at
 the same time, each as soon as its manifest is ready (`SubsetPlanner`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -90,8 +91,7 @@ def manifest_sha256(manifest: Path) -> str:
 
 
 def plan_fingerprint(manifest_digest: str, unit_hours: float, source_prefix: str) -> str:
-    key = {"format": PLAN_FORMAT, "manifest": manifest_digest, "unit_hours": unit_hours,
-           "source_prefix": source_prefix}
+    key = {"format": PLAN_FORMAT, "manifest": manifest_digest, "unit_hours": unit_hours, "source_prefix": source_prefix}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -104,9 +104,15 @@ def ids_path(out: Path, subset: str) -> Path:
     return out / "plan" / f"{subset}.ids.npy"
 
 
-def plan_subsets(manifests: dict[str, Path], roles: dict[str, str], out: Path, unit_hours: float,
-                 source_prefix: str, progress: bool = True,
-                 parsers: SerialParsers | None = None) -> list[SubsetPlan]:
+def plan_subsets(
+    manifests: dict[str, Path],
+    roles: dict[str, str],
+    out: Path,
+    unit_hours: float,
+    source_prefix: str,
+    progress: bool = True,
+    parsers: SerialParsers | None = None,
+) -> list[SubsetPlan]:
     """Plan every subset (returned in `roles` order) so that no cut id is in two of them.
     The subsets are planned at the same time (`SubsetPlanner`)."""
     with SubsetPlanner(roles, out, unit_hours, source_prefix, progress, parsers) as planner:
@@ -132,8 +138,15 @@ class SubsetPlanner:
     its ids could not be checked), never silently.
     """
 
-    def __init__(self, roles: dict[str, str], out: Path, unit_hours: float, source_prefix: str,
-                 progress: bool = True, parsers: SerialParsers | None = None):
+    def __init__(
+        self,
+        roles: dict[str, str],
+        out: Path,
+        unit_hours: float,
+        source_prefix: str,
+        progress: bool = True,
+        parsers: SerialParsers | None = None,
+    ):
         self.roles, self.out, self.unit_hours, self.prefix = dict(roles), out, unit_hours, source_prefix
         self.order = sorted(roles, key=lambda s: ROLE_PRIORITY.index(roles[s]))  # stable: DAG order within
         self.progress, self.parsers, self.own_parsers = progress, parsers, None
@@ -145,8 +158,7 @@ class SubsetPlanner:
     def manifest_ready(self, subset: str, manifest: Path) -> None:
         if subset not in self.roles or subset in self.threads:
             raise ValueError(f"subset {subset!r}: unknown or already handed over")
-        thread = threading.Thread(target=self._plan, args=(subset, Path(manifest)),
-                                  name=f"plan {subset}", daemon=True)
+        thread = threading.Thread(target=self._plan, args=(subset, Path(manifest)), name=f"plan {subset}", daemon=True)
         self.threads[subset] = thread
         thread.start()
 
@@ -158,12 +170,21 @@ class SubsetPlanner:
         return [self.done[s].result() for s in self.roles]
 
     def _plan(self, subset: str, manifest: Path) -> None:
-        higher = self.order[:self.order.index(subset)]
+        higher = self.order[: self.order.index(subset)]
         try:
             row = list(self.roles).index(subset) if self.progress else False
-            plan = _plan(manifest, subset, self.roles[subset], self.out, self.unit_hours, self.prefix,
-                         row, lambda: [(s, self.ids[s].result()) for s in higher],
-                         self._parsers(manifest), self.ids[subset].set_result)
+            plan = _plan(
+                manifest,
+                subset,
+                self.roles[subset],
+                self.out,
+                self.unit_hours,
+                self.prefix,
+                row,
+                lambda: [(s, self.ids[s].result()) for s in higher],
+                self._parsers(manifest),
+                self.ids[subset].set_result,
+            )
             self.done[subset].set_result(plan)
         except BaseException as err:  # handed to whoever waits on this subset
             if not self.ids[subset].done():
@@ -201,23 +222,38 @@ class SubsetPlanner:
         self.close(cancel=kind is not None)
 
 
-def plan_subset(manifest: Path, subset: str, role: str, out: Path, unit_hours: float,
-                source_prefix: str, progress: bool = True,
-                earlier: list[tuple[str, np.ndarray]] = (),
-                parsers: SerialParsers | None = None) -> SubsetPlan:
+def plan_subset(
+    manifest: Path,
+    subset: str,
+    role: str,
+    out: Path,
+    unit_hours: float,
+    source_prefix: str,
+    progress: bool = True,
+    earlier: list[tuple[str, np.ndarray]] = (),
+    parsers: SerialParsers | None = None,
+) -> SubsetPlan:
     """Plan `subset`, or return the committed plan when its fingerprint still matches.
 
     `earlier`: (subset, sorted id set) of subsets that keep their copy of an id found here too.
     `parsers`: where blocks are parsed; None: in processes for a large manifest, else here.
     """
     with parsers_for(manifest, parsers) as chosen:
-        return _plan(manifest, subset, role, out, unit_hours, source_prefix, progress,
-                     lambda: list(earlier), chosen)
+        return _plan(manifest, subset, role, out, unit_hours, source_prefix, progress, lambda: list(earlier), chosen)
 
 
-def _plan(manifest: Path, subset: str, role: str, out: Path, unit_hours: float,
-          source_prefix: str, progress: bool | int, earlier, parsers: SerialParsers,
-          publish_ids=lambda ids: None) -> SubsetPlan:
+def _plan(
+    manifest: Path,
+    subset: str,
+    role: str,
+    out: Path,
+    unit_hours: float,
+    source_prefix: str,
+    progress: bool | int,
+    earlier,
+    parsers: SerialParsers,
+    publish_ids=lambda ids: None,
+) -> SubsetPlan:
     """`plan_subset`, for subsets planned at the same time. `earlier()` waits for the id sets of
     the subsets of higher priority; `publish_ids(ids)` hands on this subset's, as soon as they
     are known (before its units are packed)."""
@@ -262,28 +298,51 @@ def _plan(manifest: Path, subset: str, role: str, out: Path, unit_hours: float,
     recordings_of: dict[str, list[str]] = {}
     for rec, name in unit_of.items():
         recordings_of.setdefault(name, []).append(rec)
-    units = [UnitPlan(name=name, subset=subset, recordings=len(recs), cuts=counts[name],
-                      seconds=round(sum(scan.recordings[r][0] for r in recs) / 1e6, 3),
-                      sha256=sha256_file(work_dir / f"{name}.jsonl"))
-             for name, recs in sorted(recordings_of.items())]
+    units = [
+        UnitPlan(
+            name=name,
+            subset=subset,
+            recordings=len(recs),
+            cuts=counts[name],
+            seconds=round(sum(scan.recordings[r][0] for r in recs) / 1e6, 3),
+            sha256=sha256_file(work_dir / f"{name}.jsonl"),
+        )
+        for name, recs in sorted(recordings_of.items())
+    ]
     cut_ids.save(ids_path(out, subset), unique)
     work_dir.rename(final_dir)
-    plan = SubsetPlan(subset=subset, role=role, fingerprint=fingerprint, cuts_in=scan.lines,
-                      units=units, rejects=scan.rejects + duplicate_rejects,
-                      excluded=_excluded_key(unique, earlier))
+    plan = SubsetPlan(
+        subset=subset,
+        role=role,
+        fingerprint=fingerprint,
+        cuts_in=scan.lines,
+        units=units,
+        rejects=scan.rejects + duplicate_rejects,
+        excluded=_excluded_key(unique, earlier),
+    )
     write_json_atomic(out / "plan" / f"{subset}.json", asdict(plan))
     return plan
 
 
-def _scan(manifest: Path, subset: str, source_prefix: str, compact: Path, progress: bool | int,
-          parsers: SerialParsers) -> ManifestScan:
+def _scan(
+    manifest: Path, subset: str, source_prefix: str, compact: Path, progress: bool | int, parsers: SerialParsers
+) -> ManifestScan:
     """Step 1: parse every line; compact cuts go to `compact` as `<line number>\\t<json>`.
     `progress`: False for no bar, else True or the bar's row (subsets planned at once)."""
     scan = ManifestScan()
     row = None if progress is True else progress
-    with compact.open("wb") as sink, \
-            tqdm(total=manifest.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
-                 desc=f"plan {subset}", disable=progress is False, position=row) as bar:
+    with (
+        compact.open("wb") as sink,
+        tqdm(
+            total=manifest.stat().st_size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"plan {subset}",
+            disable=progress is False,
+            position=row,
+        ) as bar,
+    ):
         try:
             blocks = read_blocks(manifest, parsers.block_bytes, on_read=bar.update)
             for block_scan, lines in parse_in_order(blocks, source_prefix, subset, parsers):
@@ -293,7 +352,8 @@ def _scan(manifest: Path, subset: str, source_prefix: str, compact: Path, progre
         except GZIP_ERRORS as err:
             raise ManifestUnreadable(
                 f"{manifest}: not a readable gzip file ({type(err).__name__}: {err}); delete it "
-                f"and its .done.json marker and run again to download it again") from None
+                f"and its .done.json marker and run again to download it again"
+            ) from None
     return scan
 
 
@@ -305,8 +365,9 @@ def _excluded_key(ids: np.ndarray, earlier) -> str:
     return hashlib.sha256(ids[taken].tobytes()).hexdigest() if taken.any() else ""
 
 
-def _drop_duplicates(compact: Path, groups: list[np.ndarray], kept_by: dict[int, str],
-                     scan: ManifestScan, subset: str) -> tuple[set[int], list[dict]]:
+def _drop_duplicates(
+    compact: Path, groups: list[np.ndarray], kept_by: dict[int, str], scan: ManifestScan, subset: str
+) -> tuple[set[int], list[dict]]:
     """Step 2: which cut positions go, and their rejects (in line order).
 
     Within the subset, the copy with the smallest (recording id, start, line) stays: the same
@@ -323,13 +384,17 @@ def _drop_duplicates(compact: Path, groups: list[np.ndarray], kept_by: dict[int,
                 cuts[position] = (int(number), msgspec.json.decode(text), text)
     why = {p: f"the same id is kept in subset {other}" for p, other in kept_by.items()}
     for group in groups:
-        copies = sorted((p for p in group.tolist() if p not in kept_by),
-                        key=lambda p: (cuts[p][1]["recording_id"], cuts[p][1]["start"], cuts[p][2]))
+        copies = sorted(
+            (p for p in group.tolist() if p not in kept_by),
+            key=lambda p: (cuts[p][1]["recording_id"], cuts[p][1]["start"], cuts[p][2]),
+        )
         if len(copies) > 1:
             line, keeper, _ = cuts[copies[0]]
             for p in copies[1:]:
-                why[p] = (f"the same id is kept at line {line} (recording {keeper['recording_id']}, "
-                          f"start {keeper['start']:.3f}s)")
+                why[p] = (
+                    f"the same id is kept at line {line} (recording {keeper['recording_id']}, "
+                    f"start {keeper['start']:.3f}s)"
+                )
     rejects = []
     for p in sorted(why, key=lambda p: cuts[p][0]):
         line, cut, _ = cuts[p]
@@ -356,7 +421,7 @@ def _distribute(compact: Path, folder: Path, unit_of: dict[str, str], dropped: s
         for position, line in enumerate(lines):
             if position in dropped:
                 continue
-            text = line[line.index(b"\t") + 1:]
+            text = line[line.index(b"\t") + 1 :]
             name = unit_of[decoder.decode(text).recording_id]
             if name != run_unit or len(run) >= 1000:
                 if run:

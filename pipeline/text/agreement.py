@@ -15,6 +15,7 @@ texts, since how a reader says a number is not something the book text can be wr
 The distance is rapidfuzz's Levenshtein distance over characters (C++, linear memory) divided
 by the length of the book text's form: the share of the training text the audio does not back.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,14 +27,19 @@ from tokens.text import normalize_text
 # Bump when comparison_form or text_cer can give another number: it keys the shards stage.
 AGREEMENT = "casefold-alnum-numbers-levenshtein-v1"
 
-_UNITS = ("zero oh o one two three four five six seven eight nine ten eleven twelve thirteen "
-          "fourteen fifteen sixteen seventeen eighteen nineteen").split()
+_UNITS = (
+    "zero oh o one two three four five six seven eight nine ten eleven twelve thirteen "
+    "fourteen fifteen sixteen seventeen eighteen nineteen"
+).split()
 _TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
 _LARGE = "hundred thousand million billion".split()
-_ORDINALS = ("first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth "
-             "thirteenth fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth").split()
-NUMBER_WORDS = frozenset(_UNITS + _TENS + _LARGE + _ORDINALS + ["and", "a"]
-                         + [t[:-1] + "ieth" for t in _TENS] + [w + "th" for w in _LARGE])
+_ORDINALS = (
+    "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth "
+    "thirteenth fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth"
+).split()
+NUMBER_WORDS = frozenset(
+    _UNITS + _TENS + _LARGE + _ORDINALS + ["and", "a"] + [t[:-1] + "ieth" for t in _TENS] + [w + "th" for w in _LARGE]
+)
 
 
 def comparison_form(text: str) -> str:
@@ -66,20 +72,21 @@ def _without_spoken_numbers(book: list[str], asr: list[str]) -> tuple[list[str],
     book_kept, asr_kept, span = [], [], None  # span: (book words, asr words) of a differing run
     for op in [*Levenshtein.opcodes(book, asr), None]:  # None flushes the last span
         if op is not None and op.tag != "equal":
-            b, a = book[op.src_start:op.src_end], asr[op.dest_start:op.dest_end]
+            b, a = book[op.src_start : op.src_end], asr[op.dest_start : op.dest_end]
             span = (span[0] + b, span[1] + a) if span else (b, a)
             continue
         if span:
             b, a = span
-            spoken_number = (b and a and all(any(ch.isdigit() for ch in w) for w in b)
-                             and all(w in NUMBER_WORDS for w in a))
+            spoken_number = (
+                b and a and all(any(ch.isdigit() for ch in w) for w in b) and all(w in NUMBER_WORDS for w in a)
+            )
             if not spoken_number:
                 book_kept += b
                 asr_kept += a
             span = None
         if op is not None:
-            book_kept += book[op.src_start:op.src_end]
-            asr_kept += asr[op.dest_start:op.dest_end]
+            book_kept += book[op.src_start : op.src_end]
+            asr_kept += asr[op.dest_start : op.dest_end]
     return book_kept, asr_kept
 
 
@@ -87,5 +94,6 @@ def agreement_problem(cer: float | None, texts: Sequence[str], max_cer: float | 
     """(reason, detail) when the transcripts disagree by more than `max_cer` (None: filter off)."""
     if max_cer is None or cer is None or cer <= max_cer:
         return None
-    return "text_mismatch", (f"CER {cer:.3f} > {max_cer:g} between book text {texts[0][:80]!r} "
-                             f"and ASR text {texts[1][:80]!r}")
+    return "text_mismatch", (
+        f"CER {cer:.3f} > {max_cer:g} between book text {texts[0][:80]!r} and ASR text {texts[1][:80]!r}"
+    )

@@ -4,6 +4,7 @@ In:  a stream of (cut_id, normalized text) pairs (`tokens.text.normalize_text`) 
 Out: a SentencePiece model file written atomically and byte-identical for the same input and
      config; `tokens.text.Tokenizer` reads it (pipeline and trainer alike).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,6 +44,7 @@ _TRAINER_OPTIONS = {
     "bos_id": BOS_ID,
     "eos_id": EOS_ID,
 }
+
 
 @dataclass
 class BpeConfig:
@@ -149,9 +151,5 @@ def train_bpe(sentences: Iterable[tuple[str, str]], model_path: Path, cfg: BpeCo
     achieved = spm.SentencePieceProcessor(model_proto=data).get_piece_size()
     log.info("BPE %s: %s, vocab %d (requested %d)", model_path, counts, achieved, cfg.vocab_size)
     if achieved < cfg.vocab_size:
-        log.warning(
-            "BPE %s: text too small for vocab_size=%d, got %d pieces", model_path, cfg.vocab_size, achieved
-        )
+        log.warning("BPE %s: text too small for vocab_size=%d, got %d pieces", model_path, cfg.vocab_size, achieved)
     return model_path
-
-

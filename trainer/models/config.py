@@ -13,6 +13,7 @@ and optional overrides. Out: a `ModelConfig`. Presets are plain builder function
   per group slot and a G-way head); NAR 167.2 M (8 codebook tables, 7 stage heads, AdaLN).
   With text_vocab 1024: AR G=1 154.3 M, NAR 168.2 M (tests/test_models.py prints them).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace

@@ -23,6 +23,7 @@ lo = min(prompt_seconds[0], 3/8 of it): the prompt lengths synthesis will be giv
 evaluated with 3, 5 and 10 s prompts; default 1.5-10 s), and at least a quarter of every
 utterance is left as target.
 """
+
 from __future__ import annotations
 
 import torch
