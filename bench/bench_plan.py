@@ -36,6 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sample.lookalike import manifest_line  # noqa: E402
+
 GENERATOR_VERSION = 1
 FULL_SCALE = 12_000_000
 PREFIX = "download/librilight/"
@@ -84,53 +86,33 @@ def generate(path: Path, lines: int, seed: int = 0) -> None:
             rec = f"large/{speaker}/{book}/{rec_index % 4:02d}_{book[:12]}_64kb"
             rec_index += 1
             n = min(rng.randint(20, 80), lines - written)
-            book_text, asr_text, start, rows = "", "", rng.uniform(0.5, 3.0), []
+            book_text, asr_text, start, cuts = "", "", rng.uniform(0.5, 3.0), []
             for k in range(n):
                 duration = int(rng.uniform(2.0, 30.0) * 1000) / 1000  # floored to ms
                 text = _sentence(rng, vocab, duration)
-                cut_id = f"{rec}_{k}"
-                rows.append(
-                    {
-                        "id": cut_id,
-                        "start": start,
-                        "duration": duration,
-                        "channel": 0,
-                        "supervisions": [
-                            {
-                                "id": cut_id,
-                                "recording_id": rec,
-                                "start": 0,
-                                "duration": duration,
-                                "channel": 0,
-                                "language": "English",
-                                "speaker": speaker,
-                                "custom": {
-                                    "texts": [text, _asr(text)],
-                                    "pre_texts": [book_text[-1000:], asr_text[-1000:]],
-                                    "begin_byte": len(book_text),
-                                    "end_byte": len(book_text) + len(text),
-                                },
-                            }
-                        ],
-                        "recording": {
-                            "id": rec,
-                            "sources": [{"type": "file", "channels": [0], "source": f"{PREFIX}{rec}.flac"}],
-                            "sampling_rate": 16000,
-                            "num_samples": 0,
-                            "duration": 0.0,
-                            "channel_ids": [0],
-                        },
-                        "custom": {"text_path": f"download/librilight_text/output_text_large_cleaned/{book}/text.txt"},
-                        "type": "MonoCut",
-                    }
-                )
+                texts, pre_texts = [text, _asr(text)], [book_text[-1000:], asr_text[-1000:]]
+                cuts.append((f"{rec}_{k}", start, duration, texts, pre_texts, len(book_text)))
                 book_text += text + " "
                 asr_text += _asr(text) + " "
                 start += duration + rng.uniform(0.1, 1.5) + rng.random() * 1e-7  # unrounded
-            total = start + 2.0
-            for row in rows:
-                row["recording"]["num_samples"] = int(total * 16000)
-                row["recording"]["duration"] = int(total * 16000) / 16000
+            num_samples = int((start + 2.0) * 16000)
+            text_path = f"download/librilight_text/output_text_large_cleaned/{book}/text.txt"
+            rows = [
+                manifest_line(
+                    cut_id,
+                    rec,
+                    speaker,
+                    at,
+                    seconds,
+                    texts,
+                    pre_texts,
+                    begin,
+                    num_samples,
+                    f"{PREFIX}{rec}.flac",
+                    text_path,
+                )
+                for cut_id, at, seconds, texts, pre_texts, begin in cuts
+            ]
             rng.shuffle(rows)  # cut numbers follow the aligner's choice, not time
             gz.write("".join(json.dumps(r) + "\n" for r in rows).encode())
             written += n

@@ -129,7 +129,7 @@ class TextConfig:
 @dataclass
 class FilterConfig:
     # Largest character error rate between the book text and the ASR text (pipeline.text.agreement)
-    # for a cut to be kept; null turns the filter off. Why 0.1: see README "Transcript agreement"
+    # for a cut to be kept; null turns the filter off. Why 0.1: see docs/configuration.md "Transcript agreement"
     # (an ASR of a few percent WER plus spelling variants stays well below it; a sentence too many,
     # a page number read as text or a misaligned window goes past it).
     max_text_cer: float | None = 0.1
@@ -214,13 +214,13 @@ def load_dag(
     path = Path(path)
     raw = settings.read_file(path, "DAG file", DagError)
     raw.setdefault("name", path.stem)
-    for item in overrides:
-        settings.apply_override(raw, item, DagError)
-    if out is not None:
-        raw.setdefault("output", {})["dir"] = out
-    if ray_address is not None:
-        raw.setdefault("ray", {})["address"] = ray_address
     try:
+        for item in overrides:
+            settings.apply_override(raw, item, DagError)
+        if out is not None:
+            raw.setdefault("output", {})["dir"] = out
+        if ray_address is not None:
+            raw.setdefault("ray", {})["address"] = ray_address
         dag = settings.build(Dag, raw, DagError)
         _resolve_locations(dag, path.resolve().parent)
         _check_wiring(dag)

@@ -350,17 +350,21 @@ def _permutation(m: int, key: str) -> list[int]:
     return order  # order[i] = n of the utterance i
 
 
-def _cut_dict(
+def manifest_line(
     cut_id: str,
     rec_id: str,
-    ch: Chapter,
+    speaker: str,
     start: float,
     duration: float,
     texts: list[str],
     pre_texts: list[str],
     begin: int,
     num_samples: int,
+    source: str,
+    text_path: str,
 ) -> dict:
+    """One Libriheavy manifest line (a lhotse MonoCut with its keys in the real files' order):
+    texts = [book, ASR], pre_texts the texts before it, begin its byte offset in the book."""
     return {
         "id": cut_id,
         "start": start,
@@ -374,7 +378,7 @@ def _cut_dict(
                 "duration": duration,
                 "channel": 0,
                 "language": "English",
-                "speaker": ch.speaker,
+                "speaker": speaker,
                 "custom": {
                     "texts": texts,
                     "pre_texts": pre_texts,
@@ -385,18 +389,19 @@ def _cut_dict(
         ],
         "recording": {
             "id": rec_id,
-            "sources": [{"type": "file", "channels": [0], "source": f"{AUDIO_PREFIX}/{rec_id}.flac"}],
+            "sources": [{"type": "file", "channels": [0], "source": source}],
             "sampling_rate": SAMPLE_RATE,
             "num_samples": num_samples,
             "duration": num_samples / SAMPLE_RATE,
             "channel_ids": [0],
         },
-        "custom": {
-            "text_path": f"download/librilight_text/output_text_{ch.subset}_cleaned/"
-            f"{ch.book_title or ch.book_dir}/text.txt"
-        },
+        "custom": {"text_path": text_path},
         "type": "MonoCut",
     }
+
+
+def _text_path(ch: Chapter) -> str:
+    return f"download/librilight_text/output_text_{ch.subset}_cleaned/{ch.book_title or ch.book_dir}/text.txt"
 
 
 def _chapter_cuts(ci: int, ch: Chapter, lay: _Layout, manifest: str) -> list[tuple[dict, CutTruth]]:
@@ -410,7 +415,20 @@ def _chapter_cuts(ci: int, ch: Chapter, lay: _Layout, manifest: str) -> list[tup
         start = lay.offsets[ui] / SAMPLE_RATE + START_JITTER
         duration = _floor_ms(lay.lengths[ui])
         pre_texts = [book_so_far[-1000:].rstrip(), asr_so_far[-1000:].rstrip()]
-        d = _cut_dict(cut_id, rec_id, ch, start, duration, texts, pre_texts, len(book_so_far), lay.pcm.size)
+        source = f"{AUDIO_PREFIX}/{rec_id}.flac"
+        d = manifest_line(
+            cut_id,
+            rec_id,
+            ch.speaker,
+            start,
+            duration,
+            texts,
+            pre_texts,
+            len(book_so_far),
+            lay.pcm.size,
+            source,
+            _text_path(ch),
+        )
         truth = CutTruth(
             cut_id,
             manifest,

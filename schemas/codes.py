@@ -13,7 +13,7 @@ import io
 
 import numpy as np
 
-from schemas.contract import SchemaError
+from schemas.contract import SchemaError, codes_arrow_type
 from tokens.constants import CODEBOOK_SIZE  # values < 1024: the token contract
 
 CODES_FORMAT = "uint16"  # v2: .npy member / list<list<uint16>> column
@@ -53,13 +53,6 @@ def codes_from_npy(data: bytes, where: str = "codes") -> np.ndarray:
     if codes.dtype.kind != "u" or codes.dtype.itemsize != 2:
         raise SchemaError(f"{where}: dtype {codes.dtype}, expected uint16")
     return check_codes(codes, where)
-
-
-def codes_arrow_type():
-    """The v2 Parquet codes column type: [codebooks][frames] of uint16, no nulls."""
-    import pyarrow as pa
-
-    return pa.list_(pa.field("item", pa.list_(pa.field("item", pa.uint16(), nullable=False)), nullable=False))
 
 
 def codes_to_arrow(arrays: list[np.ndarray]):

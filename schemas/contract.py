@@ -60,8 +60,6 @@ def arrow_schema(name: str = f"parquet.v{PARQUET_VERSION}", names: set[str] | No
     (a file written before they were added)."""
     import pyarrow as pa
 
-    from schemas.codes import codes_arrow_type
-
     types = {
         "string": pa.string(),
         "float64": pa.float64(),
@@ -81,3 +79,10 @@ def arrow_schema(name: str = f"parquet.v{PARQUET_VERSION}", names: set[str] | No
 def matches_columns(name: str, schema) -> bool:
     """True if a pyarrow schema holds the columns of `name` (optional ones may be missing)."""
     return schema.equals(arrow_schema(name, set(schema.names)))
+
+
+def codes_arrow_type():
+    """The v2 Parquet codes column type: [codebooks][frames] of uint16, no nulls."""
+    import pyarrow as pa
+
+    return pa.list_(pa.field("item", pa.list_(pa.field("item", pa.uint16(), nullable=False)), nullable=False))

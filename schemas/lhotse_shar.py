@@ -5,7 +5,7 @@ Out: `OUT/lhotse_shar/<subset>/<unit>/cuts.<k>.jsonl.gz` (one lhotse MonoCut per
 `codes.<k>.tar` (per cut `<cut id>.npy`, then `<cut id>.json`, its TemporalArray manifest), under
 temporary names, fsynced; the caller renames them when the unit commits. Each unit folder is a
 Shar directory by itself (`CutSet.from_shar(in_dir=...)`); a whole subset is read by listing
-its files from index.json (README: Reading a corpus with lhotse).
+its files from index.json (docs/formats.md: With lhotse (Shar)).
 
 Each cut: duration = frames / 75 (the codes' own length, so `cut.load_codes()`, which slices by
 duration, returns every frame; the seconds of audio actually encoded are `audio_duration`), no

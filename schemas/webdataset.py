@@ -85,7 +85,9 @@ def read(
 def _samples(stream: BinaryIO, keep: set | None, prefix: str) -> Iterator[tuple[str, dict]]:
     """(key, {extension: bytes, or None when not wanted}) per sample, members grouped as they
     come: a sample's members are adjacent."""
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
+    # A seekable file (local, or bytes in memory) is walked by seeking past unwanted members; a
+    # remote stream is read through, members it does not need passed over unread.
+    with tarfile.open(fileobj=stream, mode="r:" if stream.seekable() else "r|") as tar:
         key, fields, position = None, {}, 0
         for member in tar:
             if not member.isfile():
@@ -106,7 +108,7 @@ def _samples(stream: BinaryIO, keep: set | None, prefix: str) -> Iterator[tuple[
 
 def _codes_member(fields: dict, version: int | None, key: str, prefix: str) -> str:
     if version is None:
-        member = CODES_MEMBER if CODES_MEMBER in fields else CODES_MEMBER_V1
+        member = CODES_MEMBER_V1 if CODES_MEMBER_V1 in fields else CODES_MEMBER
     else:
         member = CODES_MEMBER if version >= 2 else CODES_MEMBER_V1
     if set(fields) != {"json", member}:

@@ -108,9 +108,9 @@ def load(
 ):
     """Read, override, build and check: the whole path for a file that needs nothing else."""
     raw = read_file(path, what, error)
-    for item in overrides:
-        apply_override(raw, item, error)
     try:
+        for item in overrides:
+            apply_override(raw, item, error)
         settings = build(cls, raw, error)
         check(settings, error)
     except error as err:

@@ -1,4 +1,4 @@
-"""Schema v2 codes on a pipeline-built corpus: stock readers (the README's snippets, run as
+"""Schema v2 codes on a pipeline-built corpus: stock readers (the snippets of docs/formats.md, run as
 written: webdataset, pyarrow, pandas, Hugging Face datasets) get (8, frames) arrays equal to what
 the trainer reads; v1 corpora stay readable by the trainer and verify, and a re-run rewrites
 them as v2 from their committed codes without encoding audio again."""
@@ -38,8 +38,8 @@ def trainer_codes(location, fmt: str) -> dict[str, np.ndarray]:
 
 
 def readme_snippets() -> list[str]:
-    """The python blocks of README.md's 'Reading a corpus without this project' section."""
-    text = (REPO / "README.md").read_text()
+    """The python blocks of docs/formats.md's 'Reading a corpus without this project' section."""
+    text = (REPO / "docs" / "formats.md").read_text()
     section = text.split("## Reading a corpus without this project", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 

@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.inspect.verify import verify
 from tests.conftest import REPO, write_dag
-from tests.test_resume_kill import committed_units, outputs
+from tests.test_resume_kill import command, committed_units, outputs
 
 pytestmark = pytest.mark.slow
 
@@ -158,18 +158,7 @@ def test_two_node_cluster_survives_losing_a_node(tmp_path, tiny_corpus, built_co
     cluster = TwoNodeCluster(env)
     try:
         cluster.start()
-        cmd = [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "run",
-            str(dag),
-            "--out",
-            "rel/out",
-            "--ray-address",
-            cluster.address,
-            "--no-progress",
-        ]
+        cmd = command(dag, Path("rel/out"), cluster.address)  # a relative --out
         out = elsewhere / "rel" / "out"
         first = subprocess.Popen(cmd, cwd=elsewhere, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 300

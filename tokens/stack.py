@@ -20,7 +20,7 @@ import sys
 import types
 from importlib import metadata
 
-# The torch releases verified to import and encode beside encodec (README: Install). Keep in
+# The torch releases verified to import and encode beside encodec (docs/install.md). Keep in
 # step with pyproject.toml; constraints.txt pins one of them exactly for CI.
 TESTED_TORCH = ">=2.13,<2.16"
 STACK = ("torch", "encodec", "torchaudio", "numpy")

@@ -133,22 +133,7 @@ def write_unit_shards(
                 write_webdataset(group, tmp, unit, first)
             else:
                 write_parquet(group, tmp)
-            written.append(
-                (
-                    tmp,
-                    ShardFile(
-                        id=shard_id(unit, k),
-                        format=fmt,
-                        path=rel,
-                        subset=subset,
-                        unit=unit,
-                        samples=len(group),
-                        hours=hours,
-                        bytes=tmp.stat().st_size,
-                        sha256=sha256_file(tmp),
-                    ),
-                )
-            )
+            written.append(_record(tmp, fmt, rel, subset, unit, k, group, hours))
         first += len(group)
     return written, lengths
 
@@ -161,24 +146,34 @@ def _write_shar(group: list[Sample], out: Path, subset: str, unit: str, k: int, 
         tmp.parent.mkdir(parents=True, exist_ok=True)
         write = lhotse_shar.write_cuts if name == "cuts" else lhotse_shar.write_codes
         write_durably(tmp, bind(write, group))
-        written.append(
-            (
-                tmp,
-                ShardFile(
-                    id=shard_id(unit, k),
-                    format=lhotse_shar.FORMAT,
-                    path=rel,
-                    subset=subset,
-                    unit=unit,
-                    samples=len(group),
-                    hours=hours,
-                    bytes=tmp.stat().st_size,
-                    sha256=sha256_file(tmp),
-                    field=name,
-                ),
-            )
-        )
+        written.append(_record(tmp, lhotse_shar.FORMAT, rel, subset, unit, k, group, hours, field=name))
     return written
+
+
+def _record(
+    tmp: Path,
+    fmt: str,
+    rel: str,
+    subset: str,
+    unit: str,
+    k: int,
+    group: list[Sample],
+    hours: float,
+    field: str | None = None,
+) -> tuple[Path, ShardFile]:
+    """A written partial file and the ledger/index record that describes it (its bytes, sha256)."""
+    return tmp, ShardFile(
+        id=shard_id(unit, k),
+        format=fmt,
+        path=rel,
+        subset=subset,
+        unit=unit,
+        samples=len(group),
+        hours=hours,
+        bytes=tmp.stat().st_size,
+        sha256=sha256_file(tmp),
+        field=field,
+    )
 
 
 def _validated(samples: Iterable[Sample], unit: str) -> Iterator[Sample]:

@@ -48,7 +48,7 @@ _TRAINER_OPTIONS = {
 
 @dataclass
 class BpeConfig:
-    # 1024: see README "Text and vocabulary" (small pieces let the model learn spelling -> sound for
+    # 1024: see docs/configuration.md "Text and vocabulary" (small pieces let the model learn spelling -> sound for
     # unseen words; room beyond the ~100-300 cased characters and punctuation for common words).
     vocab_size: int = 1024
     model_type: str = "bpe"  # sentencepiece model type: bpe | unigram | char
