@@ -4,8 +4,8 @@ readers: .npy members, list<list<uint16>> Parquet column).
     python bench/bench_code_bytes.py out/sample          # a built corpus (v1 or v2), e.g. the sample
 
 Reads every sample of the corpus through trainer.corpus (its own codes, text and metadata), then
-writes them again with the v1 writers (tests/synthetic_corpus.py, as valle-corpus wrote them
-before v2) and the v2 writers (pipeline.shards), and reports, per format, what the codes take
+writes them again with the v1 writers (sample/corpora.py, as valle-corpus wrote them
+before v2) and the v2 writers (pipeline.output.shards), and reports, per format, what the codes take
 on disk per second of audio:
 - WebDataset: the codes members (payload; and with their 512-byte tar header and padding);
 - Parquet: the compressed column chunks of the codes columns (from the file's metadata);
@@ -20,6 +20,7 @@ nearly all 1,024: the random-codes column bounds what a real corpus takes. The p
 entropy of the corpus's codes is printed too, and what the v2 codes column would take with
 other Parquet encodings (why the writer uses a dictionary).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,14 +36,20 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import schemas  # noqa: E402
-from pipeline.shards import Sample, write_parquet, write_webdataset  # noqa: E402
-from tests.synthetic_corpus import write_parquet_v1, write_webdataset_v1  # noqa: E402
-from trainer.corpus import open_corpus, read_shard  # noqa: E402
+from pipeline.output.shards import write_parquet, write_webdataset  # noqa: E402
+from sample.corpora import write_parquet_v1, write_webdataset_v1  # noqa: E402
+from schemas.reading import read_shard  # noqa: E402
+from schemas.sample import Sample  # noqa: E402
+from trainer.corpus import open_corpus  # noqa: E402
 
 TAR_BLOCK = 512
 LONG_SAMPLES = 1000  # ~4 h of random codes at Libriheavy-like lengths: about one Parquet row group
-WRITERS = {("webdataset", 1): write_webdataset_v1, ("webdataset", 2): write_webdataset,
-           ("parquet", 1): write_parquet_v1, ("parquet", 2): write_parquet}
+WRITERS = {
+    ("webdataset", 1): write_webdataset_v1,
+    ("webdataset", 2): write_webdataset,
+    ("parquet", 1): write_parquet_v1,
+    ("parquet", 2): write_parquet,
+}
 
 
 def corpus_samples(location: str) -> list[list[Sample]]:
@@ -66,8 +73,10 @@ def _metadata(path: Path, fmt: str) -> list[dict]:
     if fmt == "parquet":
         return pq.read_table(path, columns=fields).to_pylist()
     with tarfile.open(path) as tar:
-        return [{k: m[k] for k in fields} for m in (json.loads(tar.extractfile(i).read()) for i in tar
-                                                     if i.name.endswith(".json"))]
+        return [
+            {k: m[k] for k in fields}
+            for m in (json.loads(tar.extractfile(i).read()) for i in tar if i.name.endswith(".json"))
+        ]
 
 
 def measure(shards: list[list[Sample]], folder: Path) -> dict:
@@ -87,9 +96,12 @@ def measure(shards: list[list[Sample]], folder: Path) -> dict:
                 write(samples, path)
                 meta = pq.ParquetFile(path).metadata
                 codes_columns = ("codes", "codes_codebooks", "codes_frames") if version == 1 else ()
-                n = sum(c.total_compressed_size for g in range(meta.num_row_groups)
-                        for c in (meta.row_group(g).column(i) for i in range(meta.num_columns))
-                        if c.path_in_schema in codes_columns or c.path_in_schema.startswith("codes."))
+                n = sum(
+                    c.total_compressed_size
+                    for g in range(meta.num_row_groups)
+                    for c in (meta.row_group(g).column(i) for i in range(meta.num_columns))
+                    if c.path_in_schema in codes_columns or c.path_in_schema.startswith("codes.")
+                )
                 payload += n
                 disk += n
             files += path.stat().st_size
@@ -148,29 +160,41 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     uniform = [[Sample(**{**s.__dict__, "codes": random_codes(rng, *s.codes.shape)}) for s in one[0]]]
     template = one[0][0]
-    long = [[Sample(**{**template.__dict__, "duration": frames / 75, "codes": random_codes(rng, 8, frames)})
-             for frames in rng.integers(75, 2251, LONG_SAMPLES).tolist()]]
+    long = [
+        [
+            Sample(**{**template.__dict__, "duration": frames / 75, "codes": random_codes(rng, 8, frames)})
+            for frames in rng.integers(75, 2251, LONG_SAMPLES).tolist()
+        ]
+    ]
     with tempfile.TemporaryDirectory() as tmp:
-        results = {name: measure(data, Path(tmp)) for name, data in
-                   (("own", shards), ("one", one), ("uniform", uniform), ("long", long))}
+        results = {
+            name: measure(data, Path(tmp))
+            for name, data in (("own", shards), ("one", one), ("uniform", uniform), ("long", long))
+        }
         long_seconds = sum(s.duration for s in long[0])
 
     n = sum(len(shard) for shard in shards)
     print(f"{args.corpus}: {n} samples, {seconds:.1f} s of audio, {len(shards)} shards per format")
-    print("codebook entropy (bits; 10 = every entry equally used): "
-          + " ".join(f"{b:.2f}" for b in entropy_bits(shards)))
+    print(
+        "codebook entropy (bits; 10 = every entry equally used): " + " ".join(f"{b:.2f}" for b in entropy_bits(shards))
+    )
     print()
-    print("| format | schema | codes B/s, its shards | one shard | uniformly random codes, one shard "
-          f"| random codes, {LONG_SAMPLES} cuts of 1-30 s | whole files B/s, its shards |")
+    print(
+        "| format | schema | codes B/s, its shards | one shard | uniformly random codes, one shard "
+        f"| random codes, {LONG_SAMPLES} cuts of 1-30 s | whole files B/s, its shards |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
     for fmt, version in WRITERS:
         own, single, rand, long_ = (results[k][(fmt, version)] for k in ("own", "one", "uniform", "long"))
         what = "payload / with tar headers" if fmt == "webdataset" else "compressed column chunks"
 
-        def cell(r, secs=seconds):
+        def cell(r, secs=seconds, fmt=fmt):
             return f"{r[0] / secs:.0f} / {r[1] / secs:.0f}" if fmt == "webdataset" else f"{r[0] / secs:.0f}"
-        print(f"| {fmt} ({what}) | v{version} | {cell(own)} | {cell(single)} | {cell(rand)} "
-              f"| {cell(long_, long_seconds)} | {own[2] / seconds:.0f} |")
+
+        print(
+            f"| {fmt} ({what}) | v{version} | {cell(own)} | {cell(single)} | {cell(rand)} "
+            f"| {cell(long_, long_seconds)} | {own[2] / seconds:.0f} |"
+        )
     print()
     print("| v2 Parquet codes column, one shard | its codes B/s | random codes, 1-30 s cuts, B/s |")
     print("|---|---:|---:|")

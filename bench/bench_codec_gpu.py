@@ -18,6 +18,7 @@ on the same device, utilization, where the time goes, and the fast modes' code a
 On a CPU the defaults are small (2 s utterances, 3 minutes of corpus) so it runs in minutes;
 the table has the same rows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,19 +33,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-import ray
 import psutil  # Ray's bundled copy (imported after ray)
+import ray
 import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tokens.codec import CodecConfig, CodecEncoder, code_agreement, resolve_weights  # noqa: E402
 from pipeline.dag import load_dag  # noqa: E402
 from pipeline.executors.local import LocalExecutor  # noqa: E402
 from pipeline.runner import run  # noqa: E402
-from tests.lookalike import synthetic_chapters, write_corpus  # noqa: E402
+from sample.compare import code_agreement  # noqa: E402
+from sample.lookalike import synthetic_chapters, write_corpus  # noqa: E402
+from tokens.codec import CodecEncoder  # noqa: E402
+from tokens.codec_settings import CodecConfig  # noqa: E402
+from tokens.codec_weights import resolve_weights  # noqa: E402
 
 
 class Utilization(threading.Thread):
@@ -59,9 +63,18 @@ class Utilization(threading.Thread):
         while not self.stop.wait(0.2):
             if self.gpu:
                 try:
-                    out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                          "-i", os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]],
-                                         capture_output=True, text=True, timeout=5)
+                    out = subprocess.run(
+                        [
+                            "nvidia-smi",
+                            "--query-gpu=utilization.gpu",
+                            "--format=csv,noheader,nounits",
+                            "-i",
+                            os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0],
+                        ],
+                        capture_output=True,
+                        text=True,
+                        timeout=5,
+                    )
                     self.samples.append(float(out.stdout.split()[0]))
                 except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
                     return
@@ -100,23 +113,39 @@ def bare(device: str, state, precisions: list[str], batches: list[int], seconds:
                 t2 = time.perf_counter()
                 prepare, total = prepare + t1 - t0, total + t2 - t0
             codes[precision, b] = out
-            rows.append({"precision": precision, "batch": b, "audio_s_per_s": b * seconds * repeat / total,
-                         "host_pad_share": prepare / total})
+            rows.append(
+                {
+                    "precision": precision,
+                    "batch": b,
+                    "audio_s_per_s": b * seconds * repeat / total,
+                    "host_pad_share": prepare / total,
+                }
+            )
     return rows, codes
 
 
 def corpus_dag(minutes: float, root: Path, device: str, weights: str) -> Path:
     per_chapter = 30
     chapters = max(2, round(minutes * 60 / (3.5 * per_chapter)))
-    files = write_corpus(synthetic_chapters(n_speakers=chapters, chapters_per_speaker=1,
-                                            utterances_per_chapter=per_chapter, seconds=(2.0, 5.0)), root)
+    files = write_corpus(
+        synthetic_chapters(
+            n_speakers=chapters, chapters_per_speaker=1, utterances_per_chapter=per_chapter, seconds=(2.0, 5.0)
+        ),
+        root,
+    )
     dag = yaml.safe_load((REPO / "dags/sample.yaml").read_text())
-    dag.update(name="bench-codec", subsets={"train": sorted(files.manifests)},
-               source={"manifest_base_url": (root / "manifests").as_uri() + "/",
-                       "audio_base_url": (root / "audio").as_uri() + "/", "audio_archives": ["small.tar"],
-                       "checksums": None},
-               plan={"unit_hours": round(minutes / 60 / 8, 6)},  # ~8 units
-               codec={"weights": weights, "device": device})
+    dag.update(
+        name="bench-codec",
+        subsets={"train": sorted(files.manifests)},
+        source={
+            "manifest_base_url": (root / "manifests").as_uri() + "/",
+            "audio_base_url": (root / "audio").as_uri() + "/",
+            "audio_archives": ["small.tar"],
+            "checksums": None,
+        },
+        plan={"unit_hours": round(minutes / 60 / 8, 6)},  # ~8 units
+        codec={"weights": weights, "device": device},
+    )
     path = root / "bench.yaml"
     path.write_text(yaml.safe_dump(dag))
     return path
@@ -133,11 +162,18 @@ def pipeline(dag_path: Path, out: Path, gpu: bool, executor: str) -> dict:
     meter.join()
     stats = summary.codec_stats
     audio = stats.get("audio", 0.0)
-    return {"wall_s": wall, "units_wall_s": summary.units_wall_s, "audio_s": audio, "units": summary.units,
-            "audio_s_per_s": audio / wall, "units_audio_s_per_s": audio / summary.units_wall_s,
-            "device_busy": stats.get("device", 0.0) / summary.units_wall_s,
-            "utilization": meter.mean(), "codec_worker_s": {k: v for k, v in stats.items() if k != "audio"},
-            "unit_tasks_s": summary.unit_seconds}
+    return {
+        "wall_s": wall,
+        "units_wall_s": summary.units_wall_s,
+        "audio_s": audio,
+        "units": summary.units,
+        "audio_s_per_s": audio / wall,
+        "units_audio_s_per_s": audio / summary.units_wall_s,
+        "device_busy": stats.get("device", 0.0) / summary.units_wall_s,
+        "utilization": meter.mean(),
+        "codec_worker_s": {k: v for k, v in stats.items() if k != "audio"},
+        "unit_tasks_s": summary.unit_seconds,
+    }
 
 
 def main() -> None:
@@ -154,13 +190,22 @@ def main() -> None:
     args = parser.parse_args()
     device = ("cuda" if gpu_here else "cpu") if args.device == "auto" else args.device
     gpu = device.startswith("cuda")
-    name = torch.cuda.get_device_name(0) if gpu else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    name = (
+        torch.cuda.get_device_name(0)
+        if gpu
+        else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    )
 
     state = resolve_weights(CodecConfig(weights="random"))
     rows, codes = bare(device, state, args.precisions, args.batches, args.utterance_seconds, args.repeat)
-    agreement = {p: code_agreement(codes["exact", 32 if 32 in args.batches else args.batches[-1]],
-                                   codes[p, 32 if 32 in args.batches else args.batches[-1]])
-                 for p in args.precisions if p != "exact" and "exact" in args.precisions}
+    agreement = {
+        p: code_agreement(
+            codes["exact", 32 if 32 in args.batches else args.batches[-1]],
+            codes[p, 32 if 32 in args.batches else args.batches[-1]],
+        )
+        for p in args.precisions
+        if p != "exact" and "exact" in args.precisions
+    }
 
     work = Path(tempfile.mkdtemp(prefix="valle-bench-codec-"))
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -172,22 +217,30 @@ def main() -> None:
         ray.shutdown()
     shutil.rmtree(work)
 
-    print(f"$ python bench/bench_codec_gpu.py --device {args.device} --utterance-seconds {args.utterance_seconds:g} "
-          f"--repeat {args.repeat} --pipeline-minutes {args.pipeline_minutes:g} --executor {args.executor}")
+    print(
+        f"$ python bench/bench_codec_gpu.py --device {args.device} --utterance-seconds {args.utterance_seconds:g} "
+        f"--repeat {args.repeat} --pipeline-minutes {args.pipeline_minutes:g} --executor {args.executor}"
+    )
     print(f"device: {name}; random-init weights (same architecture and cost as pretrained)")
     print(f"\nbare encoder, {args.utterance_seconds:g} s utterances, one forward pass per batch")
     print(f"{'precision':<9} {'batch':>5} {'audio s/s':>11} {'x real time':>11} {'host padding':>13}")
     for r in rows:
-        print(f"{r['precision']:<9} {r['batch']:>5} {r['audio_s_per_s']:>11.1f} {r['audio_s_per_s']:>10.0f}x "
-              f"{r['host_pad_share']:>12.0%}")
+        print(
+            f"{r['precision']:<9} {r['batch']:>5} {r['audio_s_per_s']:>11.1f} {r['audio_s_per_s']:>10.0f}x "
+            f"{r['host_pad_share']:>12.0%}"
+        )
     for p, shares in agreement.items():
         print(f"\n{p} vs exact, identical codes per codebook: " + " ".join(f"{s:.3f}" for s in shares))
     print(f"\nwhole pipeline, {pipe['audio_s']:.0f} s of audio in {pipe['units']} units, {args.executor} executor")
     largest = rows[len(args.batches) - 1]["audio_s_per_s"]
     print(f"{'end to end, run() (audio s/s)':<40} {pipe['audio_s_per_s']:.1f} (wall {pipe['wall_s']:.1f} s)")
-    print(f"{'units phase: workers up to done':<40} {pipe['units_audio_s_per_s']:.1f} (wall {pipe['units_wall_s']:.1f} s)")
-    print(f"{'ratio to bare at the largest batch':<40} {pipe['audio_s_per_s'] / largest:.2f} end to end, "
-          f"{pipe['units_audio_s_per_s'] / largest:.2f} units phase")
+    print(
+        f"{'units phase: workers up to done':<40} {pipe['units_audio_s_per_s']:.1f} (wall {pipe['units_wall_s']:.1f} s)"
+    )
+    print(
+        f"{'ratio to bare at the largest batch':<40} {pipe['audio_s_per_s'] / largest:.2f} end to end, "
+        f"{pipe['units_audio_s_per_s'] / largest:.2f} units phase"
+    )
     print(f"{'device busy (forward passes / units phase)':<40} {pipe['device_busy']:.0%}")
     print(f"{'utilization':<40} {pipe['utilization']}")
     print("where the time goes (seconds, summed over threads and tasks; they overlap):")

@@ -3,9 +3,9 @@
     python bench/bench_download.py                    # 300 MB, 20 MB/s per connection, 1 and 8
     python bench/bench_download.py --mb 500 --rate-mb 50 --connections 1 --connections 16
 
-A local HTTP server (tests/http_mirror.py, in its own process so it does not share the GIL with
+A local HTTP server (sample/http_mirror.py, in its own process so it does not share the GIL with
 the clients) serves a generated file on 127.0.0.1 and holds every response to --rate-mb MB/s,
-like a CDN's per-connection cap. The file is downloaded with pipeline.transfers: on Ray (the
+like a CDN's per-connection cap. The file is downloaded with pipeline.fetch.transfers: on Ray (the
 production path: Ray is started first; the first run, while its transfer actors start, is shown
 as "cold", then the same actors serve the timed runs, as they serve a whole run in production)
 and in threads. Reported per run: wall seconds from the start to the file in place,
@@ -15,6 +15,7 @@ sha256 of the file, which a checked download adds once. Peak RSS of this process
 for the thread runs (they run in it): it does not grow with the file, as ranges are streamed
 in 1 MiB chunks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.fsutil import hash_file  # noqa: E402
-from pipeline.transfer_pools import RayTasks, ThreadTasks  # noqa: E402
-from pipeline.transfers import DownloadSettings, FileJob, Transfers  # noqa: E402
+from pipeline.fetch.transfer_pools import RayTasks, ThreadTasks  # noqa: E402
+from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers  # noqa: E402
+from storage.hashing import hash_file  # noqa: E402
 
 
 def serve(root: str, rate: float, ready) -> None:
-    from tests.http_mirror import HttpMirror
+    from sample.http_mirror import HttpMirror
 
     with HttpMirror(Path(root), rate_bytes_s=rate) as mirror:
         ready.put(mirror.base_url)
@@ -64,7 +65,7 @@ def main() -> None:
     args = ap.parse_args()
     counts = args.connections or [1, 8]
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("pipeline.download").setLevel(logging.ERROR)  # "NOT verified" on purpose
+    logging.getLogger("storage.download").setLevel(logging.ERROR)  # "NOT verified" on purpose
 
     work = Path(tempfile.mkdtemp(prefix="bench_download."))
     try:
@@ -81,15 +82,16 @@ def main() -> None:
         url = ready.get(timeout=30) + "/big.bin"
         dest = work / "out" / "big.bin"
         dest.parent.mkdir()
-        print(f"file {args.mb} MB, {args.rate_mb:g} MB/s per connection, ranges of {args.range_mb:g} MB, "
-              f"{os.cpu_count()} CPUs")
+        print(
+            f"file {args.mb} MB, {args.rate_mb:g} MB/s per connection, ranges of {args.range_mb:g} MB, "
+            f"{os.cpu_count()} CPUs"
+        )
         rows = []
         for name in args.pools.split(","):
             if name == "ray":
                 import ray
 
-                ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING)
+                ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
                 pool = RayTasks()
                 # Cold: the transfer actors start during this run (a process each, 2 at a time
                 # on a 2-CPU Ray): once per run in production, where a range takes a minute.
@@ -112,10 +114,14 @@ def main() -> None:
         print("\n| pool | connections | seconds | MB/s | vs 1 connection |\n|---|---|---|---|---|")
         for name, n, seconds, rate, ratio in rows:
             print(f"| {name} | {n} | {seconds:.2f} | {rate:.1f} | {'' if ratio is None else f'{ratio:.2f}x'} |")
-        print(f"\nsha256 of the {args.mb} MB file (the verification a checked download adds): "
-              f"{hash_s:.2f} s ({args.mb / hash_s:.0f} MB/s)")
-        print(f"peak RSS of this process (server elsewhere; thread runs in it): "
-              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+        print(
+            f"\nsha256 of the {args.mb} MB file (the verification a checked download adds): "
+            f"{hash_s:.2f} s ({args.mb / hash_s:.0f} MB/s)"
+        )
+        print(
+            f"peak RSS of this process (server elsewhere; thread runs in it): "
+            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+        )
         server.terminate()
     finally:
         shutil.rmtree(work, ignore_errors=True)

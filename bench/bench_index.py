@@ -11,6 +11,7 @@ libriheavy-large is ~12 M cuts: ~2,540 such units. Each size is built in a fresh
 the peak RSS is its own; the index's shard list is O(shards) by design, and everything per
 sample (lengths, rejects) should stay flat in the number of units.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,12 +28,12 @@ sys.path.insert(0, str(REPO))
 
 FULL_SCALE_UNITS = 2_540
 
-_MEASURE = """
+_MEASURE = r"""
 import json, re, sys, time
 from pathlib import Path
-from pipeline.index import build_index
-from pipeline.plan import SubsetPlan, UnitPlan
-from tests.synthetic_corpus import PROVENANCE
+from pipeline.output.index import build_index
+from pipeline.plan.subsets import SubsetPlan, UnitPlan
+from sample.corpora import PROVENANCE
 out = Path(sys.argv[1])
 plans = [SubsetPlan(**{**p, "units": [UnitPlan(**u) for u in p["units"]]})
          for p in json.loads((out / "plans.json").read_text())]
@@ -49,7 +50,7 @@ print(json.dumps({"seconds": time.monotonic() - started, "shards": len(index["sh
 
 def generate(out: Path, units: int, cuts: int, seed: int = 0) -> None:
     """`units` ledger entries under `out/ledger`, and their plans in `out/plans.json`."""
-    from pipeline import ledger
+    from pipeline.output import ledger
 
     rng = random.Random(seed)
     plan_units = []
@@ -58,25 +59,49 @@ def generate(out: Path, units: int, cuts: int, seed: int = 0) -> None:
         speakers = [str(rng.randrange(7_000)) for _ in range(cuts // 200 + 1)]
         kept = [i for i in range(cuts) if rng.random() > 0.03]
         frames = [rng.randrange(150, 2_250) for _ in kept]  # 2-30 s at 75 frames/s
-        lengths = {"shard": f"{name}-000", "frames": frames,
-                   "text_tokens": [f // 12 for f in frames],
-                   "speaker": [speakers[i // 200] for i in kept],
-                   "recording_id": [f"{speakers[i // 200]}/book_{i // 50:04d}/chapter_{i // 50:02d}" for i in kept],
-                   "text_cer": [round(rng.random() * 0.1, 4) for _ in kept]}
+        lengths = {
+            "shard": f"{name}-000",
+            "frames": frames,
+            "text_tokens": [f // 12 for f in frames],
+            "speaker": [speakers[i // 200] for i in kept],
+            "recording_id": [f"{speakers[i // 200]}/book_{i // 50:04d}/chapter_{i // 50:02d}" for i in kept],
+            "text_cer": [round(rng.random() * 0.1, 4) for _ in kept],
+        }
         hours = round(sum(frames) / 75 / 3600, 6)
-        files = [{"id": f"{name}-000", "format": fmt, "path": f"{fmt}/large/{name}-000{suffix}",
-                  "subset": "large", "unit": name, "samples": len(kept), "hours": hours,
-                  "bytes": 50_000_000, "sha256": f"{u:064x}"}
-                 for fmt, suffix in (("webdataset", ".tar"), ("parquet", ".parquet"))]
+        files = [
+            {
+                "id": f"{name}-000",
+                "format": fmt,
+                "path": f"{fmt}/large/{name}-000{suffix}",
+                "subset": "large",
+                "unit": name,
+                "samples": len(kept),
+                "hours": hours,
+                "bytes": 50_000_000,
+                "sha256": f"{u:064x}",
+            }
+            for fmt, suffix in (("webdataset", ".tar"), ("parquet", ".parquet"))
+        ]
         kept_set = set(kept)
-        rejects = [{"id": f"{name}/cut_{i:05d}", "reason": "text_mismatch", "text_cer": 0.4}
-                   for i in range(cuts) if i not in kept_set]
-        ledger.write_entry(out, name, {"shards": {"files": files, "lengths": [lengths],
-                                                   "samples": len(kept), "rejects": rejects}})
-        plan_units.append({"name": name, "subset": "large", "recordings": cuts // 50, "cuts": cuts,
-                           "seconds": hours * 3600, "sha256": "0" * 64})
-    plan = {"subset": "large", "role": "train", "fingerprint": "0" * 64, "cuts_in": units * cuts,
-            "units": plan_units}
+        rejects = [
+            {"id": f"{name}/cut_{i:05d}", "reason": "text_mismatch", "text_cer": 0.4}
+            for i in range(cuts)
+            if i not in kept_set
+        ]
+        ledger.write_entry(
+            out, name, {"shards": {"files": files, "lengths": [lengths], "samples": len(kept), "rejects": rejects}}
+        )
+        plan_units.append(
+            {
+                "name": name,
+                "subset": "large",
+                "recordings": cuts // 50,
+                "cuts": cuts,
+                "seconds": hours * 3600,
+                "sha256": "0" * 64,
+            }
+        )
+    plan = {"subset": "large", "role": "train", "fingerprint": "0" * 64, "cuts_in": units * cuts, "units": plan_units}
     (out / "plans.json").write_text(json.dumps([plan]))
 
 
@@ -94,14 +119,23 @@ def main() -> None:
             t = time.monotonic()
             generate(out, n, args.cuts_per_unit)
             print(f"(generated {n} units in {time.monotonic() - t:.0f} s)", file=sys.stderr)
-            r = json.loads(subprocess.run([sys.executable, "-c", _MEASURE, str(out)], cwd=REPO, check=True,
-                                          stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1])
+            r = json.loads(
+                subprocess.run(
+                    [sys.executable, "-c", _MEASURE, str(out)], cwd=REPO, check=True, stdout=subprocess.PIPE, text=True
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             rows.append((n, r))
-            print(f"| {n:,} | {r['samples']:,} | {r['rejects']:,} | {r['lengths_mb']:.1f} MB | "
-                  f"{r['seconds']:.1f} s | {r['peak_rss_mb']:,.0f} MB |")
+            print(
+                f"| {n:,} | {r['samples']:,} | {r['rejects']:,} | {r['lengths_mb']:.1f} MB | "
+                f"{r['seconds']:.1f} s | {r['peak_rss_mb']:,.0f} MB |"
+            )
     n, r = rows[-1]
-    print(f"\n{FULL_SCALE_UNITS:,} units (libriheavy-large), scaled linearly from {n:,}: "
-          f"build ~{r['seconds'] * FULL_SCALE_UNITS / n:.0f} s")
+    print(
+        f"\n{FULL_SCALE_UNITS:,} units (libriheavy-large), scaled linearly from {n:,}: "
+        f"build ~{r['seconds'] * FULL_SCALE_UNITS / n:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ that maps them) and of PSS (shared pages split between the processes), and the l
 process. `--repo` runs another checkout's pipeline on the same corpora (e.g. the commit before
 streaming) for a before/after comparison.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,14 +26,14 @@ import threading
 import time
 from pathlib import Path
 
-import ray  # noqa: F401  (puts Ray's bundled psutil on the path)
 import psutil
+import ray  # noqa: F401  (puts Ray's bundled psutil on the path)
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.lookalike import synthetic_chapters, write_corpus  # noqa: E402
+from sample.lookalike import synthetic_chapters, write_corpus  # noqa: E402
 
 UTTERANCES_PER_CHAPTER = 60  # ~3.5 s each: ~3.5 min recordings
 
@@ -40,18 +41,29 @@ UTTERANCES_PER_CHAPTER = 60  # ~3.5 s each: ~3.5 min recordings
 def make_corpus(minutes: float, root: Path) -> tuple[Path, float]:
     """A corpus of about `minutes` of speech and a DAG whose single unit holds all of it."""
     chapters = max(2, round(minutes * 60 / (3.5 * UTTERANCES_PER_CHAPTER)))
-    files = write_corpus(synthetic_chapters(n_speakers=chapters, chapters_per_speaker=1,
-                                            utterances_per_chapter=UTTERANCES_PER_CHAPTER,
-                                            seconds=(2.0, 5.0)), root)
+    files = write_corpus(
+        synthetic_chapters(
+            n_speakers=chapters,
+            chapters_per_speaker=1,
+            utterances_per_chapter=UTTERANCES_PER_CHAPTER,
+            seconds=(2.0, 5.0),
+        ),
+        root,
+    )
     hours = sum(t.available_samples for t in files.cuts.values()) / 16000 / 3600
     dag = yaml.safe_load((REPO / "dags/sample.yaml").read_text())
-    dag.update(name=f"memory-{minutes:g}min",
-               source={"manifest_base_url": (root / "manifests").as_uri() + "/",
-                       "audio_base_url": (root / "audio").as_uri() + "/",
-                       "audio_archives": ["small.tar"], "checksums": None},
-               subsets={"train": sorted(files.manifests)},
-               plan={"unit_hours": round(hours * 1.5, 6)},  # one unit: the whole corpus
-               codec={"weights": "random"})
+    dag.update(
+        name=f"memory-{minutes:g}min",
+        source={
+            "manifest_base_url": (root / "manifests").as_uri() + "/",
+            "audio_base_url": (root / "audio").as_uri() + "/",
+            "audio_archives": ["small.tar"],
+            "checksums": None,
+        },
+        subsets={"train": sorted(files.manifests)},
+        plan={"unit_hours": round(hours * 1.5, 6)},  # one unit: the whole corpus
+        codec={"weights": "random"},
+    )
     path = root / "memory.yaml"
     path.write_text(yaml.safe_dump(dag))
     return path, hours * 3600
@@ -60,8 +72,12 @@ def make_corpus(minutes: float, root: Path) -> tuple[Path, float]:
 def kind(cmdline: list[str]) -> str:
     """What a process of the run is, from its command line (Ray sets worker titles)."""
     text = " ".join(cmdline)
-    for needle, name in (("CodecActor", "codec actor"), ("_unit_task", "unit tasks"),
-                         ("pipeline.cli", "driver"), ("ray::IDLE", "idle Ray workers")):
+    for needle, name in (
+        ("CodecActor", "codec actor"),
+        ("_unit_task", "unit tasks"),
+        ("pipeline.cli", "driver"),
+        ("ray::IDLE", "idle Ray workers"),
+    ):
         if needle in text:
             return name
     return "Ray system (GCS, raylet, ...)"
@@ -118,9 +134,15 @@ def measure(dag: Path, out: Path, repo: Path) -> dict:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
     units = len(list((out / "ledger").glob("*.json")))
     mb = lambda d: {k: round(v / 2**20) for k, v in sorted(d.items())}  # noqa: E731
-    return {"wall_s": time.perf_counter() - started, "units": units, "peak_rss_mb": sampler.peak_rss / 2**20,
-            "peak_pss_mb": sampler.peak_pss / 2**20, "rss_at_peak_mb": mb(sampler.at_peak),
-            "peak_by_kind_mb": mb(sampler.peak_by_kind), "summary": stdout.strip().splitlines()[-1]}
+    return {
+        "wall_s": time.perf_counter() - started,
+        "units": units,
+        "peak_rss_mb": sampler.peak_rss / 2**20,
+        "peak_pss_mb": sampler.peak_pss / 2**20,
+        "rss_at_peak_mb": mb(sampler.at_peak),
+        "peak_by_kind_mb": mb(sampler.peak_by_kind),
+        "summary": stdout.strip().splitlines()[-1],
+    }
 
 
 def main() -> None:
@@ -135,18 +157,24 @@ def main() -> None:
         row = {"minutes": minutes, "audio_s": seconds, **measure(dag, work / f"out-{minutes:g}", args.repo)}
         assert row["units"] == 1, f"expected one unit holding the whole corpus, got {row['units']}"
         rows.append(row)
-    print(f"$ python bench/bench_memory.py --minutes {' '.join(f'{m:g}' for m in args.minutes)}"
-          + (f" --repo {args.repo}" if args.repo != REPO else ""))
+    print(
+        f"$ python bench/bench_memory.py --minutes {' '.join(f'{m:g}' for m in args.minutes)}"
+        + (f" --repo {args.repo}" if args.repo != REPO else "")
+    )
     print(f"{'corpus':>8} {'audio s':>8} {'units':>5} {'wall s':>7} {'peak RSS MB':>12} {'peak PSS MB':>12}")
     for r in rows:
-        print(f"{r['minutes']:>6g} m {r['audio_s']:>8.0f} {r['units']:>5} {r['wall_s']:>7.1f} "
-              f"{r['peak_rss_mb']:>12.0f} {r['peak_pss_mb']:>12.0f}")
+        print(
+            f"{r['minutes']:>6g} m {r['audio_s']:>8.0f} {r['units']:>5} {r['wall_s']:>7.1f} "
+            f"{r['peak_rss_mb']:>12.0f} {r['peak_pss_mb']:>12.0f}"
+        )
         print(f"{'':>10}peak RSS MB by process: " + ", ".join(f"{k} {v}" for k, v in r["peak_by_kind_mb"].items()))
     if len(rows) >= 2:
         big, small = rows[-1], rows[0]
-        print(f"peak RSS ratio {big['minutes']:g} min / {small['minutes']:g} min: "
-              f"{big['peak_rss_mb'] / small['peak_rss_mb']:.2f} (goal <= 1.3); "
-              f"PSS ratio {big['peak_pss_mb'] / small['peak_pss_mb']:.2f}")
+        print(
+            f"peak RSS ratio {big['minutes']:g} min / {small['minutes']:g} min: "
+            f"{big['peak_rss_mb'] / small['peak_rss_mb']:.2f} (goal <= 1.3); "
+            f"PSS ratio {big['peak_pss_mb'] / small['peak_pss_mb']:.2f}"
+        )
     print(json.dumps(rows))
 
 

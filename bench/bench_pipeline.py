@@ -12,6 +12,7 @@ Side by side in one process on the same cores, alternating, because these machin
   encode, shards and index.
 Prints one table; the figures in the issue notes come from it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,20 +32,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokens.codec import CodecEncoder  # noqa: E402
 from pipeline.dag import load_dag  # noqa: E402
-from pipeline.plan import read_unit_cuts  # noqa: E402
+from pipeline.encode.segment import segment_recording  # noqa: E402
 from pipeline.executors.placement import plan_slots  # noqa: E402
-from pipeline.resample import codec_input  # noqa: E402
+from pipeline.plan.subsets import read_unit_cuts  # noqa: E402
 from pipeline.runner import resolve_codec, run  # noqa: E402
-from pipeline.segment import segment_recording  # noqa: E402
+from tokens.audio import codec_input  # noqa: E402
+from tokens.codec import CodecEncoder  # noqa: E402
 from tokens.text import select_text  # noqa: E402
 
 
 def kept_waves(out: Path, dag, store_dir: Path):
     """The waveforms the pipeline encoded, rebuilt from its plan with the same stage code."""
-    from pipeline.audio_store import TarAudioStore
-    from pipeline.plan import load_plan
+    from pipeline.fetch.audio_store import TarAudioStore
+    from pipeline.plan.subsets import load_plan
 
     store = TarAudioStore([store_dir / name for name in dag.source.audio_archives])
     waves = []
@@ -52,8 +53,9 @@ def kept_waves(out: Path, dag, store_dir: Path):
         for unit in load_plan(out, subset).units:
             cuts = [c for c in read_unit_cuts(out, unit) if select_text(c["texts"], dag.text.field)]
             for _, rec in groupby(cuts, key=lambda c: c["recording_id"]):
-                segs, _ = segment_recording(list(rec), store.read_bytes, dag.segment.min_duration,
-                                            dag.segment.max_duration)
+                segs, _ = segment_recording(
+                    list(rec), store.read_bytes, dag.segment.min_duration, dag.segment.max_duration
+                )
                 waves += [codec_input(s.audio, s.rate) for s in segs]
     return waves
 
@@ -62,17 +64,24 @@ def synthetic_dag(minutes: float) -> Path:
     """A generated corpus (speech-like tones, 2-5 s utterances) and a DAG over it, in a temp dir."""
     import yaml
 
-    from tests.lookalike import synthetic_chapters, write_corpus
+    from sample.lookalike import synthetic_chapters, write_corpus
 
     root = Path(tempfile.mkdtemp(prefix="valle-bench-corpus-"))
     per_chapter = 10  # utterances of ~3.5 s
     chapters = max(2, round(minutes * 60 / (3.5 * per_chapter)))
-    files = write_corpus(synthetic_chapters(n_speakers=chapters // 2, chapters_per_speaker=2,
-                                            utterances_per_chapter=per_chapter, seconds=(2.0, 5.0)), root)
+    files = write_corpus(
+        synthetic_chapters(
+            n_speakers=chapters // 2, chapters_per_speaker=2, utterances_per_chapter=per_chapter, seconds=(2.0, 5.0)
+        ),
+        root,
+    )
     dag = yaml.safe_load((Path(__file__).resolve().parents[1] / "dags/sample.yaml").read_text())
-    dag["source"] = {"manifest_base_url": (root / "manifests").as_uri() + "/",
-                     "audio_base_url": (root / "audio").as_uri() + "/", "audio_archives": ["small.tar"],
-                     "checksums": None}
+    dag["source"] = {
+        "manifest_base_url": (root / "manifests").as_uri() + "/",
+        "audio_base_url": (root / "audio").as_uri() + "/",
+        "audio_archives": ["small.tar"],
+        "checksums": None,
+    }
     dag["subsets"] = {"train": sorted(files.manifests)}
     dag["plan"]["unit_hours"] = 0.05
     path = root / "bench.yaml"
@@ -82,10 +91,17 @@ def synthetic_dag(minutes: float) -> Path:
 
 def code_bytes(out: Path, index: dict) -> dict:
     seconds = sum(s["hours"] for s in index["subsets"].values()) * 3600
-    codes = sum(m.size for s in index["shards"] if s["format"] == "webdataset"
-                for m in tarfile.open(out / s["path"]) if m.name.endswith(".codes.npy"))
-    per_format = {f: sum(s["bytes"] for s in index["shards"] if s["format"] == f) / seconds
-                  for f in ("webdataset", "parquet", "lhotse_shar")}
+    codes = sum(
+        m.size
+        for s in index["shards"]
+        if s["format"] == "webdataset"
+        for m in tarfile.open(out / s["path"])
+        if m.name.endswith(".codes.npy")
+    )
+    per_format = {
+        f: sum(s["bytes"] for s in index["shards"] if s["format"] == f) / seconds
+        for f in ("webdataset", "parquet", "lhotse_shar")
+    }
     return {"seconds": seconds, "codes_Bps": codes / seconds, **{f"{k}_Bps": v for k, v in per_format.items()}}
 
 
@@ -94,8 +110,12 @@ def main() -> None:
     parser.add_argument("--dag", default="dags/sample.yaml")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--weights", default="random", help="codec.weights for both sides")
-    parser.add_argument("--synthetic-minutes", type=float, default=0,
-                        help="instead of --dag, generate a Libriheavy look-alike of about this much speech")
+    parser.add_argument(
+        "--synthetic-minutes",
+        type=float,
+        default=0,
+        help="instead of --dag, generate a Libriheavy look-alike of about this much speech",
+    )
     args = parser.parse_args()
     if args.synthetic_minutes:
         args.dag = str(synthetic_dag(args.synthetic_minutes))
@@ -126,8 +146,9 @@ def main() -> None:
         bare.append(time.perf_counter() - t)
         bare_load[-1] += bare[-1]
         out = work / f"run{i}"
-        dag_i = load_dag(args.dag, [f"codec.weights={args.weights}",
-                                    f"source.download_dir={dag.out / 'downloads'}"], out=str(out))
+        dag_i = load_dag(
+            args.dag, [f"codec.weights={args.weights}", f"source.download_dir={dag.out / 'downloads'}"], out=str(out)
+        )
         t = time.perf_counter()
         result = run(dag_i, progress=False)
         pipe.append(time.perf_counter() - t)

@@ -9,6 +9,7 @@ all ranks' plans, so each knows the others' batch counts). Reports wall time and
 memory allocated while planning (tracemalloc sees numpy's buffers), plus the plan's batches,
 padding and speakers per batch. Goal: under 10 s and 1 GB per rank for 12 M samples.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,9 +59,11 @@ def main() -> None:
     tracemalloc.stop()
     stats = plan_stats(plan.ranks[0], cost, speakers, None)
 
-    print(f"$ python bench/bench_planner.py --samples {args.samples} --shards {args.shards} "
-          f"--world {args.world} --workers {args.workers} --max-frames {args.max_frames} "
-          f"--interleave {args.interleave}")
+    print(
+        f"$ python bench/bench_planner.py --samples {args.samples} --shards {args.shards} "
+        f"--world {args.world} --workers {args.workers} --max-frames {args.max_frames} "
+        f"--interleave {args.interleave}"
+    )
     rows = [
         ("samples planned (all ranks)", f"{int(keep.sum()):,}"),
         ("plan time per rank (goal < 10 s)", f"{seconds:.2f} s"),

@@ -4,7 +4,7 @@
                                   [--utterances 1600]
 
 - loader, per worker: a generated corpus of `--utterances` Libriheavy-like utterances (1-30 s,
-  ~14 s median, random codes, tests/synthetic_corpus.py) read by one worker in this process, in
+  ~14 s median, random codes, sample/corpora.py) read by one worker in this process, in
   positions (codec frames + text tokens) per second, steady state, for both shard formats; and
   where the time goes (tar reading, JSON + code unpacking, planning + collation). The bundled
   sample's utterances are short and an epoch is 4 batches, so a DataLoader worker started per
@@ -16,6 +16,7 @@
   workers per GPU that takes at the measured per-worker rate.
 Prints one table and the command that produced it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import schemas  # noqa: E402
-from tests.synthetic_corpus import Cut, write_corpus  # noqa: E402
+from sample.corpora import Cut, write_corpus  # noqa: E402
 from trainer.batching import BatchingConfig, plan_epoch  # noqa: E402
 from trainer.config import load_config  # noqa: E402
 from trainer.corpus import open_corpus  # noqa: E402
@@ -49,9 +50,11 @@ H100_PEAK, TARGET_MFU = 989e12, 0.45
 def generated_corpus(root: Path, utterances: int) -> None:
     rng = np.random.default_rng(0)
     seconds = np.clip(rng.lognormal(np.log(14.0), 0.45, utterances), 1.0, 30.0)
-    cuts = [Cut(str(i // 200), f"large/{i // 200}/book/chapter", int(s * 75), max(1, int(s * 3))) for i, s in
-            enumerate(seconds)]
-    write_corpus(root, [cuts[i:i + 200] for i in range(0, utterances, 200)], formats=("webdataset", "parquet"))
+    cuts = [
+        Cut(str(i // 200), f"large/{i // 200}/book/chapter", int(s * 75), max(1, int(s * 3)))
+        for i, s in enumerate(seconds)
+    ]
+    write_corpus(root, [cuts[i : i + 200] for i in range(0, utterances, 200)], formats=("webdataset", "parquet"))
 
 
 def epoch_rate(location: str, fmt: str, workers: int, epochs: int = 3) -> tuple[float, float]:
@@ -62,8 +65,15 @@ def epoch_rate(location: str, fmt: str, workers: int, epochs: int = 3) -> tuple[
     best = (0.0, 0.0)
     for epoch in range(epochs):
         start, positions = time.perf_counter(), 0
-        plan = plan_epoch(cost, np.ones(len(cost), bool), samples.offsets, epoch, 1, max(1, workers),
-                          BatchingConfig(max_frames=40_000))
+        plan = plan_epoch(
+            cost,
+            np.ones(len(cost), bool),
+            samples.offsets,
+            epoch,
+            1,
+            max(1, workers),
+            BatchingConfig(max_frames=40_000),
+        )
         for batch in make_loader(samples, plan.ranks[0], None, workers):
             positions += int(batch["code_lens"].sum() + batch["text_lens"].sum())
         seconds = time.perf_counter() - start
@@ -97,7 +107,10 @@ def h100_need(location: str, group: int) -> float:
     samples = open_corpus(location, allow_random_codec=True).samples
     with torch.device("meta"):
         model = ARModel(base(1024, group_size=group))
-    text, frames = torch.from_numpy(samples.text_tokens.astype(np.int64)), torch.from_numpy(samples.frames.astype(np.int64))
+    text, frames = (
+        torch.from_numpy(samples.text_tokens.astype(np.int64)),
+        torch.from_numpy(samples.frames.astype(np.int64)),
+    )
     positions = float(model.positions(text, frames).sum())
     return TARGET_MFU * H100_PEAK / (model.train_flops(text, frames) / positions)
 
@@ -119,9 +132,16 @@ def main() -> None:
         sample_worker, _ = epoch_rate(args.data, "webdataset", workers=1)
 
         out = Path(tmp) / "run"
-        cfg = load_config(args.config, [f"run.out={out}", f"run.max_steps={args.steps}",
-                                        f"run.log_every={max(1, args.steps // 3)}", "run.eval_every=1000000",
-                                        "run.checkpoint_every=1000000"])
+        cfg = load_config(
+            args.config,
+            [
+                f"run.out={out}",
+                f"run.max_steps={args.steps}",
+                f"run.log_every={max(1, args.steps // 3)}",
+                "run.eval_every=1000000",
+                "run.checkpoint_every=1000000",
+            ],
+        )
         train(cfg, [args.data], allow_random_codec=True)
         records = [r for r in map(json.loads, (out / "log.jsonl").open()) if "tokens_per_s" in r]
         train_rate = statistics.median(r["tokens_per_s"] for r in records)
@@ -133,20 +153,28 @@ def main() -> None:
         ("device", device),
         (f"one worker, generated corpus ({args.utterances} utt.), webdataset", f"{per_worker:,.0f} positions/s"),
         ("  same, parquet", f"{rates['parquet'][0]:,.0f} positions/s"),
-        ("  per sample: all / tar reading / JSON + code unpacking / plan + replay + collate",
-         f"{per_sample * 1e6:.0f} / {read_s / n * 1e6:.0f} / {(decode_s - read_s) / n * 1e6:.0f} / "
-         f"{(per_sample - decode_s / n) * 1e6:.0f} us"),
+        (
+            "  per sample: all / tar reading / JSON + code unpacking / plan + replay + collate",
+            f"{per_sample * 1e6:.0f} / {read_s / n * 1e6:.0f} / {(decode_s - read_s) / n * 1e6:.0f} / "
+            f"{(per_sample - decode_s / n) * 1e6:.0f} us",
+        ),
         (f"one worker, {args.data}, a worker started per 4-batch epoch", f"{sample_worker:,.0f} positions/s"),
         ("ar-base G=1 at 45 % MFU on an H100 consumes", f"{need[1]:,.0f} positions/s"),
         ("ar-base G=2 at 45 % MFU on an H100 consumes", f"{need[2]:,.0f} positions/s"),
-        ("workers per H100 (webdataset, G=1 / G=2)",
-         f"{math.ceil(need[1] / per_worker)} / {math.ceil(need[2] / per_worker)}"),
-        (f"trainer consumption here ({cfg.model.kind} {cfg.model.preset} G={cfg.model.group_size}, median)",
-         f"{train_rate:,.0f} positions/s"),
+        (
+            "workers per H100 (webdataset, G=1 / G=2)",
+            f"{math.ceil(need[1] / per_worker)} / {math.ceil(need[2] / per_worker)}",
+        ),
+        (
+            f"trainer consumption here ({cfg.model.kind} {cfg.model.preset} G={cfg.model.group_size}, median)",
+            f"{train_rate:,.0f} positions/s",
+        ),
         ("MFU", "n/a (no GPU peak known)" if mfu is None else f"{mfu:.3f}"),
     ]
-    print(f"$ python bench/bench_trainer.py --data {args.data} --config {args.config} --steps {args.steps} "
-          f"--utterances {args.utterances}")
+    print(
+        f"$ python bench/bench_trainer.py --data {args.data} --config {args.config} --steps {args.steps} "
+        f"--utterances {args.utterances}"
+    )
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

@@ -2,13 +2,14 @@
 
     python bench/bench_verify.py [--shards 40 320] [--jobs 1 2] [--per-shard 250] [--frames 1100]
 
-Writes generated corpora (tests/synthetic_corpus.py: real index, lengths.parquet and WebDataset
-shards with random codes, ~15 s utterances), then runs pipeline.verify.verify on each in a fresh
+Writes generated corpora (sample/corpora.py: real index, lengths.parquet and WebDataset
+shards with random codes, ~15 s utterances), then runs pipeline.inspect.verify.verify on each in a fresh
 process with each number of worker processes, and reports wall time, samples per second, the
 problems found (none expected) and the peak RSS of the main process (VmHWM) and of its largest
 worker. Goal: the peak does not grow with the corpus beyond the ~12 bytes a
 sample of the duplicate-id check (~150 MB at libriheavy-large's 12 M cuts).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ FULL_SCALE = 12_000_000
 _MEASURE = """
 import json, re, resource, sys, time
 from pathlib import Path
-from pipeline.verify import verify
+from pipeline.inspect.verify import verify
 if __name__ == "__main__":
     started = time.perf_counter()
     problems = verify(Path(sys.argv[1]), jobs=int(sys.argv[2]))
@@ -41,7 +42,7 @@ if __name__ == "__main__":
 
 def build(root: Path, shards: int, per_shard: int, frames: int) -> tuple[Path, int]:
     """A generated corpus, with a placeholder BPE model file the index points to."""
-    from tests.synthetic_corpus import speaker_blocks, write_corpus
+    from sample.corpora import speaker_blocks, write_corpus
 
     root = write_corpus(root, speaker_blocks(shards, per_shard // 50, 50, frames=frames, text_tokens=45))
     index = json.loads((root / "index.json").read_text())
@@ -69,18 +70,28 @@ def main() -> None:
         for n in args.shards:
             root, samples = build(Path(tmp) / f"c{n}", n, args.per_shard, args.frames)
             for jobs in args.jobs:
-                done = subprocess.run([sys.executable, str(script), str(root), str(jobs)], cwd=REPO, check=True,
-                                      stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                done = subprocess.run(
+                    [sys.executable, str(script), str(root), str(jobs)],
+                    cwd=REPO,
+                    check=True,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    env={**os.environ, "PYTHONPATH": str(REPO)},
+                )
                 r = json.loads(done.stdout.strip().splitlines()[-1])
                 worker = f" / {r['worker_rss_mb']:.0f}" if jobs > 1 else ""
-                print(f"| {n} | {samples:,} | {jobs} | {r['seconds']:.1f} s | {samples / r['seconds']:,.0f} | "
-                      f"{r['count']} | {r['peak_rss_mb']:.0f}{worker} MB |")
+                print(
+                    f"| {n} | {samples:,} | {jobs} | {r['seconds']:.1f} s | {samples / r['seconds']:,.0f} | "
+                    f"{r['count']} | {r['peak_rss_mb']:.0f}{worker} MB |"
+                )
                 if r["problems"]:
                     print("  e.g. " + "; ".join(r["problems"]), file=sys.stderr)
                 rates[jobs] = samples / r["seconds"]
     for jobs, rate in rates.items():
-        print(f"libriheavy-large (~{FULL_SCALE / 1e6:.0f} M samples) at the largest size's rate with "
-              f"{jobs} job(s): ~{FULL_SCALE / rate / 3600:.1f} h")
+        print(
+            f"libriheavy-large (~{FULL_SCALE / 1e6:.0f} M samples) at the largest size's rate with "
+            f"{jobs} job(s): ~{FULL_SCALE / rate / 3600:.1f} h"
+        )
 
 
 if __name__ == "__main__":

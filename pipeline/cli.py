@@ -1,11 +1,12 @@
 """`valle-prep`: run a DAG, show a corpus's status, verify it, report on it, listen to it.
 
-    valle-prep run DAG [--out DIR] [--set dotted.key=value ...] [--ray-address ADDR] [--rebuild-audio]
-    valle-prep status OUT [--json]
-    valle-prep verify OUT [--jobs N]
-    valle-prep report OUT [--code-shards N] [--to DIR]
-    valle-prep listen OUT CUT_ID --out x.wav
+valle-prep run DAG [--out DIR] [--set dotted.key=value ...] [--ray-address ADDR] [--rebuild-audio]
+valle-prep status OUT [--json]
+valle-prep verify OUT [--jobs N]
+valle-prep report OUT [--code-shards N] [--to DIR]
+valle-prep listen OUT CUT_ID --out x.wav
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,13 +23,21 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("run", help="run a DAG file; re-run the same command to resume")
     p.add_argument("dag", help="a DAG file, e.g. dags/sample.yaml")
     p.add_argument("--out", help="output folder (overrides output.dir)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any DAG key; the value is parsed as YAML (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any DAG key; the value is parsed as YAML (repeatable)",
+    )
     p.add_argument("--ray-address", help="join an existing Ray cluster instead of starting one")
-    p.add_argument("--rebuild-audio", action="store_true",
-                   help="re-encode every unit when the audio/codec settings changed")
-    p.add_argument("--prune", action="store_true",
-                   help="delete committed units that are no longer in the plan (kept by default)")
+    p.add_argument(
+        "--rebuild-audio", action="store_true", help="re-encode every unit when the audio/codec settings changed"
+    )
+    p.add_argument(
+        "--prune", action="store_true", help="delete committed units that are no longer in the plan (kept by default)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser("status", help="units done per stage, hours, rejects")
@@ -37,29 +46,36 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("verify", help="check every shard against the index and the schemas")
     p.add_argument("out", help="the corpus: a folder, or an http(s):// or s3:// location")
-    p.add_argument("--jobs", type=int, metavar="N",
-                   help="processes checking shards at once (default: the CPUs, up to 8)")
+    p.add_argument(
+        "--jobs", type=int, metavar="N", help="processes checking shards at once (default: the CPUs, up to 8)"
+    )
 
     p = sub.add_parser("report", help="write OUT/report/index.html (plots, codebooks, speakers, rejects)")
     p.add_argument("out", help="the corpus: a folder, or an http(s):// or s3:// location")
-    p.add_argument("--to", metavar="DIR", help="where to write the report (default: OUT/report, or "
-                                               "./report for a remote corpus)")
-    p.add_argument("--code-shards", type=int, metavar="N",
-                   help="read codes from N shards spread over the corpus (default: every shard)")
+    p.add_argument(
+        "--to", metavar="DIR", help="where to write the report (default: OUT/report, or ./report for a remote corpus)"
+    )
+    p.add_argument(
+        "--code-shards",
+        type=int,
+        metavar="N",
+        help="read codes from N shards spread over the corpus (default: every shard)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser("listen", help="decode one sample's codes to a 24 kHz wav")
     p.add_argument("out", help="the corpus: a folder, or an http(s):// or s3:// location")
     p.add_argument("cut_id", help="the Libriheavy cut id (the sample's id)")
     p.add_argument("--out", dest="wav", required=True, help="the wav file to write")
-    p.add_argument("--codec-weights", help="pretrained | random | PATH (default: what the corpus "
-                                           "was encoded with; the weights' hash must match)")
+    p.add_argument(
+        "--codec-weights",
+        help="pretrained | random | PATH (default: what the corpus was encoded with; the weights' hash must match)",
+    )
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return {"run": _run, "status": _status, "verify": _verify, "report": _report,
-            "listen": _listen}[args.command](args)
+    return {"run": _run, "status": _status, "verify": _verify, "report": _report, "listen": _listen}[args.command](args)
 
 
 def _run(args) -> int:
@@ -67,42 +83,48 @@ def _run(args) -> int:
 
     require_torch_stack("valle-prep")
     from pipeline.dag import DagError, load_dag
-    from tokens.codec import WeightsUnavailable
-    from pipeline.download import DownloadError
     from pipeline.executors.placement import ClusterMismatch
-    from pipeline.out_lock import OutputLocked
+    from pipeline.output.lock import OutputLocked
     from pipeline.runner import RunFailed, SettingsChanged, run
+    from storage.download import DownloadError
+    from tokens.codec_weights import WeightsUnavailable
 
     try:
         dag = load_dag(args.dag, args.overrides, out=args.out, ray_address=args.ray_address)
-        summary = run(dag, rebuild_audio=args.rebuild_audio, prune=args.prune,
-                      progress=not args.no_progress)
+        summary = run(dag, rebuild_audio=args.rebuild_audio, prune=args.prune, progress=not args.no_progress)
     except DagError as err:
         print(f"valle-prep: {err}", file=sys.stderr)
         return 2
-    except (SettingsChanged, RunFailed, DownloadError, WeightsUnavailable, OutputLocked,
-            ClusterMismatch) as err:
+    except (SettingsChanged, RunFailed, DownloadError, WeightsUnavailable, OutputLocked, ClusterMismatch) as err:
         print(f"valle-prep: {err}", file=sys.stderr)
         return 1
     index = summary.index
     samples = sum(s["samples"] for s in index["subsets"].values())
     hours = sum(s["hours"] for s in index["subsets"].values())
-    print(f"{dag.out}/index.json: {samples} samples, {hours:.3f} h, {len(index['shards'])} shards, "
-          f"{index['rejects']['total']} rejects | units: {summary.units} "
-          f"({summary.encoded} encoded, {summary.reshard} re-sharded, {summary.skipped} already done), "
-          f"codec forward passes: {summary.codec_forward_passes}")
+    print(
+        f"{dag.out}/index.json: {samples} samples, {hours:.3f} h, {len(index['shards'])} shards, "
+        f"{index['rejects']['total']} rejects | units: {summary.units} "
+        f"({summary.encoded} encoded, {summary.reshard} re-sharded, {summary.skipped} already done), "
+        f"codec forward passes: {summary.codec_forward_passes}"
+    )
     if summary.orphans:
-        print(f"{len(summary.orphans)} unit(s) no longer in the plan were "
-              f"{'deleted (--prune)' if summary.pruned else 'kept, outside index.json (--prune deletes them)'}: "
-              f"{', '.join(summary.orphans)}", file=sys.stderr)
+        print(
+            f"{len(summary.orphans)} unit(s) no longer in the plan were "
+            f"{'deleted (--prune)' if summary.pruned else 'kept, outside index.json (--prune deletes them)'}: "
+            f"{', '.join(summary.orphans)}",
+            file=sys.stderr,
+        )
     if index["provenance"]["codec"]["weights"] == "random":
-        print("WARNING: codes were made with RANDOM EnCodec weights (offline test run); "
-              "they are not usable for training a real model.", file=sys.stderr)
+        print(
+            "WARNING: codes were made with RANDOM EnCodec weights (offline test run); "
+            "they are not usable for training a real model.",
+            file=sys.stderr,
+        )
     return 0
 
 
 def _status(args) -> int:
-    from pipeline.status import corpus_status, format_status
+    from pipeline.inspect.status import corpus_status, format_status
 
     try:
         status = corpus_status(Path(args.out))
@@ -114,7 +136,7 @@ def _status(args) -> int:
 
 
 def _verify(args) -> int:
-    from pipeline.verify import default_jobs, verify
+    from pipeline.inspect.verify import default_jobs, verify
 
     if args.jobs is not None and args.jobs < 1:
         print("valle-prep: --jobs must be >= 1", file=sys.stderr)
@@ -127,7 +149,7 @@ def _verify(args) -> int:
 
 
 def _report(args) -> int:
-    from pipeline.report import ReportError, report_dir, summary_text, write_report
+    from pipeline.inspect.report import ReportError, report_dir, summary_text, write_report
     from schemas import SchemaError
 
     if args.code_shards is not None and args.code_shards < 1:
@@ -148,11 +170,10 @@ def _listen(args) -> int:
     from tokens.stack import require_torch_stack
 
     require_torch_stack("valle-prep")
-    from pipeline.listen import ListenError, listen
+    from pipeline.inspect.listen import ListenError, listen
 
     try:
-        seconds = listen(args.out, args.cut_id, Path(args.wav), weights=args.codec_weights,
-                         device=args.device)
+        seconds = listen(args.out, args.cut_id, Path(args.wav), weights=args.codec_weights, device=args.device)
     except ListenError as err:
         print(f"valle-prep: {err}", file=sys.stderr)
         return 2

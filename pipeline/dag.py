@@ -1,34 +1,29 @@
 """Load a DAG file (YAML) into typed, checked configuration.
 
-In: a path to `dags/*.yaml` and `--set dotted.key=value` overrides (values parsed as YAML).
-Out: a `Dag` of small dataclasses, one per stage. Unknown keys, wrong types, values out of
-range (section by section: `_SECTION_CHECKS`) and broken wiring (a subset with no manifest, a
-checksum for a file nothing downloads, ...) are reported with the key path before any work
-starts. Input locations inside a DAG that have no URL scheme are resolved against the DAG
-file's folder; `output.dir` is relative to the working directory.
+In: a path to `dags/*.yaml` and `--set dotted.key=value` overrides (values parsed as YAML, any
+depth). Out: a `Dag` of small dataclasses, one per stage, read by storage.settings (the loader
+trainer configs use too). Unknown keys, wrong types, values out of range (each section's
+`problems()`, beside its fields) and broken wiring (a subset with no manifest, a checksum for a
+file nothing downloads, ...) are reported with the key path before any work starts. Input
+locations inside a DAG that have no URL scheme are resolved against the DAG file's folder;
+`output.dir` is relative to the working directory. Nothing here imports torch.
 """
+
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import hashlib
-import json
-import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
 
-import yaml
-
-from tokens.codec import BANDWIDTHS, PRECISIONS, CodecConfig
-from pipeline.download import Checksum
-from pipeline.bpe import BpeConfig
+from pipeline.text.bpe import BpeConfig
+from schemas import FORMATS
+from storage import settings
+from storage.hashing import Checksum, json_digest
+from storage.settings import Problems, positive
+from tokens.codec_settings import WEIGHT_KINDS, CodecConfig
 from tokens.text import TEXT_FIELDS
 
-FORMATS = ("webdataset", "parquet", "lhotse_shar")
 DEFAULT_FORMATS = ("webdataset", "parquet")
 ROLES = ("train", "dev", "test")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
@@ -54,11 +49,20 @@ class SourceConfig:
     def manifest_name(self, subset: str) -> str:
         return f"libriheavy_cuts_{subset}.jsonl.gz"
 
+    def problems(self) -> Problems:
+        if not self.manifest_base_url:
+            yield "manifest_base_url", "is required"
+        for name, text in (self.checksums or {}).items():
+            try:
+                Checksum.parse(text)
+            except ValueError as err:
+                yield f"checksums.{name}", f"is not a checksum: {err}"
+
 
 @dataclass
 class DownloadConfig:
     # Connections at once per host, over all files; a large file takes up to all of them, one
-    # byte range each (pipeline.transfers).
+    # byte range each (pipeline.fetch.transfers).
     connections: int = 8
     # Files longer than this go as ranges of this size (MB = 1e6 bytes); shorter ones as one
     # stream. A kill -9 costs at most the ranges in flight: `connections` x `range_mb`.
@@ -69,6 +73,10 @@ class DownloadConfig:
     @property
     def range_bytes(self) -> int:
         return max(1, int(self.range_mb * 1e6))
+
+    def problems(self) -> Problems:
+        for key in ("connections", "range_mb", "retries", "timeout_s"):
+            yield from positive(getattr(self, key), key)
 
 
 @dataclass
@@ -88,26 +96,47 @@ class PlanConfig:
     # of resume and distribution: ~20 h is ~1-2 min of EnCodec on one GPU, ~50 MB of shards.
     unit_hours: float = 20.0
 
+    def problems(self) -> Problems:
+        yield from positive(self.unit_hours, "unit_hours")
+
 
 @dataclass
 class SegmentConfig:
     min_duration: float = 1.0  # seconds; Libriheavy cuts are >= 2 s, so this only drops damage
     max_duration: float = 40.0  # 99th percentile is ~31 s; longer cuts are rare and costly
 
+    def problems(self) -> Problems:
+        if not 0 < self.min_duration < self.max_duration:
+            yield (
+                "min_duration",
+                (
+                    f"must be > 0 and below max_duration (need 0 < min_duration < "
+                    f"max_duration), got {self.min_duration} and {self.max_duration}"
+                ),
+            )
+
 
 @dataclass
 class TextConfig:
     field: str = "book"  # book = custom.texts[0] (cased, punctuated); asr = custom.texts[1]
-    bpe: BpeConfig = dataclasses.field(default_factory=BpeConfig)
+    bpe: BpeConfig = dataclasses.field(default_factory=BpeConfig)  # checks itself when built
+
+    def problems(self) -> Problems:
+        if self.field not in TEXT_FIELDS:
+            yield "field", f"must be one of {sorted(TEXT_FIELDS)}, got {self.field!r}"
 
 
 @dataclass
 class FilterConfig:
-    # Largest character error rate between the book text and the ASR text (pipeline.text_agreement)
-    # for a cut to be kept; null turns the filter off. Why 0.1: see README "Transcript agreement"
+    # Largest character error rate between the book text and the ASR text (pipeline.text.agreement)
+    # for a cut to be kept; null turns the filter off. Why 0.1: see docs/configuration.md "Transcript agreement"
     # (an ASR of a few percent WER plus spelling variants stays well below it; a sentence too many,
     # a page number read as text or a misaligned window goes past it).
     max_text_cer: float | None = 0.1
+
+    def problems(self) -> Problems:
+        if self.max_text_cer is not None and self.max_text_cer < 0:
+            yield "max_text_cer", f"must be >= 0 (a character error rate) or null (off), got {self.max_text_cer}"
 
 
 @dataclass
@@ -115,6 +144,15 @@ class OutputConfig:
     dir: str = "out"
     formats: list[str] = field(default_factory=lambda: list(DEFAULT_FORMATS))
     target_shard_mb: float = 256.0
+
+    def problems(self) -> Problems:
+        if not self.dir:
+            yield "dir", "must name a folder"
+        if not self.formats or any(f not in FORMATS for f in self.formats):
+            yield "formats", f"must be a non-empty list of {list(FORMATS)}, got {self.formats}"
+        elif len(set(self.formats)) != len(self.formats):
+            yield "formats", f"lists a format twice: {self.formats}"
+        yield from positive(self.target_shard_mb, "target_shard_mb")
 
 
 @dataclass
@@ -129,6 +167,15 @@ class RayConfig:
     units_in_flight: int | None = None
     codec_restarts: int = 3  # a crashed codec actor restarts, and a unit it held is retried
     start_timeout_s: float = 300.0  # codec workers not up by then stop the run, with what is missing
+
+    def problems(self) -> Problems:
+        if self.address is not None and not self.address.strip():
+            yield "address", "must be HOST:PORT, auto, or null"
+        for key in ("codec_workers", "cpus_per_codec_worker", "units_in_flight"):
+            yield from positive(getattr(self, key), key, optional=True)
+        if self.codec_restarts < 0:
+            yield "codec_restarts", f"must be >= 0, got {self.codec_restarts}"
+        yield from positive(self.start_timeout_s, "start_timeout_s")
 
 
 @dataclass
@@ -158,115 +205,41 @@ class Dag:
         data["source"].pop("download_dir")
         for key in ("device", "batch_seconds", "cache_dir", "threads", "download_retries"):
             data["codec"].pop(key, None)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        return json_digest(data)
 
 
-def load_dag(path: str | Path, overrides: list[str] = (), out: str | None = None,
-             ray_address: str | None = None) -> Dag:
+def load_dag(
+    path: str | Path, overrides: list[str] = (), out: str | None = None, ray_address: str | None = None
+) -> Dag:
     path = Path(path)
-    if not path.is_file():
-        raise DagError(f"DAG file {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise DagError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise DagError(f"{path}: the top level must be a mapping of sections")
+    raw = settings.read_file(path, "DAG file", DagError)
     raw.setdefault("name", path.stem)
-    for item in overrides:
-        _apply_override(raw, item, path)
-    if out is not None:
-        raw.setdefault("output", {})["dir"] = out
-    if ray_address is not None:
-        raw.setdefault("ray", {})["address"] = ray_address
     try:
-        dag = _build(Dag, raw, "")
+        for item in overrides:
+            settings.apply_override(raw, item, DagError)
+        if out is not None:
+            raw.setdefault("output", {})["dir"] = out
+        if ray_address is not None:
+            raw.setdefault("ray", {})["address"] = ray_address
+        dag = settings.build(Dag, raw, DagError)
+        _resolve_locations(dag, path.resolve().parent)
+        _check_wiring(dag)
+        settings.check(dag, DagError)
     except DagError as err:
         raise DagError(f"{path}: {err}") from None
-    _resolve_locations(dag, path.resolve().parent)
-    _check_wiring(dag, path)
-    _check_values(dag, path)
     return dag
-
-
-def _apply_override(raw: dict, item: str, path: Path) -> None:
-    key, sep, text = item.partition("=")
-    if not sep or not key:
-        raise DagError(f"--set {item!r}: expected dotted.key=value")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise DagError(f"--set {item!r}: value is not valid YAML: {err}") from None
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise DagError(f"--set {key}: {part} is not a section in {path}")
-        node = child
-    node[parts[-1]] = value
-
-
-def _build(cls, data: Any, where: str):
-    """Turn a mapping into dataclass `cls`, checking keys and types; errors name the key path."""
-    if not isinstance(data, dict):
-        raise DagError(f"{where or 'top level'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(names)})"
-            raise DagError(f"unknown key {where + '.' if where else ''}{key}{hint}")
-        kwargs[key] = _convert(hints[key], value, f"{where}.{key}" if where else key)
-    try:
-        return cls(**kwargs)
-    except ValueError as err:  # a config's own check; its message starts with the field name
-        raise DagError(f"{where}.{err}" if where else str(err)) from None
-
-
-def _convert(tp, value, where: str):
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, where)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value if value is not None else {}, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise DagError(f"{where}: expected a list, got {value!r}")
-        (inner,) = typing.get_args(tp)
-        return [_convert(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise DagError(f"{where}: expected a mapping, got {value!r}")
-        _, inner = typing.get_args(tp)
-        return {str(k): _convert(inner, v, f"{where}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise DagError(f"{where}: expected a finite number, got {value!r}")
-        return float(value)
-    if tp in (str, int, bool) and type(value) is tp:
-        return value
-    raise DagError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
 def _resolve_locations(dag: Dag, dag_dir: Path) -> None:
     src = dag.source
-    if src.manifest_base_url:  # an empty one is reported by _check_values
+    if src.manifest_base_url:  # an empty one is reported by SourceConfig.problems
         src.manifest_base_url = _as_url(src.manifest_base_url, dag_dir)
     if src.audio_base_url:
         src.audio_base_url = _as_url(src.audio_base_url, dag_dir)
     if src.audio_dir:
         src.audio_dir = str((dag_dir / src.audio_dir).resolve())
     weights = dag.codec.weights
-    if weights not in ("pretrained", "auto", "random"):
+    if weights not in WEIGHT_KINDS:
         dag.codec.weights = str((dag_dir / weights).resolve())
 
 
@@ -276,139 +249,27 @@ def _as_url(location: str, base: Path) -> str:
     return (base / location).resolve().as_uri() + "/"
 
 
-def _check_wiring(dag: Dag, path: Path) -> None:
-    def fail(msg: str):
-        raise DagError(f"{path}: {msg}")
-
+def _check_wiring(dag: Dag) -> None:
     roles = dag.subsets.roles()
     if not dag.subsets.train:
-        fail("subsets.train is empty: the BPE model is trained on the training subsets' text")
+        raise DagError("subsets.train is empty: the BPE model is trained on the training subsets' text")
     listed = dag.subsets.train + dag.subsets.dev + dag.subsets.test
     if len(listed) != len(roles):
-        fail(f"a subset is listed twice in subsets: {listed}")
+        raise DagError(f"a subset is listed twice in subsets: {listed}")
     for name in roles:
         if not _NAME.match(name):
-            fail(f"subset name {name!r} must be letters, digits and underscores")
+            raise DagError(f"subset name {name!r} must be letters, digits and underscores")
     if dag.source.audio_dir is None:
         if not dag.source.audio_base_url or not dag.source.audio_archives:
-            fail("set source.audio_base_url and source.audio_archives, or source.audio_dir")
+            raise DagError("set source.audio_base_url and source.audio_archives, or source.audio_dir")
         for name in dag.source.audio_archives:
             if not name.endswith(".tar") or "/" in name:
-                fail(f"source.audio_archives: {name!r} must be a plain .tar file name")
+                raise DagError(f"source.audio_archives: {name!r} must be a plain .tar file name")
     if dag.source.checksums:
         known = {dag.source.manifest_name(s) for s in roles} | set(dag.source.audio_archives)
         for name in dag.source.checksums:
             if name not in known:
-                fail(f"source.checksums names {name!r}, which this DAG does not download "
-                     f"(downloads: {', '.join(sorted(known))})")
-
-
-def _check_values(dag: Dag, path: Path) -> None:
-    """Every stage setting on its own, section by section, before anything starts."""
-    for section, check in _SECTION_CHECKS.items():
-        for key, problem in check(getattr(dag, section)):
-            raise DagError(f"{path}: {section}.{key} {problem}")
-
-
-def _positive(value, key: str, optional: bool = False):
-    """[(key, problem)] unless `value` is > 0 (or None when optional)."""
-    if (value is None and optional) or (value is not None and value > 0):
-        return []
-    return [(key, f"must be > 0{' or null' if optional else ''}, got {value!r}")]
-
-
-def _source_problems(src: SourceConfig):
-    if not src.manifest_base_url:
-        yield "manifest_base_url", "is required"
-    for name, text in (src.checksums or {}).items():
-        try:
-            Checksum.parse(text)
-        except ValueError as err:
-            yield f"checksums.{name}", f"is not a checksum: {err}"
-
-
-def _download_problems(dl: DownloadConfig):
-    yield from _positive(dl.connections, "connections")
-    yield from _positive(dl.range_mb, "range_mb")
-    yield from _positive(dl.retries, "retries")
-    yield from _positive(dl.timeout_s, "timeout_s")
-
-
-def _plan_problems(plan: PlanConfig):
-    yield from _positive(plan.unit_hours, "unit_hours")
-
-
-def _segment_problems(seg: SegmentConfig):
-    if not 0 < seg.min_duration < seg.max_duration:
-        yield "min_duration", (f"must be > 0 and below max_duration (need 0 < min_duration < "
-                               f"max_duration), got {seg.min_duration} and {seg.max_duration}")
-
-
-def _text_problems(text: TextConfig):
-    if text.field not in TEXT_FIELDS:
-        yield "field", f"must be one of {sorted(TEXT_FIELDS)}, got {text.field!r}"
-    # text.bpe checks itself when built (BpeConfig.__post_init__).
-
-
-def _filter_problems(flt: FilterConfig):
-    if flt.max_text_cer is not None and flt.max_text_cer < 0:
-        yield "max_text_cer", f"must be >= 0 (a character error rate) or null (off), got {flt.max_text_cer}"
-
-
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
-
-def _codec_problems(codec: CodecConfig):
-    if codec.bandwidth not in BANDWIDTHS:
-        yield "bandwidth", f"must be one of {list(BANDWIDTHS)} (kbps; 6.0 = 8 codebooks), got {codec.bandwidth}"
-    if not _DEVICE.match(codec.device):
-        yield "device", f"must be auto, cpu, cuda or cuda:N, got {codec.device!r}"
-    yield from _positive(codec.batch_seconds, "batch_seconds", optional=True)
-    if codec.precision not in PRECISIONS:
-        yield "precision", f"must be one of {list(PRECISIONS)}, got {codec.precision!r}"
-    w = codec.weights
-    if w not in ("pretrained", "auto", "random") and not Path(w).is_file():
-        yield "weights", f"{w!r} is not pretrained, auto, random or an existing checkpoint file"
-    if not re.match(r"^(https?|file)://", codec.weights_url):
-        yield "weights_url", f"must be an http(s):// or file:// URL, got {codec.weights_url!r}"
-    if codec.weights_checksum is not None:
-        try:
-            Checksum.parse(codec.weights_checksum)
-        except ValueError as err:
-            yield "weights_checksum", f"is not a checksum: {err}"
-    yield from _positive(codec.download_retries, "download_retries")
-    yield from _positive(codec.threads, "threads", optional=True)
-
-
-def _output_problems(out: OutputConfig):
-    if not out.dir:
-        yield "dir", "must name a folder"
-    if not out.formats or any(f not in FORMATS for f in out.formats):
-        yield "formats", f"must be a non-empty list of {list(FORMATS)}, got {out.formats}"
-    elif len(set(out.formats)) != len(out.formats):
-        yield "formats", f"lists a format twice: {out.formats}"
-    yield from _positive(out.target_shard_mb, "target_shard_mb")
-
-
-def _ray_problems(ray: RayConfig):
-    if ray.address is not None and not ray.address.strip():
-        yield "address", "must be HOST:PORT, auto, or null"
-    for key in ("codec_workers", "cpus_per_codec_worker", "units_in_flight"):
-        yield from _positive(getattr(ray, key), key, optional=True)
-    if ray.codec_restarts < 0:
-        yield "codec_restarts", f"must be >= 0, got {ray.codec_restarts}"
-    yield from _positive(ray.start_timeout_s, "start_timeout_s")
-
-
-# One checker per section, each yielding (key, problem): add a key's check beside its section.
-_SECTION_CHECKS = {
-    "source": _source_problems,
-    "download": _download_problems,
-    "plan": _plan_problems,
-    "segment": _segment_problems,
-    "text": _text_problems,
-    "filter": _filter_problems,
-    "codec": _codec_problems,
-    "output": _output_problems,
-    "ray": _ray_problems,
-}
+                raise DagError(
+                    f"source.checksums names {name!r}, which this DAG does not download "
+                    f"(downloads: {', '.join(sorted(known))})"
+                )

@@ -8,45 +8,44 @@ BPE model by fingerprints, units by ledger entries. Re-running the same command 
 skips what is committed and cleans what is partial. Audio settings (codec, segmentation, unit
 plan) are recorded in `OUT/corpus.json` and checked before anything is written, so a run that
 would change them is refused with nothing changed on disk, unless the user asks to rebuild:
-codes from different settings are never mixed. One run at a time holds OUT (pipeline.out_lock).
+codes from different settings are never mixed. One run at a time holds OUT (pipeline.output.lock).
 Units run on Ray by default (pipeline.executors.ray_cluster); tests and benchmarks may pass
 the in-process `LocalExecutor`. Downloads run where units run: Ray tasks with the Ray executor
 (Ray starts only if something is left to download), threads with the local one.
 """
+
 from __future__ import annotations
 
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline import ledger
-from pipeline.audio_store import DirAudioStore, TarAudioStore, index_tar
-from pipeline.download import Checksum
+from pipeline.encode.segment import PAST_END_TOLERANCE_S
+from pipeline.encode.unit import UnitJob, is_current
 from pipeline.executors import CodecSpec, Executor
-from pipeline.fsutil import json_digest, read_json, sha256_file, write_json_atomic
-from pipeline.index import INDEX_NAME, build_index
-from pipeline.out_lock import exclusive
-from pipeline.plan import SubsetPlan, plan_subsets, read_unit_cuts
-from pipeline.resample import RESAMPLER
-from pipeline.segment import PAST_END_TOLERANCE_S
-from pipeline.shards import remove_file
-from pipeline.bpe import train_bpe
-from pipeline.text_agreement import AGREEMENT
-from pipeline.transfer_pools import RayTasks, ThreadTasks
-from pipeline.transfers import DownloadSettings, FileJob, Transfers
+from pipeline.fetch.sources import Sources
+from pipeline.fetch.transfer_pools import RayTasks, ThreadTasks
+from pipeline.output import ledger
+from pipeline.output.index import INDEX_NAME, build_index
+from pipeline.output.lock import exclusive
+from pipeline.output.shards import remove_file
+from pipeline.plan.subsets import SubsetPlan, plan_subsets, read_unit_cuts
+from pipeline.text.agreement import AGREEMENT
+from pipeline.text.bpe import train_bpe
+from storage.files import read_json, write_json_atomic
+from storage.hashing import json_digest, sha256_file
+from tokens.audio import RESAMPLER
+from tokens.codec_settings import CodecConfig, CodecWeights, num_codebooks
 from tokens.constants import CODEBOOK_SIZE, FRAME_RATE, SAMPLE_RATE
 from tokens.text import NORMALIZATION, Tokenizer, select_text
-from pipeline.unit import UnitJob, is_current
 
-if TYPE_CHECKING:  # torch and encodec load only where the codec runs, not in decode workers
-    from tokens.codec import CodecConfig, CodecWeights
+if TYPE_CHECKING:
     from pipeline.dag import Dag
 
-log = logging.getLogger("pipeline.runner")
+log = logging.getLogger(__name__)
 
 
 class SettingsChanged(RuntimeError):
@@ -73,8 +72,14 @@ class RunSummary:
     index: dict | None = None
 
 
-def run(dag: Dag, *, rebuild_audio: bool = False, prune: bool = False, progress: bool = True,
-        executor: Executor | None = None) -> RunSummary:
+def run(
+    dag: Dag,
+    *,
+    rebuild_audio: bool = False,
+    prune: bool = False,
+    progress: bool = True,
+    executor: Executor | None = None,
+) -> RunSummary:
     """Bring `dag.out` up to date with the DAG. Paths handed to units are absolute, so they mean
     the same on every node of a cluster whatever its working directory."""
     from pipeline.executors.ray_cluster import RayExecutor
@@ -102,19 +107,22 @@ def _task_pool(executor: Executor):
     return RayTasks()
 
 
-def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool,
-         executor: Executor) -> RunSummary:
-    from tokens.codec import num_codebooks
-
+def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool, executor: Executor) -> RunSummary:
     clock = _Clock()
     codec = resolve_codec(dag.codec)
     clock.log(f"codec weights: {codec.weights.kind} {codec.weights.sha256[:12]}")
     settings = audio_settings(dag, codec.weights)
     check_audio_settings(out, settings, rebuild_audio)  # before anything is written
-    with fetch_sources(dag, out, progress, _task_pool(executor)) as sources:
+    with Sources(dag, out, progress, _task_pool(executor)) as sources:
         # Each subset is planned once its manifest is verified, while the archives still arrive.
-        plans = plan_subsets(sources.manifests(), dag.subsets.roles(), out, dag.plan.unit_hours,
-                             dag.source.source_prefix, progress=progress)
+        plans = plan_subsets(
+            sources.manifests(),
+            dag.subsets.roles(),
+            out,
+            dag.plan.unit_hours,
+            dag.source.source_prefix,
+            progress=progress,
+        )
         clock.log(f"planned {sum(len(p.units) for p in plans)} units")
         tokenizer, bpe_info = ensure_bpe(dag, out, plans)
         clock.log(f"BPE model ready (vocabulary {tokenizer.vocab_size})")
@@ -122,27 +130,46 @@ def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool,
         clock.log("audio ready")
     # The transcript filter decides which cuts become samples: a change re-writes the shards
     # from committed codes (and encodes the cuts a looser filter now keeps), never retrains BPE.
-    text_fingerprint = {"field": dag.text.field, "normalization": NORMALIZATION,
-                        "bpe_sha256": tokenizer.sha256,
-                        "max_text_cer": dag.filter.max_text_cer, "agreement": AGREEMENT}
-    jobs = [UnitJob(out=out, unit=unit, audio_store=audio_store,
-                    min_duration=dag.segment.min_duration, max_duration=dag.segment.max_duration,
-                    text_field=dag.text.field, tokenizer=tokenizer, formats=dag.output.formats,
-                    max_text_cer=dag.filter.max_text_cer,
-                    target_shard_bytes=dag.output.target_shard_mb * 1e6,
-                    audio_fingerprint=audio_fingerprint(settings),
-                    text_fingerprint=json_digest(text_fingerprint))
-            for plan in plans for unit in plan.units]
+    text_fingerprint = {
+        "field": dag.text.field,
+        "normalization": NORMALIZATION,
+        "bpe_sha256": tokenizer.sha256,
+        "max_text_cer": dag.filter.max_text_cer,
+        "agreement": AGREEMENT,
+    }
+    jobs = [
+        UnitJob(
+            out=out,
+            unit=unit,
+            audio_store=audio_store,
+            min_duration=dag.segment.min_duration,
+            max_duration=dag.segment.max_duration,
+            text_field=dag.text.field,
+            tokenizer=tokenizer,
+            formats=dag.output.formats,
+            max_text_cer=dag.filter.max_text_cer,
+            target_shard_bytes=dag.output.target_shard_mb * 1e6,
+            audio_fingerprint=audio_fingerprint(settings),
+            text_fingerprint=json_digest(text_fingerprint),
+        )
+        for plan in plans
+        for unit in plan.units
+    ]
 
     summary = RunSummary(units=len(jobs))
     summary.orphans, summary.pruned = units_not_in_plan(out, {j.unit.name for j in jobs}), prune
     if summary.orphans and prune:
         remove_units(out, summary.orphans)
-        log.warning("--prune: removed %d unit(s) no longer in the plan: %s", len(summary.orphans),
-                    ", ".join(summary.orphans))
+        log.warning(
+            "--prune: removed %d unit(s) no longer in the plan: %s", len(summary.orphans), ", ".join(summary.orphans)
+        )
     elif summary.orphans:
-        log.warning("%d committed unit(s) are no longer in the plan; kept on disk, left out of "
-                    "index.json (--prune removes them): %s", len(summary.orphans), ", ".join(summary.orphans))
+        log.warning(
+            "%d committed unit(s) are no longer in the plan; kept on disk, left out of "
+            "index.json (--prune removes them): %s",
+            len(summary.orphans),
+            ", ".join(summary.orphans),
+        )
     pending = [j for j in jobs if not is_current(j)]
     summary.skipped = len(jobs) - len(pending)
     index_path = out / INDEX_NAME
@@ -164,22 +191,29 @@ def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool,
         clock.log(f"units done: {summary.encoded} encoded, {summary.reshard} re-sharded")
         if summary.failed:
             lines = "\n".join(f"  {f['unit']}: {f['error']}" for f in summary.failed)
-            raise RunFailed(f"{len(summary.failed)} unit(s) failed; the rest is committed. "
-                            f"Fix the cause and run the same command again:\n{lines}")
+            raise RunFailed(
+                f"{len(summary.failed)} unit(s) failed; the rest is committed. "
+                f"Fix the cause and run the same command again:\n{lines}"
+            )
     if not index_path.exists():
         provenance = {
-            "codec": {"model": "encodec_24khz", "sample_rate": SAMPLE_RATE,
-                      "bandwidth_kbps": dag.codec.bandwidth,
-                      "codebooks": num_codebooks(dag.codec.bandwidth), "codebook_size": CODEBOOK_SIZE,
-                      "frame_rate": FRAME_RATE, "weights": codec.weights.kind,
-                      "weights_sha256": codec.weights.sha256, "weights_source": codec.weights.source,
-                      "precision": dag.codec.precision},
+            "codec": {
+                "model": "encodec_24khz",
+                "sample_rate": SAMPLE_RATE,
+                "bandwidth_kbps": dag.codec.bandwidth,
+                "codebooks": num_codebooks(dag.codec.bandwidth),
+                "codebook_size": CODEBOOK_SIZE,
+                "frame_rate": FRAME_RATE,
+                "weights": codec.weights.kind,
+                "weights_sha256": codec.weights.sha256,
+                "weights_source": codec.weights.source,
+                "precision": dag.codec.precision,
+            },
             "text": {"field": dag.text.field, "normalization": NORMALIZATION},
             "filter": {"max_text_cer": dag.filter.max_text_cer, "agreement": AGREEMENT},
             "bpe": bpe_info,
         }
-        build_index(out, plans, dag.name, dag.fingerprint(), provenance,
-                    num_codebooks(dag.codec.bandwidth))
+        build_index(out, plans, dag.name, dag.fingerprint(), provenance, num_codebooks(dag.codec.bandwidth))
         clock.log("index written")
     summary.index = read_json(index_path)
     return summary
@@ -193,86 +227,21 @@ class _Clock:
         log.info("%s (%.1f s)", what, time.monotonic() - self.start)
 
 
-def fetch_sources(dag: Dag, out: Path, progress: bool, pool) -> "Sources":
-    """Start downloading every manifest and audio archive (pipeline.transfers), manifests first."""
-    return Sources(dag, out, progress, pool)
-
-
-class Sources:
-    """The run's downloads, under way in the background until `close()` (or `with`).
-
-    Units start only after `audio_store()`: every archive downloaded, verified and indexed. A
-    unit's recordings may lie in any archive, and bytes of an archive not yet verified are not
-    trusted, so no unit reads a tar that is still arriving."""
-
-    def __init__(self, dag: Dag, out: Path, progress: bool, pool):
-        src, dl = dag.source, dag.download
-        self.audio_dir = src.audio_dir
-        folder = Path(src.download_dir).absolute() if src.download_dir else out / "downloads"
-        if src.checksums is None:
-            log.warning("source.checksums is null: downloads are NOT verified")
-        checksums = {name: Checksum.parse(text) for name, text in (src.checksums or {}).items()}
-        self.manifest_paths = {s: folder / src.manifest_name(s) for s in dag.subsets.roles()}
-        self.tars = [] if src.audio_dir else [folder / name for name in src.audio_archives]
-        jobs = [FileJob(base + path.name, path, checksums.get(path.name))
-                for base, paths in ((src.manifest_base_url, self.manifest_paths.values()),
-                                    (src.audio_base_url, self.tars))
-                for path in paths]
-        settings = DownloadSettings(connections=dl.connections, range_bytes=dl.range_bytes,
-                                    retries=dl.retries, timeout_s=dl.timeout_s)
-        self.pool = pool
-        self.transfers = Transfers(jobs, settings, pool, progress)
-
-    def manifests(self) -> Mapping[str, Path]:
-        """Subset -> its verified manifest; looking a subset up waits for that manifest only."""
-        return _Arriving(self.manifest_paths, self.transfers.wait)
-
-    def audio_store(self):
-        """Wait for every archive (verified), index it, and return the store over them all."""
-        if self.audio_dir:
-            return DirAudioStore(Path(self.audio_dir))
-        tars = [self.transfers.wait(tar) for tar in self.tars]
-        for tar in tars:
-            index_tar(tar)
-        return TarAudioStore(tars)
-
-    def close(self) -> None:
-        self.transfers.close()
-        self.pool.close()
-
-    def __enter__(self) -> "Sources":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class _Arriving(Mapping):
-    """A mapping whose values are files still downloading: a lookup waits for that file."""
-
-    def __init__(self, paths: dict[str, Path], wait):
-        self.paths, self.wait = paths, wait
-
-    def __getitem__(self, key: str) -> Path:
-        return self.wait(self.paths[key])
-
-    def __iter__(self):
-        return iter(self.paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-
 def ensure_bpe(dag: Dag, out: Path, plans: list[SubsetPlan]) -> tuple[Tokenizer, dict]:
     """Train the BPE model on the training subsets' text unless the committed one still fits."""
     train_plans = [p for p in plans if p.role == "train"]
-    key = json_digest({"bpe": dag.text.bpe.fingerprint(), "field": dag.text.field,
-                   "normalization": NORMALIZATION,
-                   "units": [u.sha256 for p in train_plans for u in p.units]})
+    key = json_digest(
+        {
+            "bpe": dag.text.bpe.fingerprint(),
+            "field": dag.text.field,
+            "normalization": NORMALIZATION,
+            "units": [u.sha256 for p in train_plans for u in p.units],
+        }
+    )
     model, record_path = out / "text" / "bpe.model", out / "text" / "bpe.json"
     record = read_json(record_path)
-    if not (record and record.get("key") == key and model.exists()
-            and sha256_file(model) == record["sha256"]):
+    if not (record and record.get("key") == key and model.exists() and sha256_file(model) == record["sha256"]):
+
         def sentences():
             for plan in train_plans:
                 for unit in plan.units:
@@ -280,19 +249,28 @@ def ensure_bpe(dag: Dag, out: Path, plans: list[SubsetPlan]) -> tuple[Tokenizer,
                         text = select_text(cut["texts"], dag.text.field)
                         if text:
                             yield cut["id"], text
+
         train_bpe(sentences(), model, dag.text.bpe)
         tokenizer = Tokenizer(model)
-        record = {"key": key, "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size,
-                  "model_type": dag.text.bpe.model_type}
+        record = {
+            "key": key,
+            "sha256": tokenizer.sha256,
+            "vocab_size": tokenizer.vocab_size,
+            "model_type": dag.text.bpe.model_type,
+        }
         write_json_atomic(record_path, record)
-    info = {"model": "text/bpe.model", "sha256": record["sha256"],
-            "vocab_size": record["vocab_size"], "model_type": record["model_type"]}
+    info = {
+        "model": "text/bpe.model",
+        "sha256": record["sha256"],
+        "vocab_size": record["vocab_size"],
+        "model_type": record["model_type"],
+    }
     return Tokenizer(model), info
 
 
 def resolve_codec(cfg: CodecConfig) -> CodecSpec:
     """Settle `auto` and load the weights once, in the driver: every worker gets this state."""
-    from tokens.codec import resolve_weights
+    from tokens.codec_weights import resolve_weights  # torch loads here, in the driver only
 
     state, weights = resolve_weights(cfg)
     concrete = replace(cfg, weights=weights.kind if weights.kind != "checkpoint" else cfg.weights)
@@ -303,12 +281,19 @@ def audio_settings(dag: Dag, weights: CodecWeights) -> dict:
     """Everything that shapes the codes: recorded in OUT/corpus.json, never mixed."""
     return {
         "plan": {"unit_hours": dag.plan.unit_hours, "source_prefix": dag.source.source_prefix},
-        "segment": {"min_duration": dag.segment.min_duration,
-                    "max_duration": dag.segment.max_duration, "resampler": RESAMPLER,
-                    "past_end_tolerance_s": PAST_END_TOLERANCE_S},
-        "codec": {"model": "encodec_24khz", "bandwidth": dag.codec.bandwidth,
-                  "weights": weights.kind, "weights_sha256": weights.sha256,
-                  "precision": dag.codec.precision},
+        "segment": {
+            "min_duration": dag.segment.min_duration,
+            "max_duration": dag.segment.max_duration,
+            "resampler": RESAMPLER,
+            "past_end_tolerance_s": PAST_END_TOLERANCE_S,
+        },
+        "codec": {
+            "model": "encodec_24khz",
+            "bandwidth": dag.codec.bandwidth,
+            "weights": weights.kind,
+            "weights_sha256": weights.sha256,
+            "precision": dag.codec.precision,
+        },
     }
 
 
@@ -331,7 +316,8 @@ def check_audio_settings(out: Path, settings: dict, rebuild: bool) -> None:
         raise SettingsChanged(
             f"{out} holds codes made with other audio settings:\n{changes}\n"
             "Codes from different settings are never mixed. Write to a new --out, or pass "
-            "--rebuild-audio to re-encode every unit here. Nothing was changed.")
+            "--rebuild-audio to re-encode every unit here. Nothing was changed."
+        )
     if previous != settings:
         write_json_atomic(path, {"audio": settings})
 
@@ -359,4 +345,3 @@ def _diff(a: dict, b: dict, prefix: str = ""):
             yield from _diff(x, y, f"{prefix}{key}.")
         elif x != y:
             yield f"{prefix}{key}", x, y
-

@@ -6,7 +6,7 @@ Out: sample/audio/small.tar, sample/manifests/libriheavy_cuts_{small,dev}.jsonl.
      sample/SHA256SUMS. The same espeak-ng and sox versions reproduce the same bytes.
 
 The `small` manifest holds five chapters; `dev` holds the sixth (its audio is also in small.tar,
-as real dev cuts point into the training tars). Planted defects (see tests/lookalike.py, Defects):
+as real dev cuts point into the training tars). Planted defects (see sample/lookalike.py, Defects):
 missing audio in dev; past-end, empty text, too short and a malformed line in small.
 """
 
@@ -22,83 +22,130 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the generator lives beside the tests, outside the package
+sys.path.insert(0, str(HERE.parent))  # the repository root: the generator is not installed
 
-from tests.lookalike import Chapter, Defects, Utterance, write_corpus  # noqa: E402
+from sample.lookalike import Chapter, Defects, Utterance, write_corpus  # noqa: E402
 
 # speaker id -> espeak-ng voice, words per minute, pitch (0-99)
 VOICES = {"2041": ("en-us", 165, 45), "587": ("en-gb+f3", 160, 60), "7302": ("en+m3", 155, 35)}
 
 # (speaker, book_dir, stem, book title, sentences): two chapters per speaker.
 BOOKS = [
-    ("2041", "lighthouse_keeper_1409_librivox_64kb_mp3", "lighthousekeeper_01_marsh_64kb",
-     "The Lighthouse Keeper", [
-         "The lighthouse stood at the end of a long, crooked pier.",
-         "Every evening, old Martin climbed all 92 steps to the lamp.",
-         "\u201cThe sea is restless tonight,\u201d he told the gulls.",
-         "Nobody answered him, of course; nobody ever did.",
-         "He trimmed the wick and wiped the salt from the glass.",
-         "Far out, a single ship was turning toward the harbour.",
-     ]),
-    ("2041", "lighthouse_keeper_1409_librivox_64kb_mp3", "lighthousekeeper_02_marsh_64kb",
-     "The Lighthouse Keeper", [
-         "In the morning, the fog had swallowed the whole coast.",
-         "Martin made his tea and waited for the boy from the village.",
-         "\u201cAre you there, Mr. Martin?\u201d a small voice called.",
-         "The boy had brought bread, three apples, and a letter.",
-         "It was written in his daughter's careful, slanting hand.",
-         "He read it twice before he dared to smile.",
-     ]),
-    ("587", "The_Winter-Garden__Stories_0923_librivox_64kb_mp3", "wintergarden_03_hale_64kb",
-     "The Winter Garden and Other Stories", [
-         "Snow had fallen quietly during the night.",
-         "Clara opened the shutters and looked down at the garden.",
-         "The roses were gone, but the holly was bright with berries.",
-         "\u201cWho left these footprints by the gate?\u201d she wondered aloud.",
-         "They led across the lawn and stopped beneath the oak tree.",
-         "There, half hidden in the snow, lay a silver key.",
-     ]),
-    ("587", "The_Winter-Garden__Stories_0923_librivox_64kb_mp3", "wintergarden_04_hale_64kb",
-     "The Winter Garden and Other Stories", [
-         "She carried the key into the kitchen and set it on the table.",
-         "Her brother looked at it and laughed, a little too loudly.",
-         "\u201cIt belongs to the old summer house,\u201d he said.",
-         "The summer house had been locked since 1907.",
-         "Nobody remembered why, and nobody had asked.",
-         "That afternoon, Clara walked down the path alone.",
-     ]),
-    ("7302", "letters_from_a_Northern_Town_1102_librivox", "northerntown_01_ashby_64kb",
-     "Letters from a Northern Town", [
-         "My dear Edward, the town is colder than you warned me.",
-         "The mills begin their noise at six, and it never stops.",
-         "I have taken two rooms above a bookseller's shop.",
-         "He is a kind man, though he talks of nothing but the weather.",
-         "Do you still walk by the river on Sunday afternoons?",
-         "Write soon, and tell me everything you can.",
-     ]),
-    ("7302", "letters_from_a_Northern_Town_1102_librivox", "northerntown_07_ashby_64kb",
-     "Letters from a Northern Town", [
-         "Your letter arrived on Tuesday, wrapped in brown paper.",
-         "I laughed at your description of the new minister.",
-         "\u201cA sermon of forty minutes,\u201d you wrote, \u201cand not one idea.\u201d",
-         "Here, the winter has finally begun to soften.",
-         "The children play in the street until the lamps are lit.",
-         "I think, at last, I could be happy in this place.",
-     ]),
+    (
+        "2041",
+        "lighthouse_keeper_1409_librivox_64kb_mp3",
+        "lighthousekeeper_01_marsh_64kb",
+        "The Lighthouse Keeper",
+        [
+            "The lighthouse stood at the end of a long, crooked pier.",
+            "Every evening, old Martin climbed all 92 steps to the lamp.",
+            "\u201cThe sea is restless tonight,\u201d he told the gulls.",
+            "Nobody answered him, of course; nobody ever did.",
+            "He trimmed the wick and wiped the salt from the glass.",
+            "Far out, a single ship was turning toward the harbour.",
+        ],
+    ),
+    (
+        "2041",
+        "lighthouse_keeper_1409_librivox_64kb_mp3",
+        "lighthousekeeper_02_marsh_64kb",
+        "The Lighthouse Keeper",
+        [
+            "In the morning, the fog had swallowed the whole coast.",
+            "Martin made his tea and waited for the boy from the village.",
+            "\u201cAre you there, Mr. Martin?\u201d a small voice called.",
+            "The boy had brought bread, three apples, and a letter.",
+            "It was written in his daughter's careful, slanting hand.",
+            "He read it twice before he dared to smile.",
+        ],
+    ),
+    (
+        "587",
+        "The_Winter-Garden__Stories_0923_librivox_64kb_mp3",
+        "wintergarden_03_hale_64kb",
+        "The Winter Garden and Other Stories",
+        [
+            "Snow had fallen quietly during the night.",
+            "Clara opened the shutters and looked down at the garden.",
+            "The roses were gone, but the holly was bright with berries.",
+            "\u201cWho left these footprints by the gate?\u201d she wondered aloud.",
+            "They led across the lawn and stopped beneath the oak tree.",
+            "There, half hidden in the snow, lay a silver key.",
+        ],
+    ),
+    (
+        "587",
+        "The_Winter-Garden__Stories_0923_librivox_64kb_mp3",
+        "wintergarden_04_hale_64kb",
+        "The Winter Garden and Other Stories",
+        [
+            "She carried the key into the kitchen and set it on the table.",
+            "Her brother looked at it and laughed, a little too loudly.",
+            "\u201cIt belongs to the old summer house,\u201d he said.",
+            "The summer house had been locked since 1907.",
+            "Nobody remembered why, and nobody had asked.",
+            "That afternoon, Clara walked down the path alone.",
+        ],
+    ),
+    (
+        "7302",
+        "letters_from_a_Northern_Town_1102_librivox",
+        "northerntown_01_ashby_64kb",
+        "Letters from a Northern Town",
+        [
+            "My dear Edward, the town is colder than you warned me.",
+            "The mills begin their noise at six, and it never stops.",
+            "I have taken two rooms above a bookseller's shop.",
+            "He is a kind man, though he talks of nothing but the weather.",
+            "Do you still walk by the river on Sunday afternoons?",
+            "Write soon, and tell me everything you can.",
+        ],
+    ),
+    (
+        "7302",
+        "letters_from_a_Northern_Town_1102_librivox",
+        "northerntown_07_ashby_64kb",
+        "Letters from a Northern Town",
+        [
+            "Your letter arrived on Tuesday, wrapped in brown paper.",
+            "I laughed at your description of the new minister.",
+            "\u201cA sermon of forty minutes,\u201d you wrote, \u201cand not one idea.\u201d",
+            "Here, the winter has finally begun to soften.",
+            "The children play in the street until the lamps are lit.",
+            "I think, at last, I could be happy in this place.",
+        ],
+    ),
 ]
 DEV_CHAPTERS = 1  # the last chapter goes to the dev manifest
 MANIFESTS = ("small", "dev")
-DEFECTS = Defects(missing_audio="dev", past_end="small", empty_text="small",
-                  too_short="small", malformed_line="small")
+DEFECTS = Defects(missing_audio="dev", past_end="small", empty_text="small", too_short="small", malformed_line="small")
 
 
 def speak(text: str, voice: str, wpm: int, pitch: int, tmp: Path) -> np.ndarray:
     """espeak-ng at 22.05 kHz -> sox resampled to 16 kHz float32 (no dither, so repeatable)."""
     wav, raw = tmp / "speech.wav", tmp / "speech.f32"
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-p", str(pitch), "-w", str(wav), text],
-                   check=True)
-    subprocess.run(["sox", str(wav), "-t", "raw", "-e", "floating-point", "-b", "32", "-c", "1",
-                    str(raw), "gain", "-3", "rate", "-h", "16000"], check=True)
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-p", str(pitch), "-w", str(wav), text], check=True)
+    subprocess.run(
+        [
+            "sox",
+            str(wav),
+            "-t",
+            "raw",
+            "-e",
+            "floating-point",
+            "-b",
+            "32",
+            "-c",
+            "1",
+            str(raw),
+            "gain",
+            "-3",
+            "rate",
+            "-h",
+            "16000",
+        ],
+        check=True,
+    )
     return np.fromfile(raw, dtype="<f4")
 
 
@@ -111,8 +158,9 @@ def build(out_dir: Path) -> dict[str, str]:
             utts = [Utterance(s, speak(s, voice, wpm, pitch, Path(tmp))) for s in sentences]
             chapters.append(Chapter("small", speaker, book_dir, stem, utts, book_title=title))
     ids = [ch.recording_id for ch in chapters]
-    files = write_corpus(chapters, out_dir, defects=DEFECTS,
-                         manifest_subsets={"small": ids[:-DEV_CHAPTERS], "dev": ids[-DEV_CHAPTERS:]})
+    files = write_corpus(
+        chapters, out_dir, defects=DEFECTS, manifest_subsets={"small": ids[:-DEV_CHAPTERS], "dev": ids[-DEV_CHAPTERS:]}
+    )
     paths = [files.tars["small"]] + [files.manifests[m] for m in MANIFESTS]
     sums = {p.relative_to(out_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
     (out_dir / "SHA256SUMS").write_text("".join(f"{h}  {p}\n" for p, h in sums.items()))

@@ -1,5 +1,6 @@
 """Shared fixtures: one local Ray per test session, a tiny generated Libriheavy look-alike,
 and DAG files pointing at it. Everything runs offline on CPU with a random-init EnCodec."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.lookalike import Defects, synthetic_chapters, write_corpus
-from pipeline.fsutil import sha256_file
+from sample.lookalike import Defects, synthetic_chapters, write_corpus
+from storage.hashing import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,8 +20,7 @@ def ray_address():
     """A local Ray cluster shared by the whole session (ray.init costs ~5 s); yields its address."""
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -34,10 +34,17 @@ def tiny_corpus(tmp_path_factory):
     chapters = synthetic_chapters(n_speakers=3, chapters_per_speaker=2, utterances_per_chapter=3)
     ids = [c.recording_id for c in chapters]
     files = write_corpus(
-        chapters, root,
+        chapters,
+        root,
         manifest_subsets={"small": ids[:5], "dev": ids[5:]},
-        defects=Defects(missing_audio="dev", past_end="small", empty_text="small",
-                        too_short="small", asr_mismatch="small", malformed_line="small"),
+        defects=Defects(
+            missing_audio="dev",
+            past_end="small",
+            empty_text="small",
+            too_short="small",
+            asr_mismatch="small",
+            malformed_line="small",
+        ),
     )
     return files
 
@@ -50,16 +57,20 @@ def write_dag(path: Path, corpus, **sections) -> Path:
             "manifest_base_url": corpus.root.joinpath("manifests").as_uri() + "/",
             "audio_base_url": corpus.root.joinpath("audio").as_uri() + "/",
             "audio_archives": ["small.tar"],
-            "checksums": {p.name: f"sha256:{sha256_file(p)}"
-                          for p in [*corpus.manifests.values(), *corpus.tars.values()]},
+            "checksums": {
+                p.name: f"sha256:{sha256_file(p)}" for p in [*corpus.manifests.values(), *corpus.tars.values()]
+            },
         },
         "subsets": {"train": ["small"], "dev": ["dev"]},
         "plan": {"unit_hours": 0.001},  # one recording per unit
         "segment": {"min_duration": 0.5, "max_duration": 20.0},
         "text": {"field": "book", "bpe": {"vocab_size": 64}},
         "codec": {"weights": "random", "batch_seconds": 10},
-        "output": {"dir": str(path.parent / "out"), "formats": ["webdataset", "parquet", "lhotse_shar"],
-                   "target_shard_mb": 0.02},
+        "output": {
+            "dir": str(path.parent / "out"),
+            "formats": ["webdataset", "parquet", "lhotse_shar"],
+            "target_shard_mb": 0.02,
+        },
         "ray": {"units_in_flight": 2},
     }
     for key, value in sections.items():

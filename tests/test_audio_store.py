@@ -1,4 +1,4 @@
-"""pipeline.audio_store: index a LibriLight-like tar once, read FLAC members in place."""
+"""pipeline.fetch.audio_store: index a LibriLight-like tar once, read FLAC members in place."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.audio_store import (DirAudioStore, MissingAudio, TarAudioStore, index_members,
-                                  index_tar)
+from pipeline.fetch.audio_store import DirAudioStore, MissingAudio, TarAudioStore, index_members, index_tar
 
 BOOK = "small/42/Some_Book__v2-64kb_mp3"
 GOOD = [f"{BOOK}/03_some_book_64kb.flac", f"{BOOK}/04_some_book_64kb.flac"]

@@ -17,18 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from tokens.codec import (
-    HOP,
-    MIN_FRAMES,
-    CodecConfig,
-    CodecEncoder,
-    WeightsUnavailable,
-    num_codebooks,
-    num_frames,
-    resolve_weights,
-    state_dict_sha256,
-)
-from tests.http_mirror import HttpMirror
+from sample.http_mirror import HttpMirror
+from tokens.codec import CodecEncoder
+from tokens.codec_settings import MIN_FRAMES, CodecConfig, num_codebooks, num_frames
+from tokens.codec_weights import WeightsUnavailable, resolve_weights, state_dict_sha256
+from tokens.constants import HOP
 
 # Lengths around frame edges and below MIN_FRAMES frames (where reflect padding peeks ahead).
 LENGTHS = [16000, 321, 319, 2500, 8345, MIN_FRAMES * HOP, 1, 640, 6400, 0]
@@ -116,9 +109,11 @@ def test_random_weights_are_the_same_in_every_instance_and_process(encoder, rand
         np.testing.assert_array_equal(a, b)
     assert not any(t.is_inference() for t in random_state[0].values())  # usable outside it
     # Another process, with another thread count (float32 reductions depend on it).
-    script = ("import torch; torch.set_num_threads(1); "
-              "from tokens.codec import CodecConfig, resolve_weights; "
-              "print(resolve_weights(CodecConfig(weights='random'))[1].sha256)")
+    script = (
+        "import torch; torch.set_num_threads(1); "
+        "from tokens.codec_settings import CodecConfig; from tokens.codec_weights import resolve_weights; "
+        "print(resolve_weights(CodecConfig(weights='random'))[1].sha256)"
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == random_state[1].sha256
 
@@ -140,8 +135,13 @@ def test_bad_waveform_is_named(encoder):
 def test_pretrained_downloads_verifies_and_loads(tmp_path, site, random_state, encoder):
     folder, digest = site
     with HttpMirror(folder) as mirror:
-        cfg = CodecConfig(weights="pretrained", device="cpu", weights_url=mirror.url("ckpt.th"),
-                          weights_checksum=f"sha256:{digest}", cache_dir=str(tmp_path / "cache"))
+        cfg = CodecConfig(
+            weights="pretrained",
+            device="cpu",
+            weights_url=mirror.url("ckpt.th"),
+            weights_checksum=f"sha256:{digest}",
+            cache_dir=str(tmp_path / "cache"),
+        )
         enc = CodecEncoder(cfg)
         enc.setup()
         assert enc.weights.kind == "pretrained" and enc.weights.source == cfg.weights_url
@@ -159,9 +159,13 @@ def test_pretrained_downloads_verifies_and_loads(tmp_path, site, random_state, e
 def test_pretrained_with_wrong_checksum_fails_clearly(tmp_path, site):
     folder, _ = site
     with HttpMirror(folder) as mirror:
-        cfg = CodecConfig(weights="pretrained", weights_url=mirror.url("ckpt.th"),
-                          weights_checksum="sha256:" + "0" * 64, cache_dir=str(tmp_path / "c"),
-                          download_retries=1)
+        cfg = CodecConfig(
+            weights="pretrained",
+            weights_url=mirror.url("ckpt.th"),
+            weights_checksum="sha256:" + "0" * 64,
+            cache_dir=str(tmp_path / "c"),
+            download_retries=1,
+        )
         with pytest.raises(WeightsUnavailable, match="cannot obtain the pretrained.*mismatch"):
             resolve_weights(cfg)
 
@@ -171,8 +175,12 @@ def test_without_checksum_the_prefix_in_the_file_name_is_checked(tmp_path, site)
     (folder / f"ckpt-{digest[:8]}.th").write_bytes((folder / "ckpt.th").read_bytes())
     (folder / "ckpt-00000000.th").write_bytes((folder / "ckpt.th").read_bytes())
     with HttpMirror(folder) as mirror:
-        cfg = CodecConfig(weights="pretrained", weights_checksum=None, cache_dir=str(tmp_path / "c"),
-                          weights_url=mirror.url(f"ckpt-{digest[:8]}.th"))
+        cfg = CodecConfig(
+            weights="pretrained",
+            weights_checksum=None,
+            cache_dir=str(tmp_path / "c"),
+            weights_url=mirror.url(f"ckpt-{digest[:8]}.th"),
+        )
         assert resolve_weights(cfg)[1].file_sha256 == digest
         cfg.weights_url = mirror.url("ckpt-00000000.th")
         with pytest.raises(WeightsUnavailable, match="does not match"):
@@ -182,8 +190,11 @@ def test_without_checksum_the_prefix_in_the_file_name_is_checked(tmp_path, site)
 def test_pretrained_unreachable_fails_with_what_to_do(tmp_path):
     url = f"http://127.0.0.1:{unused_port()}/encodec_24khz-d7cc33bc.th"
     cfg = CodecConfig(weights="pretrained", weights_url=url, cache_dir=str(tmp_path), download_retries=1)
-    with pytest.raises(WeightsUnavailable, match="cannot obtain the pretrained EnCodec 24 kHz "
-                       "checkpoint from URL .*put the file at .*encodec_24khz-d7cc33bc.th"):
+    with pytest.raises(
+        WeightsUnavailable,
+        match="cannot obtain the pretrained EnCodec 24 kHz "
+        "checkpoint from URL .*put the file at .*encodec_24khz-d7cc33bc.th",
+    ):
         resolve_weights(cfg)
 
 
@@ -191,15 +202,24 @@ def test_a_file_put_in_the_cache_by_hand_is_used_offline(tmp_path, site, random_
     folder, digest = site
     (tmp_path / "encodec").mkdir()
     (tmp_path / "encodec" / "ckpt.th").write_bytes((folder / "ckpt.th").read_bytes())
-    cfg = CodecConfig(weights="pretrained", weights_url=f"http://127.0.0.1:{unused_port()}/ckpt.th",
-                      weights_checksum=f"sha256:{digest}", cache_dir=str(tmp_path), download_retries=1)
+    cfg = CodecConfig(
+        weights="pretrained",
+        weights_url=f"http://127.0.0.1:{unused_port()}/ckpt.th",
+        weights_checksum=f"sha256:{digest}",
+        cache_dir=str(tmp_path),
+        download_retries=1,
+    )
     assert resolve_weights(cfg)[1].sha256 == random_state[1].sha256
 
 
 def test_auto_falls_back_to_random_loudly(tmp_path, caplog, random_state):
-    cfg = CodecConfig(weights="auto", weights_url=f"http://127.0.0.1:{unused_port()}/x.th",
-                      cache_dir=str(tmp_path), download_retries=1)
-    with caplog.at_level(logging.WARNING, logger="tokens.codec"):
+    cfg = CodecConfig(
+        weights="auto",
+        weights_url=f"http://127.0.0.1:{unused_port()}/x.th",
+        cache_dir=str(tmp_path),
+        download_retries=1,
+    )
+    with caplog.at_level(logging.WARNING, logger="tokens.codec_weights"):
         _, weights = resolve_weights(cfg)
     assert weights == random_state[1] and weights.kind == "random"
     assert "MEANINGLESS" in caplog.text and "kind='random'" in caplog.text

@@ -1,6 +1,7 @@
 """The codec worker: int16 16 kHz windows in, the same codes as decoding to float32 and
 resampling before sending (the pre-streaming path); weights handed over, not loaded again;
 concurrent callers get exactly their own codes; the fast modes run and are measured."""
+
 from __future__ import annotations
 
 import io
@@ -10,12 +11,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tokens import codec as codec_module
-from tokens.codec import CodecConfig, CodecEncoder, code_agreement, resolve_weights
-from pipeline.codec_worker import CodecWorker
-from pipeline.resample import resample
-from pipeline.segment import segment_recording
+from pipeline.encode.codec_worker import CodecWorker
+from pipeline.encode.segment import segment_recording
+from sample.compare import code_agreement
 from tests.test_segment import cuts_by_recording, store  # noqa: F401  (fixtures)
+from tokens import codec_weights as codec_module
+from tokens.audio import resample
+from tokens.codec import CodecEncoder
+from tokens.codec_settings import CodecConfig
+from tokens.codec_weights import resolve_weights
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +29,7 @@ def weights():
 
 @pytest.fixture(scope="module")
 def worker(weights):
-    return CodecWorker(CodecConfig(weights="random", device="cpu", batch_seconds=4), *weights,
-                       resample_threads=2)
+    return CodecWorker(CodecConfig(weights="random", device="cpu", batch_seconds=4), *weights, resample_threads=2)
 
 
 def test_int16_windows_give_the_codes_of_the_float_path(worker, cuts_by_recording, store):
@@ -38,24 +41,29 @@ def test_int16_windows_give_the_codes_of_the_float_path(worker, cuts_by_recordin
         whole, rate = sf.read(io.BytesIO(store.read_bytes(cuts[0]["audio"])), dtype="float32")
         for seg in segments:
             first = int(round(seg.cut["start"] * rate))
-            before.append(resample(whole[first:first + len(seg.audio)], rate))
+            before.append(resample(whole[first : first + len(seg.audio)], rate))
             windows.append(seg.audio)
             rates.append(seg.rate)
     assert len(windows) >= 5 and {w.dtype for w in windows} == {np.dtype(np.int16)}
-    reference = CodecEncoder(CodecConfig(weights="random", device="cpu", batch_seconds=4),
-                             (worker.encoder._model.state_dict(), worker.weights))
+    reference = CodecEncoder(
+        CodecConfig(weights="random", device="cpu", batch_seconds=4),
+        (worker.encoder._model.state_dict(), worker.weights),
+    )
     for got, want in zip(worker.encode(windows, rates), reference.encode(before)):
         np.testing.assert_array_equal(got, want)
     stats = worker.stats()
     assert stats["forward_passes"] > 0 and stats["audio"] == pytest.approx(
-        sum(len(w) / r for w, r in zip(windows, rates)))
+        sum(len(w) / r for w, r in zip(windows, rates))
+    )
     assert all(stats[k] >= 0 for k in ("resample", "pad", "device", "device_wait"))
 
 
 def test_concurrent_callers_get_their_own_codes(worker):
     rng = np.random.default_rng(3)
-    calls = [[(rng.standard_normal(n) * 3000).astype(np.int16) for n in sizes]
-             for sizes in ([8000, 4000, 12000], [2000, 15000], [6000])]
+    calls = [
+        [(rng.standard_normal(n) * 3000).astype(np.int16) for n in sizes]
+        for sizes in ([8000, 4000, 12000], [2000, 15000], [6000])
+    ]
     alone = [worker.encode(c, [16000] * len(c)) for c in calls]
     together = [None] * len(calls)
 
@@ -76,7 +84,7 @@ def test_handed_over_weights_are_not_loaded_again(weights, monkeypatch):
     def no_loading(cfg):
         raise AssertionError("the worker loaded the weights itself")
 
-    monkeypatch.setattr(codec_module, "_load_model", no_loading)
+    monkeypatch.setattr(codec_module, "load_model", no_loading)
     w = CodecWorker(CodecConfig(weights="random", device="cpu"), *weights)
     assert w.weights == weights[1]
     damaged = dict(weights[0])

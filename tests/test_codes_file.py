@@ -1,5 +1,6 @@
 """The codes file: streamed in, read back cut by cut, same content digest as the whole-array
 files written before streaming, deterministic bytes, and those older files still readable."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,24 +8,27 @@ import hashlib
 import numpy as np
 import pytest
 
-from pipeline.codes_file import CodesFile, CodesWriter
-from pipeline.fsutil import sha256_file
+from pipeline.encode.codes_file import CodesFile, CodesWriter
+from storage.hashing import sha256_file
 
 
 def cuts(n_q=8, seed=0):
     rng = np.random.default_rng(seed)
-    return [(f"rec/{i}_x", 0.5 + i, bool(i % 2), rng.integers(0, 1024, (n_q, f)).astype(np.uint16))
-            for i, f in enumerate([7, 1, 150, 33, 2])]
+    return [
+        (f"rec/{i}_x", 0.5 + i, bool(i % 2), rng.integers(0, 1024, (n_q, f)).astype(np.uint16))
+        for i, f in enumerate([7, 1, 150, 33, 2])
+    ]
 
 
 def whole_arrays(items) -> dict:
     """The arrays as the pre-streaming code built them in memory (row-major codes)."""
-    return {"cut_ids": np.array([c for c, *_ in items], dtype=str),
-            "durations": np.array([d for _, d, _, _ in items], dtype=np.float64),
-            "clamped": np.array([k for _, _, k, _ in items], dtype=bool),
-            "frames": np.array([a.shape[1] for *_, a in items], dtype=np.int64),
-            "codes": (np.concatenate([a for *_, a in items], axis=1) if items
-                      else np.zeros((0, 0), dtype=np.uint16))}
+    return {
+        "cut_ids": np.array([c for c, *_ in items], dtype=str),
+        "durations": np.array([d for _, d, _, _ in items], dtype=np.float64),
+        "clamped": np.array([k for _, _, k, _ in items], dtype=bool),
+        "frames": np.array([a.shape[1] for *_, a in items], dtype=np.int64),
+        "codes": (np.concatenate([a for *_, a in items], axis=1) if items else np.zeros((0, 0), dtype=np.uint16)),
+    }
 
 
 def old_content_digest(arrays: dict) -> str:

@@ -1,11 +1,13 @@
 """Id sets as 128-bit digests: sorting, duplicate groups and membership agree with Python sets,
 including rows that share their first 64-bit word."""
+
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline import cut_ids
+from pipeline.plan import cut_ids
 
 # Small word values so that first words collide often and second words decide.
 rows_st = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), max_size=40)
@@ -34,7 +36,7 @@ def test_member_is_set_membership(ids, queries):
 
 
 def test_save_and_load_round_trip(tmp_path):
-    from pipeline.manifest import cut_digest
+    from pipeline.plan.manifest import cut_digest
 
     digests = b"".join(cut_digest(f"small/1/b/c_{i}") for i in range(1000))
     unique, groups = cut_ids.sort_ids(cut_ids.as_rows(digests))

@@ -1,4 +1,5 @@
 """DAG files load, are checked before anything runs, and take --set overrides."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,8 +36,11 @@ def test_sample_dag_resolves_local_paths_to_file_urls():
 
 def test_overrides_are_yaml_and_reach_any_key(tmp_path, tiny_corpus):
     path = write_dag(tmp_path / "d.yaml", tiny_corpus)
-    dag = load_dag(path, ["text.bpe.vocab_size=99", "output.formats=[parquet]",
-                          "source.checksums=null", "codec.bandwidth=3"], out="elsewhere")
+    dag = load_dag(
+        path,
+        ["text.bpe.vocab_size=99", "output.formats=[parquet]", "source.checksums=null", "codec.bandwidth=3"],
+        out="elsewhere",
+    )
     assert dag.text.bpe.vocab_size == 99 and dag.output.formats == ["parquet"]
     assert dag.source.checksums is None and dag.codec.bandwidth == 3.0
     assert dag.out == Path("elsewhere")
@@ -49,18 +53,21 @@ def test_fingerprint_ignores_where_and_how_fast_but_not_what(tmp_path, tiny_corp
     assert load_dag(path, ["text.bpe.vocab_size=99"]).fingerprint() != base
 
 
-@pytest.mark.parametrize("override, message", [
-    (["codec.bandwith=6"], r"unknown key codec\.bandwith \(did you mean 'bandwidth'\?\)"),
-    (["plan.unit_hours=lots"], r"plan\.unit_hours: expected float"),
-    (["output.formats=[tar]"], r"output\.formats must be"),
-    (["subsets.train=[]"], r"subsets\.train is empty"),
-    (["subsets.dev=[small]"], r"listed twice"),
-    (["source.checksums={nope.tar: 'md5:00'}"], r"names 'nope\.tar', which this DAG does not download"),
-    (["text.field=title"], r"text\.field must be one of"),
-    (["codec.weights=/no/such.th"], r"codec\.weights"),
-    (["segment.min_duration=30"], r"min_duration < max_duration"),
-    (["novalue"], r"expected dotted\.key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["codec.bandwith=6"], r"unknown key codec\.bandwith \(did you mean 'bandwidth'\?\)"),
+        (["plan.unit_hours=lots"], r"plan\.unit_hours: expected float"),
+        (["output.formats=[tar]"], r"output\.formats must be"),
+        (["subsets.train=[]"], r"subsets\.train is empty"),
+        (["subsets.dev=[small]"], r"listed twice"),
+        (["source.checksums={nope.tar: 'md5:00'}"], r"names 'nope\.tar', which this DAG does not download"),
+        (["text.field=title"], r"text\.field must be one of"),
+        (["codec.weights=/no/such.th"], r"codec\.weights"),
+        (["segment.min_duration=30"], r"min_duration < max_duration"),
+        (["novalue"], r"expected dotted\.key=value"),
+    ],
+)
 def test_bad_dags_fail_early_naming_the_key(tmp_path, tiny_corpus, override, message):
     path = write_dag(tmp_path / "d.yaml", tiny_corpus)
     with pytest.raises(DagError, match=message):
@@ -76,34 +83,37 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_dag(bad)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("codec.bandwidth=5.0", r"codec\.bandwidth must be one of \[1\.5, 3\.0, 6\.0, 12\.0, 24\.0\].*got 5\.0"),
-    ("codec.batch_seconds=-1", r"codec\.batch_seconds must be > 0 or null, got -1\.0"),
-    ("codec.batch_seconds=0", r"codec\.batch_seconds must be > 0"),
-    ("codec.device=gpu", r"codec\.device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
-    ("codec.weights_url=ftp://host/x.th", r"codec\.weights_url must be an http\(s\):// or file:// URL"),
-    ("codec.weights_checksum=sha256:xyz", r"codec\.weights_checksum is not a checksum"),
-    ("codec.download_retries=0", r"codec\.download_retries must be > 0"),
-    ("codec.threads=0", r"codec\.threads must be > 0 or null"),
-    ("text.bpe.vocab_size=0", r"text\.bpe\.vocab_size=0: must be in \[5, 65535\]"),
-    ("text.bpe.vocab_size=70000", r"text\.bpe\.vocab_size=70000: must be in \[5, 65535\]"),
-    ("text.bpe.model_type=wordpiece", r"text\.bpe\.model_type='wordpiece': must be one of"),
-    ("text.bpe.character_coverage=0", r"text\.bpe\.character_coverage=0\.0: must be in \(0, 1\]"),
-    ("text.bpe.max_sentences=0", r"text\.bpe\.max_sentences=0: must be >= 1"),
-    ("plan.unit_hours=.nan", r"plan\.unit_hours: expected a finite number, got nan"),
-    ("plan.unit_hours=0", r"plan\.unit_hours must be > 0, got 0\.0"),
-    ("segment.max_duration=.inf", r"segment\.max_duration: expected a finite number"),
-    ("segment.min_duration=-1", r"segment\.min_duration must be > 0 and below max_duration"),
-    ("output.target_shard_mb=0", r"output\.target_shard_mb must be > 0"),
-    ("output.formats=[parquet, parquet]", r"output\.formats lists a format twice"),
-    ("output.dir=''", r"output\.dir must name a folder"),
-    ("ray.units_in_flight=0", r"ray\.units_in_flight must be > 0 or null, got 0"),
-    ("ray.codec_workers=-2", r"ray\.codec_workers must be > 0 or null"),
-    ("ray.cpus_per_codec_worker=0", r"ray\.cpus_per_codec_worker must be > 0 or null"),
-    ("ray.address=' '", r"ray\.address must be HOST:PORT"),
-    ("source.checksums={small.tar: 'sha1:abc'}", r"source\.checksums\.small\.tar is not a checksum"),
-    ("source.manifest_base_url=''", r"source\.manifest_base_url is required"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("codec.bandwidth=5.0", r"codec\.bandwidth must be one of \[1\.5, 3\.0, 6\.0, 12\.0, 24\.0\].*got 5\.0"),
+        ("codec.batch_seconds=-1", r"codec\.batch_seconds must be > 0 or null, got -1\.0"),
+        ("codec.batch_seconds=0", r"codec\.batch_seconds must be > 0"),
+        ("codec.device=gpu", r"codec\.device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        ("codec.weights_url=ftp://host/x.th", r"codec\.weights_url must be an http\(s\):// or file:// URL"),
+        ("codec.weights_checksum=sha256:xyz", r"codec\.weights_checksum is not a checksum"),
+        ("codec.download_retries=0", r"codec\.download_retries must be > 0"),
+        ("codec.threads=0", r"codec\.threads must be > 0 or null"),
+        ("text.bpe.vocab_size=0", r"text\.bpe\.vocab_size=0: must be in \[5, 65535\]"),
+        ("text.bpe.vocab_size=70000", r"text\.bpe\.vocab_size=70000: must be in \[5, 65535\]"),
+        ("text.bpe.model_type=wordpiece", r"text\.bpe\.model_type='wordpiece': must be one of"),
+        ("text.bpe.character_coverage=0", r"text\.bpe\.character_coverage=0\.0: must be in \(0, 1\]"),
+        ("text.bpe.max_sentences=0", r"text\.bpe\.max_sentences=0: must be >= 1"),
+        ("plan.unit_hours=.nan", r"plan\.unit_hours: expected a finite number, got nan"),
+        ("plan.unit_hours=0", r"plan\.unit_hours must be > 0, got 0\.0"),
+        ("segment.max_duration=.inf", r"segment\.max_duration: expected a finite number"),
+        ("segment.min_duration=-1", r"segment\.min_duration must be > 0 and below max_duration"),
+        ("output.target_shard_mb=0", r"output\.target_shard_mb must be > 0"),
+        ("output.formats=[parquet, parquet]", r"output\.formats lists a format twice"),
+        ("output.dir=''", r"output\.dir must name a folder"),
+        ("ray.units_in_flight=0", r"ray\.units_in_flight must be > 0 or null, got 0"),
+        ("ray.codec_workers=-2", r"ray\.codec_workers must be > 0 or null"),
+        ("ray.cpus_per_codec_worker=0", r"ray\.cpus_per_codec_worker must be > 0 or null"),
+        ("ray.address=' '", r"ray\.address must be HOST:PORT"),
+        ("source.checksums={small.tar: 'sha1:abc'}", r"source\.checksums\.small\.tar is not a checksum"),
+        ("source.manifest_base_url=''", r"source\.manifest_base_url is required"),
+    ],
+)
 def test_every_stage_setting_is_checked_at_load_naming_the_key(tmp_path, tiny_corpus, override, message):
     path = write_dag(tmp_path / "d.yaml", tiny_corpus)
     with pytest.raises(DagError, match=message) as err:

@@ -1,4 +1,4 @@
-"""pipeline.download against a misbehaving local mirror: resume, restart, retry, verify, markers."""
+"""storage.download against a misbehaving local mirror: resume, restart, retry, verify, markers."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.download import Checksum, DownloadError, download, is_downloaded, marker_path
-from pipeline.fsutil import sha256_file, write_json_atomic
-from tests.http_mirror import HttpMirror
+from sample.http_mirror import HttpMirror
+from storage.download import Checksum, DownloadError, download, is_downloaded, marker_path
+from storage.files import write_json_atomic
+from storage.hashing import sha256_file
 
 SIZE = 300_000
 FAST = {"backoff_s": 0.0, "progress": False, "timeout_s": 5.0}
@@ -44,8 +45,7 @@ def test_resume_after_dropped_connection_appends_after_206(site, source, tmp_pat
     dest = tmp_path / "out" / "data.bin"
     with HttpMirror(site, drop_after_bytes=100_000, drop_first=1) as mirror:
         download(mirror.url("data.bin"), dest, sha(source), **FAST)
-    assert [(r.range, r.status) for r in mirror.requests] == [
-        (None, 200), ("bytes=100000-", 206)]
+    assert [(r.range, r.status) for r in mirror.requests] == [(None, 200), ("bytes=100000-", 206)]
     assert mirror.requests[0].bytes_sent == 100_000
     assert sha256_file(dest) == hashlib.sha256(source).hexdigest()
     assert not part_of(dest).exists()
@@ -58,8 +58,7 @@ def test_server_ignoring_range_restarts_cleanly(site, source, tmp_path):
     part_of(dest).write_bytes(b"junk" * 1000)  # a stale .part that must not be kept
     with HttpMirror(site, honour_range=False, drop_after_bytes=50_000, drop_first=1) as mirror:
         download(mirror.url("data.bin"), dest, sha(source), **FAST)
-    assert [(r.range, r.status) for r in mirror.requests] == [
-        ("bytes=4000-", 200), ("bytes=50000-", 200)]
+    assert [(r.range, r.status) for r in mirror.requests] == [("bytes=4000-", 200), ("bytes=50000-", 200)]
     assert dest.read_bytes() == source  # no duplicated or stale bytes
 
 
@@ -95,7 +94,9 @@ def test_redirect_is_followed_and_keeps_range(site, source, tmp_path):
     with HttpMirror(site) as mirror:
         download(mirror.redirect_url("data.bin"), dest, sha(source), **FAST)
     assert [(r.path, r.range, r.status) for r in mirror.requests] == [
-        ("/redirect/data.bin", "bytes=1234-", 302), ("/data.bin", "bytes=1234-", 206)]
+        ("/redirect/data.bin", "bytes=1234-", 302),
+        ("/data.bin", "bytes=1234-", 206),
+    ]
     assert dest.read_bytes() == source
 
 
@@ -176,8 +177,7 @@ def test_404_fails_fast_with_clear_message(site, tmp_path):
     with HttpMirror(site) as mirror:
         started = time.monotonic()
         with pytest.raises(DownloadError) as err:
-            download(mirror.url("missing.bin"), tmp_path / "m.bin",
-                     retries=8, backoff_s=10.0, progress=False)
+            download(mirror.url("missing.bin"), tmp_path / "m.bin", retries=8, backoff_s=10.0, progress=False)
     assert time.monotonic() - started < 9.0  # a retry would have waited backoff_s=10 first
     assert len(mirror.requests) == 1
     assert mirror.url("missing.bin") in str(err.value) and "404" in str(err.value)
@@ -185,7 +185,7 @@ def test_404_fails_fast_with_clear_message(site, tmp_path):
 
 def test_no_checksum_warns_unverified(site, source, tmp_path, caplog):
     dest = tmp_path / "data.bin"
-    with HttpMirror(site) as mirror, caplog.at_level(logging.WARNING, logger="pipeline.download"):
+    with HttpMirror(site) as mirror, caplog.at_level(logging.WARNING, logger="storage.download"):
         download(mirror.url("data.bin"), dest, None, **FAST)
     assert dest.read_bytes() == source
     assert any("NOT verified" in r.getMessage() for r in caplog.records)
@@ -213,8 +213,7 @@ def test_part_longer_than_remote_file_is_discarded(site, source, tmp_path):
     part_of(dest).write_bytes(source + b"trailing garbage")
     with HttpMirror(site) as mirror:
         download(mirror.url("data.bin"), dest, sha(source), **FAST)
-    assert [(r.range, r.status) for r in mirror.requests] == [
-        (f"bytes={SIZE + 16}-", 416), (None, 200)]
+    assert [(r.range, r.status) for r in mirror.requests] == [(f"bytes={SIZE + 16}-", 416), (None, 200)]
     assert dest.read_bytes() == source
 
 
@@ -231,8 +230,11 @@ def test_attempts_that_get_no_further_still_give_up(site, source, tmp_path):
     """A server that ignores Range and drops at the same byte never gets past 50,000."""
     dest = tmp_path / "data.bin"
     with HttpMirror(site, honour_range=False, drop_after_bytes=50_000, drop_first=100) as mirror:
-        with pytest.raises(DownloadError, match=r"gave up after 3 attempts in a row without "
-                                                r"progress \(3 in all, 50000 bytes at best\)"):
+        with pytest.raises(
+            DownloadError,
+            match=r"gave up after 3 attempts in a row without "
+            r"progress \(3 in all, 50000 bytes at best\)",
+        ):
             download(mirror.url("data.bin"), dest, sha(source), **{**FAST, "retries": 3})
     assert len(mirror.requests) == 3
 
@@ -240,7 +242,7 @@ def test_attempts_that_get_no_further_still_give_up(site, source, tmp_path):
 def test_no_room_for_the_rest_is_a_clear_error_before_writing(site, source, tmp_path, monkeypatch):
     import shutil
 
-    import pipeline.download as dl
+    import storage.download as dl
 
     dest = tmp_path / "dl" / "data.bin"
     usage = shutil.disk_usage(tmp_path)
@@ -257,7 +259,7 @@ def test_no_room_for_the_rest_is_a_clear_error_before_writing(site, source, tmp_
 def test_disk_full_while_writing_keeps_the_part_for_resuming(site, source, tmp_path, monkeypatch):
     import errno
 
-    import pipeline.download as dl
+    import storage.download as dl
 
     class FillsUp:  # a file on a disk with room for 100,000 bytes
         def __init__(self, f):

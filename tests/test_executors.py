@@ -1,6 +1,7 @@
 """Executors: placement rules on made-up clusters (per node, never the cluster total; requests
 that cannot fit stop at once), the local executor's output equal to Ray's, a codec actor killed
 mid-run restarting without changing a byte, and impossible requests on a real Ray refused."""
+
 from __future__ import annotations
 
 import os
@@ -72,9 +73,11 @@ def test_local_executor_writes_what_ray_writes(tmp_path, tiny_corpus, built_corp
 
 def test_impossible_requests_on_a_real_ray_stop_at_once(tmp_path, tiny_corpus, ray_address):
     dag_path = write_dag(tmp_path / "tiny.yaml", tiny_corpus)
-    for setting, message in (("ray.codec_workers=3", "codec_workers=3 puts 3 codec workers"),
-                             ("codec.device=cuda", "no node of the Ray cluster has a GPU"),
-                             ("ray.start_timeout_s=0.001", "did not start within")):
+    for setting, message in (
+        ("ray.codec_workers=3", "codec_workers=3 puts 3 codec workers"),
+        ("codec.device=cuda", "no node of the Ray cluster has a GPU"),
+        ("ray.start_timeout_s=0.001", "did not start within"),
+    ):
         started = time.monotonic()
         with pytest.raises(ClusterMismatch, match=message):
             run(load_dag(dag_path, [setting]), progress=False)
@@ -82,8 +85,8 @@ def test_impossible_requests_on_a_real_ray_stop_at_once(tmp_path, tiny_corpus, r
 
 
 def my_codec_actors() -> list:
-    import ray  # noqa: F401  (puts Ray's bundled psutil on the path)
     import psutil
+    import ray  # noqa: F401  (puts Ray's bundled psutil on the path)
 
     found = []
     for p in psutil.Process().children(recursive=True):  # only processes this session started
@@ -163,8 +166,11 @@ def test_a_unit_that_sees_its_worker_fail_to_start_names_the_cause(ray_address):
     actor = ray.remote(max_restarts=1)(_FailsToStart).remote()
     with pytest.raises(ray.exceptions.RayError) as seen_by_unit:
         ray.get(ray.remote(_call_it).remote(actor))
-    worker = _Worker(CodecSlot(node_id="ab" * 28, num_cpus=1, num_gpus=0, threads=1, resample_threads=1,
-                               units_in_flight=1), actor, "ab" * 28)
+    worker = _Worker(
+        CodecSlot(node_id="ab" * 28, num_cpus=1, num_gpus=0, threads=1, resample_threads=1, units_in_flight=1),
+        actor,
+        "ab" * 28,
+    )
     with pytest.raises(ClusterMismatch, match="failed to start on node abababab: .*damaged on the way"):
         _stop_if_start_failed(worker, seen_by_unit.value)
     _stop_if_start_failed(worker, RuntimeError("a unit's own error"))  # not a start-up failure
@@ -176,8 +182,15 @@ def test_unit_tasks_do_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import pipeline.executors.ray_cluster, pipeline.executors.codec_actor; "
-            "print(sorted(m for m in ('torch', 'encodec') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    code = (
+        "import sys; import pipeline.executors.ray_cluster, pipeline.executors.codec_actor; "
+        "print(sorted(m for m in ('torch', 'encodec') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     assert out.stdout.strip() == "[]"

@@ -1,7 +1,8 @@
-"""Schema v2 codes on a pipeline-built corpus: stock readers (the README's snippets, run as
+"""Schema v2 codes on a pipeline-built corpus: stock readers (the snippets of docs/formats.md, run as
 written: webdataset, pyarrow, pandas, Hugging Face datasets) get (8, frames) arrays equal to what
 the trainer reads; v1 corpora stay readable by the trainer and verify, and a re-run rewrites
 them as v2 from their committed codes without encoding audio again."""
+
 from __future__ import annotations
 
 import json
@@ -15,13 +16,14 @@ import pytest
 
 import schemas
 from pipeline.dag import load_dag
-from pipeline.fsutil import sha256_file
+from pipeline.inspect.verify import verify
 from pipeline.runner import run
-from pipeline.shards import Sample
-from pipeline.verify import verify
+from sample.corpora import write_parquet_v1, write_webdataset_v1
+from schemas.reading import read_shard
+from schemas.sample import Sample
+from storage.hashing import sha256_file
 from tests.conftest import REPO, write_dag
-from tests.synthetic_corpus import write_parquet_v1, write_webdataset_v1
-from trainer.corpus import open_corpus, read_shard
+from trainer.corpus import open_corpus
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +38,8 @@ def trainer_codes(location, fmt: str) -> dict[str, np.ndarray]:
 
 
 def readme_snippets() -> list[str]:
-    """The python blocks of README.md's 'Reading a corpus without this project' section."""
-    text = (REPO / "README.md").read_text()
+    """The python blocks of docs/formats.md's 'Reading a corpus without this project' section."""
+    text = (REPO / "docs" / "formats.md").read_text()
     section = text.split("## Reading a corpus without this project", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
@@ -106,15 +108,21 @@ def downgrade_to_v1(out) -> None:
         path = out / shard["path"]
         if shard["format"] == "parquet":
             table = pq.read_table(path)
-            samples = [Sample(**{k: r[k] for k in fields}, codes=c) for r, c in
-                       zip(table.drop_columns(["codes"]).to_pylist(), schemas.codes_from_arrow(table.column("codes")))]
+            samples = [
+                Sample(**{k: r[k] for k in fields}, codes=c)
+                for r, c in zip(
+                    table.drop_columns(["codes"]).to_pylist(), schemas.codes_from_arrow(table.column("codes"))
+                )
+            ]
             write_parquet_v1(samples, path)
         else:
             with tarfile.open(path) as tar:
                 members = {m.name: tar.extractfile(m).read() for m in tar}
             keys = sorted({name.partition(".")[0] for name in members})
-            samples = [Sample(**json.loads(members[f"{k}.json"]), codes=schemas.codes_from_npy(members[f"{k}.codes.npy"]))
-                       for k in keys]
+            samples = [
+                Sample(**json.loads(members[f"{k}.json"]), codes=schemas.codes_from_npy(members[f"{k}.codes.npy"]))
+                for k in keys
+            ]
             write_webdataset_v1(samples, path, shard["unit"], 0)
         shard["bytes"] = path.stat().st_size
         shard["sha256"] = sha256_file(path)
@@ -152,8 +160,9 @@ def test_a_v1_corpus_is_rewritten_as_v2_without_encoding(corpus, tmp_path, tiny_
     assert summary.index["version"] == 2 and summary.index["codes"]["format"] == "uint16"
     assert verify(out) == []
     assert {p.name: p.read_bytes() for p in (out / "work" / "codes").iterdir()} == codes_before
-    assert [(s["path"], s["sha256"]) for s in summary.index["shards"]] == \
-        [(s["path"], s["sha256"]) for s in json.loads((corpus / "index.json").read_text())["shards"]]
+    assert [(s["path"], s["sha256"]) for s in summary.index["shards"]] == [
+        (s["path"], s["sha256"]) for s in json.loads((corpus / "index.json").read_text())["shards"]
+    ]
 
 
 def test_an_index_from_a_newer_version_is_refused_by_name(corpus, tmp_path):

@@ -1,5 +1,6 @@
 """`valle-prep listen`: a sample's codes, found by cut id through lengths.parquet, decoded by the
 corpus's EnCodec to a 24 kHz wav of frames x 320 samples; unknown and rejected ids say so."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ import pytest
 import soundfile as sf
 
 from pipeline.cli import main
-from tokens.codec import code_agreement
-from pipeline.codes_file import CodesFile
-from pipeline.listen import ListenError, corpus_codec, find_sample, listen
+from pipeline.encode.codes_file import CodesFile
+from pipeline.inspect.listen import ListenError, corpus_codec, find_sample, listen
+from sample.compare import code_agreement
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_finds_the_sample_by_cut_id(corpus, tiny_corpus):
 
 def test_a_corpus_over_http_is_listened_to_as_the_folder_is(corpus, tiny_corpus, tmp_path):
     """lengths.parquet read by ranges, the recording's shards only, and the rejects streamed."""
-    from tests.http_mirror import HttpMirror
+    from sample.http_mirror import HttpMirror
 
     cut = kept_cut(tiny_corpus)
     rejected = next(t for t in tiny_corpus.cuts.values() if t.defect == "asr_mismatch")

@@ -1,6 +1,7 @@
 """Trainer data: epoch plans (every sample once, equal batches per rank), the loader over real
 shards with DataLoader workers, mid-epoch resume, remote corpora (s3 via a local moto server,
 http via a local mirror), and the provenance checks."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trainer.batching import BatchingConfig, greedy_batches, plan_epoch, read_order
 from trainer.corpus import CorpusError, check_compatible, open_corpus
@@ -31,18 +33,26 @@ def refs(plan):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.lists(st.integers(1, 400), min_size=0, max_size=30), min_size=1, max_size=12),
-       st.integers(1, 3), st.integers(1, 3), st.integers(0, 3), st.integers(1, 4), st.integers(1, 3))
-def test_plan_covers_every_sample_once_with_equal_batches_per_rank(shard_lengths, world, workers, epoch,
-                                                                  interleave, multiple_of):
+@given(
+    st.lists(st.lists(st.integers(1, 400), min_size=0, max_size=30), min_size=1, max_size=12),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(0, 3),
+    st.integers(1, 4),
+    st.integers(1, 3),
+)
+def test_plan_covers_every_sample_once_with_equal_batches_per_rank(
+    shard_lengths, world, workers, epoch, interleave, multiple_of
+):
     lengths = [np.array(x, dtype=np.int64) for x in shard_lengths]
     cost = np.concatenate(lengths)
     keep = cost < 390  # the model's limits: the longest samples are filtered, never batched
     if keep.sum() < 2 * world:
         return
     offsets = offsets_of(lengths)
-    cfg = BatchingConfig(max_frames=600, buckets=3, shuffle_buffer=7, interleave=interleave, seed=1,
-                         multiple_of=multiple_of)
+    cfg = BatchingConfig(
+        max_frames=600, buckets=3, shuffle_buffer=7, interleave=interleave, seed=1, multiple_of=multiple_of
+    )
     try:
         plan = plan_of(lengths, epoch, world, workers, cfg, keep)
     except ValueError as err:
@@ -131,18 +141,26 @@ def test_one_epoch_delivers_every_training_sample_once(corpus_dir):
 def test_every_format_reads_the_same_samples(corpus_dir):
     """WebDataset, Parquet and lhotse Shar shards give each sample's id, speaker, tokens and
     codes alike, all of a shard or only the positions wanted."""
-    from trainer.corpus import read_shard
+    from schemas.reading import read_shard
 
-    by_format = {fmt: open_corpus(str(corpus_dir), allow_random_codec=True, fmt=fmt).shards
-                 for fmt in ("webdataset", "parquet", "lhotse_shar")}
+    by_format = {
+        fmt: open_corpus(str(corpus_dir), allow_random_codec=True, fmt=fmt).shards
+        for fmt in ("webdataset", "parquet", "lhotse_shar")
+    }
     assert len({tuple(s.id for s in shards) for shards in by_format.values()}) == 1
     for k, shard in enumerate(by_format["webdataset"]):
         for wanted in (None, np.unique([shard.samples // 2, shard.samples - 1])):
-            read = {fmt: [(p, m["id"], m["speaker"], list(m["text_tokens"]), c.tolist())
-                          for p, m, c in read_shard(shards[k], wanted)] for fmt, shards in by_format.items()}
+            read = {
+                fmt: [
+                    (p, m["id"], m["speaker"], list(m["text_tokens"]), c.tolist())
+                    for p, m, c in read_shard(shards[k], wanted)
+                ]
+                for fmt, shards in by_format.items()
+            }
             assert read["webdataset"] == read["parquet"] == read["lhotse_shar"]
-            assert [p for p, *_ in read["lhotse_shar"]] == (list(range(shard.samples)) if wanted is None
-                                                            else wanted.tolist())
+            assert [p for p, *_ in read["lhotse_shar"]] == (
+                list(range(shard.samples)) if wanted is None else wanted.tolist()
+            )
 
 
 def test_ranks_split_the_epoch_exactly(corpus_dir):
@@ -181,18 +199,24 @@ def test_s3_and_http_corpora_read_like_local(corpus_dir, tmp_path, monkeypatch):
     server.start()
     try:
         host, port = server.get_host_and_port()
-        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                           "AWS_DEFAULT_REGION": "us-east-1",
-                           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
+        for key, value in {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        }.items():
             monkeypatch.setenv(key, value)
-        import trainer.storage
+        import storage.remote
 
-        monkeypatch.setattr(trainer.storage, "_CLIENTS", {})
+        monkeypatch.setattr(storage.remote, "_CLIENTS", {})
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket="corpora")
         for path in corpus_dir.rglob("*"):
-            if path.is_file() and path.parts[len(corpus_dir.parts)] in ("webdataset", "parquet", "lhotse_shar", "text") \
-                    or path.name in ("index.json", "lengths.parquet"):
+            if (
+                path.is_file()
+                and path.parts[len(corpus_dir.parts)] in ("webdataset", "parquet", "lhotse_shar", "text")
+                or path.name in ("index.json", "lengths.parquet")
+            ):
                 s3.upload_file(str(path), "corpora", f"tiny/{path.relative_to(corpus_dir).as_posix()}")
         local = open_corpus(str(corpus_dir), allow_random_codec=True)
         remote = open_corpus("s3://corpora/tiny", allow_random_codec=True)
@@ -205,7 +229,7 @@ def test_s3_and_http_corpora_read_like_local(corpus_dir, tmp_path, monkeypatch):
     finally:
         server.stop()
 
-    from tests.http_mirror import HttpMirror
+    from sample.http_mirror import HttpMirror
 
     with HttpMirror(corpus_dir) as mirror:
         over_http = open_corpus(mirror.base_url.rstrip("/"), allow_random_codec=True)

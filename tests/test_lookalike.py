@@ -16,8 +16,7 @@ import pytest
 import soundfile as sf
 from lhotse.cut import MonoCut
 
-from tests.lookalike import (AUDIO_PREFIX, SAMPLE_RATE, Defects, pcm16, synthetic_chapters,
-                                write_corpus)
+from sample.lookalike import AUDIO_PREFIX, SAMPLE_RATE, Defects, pcm16, synthetic_chapters, write_corpus
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample"
 
@@ -26,10 +25,15 @@ SAMPLE = Path(__file__).resolve().parents[1] / "sample"
 def corpus(tmp_path_factory):
     chapters = synthetic_chapters(n_speakers=3, chapters_per_speaker=2, utterances_per_chapter=4)
     ids = [ch.recording_id for ch in chapters]
-    defects = Defects(missing_audio="dev", past_end="small", empty_text="small",
-                      too_short="small", malformed_line="small")
-    files = write_corpus(chapters, tmp_path_factory.mktemp("corpus"), defects=defects,
-                         manifest_subsets={"small": ids[:-1], "dev": ids[-1:]})
+    defects = Defects(
+        missing_audio="dev", past_end="small", empty_text="small", too_short="small", malformed_line="small"
+    )
+    files = write_corpus(
+        chapters,
+        tmp_path_factory.mktemp("corpus"),
+        defects=defects,
+        manifest_subsets={"small": ids[:-1], "dev": ids[-1:]},
+    )
     return chapters, files
 
 
@@ -69,8 +73,7 @@ def test_every_line_loads_with_lhotse_except_the_malformed_one(corpus):
                 continue
             cut = MonoCut.from_dict(json.loads(line))
             truth = files.cuts[cut.id]
-            assert (cut.start, cut.duration, cut.recording_id) == (truth.start, truth.duration,
-                                                                   truth.recording_id)
+            assert (cut.start, cut.duration, cut.recording_id) == (truth.start, truth.duration, truth.recording_id)
 
 
 def test_lines_follow_the_libriheavy_rules(corpus):
@@ -78,8 +81,10 @@ def test_lines_follow_the_libriheavy_rules(corpus):
     for name in files.manifests:
         for d in parsed(files, name):
             rec = d["recording"]
-            assert list(d) == ["id", "start", "duration", "channel", "supervisions", "recording",
-                               "custom", "type"] and d["type"] == "MonoCut"
+            assert (
+                list(d) == ["id", "start", "duration", "channel", "supervisions", "recording", "custom", "type"]
+                and d["type"] == "MonoCut"
+            )
             assert d["id"].rsplit("_", 1)[0] == rec["id"] and d["id"].rsplit("_", 1)[1].isdigit()
             assert not has_null(d)
             assert d["start"] * SAMPLE_RATE != round(d["start"] * SAMPLE_RATE)  # unrounded float
@@ -134,11 +139,11 @@ def test_slicing_a_cut_window_gives_the_utterance(corpus):
             continue
         audio, _ = sf.read(io.BytesIO(blobs[f"{c.recording_id}.flac"]), dtype="int16")
         first = round(c.start * SAMPLE_RATE)
-        window = audio[first:first + round(c.duration * SAMPLE_RATE)]
+        window = audio[first : first + round(c.duration * SAMPLE_RATE)]
         utt = chapters[c.chapter_index].utterances[c.utterance_index]
         expected = pcm16(utt.audio)
         assert 0 <= expected.size - window.size < SAMPLE_RATE // 1000  # floored to 1 ms
-        np.testing.assert_array_equal(window, expected[:window.size])
+        np.testing.assert_array_equal(window, expected[: window.size])
         assert c.text == utt.text
         checked += 1
     assert checked == len(files.cuts) - 4  # all but the four defective cuts
@@ -147,9 +152,9 @@ def test_slicing_a_cut_window_gives_the_utterance(corpus):
     past = next(c for c in files.cuts.values() if c.defect == "past_end")
     audio, _ = sf.read(io.BytesIO(blobs[f"{past.recording_id}.flac"]), dtype="int16")
     expected = pcm16(chapters[past.chapter_index].utterances[past.utterance_index].audio)
-    clamped = audio[past.first_sample:past.first_sample + round(past.duration * SAMPLE_RATE)]
+    clamped = audio[past.first_sample : past.first_sample + round(past.duration * SAMPLE_RATE)]
     assert clamped.size == past.available_samples > expected.size
-    np.testing.assert_array_equal(clamped[:expected.size], expected)
+    np.testing.assert_array_equal(clamped[: expected.size], expected)
 
 
 def test_planted_defects(corpus):
@@ -180,8 +185,7 @@ def test_planted_defects(corpus):
 def test_plain_builder_is_clean_and_byte_deterministic(tmp_path):
     chapters = synthetic_chapters(n_speakers=2, chapters_per_speaker=1, utterances_per_chapter=2)
     a = write_corpus(chapters, tmp_path / "a")
-    b = write_corpus(synthetic_chapters(n_speakers=2, chapters_per_speaker=1,
-                                        utterances_per_chapter=2), tmp_path / "b")
+    b = write_corpus(synthetic_chapters(n_speakers=2, chapters_per_speaker=1, utterances_per_chapter=2), tmp_path / "b")
     assert all(c.defect is None for c in a.cuts.values()) and not a.malformed_lines
     for x, y in [(a.tars["small"], b.tars["small"]), (a.manifests["small"], b.manifests["small"])]:
         assert x.read_bytes() == y.read_bytes()
@@ -198,14 +202,16 @@ def test_bad_requests_say_what_is_wrong(tmp_path):
 
 
 def test_bundled_sample_matches_its_checksums_and_loads():
-    sums = dict(reversed(line.split("  ", 1)) for line in
-                (SAMPLE / "SHA256SUMS").read_text().splitlines())
-    assert set(sums) == {"audio/small.tar", "manifests/libriheavy_cuts_small.jsonl.gz",
-                         "manifests/libriheavy_cuts_dev.jsonl.gz"}
+    sums = dict(reversed(line.split("  ", 1)) for line in (SAMPLE / "SHA256SUMS").read_text().splitlines())
+    assert set(sums) == {
+        "audio/small.tar",
+        "manifests/libriheavy_cuts_small.jsonl.gz",
+        "manifests/libriheavy_cuts_dev.jsonl.gz",
+    }
     for rel, digest in sums.items():
         assert hashlib.sha256((SAMPLE / rel).read_bytes()).hexdigest() == digest, rel
     blobs = tar_files(SAMPLE / "audio/small.tar")
-    flacs = {name[:-len(".flac")] for name in blobs if name.endswith(".flac")}
+    flacs = {name[: -len(".flac")] for name in blobs if name.endswith(".flac")}
     assert len(flacs) == 6 and len({f.split("/")[1] for f in flacs}) == 3
     counts = {}
     for name in ("small", "dev"):

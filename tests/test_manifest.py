@@ -1,5 +1,6 @@
 """Manifest lines: the msgspec parser agrees with lhotse's MonoCut on every line lhotse
 accepts, refuses what lhotse refused, and also refuses bad numbers; blocks merge exactly."""
+
 from __future__ import annotations
 
 import copy
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.manifest import BadLine, ManifestScan, parse_line, read_blocks, scan_block
-from tests.manifest_reference import lhotse_compact_cut
+from pipeline.plan.manifest import BadLine, ManifestScan, parse_line, read_blocks, scan_block
+from sample.manifest_reference import lhotse_compact_cut
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "download/librilight/"
@@ -59,6 +60,7 @@ def _set(path, value):
         for key in path[:-1]:
             node = node[key]
         node[path[-1]] = value
+
     return mutate
 
 
@@ -68,20 +70,38 @@ def _drop(path):
         for key in path[:-1]:
             node = node[key]
         del node[path[-1]]
+
     return mutate
 
 
 SUP, REC, SRC = ("supervisions", 0), ("recording",), ("recording", "sources", 0)
 # Mutations lhotse also refuses (or that stopped the old planner): both must reject.
 BOTH_REJECT = {
-    **{f"no {'.'.join(map(str, p))}": _drop(p) for p in [
-        ("id",), ("start",), ("duration",), ("channel",), SUP + ("id",), SUP + ("recording_id",),
-        SUP + ("start",), SUP + ("duration",), REC + ("id",), REC + ("sources",),
-        REC + ("sampling_rate",), REC + ("num_samples",), REC + ("duration",), SRC + ("type",),
-        SRC + ("channels",), SRC + ("source",), ("recording",), SUP + ("custom",),
-        SUP + ("custom", "texts")]},
-    **{f"unknown key in {'.'.join(map(str, p)) or 'cut'}": _set(p + ("bogus",), 1)
-       for p in [(), SUP, REC, SRC]},
+    **{
+        f"no {'.'.join(map(str, p))}": _drop(p)
+        for p in [
+            ("id",),
+            ("start",),
+            ("duration",),
+            ("channel",),
+            SUP + ("id",),
+            SUP + ("recording_id",),
+            SUP + ("start",),
+            SUP + ("duration",),
+            REC + ("id",),
+            REC + ("sources",),
+            REC + ("sampling_rate",),
+            REC + ("num_samples",),
+            REC + ("duration",),
+            SRC + ("type",),
+            SRC + ("channels",),
+            SRC + ("source",),
+            ("recording",),
+            SUP + ("custom",),
+            SUP + ("custom", "texts"),
+        ]
+    },
+    **{f"unknown key in {'.'.join(map(str, p)) or 'cut'}": _set(p + ("bogus",), 1) for p in [(), SUP, REC, SRC]},
     "no supervisions": _set(("supervisions",), []),
     "two supervisions": lambda d: d["supervisions"].append(copy.deepcopy(d["supervisions"][0])),
     "supervisions null": _set(("supervisions",), None),
@@ -173,9 +193,14 @@ def test_undecodable_text_is_a_reject_not_a_crash(good_line):
     line = json.dumps(good_line, ensure_ascii=False)
     text = good_line["supervisions"][0]["custom"]["texts"][0]
     word = text.split()[0]
-    for raw in [line.replace(word, word + "\\ud800", 1).encode(),  # a lone surrogate
-                line.encode().replace(word.encode(), word.encode() + b"\xff", 1),  # not UTF-8
-                line[: len(line) // 2].encode(), b"[]", b"null", b"{"]:
+    for raw in [
+        line.replace(word, word + "\\ud800", 1).encode(),  # a lone surrogate
+        line.encode().replace(word.encode(), word.encode() + b"\xff", 1),  # not UTF-8
+        line[: len(line) // 2].encode(),
+        b"[]",
+        b"null",
+        b"{",
+    ]:
         with pytest.raises(BadLine):
             parse_line(raw, PREFIX)
     # In a field the pipeline never reads, the same bytes cost nothing (the old reader, decoding

@@ -2,16 +2,16 @@
 reading one shard at a time fills a batch with 1-3 speakers. Each worker interleaves many shard
 streams in front of its shuffle buffer; speaker ids come from lengths.parquet, so the planner
 measures the mix without opening a shard, and the loader delivers exactly that plan."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tests.synthetic_corpus import speaker_blocks, write_corpus
+from sample.corpora import speaker_blocks, write_corpus
 from trainer.batching import BatchingConfig, plan_epoch, plan_stats
 from trainer.corpus import open_corpus
 from trainer.loader import make_loader
-
 
 BLOCK = 40  # consecutive cuts of one speaker
 

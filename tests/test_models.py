@@ -2,6 +2,7 @@
 
 Tiny preset on CPU; each test runs in well under a few seconds.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -59,10 +60,11 @@ def test_ar_group_alignment():
     c = torch.tensor([[10, 11, 12, 13, 14], [20, 21, 22, 23, -7]])
     inputs, targets, n_pos = m.group_codes(c, torch.tensor([5, 4]))
     E, P, I = m.EOS, m.PAD, IGNORE
-    assert targets.tolist() == [[[10, 11], [12, 13], [14, E], [I, I]],
-                                [[20, 21], [22, 23], [E, I], [I, I]]]
-    assert inputs.tolist() == [[[10, 11], [12, 13], [14, P]],
-                               [[20, 21], [22, 23], [P, P]]]  # position 0 is BOS; position i holds group i-1
+    assert targets.tolist() == [[[10, 11], [12, 13], [14, E], [I, I]], [[20, 21], [22, 23], [E, I], [I, I]]]
+    assert inputs.tolist() == [
+        [[10, 11], [12, 13], [14, P]],
+        [[20, 21], [22, 23], [P, P]],
+    ]  # position 0 is BOS; position i holds group i-1
     assert n_pos.tolist() == [3, 3]
 
 
@@ -101,11 +103,11 @@ def test_ar_kv_cache_matches_forward(G):
     logits, cache = m.prefill(text, codes1[:, :P])
     assert torch.allclose(logits, full[0, P // G], atol=1e-5)
     for i in range(P // G, 23 // G):
-        logits, cache = m.decode_step(codes1[0, i * G:(i + 1) * G], cache)
+        logits, cache = m.decode_step(codes1[0, i * G : (i + 1) * G], cache)
         assert torch.allclose(logits, full[0, i + 1], atol=1e-5), f"group {i}"
     if G > 1:
         with pytest.raises(ValueError, match="multiple of the group size"):
-            m.prefill(text, codes1[:, :P + 1])
+            m.prefill(text, codes1[:, : P + 1])
 
 
 def test_ar_prefill_without_prompt():
@@ -251,9 +253,14 @@ def test_base_parameter_counts():
     assert set(PRESETS) == {"tiny", "base"}
     text_vocab = 1024
     with torch.device("meta"):
-        counts = {name: sum(p.numel() for p in m.parameters()) for name, m in [
-            ("AR G=1", ARModel(base(text_vocab))), ("AR G=8", ARModel(base(text_vocab, group_size=8))),
-            ("NAR", NARModel(base(text_vocab)))]}
+        counts = {
+            name: sum(p.numel() for p in m.parameters())
+            for name, m in [
+                ("AR G=1", ARModel(base(text_vocab))),
+                ("AR G=8", ARModel(base(text_vocab, group_size=8))),
+                ("NAR", NARModel(base(text_vocab))),
+            ]
+        }
         ar1 = ARModel(base(text_vocab))
     print({k: f"{v / 1e6:.1f} M" for k, v in counts.items()})
     # 12 blocks x (4 d^2 attention + 8 d^2 FFN) = 151 M; + text/audio embeddings, heads (+ AdaLN)

@@ -1,5 +1,6 @@
 """A safe output folder: one run at a time (a killed holder does not block), committed units
 that leave the plan are kept until --prune, and a refused run changes nothing on disk."""
+
 from __future__ import annotations
 
 import json
@@ -15,14 +16,16 @@ import pytest
 
 from pipeline.dag import load_dag
 from pipeline.executors.local import LocalExecutor
-from pipeline.fsutil import sha256_file
-from pipeline.out_lock import LOCK_NAME, OutputLocked, exclusive
+from pipeline.inspect.verify import verify
+from pipeline.output.lock import LOCK_NAME, OutputLocked, exclusive
 from pipeline.runner import SettingsChanged, run
-from pipeline.verify import verify
+from storage.hashing import sha256_file
 from tests.conftest import REPO, write_dag
 
-HOLD = "import sys, time; from pathlib import Path; from pipeline.out_lock import exclusive\n" \
-       "with exclusive(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)\n"
+HOLD = (
+    "import sys, time; from pathlib import Path; from pipeline.output.lock import exclusive\n"
+    "with exclusive(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)\n"
+)
 
 
 def snapshot(out: Path) -> dict[str, bytes]:
@@ -42,9 +45,13 @@ def test_a_second_run_stops_at_once_naming_the_first(tmp_path, tiny_corpus):
     try:
         dag = write_dag(tmp_path / "tiny.yaml", tiny_corpus)
         started = time.monotonic()
-        cli = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(dag), "--out", str(out),
-                              "--no-progress"], capture_output=True, text=True, cwd=REPO,
-                             env={**os.environ, "PYTHONPATH": str(REPO)})
+        cli = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "run", str(dag), "--out", str(out), "--no-progress"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         assert cli.returncode == 1
         assert f"pid {holder.pid}" in cli.stderr and f"host {socket.gethostname()}" in cli.stderr
         assert time.monotonic() - started < 60  # no Ray, no codec, no download: it stopped first
@@ -68,10 +75,17 @@ def test_units_that_leave_the_plan_are_kept_until_prune(tmp_path, tiny_corpus, b
     shutil.copytree(built.out, out)
     dev_units = sorted(p.stem for p in (out / "ledger").glob("*.json") if "dev" in p.read_text())
     assert dev_units
-    checksums = {p.name: f"sha256:{sha256_file(p)}"
-                 for p in (tiny_corpus.manifests["small"], tiny_corpus.tars["small"])}
-    dag = load_dag(write_dag(tmp_path / "tiny.yaml", tiny_corpus, subsets={"train": ["small"], "dev": []},
-                             source={"checksums": checksums}))
+    checksums = {
+        p.name: f"sha256:{sha256_file(p)}" for p in (tiny_corpus.manifests["small"], tiny_corpus.tars["small"])
+    }
+    dag = load_dag(
+        write_dag(
+            tmp_path / "tiny.yaml",
+            tiny_corpus,
+            subsets={"train": ["small"], "dev": []},
+            source={"checksums": checksums},
+        )
+    )
     kept = run(dag, progress=False, executor=LocalExecutor())
     assert kept.orphans == dev_units and not kept.pruned
     assert kept.codec_forward_passes == 0 and kept.skipped == kept.units
@@ -87,8 +101,9 @@ def test_units_that_leave_the_plan_are_kept_until_prune(tmp_path, tiny_corpus, b
     assert run(dag, progress=False, executor=LocalExecutor()).orphans == []
 
 
-@pytest.mark.parametrize("changes", [["codec.bandwidth=3.0", "text.bpe.vocab_size=48"],
-                                     ["plan.unit_hours=0.5"], ["codec.precision=bf16"]])
+@pytest.mark.parametrize(
+    "changes", [["codec.bandwidth=3.0", "text.bpe.vocab_size=48"], ["plan.unit_hours=0.5"], ["codec.precision=bf16"]]
+)
 def test_a_refused_run_changes_nothing_on_disk(tmp_path, tiny_corpus, built_corpus, changes):
     built, _ = built_corpus
     out = tmp_path / "out"
@@ -112,7 +127,5 @@ def test_corpora_from_before_the_precision_setting_stay_current(tmp_path, tiny_c
     corpus = json.loads((out / "corpus.json").read_text())
     del corpus["audio"]["codec"]["precision"]
     (out / "corpus.json").write_text(json.dumps(corpus))
-    again = run(load_dag(write_dag(tmp_path / "tiny.yaml", tiny_corpus)), progress=False,
-                executor=LocalExecutor())
+    again = run(load_dag(write_dag(tmp_path / "tiny.yaml", tiny_corpus)), progress=False, executor=LocalExecutor())
     assert again.skipped == again.units and again.codec_forward_passes == 0
-

@@ -1,5 +1,6 @@
 """End to end on Ray: the tiny corpus through download, plan, BPE, codec, shards and index;
 then the re-run behaviours: nothing to do, BPE-only change, codec change."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import pytest
 import webdataset as wds
 
 from pipeline.dag import load_dag
+from pipeline.inspect.verify import verify
 from pipeline.runner import SettingsChanged, run
-from pipeline.verify import verify
 from tests.conftest import write_dag
 
 
@@ -27,16 +28,29 @@ def test_full_run_writes_a_verified_corpus(built, tiny_corpus):
     index = summary.index
     clean = {cid for cid, t in tiny_corpus.cuts.items() if t.defect is None}
     # Every clean cut became exactly one sample, in each format.
-    wds_ids = [json.loads(s["json"])["id"] for shard in index["shards"] if shard["format"] == "webdataset"
-               for s in wds.WebDataset(str(out / shard["path"]), shardshuffle=False)]
-    pq_ids = [i for shard in index["shards"] if shard["format"] == "parquet"
-              for i in pq.read_table(out / shard["path"]).column("id").to_pylist()]
+    wds_ids = [
+        json.loads(s["json"])["id"]
+        for shard in index["shards"]
+        if shard["format"] == "webdataset"
+        for s in wds.WebDataset(str(out / shard["path"]), shardshuffle=False)
+    ]
+    pq_ids = [
+        i
+        for shard in index["shards"]
+        if shard["format"] == "parquet"
+        for i in pq.read_table(out / shard["path"]).column("id").to_pylist()
+    ]
     assert sorted(wds_ids) == sorted(pq_ids)
     # The past-end cut is clamped, not dropped; every other defect is a counted reject.
     kept = clean | {cid for cid, t in tiny_corpus.cuts.items() if t.defect == "past_end"}
     assert sorted(wds_ids) == sorted(kept)
-    assert index["rejects"]["by_reason"] == {"bad_manifest_line": 1, "empty_text": 1,
-                                             "missing_audio": 1, "too_short": 1, "text_mismatch": 1}
+    assert index["rejects"]["by_reason"] == {
+        "bad_manifest_line": 1,
+        "empty_text": 1,
+        "missing_audio": 1,
+        "too_short": 1,
+        "text_mismatch": 1,
+    }
     assert summary.encoded == summary.units and summary.skipped == 0
     assert index["provenance"]["codec"]["weights"] == "random"
     assert set(index["subsets"]) == {"small", "dev"}
@@ -50,8 +64,10 @@ def test_plain_readers_decode_codes_and_durations(built, tiny_corpus):
         assert codes.shape[0] == 8 and codes.max() < 1024
         truth = tiny_corpus.cuts[meta["id"]]
         assert meta["duration"] == pytest.approx(truth.available_samples / 16000, abs=1e-3)
-        assert codes.shape[1] == int(np.ceil(meta["duration"] * 24000 / 320)) or \
-            abs(codes.shape[1] - meta["duration"] * 75) <= 1
+        assert (
+            codes.shape[1] == int(np.ceil(meta["duration"] * 24000 / 320))
+            or abs(codes.shape[1] - meta["duration"] * 75) <= 1
+        )
         assert meta["text"] == truth.text
     table = pq.read_table(dag.out / summary.index["shards"][1]["path"])
     row = table.slice(0, 1).to_pylist()[0]

@@ -1,4 +1,5 @@
 """Planning: units are deterministic, partition the cuts, keep recordings whole."""
+
 from __future__ import annotations
 
 import gzip
@@ -7,19 +8,22 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.download import DownloadError
-from pipeline.plan import (ManifestUnreadable, _pack_units, load_plan, plan_subset, plan_subsets,
-                           read_unit_cuts)
+from pipeline.plan.subsets import ManifestUnreadable, _pack_units, load_plan, plan_subset, plan_subsets, read_unit_cuts
+from sample.manifest_reference import reference_units
+from storage.download import DownloadError
 from tests.conftest import REPO
-from tests.manifest_reference import reference_units
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.dictionaries(st.text("abc/_-0123", min_size=1, max_size=8),
-                       st.floats(0.5, 4000, allow_nan=False), min_size=1, max_size=60),
-       st.floats(0.01, 3.0))
+@given(
+    st.dictionaries(
+        st.text("abc/_-0123", min_size=1, max_size=8), st.floats(0.5, 4000, allow_nan=False), min_size=1, max_size=60
+    ),
+    st.floats(0.01, 3.0),
+)
 def test_units_partition_recordings_in_id_order(seconds, unit_hours):
     unit_of = _pack_units(seconds, "small", unit_hours)
     assert set(unit_of) == set(seconds)  # every recording in exactly one unit
@@ -57,7 +61,9 @@ def test_plan_does_not_depend_on_manifest_line_order(tmp_path, tiny_corpus):
     shuffled = tmp_path / "shuffled.jsonl.gz"
     with gzip.open(shuffled, "wt") as f:
         f.write("\n".join(reversed(lines)) + "\n")
-    a = plan_subset(tiny_corpus.manifests["small"], "small", "train", tmp_path / "a", 0.002, "download/librilight/", progress=False)
+    a = plan_subset(
+        tiny_corpus.manifests["small"], "small", "train", tmp_path / "a", 0.002, "download/librilight/", progress=False
+    )
     b = plan_subset(shuffled, "small", "train", tmp_path / "b", 0.002, "download/librilight/", progress=False)
     assert [u.name for u in a.units] == [u.name for u in b.units]
     for ua, ub in zip(a.units, b.units):
@@ -125,8 +131,9 @@ def _variant(line: str, **changes) -> str:
 
 def test_bad_numbers_are_counted_rejects_that_cost_no_other_cut(tmp_path, tiny_corpus):
     lines = _lines(tiny_corpus.manifests["small"])
-    clean = plan_subset(_write(tmp_path / "clean.gz", lines), "small", "train", tmp_path / "a", 0.001,
-                        PREFIX, progress=False)
+    clean = plan_subset(
+        _write(tmp_path / "clean.gz", lines), "small", "train", tmp_path / "a", 0.001, PREFIX, progress=False
+    )
     bad = {  # before the first recording's lines: a NaN there once swallowed every later recording
         1: _variant(lines[0], id="x-nan", duration=math.nan),
         2: _variant(lines[0], id="x-null", start=None),
@@ -134,8 +141,15 @@ def test_bad_numbers_are_counted_rejects_that_cost_no_other_cut(tmp_path, tiny_c
         4: _variant(lines[0], id="x-inf", duration=math.inf),
         5: _variant(lines[0], id="x-zero", duration=0.0),
     }
-    plan = plan_subset(_write(tmp_path / "bad.gz", list(bad.values()) + lines), "small", "train",
-                       tmp_path / "b", 0.001, PREFIX, progress=False)
+    plan = plan_subset(
+        _write(tmp_path / "bad.gz", list(bad.values()) + lines),
+        "small",
+        "train",
+        tmp_path / "b",
+        0.001,
+        PREFIX,
+        progress=False,
+    )
     assert _units(plan) == _units(clean)
     got = {r["detail"].split(":")[0]: r["detail"] for r in plan.rejects}
     assert {f"line {n}" for n in bad} | {"line 7"} == set(got)  # line 7: the planted malformed line
@@ -154,8 +168,9 @@ def test_duplicate_ids_in_a_subset_keep_one_copy_whatever_the_line_order(tmp_pat
     extra = [moved, lines[3]]  # and an exact copy of line 4
     plans = []
     for name, order in (("fwd", lines + extra), ("rev", list(reversed(lines + extra)))):
-        plan = plan_subset(_write(tmp_path / f"{name}.gz", order), "small", "train", tmp_path / name,
-                           0.001, PREFIX, progress=False)
+        plan = plan_subset(
+            _write(tmp_path / f"{name}.gz", order), "small", "train", tmp_path / name, 0.001, PREFIX, progress=False
+        )
         cuts = [c for u in plan.units for c in read_unit_cuts(tmp_path / name, u)]
         ids = [c["id"] for c in cuts]
         assert len(ids) == len(set(ids)) == len(lines)
@@ -172,8 +187,7 @@ def test_duplicate_ids_in_a_subset_keep_one_copy_whatever_the_line_order(tmp_pat
 def test_an_id_in_two_subsets_is_kept_in_the_evaluation_subset(tmp_path, tiny_corpus):
     small, dev = _lines(tiny_corpus.manifests["small"]), _lines(tiny_corpus.manifests["dev"])
     leaked = small[0]
-    paths = {"small": _write(tmp_path / "small.gz", small),
-             "dev": _write(tmp_path / "dev.gz", dev + [leaked])}
+    paths = {"small": _write(tmp_path / "small.gz", small), "dev": _write(tmp_path / "dev.gz", dev + [leaked])}
     roles = {"small": "train", "dev": "dev"}
     out = tmp_path / "out"
     train, held_out = plan_subsets(paths, roles, out, 0.001, PREFIX, progress=False)
@@ -193,8 +207,9 @@ def test_an_id_in_two_subsets_is_kept_in_the_evaluation_subset(tmp_path, tiny_co
     train2, _ = plan_subsets(paths, roles, out, 0.001, PREFIX, progress=False)
     assert leaked_id in {c["id"] for u in train2.units for c in read_unit_cuts(out, u)}
     assert train2.excluded == "" and not [r for r in train2.rejects if r["reason"] == "duplicate_cut_id"]
-    assert _units(train2) == _units(plan_subset(paths["small"], "small", "train", tmp_path / "alone",
-                                                0.001, PREFIX, progress=False))
+    assert _units(train2) == _units(
+        plan_subset(paths["small"], "small", "train", tmp_path / "alone", 0.001, PREFIX, progress=False)
+    )
 
 
 def test_a_damaged_manifest_is_a_clear_error(tmp_path, tiny_corpus):
@@ -221,19 +236,20 @@ def test_a_downloaded_manifest_is_not_hashed_again(tmp_path, tiny_corpus, monkey
     there while the file keeps its size; a file changed since (another size) is hashed."""
     import hashlib
 
-    import pipeline.plan
-    from pipeline.download import Checksum, write_marker
-    from pipeline.fsutil import sha256_file
+    import pipeline.plan.subsets
+    from storage.download import Checksum, write_marker
+    from storage.hashing import sha256_file
 
     lines = _lines(tiny_corpus.manifests["small"])
     path = _write(tmp_path / "m.gz", lines)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     write_marker(path, "https://example.org/m.gz", Checksum.parse(f"sha256:{digest}"))
     hashed = []
-    monkeypatch.setattr(pipeline.plan, "sha256_file",
-                        lambda p: (hashed.append(p) if p == path else None) or sha256_file(p))
+    monkeypatch.setattr(
+        pipeline.plan.subsets, "sha256_file", lambda p: (hashed.append(p) if p == path else None) or sha256_file(p)
+    )
     first = plan_subset(path, "small", "train", tmp_path / "out", 10.0, PREFIX, progress=False)
-    assert hashed == [] and first.fingerprint == pipeline.plan.plan_fingerprint(digest, 10.0, PREFIX)
+    assert hashed == [] and first.fingerprint == pipeline.plan.subsets.plan_fingerprint(digest, 10.0, PREFIX)
     _write(path, lines[:-1])
     second = plan_subset(path, "small", "train", tmp_path / "out", 10.0, PREFIX, progress=False)
     assert hashed == [path] and second.fingerprint != first.fingerprint

@@ -1,5 +1,6 @@
 """Parallel planning: blocks parsed by worker processes or Ray tasks, and subsets planned at the
 same time, give exactly the plan of one thread planning the subsets one after another."""
+
 from __future__ import annotations
 
 import gzip
@@ -9,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import parse_pool
-
-from pipeline.parse_pool import ProcessParsers, RayParsers, SerialParsers, default_parsers
-from pipeline.plan import ManifestUnreadable, SubsetPlanner, ids_path, plan_subset, plan_subsets
+from pipeline.plan import parse_pool
+from pipeline.plan.parse_pool import ProcessParsers, RayParsers, SerialParsers, default_parsers
+from pipeline.plan.subsets import ManifestUnreadable, SubsetPlanner, ids_path, plan_subset, plan_subsets
 from tests.conftest import REPO
 
 PREFIX = "download/librilight/"
@@ -41,8 +41,10 @@ def _moved(line: str, recording_line: str) -> str:
 def _everything(out: Path, plans) -> list:
     """All a plan says and writes: summaries (units, sha256, rejects, fingerprint), unit files
     byte for byte, and the saved id sets."""
-    return [(plan, [u.path(out).read_bytes() for u in plan.units],
-             ids_path(out, plan.subset).read_bytes()) for plan in plans]
+    return [
+        (plan, [u.path(out).read_bytes() for u in plan.units], ids_path(out, plan.subset).read_bytes())
+        for plan in plans
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -52,24 +54,30 @@ def messy_manifest(tmp_path_factory, tiny_corpus) -> Path:
     manifests = sorted((REPO / "sample/manifests").glob("*.jsonl.gz")) + list(tiny_corpus.manifests.values())
     lines = [line for p in manifests for line in _lines(p)]
     good = [l for l in lines if l.startswith("{") and l.endswith("}")]
-    lines = (["not json", good[5]] + lines[:20] + ["", '{"id": "x"}'] + lines[20:]
-             + [_moved(good[-1], good[0]), good[12], "\x00\xff"])
+    lines = (
+        ["not json", good[5]]
+        + lines[:20]
+        + ["", '{"id": "x"}']
+        + lines[20:]
+        + [_moved(good[-1], good[0]), good[12], "\x00\xff"]
+    )
     return _write(tmp_path_factory.mktemp("messy") / "libriheavy_cuts_messy.jsonl.gz", lines)
 
 
 def _plan_with(parsers, manifest: Path, out: Path):
     with parsers:
-        plan = plan_subset(manifest, "messy", "train", out, 0.002, PREFIX, progress=False,
-                           parsers=parsers)
+        plan = plan_subset(manifest, "messy", "train", out, 0.002, PREFIX, progress=False, parsers=parsers)
     return _everything(out, [plan])
 
 
-@pytest.mark.parametrize("make", [lambda: SerialParsers(TINY_BLOCK),
-                                  lambda: ProcessParsers(2, TINY_BLOCK),
-                                  lambda: ProcessParsers(3, 4096)], ids=["serial-tiny", "processes-tiny", "processes-4k"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: SerialParsers(TINY_BLOCK), lambda: ProcessParsers(2, TINY_BLOCK), lambda: ProcessParsers(3, 4096)],
+    ids=["serial-tiny", "processes-tiny", "processes-4k"],
+)
 def test_parallel_parsing_gives_the_serial_plan(tmp_path, messy_manifest, make):
     reference = _plan_with(SerialParsers(), messy_manifest, tmp_path / "serial")
-    (plan, _, _), = reference
+    ((plan, _, _),) = reference
     assert len(plan.units) > 3
     assert {r["reason"] for r in plan.rejects} == {"bad_manifest_line", "duplicate_cut_id"}
     assert sum(r["reason"] == "duplicate_cut_id" for r in plan.rejects) == 3
@@ -93,21 +101,32 @@ def _three_subsets(tmp_path: Path, tiny_corpus) -> tuple[dict[str, Path], dict[s
     small, dev = _lines(tiny_corpus.manifests["small"]), _lines(tiny_corpus.manifests["dev"])
     sample = sample_lines()
     test = sample[:6]
-    manifests = {"train_a": _write(tmp_path / "train_a.gz", small + [dev[0], test[3], small[4]]),
-                 "dev": _write(tmp_path / "dev.gz", dev + [test[2]]),
-                 "test": _write(tmp_path / "test.gz", test),
-                 "train_b": _write(tmp_path / "train_b.gz", sample[6:] + [dev[1]])}
+    manifests = {
+        "train_a": _write(tmp_path / "train_a.gz", small + [dev[0], test[3], small[4]]),
+        "dev": _write(tmp_path / "dev.gz", dev + [test[2]]),
+        "test": _write(tmp_path / "test.gz", test),
+        "train_b": _write(tmp_path / "train_b.gz", sample[6:] + [dev[1]]),
+    }
     return manifests, {"train_a": "train", "dev": "dev", "test": "test", "train_b": "train"}
 
 
 def _one_after_another(manifests, roles, out) -> list:
     """The single-threaded reference: subsets in priority order, each told the earlier id sets."""
-    from pipeline import cut_ids
+    from pipeline.plan import cut_ids
 
     earlier, plans = [], {}
     for subset in ("test", "dev", "train_a", "train_b"):
-        plans[subset] = plan_subset(manifests[subset], subset, roles[subset], out, 0.002, PREFIX,
-                                    progress=False, parsers=SerialParsers(), earlier=list(earlier))
+        plans[subset] = plan_subset(
+            manifests[subset],
+            subset,
+            roles[subset],
+            out,
+            0.002,
+            PREFIX,
+            progress=False,
+            parsers=SerialParsers(),
+            earlier=list(earlier),
+        )
         earlier.append((subset, cut_ids.load(ids_path(out, subset))))
     return [plans[s] for s in roles]
 
@@ -115,20 +134,23 @@ def _one_after_another(manifests, roles, out) -> list:
 def test_subsets_planned_at_once_keep_the_priority_across_subsets(tmp_path, tiny_corpus):
     manifests, roles = _three_subsets(tmp_path, tiny_corpus)
     reference = _everything(tmp_path / "ref", _one_after_another(manifests, roles, tmp_path / "ref"))
-    kept_in = {p.subset: {r["cut_id"]: r["detail"] for r in p.rejects if r["reason"] == "duplicate_cut_id"}
-               for p, _, _ in reference}
+    kept_in = {
+        p.subset: {r["cut_id"]: r["detail"] for r in p.rejects if r["reason"] == "duplicate_cut_id"}
+        for p, _, _ in reference
+    }
     n = len(_lines(tiny_corpus.manifests["small"]))  # its copies of dev's and test's ids follow
     details = sorted(kept_in["train_a"].values())
-    assert details[:2] == [f"line {n + 1}: the same id is kept in subset dev",
-                           f"line {n + 2}: the same id is kept in subset test"]
+    assert details[:2] == [
+        f"line {n + 1}: the same id is kept in subset dev",
+        f"line {n + 2}: the same id is kept in subset test",
+    ]
     assert details[2].startswith(f"line {n + 3}: the same id is kept at line 5 ")
     assert list(kept_in["train_b"].values()) == [f"line {len(sample_lines()) - 5}: the same id is kept in subset dev"]
     n_dev = len(_lines(tiny_corpus.manifests["dev"]))
     assert list(kept_in["dev"].values()) == [f"line {n_dev + 1}: the same id is kept in subset test"]
 
     with ProcessParsers(2, TINY_BLOCK) as parsers:
-        plans = plan_subsets(manifests, roles, tmp_path / "par", 0.002, PREFIX, progress=False,
-                             parsers=parsers)
+        plans = plan_subsets(manifests, roles, tmp_path / "par", 0.002, PREFIX, progress=False, parsers=parsers)
         assert _everything(tmp_path / "par", plans) == reference
         # manifests arriving in any order (train's first, as when dev's download is slow)
         with SubsetPlanner(roles, tmp_path / "late", 0.002, PREFIX, False, parsers) as planner:
@@ -138,8 +160,7 @@ def test_subsets_planned_at_once_keep_the_priority_across_subsets(tmp_path, tiny
 
         # a changed manifest is seen: dev no longer holds test's cut, nor train_a dev's
         _write(manifests["dev"], _lines(manifests["dev"])[1:-1])
-        again = plan_subsets(manifests, roles, tmp_path / "par", 0.002, PREFIX, progress=False,
-                             parsers=parsers)
+        again = plan_subsets(manifests, roles, tmp_path / "par", 0.002, PREFIX, progress=False, parsers=parsers)
     fresh = _one_after_another(manifests, roles, tmp_path / "ref2")
     assert _everything(tmp_path / "par", again) == _everything(tmp_path / "ref2", fresh)
     assert again[0] != plans[0] and again[2] == plans[2]  # train_a changed; test did not
@@ -166,10 +187,11 @@ def test_a_failed_subset_fails_those_below_it_and_nothing_hangs(tmp_path, tiny_c
 
 def test_corrupt_compressed_bytes_are_a_clear_error(tmp_path, messy_manifest):
     data = bytearray(messy_manifest.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)  # zeros inside the deflate stream
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # zeros inside the deflate stream
     damaged = tmp_path / "libriheavy_cuts_damaged.jsonl.gz"
     damaged.write_bytes(bytes(data))
-    with ProcessParsers(2, TINY_BLOCK) as parsers, \
-            pytest.raises(ManifestUnreadable, match="damaged.jsonl.gz: not a readable gzip file"):
-        plan_subset(damaged, "damaged", "train", tmp_path / "out", 0.002, PREFIX, progress=False,
-                    parsers=parsers)
+    with (
+        ProcessParsers(2, TINY_BLOCK) as parsers,
+        pytest.raises(ManifestUnreadable, match="damaged.jsonl.gz: not a readable gzip file"),
+    ):
+        plan_subset(damaged, "damaged", "train", tmp_path / "out", 0.002, PREFIX, progress=False, parsers=parsers)

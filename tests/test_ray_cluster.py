@@ -4,6 +4,7 @@ resources). `valle-prep run --ray-address` runs from another working directory w
 --out, so every path the units get must be absolute; the worker node's raylet is killed
 mid-run: the run moves that node's units to the other one and ends with the same bytes as a
 single-node run, and so does the re-run."""
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.verify import verify
+from pipeline.inspect.verify import verify
 from tests.conftest import REPO, write_dag
-from tests.test_resume_kill import committed_units, outputs
+from tests.test_resume_kill import command, committed_units, outputs
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +42,14 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-NODE_PORTS = ("--node-manager-port", "--object-manager-port", "--metrics-export-port",
-              "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port")
+NODE_PORTS = (
+    "--node-manager-port",
+    "--object-manager-port",
+    "--metrics-export-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+)
 
 
 class TwoNodeCluster:
@@ -59,25 +66,56 @@ class TwoNodeCluster:
         self.address = f"127.0.0.1:{self.ports[0]}"
 
     def node_ports(self, node: int) -> list[str]:
-        ports = self.ports[3 + node * len(NODE_PORTS):][:len(NODE_PORTS)]
+        ports = self.ports[3 + node * len(NODE_PORTS) :][: len(NODE_PORTS)]
         return [x for name, port in zip(NODE_PORTS, ports) for x in (name, str(port))]
 
     def start(self) -> None:
-        common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--num-gpus", "0",
-                  "--object-store-memory", str(200 * 2**20), "--disable-usage-stats"]
-        self._ray("start", "--head", "--port", str(self.ports[0]), "--temp-dir", self.head_dir,
-                  "--include-dashboard", "false", "--dashboard-port", str(self.ports[1]),
-                  "--ray-client-server-port", str(self.ports[2]), *common, *self.node_ports(0))
-        self._ray("start", "--address", self.address, "--temp-dir", self.worker_dir,
-                  "--resources", json.dumps({"second_node": 1}), *common, *self.node_ports(1))
+        common = [
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            "2",
+            "--num-gpus",
+            "0",
+            "--object-store-memory",
+            str(200 * 2**20),
+            "--disable-usage-stats",
+        ]
+        self._ray(
+            "start",
+            "--head",
+            "--port",
+            str(self.ports[0]),
+            "--temp-dir",
+            self.head_dir,
+            "--include-dashboard",
+            "false",
+            "--dashboard-port",
+            str(self.ports[1]),
+            "--ray-client-server-port",
+            str(self.ports[2]),
+            *common,
+            *self.node_ports(0),
+        )
+        self._ray(
+            "start",
+            "--address",
+            self.address,
+            "--temp-dir",
+            self.worker_dir,
+            "--resources",
+            json.dumps({"second_node": 1}),
+            *common,
+            *self.node_ports(1),
+        )
 
     def _ray(self, *args: str) -> None:
         done = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-3000:]
 
     def processes(self, folder: str | None = None) -> list:
-        import ray  # noqa: F401  (puts Ray's bundled psutil on the path)
         import psutil
+        import ray  # noqa: F401  (puts Ray's bundled psutil on the path)
 
         folders = [folder] if folder else [self.head_dir, self.worker_dir]
         found = []
@@ -108,19 +146,21 @@ class TwoNodeCluster:
 
 def test_two_node_cluster_survives_losing_a_node(tmp_path, tiny_corpus, built_corpus):
     expected = outputs(built_corpus[0].out)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     dag = write_dag(tmp_path / "tiny.yaml", tiny_corpus, ray={"start_timeout_s": 60})
     elsewhere = tmp_path / "elsewhere"  # the driver's working directory: not the raylets'
     elsewhere.mkdir()
     cluster = TwoNodeCluster(env)
     try:
         cluster.start()
-        cmd = [sys.executable, "-m", "pipeline.cli", "run", str(dag), "--out", "rel/out",
-               "--ray-address", cluster.address, "--no-progress"]
+        cmd = command(dag, Path("rel/out"), cluster.address)  # a relative --out
         out = elsewhere / "rel" / "out"
-        first = subprocess.Popen(cmd, cwd=elsewhere, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+        first = subprocess.Popen(cmd, cwd=elsewhere, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 300
         while first.poll() is None and time.monotonic() < deadline and committed_units(out) < 1:
             time.sleep(0.05)

@@ -2,6 +2,7 @@
 answers 503 and drops connections mid-shard. Reads retry with backoff and resume where they
 stopped, so one epoch with DataLoader workers still delivers every sample exactly once; a shard
 that keeps failing is reported with its URL; every process reads s3 with its own client."""
+
 from __future__ import annotations
 
 import os
@@ -11,10 +12,10 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader, IterableDataset
 
-import trainer.storage as storage
-from tests.faulty_proxy import FaultyProxy
-from tests.http_mirror import HttpMirror
-from tests.synthetic_corpus import speaker_blocks, write_corpus
+import storage.remote as storage
+from sample.corpora import speaker_blocks, write_corpus
+from sample.faulty_proxy import FaultyProxy
+from sample.http_mirror import HttpMirror
 from trainer.batching import BatchingConfig, plan_epoch
 from trainer.corpus import open_corpus
 from trainer.loader import make_loader
@@ -23,8 +24,11 @@ from trainer.loader import make_loader
 @pytest.fixture(scope="module")
 def corpus_root(tmp_path_factory):
     """8 shards of 30 cuts (about 30 KB each, so a drop lands mid-shard), both formats."""
-    return write_corpus(tmp_path_factory.mktemp("remote"), speaker_blocks(8, 3, 10, frames=40, text_tokens=6),
-                        formats=("webdataset", "parquet"))
+    return write_corpus(
+        tmp_path_factory.mktemp("remote"),
+        speaker_blocks(8, 3, 10, frames=40, text_tokens=6),
+        formats=("webdataset", "parquet"),
+    )
 
 
 @pytest.fixture
@@ -37,8 +41,15 @@ def one_epoch(location: str, fmt: str, workers: int = 2) -> list[str]:
     corpus = open_corpus(location, allow_random_codec=True, fmt=fmt)
     s = corpus.samples
     cost = (s.frames + s.text_tokens).astype(np.int64)
-    plan = plan_epoch(cost, np.ones(len(cost), bool), s.offsets, 0, 1, max(1, workers),
-                      BatchingConfig(max_frames=500, buckets=2, shuffle_buffer=20, interleave=4))
+    plan = plan_epoch(
+        cost,
+        np.ones(len(cost), bool),
+        s.offsets,
+        0,
+        1,
+        max(1, workers),
+        BatchingConfig(max_frames=500, buckets=2, shuffle_buffer=20, interleave=4),
+    )
     return [i for batch in make_loader(s, plan.ranks[0], None, workers) for i in batch["ids"]]
 
 
@@ -51,8 +62,11 @@ def moto(monkeypatch, corpus_root):
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     s3 = boto3.client("s3", endpoint_url=endpoint)
     s3.create_bucket(Bucket="corpora")
@@ -97,10 +111,10 @@ def test_http_epoch_survives_503s_and_dropped_connections(monkeypatch, fast_retr
 def test_a_remote_parquet_shard_is_read_by_ranges_not_whole(tmp_path, monkeypatch):
     """Reading samples of its last row group fetches the footer and that group, a fraction of
     the object, and gives what the local file gives."""
-    import pipeline.shards
-    from trainer.corpus import read_shard
+    import schemas.parquet
+    from schemas.reading import read_shard
 
-    monkeypatch.setattr(pipeline.shards, "PARQUET_ROW_GROUP", 100)
+    monkeypatch.setattr(schemas.parquet, "PARQUET_ROW_GROUP", 100)
     root = write_corpus(tmp_path / "c", speaker_blocks(1, 16, 50, frames=750, text_tokens=6), formats=("parquet",))
     local = open_corpus(str(root), allow_random_codec=True).shards[0]
     size = os.path.getsize(local.uri)
@@ -116,8 +130,10 @@ def test_a_remote_parquet_shard_is_read_by_ranges_not_whole(tmp_path, monkeypatc
 
 def test_a_shard_that_keeps_failing_is_named(monkeypatch, fast_retries, corpus_root):
     monkeypatch.setattr(storage, "ATTEMPTS", 3)
-    with HttpMirror(corpus_root) as mirror, FaultyProxy(mirror.base_url, schedule=["503"] * 50,
-                                                        only=("large-000000-003",)) as proxy:
+    with (
+        HttpMirror(corpus_root) as mirror,
+        FaultyProxy(mirror.base_url, schedule=["503"] * 50, only=("large-000000-003",)) as proxy,
+    ):
         with pytest.raises(Exception, match=r"large-000000-003\.tar: still failing after 3 attempts"):
             one_epoch(proxy.base_url, "webdataset", workers=0)
 

@@ -2,6 +2,7 @@
 points, then re-run with the same command, ends with the same index, shards, rejects and BPE
 model, byte for byte, as an uninterrupted run. The runs join the session's Ray cluster by
 address (`--ray-address`), which is also how a user joins a real cluster."""
+
 from __future__ import annotations
 
 import json
@@ -14,23 +15,38 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.verify import verify
+from pipeline.inspect.verify import verify
 from tests.conftest import write_dag
 
 pytestmark = pytest.mark.slow
 
 
 def command(dag: Path, out: Path, ray_address: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", "run", str(dag), "--out", str(out),
-            "--ray-address", ray_address, "--no-progress"]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "run",
+        str(dag),
+        "--out",
+        str(out),
+        "--ray-address",
+        ray_address,
+        "--no-progress",
+    ]
 
 
 def outputs(out: Path) -> dict[str, bytes]:
     """What a user consumes: the index, rejects, shards and the BPE model."""
     keep = ("index.json", "rejects.jsonl", "text/bpe.model")
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and (p.relative_to(out).as_posix() in keep
-                                or p.parts[len(out.parts)] in ("webdataset", "parquet", "lhotse_shar"))}
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file()
+        and (
+            p.relative_to(out).as_posix() in keep or p.parts[len(out.parts)] in ("webdataset", "parquet", "lhotse_shar")
+        )
+    }
 
 
 def committed_units(out: Path) -> int:
@@ -45,8 +61,7 @@ def committed_units(out: Path) -> int:
 
 def kill_when(cmd: list[str], ready, timeout: float = 120) -> bool:
     """Start `cmd`, SIGKILL its process group once ready() holds; True if it was still running."""
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline and not ready():
         time.sleep(0.01)
@@ -72,8 +87,9 @@ def test_sigkill_then_rerun_gives_identical_output(tmp_path, tiny_corpus, ray_ad
     }
     for name, ready in points.items():
         out = tmp_path / name.replace(" ", "-")
-        assert kill_when(command(dag, out, ray_address), lambda: ready(out)), \
+        assert kill_when(command(dag, out, ray_address), lambda: ready(out)), (
             f"{name}: the run finished before it could be killed"
+        )
         assert not (out / "index.json").exists()
         done = subprocess.run(command(dag, out, ray_address), capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -104,7 +120,12 @@ def test_the_cli_with_its_own_embedded_ray_runs_to_the_end(tmp_path, tiny_corpus
     dag = write_dag(tmp_path / "tiny.yaml", tiny_corpus)
     out = tmp_path / "cli-out"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(dag), "--out", str(out),
-                           "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", str(dag), "--out", str(out), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert outputs(out) == outputs(built_corpus[0].out)

@@ -3,6 +3,7 @@ spans epochs and all-reduces once per step, resumes that refuse a changed data p
 retention and atomic writes, ranks that cannot share run.out fail at startup, too-long samples
 filtered and counted, a frame budget that means the same compute for every group size, and
 training windows that do not count evaluation time."""
+
 from __future__ import annotations
 
 import json
@@ -16,30 +17,41 @@ import torch
 import torch.distributed as dist
 
 import trainer.train as train_module
+from sample.corpora import Cut, speaker_blocks, write_corpus
 from tests.conftest import REPO
-from tests.synthetic_corpus import Cut, speaker_blocks, write_corpus
 from trainer import checkpoint
 from trainer.batching import BatchingConfig, plan_epoch
 from trainer.config import load_config
 from trainer.corpus import open_corpus
 from trainer.distributed import agree_on_checkpoint, check_shared_folder
-from trainer.train import LossModule, TrainingData, accumulate_gradients, build_model, main, train
 from trainer.metrics import Window
+from trainer.train import LossModule, TrainingData, accumulate_gradients, build_model, main, train
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """12 shards of 12 cuts of 30-50 frames; a dev split of 6."""
     rng = np.random.default_rng(0)
-    shards = [[Cut(c.speaker, c.recording, int(rng.integers(30, 50)), int(rng.integers(4, 12))) for c in shard]
-              for shard in speaker_blocks(12, 2, 6)]
+    shards = [
+        [Cut(c.speaker, c.recording, int(rng.integers(30, 50)), int(rng.integers(4, 12))) for c in shard]
+        for shard in speaker_blocks(12, 2, 6)
+    ]
     return str(write_corpus(tmp_path_factory.mktemp("run"), shards, dev=speaker_blocks(1, 2, 3)))
 
 
 def config(out: Path, *overrides: str):
-    return load_config(REPO / "trainer/configs/ar-tiny.yaml",
-                       [f"run.out={out}", "run.log_every=1", "run.eval_every=1000", "run.checkpoint_every=1000",
-                        "data.workers=0", "data.max_frames=400", *overrides])
+    return load_config(
+        REPO / "trainer/configs/ar-tiny.yaml",
+        [
+            f"run.out={out}",
+            "run.log_every=1",
+            "run.eval_every=1000",
+            "run.checkpoint_every=1000",
+            "data.workers=0",
+            "data.max_frames=400",
+            *overrides,
+        ],
+    )
 
 
 def test_an_optimizer_step_never_takes_micro_batches_from_two_epochs(corpus, tmp_path, monkeypatch):
@@ -69,10 +81,23 @@ def test_an_optimizer_step_never_takes_micro_batches_from_two_epochs(corpus, tmp
     monkeypatch.setattr(train_module, "build_model", counting_build)
     monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
     steps = natural  # two epochs and more: accumulate=2 over an odd epoch would carry one over
-    train(load_config(REPO / "trainer/configs/ar-tiny.yaml",
-                      [f"run.out={tmp_path}", f"run.max_steps={steps}", "run.log_every=1000",
-                       "run.eval_every=1000", "run.checkpoint_every=1000", "data.workers=0",
-                       "optim.accumulate=2", f"data.max_frames={budget}"]), [corpus], allow_random_codec=True)
+    train(
+        load_config(
+            REPO / "trainer/configs/ar-tiny.yaml",
+            [
+                f"run.out={tmp_path}",
+                f"run.max_steps={steps}",
+                "run.log_every=1000",
+                "run.eval_every=1000",
+                "run.checkpoint_every=1000",
+                "data.workers=0",
+                "optim.accumulate=2",
+                f"data.max_frames={budget}",
+            ],
+        ),
+        [corpus],
+        allow_random_codec=True,
+    )
     assert counts == [2] * steps
 
 
@@ -106,12 +131,21 @@ def test_ddp_all_reduces_once_per_optimizer_step(corpus, tmp_path):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("changed", ["data.max_frames=600", "data.interleave=3", "data.shuffle_buffer=17",
-                                     "run.seed=5", "data.buckets=3"])
+@pytest.mark.parametrize(
+    "changed", ["data.max_frames=600", "data.interleave=3", "data.shuffle_buffer=17", "run.seed=5", "data.buckets=3"]
+)
 def test_resume_refuses_a_changed_data_plan(corpus, tmp_path, capsys, changed):
-    args = [str(REPO / "trainer/configs/ar-tiny.yaml"), "--data", corpus, "--allow-random-codec",
-            f"run.out={tmp_path}", "run.max_steps=2", "run.checkpoint_every=2", "data.workers=0",
-            "data.max_frames=400"]
+    args = [
+        str(REPO / "trainer/configs/ar-tiny.yaml"),
+        "--data",
+        corpus,
+        "--allow-random-codec",
+        f"run.out={tmp_path}",
+        "run.max_steps=2",
+        "run.checkpoint_every=2",
+        "data.workers=0",
+        "data.max_frames=400",
+    ]
     assert main(args) == 0
     assert main([*args, "run.max_steps=4", changed, "--resume"]) == 2
     key = changed.split("=")[0]
@@ -120,8 +154,11 @@ def test_resume_refuses_a_changed_data_plan(corpus, tmp_path, capsys, changed):
 
 
 def test_checkpoints_keep_the_last_n_and_every_mth(corpus, tmp_path):
-    train(config(tmp_path, "run.max_steps=10", "run.checkpoint_every=1", "run.keep_last=2", "run.keep_every=4"),
-          [corpus], allow_random_codec=True)
+    train(
+        config(tmp_path, "run.max_steps=10", "run.checkpoint_every=1", "run.keep_last=2", "run.keep_every=4"),
+        [corpus],
+        allow_random_codec=True,
+    )
     assert sorted(checkpoint.step_of(p) for p in checkpoint.checkpoints(tmp_path)) == [4, 8, 9, 10]
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -169,6 +206,7 @@ def run_ranks(world: int, target) -> list:
             results[rank] = target(ThreadRank(rank, world, shared))
         except Exception as err:  # noqa: BLE001 (the test inspects it)
             results[rank] = err
+
     threads = [threading.Thread(target=body, args=(r,)) for r in range(world)]
     for t in threads:
         t.start()
@@ -195,6 +233,7 @@ def test_every_rank_must_find_the_checkpoint_rank_0_resumes_from(tmp_path):
         out = tmp_path / f"node{run.rank}"
         found = checkpoint.checkpoints(out)
         return agree_on_checkpoint(run, out, found[-1] if found else None)
+
     results = run_ranks(2, resume)
     assert all(isinstance(r, RuntimeError) and "checkpoint-8.pt" in str(r) for r in results), results
 
@@ -204,8 +243,9 @@ def test_too_long_samples_are_filtered_and_counted(tmp_path):
     shards[1][1] = Cut("x", "large/x/b/c", 3001, 6)  # past the position table (3000 frames)
     shards[2][0] = Cut("y", "large/y/b/c", 40, 513)  # past the text table (512 tokens)
     root = write_corpus(tmp_path / "corpus", shards)
-    last = train(config(tmp_path / "run", "run.max_steps=6", "data.max_frames=4000"), [str(root)],
-                 allow_random_codec=True)
+    last = train(
+        config(tmp_path / "run", "run.max_steps=6", "data.max_frames=4000"), [str(root)], allow_random_codec=True
+    )
     assert last["step"] == 6
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
     assert log[0]["too_long_filtered"] == 2
@@ -222,8 +262,13 @@ def test_the_frame_budget_means_the_same_compute_for_every_group_size(corpus, tm
         cfg = config(tmp_path, f"model.kind={kind}", f"model.group_size={G}", "data.max_frames=20000")
         model = build_model(cfg, samples.vocab_size, 8)
         data = TrainingData([samples], model)  # the planner's cost is what the model computes
-        assert np.array_equal(data.cost, model.positions(torch.from_numpy(data.samples.text_tokens.astype(np.int64)),
-                                                         torch.from_numpy(data.samples.frames.astype(np.int64))).numpy())
+        assert np.array_equal(
+            data.cost,
+            model.positions(
+                torch.from_numpy(data.samples.text_tokens.astype(np.int64)),
+                torch.from_numpy(data.samples.frames.astype(np.int64)),
+            ).numpy(),
+        )
         cost = model.positions(text, frames)
         plan = plan_epoch(cost, np.ones(len(cost), bool), offsets, 0, 1, 1, BatchingConfig(max_frames=20_000))
         batches = [w.batch(b) for w in plan.ranks[0] for b in range(w.batches)]
@@ -242,8 +287,7 @@ def test_training_windows_do_not_count_evaluation_time(corpus, tmp_path, monkeyp
 
     monkeypatch.setattr(train_module, "evaluate", slow_evaluate)
     start = time.perf_counter()
-    train(config(tmp_path, "run.max_steps=4", "run.log_every=4", "run.eval_every=1"), [corpus],
-          allow_random_codec=True)
+    train(config(tmp_path, "run.max_steps=4", "run.log_every=4", "run.eval_every=1"), [corpus], allow_random_codec=True)
     wall = time.perf_counter() - start
     window = [json.loads(line) for line in (tmp_path / "log.jsonl").open() if '"loss"' in line][0]
     # four evaluations slept 8 s; three of them fell inside this window, and none may count

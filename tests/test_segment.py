@@ -1,4 +1,5 @@
 """Segmenting: one decode per recording, exact windows, clamping, and a reason for every drop."""
+
 from __future__ import annotations
 
 import gzip
@@ -8,10 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.audio_store import TarAudioStore, index_tar
-from pipeline.manifest import parse_line as compact_cut
-from pipeline.resample import as_float32, codec_input, resample
-from pipeline.segment import segment_recording
+from pipeline.encode.segment import segment_recording
+from pipeline.fetch.audio_store import TarAudioStore, index_tar
+from pipeline.plan.manifest import parse_line as compact_cut
+from tokens.audio import as_float32, codec_input, resample
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_windows_match_the_source_audio(tiny_corpus, cuts_by_recording, store):
             truth = tiny_corpus.cuts[seg.cut["id"]]
             assert seg.clamped == (truth.defect == "past_end")
             assert seg.duration == pytest.approx(truth.available_samples / 16000, abs=1 / 16000)
-            window = whole[truth.first_sample:truth.first_sample + round(seg.duration * rate)]
+            window = whole[truth.first_sample : truth.first_sample + round(seg.duration * rate)]
             # 16-bit FLAC travels as int16 at 16 kHz, and becomes exactly what decoding to
             # float32 and resampling gave before (so the codes are unchanged).
             assert seg.audio.dtype == np.int16 and seg.rate == rate == 16000
@@ -116,7 +117,7 @@ def test_resample_length_and_passthrough():
 
 
 def test_overrun_past_the_end_is_clamped_up_to_the_tolerance_then_rejected(cuts_by_recording, store):
-    from pipeline.segment import PAST_END_TOLERANCE_S
+    from pipeline.encode.segment import PAST_END_TOLERANCE_S
 
     cut = next(iter(cuts_by_recording.values()))[0]
     whole, rate = sf.read(io.BytesIO(store.read_bytes(cut["audio"])), dtype="float32")

@@ -1,5 +1,6 @@
 """lhotse Shar: deterministic bytes that lhotse's own reader loads (codes, text, tokens, speaker),
 a corpus whose Shar output holds exactly what its Parquet output holds, and verify's findings."""
+
 from __future__ import annotations
 
 import gzip
@@ -14,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from pipeline import shar
 from pipeline.dag import load_dag
+from pipeline.inspect.verify import verify
+from pipeline.output.shards import write_unit_shards
 from pipeline.runner import run
-from pipeline.shards import write_unit_shards
-from pipeline.verify import verify
+from schemas import lhotse_shar as shar
 from tests.conftest import write_dag
 from tests.test_shards import samples
 from tests.test_unit_commit import unit_setup  # noqa: F401 (a fixture)
@@ -41,22 +42,32 @@ def commit(written, out):
 
 
 def test_bytes_are_deterministic_and_lhotse_reads_every_field(tmp_path):
-    a = commit(write_unit_shards(shar_samples(), tmp_path / "a", "small", "small-000003", ["lhotse_shar"], 4000)[0],
-               tmp_path / "a")
-    b = commit(write_unit_shards(shar_samples(), tmp_path / "b", "small", "small-000003", ["lhotse_shar"], 4000)[0],
-               tmp_path / "b")
+    a = commit(
+        write_unit_shards(shar_samples(), tmp_path / "a", "small", "small-000003", ["lhotse_shar"], 4000)[0],
+        tmp_path / "a",
+    )
+    b = commit(
+        write_unit_shards(shar_samples(), tmp_path / "b", "small", "small-000003", ["lhotse_shar"], 4000)[0],
+        tmp_path / "b",
+    )
     assert [r.sha256 for r in a] == [r.sha256 for r in b] and len(a) > 2
     assert [(r.path, r.field) for r in a[:2]] == [
         ("lhotse_shar/small/small-000003/cuts.000000.jsonl.gz", "cuts"),
-        ("lhotse_shar/small/small-000003/codes.000000.tar", "codes")]
+        ("lhotse_shar/small/small-000003/codes.000000.tar", "codes"),
+    ]
     assert gzip.open(tmp_path / "a" / a[0].path).read()  # a plain gzip stream
 
     want = shar_samples()
     unit_dir = tmp_path / "a/lhotse_shar/small/small-000003"
     by_dir = list(lhotse.CutSet.from_shar(in_dir=unit_dir))
-    by_fields = list(lhotse.CutSet.from_shar(fields={
-        "cuts": [str(tmp_path / "a" / r.path) for r in a if r.field == "cuts"],
-        "codes": [str(tmp_path / "a" / r.path) for r in a if r.field == "codes"]}))
+    by_fields = list(
+        lhotse.CutSet.from_shar(
+            fields={
+                "cuts": [str(tmp_path / "a" / r.path) for r in a if r.field == "cuts"],
+                "codes": [str(tmp_path / "a" / r.path) for r in a if r.field == "codes"],
+            }
+        )
+    )
     for cuts in (by_dir, by_fields):
         assert [c.id for c in cuts] == [s.id for s in want]
         for cut, s in zip(cuts, want):
@@ -72,6 +83,7 @@ def test_bytes_are_deterministic_and_lhotse_reads_every_field(tmp_path):
     # lhotse's batching tools work on them: bucketing by duration, collation padding time (axis 0).
     from lhotse.dataset import DynamicBucketingSampler
     from lhotse.dataset.collation import collate_custom_field
+
     batches = list(DynamicBucketingSampler(lhotse.CutSet.from_shar(in_dir=unit_dir), max_duration=6, num_buckets=2))
     assert sorted(c.id for b in batches for c in b) == sorted(s.id for s in want)
     assert all(sum(c.duration for c in b) <= 6 for b in batches)
@@ -89,8 +101,13 @@ def test_our_reader_pairs_files_as_lhotse_does(tmp_path):
     for (meta, codes), s in zip(rows, shar_samples()):
         assert np.array_equal(codes, s.codes)
         schemas.validate("sample.v2", meta)
-        assert {k: meta[k] for k in ("id", "text", "text_tokens", "duration", "start")} == \
-            {"id": s.id, "text": s.text, "text_tokens": s.text_tokens, "duration": s.duration, "start": s.start}
+        assert {k: meta[k] for k in ("id", "text", "text_tokens", "duration", "start")} == {
+            "id": s.id,
+            "text": s.text,
+            "text_tokens": s.text_tokens,
+            "duration": s.duration,
+            "start": s.start,
+        }
 
     lines = gzip.decompress(cuts_raw).splitlines()
     swapped = gzip.compress(b"\n".join([lines[1], lines[0], *lines[2:]]))
@@ -122,8 +139,12 @@ def test_a_corpus_in_shar_holds_what_its_parquet_holds(built_corpus):
     assert verify(out) == []
     for subset in index["subsets"]:
         cuts = list(lhotse.CutSet.from_shar(fields=index_fields(out, subset)))
-        rows = [r for s in index["shards"] if s["format"] == "parquet" and s["subset"] == subset
-                for r in pq.read_table(out / s["path"]).to_pylist()]
+        rows = [
+            r
+            for s in index["shards"]
+            if s["format"] == "parquet" and s["subset"] == subset
+            for r in pq.read_table(out / s["path"]).to_pylist()
+        ]
         assert [c.id for c in cuts] == [r["id"] for r in rows] and len(cuts) == index["subsets"][subset]["samples"]
         for cut, row in zip(cuts, rows):
             codes = np.array(row["codes"], np.uint16)
@@ -158,16 +179,20 @@ def test_verify_names_a_damaged_or_missing_codes_file(built_corpus, tmp_path):
     (out / codes["path"]).unlink()
     problems = verify(out)
     assert f"{codes['path']}: missing" in problems
-    assert any(p.startswith(codes["path"].replace("codes.", "cuts.").replace(".tar", ".jsonl.gz") + ": unreadable")
-               for p in problems)
+    assert any(
+        p.startswith(codes["path"].replace("codes.", "cuts.").replace(".tar", ".jsonl.gz") + ": unreadable")
+        for p in problems
+    )
 
 
 def test_ids_lhotse_would_misread_are_counted_rejects_with_shar(tmp_path, unit_setup):
-    from pipeline.unit import _select
+    from pipeline.encode.unit import _select
     from tests.test_unit_commit import make_job
 
-    cuts = [{"id": i, "texts": ["Some words.", "SOME WORDS"], "recording_id": "r", "start": 0.0}
-            for i in ("small/1/b.c d/ch 1_0", "a//b", "./c", "d\0e", LONG_ID)]
+    cuts = [
+        {"id": i, "texts": ["Some words.", "SOME WORDS"], "recording_id": "r", "start": 0.0}
+        for i in ("small/1/b.c d/ch 1_0", "a//b", "./c", "d\0e", LONG_ID)
+    ]
     kept, rejects, *_ = _select(make_job(tmp_path, unit_setup, formats=["lhotse_shar"]), cuts)
     assert [c["id"] for c in kept] == ["small/1/b.c d/ch 1_0", LONG_ID]
     assert [(r["cut_id"], r["reason"]) for r in rejects] == [(i, "bad_cut_id") for i in ("a//b", "./c", "d\0e")]

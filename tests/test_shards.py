@@ -1,24 +1,35 @@
 """Shards: deterministic bytes, safe keys, readable by plain webdataset and pyarrow."""
-from __future__ import annotations
 
-import json
+from __future__ import annotations
 
 import numpy as np
 import pyarrow.parquet as pq
 import webdataset as wds
 
 import schemas
-from pipeline.shards import Sample, split_by_size, write_parquet, write_unit_shards
+from pipeline.output.shards import split_by_size, write_parquet, write_unit_shards
+from sample.corpora import pack_codes
+from schemas.sample import Sample
 from tests.test_unit_commit import encoder, unit_setup  # noqa: F401 (fixtures)
 
 
 def samples(n=5, seed=0):
     rng = np.random.default_rng(seed)
     ids = ["small/1/b.c d/ch 1_0", "small/1/b.c d/ch 1_1.wav", "small/1/x/y_2", "a", "z.z.z"]
-    return [Sample(id=ids[i % len(ids)] + ("" if i < len(ids) else f"#{i}"), speaker="1",
-                   subset="small", duration=1.0 + i, text=f"Text “{i}”, ok.",
-                   text_tokens=[1, 2, 3 + i], codes=rng.integers(0, 1024, (8, 75 + 75 * i)).astype(np.uint16),
-                   recording_id="small/1/b.c d/ch 1", start=float(i)) for i in range(n)]
+    return [
+        Sample(
+            id=ids[i % len(ids)] + ("" if i < len(ids) else f"#{i}"),
+            speaker="1",
+            subset="small",
+            duration=1.0 + i,
+            text=f"Text “{i}”, ok.",
+            text_tokens=[1, 2, 3 + i],
+            codes=rng.integers(0, 1024, (8, 75 + 75 * i)).astype(np.uint16),
+            recording_id="small/1/b.c d/ch 1",
+            start=float(i),
+        )
+        for i in range(n)
+    ]
 
 
 def test_bytes_are_deterministic_and_readers_need_no_project_code(tmp_path):
@@ -29,8 +40,7 @@ def test_bytes_are_deterministic_and_readers_need_no_project_code(tmp_path):
     assert [n for row in lengths for n in row["text_tokens"]] == [3] * 5
     assert [r.sha256 for _, r in a] == [r.sha256 for _, r in b]
     assert len(a) > 2  # split by target size, shard k in both formats
-    assert {r.path for _, r in a} >= {"webdataset/small/small-000003-000.tar",
-                                      "parquet/small/small-000003-000.parquet"}
+    assert {r.path for _, r in a} >= {"webdataset/small/small-000003-000.tar", "parquet/small/small-000003-000.parquet"}
 
     got = []
     for tmp, rec in a:
@@ -59,7 +69,7 @@ def test_split_keeps_order_and_everything():
 
 def test_v1_packing_takes_10_bits_and_round_trips():
     s = samples(1)[0]
-    packed = schemas.pack_codes(s.codes)
+    packed = pack_codes(s.codes)
     assert len(packed) == s.codes.shape[1] * 10  # 750 B per second at 75 Hz
     assert np.array_equal(schemas.unpack_codes(packed, *s.codes.shape), s.codes)
 
@@ -68,20 +78,35 @@ def test_parquet_codes_take_at_most_10_bits_each(tmp_path):
     """Uniformly random codes (every one of the 1,024 values, the worst case for compression):
     the dictionary-encoded column stays under 800 B per audio second (1,200 as plain uint16)."""
     rng = np.random.default_rng(1)
-    many = [Sample(id=str(i), speaker="1", subset="small", duration=n / 75, text="t", text_tokens=[1],
-                   codes=rng.integers(0, 1024, (8, n)).astype(np.uint16), recording_id="r", start=0.0)
-            for i, n in enumerate(rng.integers(75, 1500, 300).tolist())]
+    many = [
+        Sample(
+            id=str(i),
+            speaker="1",
+            subset="small",
+            duration=n / 75,
+            text="t",
+            text_tokens=[1],
+            codes=rng.integers(0, 1024, (8, n)).astype(np.uint16),
+            recording_id="r",
+            start=0.0,
+        )
+        for i, n in enumerate(rng.integers(75, 1500, 300).tolist())
+    ]
     write_parquet(many, tmp_path / "x.parquet")
     meta = pq.ParquetFile(tmp_path / "x.parquet").metadata
-    codes_bytes = sum(meta.row_group(g).column(c).total_compressed_size for g in range(meta.num_row_groups)
-                      for c in range(meta.num_columns) if meta.row_group(g).column(c).path_in_schema.startswith("codes."))
+    codes_bytes = sum(
+        meta.row_group(g).column(c).total_compressed_size
+        for g in range(meta.num_row_groups)
+        for c in range(meta.num_columns)
+        if meta.row_group(g).column(c).path_in_schema.startswith("codes.")
+    )
     assert codes_bytes / sum(s.duration for s in many) < 800
 
 
 def test_parquet_row_groups_bound_what_a_reader_holds(tmp_path, monkeypatch):
-    import pipeline.shards
+    import schemas.parquet
 
-    monkeypatch.setattr(pipeline.shards, "PARQUET_ROW_GROUP", 2)
+    monkeypatch.setattr(schemas.parquet, "PARQUET_ROW_GROUP", 2)
     write_parquet(samples(5), tmp_path / "x.parquet")
     file = pq.ParquetFile(tmp_path / "x.parquet")
     assert [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)] == [2, 2, 1]
@@ -136,14 +161,15 @@ def test_every_shard_is_fsynced_whole_before_it_is_returned(tmp_path, monkeypatc
 
 
 def test_a_unit_renames_no_shard_before_it_is_on_disk(tmp_path, unit_setup, encoder, monkeypatch):
-    from pipeline.unit import run_unit
+    from pipeline.encode.unit import run_unit
     from tests.test_unit_commit import fresh_out, local_encode, make_job
 
     out = fresh_out(tmp_path, "out", unit_setup)
     events = _record_fsyncs_and_renames(monkeypatch)
     run_unit(make_job(out, unit_setup), local_encode(encoder))
-    renamed = [(i, e[1]) for i, e in enumerate(events)
-               if e[0] == "replace" and ("/parquet/" in e[1] or "/webdataset/" in e[1])]
+    renamed = [
+        (i, e[1]) for i, e in enumerate(events) if e[0] == "replace" and ("/parquet/" in e[1] or "/webdataset/" in e[1])
+    ]
     assert len(renamed) >= 2
     for i, src in renamed:
         assert any(e[0] == "fsync" and e[1] == src for e in events[:i]), src

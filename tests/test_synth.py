@@ -1,6 +1,7 @@
 """valle-synth on CPU: tiny AR/NAR checkpoints trained for a few steps on the tiny corpus (random-init
 codec) turn a text and a synthetic prompt into a 24 kHz wav of 320 samples per generated frame,
 reproducibly per seed; mismatched codec weights, provenance or BPE are refused with a clear message."""
+
 from __future__ import annotations
 
 import re
@@ -24,9 +25,10 @@ def trained(built_corpus, tmp_path_factory):
     paths = []
     for kind in ("ar", "nar"):
         out = root / kind
-        cfg = load_config(REPO / f"trainer/configs/{kind}-tiny.yaml",
-                          [f"run.out={out}", "run.max_steps=5", "run.checkpoint_every=5",
-                           "run.eval_every=1000", "data.workers=0"])
+        cfg = load_config(
+            REPO / f"trainer/configs/{kind}-tiny.yaml",
+            [f"run.out={out}", "run.max_steps=5", "run.checkpoint_every=5", "run.eval_every=1000", "data.workers=0"],
+        )
         train(cfg, [corpus], allow_random_codec=True)
         paths.append(out / "checkpoint-5.pt")
     # 1.5 s stereo at 16 kHz (exercises the mono mix and the resampling): a tone plus noise.
@@ -40,10 +42,31 @@ def trained(built_corpus, tmp_path_factory):
 
 def synth(trained, out, *extra: str, ar=None, nar=None) -> int:
     corpus, ar_ckpt, nar_ckpt, prompt = trained
-    return main(["--ar", str(ar or ar_ckpt), "--nar", str(nar or nar_ckpt), "--data", corpus,
-                 "--text", "the quick brown fox", "--prompt-audio", str(prompt),
-                 "--prompt-text", "a prompt  transcript", "--out", str(out),
-                 "--codec-weights", "random", "--max-seconds", "2", "--seed", "0", *extra])
+    return main(
+        [
+            "--ar",
+            str(ar or ar_ckpt),
+            "--nar",
+            str(nar or nar_ckpt),
+            "--data",
+            corpus,
+            "--text",
+            "the quick brown fox",
+            "--prompt-audio",
+            str(prompt),
+            "--prompt-text",
+            "a prompt  transcript",
+            "--out",
+            str(out),
+            "--codec-weights",
+            "random",
+            "--max-seconds",
+            "2",
+            "--seed",
+            "0",
+            *extra,
+        ]
+    )
 
 
 def test_synthesizes_reproducibly(trained, tmp_path, capsys):
@@ -59,6 +82,7 @@ def test_synthesizes_reproducibly(trained, tmp_path, capsys):
 
 def test_refuses_other_codec_weights(trained, tmp_path, capsys):
     from tokens.codec import EncodecModel
+
     other = tmp_path / "encodec.pt"  # encodec's own random init: not the corpus's weights
     torch.save(EncodecModel.encodec_model_24khz(pretrained=False).state_dict(), other)
     assert synth(trained, tmp_path / "x.wav", "--codec-weights", str(other)) == 2
@@ -82,9 +106,26 @@ def test_refuses_other_bpe(trained, tmp_path, capsys):
     corpus, ar, nar, prompt = trained
     bpe = tmp_path / "bpe.model"
     bpe.write_bytes(b"not the corpus's model")
-    code = main(["--ar", str(ar), "--nar", str(nar), "--bpe", str(bpe), "--text", "hi",
-                 "--prompt-audio", str(prompt), "--prompt-text", "x", "--out", str(tmp_path / "x.wav"),
-                 "--codec-weights", "random"])
+    code = main(
+        [
+            "--ar",
+            str(ar),
+            "--nar",
+            str(nar),
+            "--bpe",
+            str(bpe),
+            "--text",
+            "hi",
+            "--prompt-audio",
+            str(prompt),
+            "--prompt-text",
+            "x",
+            "--out",
+            str(tmp_path / "x.wav"),
+            "--codec-weights",
+            "random",
+        ]
+    )
     assert code == 2 and "but the checkpoints were trained with" in capsys.readouterr().err
 
 

@@ -1,4 +1,5 @@
-"""tokens.text (normalization, field choice, Tokenizer) and pipeline.bpe (deterministic BPE training)."""
+"""tokens.text (normalization, field choice, Tokenizer) and pipeline.text.bpe (deterministic BPE training)."""
+
 from __future__ import annotations
 
 import pickle
@@ -8,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import bpe
-from pipeline.bpe import BpeConfig, sample_sentences, train_bpe
+from pipeline.text import bpe
+from pipeline.text.bpe import BpeConfig, sample_sentences, train_bpe
 from tokens import constants
 from tokens.text import TEXT_FIELDS, Tokenizer, normalize_text, select_text
 
@@ -17,7 +18,7 @@ from tokens.text import TEXT_FIELDS, Tokenizer, normalize_text, select_text
 BOOK = [
     "\u201cNot yet,\u201d she said, and closed the door.",
     "The little girl was thoughtful for a moment.",
-    "\"But why do folks dive in the water?\" she asked.",
+    '"But why do folks dive in the water?" she asked.',
     "It was the best of times; it was the worst of times.",
     "Call me Ishmael. Some years ago, never mind how long precisely...",
     "Mr. Holmes, they were the footprints of a gigantic hound!",
@@ -74,11 +75,15 @@ def small_model(tmp_path_factory) -> Tokenizer:
 
 # --- normalization -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "raw, expected",
     [
         ("Not\u00a0yet,\tshe  said.\n", "Not yet, she said."),  # NBSP, tab, runs, newline
-        ("\u201cNot yet,\u201d she said \u2018so\u2019.", "\u201cNot yet,\u201d she said \u2018so\u2019."),  # curly quotes kept
+        (
+            "\u201cNot yet,\u201d she said \u2018so\u2019.",
+            "\u201cNot yet,\u201d she said \u2018so\u2019.",
+        ),  # curly quotes kept
         ("\ufb01ne o\ufb03ce", "fine office"),  # NFKC ligatures
         ("\uff28ello", "Hello"),  # full-width
         ("co\u00adoperate\u200b now\x07\ufeff", "cooperate now"),  # soft hyphen, ZWSP, BEL, BOM
@@ -115,6 +120,7 @@ def test_select_text_fields():
 
 # --- sampling ----------------------------------------------------------------------------------
 
+
 def test_capped_sample_is_deterministic_and_hits_the_cap():
     pairs = synthetic(5000)
     shuffled = pairs[:]
@@ -137,6 +143,7 @@ def test_sample_counts_drops():
 
 
 # --- training ----------------------------------------------------------------------------------
+
 
 def test_train_twice_is_byte_identical_and_order_free(tmp_path):
     pairs = synthetic(3000)
@@ -173,7 +180,12 @@ def test_small_corpus_trains_smaller_vocab(tmp_path, caplog):
     tok = Tokenizer(train_bpe(SMALL[:5], tmp_path / "m" / "small.model", BpeConfig(vocab_size=4000)))
     assert 50 < tok.vocab_size < 4000
     assert "text too small for vocab_size=4000" in caplog.text
-    assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id) == (constants.PAD_ID, constants.UNK_ID, constants.BOS_ID, constants.EOS_ID)
+    assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id) == (
+        constants.PAD_ID,
+        constants.UNK_ID,
+        constants.BOS_ID,
+        constants.EOS_ID,
+    )
 
 
 def test_training_errors(tmp_path):
@@ -200,6 +212,7 @@ def test_config_bounds():
 
 
 # --- tokenizer ---------------------------------------------------------------------------------
+
 
 def test_round_trip_with_case_and_punctuation(tmp_path_factory):
     tok = small_model(tmp_path_factory)
@@ -245,11 +258,20 @@ def test_round_trip_property(tmp_path_factory, words):
     assert tok.decode(tok.encode(sentence)) == sentence
 
 
-@pytest.mark.parametrize("raw, reason", [
-    ("... \u2014 !", "no_words"), ("\u201c?\u201d", "no_words"), (" \u00a0 ", "empty_text"),
-    ("", "empty_text"), ("A.", None), ("1876.", None), ("\u00e9t\u00e9", None), ("\u4e00\u3002", None),
-    ("\u0663", None),  # an Arabic-Indic digit
-])
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        ("... \u2014 !", "no_words"),
+        ("\u201c?\u201d", "no_words"),
+        (" \u00a0 ", "empty_text"),
+        ("", "empty_text"),
+        ("A.", None),
+        ("1876.", None),
+        ("\u00e9t\u00e9", None),
+        ("\u4e00\u3002", None),
+        ("\u0663", None),  # an Arabic-Indic digit
+    ],
+)
 def test_texts_without_a_letter_or_digit_are_not_targets(raw, reason):
     from tokens.text import text_problem
 
@@ -262,11 +284,14 @@ def test_texts_without_a_letter_or_digit_are_not_targets(raw, reason):
 def test_unit_selection_rejects_no_words_before_any_audio_work():
     from types import SimpleNamespace
 
-    from pipeline.unit import _select
+    from pipeline.encode.unit import _select
 
     cut = {"recording_id": "r", "start": 0.0, "duration": 2.0, "channel": 0, "speaker": "1"}
-    cuts = [{**cut, "id": "a", "texts": ["... \u2014 !", "A"]}, {**cut, "id": "b", "texts": ["Yes.", "YES"]},
-            {**cut, "id": "c", "texts": ["  ", ""]}]
+    cuts = [
+        {**cut, "id": "a", "texts": ["... \u2014 !", "A"]},
+        {**cut, "id": "b", "texts": ["Yes.", "YES"]},
+        {**cut, "id": "c", "texts": ["  ", ""]},
+    ]
     kept, rejects, texts, _ = _select(SimpleNamespace(text_field="book", max_text_cer=0.1, formats=["parquet"]), cuts)
     assert [c["id"] for c in kept] == ["b"] and texts == {"b": "Yes."}
     assert [(r["cut_id"], r["reason"]) for r in rejects] == [("a", "no_words"), ("c", "empty_text")]

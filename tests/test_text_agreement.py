@@ -1,5 +1,6 @@
 """Transcript agreement filter: the CER between book and ASR text, text_mismatch rejects with
 their CER, every sample's CER in lengths.parquet, and a changed threshold handled on resume."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,11 @@ import pytest
 
 from pipeline.dag import DagError, load_dag
 from pipeline.executors.local import LocalExecutor
+from pipeline.inspect.verify import verify
 from pipeline.runner import run
-from pipeline.text_agreement import agreement_problem, comparison_form, text_cer
-from pipeline.verify import verify
+from pipeline.text.agreement import agreement_problem, comparison_form, text_cer
+from sample.lookalike import MISMATCHED_ASR
 from tests.conftest import write_dag
-from tests.lookalike import MISMATCHED_ASR
 
 
 def test_comparison_form_keeps_only_what_is_said():
@@ -66,8 +67,12 @@ def _rejects(out):
 def _cer_by_id(out, index):
     """cut id -> text_cer of every sample, joining lengths.parquet with the Parquet shards."""
     lengths = {r["shard"]: r["text_cer"] for r in pq.read_table(out / "lengths.parquet").to_pylist()}
-    return {cut_id: cer for s in index["shards"] if s["format"] == "parquet"
-            for cut_id, cer in zip(pq.read_table(out / s["path"]).column("id").to_pylist(), lengths[s["id"]])}
+    return {
+        cut_id: cer
+        for s in index["shards"]
+        if s["format"] == "parquet"
+        for cut_id, cer in zip(pq.read_table(out / s["path"]).column("id").to_pylist(), lengths[s["id"]])
+    }
 
 
 def test_mismatched_transcript_is_rejected_with_its_cer(built_corpus, tiny_corpus):
@@ -80,8 +85,9 @@ def test_mismatched_transcript_is_rejected_with_its_cer(built_corpus, tiny_corpu
     # Every kept sample carries its CER, as computed from its manifest texts.
     cers = _cer_by_id(dag.out, summary.index)
     assert cers and bad.cut_id not in cers
-    assert cers == pytest.approx({i: text_cer([tiny_corpus.cuts[i].text, tiny_corpus.cuts[i].asr_text])
-                                  for i in cers}, abs=1e-6)
+    assert cers == pytest.approx(
+        {i: text_cer([tiny_corpus.cuts[i].text, tiny_corpus.cuts[i].asr_text]) for i in cers}, abs=1e-6
+    )
     assert summary.index["provenance"]["filter"]["max_text_cer"] == 0.1
 
 

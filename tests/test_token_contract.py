@@ -1,4 +1,5 @@
 """The token contract: the trainer depends on `tokens/` and `schemas/`, never on the pipeline."""
+
 from __future__ import annotations
 
 import subprocess
@@ -12,10 +13,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("module", ["trainer.cli", "trainer.train", "trainer.synth", "trainer.corpus"])
 def test_training_and_synthesis_load_no_pipeline_module(module):
-    code = (f"import sys, {module}; "
-            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'pipeline')))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    code = f"import sys, {module}; print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'pipeline')))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"{module} loads pipeline modules: {out.stdout.strip()}"
 

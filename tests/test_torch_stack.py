@@ -1,4 +1,5 @@
 """The torch stack: encodec without torchaudio, one clear line when torch is broken, pins in step."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,9 @@ def _python(code_or_args: list[str], fake_packages: Path | None = None, cwd: Pat
     env = dict(os.environ)
     path = [str(fake_packages)] if fake_packages else []
     env["PYTHONPATH"] = os.pathsep.join(path + [str(REPO)])
-    return subprocess.run([sys.executable, *code_or_args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, *code_or_args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120
+    )
 
 
 def _fake_package(root: Path, name: str, error: str) -> Path:
@@ -30,17 +32,21 @@ def _fake_package(root: Path, name: str, error: str) -> Path:
     return root
 
 
-CUDA_MISMATCH = ("Detected that PyTorch and TorchAudio were compiled with different CUDA versions. "
-                 "PyTorch has CUDA version 13.2 whereas TorchAudio has CUDA version 13.0.")
+CUDA_MISMATCH = (
+    "Detected that PyTorch and TorchAudio were compiled with different CUDA versions. "
+    "PyTorch has CUDA version 13.2 whereas TorchAudio has CUDA version 13.0."
+)
 
 
 def test_codec_never_imports_torchaudio(tmp_path):
     """A torchaudio that cannot import (the CUDA mismatch of issue 6) does not stop encoding."""
     fake = _fake_package(tmp_path, "torchaudio", CUDA_MISMATCH)
-    code = ("import sys, numpy as np; from tokens.codec import CodecConfig, CodecEncoder; "
-            "enc = CodecEncoder(CodecConfig(weights='random', device='cpu')); "
-            "codes = enc.encode([np.zeros(3200, np.float32)]); "
-            "print(codes[0].shape, 'torchaudio' in sys.modules)")
+    code = (
+        "import sys, numpy as np; from tokens.codec import CodecConfig, CodecEncoder; "
+        "enc = CodecEncoder(CodecConfig(weights='random', device='cpu')); "
+        "codes = enc.encode([np.zeros(3200, np.float32)]); "
+        "print(codes[0].shape, 'torchaudio' in sys.modules)"
+    )
     done = _python(["-c", code], fake)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["(8,", "10)", "False"]
@@ -50,18 +56,23 @@ def test_real_torchaudio_importable_after_encodec(tmp_path):
     """The placeholder is gone once encodec is imported: other code gets the real module."""
     (tmp_path / "torchaudio").mkdir()
     (tmp_path / "torchaudio" / "__init__.py").write_text("REAL = 'yes'\n")
-    code = ("import sys; from tokens.stack import encodec_model_class; encodec_model_class(); "
-            "print('torchaudio' in sys.modules); import torchaudio; print(torchaudio.REAL)")
+    code = (
+        "import sys; from tokens.stack import encodec_model_class; encodec_model_class(); "
+        "print('torchaudio' in sys.modules); import torchaudio; print(torchaudio.REAL)"
+    )
     done = _python(["-c", code], tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "yes"]
 
 
-@pytest.mark.parametrize("args", [
-    ["-m", "pipeline.cli", "run", "dags/sample.yaml", "--out", "{tmp}/out"],
-    ["-c", "import sys; from trainer.cli import train; sys.exit(train(['x.yaml', '--data', 'd']))"],
-    ["-c", "import sys; from trainer.cli import synth; sys.exit(synth([]))"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-m", "pipeline.cli", "run", "dags/sample.yaml", "--out", "{tmp}/out"],
+        ["-c", "import sys; from trainer.cli import train; sys.exit(train(['x.yaml', '--data', 'd']))"],
+        ["-c", "import sys; from trainer.cli import synth; sys.exit(synth([]))"],
+    ],
+)
 def test_broken_torch_is_one_clear_line(tmp_path, args):
     fake = _fake_package(tmp_path / "site", "torch", "CUDA driver mismatch (simulated)")
     done = _python([a.replace("{tmp}", str(tmp_path)) for a in args], fake)
@@ -98,5 +109,6 @@ def test_pins_agree():
     for req in [*deps.values(), *dev]:
         pinned = pins.get(canonicalize_name(req.name))
         assert pinned, f"{req.name} is not pinned in constraints.txt"
-        assert req.specifier.contains(pinned, prereleases=True), \
+        assert req.specifier.contains(pinned, prereleases=True), (
             f"constraints.txt pins {req.name}=={pinned}, outside {req.specifier}"
+        )

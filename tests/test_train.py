@@ -1,5 +1,6 @@
 """valle-train on the tiny corpus, on CPU: the models learn (teacher-forced accuracy far above the
 majority-code baseline), a stopped run resumes exactly, and DDP runs under torchrun (gloo)."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from schemas.reading import read_shard
 from tests.conftest import REPO
 from trainer.config import load_config
-from trainer.corpus import CorpusError, open_corpus, read_shard
+from trainer.corpus import CorpusError, open_corpus
 from trainer.train import main, train
 
 pytestmark = pytest.mark.slow
@@ -27,9 +29,17 @@ def corpus_dir(built_corpus):
 
 
 def config(kind: str, out: Path, *overrides: str):
-    return load_config(REPO / f"trainer/configs/{kind}-tiny.yaml",
-                       [f"run.out={out}", "run.log_every=10", "run.eval_every=1000",
-                        "run.checkpoint_every=1000", "data.workers=0", *overrides])
+    return load_config(
+        REPO / f"trainer/configs/{kind}-tiny.yaml",
+        [
+            f"run.out={out}",
+            "run.log_every=10",
+            "run.eval_every=1000",
+            "run.checkpoint_every=1000",
+            "data.workers=0",
+            *overrides,
+        ],
+    )
 
 
 def majority_share(corpus_dir: str, codebooks: range) -> float:
@@ -69,15 +79,17 @@ def test_the_learning_check_fails_without_learning(corpus_dir, tmp_path):
 
 def test_stop_and_resume_matches_an_uninterrupted_run(corpus_dir, tmp_path):
     straight = tmp_path / "straight"
-    train(config("ar", straight, "run.max_steps=24", "run.checkpoint_every=12"), [corpus_dir],
-          allow_random_codec=True)
+    train(config("ar", straight, "run.max_steps=24", "run.checkpoint_every=12"), [corpus_dir], allow_random_codec=True)
     stopped = tmp_path / "stopped"
-    train(config("ar", stopped, "run.max_steps=12", "run.checkpoint_every=12"), [corpus_dir],
-          allow_random_codec=True)
+    train(config("ar", stopped, "run.max_steps=12", "run.checkpoint_every=12"), [corpus_dir], allow_random_codec=True)
     # The same command with a larger step budget, resumed from step 12 (the schedule is that of
     # a 24-step run in both: it is keyed to run.max_steps, identical here).
-    train(config("ar", stopped, "run.max_steps=24", "run.checkpoint_every=12"), [corpus_dir],
-          resume=True, allow_random_codec=True)
+    train(
+        config("ar", stopped, "run.max_steps=24", "run.checkpoint_every=12"),
+        [corpus_dir],
+        resume=True,
+        allow_random_codec=True,
+    )
     a = torch.load(straight / "checkpoint-24.pt", weights_only=True)
     b = torch.load(stopped / "checkpoint-24.pt", weights_only=True)
     assert a["loader"] == b["loader"]
@@ -88,8 +100,7 @@ def test_stop_and_resume_matches_an_uninterrupted_run(corpus_dir, tmp_path):
 
 
 def test_random_codec_corpus_needs_the_flag(corpus_dir, tmp_path, capsys):
-    assert main([str(REPO / "trainer/configs/ar-tiny.yaml"), "--data", corpus_dir,
-                 f"run.out={tmp_path}"]) == 2
+    assert main([str(REPO / "trainer/configs/ar-tiny.yaml"), "--data", corpus_dir, f"run.out={tmp_path}"]) == 2
     assert "RANDOM-INIT" in capsys.readouterr().err
     with pytest.raises(CorpusError):
         open_corpus(corpus_dir)
@@ -100,11 +111,30 @@ def torchrun(corpus_dir: str, out: Path, *overrides: str) -> subprocess.Complete
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", port,
-           "-m", "trainer.train", str(REPO / "trainer/configs/ar-tiny.yaml"), "--data", corpus_dir,
-           "--allow-random-codec", f"run.out={out}", "run.log_every=3", "run.eval_every=6",
-           "run.checkpoint_every=3", "data.workers=1", "data.max_frames=1500", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        port,
+        "-m",
+        "trainer.train",
+        str(REPO / "trainer/configs/ar-tiny.yaml"),
+        "--data",
+        corpus_dir,
+        "--allow-random-codec",
+        f"run.out={out}",
+        "run.log_every=3",
+        "run.eval_every=6",
+        "run.checkpoint_every=3",
+        "data.workers=1",
+        "data.max_frames=1500",
+        *overrides,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -128,8 +158,13 @@ def test_torchrun_two_processes_resume_exactly(corpus_dir, tmp_path):
 
 def test_accumulation_takes_that_many_batches_per_step(corpus_dir, tmp_path):
     # Small batches, so the 6 batches of 3 steps all come from epoch 0.
-    train(config("ar", tmp_path, "run.max_steps=3", "run.checkpoint_every=3", "optim.accumulate=2",
-                 "data.max_frames=300"), [corpus_dir], allow_random_codec=True)
+    train(
+        config(
+            "ar", tmp_path, "run.max_steps=3", "run.checkpoint_every=3", "optim.accumulate=2", "data.max_frames=300"
+        ),
+        [corpus_dir],
+        allow_random_codec=True,
+    )
     saved = torch.load(tmp_path / "checkpoint-3.pt", weights_only=True)
     assert saved["step"] == 3
     assert saved["loader"][0] == {"epoch": 0, "delivered": [6]}

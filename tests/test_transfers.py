@@ -1,6 +1,7 @@
-"""pipeline.transfers + pipeline.ranged against a misbehaving local server: ranges under a
+"""pipeline.fetch.transfers + storage.ranged against a misbehaving local server: ranges under a
 connection cap, no byte fetched twice after drops, 503s, servers without Range, kill -9 and
 resume (bytes served counted), lost range tasks, Ray tasks, the runner's Sources."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,23 +15,22 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.transfers as transfers
+import pipeline.fetch.transfers as transfers
 from pipeline.dag import DagError, load_dag
-from pipeline.download import Checksum, DiskFull, DownloadError, marker_path
-from pipeline.ranged import RangeLedger, ledger_path, prepare
-from pipeline.transfer_pools import RayTasks, ThreadTasks
-from pipeline.transfers import DownloadSettings, FileJob, Transfers
+from pipeline.fetch.transfer_pools import RayTasks, ThreadTasks
+from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers
+from sample.faulty_proxy import FaultyProxy
+from sample.http_mirror import HttpMirror
+from storage.download import Checksum, DiskFull, DownloadError, marker_path
+from storage.ranged import RangeLedger, ledger_path, prepare
 from tests.conftest import REPO, write_dag
-from tests.faulty_proxy import FaultyProxy
-from tests.http_mirror import HttpMirror
 from tests.test_download import SIZE, sha, site, source  # noqa: F401 (the same fixtures)
 
 RANGE = 50_000  # SIZE is six ranges
 
 
 def settings(**kw) -> DownloadSettings:
-    return DownloadSettings(**{"connections": 2, "range_bytes": RANGE, "backoff_s": 0.0,
-                               "timeout_s": 5.0, **kw})
+    return DownloadSettings(**{"connections": 2, "range_bytes": RANGE, "backoff_s": 0.0, "timeout_s": 5.0, **kw})
 
 
 def fetch(jobs: list[FileJob], s: DownloadSettings, pool=None) -> list[Path]:
@@ -62,8 +62,7 @@ def test_ranges_each_fetched_once_under_the_connection_cap(site, source, tmp_pat
 
 def test_files_share_the_cap_and_small_ones_stream(site, source, tmp_path):
     (site / "small.bin").write_bytes(source[:RANGE])  # one range long: one stream, no ledger
-    jobs = [FileJob("", tmp_path / "small.bin", sha(source[:RANGE])),
-            FileJob("", tmp_path / "data.bin", sha(source))]
+    jobs = [FileJob("", tmp_path / "small.bin", sha(source[:RANGE])), FileJob("", tmp_path / "data.bin", sha(source))]
     with HttpMirror(site, rate_bytes_s=400_000) as mirror:
         jobs = [FileJob(mirror.url(j.dest.name), j.dest, j.checksum) for j in jobs]
         fetch(jobs, settings(connections=2))
@@ -87,15 +86,22 @@ def test_dropped_connections_resume_mid_range_and_no_byte_comes_twice(site, sour
     with HttpMirror(site, drop_after_bytes=20_000, drop_first=4) as mirror:
         fetch([FileJob(mirror.url("data.bin"), dest, sha(source))], settings(connections=1, retries=2))
     assert [r.range for r in mirror.requests[:5]] == [
-        "bytes=0-0", "bytes=0-49999", "bytes=20000-49999", "bytes=40000-49999", "bytes=50000-99999"]
+        "bytes=0-0",
+        "bytes=0-49999",
+        "bytes=20000-49999",
+        "bytes=40000-49999",
+        "bytes=50000-99999",
+    ]
     assert sum(r.bytes_sent for r in mirror.requests) == SIZE + 1
     assert_complete(dest, source, sha(source))
 
 
 def test_503s_and_drops_through_a_proxy_are_retried(site, source, tmp_path):
     dest = tmp_path / "data.bin"
-    with HttpMirror(site) as mirror, \
-            FaultyProxy(mirror.base_url, schedule=("503", "ok", "503", "drop", "503", "ok")) as proxy:
+    with (
+        HttpMirror(site) as mirror,
+        FaultyProxy(mirror.base_url, schedule=("503", "ok", "503", "drop", "503", "ok")) as proxy,
+    ):
         fetch([FileJob(proxy.base_url + "/data.bin", dest, sha(source))], settings())
     assert proxy.faults == {"503": 3, "drop": 1}
     assert_complete(dest, source, sha(source))
@@ -140,9 +146,9 @@ def test_checksum_mismatch_after_ranges_leaves_nothing(site, source, tmp_path):
 KILLED_RUN = """
 import sys
 from pathlib import Path
-from pipeline.download import Checksum
-from pipeline.transfer_pools import ThreadTasks
-from pipeline.transfers import DownloadSettings, FileJob, Transfers
+from storage.download import Checksum
+from pipeline.fetch.transfer_pools import ThreadTasks
+from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers
 url, dest, checksum = sys.argv[1], Path(sys.argv[2]), Checksum.parse(sys.argv[3])
 with ThreadTasks() as pool, Transfers([FileJob(url, dest, checksum)], DownloadSettings(
         connections=2, range_bytes=100_000, backoff_s=0.0), pool, progress=False) as t:
@@ -156,8 +162,10 @@ def test_kill_9_then_rerun_fetches_only_the_missing_ranges(site, tmp_path):
     dest, script = tmp_path / "out" / "big.bin", tmp_path / "killed.py"
     script.write_text(KILLED_RUN)
     with HttpMirror(site, rate_bytes_s=400_000) as first:  # ~1.5 s for the whole file
-        proc = subprocess.Popen([sys.executable, str(script), first.url("big.bin"), str(dest),
-                                 str(sha(data))], env={**os.environ, "PYTHONPATH": str(REPO)})
+        proc = subprocess.Popen(
+            [sys.executable, str(script), first.url("big.bin"), str(dest), str(sha(data))],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         deadline = time.monotonic() + 60
         while len((RangeLedger.load(dest) or RangeLedger(dest, "", 1, 1, set())).done) < 4:
             assert proc.poll() is None and time.monotonic() < deadline, "the download ended early"
@@ -199,7 +207,7 @@ def test_a_single_stream_part_counts_as_its_ranges(tmp_path):
 
 
 def test_no_room_for_the_file_is_a_clear_error_before_any_range(site, source, tmp_path, monkeypatch):
-    import pipeline.ranged as ranged
+    import storage.ranged as ranged
 
     usage = ranged.shutil.disk_usage(tmp_path)
     monkeypatch.setattr(ranged.shutil, "disk_usage", lambda path: usage._replace(free=1000))
@@ -213,7 +221,7 @@ def test_no_room_for_the_file_is_a_clear_error_before_any_range(site, source, tm
 def test_a_disk_that_refuses_the_allocation_is_a_clear_error(tmp_path, monkeypatch):
     import errno
 
-    import pipeline.ranged as ranged
+    import storage.ranged as ranged
 
     def full(fd, total):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -243,9 +251,11 @@ def test_a_dead_ray_actor_costs_only_its_own_range(site, source, tmp_path, ray_a
     import ray
 
     dest = tmp_path / "data.bin"
-    with HttpMirror(site, rate_bytes_s=100_000) as mirror, RayTasks() as pool, \
-            Transfers([FileJob(mirror.url("data.bin"), dest, sha(source))], settings(), pool,
-                      progress=False) as t:
+    with (
+        HttpMirror(site, rate_bytes_s=100_000) as mirror,
+        RayTasks() as pool,
+        Transfers([FileJob(mirror.url("data.bin"), dest, sha(source))], settings(), pool, progress=False) as t,
+    ):
         deadline = time.monotonic() + 60
         while mirror.active < 2:  # two ranges under way, 0.5 s each
             assert time.monotonic() < deadline
@@ -259,7 +269,7 @@ def test_a_dead_ray_actor_costs_only_its_own_range(site, source, tmp_path, ray_a
 
 
 def test_runner_sources_plan_while_the_audio_arrives(tmp_path, tiny_corpus):
-    from pipeline.runner import Sources
+    from pipeline.fetch.sources import Sources
 
     dag = load_dag(write_dag(tmp_path / "d.yaml", tiny_corpus, download={"range_mb": 0.02}))
     with Sources(dag, tmp_path / "out", False, ThreadTasks()) as sources:
@@ -276,8 +286,10 @@ def test_download_settings_are_checked_and_do_not_change_the_fingerprint(tmp_pat
     base = load_dag(path)
     assert (base.download.connections, base.download.range_bytes) == (8, 2_000_000_000)
     assert load_dag(path, ["download.connections=16", "download.range_mb=0.5"]).fingerprint() == base.fingerprint()
-    for bad, message in [("download.connections=0", r"download\.connections must be > 0"),
-                         ("download.range_mb=-1", r"download\.range_mb must be > 0"),
-                         ("download.conections=3", r"did you mean 'connections'")]:
+    for bad, message in [
+        ("download.connections=0", r"download\.connections must be > 0"),
+        ("download.range_mb=-1", r"download\.range_mb must be > 0"),
+        ("download.conections=3", r"did you mean 'connections'"),
+    ]:
         with pytest.raises(DagError, match=message):
             load_dag(path, [bad])

@@ -1,5 +1,6 @@
 """A unit's commit protocol, without Ray: a crash at ANY file write or rename, followed by a
 re-run, leaves exactly the bytes of an uninterrupted run, and committed codes are never redone."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.audio_store import TarAudioStore, index_tar
-from pipeline.plan import plan_subset
-from pipeline.resample import codec_input
-from pipeline.bpe import BpeConfig, train_bpe
+from pipeline.encode.unit import UnitJob, is_current, run_unit
+from pipeline.fetch.audio_store import TarAudioStore, index_tar
+from pipeline.plan.subsets import plan_subset
+from pipeline.text.bpe import BpeConfig, train_bpe
+from tokens.audio import codec_input
 from tokens.text import Tokenizer
-from pipeline.unit import UnitJob, is_current, run_unit
 
 
 class SimulatedCrash(BaseException):
@@ -48,11 +49,21 @@ def encoder():
 def unit_setup(tmp_path_factory, tiny_corpus):
     """One unit holding every recording of the tiny `small` manifest, a BPE model, the audio."""
     work = tmp_path_factory.mktemp("unit")
-    plan = plan_subset(tiny_corpus.manifests["small"], "small", "train", work,
-                       unit_hours=1.0, source_prefix="download/librilight/", progress=False)
+    plan = plan_subset(
+        tiny_corpus.manifests["small"],
+        "small",
+        "train",
+        work,
+        unit_hours=1.0,
+        source_prefix="download/librilight/",
+        progress=False,
+    )
     assert len(plan.units) == 1
-    tokenizer_path = train_bpe(((c, t.text) for c, t in tiny_corpus.cuts.items() if t.text.strip()),
-                               work / "bpe.model", BpeConfig(vocab_size=64))
+    tokenizer_path = train_bpe(
+        ((c, t.text) for c, t in tiny_corpus.cuts.items() if t.text.strip()),
+        work / "bpe.model",
+        BpeConfig(vocab_size=64),
+    )
     index_tar(tiny_corpus.tars["small"])
     return work, plan.units[0], Tokenizer(tokenizer_path), TarAudioStore([tiny_corpus.tars["small"]])
 
@@ -69,11 +80,20 @@ def fresh_out(tmp_path: Path, name: str, unit_setup) -> Path:
 
 def make_job(out: Path, unit_setup, **changes) -> UnitJob:
     _, unit, tokenizer, store = unit_setup
-    fields = dict(out=out, unit=unit, audio_store=store, min_duration=0.5,
-                  max_duration=20.0, text_field="book", tokenizer=tokenizer,
-                  formats=["webdataset", "parquet", "lhotse_shar"], target_shard_bytes=20_000,
-                  audio_fingerprint="audio-v1", text_fingerprint="text-v1",
-                  encode_chunk_seconds=3.0)
+    fields = dict(
+        out=out,
+        unit=unit,
+        audio_store=store,
+        min_duration=0.5,
+        max_duration=20.0,
+        text_field="book",
+        tokenizer=tokenizer,
+        formats=["webdataset", "parquet", "lhotse_shar"],
+        target_shard_bytes=20_000,
+        audio_fingerprint="audio-v1",
+        text_fingerprint="text-v1",
+        encode_chunk_seconds=3.0,
+    )
     fields.update(changes)
     return UnitJob(**fields)
 
@@ -82,6 +102,7 @@ def local_encode(encoder):
     def encode_async(windows, rates):
         codes = encoder.encode([codec_input(w, r) for w, r in zip(windows, rates)])
         return lambda: codes
+
     return encode_async
 
 
@@ -98,11 +119,13 @@ def test_crash_at_every_write_then_rerun_matches_clean_run(tmp_path, unit_setup,
 
     real_replace = os.replace
     n_writes = 0
+
     # Count the renames of a clean run: every commit step ends in one.
     def counting(src, dst):
         nonlocal n_writes
         n_writes += 1
         real_replace(src, dst)
+
     monkeypatch.setattr(os, "replace", counting)
     run_unit(make_job(fresh_out(tmp_path, "count", unit_setup), unit_setup), local_encode(encoder))
     monkeypatch.setattr(os, "replace", real_replace)
@@ -158,8 +181,7 @@ def test_asr_field_needs_codes_for_cuts_the_book_text_dropped(tmp_path, unit_set
     so the unit is re-encoded rather than silently missing a sample."""
     out = fresh_out(tmp_path, "o", unit_setup)
     run_unit(make_job(out, unit_setup), local_encode(encoder))
-    result = run_unit(make_job(out, unit_setup, text_field="asr", text_fingerprint="asr"),
-                      local_encode(encoder))
+    result = run_unit(make_job(out, unit_setup, text_field="asr", text_fingerprint="asr"), local_encode(encoder))
     assert result["action"] == "codes"
     empty = next(c for c, t in tiny_corpus.cuts.items() if t.defect == "empty_text")
     entry = json.loads((out / "ledger" / f"{unit_setup[1].name}.json").read_text())

@@ -1,4 +1,5 @@
 """`valle-prep verify` names every kind of damage; `status` reports progress from the ledger."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import shutil
 import pytest
 
 from pipeline.cli import main
-from pipeline.status import corpus_status
-from pipeline.verify import verify
+from pipeline.inspect.status import corpus_status
+from pipeline.inspect.verify import verify
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +37,13 @@ def test_cli_verify_and_status_on_a_good_corpus(corpus, capsys):
     status = json.loads(capsys.readouterr().out)
     assert status["complete"]
     assert all(r["codes_done"] == r["shards_done"] == r["units"] for r in status["subsets"].values())
-    assert status["rejects"] == {"bad_manifest_line": 1, "empty_text": 1, "missing_audio": 1, "too_short": 1,
-                                 "text_mismatch": 1}
+    assert status["rejects"] == {
+        "bad_manifest_line": 1,
+        "empty_text": 1,
+        "missing_audio": 1,
+        "too_short": 1,
+        "text_mismatch": 1,
+    }
     assert main(["status", str(corpus)]) == 0
     assert "complete" in capsys.readouterr().out
 
@@ -116,13 +122,17 @@ def test_parquet_codes_past_the_codebook_are_named(copy):
     table = pq.read_table(copy / shard["path"])
     codes = [c.tolist() for c in schemas.codes_from_arrow(table.column("codes"))]
     codes[0][-1][-1] = 4000
-    table = table.set_column(table.schema.get_field_index("codes"), table.schema.field("codes"),
-                             pa.array(codes, schemas.codes_arrow_type()))
+    table = table.set_column(
+        table.schema.get_field_index("codes"), table.schema.field("codes"), pa.array(codes, schemas.codes_arrow_type())
+    )
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     _replace_shard(copy, shard, sink.getvalue().to_pybytes())
     problems = verify(copy)
-    expected = re.escape(f"{shard['path']}: unreadable: SchemaError: codes: values must lie in [0, 1024), got ") + r"\d+\.\.4000"
+    expected = (
+        re.escape(f"{shard['path']}: unreadable: SchemaError: codes: values must lie in [0, 1024), got ")
+        + r"\d+\.\.4000"
+    )
     assert any(re.fullmatch(expected, p) for p in problems), problems
 
 
@@ -172,8 +182,9 @@ def test_a_shard_whose_formats_disagree_is_named(copy):
     taken = pq.read_table(copy / other["path"], columns=["id"]).column("id")[0].as_py()
     table = pq.read_table(copy / first["path"])
     ids = table.column("id").to_pylist()
-    table = table.set_column(table.schema.get_field_index("id"), table.schema.field("id"),
-                             pa.array([taken] + ids[1:], pa.string()))
+    table = table.set_column(
+        table.schema.get_field_index("id"), table.schema.field("id"), pa.array([taken] + ids[1:], pa.string())
+    )
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     _replace_shard(copy, first, sink.getvalue().to_pybytes())
@@ -185,8 +196,8 @@ def test_a_shard_whose_formats_disagree_is_named(copy):
 def test_an_id_in_two_shards_is_found_by_digest_and_named_from_the_shards(monkeypatch):
     """Shards agree across formats (checked above), so ids are checked in one format, as
     digests; only the shards whose digests meet are read again, to name the id."""
-    import pipeline.verify
-    from pipeline.verify import _SampleIds
+    import pipeline.inspect.verify
+    from pipeline.inspect.verify import _SampleIds
 
     held = {"a": ["x", "y"], "b": ["z", "x"], "c": ["w"]}
     ids, read = _SampleIds(), []
@@ -199,7 +210,7 @@ def test_an_id_in_two_shards_is_found_by_digest_and_named_from_the_shards(monkey
 
     assert ids.duplicates(read_ids) == ["webdataset: 1 duplicated sample ids, e.g. 'x'"]
     assert read == ["a", "b"]
-    monkeypatch.setattr(pipeline.verify, "_digest", lambda sample_id: 7)
+    monkeypatch.setattr(pipeline.inspect.verify, "_digest", lambda sample_id: 7)
     del held["b"][1]
     every_digest_equal = _SampleIds()
     for name, shard_ids in held.items():
@@ -208,15 +219,15 @@ def test_an_id_in_two_shards_is_found_by_digest_and_named_from_the_shards(monkey
 
 
 def test_ids_whose_digests_collide_are_not_duplicates(corpus, monkeypatch):
-    import pipeline.verify
+    import pipeline.inspect.verify
 
-    monkeypatch.setattr(pipeline.verify, "_digest", lambda sample_id: 7)
+    monkeypatch.setattr(pipeline.inspect.verify, "_digest", lambda sample_id: 7)
     assert verify(corpus) == []
 
 
 def test_a_corpus_over_http_verifies_and_a_damaged_file_there_is_named(corpus, tmp_path):
     """What an upload must be checked for: verify reads the corpus where the trainer will."""
-    from tests.http_mirror import HttpMirror
+    from sample.http_mirror import HttpMirror
 
     with HttpMirror(corpus) as mirror:
         assert verify(mirror.base_url) == []

@@ -2,6 +2,7 @@
 
 Plain constants, no imports: the trainer's model code reads them without loading the codec.
 """
+
 SAMPLE_RATE = 24000  # Hz, EnCodec 24 kHz
 FRAME_RATE = 75  # code frames per second
 HOP = SAMPLE_RATE // FRAME_RATE  # 320 samples per frame

@@ -13,13 +13,14 @@ This module imports nothing heavy at import time, so the command-line tools can 
 `require_torch_stack` before anything touches torch. `python -m tokens.stack` prints the
 installed stack and exits non-zero when it does not import (CI runs it after installing).
 """
+
 from __future__ import annotations
 
 import sys
 import types
 from importlib import metadata
 
-# The torch releases verified to import and encode beside encodec (README: Install). Keep in
+# The torch releases verified to import and encode beside encodec (docs/install.md). Keep in
 # step with pyproject.toml; constraints.txt pins one of them exactly for CI.
 TESTED_TORCH = ">=2.13,<2.16"
 STACK = ("torch", "encodec", "torchaudio", "numpy")
@@ -46,7 +47,8 @@ def _torchaudio_placeholder() -> types.ModuleType:
     def missing(name: str):
         raise AttributeError(
             f"torchaudio.{name}: valle-corpus imports encodec without torchaudio, so encodec's "
-            "torchaudio helpers (convert_audio, save_audio) are unavailable here")
+            "torchaudio helpers (convert_audio, save_audio) are unavailable here"
+        )
 
     module.__getattr__ = missing  # module-level __getattr__ (PEP 562)
     return module
@@ -54,11 +56,13 @@ def _torchaudio_placeholder() -> types.ModuleType:
 
 def installed() -> str:
     """What is installed, read from package metadata (nothing is imported): 'torch 2.14.1, ...'."""
+
     def version(name: str) -> str:
         try:
             return metadata.version(name)
         except metadata.PackageNotFoundError:
             return "not installed"
+
     return ", ".join(f"{name} {version(name)}" for name in STACK)
 
 
@@ -66,6 +70,7 @@ def torch_stack_problem() -> str | None:
     """None when torch and encodec import; else one line saying what failed."""
     try:
         import torch  # noqa: F401
+
         encodec_model_class()
     except Exception as err:  # ImportError, OSError (a missing .so), RuntimeError (CUDA builds)
         lines = str(err).strip().splitlines()
@@ -77,9 +82,12 @@ def require_torch_stack(prog: str) -> None:
     """Exit with one line naming what is installed and what to install, if torch is broken."""
     problem = torch_stack_problem()
     if problem is not None:
-        print(f"{prog}: the torch stack does not import ({problem}). Installed: {installed()}. "
-              f"Install a tested torch: pip install 'torch{TESTED_TORCH}' (or, in a checkout, "
-              f"pip install -c constraints.txt -e .)", file=sys.stderr)
+        print(
+            f"{prog}: the torch stack does not import ({problem}). Installed: {installed()}. "
+            f"Install a tested torch: pip install 'torch{TESTED_TORCH}' (or, in a checkout, "
+            f"pip install -c constraints.txt -e .)",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
 
 

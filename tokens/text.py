@@ -6,14 +6,15 @@ Out: normalized text (str); token ids (list[int], each < 65536 so they fit uint1
 
 Reserved ids, fixed in every model trained here (`tokens.constants`): pad=0, unk=1, bos=2,
 eos=3. encode() returns text pieces only; adding BOS/EOS and padding is the trainer's job.
-Training the BPE model is the pipeline's (`pipeline.bpe`).
+Training the BPE model is the pipeline's (`pipeline.text.bpe`).
 """
+
 from __future__ import annotations
 
 import hashlib
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import sentencepiece as spm
 

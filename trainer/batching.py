@@ -23,6 +23,7 @@ Because the plan is a deterministic function of the lengths and these settings, 
 its shards as planned emits each batch as soon as its samples are read, and a resumed run skips
 what was delivered.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -52,7 +53,7 @@ class WorkerPlan:
         return len(self.bounds) - 1
 
     def batch(self, b: int) -> np.ndarray:
-        return self.samples[self.bounds[b]:self.bounds[b + 1]]
+        return self.samples[self.bounds[b] : self.bounds[b + 1]]
 
 
 @dataclass
@@ -65,8 +66,9 @@ class EpochPlan:
         return sum(w.batches for w in self.ranks[0])
 
 
-def plan_epoch(cost: np.ndarray, keep: np.ndarray, offsets: np.ndarray, epoch: int, world: int,
-               workers: int, cfg: BatchingConfig) -> EpochPlan:
+def plan_epoch(
+    cost: np.ndarray, keep: np.ndarray, offsets: np.ndarray, epoch: int, world: int, workers: int, cfg: BatchingConfig
+) -> EpochPlan:
     """cost, keep: per sample (flat, shard after shard); offsets: (n_shards + 1,) sample offsets."""
     if world < 1 or workers < 1:
         raise ValueError(f"world {world} and workers {workers} must be >= 1 (0 DataLoader workers read with one plan)")
@@ -140,7 +142,7 @@ def _worker_plan(shards, cost, keep, offsets, edges, cfg: BatchingConfig, rng) -
     first = np.concatenate([[0], np.cumsum(np.bincount(bucket, minlength=len(edges) + 1))])
     sizes = []
     for b in range(len(edges) + 1):
-        sizes += greedy_batches(cost[shuffled[by_bucket[first[b]:first[b + 1]]]], cfg.max_frames)
+        sizes += greedy_batches(cost[shuffled[by_bucket[first[b] : first[b + 1]]]], cfg.max_frames)
     sizes = np.array(sizes, dtype=np.int64)
     starts = np.cumsum(sizes) - sizes  # of each batch, in by_bucket
     done = np.maximum.reduceat(leave[by_bucket], starts) if n else np.zeros(0, np.int64)
@@ -185,7 +187,7 @@ def _window_max(values: np.ndarray, width: int) -> np.ndarray:
         out = np.maximum(out[:-span], out[span:])
         span *= 2
     if span < width:
-        out = np.maximum(out[:len(out) - (width - span)], out[width - span:])
+        out = np.maximum(out[: len(out) - (width - span)], out[width - span :])
     return out
 
 
@@ -198,16 +200,21 @@ def _equalize(ranks: list[list[WorkerPlan]], multiple_of: int) -> None:
         deficit = target - sum(w.batches for w in plans)
         if not deficit:
             continue
-        heap = [(-int(n), w, int(a)) for w, p in enumerate(plans)
-                for n, a in zip(np.diff(p.bounds).tolist(), p.bounds[:-1].tolist())]
+        heap = [
+            (-int(n), w, int(a))
+            for w, p in enumerate(plans)
+            for n, a in zip(np.diff(p.bounds).tolist(), p.bounds[:-1].tolist())
+        ]
         heapq.heapify(heap)
         cuts = [[] for _ in plans]
         for _ in range(deficit):
             size, w, start = heapq.heappop(heap) if heap else (0, 0, 0)
             size = -size
             if size < 2:
-                raise ValueError(f"rank {rank} has too few samples for {target} batches; use fewer ranks, "
-                                 "smaller shards (output.target_shard_mb) or a smaller frame budget")
+                raise ValueError(
+                    f"rank {rank} has too few samples for {target} batches; use fewer ranks, "
+                    "smaller shards (output.target_shard_mb) or a smaller frame budget"
+                )
             cuts[w].append(start + size // 2)
             heapq.heappush(heap, (-(size // 2), w, start))
             heapq.heappush(heap, (-(size - size // 2), w, start + size // 2))
@@ -216,8 +223,9 @@ def _equalize(ranks: list[list[WorkerPlan]], multiple_of: int) -> None:
                 p.bounds = np.sort(np.concatenate([p.bounds, np.array(cuts[w], np.int64)]))
 
 
-def plan_stats(workers: list[WorkerPlan], cost: np.ndarray, speakers: np.ndarray | None,
-               books: np.ndarray | None) -> dict:
+def plan_stats(
+    workers: list[WorkerPlan], cost: np.ndarray, speakers: np.ndarray | None, books: np.ndarray | None
+) -> dict:
     """One rank's plan at a glance: batches, padding (share of count x longest that is padding),
     mean distinct speakers and books per batch (when the corpus names them)."""
     sizes = np.concatenate([np.diff(w.bounds) for w in workers]) if workers else np.zeros(0, np.int64)

@@ -9,6 +9,7 @@ Loaded with `weights_only=True`: nothing in a checkpoint is unpickled as code.
 A resume is exact only if the data plan is the same, so the settings that shape it are saved
 (`plan_key`) and a resume that changed any of them is refused, naming the key.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,11 +25,16 @@ PREFIX = "checkpoint-"
 def plan_key(cfg, corpora, world: int, limits: tuple[int, int]) -> dict:
     """Everything the epoch plans depend on, by the name a user would change it with."""
     return {
-        "world size (processes)": world, "data.workers": max(1, cfg.data.workers),
-        "data.max_frames": cfg.data.max_frames, "data.buckets": cfg.data.buckets,
-        "data.shuffle_buffer": cfg.data.shuffle_buffer, "data.interleave": cfg.data.interleave,
-        "run.seed": cfg.run.seed, "optim.accumulate": cfg.optim.accumulate,
-        "model.kind": cfg.model.kind, "model.group_size": cfg.model.group_size,
+        "world size (processes)": world,
+        "data.workers": max(1, cfg.data.workers),
+        "data.max_frames": cfg.data.max_frames,
+        "data.buckets": cfg.data.buckets,
+        "data.shuffle_buffer": cfg.data.shuffle_buffer,
+        "data.interleave": cfg.data.interleave,
+        "run.seed": cfg.run.seed,
+        "optim.accumulate": cfg.optim.accumulate,
+        "model.kind": cfg.model.kind,
+        "model.group_size": cfg.model.group_size,
         "model length limits (text, frames)": list(limits),
         "corpora (--data, by lengths.parquet sha256)": [c.fingerprint for c in corpora],
     }
@@ -39,12 +45,14 @@ def check_plan_key(saved: dict | None, current: dict, path: Path) -> None:
         raise ValueError(f"{path} predates data-plan keys; it cannot be resumed exactly by this version")
     for key, value in current.items():
         if saved.get(key) != value:
-            raise ValueError(f"{path}: {key} was {saved.get(key)!r} when it was saved, now {value!r}; a resumed "
-                             "run must plan its data the same way. Restore the setting, or start a new run.out")
+            raise ValueError(
+                f"{path}: {key} was {saved.get(key)!r} when it was saved, now {value!r}; a resumed "
+                "run must plan its data the same way. Restore the setting, or start a new run.out"
+            )
 
 
 def step_of(path: Path) -> int:
-    return int(path.stem[len(PREFIX):])
+    return int(path.stem[len(PREFIX) :])
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -84,10 +92,17 @@ def _fsync_dir(folder: Path) -> None:
 
 def rng_state(generator: torch.Generator) -> dict:
     _, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "model": generator.get_state(),
-             "numpy": {"keys": [int(x) for x in keys], "pos": int(pos), "has_gauss": int(has_gauss),
-                       "gauss": float(gauss)},  # plain data: checkpoints load with weights_only
-             "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "model": generator.get_state(),
+        "numpy": {
+            "keys": [int(x) for x in keys],
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },  # plain data: checkpoints load with weights_only
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state

@@ -3,6 +3,7 @@
 They check the torch stack before importing anything that needs it, so a broken install reads as
 one line naming what is installed and what to install, not a traceback from inside a library.
 """
+
 from __future__ import annotations
 
 from tokens.stack import require_torch_stack

@@ -1,21 +1,22 @@
 """Training configuration: a YAML file (trainer/configs/*.yaml) plus key=value overrides.
 
-In: the file and `section.key=value` strings (values parsed as YAML). Out: a checked
-`TrainConfig`. Unknown keys and wrong types fail before anything loads, naming the key.
+In: the file and `dotted.key=value` strings (values parsed as YAML). Out: a checked
+`TrainConfig`, read by storage.settings (the loader DAGs use too): unknown keys, wrong types and
+values out of range (each section's `problems()`) fail before anything loads, naming the key.
 """
+
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from schemas import FORMATS
+from storage import settings
+from storage.settings import Problems
 
 
 class ConfigError(ValueError):
-    pass
+    """A training config that cannot be used; the message names the file and the key."""
 
 
 @dataclass
@@ -25,6 +26,14 @@ class ModelSection:
     group_size: int = 1  # AR only: VALL-E 2 grouped code modelling, 1 = VALL-E
     dropout: float | None = None  # null: the preset's
     prompt_seconds: list[float] = field(default_factory=lambda: [1.5, 10.0])  # NAR: prompt lengths trained on
+
+    def problems(self) -> Problems:
+        if self.kind not in ("ar", "nar"):
+            yield "kind", f"must be ar or nar, got {self.kind!r}"
+        if self.group_size not in (1, 2, 4, 8):
+            yield "group_size", f"must be 1, 2, 4 or 8, got {self.group_size}"
+        if len(self.prompt_seconds) != 2 or not 0 < self.prompt_seconds[0] <= self.prompt_seconds[1]:
+            yield "prompt_seconds", f"must be [low, high] with 0 < low <= high, got {self.prompt_seconds}"
 
 
 @dataclass
@@ -36,6 +45,13 @@ class DataSection:
     workers: int = 2  # DataLoader workers per rank
     format: str = "auto"  # webdataset | parquet | lhotse_shar | auto (the first of these the corpus has)
 
+    def problems(self) -> Problems:
+        if self.format not in ("auto", *FORMATS):
+            yield "format", f"must be auto or one of {list(FORMATS)}, got {self.format!r}"
+        for key in ("max_frames", "buckets", "shuffle_buffer", "interleave"):
+            if getattr(self, key) < 1:
+                yield key, f"must be >= 1, got {getattr(self, key)}"
+
 
 @dataclass
 class OptimSection:
@@ -45,6 +61,10 @@ class OptimSection:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     clip_norm: float = 1.0
     accumulate: int = 1  # batches per optimizer step
+
+    def problems(self) -> Problems:
+        if self.accumulate < 1:
+            yield "accumulate", f"must be >= 1, got {self.accumulate}"
 
 
 @dataclass
@@ -58,6 +78,14 @@ class RunSection:
     keep_every: int = 0  # ... and every step that is a multiple of this (0: none)
     seed: int = 0
 
+    def problems(self) -> Problems:
+        if self.max_steps < 1:
+            yield "max_steps", f"must be >= 1, got {self.max_steps}"
+        if self.keep_last < 1:
+            yield "keep_last", f"must be >= 1, got {self.keep_last}"
+        if self.keep_every < 0:
+            yield "keep_every", f"must be >= 0, got {self.keep_every}"
+
 
 @dataclass
 class TrainConfig:
@@ -66,70 +94,6 @@ class TrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=RunSection)
 
-    def check(self) -> "TrainConfig":
-        if self.model.kind not in ("ar", "nar"):
-            raise ConfigError(f"model.kind must be ar or nar, got {self.model.kind!r}")
-        if self.model.group_size not in (1, 2, 4, 8):
-            raise ConfigError(f"model.group_size must be 1, 2, 4 or 8, got {self.model.group_size}")
-        if self.data.format not in ("auto", "webdataset", "parquet", "lhotse_shar"):
-            raise ConfigError(f"data.format must be auto, webdataset, parquet or lhotse_shar, got {self.data.format!r}")
-        if self.optim.accumulate < 1 or self.run.max_steps < 1:
-            raise ConfigError("optim.accumulate and run.max_steps must be >= 1")
-        if min(self.data.max_frames, self.data.interleave, self.data.shuffle_buffer, self.data.buckets) < 1:
-            raise ConfigError("data.max_frames, interleave, shuffle_buffer and buckets must be >= 1")
-        if self.run.keep_last < 1 or self.run.keep_every < 0:
-            raise ConfigError("run.keep_last must be >= 1 and run.keep_every >= 0")
-        prompt = self.model.prompt_seconds
-        if len(prompt) != 2 or not 0 < prompt[0] <= prompt[1]:
-            raise ConfigError(f"model.prompt_seconds must be [low, high] with 0 < low <= high, got {prompt}")
-        return self
-
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            raise ConfigError(f"override {item!r}: expected section.key=value")
-        section, name = key.split(".", 1)
-        raw.setdefault(section, {})[name] = yaml.safe_load(value)
-    try:
-        return _fill(TrainConfig, raw, "").check()
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
-
-
-def _fill(cls, data: dict, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'top level'}: expected a mapping")
-    hints, names = typing.get_type_hints(cls), [f.name for f in dataclasses.fields(cls)]
-    values = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else key
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            raise ConfigError(f"unknown key {path}" + (f" (did you mean {close[0]}?)" if close else ""))
-        hint = hints[key]
-        if hint is float and isinstance(value, str):  # YAML 1.1 reads "6e-3" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if dataclasses.is_dataclass(hint):
-            values[key] = _fill(hint, value or {}, path)
-        elif not _matches(hint, value):
-            raise ConfigError(f"{path}: {value!r} is not a {hint}")
-        else:
-            values[key] = float(value) if hint is float else value
-    return cls(**values)
-
-
-def _matches(hint, value) -> bool:
-    args = typing.get_args(hint)
-    if args and type(None) in args:
-        return value is None or _matches(next(a for a in args if a is not type(None)), value)
-    if typing.get_origin(hint) is list:
-        return isinstance(value, list)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+    return settings.load(TrainConfig, path, overrides, ConfigError, what="training config")

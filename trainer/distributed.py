@@ -7,6 +7,7 @@ into a clear error at startup instead of ranks that silently diverge:
   written by rank 0 and resumed from by all);
 - `agree_on_checkpoint`: rank 0 names the checkpoint to resume from, and every rank must find it.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,9 +62,11 @@ def _blind(run, found: bool, what: str) -> None:
     seen = run.all_gather((found, socket.gethostname()))
     missing = [f"rank {r} on {host}" for r, (ok, host) in enumerate(seen) if not ok]
     if missing:
-        raise RuntimeError(f"{', '.join(missing)} cannot see {what}. Checkpoints are written by rank 0 and "
-                           "resumed from by every rank: run.out must be a folder every node mounts (a shared "
-                           "file system), or the ranks would resume from different states")
+        raise RuntimeError(
+            f"{', '.join(missing)} cannot see {what}. Checkpoints are written by rank 0 and "
+            "resumed from by every rank: run.out must be a folder every node mounts (a shared "
+            "file system), or the ranks would resume from different states"
+        )
 
 
 def check_shared_folder(run, out: Path, wait_s: float = 10.0) -> None:

@@ -11,6 +11,7 @@ planned read order; a sample no remaining batch needs is skipped undecoded, and 
 none is never opened. The resume state is a handful of integers (epoch, batches delivered per
 worker): a resumed run skips what was delivered without replaying it.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -19,8 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from schemas.reading import read_shard
 from trainer.batching import WorkerPlan
-from trainer.corpus import Samples, read_shard
+from trainer.corpus import Samples
 
 
 @dataclass
@@ -32,7 +34,7 @@ class LoaderState:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "LoaderState":
+    def from_dict(cls, data: dict) -> LoaderState:
         return cls(epoch=int(data["epoch"]), delivered=[int(x) for x in data["delivered"]])
 
 
@@ -53,9 +55,10 @@ class PlanDataset(IterableDataset):
 def replay(samples: Samples, plan: WorkerPlan, skip: int, worker: int = 0):
     if skip >= plan.batches:
         return
-    needed = plan.samples[plan.bounds[skip]:]
-    batch_of = dict(zip(needed.tolist(), np.repeat(np.arange(skip, plan.batches),
-                                                   np.diff(plan.bounds[skip:])).tolist()))
+    needed = plan.samples[plan.bounds[skip] :]
+    batch_of = dict(
+        zip(needed.tolist(), np.repeat(np.arange(skip, plan.batches), np.diff(plan.bounds[skip:])).tolist())
+    )
     missing = np.diff(plan.bounds).tolist()  # per batch: samples not read yet
     offsets = samples.offsets
     wanted = {}  # shard -> sorted positions some remaining batch needs
@@ -76,8 +79,10 @@ def replay(samples: Samples, plan: WorkerPlan, skip: int, worker: int = 0):
             streams[s] = read_shard(samples.shards[s], wanted[s])
         got, meta, codes = next(streams[s])
         if got != position:
-            raise RuntimeError(f"{samples.shards[s].uri}: expected sample {position}, read {got}; "
-                               "the shard does not match lengths.parquet (run valle-prep verify)")
+            raise RuntimeError(
+                f"{samples.shards[s].uri}: expected sample {position}, read {got}; "
+                "the shard does not match lengths.parquet (run valle-prep verify)"
+            )
         if position == wanted[s][-1]:
             streams.pop(s).close()
         loaded[sample] = (meta, codes)
@@ -86,8 +91,10 @@ def replay(samples: Samples, plan: WorkerPlan, skip: int, worker: int = 0):
             yield collate([loaded.pop(i) for i in plan.batch(next_batch).tolist()], worker, next_batch)
             next_batch += 1
     if next_batch != plan.batches:
-        raise RuntimeError(f"worker {worker}: shards ended before batch {next_batch} of {plan.batches} "
-                           "was complete; the shards do not match lengths.parquet (run valle-prep verify)")
+        raise RuntimeError(
+            f"worker {worker}: shards ended before batch {next_batch} of {plan.batches} "
+            "was complete; the shards do not match lengths.parquet (run valle-prep verify)"
+        )
 
 
 def collate(samples: list[tuple[dict, np.ndarray]], worker: int, index: int) -> dict:
@@ -102,16 +109,21 @@ def collate(samples: list[tuple[dict, np.ndarray]], worker: int, index: int) -> 
         text[i, : len(t)] = t
         audio[i, :, : c.shape[1]] = c
     return {
-        "text": torch.from_numpy(text), "text_lens": torch.from_numpy(text_lens),
-        "codes": torch.from_numpy(audio), "code_lens": torch.from_numpy(code_lens),
-        "ids": [m["id"] for m, _ in samples], "speakers": len({m["speaker"] for m, _ in samples}),
-        "worker": worker, "index": index,
+        "text": torch.from_numpy(text),
+        "text_lens": torch.from_numpy(text_lens),
+        "codes": torch.from_numpy(audio),
+        "code_lens": torch.from_numpy(code_lens),
+        "ids": [m["id"] for m, _ in samples],
+        "speakers": len({m["speaker"] for m, _ in samples}),
+        "worker": worker,
+        "index": index,
         "padding": 1.0 - float(code_lens.sum()) / float(b * code_lens.max()),
     }
 
 
-def make_loader(samples: Samples, plans: list[WorkerPlan], skip: list[int] | None, workers: int,
-                pin_memory: bool = False) -> DataLoader:
+def make_loader(
+    samples: Samples, plans: list[WorkerPlan], skip: list[int] | None, workers: int, pin_memory: bool = False
+) -> DataLoader:
     """A DataLoader replaying `plans` (one per worker; workers = 0 reads in this process).
     pin_memory on CUDA: page-locked batches make the host-to-device copies asynchronous."""
     dataset = PlanDataset(samples, plans, skip or [0] * len(plans))

@@ -10,6 +10,7 @@ each batch's FLOPs at its real lengths, padding, distinct speakers per batch.
 - No host sync per micro-batch: losses and counts add up on the device and are read at log time.
 - Time counts training only: `pause()` before evaluation or checkpointing, `resume()` after.
 """
+
 from __future__ import annotations
 
 import time
@@ -35,8 +36,7 @@ class Window:
         zero = lambda: torch.zeros((), dtype=torch.float64, device=self.device)  # noqa: E731
         self.loss, self.correct, self.tokens = zero(), zero(), zero()
         self.histogram = torch.zeros(self.histogram_shape, dtype=torch.long, device=self.device)
-        self.host = {"positions": 0.0, "frames": 0.0, "flops": 0.0, "padding": 0.0, "speakers": 0.0,
-                     "batches": 0.0}
+        self.host = {"positions": 0.0, "frames": 0.0, "flops": 0.0, "padding": 0.0, "speakers": 0.0, "batches": 0.0}
         self.seconds, self.started = 0.0, time.perf_counter()
 
     def add(self, loss: torch.Tensor, stats: dict, batch: dict, positions: float, flops: float) -> None:
@@ -44,9 +44,14 @@ class Window:
         self.correct += stats["correct"]
         self.tokens += stats["tokens"]
         self.histogram += stats["histogram"]
-        for key, value in (("positions", positions), ("frames", float(batch["code_lens"].sum())),
-                           ("flops", flops), ("padding", batch["padding"]), ("speakers", batch["speakers"]),
-                           ("batches", 1.0)):
+        for key, value in (
+            ("positions", positions),
+            ("frames", float(batch["code_lens"].sum())),
+            ("flops", flops),
+            ("padding", batch["padding"]),
+            ("speakers", batch["speakers"]),
+            ("batches", 1.0),
+        ):
             self.host[key] += value
 
     def _sync(self) -> None:
@@ -71,12 +76,20 @@ class Window:
         counts = histogram.double()
         share = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
         unigram = float(-(counts * torch.where(counts > 0, share.log(), 0.0)).sum()) / max(tokens, 1)
-        record = {"step": step, "loss": loss / max(tokens, 1), "unigram_loss": unigram,
-                  "accuracy": correct / max(tokens, 1), "majority": majority, "lr": lr, "grad_norm": float(grad_norm),
-                  "tokens_per_s": host["positions"] / seconds, "frames_per_s": host["frames"] / seconds,
-                  "mfu": host["flops"] / seconds / (peak * run.world) if peak else None,
-                  "padding": host["padding"] / max(host["batches"], 1),
-                  "speakers_per_batch": host["speakers"] / max(host["batches"], 1),
-                  "seconds": seconds}
+        record = {
+            "step": step,
+            "loss": loss / max(tokens, 1),
+            "unigram_loss": unigram,
+            "accuracy": correct / max(tokens, 1),
+            "majority": majority,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "tokens_per_s": host["positions"] / seconds,
+            "frames_per_s": host["frames"] / seconds,
+            "mfu": host["flops"] / seconds / (peak * run.world) if peak else None,
+            "padding": host["padding"] / max(host["batches"], 1),
+            "speakers_per_batch": host["speakers"] / max(host["batches"], 1),
+            "seconds": seconds,
+        }
         self.reset()
         return record

@@ -39,6 +39,7 @@ Choices of ours (not in the paper):
     the front). Trimming keeps the end of the prompt, which the continuation must join, and
     avoids inventing a padding code the model never saw next to real audio.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -50,11 +51,11 @@ from torch import Tensor
 
 @dataclass
 class SamplingConfig:
-    top_p: float = 0.8                 # nucleus mass v, in (0, 1]
-    window: int = 10                   # K: how many previous codes RAS looks at
+    top_p: float = 0.8  # nucleus mass v, in (0, 1]
+    window: int = 10  # K: how many previous codes RAS looks at
     repetition_threshold: float = 0.1  # t_r: fallback when count / K > t_r
-    temperature: float = 1.0           # divides the logits of both draws; > 0
-    max_frames: int = 75 * 30          # stop after 30 s of 75 Hz codes if no EOS
+    temperature: float = 1.0  # divides the logits of both draws; > 0
+    max_frames: int = 75 * 30  # stop after 30 s of 75 Hz codes if no EOS
 
     def __post_init__(self) -> None:
         if not 0.0 < self.top_p <= 1.0:
@@ -93,7 +94,7 @@ def nucleus_mask(probs: Tensor, top_p: float) -> Tensor:
     mass reach (>=) top_p is the last one kept. The most probable token is always kept.
     """
     sorted_probs, order = torch.sort(probs, descending=True, stable=True)  # (V,), (V,)
-    mass_before = torch.cumsum(sorted_probs, dim=0) - sorted_probs          # (V,)
+    mass_before = torch.cumsum(sorted_probs, dim=0) - sorted_probs  # (V,)
     keep_sorted = mass_before < top_p
     keep_sorted[0] = True
     mask = torch.zeros_like(keep_sorted)
@@ -113,8 +114,9 @@ def repetition_ratio(code: int, history: Sequence[int], window: int) -> float:
     return sum(1 for c in recent if c == code) / window
 
 
-def repetition_aware_sample(logits: Tensor, history: Sequence[int], cfg: SamplingConfig,
-                            generator: torch.Generator) -> int:
+def repetition_aware_sample(
+    logits: Tensor, history: Sequence[int], cfg: SamplingConfig, generator: torch.Generator
+) -> int:
     """VALL-E 2 Algorithm 1 on (V,) logits: nucleus draw, then a fresh draw from the full
     distribution if the nucleus draw's share of the last `cfg.window` codes of `history`
     (codes decoded before this one, oldest first) exceeds `cfg.repetition_threshold`."""
@@ -125,8 +127,7 @@ def repetition_aware_sample(logits: Tensor, history: Sequence[int], cfg: Samplin
     return code
 
 
-def sample_group(logits: Tensor, history: list[int], cfg: SamplingConfig,
-                 generator: torch.Generator) -> list[int]:
+def sample_group(logits: Tensor, history: list[int], cfg: SamplingConfig, generator: torch.Generator) -> list[int]:
     """Draw the G codes of one AR step from (G, V) logits; row i is frame i of the group.
 
     Rule for G > 1: the rows are drawn in order, each by `repetition_aware_sample`, and each drawn
@@ -145,8 +146,7 @@ def sample_group(logits: Tensor, history: list[int], cfg: SamplingConfig,
     return codes
 
 
-def generate_ar(model, text: Tensor, prompt_codes1: Tensor, cfg: SamplingConfig,
-                generator: torch.Generator) -> Tensor:
+def generate_ar(model, text: Tensor, prompt_codes1: Tensor, cfg: SamplingConfig, generator: torch.Generator) -> Tensor:
     """Generate codebook-1 codes after a prompt, G codes per KV-cached step.
 
     text: (1, S) token ids; prompt_codes1: (1, P) codebook-1 codes of the speaker prompt.
@@ -165,7 +165,7 @@ def generate_ar(model, text: Tensor, prompt_codes1: Tensor, cfg: SamplingConfig,
     usable = P - P % G
     if usable == 0:
         raise ValueError(f"prompt has {P} codes, fewer than one group of {G}; give at least {G}")
-    prompt = prompt_codes1[:, P - usable:]  # (1, usable): the oldest P mod G codes dropped
+    prompt = prompt_codes1[:, P - usable :]  # (1, usable): the oldest P mod G codes dropped
 
     generated: list[int] = []
     history: list[int] = []
@@ -173,15 +173,14 @@ def generate_ar(model, text: Tensor, prompt_codes1: Tensor, cfg: SamplingConfig,
         logits, cache = model.prefill(text, prompt)  # (G, V+1)
         while True:
             if logits.shape[0] != G:
-                raise ValueError(f"model returned logits for {logits.shape[0]} frames, "
-                                 f"expected group_size={G}")
+                raise ValueError(f"model returned logits for {logits.shape[0]} frames, expected group_size={G}")
             group = sample_group(logits, history, cfg, generator)
             if eos in group:
-                generated.extend(group[:group.index(eos)])
+                generated.extend(group[: group.index(eos)])
                 break
             generated.extend(group)
             if len(generated) >= cfg.max_frames:
                 break
             step = torch.tensor(group, dtype=torch.long, device=logits.device)  # (G,)
             logits, cache = model.decode_step(step, cache)
-    return torch.tensor(generated[:cfg.max_frames], dtype=torch.long)
+    return torch.tensor(generated[: cfg.max_frames], dtype=torch.long)

@@ -19,27 +19,28 @@ checkpoints' provenance (codec and BPE), the BPE model file's sha256, and the lo
 weights' sha256. Synthesis reuses the pipeline's text normalization and codec loader so that
 the prompt is turned into tokens exactly as the corpus was.
 """
+
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
 import torch
 
-from tokens.codec import CodecConfig, CodecEncoder, WeightsUnavailable
+from schemas.reading import read_index
+from storage.remote import join, read_bytes
+from tokens.audio import read_audio, write_wav
+from tokens.codec import CodecEncoder, codec_for
+from tokens.codec_weights import WeightsUnavailable
 from tokens.constants import FRAME_RATE, SAMPLE_RATE
 from tokens.text import NORMALIZATION, Tokenizer, normalize_text
+from trainer.corpus import provenance_key
 from trainer.models import ARModel, NARModel
 from trainer.models.config import ModelConfig
 from trainer.sampling import SamplingConfig, generate_ar
-from trainer.storage import join, read_bytes
-
 
 LEGACY_PROMPT_SECONDS = (1.5, 3.0)  # what NAR checkpoints saved before the range was recorded trained on
 
@@ -73,21 +74,23 @@ def load_bpe(args, provenance: dict) -> Tokenizer:
         data = _read(args.bpe, "BPE model")
         where = args.bpe
     elif args.data:
-        index = json.loads(_read(join(args.data, "index.json"), "corpus index"))
-        p = index["provenance"]
-        corpus_key = {"codec": {k: p["codec"][k] for k in provenance["codec"]},
-                      "bpe_sha256": p["bpe"]["sha256"], "text": p["text"]}
+        index = read_index(args.data, SynthError)
+        corpus_key = provenance_key(index)
         if corpus_key != provenance:
-            raise SynthError(f"{args.data} was made with other codec/BPE/text settings than the "
-                             f"checkpoints ({corpus_key} vs {provenance}); use the corpus they were trained on")
-        where = join(args.data, p["bpe"]["model"])
+            raise SynthError(
+                f"{args.data} was made with other codec/BPE/text settings than the "
+                f"checkpoints ({corpus_key} vs {provenance}); use the corpus they were trained on"
+            )
+        where = join(args.data, index["provenance"]["bpe"]["model"])
         data = _read(where, "BPE model")
     else:
         raise SynthError("give --data CORPUS (its BPE model is used) or --bpe PATH")
     sha = hashlib.sha256(data).hexdigest()
     if sha != provenance["bpe_sha256"]:
-        raise SynthError(f"BPE model {where} has sha256 {sha}, but the checkpoints were trained with "
-                         f"{provenance['bpe_sha256']}; use the BPE model of their corpus")
+        raise SynthError(
+            f"BPE model {where} has sha256 {sha}, but the checkpoints were trained with "
+            f"{provenance['bpe_sha256']}; use the BPE model of their corpus"
+        )
     return Tokenizer(where, data)  # the model the checkpoints were trained with: it parses
 
 
@@ -100,42 +103,15 @@ def _read(uri: str, what: str) -> bytes:
 
 def load_codec(weights: str, provenance: dict, device: str) -> CodecEncoder:
     """EnCodec with the corpus's bandwidth; refuses weights other than those the corpus used."""
-    codec = provenance["codec"]
-    encoder = CodecEncoder(CodecConfig(weights=weights, bandwidth=codec["bandwidth_kbps"], device=device))
     try:
-        encoder.setup()
-    except WeightsUnavailable as e:
+        return codec_for(provenance["codec"], weights, device)
+    except (WeightsUnavailable, ValueError) as e:
         raise SynthError(f"--codec-weights {weights}: {e}") from None
-    if encoder.weights.sha256 != codec["weights_sha256"]:
-        raise SynthError(
-            f"--codec-weights {weights} loaded EnCodec weights with sha256 {encoder.weights.sha256}, but the "
-            f"checkpoints' corpus was encoded with weights sha256 {codec['weights_sha256']}; pass those "
-            f"weights (a corpus built offline used 'random')")
-    return encoder
-
-
-def read_prompt(path: str) -> np.ndarray:
-    """Any soundfile-readable file -> float32 mono 24 kHz."""
-    try:
-        audio, sr = sf.read(path, dtype="float32", always_2d=True)  # (samples, channels)
-    except (sf.LibsndfileError, RuntimeError) as e:
-        raise SynthError(f"cannot read prompt audio {path}: {e}") from None
-    wave = audio.mean(axis=1)
-    if sr != SAMPLE_RATE:
-        wave = soxr.resample(wave, sr, SAMPLE_RATE, quality="HQ")
-    return np.ascontiguousarray(wave, dtype=np.float32)
-
-
-def write_wav(path: Path, wave: np.ndarray) -> None:
-    """A 16-bit PCM mono 24 kHz wav (what players expect; libsndfile writes no timestamp into
-    PCM files, so the same samples give the same bytes)."""
-    sf.write(path, np.clip(wave, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="WAV")
 
 
 def synthesize(args) -> tuple[np.ndarray, int]:
     """Run the four steps; returns (float32 waveform at 24 kHz, generated frames)."""
-    device = torch.device(args.device if args.device != "auto" else
-                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SynthError(f"--device {args.device}: CUDA is not available here; use auto or cpu")
     if not args.max_seconds > 0:
@@ -143,11 +119,15 @@ def synthesize(args) -> tuple[np.ndarray, int]:
     ar, ar_prov = load_checkpoint(args.ar, ARModel, device)
     nar, nar_prov = load_checkpoint(args.nar, NARModel, device)
     if ar_prov != nar_prov:
-        raise SynthError(f"the AR and NAR checkpoints were trained on corpora with different codec/BPE "
-                         f"provenance ({ar_prov} vs {nar_prov}); their tokens do not mean the same thing")
+        raise SynthError(
+            f"the AR and NAR checkpoints were trained on corpora with different codec/BPE "
+            f"provenance ({ar_prov} vs {nar_prov}); their tokens do not mean the same thing"
+        )
     if ar_prov["text"]["normalization"] != NORMALIZATION:
-        raise SynthError(f"the corpus normalized text as {ar_prov['text']['normalization']!r}; this "
-                         f"pipeline version does {NORMALIZATION!r}")
+        raise SynthError(
+            f"the corpus normalized text as {ar_prov['text']['normalization']!r}; this "
+            f"pipeline version does {NORMALIZATION!r}"
+        )
     K = ar_prov["codec"]["codebooks"]
     if nar.cfg.n_codebooks != K:
         raise SynthError(f"the NAR predicts {nar.cfg.n_codebooks} codebooks, the codec uses {K}")
@@ -164,18 +144,29 @@ def synthesize(args) -> tuple[np.ndarray, int]:
 
     # Prompt codes, made as the corpus's were.
     encoder = load_codec(args.codec_weights, ar_prov, args.device)
-    prompt = torch.from_numpy(encoder.encode([read_prompt(args.prompt_audio)])[0].astype(np.int64))
+    try:
+        prompt_audio = read_audio(args.prompt_audio)
+    except ValueError as e:
+        raise SynthError(f"--prompt-audio: {e}") from None
+    prompt = torch.from_numpy(encoder.encode([prompt_audio])[0].astype(np.int64))
     prompt = prompt[None].to(device)  # (1, K, P)
     P = prompt.shape[2]
     room = min(ar.cfg.max_audio_frames, nar.cfg.max_audio_frames) - P
-    if P < ar.cfg.group_size or room < 1:
-        raise SynthError(f"the prompt is {P / FRAME_RATE:.2f} s ({P} frames); it must be at least "
-                         f"{ar.cfg.group_size} frames and leave room in the models' "
-                         f"{ar.cfg.max_audio_frames} frames")
+    if ar.cfg.group_size > P or room < 1:
+        raise SynthError(
+            f"the prompt is {P / FRAME_RATE:.2f} s ({P} frames); it must be at least "
+            f"{ar.cfg.group_size} frames and leave room in the models' "
+            f"{ar.cfg.max_audio_frames} frames"
+        )
     warn_prompt_range(P, nar.cfg.prompt_seconds)
     max_frames = min(round(args.max_seconds * FRAME_RATE), room)
-    sampling = SamplingConfig(top_p=args.top_p, window=args.window, repetition_threshold=args.threshold,
-                              temperature=args.temperature, max_frames=max_frames)
+    sampling = SamplingConfig(
+        top_p=args.top_p,
+        window=args.window,
+        repetition_threshold=args.threshold,
+        temperature=args.temperature,
+        max_frames=max_frames,
+    )
 
     # AR codebook 1, NAR codebooks 2..K, then the decoder.
     torch.manual_seed(args.seed)
@@ -193,9 +184,12 @@ def warn_prompt_range(frames: int, trained: tuple[float, float]) -> None:
     """The NAR has only seen prompts of `trained` seconds; say so when this one is outside."""
     seconds, (low, high) = frames / FRAME_RATE, trained
     if not low <= seconds <= high:
-        print(f"valle-synth: warning: the prompt is {seconds:.2f} s, but the NAR checkpoint was trained on "
-              f"{low:g}-{high:g} s prompts (model.prompt_seconds); quality may suffer. Use a prompt in that "
-              "range, or train the NAR with a range that covers it.", file=sys.stderr)
+        print(
+            f"valle-synth: warning: the prompt is {seconds:.2f} s, but the NAR checkpoint was trained on "
+            f"{low:g}-{high:g} s prompts (model.prompt_seconds); quality may suffer. Use a prompt in that "
+            "range, or train the NAR with a range that covers it.",
+            file=sys.stderr,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ weights_only=True), log.jsonl and TensorBoard events. `--resume` continues from 
 checkpoint exactly: the loader skips what the interrupted epoch had delivered and the RNG streams
 continue; a resume that changed a setting shaping the data plan is refused, naming it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,6 +53,7 @@ def schedule(cfg: TrainConfig):
         if step < warmup:
             return (step + 1) / warmup
         return max(0.0, (total - step) / max(1, total - warmup))
+
     return factor
 
 
@@ -67,8 +69,14 @@ class TrainingData:
         self.too_long = int((~self.keep).sum())
 
     def plan(self, cfg: TrainConfig, epoch: int, world: int, workers: int, multiple_of: int) -> EpochPlan:
-        batching = BatchingConfig(cfg.data.max_frames, cfg.data.buckets, cfg.data.shuffle_buffer,
-                                  cfg.data.interleave, cfg.run.seed, multiple_of)
+        batching = BatchingConfig(
+            cfg.data.max_frames,
+            cfg.data.buckets,
+            cfg.data.shuffle_buffer,
+            cfg.data.interleave,
+            cfg.run.seed,
+            multiple_of,
+        )
         return plan_epoch(self.cost, self.keep, self.samples.offsets, epoch, world, max(1, workers), batching)
 
     def loader(self, plan: EpochPlan, rank: int, workers: int, skip=None, pin_memory=False) -> DataLoader:
@@ -82,7 +90,7 @@ def to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def evaluate(model: "LossModule", data: TrainingData | None, cfg: TrainConfig, run: Run) -> dict | None:
+def evaluate(model: LossModule, data: TrainingData | None, cfg: TrainConfig, run: Run) -> dict | None:
     """Dev loss and accuracy beside the majority baseline. Every rank plans the (small) dev set
     alone and takes every world-th batch, so any number of dev shards works with any world."""
     if data is None:
@@ -131,8 +139,10 @@ def optimizer_steps(loader, accumulate: int):
             yield group
             group = []
     if group:
-        raise RuntimeError(f"{len(group)} micro-batches left over at the end of an epoch; "
-                           f"the plan should hold a multiple of optim.accumulate={accumulate}")
+        raise RuntimeError(
+            f"{len(group)} micro-batches left over at the end of an epoch; "
+            f"the plan should hold a multiple of optim.accumulate={accumulate}"
+        )
 
 
 def accumulate_gradients(wrapped, group: list[dict], run: Run, generator, window: Window, model) -> None:
@@ -150,8 +160,7 @@ def accumulate_gradients(wrapped, group: list[dict], run: Run, generator, window
         window.add(loss, stats, batch, positions, flops)
 
 
-def train(cfg: TrainConfig, data: list[str], *, resume: bool = False,
-          allow_random_codec: bool = False) -> dict:
+def train(cfg: TrainConfig, data: list[str], *, resume: bool = False, allow_random_codec: bool = False) -> dict:
     run = Run()
     try:
         return _train(run, cfg, data, resume, allow_random_codec)
@@ -162,11 +171,17 @@ def train(cfg: TrainConfig, data: list[str], *, resume: bool = False,
 def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_random_codec: bool) -> dict:
     torch.manual_seed(cfg.run.seed + run.rank)
     out = Path(cfg.run.out)
-    corpora = [open_corpus(d, roles=("train",), fmt=cfg.data.format,
-                           allow_random_codec=allow_random_codec) for d in data]
+    corpora = [
+        open_corpus(d, roles=("train",), fmt=cfg.data.format, allow_random_codec=allow_random_codec) for d in data
+    ]
     check_compatible(corpora)
-    dev = [c for c in (open_corpus(d, roles=("dev",), fmt=cfg.data.format,
-                                   allow_random_codec=allow_random_codec) for d in data) if c.shards]
+    dev = [
+        c
+        for c in (
+            open_corpus(d, roles=("dev",), fmt=cfg.data.format, allow_random_codec=allow_random_codec) for d in data
+        )
+        if c.shards
+    ]
     model = build_model(cfg, corpora[0].vocab_size, corpora[0].codebooks)
     training = TrainingData(corpora, model)
     dev_data = TrainingData(dev, model) if dev else None
@@ -189,12 +204,15 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
     wrapped = loss_module
     if run.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(
-            loss_module, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+            loss_module, device_ids=[run.device.index] if run.device.type == "cuda" else None
+        )
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.optim.lr,
+        betas=tuple(cfg.optim.betas),
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(cfg))
     if saved is not None:
         optimizer.load_state_dict(saved["optimizer"])
@@ -215,12 +233,20 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
     while step < cfg.run.max_steps:
         plan = training.plan(cfg, state.epoch, run.world, cfg.data.workers, cfg.optim.accumulate)
         if run.main:  # printed for the first epoch of this process, logged for every one
-            _emit({"step": step, "epoch": state.epoch, **{f"plan_{k}": v for k, v in
-                                                          training.stats(plan, run.rank).items()}},
-                  log, None, quiet=not first_plan)
+            _emit(
+                {
+                    "step": step,
+                    "epoch": state.epoch,
+                    **{f"plan_{k}": v for k, v in training.stats(plan, run.rank).items()},
+                },
+                log,
+                None,
+                quiet=not first_plan,
+            )
             first_plan = False
-        loader = training.loader(plan, run.rank, cfg.data.workers, state.delivered,
-                                 pin_memory=run.device.type == "cuda")
+        loader = training.loader(
+            plan, run.rank, cfg.data.workers, state.delivered, pin_memory=run.device.type == "cuda"
+        )
         for group in optimizer_steps(loader, cfg.optim.accumulate):
             accumulate_gradients(wrapped, group, run, generator, window, model)
             for batch in group:
@@ -243,8 +269,7 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
                     if run.main:
                         _emit({"step": step, **dev_stats}, log, writer)
                 if saving:
-                    save_checkpoint(out, cfg, run, model, optimizer, scheduler, step, state, generator,
-                                    corpora[0], key)
+                    save_checkpoint(out, cfg, run, model, optimizer, scheduler, step, state, generator, corpora[0], key)
                 window.resume()
             if step >= cfg.run.max_steps:
                 break
@@ -262,12 +287,20 @@ def save_checkpoint(out, cfg, run, model, optimizer, scheduler, step, state, gen
     rngs = run.all_gather(checkpoint.rng_state(generator))
     if not run.main:
         return
-    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-               "scheduler": scheduler.state_dict(), "step": step, "loader": loaders, "rng": rngs,
-               "world": run.world, "plan": key, "provenance": corpus.provenance_key,
-               "model_kind": model.__class__.__name__,
-               "model_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(model.cfg).items()},
-               "bpe_sha256": corpus.index["provenance"]["bpe"]["sha256"]}
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "loader": loaders,
+        "rng": rngs,
+        "world": run.world,
+        "plan": key,
+        "provenance": corpus.provenance_key,
+        "model_kind": model.__class__.__name__,
+        "model_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(model.cfg).items()},
+        "bpe_sha256": corpus.index["provenance"]["bpe"]["sha256"],
+    }
     checkpoint.save(out, payload, step, cfg.run.keep_last, cfg.run.keep_every)
 
 
@@ -280,8 +313,7 @@ def _emit(record: dict, log, writer, quiet: bool = False) -> None:
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)):
                 writer.add_scalar(key, value, record["step"])
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
-          flush=True)
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), flush=True)
 
 
 def _tensorboard(out: Path):
@@ -298,8 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     parser.add_argument("--data", action="append", required=True, help="corpus folder or URL (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.out")
-    parser.add_argument("--allow-random-codec", action="store_true",
-                        help="train on a corpus whose codes came from a random-init EnCodec (tests only)")
+    parser.add_argument(
+        "--allow-random-codec",
+        action="store_true",
+        help="train on a corpus whose codes came from a random-init EnCodec (tests only)",
+    )
     args = parser.parse_intermixed_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)

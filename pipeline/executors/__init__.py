@@ -9,20 +9,19 @@ passes, audio seconds, seconds per step: where the time goes).
   thread so a unit decodes while its previous chunk encodes. Tests, benchmarks, small jobs.
 - `RayExecutor` (ray_cluster.py): production. Codec workers as Ray actors (a GPU each, or a CPU
   node each), unit tasks on their workers' nodes, restarts and retries.
-Stage code (pipeline.unit, pipeline.codec_worker) knows neither.
+Stage code (pipeline.encode.unit, pipeline.encode.codec_worker) knows neither.
 """
+
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from tqdm import tqdm
 
-from pipeline.unit import UnitJob
-
-if TYPE_CHECKING:  # torch loads only where the codec runs
-    from tokens.codec import CodecConfig, CodecWeights
+from pipeline.encode.unit import UnitJob
+from tokens.codec_settings import CodecConfig, CodecWeights
 
 
 @dataclass
@@ -50,8 +49,13 @@ def chunked(jobs: list[UnitJob], batch_seconds: float) -> list[UnitJob]:
 
 def progress_bar(jobs: list[UnitJob], progress: bool) -> tqdm:
     """Progress in seconds of audio, so the rate reads as "x real time"."""
-    return tqdm(total=round(sum(j.unit.seconds for j in jobs)), unit="s audio", unit_scale=True,
-                desc=f"encoding {len(jobs)} units", disable=not progress)
+    return tqdm(
+        total=round(sum(j.unit.seconds for j in jobs)),
+        unit="s audio",
+        unit_scale=True,
+        desc=f"encoding {len(jobs)} units",
+        disable=not progress,
+    )
 
 
 def failure(job: UnitJob, err: BaseException) -> dict:

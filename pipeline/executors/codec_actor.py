@@ -4,9 +4,10 @@ Apart from ray_cluster.py, and torch-free until constructed: unit tasks import r
 hold a handle to this actor (which imports this module), and decode workers start faster and
 smaller without torch (~350 MB).
 """
+
 from __future__ import annotations
 
-from pipeline.codec_worker import CodecWorker
+from pipeline.encode.codec_worker import CodecWorker
 
 
 class CodecActor(CodecWorker):

@@ -3,15 +3,16 @@
 The codec worker runs in a background thread: while it encodes a chunk, the unit decodes the
 next (torch and libsndfile release the GIL). Same stage code and same codes as on Ray.
 """
+
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from tokens.codec import batch_seconds
-from pipeline.codec_worker import CodecWorker
+from pipeline.encode.codec_worker import CodecWorker
+from pipeline.encode.unit import UnitJob, run_unit
 from pipeline.executors import CodecSpec, UnitsOutcome, chunked, failure, progress_bar
-from pipeline.unit import UnitJob, run_unit
+from tokens.codec_settings import batch_seconds
 
 
 class LocalExecutor:
@@ -25,6 +26,7 @@ class LocalExecutor:
         outcome = UnitsOutcome()
         bar = progress_bar(jobs, progress)
         with ThreadPoolExecutor(1, thread_name_prefix="codec") as codec_thread:
+
             def encode_async(windows, rates):
                 return codec_thread.submit(worker.encode, windows, rates).result
 

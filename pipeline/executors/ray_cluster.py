@@ -16,6 +16,7 @@ In: the pending units, the driver's resolved codec, the `ray:` settings. Out: `U
   fails for a reason of the cluster (an actor or node lost) is retried on another worker; a
   unit that fails for its own reason fails alone and the run reports it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,9 +25,10 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from pipeline.encode.unit import UnitJob, run_unit
 from pipeline.executors import CodecSpec, UnitsOutcome, chunked, failure, progress_bar
 from pipeline.executors.placement import ClusterMismatch, CodecSlot, cluster_summary, plan_slots, uses_gpu
-from pipeline.unit import UnitJob, run_unit
+from tokens.codec_settings import batch_seconds
 
 if TYPE_CHECKING:
     from pipeline.dag import RayConfig
@@ -51,9 +53,18 @@ def cluster_failure(err: BaseException) -> bool:
     """True when `err` is the cluster's doing (a process, actor or node lost), not the unit's."""
     import ray.exceptions as rex
 
-    lost = (rex.RayActorError, rex.ActorUnavailableError, rex.WorkerCrashedError, rex.NodeDiedError,
-            rex.ObjectLostError, rex.OwnerDiedError, rex.TaskUnschedulableError,
-            rex.ActorUnschedulableError, rex.LocalRayletDiedError, rex.RaySystemError)
+    lost = (
+        rex.RayActorError,
+        rex.ActorUnavailableError,
+        rex.WorkerCrashedError,
+        rex.NodeDiedError,
+        rex.ObjectLostError,
+        rex.OwnerDiedError,
+        rex.TaskUnschedulableError,
+        rex.ActorUnschedulableError,
+        rex.LocalRayletDiedError,
+        rex.RaySystemError,
+    )
     if isinstance(err, rex.RayTaskError) and not isinstance(err, lost):
         return isinstance(err.cause, lost)
     return isinstance(err, lost)
@@ -117,8 +128,6 @@ class RayExecutor:
     def run_units(self, jobs: list[UnitJob], codec: CodecSpec, progress: bool) -> UnitsOutcome:
         import ray
 
-        from tokens.codec import batch_seconds
-
         started_here = not ray.is_initialized()
         if started_here:
             _init_ray(self.cfg)
@@ -126,8 +135,9 @@ class RayExecutor:
         try:
             nodes = ray.nodes()
             use_gpu = uses_gpu(codec.cfg.device, nodes)
-            slots = plan_slots(nodes, use_gpu, self.cfg.codec_workers, self.cfg.cpus_per_codec_worker,
-                               self.cfg.units_in_flight)
+            slots = plan_slots(
+                nodes, use_gpu, self.cfg.codec_workers, self.cfg.cpus_per_codec_worker, self.cfg.units_in_flight
+            )
             cfg = replace(codec.cfg, device="cuda" if use_gpu else "cpu")
             workers = self._start(slots, cfg, codec)
             jobs = chunked(jobs, batch_seconds(cfg, "cuda" if use_gpu else "cpu"))
@@ -159,19 +169,26 @@ class RayExecutor:
         actor_cls, workers = ray.remote(CodecActor), []
         for slot in slots:
             options = actor_cls.options(
-                num_cpus=slot.num_cpus, num_gpus=slot.num_gpus,
-                max_restarts=self.cfg.codec_restarts, max_task_retries=self.cfg.codec_restarts,
+                num_cpus=slot.num_cpus,
+                num_gpus=slot.num_gpus,
+                max_restarts=self.cfg.codec_restarts,
+                max_task_retries=self.cfg.codec_restarts,
                 max_concurrency=slot.units_in_flight + 2,  # its unit tasks, plus ready/stats
                 # Pinned to its node: after a crash it restarts there. If the node is gone it dies,
                 # and its units move to the other workers; restarting on another node would take
                 # the CPUs that node's unit tasks need, and they would wait for it forever.
-                scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False))
+                scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False),
+            )
             actor = options.remote(cfg, [state], codec.weights, slot.threads, slot.resample_threads)
-            workers.append(_Worker(slot, actor, slot.node_id, probe=actor.ready.remote(),
-                                   down_since=time.monotonic()))
-        log.info("%d codec worker(s): %s", len(workers), ", ".join(
-            f"{'GPU' if s.num_gpus else f'CPU x{s.threads}'} on {s.node_id[:8]} fed by {s.units_in_flight} units"
-            for s in slots))
+            workers.append(_Worker(slot, actor, slot.node_id, probe=actor.ready.remote(), down_since=time.monotonic()))
+        log.info(
+            "%d codec worker(s): %s",
+            len(workers),
+            ", ".join(
+                f"{'GPU' if s.num_gpus else f'CPU x{s.threads}'} on {s.node_id[:8]} fed by {s.units_in_flight} units"
+                for s in slots
+            ),
+        )
         return workers
 
     def _schedule(self, jobs: list[UnitJob], workers: list[_Worker], progress: bool, cluster: str) -> UnitsOutcome:
@@ -187,8 +204,12 @@ class RayExecutor:
                 if not any(not w.dead for w in workers):
                     while queue:
                         attempt = queue.popleft()
-                        outcome.failed.append({"unit": attempt.job.unit.name,
-                                               "error": "every codec worker is lost (see the errors above)"})
+                        outcome.failed.append(
+                            {
+                                "unit": attempt.job.unit.name,
+                                "error": "every codec worker is lost (see the errors above)",
+                            }
+                        )
                         bar.update(round(attempt.job.unit.seconds))
                     if not running:
                         break
@@ -211,13 +232,16 @@ class RayExecutor:
                 attempt = next((a for a in queue if id(worker) not in a.avoid), queue[0])
                 queue.remove(attempt)
                 task = self._unit_task.options(
-                    num_cpus=1, max_retries=2,  # Ray re-runs it if its process or node is lost
-                    scheduling_strategy=NodeAffinitySchedulingStrategy(worker.node_id, soft=True))
+                    num_cpus=1,
+                    max_retries=2,  # Ray re-runs it if its process or node is lost
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(worker.node_id, soft=True),
+                )
                 running[task.remote(attempt.job, worker.actor)] = (attempt, worker)
                 worker.running += 1
 
-    def _wait(self, queue: deque, running: dict, workers: list[_Worker], outcome: UnitsOutcome, bar,
-              cluster: str) -> None:
+    def _wait(
+        self, queue: deque, running: dict, workers: list[_Worker], outcome: UnitsOutcome, bar, cluster: str
+    ) -> None:
         """Handle what finishes first: a unit (done, failed, or lost and queued again) or a
         worker's probe; then the workers' deadlines."""
         import ray
@@ -239,8 +263,11 @@ class RayExecutor:
             except Exception as err:
                 _stop_if_start_failed(worker, err)
                 if cluster_failure(err) and attempt.tries < self.cfg.codec_restarts:
-                    log.warning("unit %s lost its codec worker or node (%s); retrying it",
-                                attempt.job.unit.name, type(err).__name__)
+                    log.warning(
+                        "unit %s lost its codec worker or node (%s); retrying it",
+                        attempt.job.unit.name,
+                        type(err).__name__,
+                    )
                     attempt.tries += 1
                     attempt.avoid.add(id(worker))
                     queue.appendleft(attempt)
@@ -257,9 +284,13 @@ class RayExecutor:
                 raise ClusterMismatch(
                     f"a codec worker ({s.num_cpus} CPUs, {s.num_gpus} GPU on node {s.node_id[:8]}) did "
                     f"not start within ray.start_timeout_s={self.cfg.start_timeout_s:g} s on a cluster "
-                    f"with {cluster}; check `ray status` for what holds the resources")
-            log.warning("codec worker on node %s did not come back within %g s; going on without it",
-                        w.node_id[:8], self.cfg.start_timeout_s)
+                    f"with {cluster}; check `ray status` for what holds the resources"
+                )
+            log.warning(
+                "codec worker on node %s did not come back within %g s; going on without it",
+                w.node_id[:8],
+                self.cfg.start_timeout_s,
+            )
             w.dead, w.down_since, w.probe = True, None, None
 
     def _worker_down(self, worker: _Worker) -> None:
@@ -291,5 +322,6 @@ def _stop_if_start_failed(worker: _Worker, err: BaseException) -> None:
     died = err.cause if isinstance(err, rex.RayTaskError) and isinstance(err.cause, rex.RayActorError) else err
     if isinstance(died, rex.RayActorError) and died.actor_init_failed:
         # The last line of Ray's message is the exception; the traceback is in the worker's log.
-        raise ClusterMismatch(f"a codec worker failed to start on node {worker.slot.node_id[:8]}: "
-                              f"{str(died).strip().splitlines()[-1]}") from None
+        raise ClusterMismatch(
+            f"a codec worker failed to start on node {worker.slot.node_id[:8]}: {str(died).strip().splitlines()[-1]}"
+        ) from None

@@ -28,6 +28,7 @@ one position holds G consecutive codes:
 Synthesis uses `prefill` (text + prompt, returns a KV cache) and `decode_step` (one group at a
 time); `tests/test_models.py` checks they reproduce `forward`'s logits.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ IGNORE = -100  # target value the loss skips
 @dataclass
 class Cache:
     """KV cache for one utterance: each layer's keys/values so far and the next audio position."""
+
     kv: list[KV]  # n_layers x ((1, H, T_so_far, d_head), same)
     next_pos: int  # audio position (in groups, BOS = 0) of the next group fed
 

@@ -5,7 +5,7 @@ and optional overrides. Out: a `ModelConfig`. Presets are plain builder function
 
     cfg = PRESETS["tiny"](text_vocab=500, group_size=2)
 
-- `tiny`: 2 layers, d 64, 4 heads, FFN 256, no dropout; for CPU tests and learning smoke tests
+- `tiny`: 3 layers, d 128, 4 heads, FFN 512, no dropout; for CPU tests and learning smoke tests
   (dropout 0 so a handful of samples can be overfitted quickly).
 - `base`: the VALL-E / VALL-E 2 papers' size: 12 layers, 16 heads, d 1024, FFN 4096, dropout 0.1.
   Parameters besides the text embedding (text_vocab x 1024): the 12 blocks hold 151.2 M
@@ -13,6 +13,7 @@ and optional overrides. Out: a `ModelConfig`. Presets are plain builder function
   per group slot and a G-way head); NAR 167.2 M (8 codebook tables, 7 stage heads, AdaLN).
   With text_vocab 1024: AR G=1 154.3 M, NAR 168.2 M (tests/test_models.py prints them).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace

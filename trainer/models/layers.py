@@ -9,6 +9,7 @@ Masks never leave a query row empty: every position may always attend to itself 
 `attention_mask`), so a padded query row yields finite garbage, never NaN, while real rows never
 see padded keys (a padded position is never a real query's key).
 """
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,10 @@ class SinePositions(nn.Module):
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:  # x (B, T, d)
         end = start + x.shape[1]
         if end > self.max_len:
-            raise ValueError(f"{self.what} of {end} positions exceeds the model's limit of {self.max_len}; "
-                             f"trim the input or raise max_{self.what.replace(' ', '_')} in ModelConfig")
+            raise ValueError(
+                f"{self.what} of {end} positions exceeds the model's limit of {self.max_len}; "
+                f"trim the input or raise max_{self.what.replace(' ', '_')} in ModelConfig"
+            )
         return x + self.alpha * self.pe[start:end].to(x.dtype)
 
 
@@ -87,8 +90,9 @@ class SelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, T, dh)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, T_past + T, dh)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, dh)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, T, dh)
         y = y.transpose(1, 2).reshape(B, T, d)
         return self.resid_drop(self.out(y)), (k, v)
 
@@ -180,5 +184,4 @@ def target_stats(correct, targets, real, bins: int, groups: int = 1, group=None)
     index = torch.where(real, index, groups * bins)  # ignored targets land in a spare bin
     histogram = torch.zeros(groups * bins + 1, dtype=torch.long, device=targets.device)
     histogram.index_add_(0, index, torch.ones_like(index))
-    return {"correct": correct.detach(), "tokens": real.sum().detach(),
-            "histogram": histogram[:-1].view(groups, bins)}
+    return {"correct": correct.detach(), "tokens": real.sum().detach(), "histogram": histogram[:-1].view(groups, bins)}

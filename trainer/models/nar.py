@@ -23,6 +23,7 @@ lo = min(prompt_seconds[0], 3/8 of it): the prompt lengths synthesis will be giv
 evaluated with 3, 5 and 10 s prompts; default 1.5-10 s), and at least a quarter of every
 utterance is left as target.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,8 +34,6 @@ from tokens.constants import FRAME_RATE
 
 from .config import ModelConfig
 from .layers import SinePositions, Transformer, attention_mask, length_mask, target_stats, train_flops
-
-MAX_PROMPT_SHARE = 0.75  # of an utterance, at most, is its prompt; the rest is target
 
 
 class NARModel(nn.Module):

@@ -1,0 +1,107 @@
+"""Codec worker: decoded windows in, codes out; one per GPU (or per CPU node), shared by callers.
+
+In: `encode(windows, rates)`: a chunk of windows as pipeline.encode.segment decodes them (int16 at the
+file's rate for LibriLight) from one unit. Out: uint16 codes (n_q, frames) per window, in order.
+
+Both executors use it: in process (pipeline.executors.local) or as a threaded Ray actor
+(pipeline.executors.ray_cluster), where several units call it at once. Each call resamples its
+windows to 24 kHz float32 in a thread pool (libsoxr releases the GIL) and pads them into host
+batches, then takes the device lock only to run them; so while one call's batches are on the
+device, the next call's host work proceeds. Codes depend only on the call's own windows (their
+batches are formed from them alone), never on what else runs at the same time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from tokens.audio import codec_input
+from tokens.codec_settings import CodecConfig, CodecWeights
+
+
+class CodecWorker:
+    def __init__(
+        self,
+        cfg: CodecConfig,
+        state: dict,
+        weights: CodecWeights,
+        threads: int | None = None,
+        resample_threads: int = 1,
+    ):
+        # oneDNN (CPU convolutions) caches compiled kernels per input shape, 1024 by default, and
+        # every batch has its own padded length: its cache would grow by megabytes per batch for
+        # hours. Read when the first kernel is built, so set before this process encodes.
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
+        import torch  # here, not at the top: a unit task holding a handle to this actor never loads it
+
+        from tokens.codec import CodecEncoder
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.encoder = CodecEncoder(cfg, (state, weights))
+        self.encoder.setup()
+        self.weights = self.encoder.weights
+        self._device_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max(1, resample_threads), thread_name_prefix="resample")
+        self._seconds: Counter = Counter()  # where the time goes, summed over calls
+
+    def encode(self, windows: list[np.ndarray], rates: list[int]) -> list[np.ndarray]:
+        if len(windows) != len(rates):
+            raise ValueError(f"encode: {len(windows)} windows but {len(rates)} rates")
+        t0 = time.perf_counter()
+        waves = list(self._pool.map(codec_input, windows, rates))
+        t1 = time.perf_counter()
+        prepared = self.encoder.prepare(waves)
+        del waves
+        t2 = time.perf_counter()
+        with self._device_lock:
+            t3 = time.perf_counter()
+            codes = self.encoder.run(prepared)
+            t4 = time.perf_counter()
+        del prepared
+        _release_freed_memory()
+        self._add(
+            {
+                "resample": t1 - t0,
+                "pad": t2 - t1,
+                "device_wait": t3 - t2,
+                "device": t4 - t3,
+                "audio": sum(len(w) / r for w, r in zip(windows, rates)),
+            }
+        )
+        return codes
+
+    def _add(self, seconds: dict) -> None:
+        with self._stats_lock:
+            self._seconds.update(seconds)
+
+    def stats(self) -> dict:
+        """Forward passes, audio seconds encoded and seconds spent per step (summed over calls)."""
+        with self._stats_lock:
+            return {"forward_passes": self.encoder.forward_passes, **self._seconds}
+
+    def device(self) -> str:
+        return str(self.encoder.device)
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc's malloc_trim). Each call frees buffers of
+    new sizes (padded batches, resampled audio) from several threads' arenas, which glibc would
+    otherwise keep: a process's memory would creep up with every batch."""
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)

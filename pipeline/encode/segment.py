@@ -1,0 +1,88 @@
+"""Segment: decode one long LibriLight recording once and cut every window of it.
+
+In: the cuts of one recording (compact dicts from pipeline.plan.subsets), a way to read its FLAC bytes,
+duration bounds. Out: the kept cuts' windows at the file's own rate and sample type (int16 for
+16-bit files such as LibriLight's 16 kHz FLACs), and one reject (cut id, reason, detail) for
+every cut dropped. Windows that run past the real end of the file by up to PAST_END_TOLERANCE_S
+are clamped to what exists (the manifests' num_samples are sometimes slightly off); further than
+that, the transcript no longer matches the audio: rejected. Resampling to the codec's 24 kHz
+happens where the audio is encoded (tokens.audio), so what travels is a third the size.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+
+# A window may end this far past the end of its file and be clamped; beyond, it is rejected
+# (window_past_end): its transcript covers words the file does not hold.
+PAST_END_TOLERANCE_S = 0.5
+
+
+@dataclass
+class Segment:
+    cut: dict
+    audio: np.ndarray  # (samples,) int16 (16-bit files) or float32, at `rate`
+    rate: int
+    start: float  # seconds, as cut
+    duration: float  # seconds actually present in the file (<= the manifest's)
+    clamped: bool
+
+
+def reject(cut: dict, reason: str, detail: str = "") -> dict:
+    return {"cut_id": cut["id"], "reason": reason, "detail": detail}
+
+
+def segment_recording(
+    cuts: list[dict], read_bytes: Callable[[str], bytes], min_duration: float, max_duration: float
+) -> tuple[list[Segment], list[dict]]:
+    """Decode the recording all `cuts` share and slice each cut's window out of it."""
+    audio_path = cuts[0]["audio"]
+    try:
+        data = read_bytes(audio_path)
+    except LookupError as err:
+        return [], [reject(c, "missing_audio", str(err)) for c in cuts]
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            # 16-bit files decode to int16: half the memory of float32, and exactly as precise.
+            dtype = "int16" if f.subtype == "PCM_16" else "float32"
+            samples, rate = f.read(dtype=dtype, always_2d=True), f.samplerate  # (n, channels)
+    except Exception as err:  # libsndfile reports corrupt files through several error types
+        return [], [reject(c, "undecodable_audio", f"{audio_path}: {err}") for c in cuts]
+    del data  # the compressed bytes are not needed once decoded
+
+    segments, rejects = [], []
+    total = samples.shape[0]
+    for cut in cuts:
+        channel = cut["channel"] if cut["channel"] < samples.shape[1] else 0
+        first = int(round(cut["start"] * rate))
+        wanted = int(round((cut["start"] + cut["duration"]) * rate))
+        last = min(wanted, total)
+        if first >= total or last <= first or wanted - total > PAST_END_TOLERANCE_S * rate:
+            rejects.append(
+                reject(
+                    cut,
+                    "window_past_end",
+                    f"window {cut['start']:.3f}-{cut['start'] + cut['duration']:.3f}s; "
+                    f"{audio_path} lasts {total / rate:.3f}s",
+                )
+            )
+            continue
+        duration = (last - first) / rate
+        if duration < min_duration:
+            rejects.append(reject(cut, "too_short", f"{duration:.3f}s < {min_duration}s"))
+            continue
+        if duration > max_duration:
+            rejects.append(reject(cut, "too_long", f"{duration:.3f}s > {max_duration}s"))
+            continue
+        window = np.ascontiguousarray(samples[first:last, channel])
+        segments.append(
+            Segment(
+                cut=cut, audio=window, rate=rate, start=cut["start"], duration=round(duration, 6), clamped=last < wanted
+            )
+        )
+    return segments, rejects

@@ -1,0 +1,100 @@
+"""One HTTP range request: the only place that speaks HTTP, for downloads and remote reads alike.
+
+In: a URL, the first byte wanted and optionally the last. Out: a `Response` whose body starts at
+byte `start` of an object `total` bytes long (None: the server does not say), and whether the
+server honoured the range (`partial`: a 206). Redirects are followed (the Hugging Face endpoint
+redirects to a CDN; urllib copies the Range header onto the redirected request).
+
+What the server said, classified once for every caller:
+- `Transient`: worth another attempt: HTTP 5xx, 408, 429; a refused, reset or timed-out
+  connection; a 416 for a byte inside the object.
+- `RangeMismatch`: the answer is for other bytes than asked: a 206 whose Content-Range starts
+  elsewhere, or a 416 saying the object is shorter than the first byte wanted. What was read
+  before cannot be continued.
+- `HttpStatus`: a final answer (404, 403, ...), carrying the status code.
+- a 416 for exactly the object's length means nothing is left to read: a `Response` with no
+  body (`stream` None) and `total` = `start`.
+- a 200 answers a ranged request with the whole object (`partial` False, `start` 0): the caller
+  decides whether to skip to its offset or start over.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import BinaryIO
+
+RETRY_STATUS = (408, 429)  # besides 5xx: "request timeout" and "too many requests" are transient
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
+
+
+class Transient(Exception):
+    """An answer (or no answer) that another attempt may fix."""
+
+
+class RangeMismatch(Exception):
+    """The server answered for other bytes than those asked for."""
+
+
+class HttpStatus(Exception):
+    """A final HTTP status; `code` and `reason` say which."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(f"HTTP {code} {reason}")
+        self.code, self.reason = code, reason
+
+
+@dataclass
+class Response:
+    start: int  # the body's first byte in the object
+    total: int | None  # the object's length; None when the server does not say
+    stream: BinaryIO | None  # None: nothing left to read
+    partial: bool = False  # a 206: the server honoured the Range request
+
+
+def range_header(offset: int, end: int | None) -> dict[str, str]:
+    """The Range header for bytes offset..end (inclusive; None: to the end); none for the whole."""
+    if end is not None:
+        return {"Range": f"bytes={offset}-{end}"}
+    return {"Range": f"bytes={offset}-"} if offset else {}
+
+
+def open_range(url: str, offset: int = 0, end: int | None = None, timeout_s: float = 60.0) -> Response:
+    """GET `url` from byte `offset` (to byte `end`, inclusive, when given)."""
+    request = urllib.request.Request(url, headers=range_header(offset, end))
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout_s)  # noqa: S310 (URLs come from the user)
+    except urllib.error.HTTPError as e:
+        content_range = e.headers.get("Content-Range", "") if e.headers else ""
+        e.close()
+        if e.code == 416 and offset:
+            m = _UNSATISFIED_RANGE.match(content_range)
+            total = int(m.group(1)) if m else offset  # no length given: assume nothing is left
+            if total < offset:
+                raise RangeMismatch(f"HTTP 416: asked for byte {offset} of an object of {total} bytes") from e
+            if total != offset:
+                raise Transient(f"HTTP 416 for byte {offset} of a {total}-byte object") from e
+            return Response(start=offset, total=total, stream=None)
+        if e.code >= 500 or e.code in RETRY_STATUS:
+            raise Transient(f"HTTP {e.code} {e.reason}") from e
+        raise HttpStatus(e.code, str(e.reason)) from e
+    except (OSError, http.client.HTTPException) as e:  # refused, reset, DNS, timeout
+        raise Transient(f"{e!r}") from e
+
+    if response.status == 206:
+        m = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+        if m is None or int(m.group(1)) != offset:
+            got = response.headers.get("Content-Range")
+            response.close()
+            raise RangeMismatch(f"HTTP 206 with Content-Range {got!r} while asking for byte {offset}")
+        total = None if m.group(3) == "*" else int(m.group(3))
+        return Response(start=offset, total=total, stream=response, partial=True)
+    if response.status == 200:
+        length = response.headers.get("Content-Length")
+        return Response(start=0, total=int(length) if length and length.isdigit() else None, stream=response)
+    response.close()
+    raise HttpStatus(response.status, "unexpected (expected 200 or 206)")

@@ -1,0 +1,329 @@
+"""Ranged downloads: one large file fetched as independent byte ranges, written in place.
+
+In: a URL whose server honours `Range` (or a file:// URL), its length, a destination.
+Out: the same `<dest>` + `<dest>.done.json` marker as storage.download, built in
+`<dest>.part` (allocated to its full length up front) and tracked by `<dest>.ranges.json`, the
+range ledger: {"url", "total", "range_bytes", "done": [[first, last], ...]} (runs of finished
+range numbers, so a 3 TB file in 2 GB ranges is ~1,500 ranges and a ledger of a few hundred
+bytes). Pieces, each a plain function so it can run as a Ray task or in a thread
+(pipeline.fetch.transfers schedules them):
+- `probe`: one `Range: bytes=0-0` request: does the server answer 206, and how long is the file;
+- `prepare`: allocate the .part (fallocate where the file system supports it, so a full disk
+  fails now with a clear `DiskFull`, not hours later) and load or start the ledger;
+- `fetch_range`: one range over its own connection, each attempt asking `bytes=<pos>-<end>` from
+  where the previous attempt stopped, written with `os.pwrite` at its offset, checked like
+  storage.download (206 with a Content-Range that starts at <pos>, retries with a budget reset
+  by progress, ENOSPC -> DiskFull), then fsynced. Only after that does the scheduler mark it
+  done in the ledger (atomically: tmp + fsync + rename), so a kill -9 costs at most the ranges
+  in flight, and a re-run fetches exactly the ranges the ledger lacks;
+- `finish`: the whole-file checksum, streamed once over the finished file (md5 cannot be
+  combined from ranges fetched out of order), then rename, marker, ledger removed.
+A .part left by a single-stream attempt (no ledger) is not wasted: the ranges its contiguous
+prefix covers count as done, and the checksum vouches for them at the end as for the rest.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import http.client
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage.download import (
+    DownloadError,
+    Restart,
+    Retryable,
+    disk_full,
+    file_size,
+    local_path,
+    open_http,
+    part_path,
+    retry_until_done,
+    verify_part,
+    write_marker,
+)
+from storage.files import fsync_dir, read_json, write_json_atomic
+from storage.hashing import Checksum
+from storage.http import Response
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1024 * 1024
+
+
+class RangesIgnored(DownloadError):
+    """The server answered a ranged request with the whole file (200): stream it instead."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    total: int | None  # the file's length; None when the server does not say
+    ranges: bool  # whether it answered a Range request with 206
+
+
+@dataclass(frozen=True)
+class RangeJob:
+    url: str
+    part: str  # the .part file, already allocated to the full length
+    index: int
+    start: int
+    end: int  # inclusive
+    total: int  # the whole file's length, as probed
+    retries: int = 8
+    backoff_s: float = 1.0
+    timeout_s: float = 60.0
+
+
+def ledger_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".ranges.json")
+
+
+def probe(url: str, *, retries: int = 8, backoff_s: float = 1.0, timeout_s: float = 60.0) -> Probe:
+    """Ask for byte 0 only: a 206 with a length means ranges work; a 200 means they do not."""
+    if url.startswith("file:"):
+        path = local_path(url)
+        try:
+            return Probe(total=path.stat().st_size, ranges=True)
+        except FileNotFoundError:
+            raise DownloadError(f"{url}: local file {path} does not exist") from None
+    found: list[Probe] = []
+
+    def attempt():
+        body = open_http(url, 0, timeout_s, end=0)
+        if body.stream is not None:
+            body.stream.close()
+        found.append(Probe(total=body.total, ranges=body.partial and body.total is not None))
+
+    retry_until_done(attempt, lambda: 0, url, retries, backoff_s)
+    return found[-1]
+
+
+@dataclass
+class RangeLedger:
+    path: Path
+    url: str
+    total: int
+    range_bytes: int
+    done: set[int]
+
+    @property
+    def count(self) -> int:
+        return -(-self.total // self.range_bytes)
+
+    def bounds(self, index: int) -> tuple[int, int]:
+        """First and last byte (inclusive) of range `index`."""
+        start = index * self.range_bytes
+        return start, min(start + self.range_bytes, self.total) - 1
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.count) if i not in self.done]
+
+    def done_bytes(self) -> int:
+        return sum(self.bounds(i)[1] - self.bounds(i)[0] + 1 for i in self.done)
+
+    def save(self) -> None:
+        runs: list[list[int]] = []
+        for i in sorted(self.done):
+            if runs and runs[-1][1] == i - 1:
+                runs[-1][1] = i
+            else:
+                runs.append([i, i])
+        write_json_atomic(
+            self.path, {"url": self.url, "total": self.total, "range_bytes": self.range_bytes, "done": runs}
+        )
+
+    @classmethod
+    def load(cls, dest: Path) -> RangeLedger | None:
+        data = read_json(ledger_path(dest))
+        try:
+            done = {i for first, last in data["done"] for i in range(first, last + 1)}
+            return cls(ledger_path(dest), data["url"], int(data["total"]), int(data["range_bytes"]), done)
+        except (TypeError, KeyError, ValueError):
+            return None
+
+
+def prepare(url: str, dest: Path, total: int, range_bytes: int) -> RangeLedger:
+    """The ledger of `dest`'s ranged download, with the .part allocated to `total` bytes.
+
+    An existing ledger for the same length is kept with its own range size (so a changed
+    `range_mb` never invalidates finished ranges); one for another length means the remote file
+    changed, and everything restarts."""
+    dest = Path(dest)
+    part = part_path(dest)
+    ledger = RangeLedger.load(dest)
+    if ledger is not None and ledger.total == total and file_size(part) == total:
+        return ledger
+    if ledger is not None:
+        log.warning(
+            "%s: the range ledger is for %d bytes but %s has %d (or the .part is gone); starting over",
+            dest,
+            ledger.total,
+            url,
+            total,
+        )
+        part.unlink(missing_ok=True)
+    ledger_path(dest).unlink(missing_ok=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    prefix = min(file_size(part), total)  # a single-stream attempt's contiguous bytes
+    _allocate(part, total, prefix)
+    ledger = RangeLedger(ledger_path(dest), url, total, range_bytes, set())
+    ledger.done = {i for i in range(ledger.count) if ledger.bounds(i)[1] < prefix}
+    if ledger.done:
+        log.info("%s: keeping %d bytes of an earlier single-stream attempt", dest, ledger.done_bytes())
+    ledger.save()  # after the allocation: a ledger always describes a full-length .part
+    return ledger
+
+
+def _allocate(part: Path, total: int, have: int) -> None:
+    need = total - have
+    free = shutil.disk_usage(part.parent).free
+    if need > free:
+        raise disk_full(part, need)
+    fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            allocated = _fallocate(fd, total)
+        except OSError as e:
+            raise disk_full(part, need, e) from None
+        if not allocated:  # a file system (or OS) without it: a sparse file
+            os.ftruncate(fd, total)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(part.parent)
+
+
+def _fallocate(fd: int, total: int) -> bool:
+    """Reserve `total` bytes with Linux fallocate(2); False where it is not supported. Not
+    os.posix_fallocate: on a file system without fallocate (NFSv3, say) glibc emulates it by
+    writing every block, hours for 3 TB. Raises OSError(ENOSPC) when the disk has no room."""
+    try:
+        call = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return False
+    call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if call(fd, 0, 0, total) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.ENOSPC:
+        raise OSError(err, os.strerror(err))
+    return False
+
+
+def fetch_range(job: RangeJob, report: Callable[[int], None] = lambda n: None) -> int:
+    """Fetch bytes start..end of `job.url` into the .part at the same offsets, fsync them;
+    returns the range's index. `report(n)` is told of every n bytes written (progress; it may
+    raise to stop the fetch)."""
+    pos = job.start
+    fd = os.open(job.part, os.O_WRONLY)
+
+    def attempt():
+        nonlocal pos
+        body = _open_range(job, pos)
+        try:
+            while pos <= job.end:
+                try:
+                    chunk = body.stream.read(min(CHUNK_BYTES, job.end + 1 - pos))
+                except (OSError, http.client.HTTPException) as e:
+                    raise Retryable(f"connection lost at byte {pos}: {e!r}") from e
+                if not chunk:
+                    raise Retryable(f"body ended at byte {pos} of range {job.start}-{job.end}")
+                _pwrite_all(fd, chunk, pos, job)
+                pos += len(chunk)
+                report(len(chunk))
+        finally:
+            body.stream.close()
+
+    try:
+        retry_until_done(attempt, lambda: pos, f"{job.url} (bytes {job.start}-{job.end})", job.retries, job.backoff_s)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return job.index
+
+
+def _open_range(job: RangeJob, pos: int) -> Response:
+    if job.url.startswith("file:"):
+        try:
+            f = open(local_path(job.url), "rb")
+        except OSError as e:
+            raise DownloadError(f"{job.url}: cannot read: {e}") from e
+        f.seek(pos)
+        return Response(start=pos, total=None, stream=f, partial=True)
+    try:
+        body = open_http(job.url, pos, job.timeout_s, end=job.end)
+    except Restart as e:  # 416 or a Content-Range elsewhere: the remote file is not what it was
+        raise DownloadError(
+            f"{job.url}: bytes {pos}-{job.end} cannot be had ({e}); the remote file "
+            f"changed? Delete {job.part} and its .ranges.json and run again"
+        ) from e
+    if body.stream is None:
+        raise DownloadError(
+            f"{job.url}: nothing to read at byte {pos} of a {job.total}-byte file; "
+            f"the remote file changed? Delete {job.part} and run again"
+        )
+    if not body.partial:
+        body.stream.close()
+        raise RangesIgnored(
+            f"{job.url}: the server answered a request for bytes {pos}-{job.end} "
+            f"with the whole file; run again to fetch it as one stream"
+        )
+    if body.total is not None and body.total != job.total:
+        body.stream.close()
+        raise DownloadError(
+            f"{job.url}: the file is now {body.total} bytes, not {job.total}; the "
+            f"remote file changed: run again to start it over"
+        )
+    return body
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int, job: RangeJob) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.pwrite(fd, view, offset)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            raise disk_full(Path(job.part), None, e) from None
+        view, offset = view[written:], offset + written
+
+
+def finish(url: str, dest: Path, checksum: Checksum | None) -> Path:
+    """Verify the finished .part against the checksum (one streamed pass), then make it `dest`
+    with its marker; the ledger goes last. A mismatch deletes the .part and the ledger."""
+    dest = Path(dest)
+    part = part_path(dest)
+    try:
+        verify_part(part, url, checksum)
+    except DownloadError:
+        ledger_path(dest).unlink(missing_ok=True)
+        raise
+    os.replace(part, dest)  # the .part was fsynced range by range
+    fsync_dir(dest.parent)
+    write_marker(dest, url, checksum)
+    ledger_path(dest).unlink(missing_ok=True)
+    return dest
+
+
+def forget_ranges(dest: Path) -> None:
+    """Before streaming a file that has a ledger: keep only the .part's contiguous finished
+    prefix, so the single stream resumes from there. Truncate first, then drop the ledger: a
+    crash in between leaves a ledger that no longer matches the .part's length, which is ignored."""
+    dest = Path(dest)
+    ledger = RangeLedger.load(dest)
+    if ledger is None:
+        return
+    prefix = 0
+    while prefix < ledger.count and prefix in ledger.done:
+        prefix += 1
+    keep = ledger.bounds(prefix - 1)[1] + 1 if prefix else 0
+    part = part_path(dest)
+    if part.exists():
+        os.truncate(part, keep)
+    ledger.path.unlink(missing_ok=True)

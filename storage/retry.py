@@ -1,0 +1,81 @@
+"""The one retry loop: transient failures retried with capped exponential backoff, until a
+budget of failures in a row without progress is spent.
+
+Every remote transfer in the project goes through `retry`: downloads (whole files and byte
+ranges) and remote reads (shards streamed or read by ranges). An attempt that moves `position()`
+(bytes on disk, the offset of a stream) past its best so far resets the budget, so a multi-day
+3 TB transfer survives any number of routine drops while a server that never gets further still
+fails within minutes. Each caller says which errors are transient and what to raise when it
+gives up (its own error type, naming the URL).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Seconds to wait before the n-th retry in a row: first_s x 2^(n-1), at most cap_s; with
+    jitter, a uniform share of 50-100 % of that (readers that fail together retry apart)."""
+
+    first_s: float = 1.0
+    cap_s: float = 60.0
+    jitter: bool = False
+
+    def delay(self, failures: int) -> float:
+        wait = min(self.cap_s, self.first_s * 2 ** (failures - 1))
+        return wait * random.uniform(0.5, 1.0) if self.jitter else wait
+
+
+def retry(
+    attempt: Callable[[], T],
+    *,
+    transient: tuple[type[BaseException], ...],
+    attempts: int,
+    backoff: Backoff,
+    give_up: Callable[[BaseException, int, int], BaseException],
+    what: str = "",
+    position: Callable[[], int] = lambda: 0,
+    after_failure: Callable[[], None] = lambda: None,
+) -> T:
+    """Call `attempt()` until it returns and return its value. An exception of a `transient`
+    type is retried after `backoff`; any other propagates at once. After `attempts` transient
+    failures in a row that did not move `position()` past its largest value so far, raise
+    `give_up(last error, attempts made, best position)`. `after_failure()` runs after each
+    transient failure (e.g. to drop a broken connection)."""
+    best, stalled, made = position(), 0, 0
+    while True:
+        made += 1
+        try:
+            return attempt()
+        except transient as err:
+            last = err
+        after_failure()
+        now = position()
+        if now > best:  # progress: the budget is for failures in a row
+            best, stalled = now, 0
+        stalled += 1
+        if stalled >= attempts:
+            raise give_up(last, made, best) from last
+        wait = backoff.delay(stalled)
+        log.warning(
+            "%s: %s: %s; retrying from byte %d in %.1f s (%d of %d attempts left without progress)",
+            what,
+            type(last).__name__,
+            last,
+            now,
+            wait,
+            attempts - stalled,
+            attempts,
+        )
+        time.sleep(wait)

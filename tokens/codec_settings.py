@@ -1,0 +1,102 @@
+"""EnCodec 24 kHz settings and numbers, without torch: what the DAG loader, the planner and
+unit tasks need to know about the codec without loading it.
+
+In: a `CodecConfig` (the DAG's `codec:` section). Out: its checks (`problems`), the codebooks a
+bandwidth uses, the frames a number of samples gives, the padded seconds per forward pass on a
+device, and `CodecWeights`, the provenance of the weights that made a corpus's codes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage.hashing import Checksum
+from storage.settings import Problems, positive
+from tokens.constants import FRAME_RATE, HOP
+
+ENCODEC_24KHZ_URL = "https://dl.fbaipublicfiles.com/encodec/v0/encodec_24khz-d7cc33bc.th"
+# sha256 of that file (93,171,529 bytes). Its first 8 hex digits are the "d7cc33bc" in the file
+# name, which is what encodec/torch.hub check; the full digest is the one pinned by several
+# independent public projects that verify this exact file.
+ENCODEC_24KHZ_SHA256 = "sha256:d7cc33bcf1aad7f2dad9836f36431530744abeace3ca033005e3290ed4fa47bf"
+
+BANDWIDTHS = (1.5, 3.0, 6.0, 12.0, 24.0)  # kbps the 24 kHz model was trained for
+# The widest reflect padding (the last conv: kernel 7 at 75 Hz) reads 6 frames ahead: an
+# utterance needs 7 frames of its own so that reading never reaches what follows it in a batch.
+MIN_FRAMES = 7
+WEIGHT_KINDS = ("pretrained", "auto", "random")  # or a checkpoint path
+
+# Numerical modes of the encoder. "exact" is float32 with TF32 off: the reference. The fast modes
+# trade a share of codes (measured per codebook by bench/bench_codec_gpu.py) for GPU speed:
+# "tf32" lets CUDA matmuls and convolutions use TF32; "bf16" runs the encoder network (convolutions
+# and LSTM) under bfloat16 autocast and the quantizer in float32. A mode is an audio setting:
+# codes made in different modes are never mixed in one corpus.
+PRECISIONS = ("exact", "tf32", "bf16")
+# Padded audio seconds per forward pass when codec.batch_seconds is null: a GPU wants large
+# batches to stay busy (600 s is ~14 M samples, a few GB of activations); on CPU larger batches
+# gain nothing and 120 s keeps the codes of existing CPU corpora unchanged.
+DEFAULT_BATCH_SECONDS = {"cpu": 120.0, "cuda": 600.0}
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+@dataclass
+class CodecConfig:
+    weights: str = "pretrained"  # "pretrained" | "auto" | "random" | a local checkpoint path
+    bandwidth: float = 6.0  # kbps; 6.0 -> 8 codebooks
+    device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
+    batch_seconds: float | None = None  # padded audio seconds per forward pass; null: by device
+    precision: str = "exact"  # one of PRECISIONS
+    weights_url: str = ENCODEC_24KHZ_URL
+    # "sha256:<hex>" (or "md5:<hex>"). None: only the hub-style 8-hex prefix in the file name (if
+    # any) is checked.
+    weights_checksum: str | None = ENCODEC_24KHZ_SHA256
+    cache_dir: str | None = None  # default $VALLE_CORPUS_CACHE or ~/.cache/valle-corpus
+    download_retries: int = 8
+    threads: int | None = None  # torch CPU threads; None leaves torch's default alone
+
+    def problems(self) -> Problems:
+        if self.bandwidth not in BANDWIDTHS:
+            yield "bandwidth", f"must be one of {list(BANDWIDTHS)} (kbps; 6.0 = 8 codebooks), got {self.bandwidth}"
+        if not _DEVICE.match(self.device):
+            yield "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}"
+        yield from positive(self.batch_seconds, "batch_seconds", optional=True)
+        if self.precision not in PRECISIONS:
+            yield "precision", f"must be one of {list(PRECISIONS)}, got {self.precision!r}"
+        if self.weights not in WEIGHT_KINDS and not Path(self.weights).is_file():
+            yield "weights", f"{self.weights!r} is not pretrained, auto, random or an existing checkpoint file"
+        if not re.match(r"^(https?|file)://", self.weights_url):
+            yield "weights_url", f"must be an http(s):// or file:// URL, got {self.weights_url!r}"
+        if self.weights_checksum is not None:
+            try:
+                Checksum.parse(self.weights_checksum)
+            except ValueError as err:
+                yield "weights_checksum", f"is not a checksum: {err}"
+        yield from positive(self.download_retries, "download_retries")
+        yield from positive(self.threads, "threads", optional=True)
+
+
+@dataclass(frozen=True)
+class CodecWeights:
+    kind: str  # "pretrained" | "checkpoint" | "random"
+    sha256: str  # state_dict_sha256(): identifies the weights whatever file they came from
+    source: str  # URL, file path, or how the random init was made
+    file_sha256: str | None = None  # sha256 of the checkpoint file's bytes (None for random)
+
+
+def batch_seconds(cfg: CodecConfig, device_type: str) -> float:
+    """The padded seconds per forward pass on a device of this type ("cpu" or "cuda")."""
+    return cfg.batch_seconds if cfg.batch_seconds is not None else DEFAULT_BATCH_SECONDS[device_type]
+
+
+def num_frames(num_samples: int) -> int:
+    """Code frames for `num_samples` samples at 24 kHz: ceil(num_samples / 320)."""
+    return -(-int(num_samples) // HOP)
+
+
+def num_codebooks(bandwidth: float) -> int:
+    """Codebooks used at `bandwidth` kbps (10 bits x 75 frames/s each): 6.0 -> 8."""
+    if float(bandwidth) not in BANDWIDTHS:
+        raise ValueError(f"codec bandwidth {bandwidth} kbps is not one of {BANDWIDTHS}")
+    return round(bandwidth * 1000 / (FRAME_RATE * 10))
