@@ -1,6 +1,7 @@
 """`valle-prep`: run a DAG, show a corpus's status, verify it, report on it, listen to it.
 
 valle-prep run DAG [--out DIR] [--set dotted.key=value ...] [--ray-address ADDR] [--rebuild-audio]
+                   [--prune] [--force-unlock]
 valle-prep status OUT [--json]
 valle-prep verify OUT [--jobs N]
 valle-prep report OUT [--code-shards N] [--to DIR]
