@@ -293,3 +293,23 @@ def test_training_windows_do_not_count_evaluation_time(corpus, tmp_path, monkeyp
     # four evaluations slept 8 s; three of them fell inside this window, and none may count
     assert window["seconds"] <= wall - 8.0, (window, wall)
     assert window["tokens_per_s"] * window["seconds"] > 0
+
+
+@pytest.mark.parametrize(
+    "name, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H100 NVL", 835e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA H200 NVL", 835e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA B200", 2250e12),
+        ("NVIDIA GB200", 2500e12),
+        ("NVIDIA GeForce RTX 4090", None),
+    ],
+)
+def test_mfu_divides_by_the_exact_parts_peak(name, peak):
+    from trainer.metrics import peak_for
+
+    assert peak_for(name) == peak
