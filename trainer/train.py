@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from storage.remote import StorageError, retry_budget_of
 from trainer import checkpoint
 from trainer.batching import BatchingConfig, EpochPlan, consumed_samples, plan_epoch, plan_stats
 from trainer.config import TrainConfig, load_config
@@ -158,6 +159,38 @@ def autocast(run: Run):
     return torch.autocast("cpu", enabled=False)
 
 
+class DataUnavailable(RuntimeError):
+    """A rank could not read its data within the retry budget; every rank stopped at one step."""
+
+
+def agreed_steps(steps, run: Run, out: Path, step: int):
+    """The epoch's optimizer steps while every rank has its data. A rank whose reads fail for
+    `data.retry_minutes` (storage.remote retries them that long) stops every rank at the same
+    step: the ranks agree on each step over a CPU group (one small all-reduce), so none is left
+    waiting in a collective for the one that failed."""
+    while True:
+        failed = None
+        try:
+            group = next(steps)
+        except StopIteration:  # every rank has as many batches: all end together
+            return
+        except StorageError as err:
+            group, failed = None, err
+        flags = run.control_sum([float(failed is not None and r == run.rank) for r in range(run.world)])
+        stopped = [r for r, flag in enumerate(flags) if flag]
+        if stopped:
+            newest = checkpoint.checkpoints(out)[-1:] if out.is_dir() else []
+            why = f"{failed}" if failed is not None else "its own log says why"
+            raise DataUnavailable(
+                f"rank {stopped[0]} cannot read its data ({why}); every rank stopped at step {step}. "
+                f"{f'The newest checkpoint is {newest[0].name}: o' if newest else 'No checkpoint was written yet: o'}"
+                "nce the storage is back, run the same command with --resume (data.retry_minutes sets how long "
+                "a failing read is retried)"
+            ) from failed
+        yield group
+        step += 1
+
+
 def optimizer_steps(loader, accumulate: int):
     """Group an epoch's batches into optimizer steps of `accumulate` micro-batches. Plans give
     every rank a multiple of `accumulate` batches, so a step never spans two epochs."""
@@ -192,7 +225,8 @@ def accumulate_gradients(wrapped, group: list[dict], run: Run, generator, window
 def train(cfg: TrainConfig, data: list[str], *, resume: bool = False, allow_random_codec: bool = False) -> dict:
     run = Run()
     try:
-        return _train(run, cfg, data, resume, allow_random_codec)
+        with retry_budget_of(cfg.data.retry_minutes * 60):  # remote reads, here and in the loader's workers
+            return _train(run, cfg, data, resume, allow_random_codec)
     finally:
         run.close()
 
@@ -296,7 +330,7 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
         loader = training.loader(
             plan, run.rank, cfg.data.workers, state.delivered, pin_memory=run.device.type == "cuda"
         )
-        for group in optimizer_steps(loader, cfg.optim.accumulate):
+        for group in agreed_steps(optimizer_steps(loader, cfg.optim.accumulate), run, out, step):
             accumulate_gradients(wrapped, group, run, generator, window, model)
             for batch in group:
                 state.delivered[batch["worker"]] += 1
@@ -389,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         train(cfg, args.data, resume=args.resume, allow_random_codec=args.allow_random_codec)
+    except DataUnavailable as err:
+        print(f"valle-train: {err}", file=sys.stderr)
+        return 3
     except (CorpusError, ValueError) as err:
         print(f"valle-train: {err}", file=sys.stderr)
         return 2
