@@ -1,6 +1,7 @@
 """`valle-prep`: run a DAG, show a corpus's status, verify it, report on it, listen to it.
 
 valle-prep run DAG [--out DIR] [--set dotted.key=value ...] [--ray-address ADDR] [--rebuild-audio]
+                   [--prune] [--force-unlock]
 valle-prep status OUT [--json]
 valle-prep verify OUT [--jobs N]
 valle-prep report OUT [--code-shards N] [--to DIR]
@@ -37,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--prune", action="store_true", help="delete committed units that are no longer in the plan (kept by default)"
+    )
+    p.add_argument(
+        "--force-unlock",
+        action="store_true",
+        help="take the output folder over from a run on another host whose heartbeat is still fresh "
+        "(only when you know that run is gone)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -91,7 +98,13 @@ def _run(args) -> int:
 
     try:
         dag = load_dag(args.dag, args.overrides, out=args.out, ray_address=args.ray_address)
-        summary = run(dag, rebuild_audio=args.rebuild_audio, prune=args.prune, progress=not args.no_progress)
+        summary = run(
+            dag,
+            rebuild_audio=args.rebuild_audio,
+            prune=args.prune,
+            progress=not args.no_progress,
+            force_unlock=args.force_unlock,
+        )
     except DagError as err:
         print(f"valle-prep: {err}", file=sys.stderr)
         return 2

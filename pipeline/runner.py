@@ -79,13 +79,14 @@ def run(
     prune: bool = False,
     progress: bool = True,
     executor: Executor | None = None,
+    force_unlock: bool = False,
 ) -> RunSummary:
     """Bring `dag.out` up to date with the DAG. Paths handed to units are absolute, so they mean
     the same on every node of a cluster whatever its working directory."""
     from pipeline.executors.ray_cluster import RayExecutor
 
     out = dag.out.absolute()
-    with exclusive(out):
+    with exclusive(out, force=force_unlock):
         executor = executor or RayExecutor(dag.ray)
         try:
             return _run(dag, out, rebuild_audio, prune, progress, executor)

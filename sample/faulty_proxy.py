@@ -9,6 +9,7 @@ clients at, and counters for assertions. For every path, its n-th GET is answere
 - "drop": forwarded, but the connection closes after half of the body, with the full
   Content-Length announced: the client sees a response that ends mid-body.
 `only` limits faults to paths containing one of its strings. Other methods are forwarded as is.
+`outage(seconds)`: every request is answered 503 from now until then (the storage is down).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +36,7 @@ class FaultyProxy:
         self.faults: Counter = Counter()  # fault -> times injected
         self._lock = threading.Lock()
         self._server = None
+        self._down_until = 0.0
 
     def __enter__(self) -> FaultyProxy:
         handler = type("_Bound", (_Handler,), {"proxy": self})
@@ -51,7 +54,15 @@ class FaultyProxy:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
+    def outage(self, seconds: float) -> None:
+        """Answer every request 503 for the next `seconds`."""
+        self._down_until = time.monotonic() + seconds
+
     def _action(self, method: str, path: str) -> str:
+        if time.monotonic() < self._down_until:
+            with self._lock:
+                self.faults["outage"] += 1
+            return "503"
         if method != "GET" or (self.only and not any(s in path for s in self.only)):
             return "ok"
         with self._lock:

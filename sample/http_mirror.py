@@ -12,6 +12,11 @@ Behaviour (each knob is a plain attribute and may be changed while the server ru
 - GET/HEAD `/<path>` serves `root/<path>`; 404 if missing or outside root.
 - `honour_range=True`: `Range: bytes=N-` / `bytes=N-M` gets 206 + Content-Range, or 416 +
   `Content-Range: bytes */<size>` when N >= size. `honour_range=False`: always 200, whole file.
+  `honour_range="probe"`: 206 for `bytes=0-0` only, 200 with the whole file for any other range
+  (a CDN whose edge answers small ranges and passes the rest through).
+- Every file answer carries an `ETag` (a digest of the file's bytes: it changes when they do)
+  and `Last-Modified`; a Range with an `If-Range` that is not the current ETag gets 200 and the
+  whole file, as RFC 9110 says (`etag(path)` gives the current one).
 - `fail_first=K`: the first K file requests are answered `fail_status` (503) with no body.
 - `drop_after_bytes=N, drop_first=K`: the first K responses that carry a body announce the full
   Content-Length but close the connection after N body bytes.
@@ -29,6 +34,7 @@ The server listens on a random free port of 127.0.0.1 in a daemon thread, and st
 
 from __future__ import annotations
 
+import hashlib
 import re
 import socket
 import threading
@@ -129,6 +135,10 @@ class HttpMirror:
         """URL answering a redirect to `url(rel_path)`."""
         return f"{self.base_url}/redirect/{urllib.parse.quote(rel_path)}"
 
+    def etag(self, rel_path: str) -> str:
+        """The ETag `rel_path` is served with now."""
+        return _etag(self.root / rel_path)
+
     def paths(self, method: str = "GET") -> list[str]:
         """Requested paths with this method, in order (handy for `assert ... == [...]`)."""
         return [r.path for r in self.requests if r.method == method]
@@ -190,10 +200,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._head(404, {"Content-Length": "0"})
             return
 
-        size = path.stat().st_size
+        size, etag = path.stat().st_size, _etag(path)
         start, end, status = 0, size - 1, 200
         range_header = self.headers.get("Range")
-        if range_header and mirror.honour_range:
+        if_range = self.headers.get("If-Range")
+        honour = mirror.honour_range is True or (mirror.honour_range == "probe" and range_header == "bytes=0-0")
+        if range_header and honour and (if_range is None or if_range == etag):
             m = _RANGE.match(range_header.strip())
             if m:
                 start = int(m.group(1))
@@ -205,7 +217,13 @@ class _Handler(BaseHTTPRequestHandler):
                 status = 206
 
         length = end - start + 1
-        headers = {"Content-Length": str(length), "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+        headers = {
+            "Content-Length": str(length),
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+            "ETag": etag,
+            "Last-Modified": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(path.stat().st_mtime)),
+        }
         if status == 206:
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         record = mirror._record(self, status)
@@ -260,6 +278,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+def _etag(path: Path) -> str:
+    return '"' + hashlib.sha1(path.read_bytes()).hexdigest()[:16] + '"'
 
 
 __all__ = ["HttpMirror", "RequestRecord"]

@@ -8,13 +8,16 @@ How it survives a CDN that drops hours-long transfers:
 - bytes go to `<dest>.part`; each attempt resumes from what is on disk with `Range: bytes=N-`
   (storage.http) and appends only after a 206 whose Content-Range starts at N; a 200 means the
   server ignored the Range, so the .part is truncated and the file restarts from zero (never
-  duplicated bytes);
+  duplicated bytes). The resume carries `If-Range` with the validator (ETag or Last-Modified)
+  the .part was started under, kept in `<dest>.part.json`: a file that changed on the server
+  restarts from zero instead of joining two versions;
 - dropped connections, timeouts, short bodies and HTTP 5xx are retried (storage.retry) with
   capped exponential backoff; other 4xx fail at once (416 on a complete .part means "nothing
   left": go verify); `retries` counts attempts in a row that bring no new bytes;
 - before writing, the free space of the destination's file system is checked against what is
-  left to fetch (when the length is known), and a full disk while writing (ENOSPC) is the same
-  clear `DiskFull` error, naming the file and the space needed; the .part is kept for resuming;
+  left to fetch (when the length is known), and a full disk or quota while writing (ENOSPC,
+  EDQUOT) is the same clear `DiskFull` error, naming the file and the space needed; the .part is
+  kept for resuming;
 - the finished .part is hashed (md5 or sha256), fsynced, renamed to `dest`, then the marker is
   written atomically. A re-run with a matching marker returns without touching the network.
 file:// URLs go through the same code: the local file is read from the resume offset as if the
@@ -36,7 +39,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from storage.files import fsync_dir, fsync_file, write_json_atomic
+from storage.files import fsync_dir, fsync_file, read_json, write_json_atomic
 from storage.hashing import Checksum, hash_file
 from storage.http import HttpStatus, RangeMismatch, Response, Transient, open_range
 from storage.retry import Backoff, retry
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
 MAX_BACKOFF_S = 60.0
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota on a shared file system
 
 
 class DownloadError(RuntimeError):
@@ -71,6 +75,16 @@ def marker_path(dest: Path) -> Path:
 
 def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
+
+
+def stream_record_path(dest: Path) -> Path:
+    """`<dest>.part.json`: the URL and validator a single-stream .part was started under."""
+    return dest.with_name(dest.name + ".part.json")
+
+
+def streaming(dest: Path) -> bool:
+    """True when `dest` has a .part being fetched as one stream (a re-run resumes it so)."""
+    return stream_record_path(Path(dest)).exists() and part_path(Path(dest)).exists()
 
 
 def read_marker(dest: Path) -> dict | None:
@@ -149,6 +163,7 @@ def download(
     os.replace(part, dest)
     fsync_dir(dest.parent)
     write_marker(dest, url, checksum)
+    stream_record_path(dest).unlink(missing_ok=True)
     return dest
 
 
@@ -170,6 +185,7 @@ def verify_part(part: Path, url: str, checksum: Checksum | None) -> None:
     actual = hash_file(part, checksum.algo)
     if actual != checksum.hexdigest:
         part.unlink(missing_ok=True)
+        stream_record_path(part.with_name(part.name.removesuffix(".part"))).unlink(missing_ok=True)
         raise DownloadError(
             f"{part} (from {url}): {checksum.algo} mismatch: expected {checksum.hexdigest}, "
             f"got {actual}; the partial file was deleted, re-run to download it again "
@@ -213,14 +229,27 @@ def file_size(path: Path) -> int:
 def _fetch_once(url: str, part: Path, timeout_s: float, bar: tqdm) -> None:
     """One attempt: bring `part` from its current size to the full length, or raise."""
     offset = file_size(part)
+    record_path = stream_record_path(part.with_name(part.name.removesuffix(".part")))
+    record = read_json(record_path) if offset else None
+    validator = record.get("validator") if isinstance(record, dict) and record.get("url") == url else None
     try:
-        body = _open_file(url, offset) if url.startswith("file:") else open_http(url, offset, timeout_s)
+        body = (
+            _open_file(url, offset)
+            if url.startswith("file:")
+            else open_http(url, offset, timeout_s, if_range=validator)
+        )
     except Restart:
         part.unlink(missing_ok=True)
         raise
     try:
         if body.start == 0 and offset:
-            log.info("%s: server ignored the Range request; restarting from byte 0", url)
+            log.info(
+                "%s: the server sent the whole file (it ignores Range, or the file changed since the "
+                ".part was started); restarting from byte 0",
+                url,
+            )
+        if body.start == 0 or record is None:  # a .part started now: under this validator
+            write_json_atomic(record_path, {"url": url, "validator": body.validator})
         bar.reset(total=body.total)
         bar.update(body.start)
         if body.stream is not None:
@@ -228,7 +257,7 @@ def _fetch_once(url: str, part: Path, timeout_s: float, bar: tqdm) -> None:
             try:
                 _append(body, part, offset, bar)
             except OSError as e:
-                if e.errno != errno.ENOSPC:
+                if e.errno not in NO_ROOM:
                     raise
                 need = None if body.total is None else body.total - file_size(part)
                 raise disk_full(part, need, e) from None
@@ -282,11 +311,11 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-def open_http(url: str, offset: int, timeout_s: float, end: int | None = None) -> Response:
+def open_http(url: str, offset: int, timeout_s: float, end: int | None = None, if_range: str | None = None) -> Response:
     """`storage.http.open_range` in a download's terms: transient answers are `Retryable`, an
     answer for other bytes is a `Restart`, a final status a `DownloadError`."""
     try:
-        return open_range(url, offset, end, timeout_s)
+        return open_range(url, offset, end, timeout_s, if_range)
     except Transient as e:
         raise Retryable(str(e)) from e
     except RangeMismatch as e:

@@ -15,7 +15,10 @@ What the server said, classified once for every caller:
 - a 416 for exactly the object's length means nothing is left to read: a `Response` with no
   body (`stream` None) and `total` = `start`.
 - a 200 answers a ranged request with the whole object (`partial` False, `start` 0): the caller
-  decides whether to skip to its offset or start over.
+  decides whether to skip to its offset or start over. With `if_range` (the object's validator
+  when the earlier bytes were read), a server whose object changed answers 200 too (RFC 9110
+  If-Range): bytes of two versions are never joined.
+Every response carries the object's `validator`: its ETag, else its Last-Modified date.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Response:
     total: int | None  # the object's length; None when the server does not say
     stream: BinaryIO | None  # None: nothing left to read
     partial: bool = False  # a 206: the server honoured the Range request
+    validator: str | None = None  # ETag, else Last-Modified: changes when the object does
 
 
 def range_header(offset: int, end: int | None) -> dict[str, str]:
@@ -63,9 +67,15 @@ def range_header(offset: int, end: int | None) -> dict[str, str]:
     return {"Range": f"bytes={offset}-"} if offset else {}
 
 
-def open_range(url: str, offset: int = 0, end: int | None = None, timeout_s: float = 60.0) -> Response:
-    """GET `url` from byte `offset` (to byte `end`, inclusive, when given)."""
-    request = urllib.request.Request(url, headers=range_header(offset, end))
+def open_range(
+    url: str, offset: int = 0, end: int | None = None, timeout_s: float = 60.0, if_range: str | None = None
+) -> Response:
+    """GET `url` from byte `offset` (to byte `end`, inclusive, when given); `if_range`: the
+    validator the bytes before `offset` were read under."""
+    headers = range_header(offset, end)
+    if headers and if_range:
+        headers["If-Range"] = if_range
+    request = urllib.request.Request(url, headers=headers)
     try:
         response = urllib.request.urlopen(request, timeout=timeout_s)  # noqa: S310 (URLs come from the user)
     except urllib.error.HTTPError as e:
@@ -92,9 +102,18 @@ def open_range(url: str, offset: int = 0, end: int | None = None, timeout_s: flo
             response.close()
             raise RangeMismatch(f"HTTP 206 with Content-Range {got!r} while asking for byte {offset}")
         total = None if m.group(3) == "*" else int(m.group(3))
-        return Response(start=offset, total=total, stream=response, partial=True)
+        return Response(start=offset, total=total, stream=response, partial=True, validator=_validator(response))
     if response.status == 200:
         length = response.headers.get("Content-Length")
-        return Response(start=0, total=int(length) if length and length.isdigit() else None, stream=response)
+        total = int(length) if length and length.isdigit() else None
+        return Response(start=0, total=total, stream=response, validator=_validator(response))
     response.close()
     raise HttpStatus(response.status, "unexpected (expected 200 or 206)")
+
+
+def _validator(response) -> str | None:
+    """The response's ETag (a weak one cannot be sent in If-Range), else its Last-Modified."""
+    etag = response.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.headers.get("Last-Modified")

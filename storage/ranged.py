@@ -3,29 +3,33 @@
 In: a URL whose server honours `Range` (or a file:// URL), its length, a destination.
 Out: the same `<dest>` + `<dest>.done.json` marker as storage.download, built in
 `<dest>.part` (allocated to its full length up front) and tracked by `<dest>.ranges.json`, the
-range ledger: {"url", "total", "range_bytes", "done": [[first, last], ...]} (runs of finished
-range numbers, so a 3 TB file in 2 GB ranges is ~1,500 ranges and a ledger of a few hundred
-bytes). Pieces, each a plain function so it can run as a Ray task or in a thread
+range ledger: {"url", "total", "range_bytes", "done": [[first, last], ...], "validator"} (runs of
+finished range numbers, so a 3 TB file in 2 GB ranges is ~1,500 ranges and a ledger of a few
+hundred bytes). Pieces, each a plain function so it can run as a Ray task or in a thread
 (pipeline.fetch.transfers schedules them):
-- `probe`: one `Range: bytes=0-0` request: does the server answer 206, and how long is the file;
-- `prepare`: allocate the .part (fallocate where the file system supports it, so a full disk
-  fails now with a clear `DiskFull`, not hours later) and load or start the ledger;
+- `probe`: one `Range: bytes=0-0` request: does the server answer 206, how long is the file, and
+  its validator (ETag or Last-Modified);
+- `prepare`: save the ledger, then allocate the .part (fallocate where the file system supports
+  it, so a full disk fails now with a clear `DiskFull`, not hours later). Saved first, so a
+  preallocated .part is never taken for data: only ranges the ledger names count;
 - `fetch_range`: one range over its own connection, each attempt asking `bytes=<pos>-<end>` from
-  where the previous attempt stopped, written with `os.pwrite` at its offset, checked like
-  storage.download (206 with a Content-Range that starts at <pos>, retries with a budget reset
-  by progress, ENOSPC -> DiskFull), then fsynced. Only after that does the scheduler mark it
-  done in the ledger (atomically: tmp + fsync + rename), so a kill -9 costs at most the ranges
-  in flight, and a re-run fetches exactly the ranges the ledger lacks;
+  where the previous attempt stopped, with `If-Range: <validator>`, written with `os.pwrite` at
+  its offset, checked like storage.download (206 with a Content-Range that starts at <pos>,
+  retries with a budget reset by progress, ENOSPC/EDQUOT -> DiskFull), then fsynced. Only after
+  that does the scheduler mark it done in the ledger (atomically: tmp + fsync + rename), so a
+  kill -9 costs at most the ranges in flight, and a re-run fetches exactly the ranges the ledger
+  lacks. A file that changed on the server is `RemoteChanged` (the scheduler starts it over);
+  a server that answers a range with the whole file, `RangesIgnored` (the scheduler streams it);
 - `finish`: the whole-file checksum, streamed once over the finished file (md5 cannot be
   combined from ranges fetched out of order), then rename, marker, ledger removed.
 A .part left by a single-stream attempt (no ledger) is not wasted: the ranges its contiguous
-prefix covers count as done, and the checksum vouches for them at the end as for the rest.
+prefix covers count as done (when its validator is the file's), and the checksum vouches for them
+at the end as for the rest.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
 import http.client
 import logging
 import os
@@ -35,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage.download import (
+    NO_ROOM,
+    DiskFull,
     DownloadError,
     Restart,
     Retryable,
@@ -44,6 +50,7 @@ from storage.download import (
     open_http,
     part_path,
     retry_until_done,
+    stream_record_path,
     verify_part,
     write_marker,
 )
@@ -60,10 +67,15 @@ class RangesIgnored(DownloadError):
     """The server answered a ranged request with the whole file (200): stream it instead."""
 
 
+class RemoteChanged(DownloadError):
+    """The file on the server is not the one the ranges on disk came from: start it over."""
+
+
 @dataclass(frozen=True)
 class Probe:
     total: int | None  # the file's length; None when the server does not say
     ranges: bool  # whether it answered a Range request with 206
+    validator: str | None = None  # ETag or Last-Modified: changes when the file does
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,7 @@ class RangeJob:
     retries: int = 8
     backoff_s: float = 1.0
     timeout_s: float = 60.0
+    validator: str | None = None  # sent as If-Range: a changed file answers 200, never other bytes
 
 
 def ledger_path(dest: Path) -> Path:
@@ -97,7 +110,7 @@ def probe(url: str, *, retries: int = 8, backoff_s: float = 1.0, timeout_s: floa
         body = open_http(url, 0, timeout_s, end=0)
         if body.stream is not None:
             body.stream.close()
-        found.append(Probe(total=body.total, ranges=body.partial and body.total is not None))
+        found.append(Probe(total=body.total, ranges=body.partial and body.total is not None, validator=body.validator))
 
     retry_until_done(attempt, lambda: 0, url, retries, backoff_s)
     return found[-1]
@@ -110,6 +123,7 @@ class RangeLedger:
     total: int
     range_bytes: int
     done: set[int]
+    validator: str | None = None  # the file's ETag or Last-Modified when its ranges were fetched
 
     @property
     def count(self) -> int:
@@ -134,7 +148,14 @@ class RangeLedger:
             else:
                 runs.append([i, i])
         write_json_atomic(
-            self.path, {"url": self.url, "total": self.total, "range_bytes": self.range_bytes, "done": runs}
+            self.path,
+            {
+                "url": self.url,
+                "total": self.total,
+                "range_bytes": self.range_bytes,
+                "done": runs,
+                "validator": self.validator,
+            },
         )
 
     @classmethod
@@ -142,41 +163,76 @@ class RangeLedger:
         data = read_json(ledger_path(dest))
         try:
             done = {i for first, last in data["done"] for i in range(first, last + 1)}
-            return cls(ledger_path(dest), data["url"], int(data["total"]), int(data["range_bytes"]), done)
+            return cls(
+                ledger_path(dest),
+                data["url"],
+                int(data["total"]),
+                int(data["range_bytes"]),
+                done,
+                data.get("validator"),
+            )
         except (TypeError, KeyError, ValueError):
             return None
 
 
-def prepare(url: str, dest: Path, total: int, range_bytes: int) -> RangeLedger:
+def prepare(url: str, dest: Path, total: int, range_bytes: int, validator: str | None = None) -> RangeLedger:
     """The ledger of `dest`'s ranged download, with the .part allocated to `total` bytes.
 
-    An existing ledger for the same length is kept with its own range size (so a changed
-    `range_mb` never invalidates finished ranges); one for another length means the remote file
-    changed, and everything restarts."""
+    An existing ledger for the same file (length and validator) is kept with its own range size
+    (so a changed `range_mb` never invalidates finished ranges); one for another length or
+    validator means the remote file changed, and everything restarts. The ledger is saved before
+    the .part is allocated: from then on the .part's length says nothing about its content, and
+    only ranges the ledger names count (a kill -9 right after the allocation costs nothing)."""
     dest = Path(dest)
     part = part_path(dest)
     ledger = RangeLedger.load(dest)
-    if ledger is not None and ledger.total == total and file_size(part) == total:
-        return ledger
-    if ledger is not None:
+    if ledger is not None and (ledger.total != total or _changed(ledger.validator, validator)):
         log.warning(
-            "%s: the range ledger is for %d bytes but %s has %d (or the .part is gone); starting over",
+            "%s: %s is not the file its ranges on disk came from (%d bytes, %s; now %d, %s); starting over",
             dest,
-            ledger.total,
             url,
+            ledger.total,
+            ledger.validator,
             total,
+            validator,
         )
         part.unlink(missing_ok=True)
-    ledger_path(dest).unlink(missing_ok=True)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    prefix = min(file_size(part), total)  # a single-stream attempt's contiguous bytes
-    _allocate(part, total, prefix)
-    ledger = RangeLedger(ledger_path(dest), url, total, range_bytes, set())
-    ledger.done = {i for i in range(ledger.count) if ledger.bounds(i)[1] < prefix}
-    if ledger.done:
-        log.info("%s: keeping %d bytes of an earlier single-stream attempt", dest, ledger.done_bytes())
-    ledger.save()  # after the allocation: a ledger always describes a full-length .part
+        ledger_path(dest).unlink(missing_ok=True)
+        ledger = None
+    if ledger is None:
+        stream = read_json(stream_record_path(dest))
+        if isinstance(stream, dict) and _changed(stream.get("validator"), validator):
+            part.unlink(missing_ok=True)  # a single-stream .part of another version
+        stream_record_path(dest).unlink(missing_ok=True)
+        prefix = min(file_size(part), total)  # a single-stream attempt's contiguous bytes
+        ledger = RangeLedger(ledger_path(dest), url, total, range_bytes, set(), validator)
+        ledger.done = {i for i in range(ledger.count) if ledger.bounds(i)[1] < prefix}
+        if ledger.done:
+            log.info("%s: keeping %d bytes of an earlier single-stream attempt", dest, ledger.done_bytes())
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        ledger.save()
+        created = True
+    else:
+        created = False
+    have = file_size(part)
+    if have > total:  # longer than the file: not a .part of it
+        part.unlink()
+        ledger.done, have = set(), 0
+    if have != total:  # never allocated, or the .part was cut short: keep what it still holds
+        ledger.done = {i for i in ledger.done if ledger.bounds(i)[1] < have}
+        ledger.save()
+        try:
+            _allocate(part, total, have)
+        except DiskFull:  # refused, nothing allocated: leave things as they were
+            if created:
+                ledger.path.unlink(missing_ok=True)
+            raise
     return ledger
+
+
+def _changed(before: str | None, now: str | None) -> bool:
+    """True when both validators are known and differ (one the server did not send proves nothing)."""
+    return before is not None and now is not None and before != now
 
 
 def _allocate(part: Path, total: int, have: int) -> None:
@@ -210,7 +266,7 @@ def _fallocate(fd: int, total: int) -> bool:
     if call(fd, 0, 0, total) == 0:
         return True
     err = ctypes.get_errno()
-    if err == errno.ENOSPC:
+    if err in NO_ROOM:
         raise OSError(err, os.strerror(err))
     return False
 
@@ -256,29 +312,19 @@ def _open_range(job: RangeJob, pos: int) -> Response:
         f.seek(pos)
         return Response(start=pos, total=None, stream=f, partial=True)
     try:
-        body = open_http(job.url, pos, job.timeout_s, end=job.end)
+        body = open_http(job.url, pos, job.timeout_s, end=job.end, if_range=job.validator)
     except Restart as e:  # 416 or a Content-Range elsewhere: the remote file is not what it was
-        raise DownloadError(
-            f"{job.url}: bytes {pos}-{job.end} cannot be had ({e}); the remote file "
-            f"changed? Delete {job.part} and its .ranges.json and run again"
-        ) from e
+        raise RemoteChanged(f"{job.url}: bytes {pos}-{job.end} cannot be had ({e})") from e
     if body.stream is None:
-        raise DownloadError(
-            f"{job.url}: nothing to read at byte {pos} of a {job.total}-byte file; "
-            f"the remote file changed? Delete {job.part} and run again"
-        )
+        raise RemoteChanged(f"{job.url}: nothing to read at byte {pos} of a {job.total}-byte file")
     if not body.partial:
         body.stream.close()
-        raise RangesIgnored(
-            f"{job.url}: the server answered a request for bytes {pos}-{job.end} "
-            f"with the whole file; run again to fetch it as one stream"
-        )
+        if _changed(job.validator, body.validator):  # If-Range: the file changed since the probe
+            raise RemoteChanged(f"{job.url}: changed on the server ({job.validator} -> {body.validator})")
+        raise RangesIgnored(f"{job.url}: the server answered a request for bytes {pos}-{job.end} with the whole file")
     if body.total is not None and body.total != job.total:
         body.stream.close()
-        raise DownloadError(
-            f"{job.url}: the file is now {body.total} bytes, not {job.total}; the "
-            f"remote file changed: run again to start it over"
-        )
+        raise RemoteChanged(f"{job.url}: the file is now {body.total} bytes, not {job.total}")
     return body
 
 
@@ -288,7 +334,7 @@ def _pwrite_all(fd: int, data: bytes, offset: int, job: RangeJob) -> None:
         try:
             written = os.pwrite(fd, view, offset)
         except OSError as e:
-            if e.errno != errno.ENOSPC:
+            if e.errno not in NO_ROOM:
                 raise
             raise disk_full(Path(job.part), None, e) from None
         view, offset = view[written:], offset + written
@@ -327,3 +373,11 @@ def forget_ranges(dest: Path) -> None:
     if part.exists():
         os.truncate(part, keep)
     ledger.path.unlink(missing_ok=True)
+
+
+def discard(dest: Path) -> None:
+    """Everything of an unfinished download of `dest`: the .part, its range ledger, its stream
+    record (the file changed on the server: none of it is of the file now there)."""
+    dest = Path(dest)
+    for path in (ledger_path(dest), stream_record_path(dest), part_path(dest)):
+        path.unlink(missing_ok=True)

@@ -9,8 +9,9 @@ Remote reads survive a long run:
 - a transient failure (connection dropped or reset, timeout, truncated body, HTTP 5xx/429, S3
   SlowDown/InternalError) reopens the object at the byte where reading stopped (HTTP Range; a
   server that ignores Range has the bytes already read skipped), with capped exponential
-  backoff and jitter (storage.retry), up to ATTEMPTS tries in a row without progress; a body
-  shorter than announced is a failure, not the end of the file;
+  backoff and jitter (storage.retry), until both ATTEMPTS tries in a row and the time budget
+  (`retry_budget_of`, default RETRY_BUDGET_S) have passed without progress; a body shorter than
+  announced is a failure, not the end of the file;
 - what still fails raises `StorageError` naming the URL and the byte offset;
 - http(s) goes through storage.http, the one HTTP range request (downloads use it too); s3
   through boto3, which honours AWS_ENDPOINT_URL (an S3-compatible server such as MinIO or moto)
@@ -24,8 +25,10 @@ import http.client
 import io
 import os
 import socket
+import time
 import urllib.error
 import urllib.parse
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -33,6 +36,8 @@ from storage.http import HttpStatus, RangeMismatch, Transient, open_range
 from storage.retry import Backoff, retry
 
 ATTEMPTS = 8  # tries in a row without progress
+RETRY_BUDGET_S = 0.0  # and at least this many seconds without progress (a trainer sets minutes)
+_BUDGET_ENV = "VALLE_CORPUS_RETRY_S"  # how the budget reaches DataLoader workers, forked or spawned
 BACKOFF_S = 0.5  # first wait; doubles per try, capped
 BACKOFF_CAP_S = 30.0
 TIMEOUT_S = 60.0
@@ -52,6 +57,25 @@ RETRY_S3 = {
 
 class StorageError(OSError):
     """A remote object that could not be read; the message names its URL."""
+
+
+@contextmanager
+def retry_budget_of(seconds: float):
+    """Within the block, a failing remote read is retried for at least `seconds` without
+    progress, in this process and the processes it starts (DataLoader workers)."""
+    previous = os.environ.get(_BUDGET_ENV)
+    os.environ[_BUDGET_ENV] = str(float(seconds))
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_BUDGET_ENV, None)
+        else:
+            os.environ[_BUDGET_ENV] = previous
+
+
+def retry_budget() -> float:
+    return float(os.environ.get(_BUDGET_ENV, RETRY_BUDGET_S))
 
 
 def join(location: str, relative: str) -> str:
@@ -139,9 +163,12 @@ class ResumingStream(io.RawIOBase):
                 self.size = size if size is not None else self.size
             return action()
 
+        started = time.monotonic()
+
         def give_up(err: BaseException, made: int, best: int) -> StorageError:
             return StorageError(
-                f"{self.uri}: still failing after {made} attempts at byte {self.offset}: {type(err).__name__}: {err}"
+                f"{self.uri}: still failing after {made} attempts ({time.monotonic() - started:.1f} s) at byte "
+                f"{self.offset}: {type(err).__name__}: {err}"
             )
 
         return retry(
@@ -153,6 +180,7 @@ class ResumingStream(io.RawIOBase):
             backoff=Backoff(BACKOFF_S, BACKOFF_CAP_S, jitter=True),
             position=lambda: self.offset,
             after_failure=self._drop,
+            budget_s=retry_budget(),
         )
 
     def _drop(self) -> None:

@@ -5,8 +5,10 @@ Every remote transfer in the project goes through `retry`: downloads (whole file
 ranges) and remote reads (shards streamed or read by ranges). An attempt that moves `position()`
 (bytes on disk, the offset of a stream) past its best so far resets the budget, so a multi-day
 3 TB transfer survives any number of routine drops while a server that never gets further still
-fails within minutes. Each caller says which errors are transient and what to raise when it
-gives up (its own error type, naming the URL).
+fails within minutes. A caller may also give a time budget: it gives up only once both the
+attempts and `budget_s` seconds without progress are spent (a training run rides out a storage
+outage of minutes). Each caller says which errors are transient and what to raise when it gives
+up (its own error type, naming the URL).
 """
 
 from __future__ import annotations
@@ -47,13 +49,15 @@ def retry(
     what: str = "",
     position: Callable[[], int] = lambda: 0,
     after_failure: Callable[[], None] = lambda: None,
+    budget_s: float = 0.0,
 ) -> T:
     """Call `attempt()` until it returns and return its value. An exception of a `transient`
     type is retried after `backoff`; any other propagates at once. After `attempts` transient
-    failures in a row that did not move `position()` past its largest value so far, raise
-    `give_up(last error, attempts made, best position)`. `after_failure()` runs after each
-    transient failure (e.g. to drop a broken connection)."""
-    best, stalled, made = position(), 0, 0
+    failures in a row that did not move `position()` past its largest value so far, and at least
+    `budget_s` seconds since it last moved, raise `give_up(last error, attempts made, best
+    position)`. `after_failure()` runs after each transient failure (e.g. to drop a broken
+    connection)."""
+    best, stalled, made, since = position(), 0, 0, time.monotonic()
     while True:
         made += 1
         try:
@@ -63,9 +67,9 @@ def retry(
         after_failure()
         now = position()
         if now > best:  # progress: the budget is for failures in a row
-            best, stalled = now, 0
+            best, stalled, since = now, 0, time.monotonic()
         stalled += 1
-        if stalled >= attempts:
+        if stalled >= attempts and time.monotonic() - since >= budget_s:
             raise give_up(last, made, best) from last
         wait = backoff.delay(stalled)
         log.warning(

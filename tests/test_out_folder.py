@@ -129,3 +129,55 @@ def test_corpora_from_before_the_precision_setting_stay_current(tmp_path, tiny_c
     (out / "corpus.json").write_text(json.dumps(corpus))
     again = run(load_dag(write_dag(tmp_path / "tiny.yaml", tiny_corpus)), progress=False, executor=LocalExecutor())
     assert again.skipped == again.units and again.codec_forward_passes == 0
+
+
+def other_hosts_record(out: Path, age_s: float) -> None:
+    """What a driver on another host leaves in the lock file while it runs (or after it died)."""
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "host": "gpu-node-17",
+        "pid": 4242,
+        "started": "2026-12-01T00:00:00+0000",
+        "heartbeat": time.time() - age_s,
+    }
+    (out / LOCK_NAME).write_text(json.dumps(record) + "\n")
+
+
+def test_a_run_on_another_host_is_seen_where_flock_does_not_reach(tmp_path):
+    """flock is node-local on some cluster file systems: the heartbeat record tells a live run on
+    another host (refused) from a dead one (taken over), and --force-unlock takes either."""
+    out = tmp_path / "out"
+    other_hosts_record(out, age_s=5)
+    with pytest.raises(OutputLocked, match=r"another host \(host gpu-node-17, pid 4242.*--force-unlock"):
+        with exclusive(out):
+            pass
+    assert "gpu-node-17" in (out / LOCK_NAME).read_text()  # a refused run changes nothing
+    with exclusive(out, force=True) as me:
+        assert json.loads((out / LOCK_NAME).read_text())["pid"] == me["pid"] == os.getpid()
+    other_hosts_record(out, age_s=3600)
+    with exclusive(out) as me:
+        assert json.loads((out / LOCK_NAME).read_text())["host"] == socket.gethostname()
+
+
+def test_the_heartbeat_is_renewed_while_the_run_holds_the_folder(tmp_path):
+    out = tmp_path / "out"
+    with exclusive(out, heartbeat_s=0.05):
+        first = json.loads((out / LOCK_NAME).read_text())["heartbeat"]
+        time.sleep(0.3)
+        assert json.loads((out / LOCK_NAME).read_text())["heartbeat"] > first
+    assert (out / LOCK_NAME).read_text() == ""
+
+
+def test_a_file_system_without_locks_is_a_clear_error(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(OutputLocked, match=r"refuses locks \(ENOLCK.*--force-unlock"):
+        with exclusive(tmp_path / "out"):
+            pass
+    with exclusive(tmp_path / "out", force=True) as me:
+        assert me["pid"] == os.getpid()

@@ -153,3 +153,61 @@ def test_each_dataloader_worker_makes_its_own_s3_client(moto, monkeypatch, fast_
     for pid, clients in seen:
         assert pid != os.getpid() and clients == [pid]  # only its own, never the parent's
     assert sorted(storage._CLIENTS) == [os.getpid()]
+
+
+@pytest.fixture
+def few_quick_attempts(monkeypatch):
+    """Three tries in a row, milliseconds apart: the attempt count alone would give up at once."""
+    monkeypatch.setattr(storage, "ATTEMPTS", 3)
+    monkeypatch.setattr(storage, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(storage, "BACKOFF_CAP_S", 0.05)
+
+
+def tiny_training(out, *extra):
+    from tests.conftest import REPO
+    from trainer.config import load_config
+
+    return load_config(
+        REPO / "trainer/configs/ar-tiny.yaml",
+        [f"run.out={out}", "run.eval_every=1000", "data.workers=0", "data.max_frames=200", "data.interleave=2", *extra],
+    )
+
+
+def test_training_rides_out_a_storage_outage_within_its_budget(corpus_root, few_quick_attempts, tmp_path):
+    from trainer.train import train
+
+    with HttpMirror(corpus_root) as mirror, FaultyProxy(mirror.base_url, schedule=()) as proxy:
+        proxy.outage(1.5)  # far more than 3 attempts, less than data.retry_minutes (6 s)
+        train(
+            tiny_training(tmp_path, "run.max_steps=4", "run.checkpoint_every=4", "data.retry_minutes=0.1"),
+            [proxy.base_url],
+            allow_random_codec=True,
+        )
+    assert proxy.faults["outage"] > 3
+    assert (tmp_path / "checkpoint-4.pt").exists()
+
+
+def test_an_outage_past_the_budget_stops_training_saying_how_to_go_on(
+    corpus_root, few_quick_attempts, tmp_path, monkeypatch
+):
+    import trainer.train as train_module
+
+    real, calls = train_module.accumulate_gradients, []
+
+    with HttpMirror(corpus_root) as mirror, FaultyProxy(mirror.base_url, schedule=()) as proxy:
+
+        def storage_goes_down_at_step_3(*args):
+            calls.append(1)
+            if len(calls) == 3:
+                proxy.outage(60)
+            return real(*args)
+
+        monkeypatch.setattr(train_module, "accumulate_gradients", storage_goes_down_at_step_3)
+        cfg = tiny_training(tmp_path, "run.max_steps=200", "run.checkpoint_every=2", "data.retry_minutes=0.005")
+        with pytest.raises(
+            train_module.DataUnavailable,
+            match=r"every rank stopped at step \d+\. The newest "
+            r"checkpoint is checkpoint-\d+\.pt: once the storage is back, run the same command with "
+            r"--resume",
+        ):
+            train_module.train(cfg, [proxy.base_url], allow_random_codec=True)

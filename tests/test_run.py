@@ -293,3 +293,58 @@ def test_training_windows_do_not_count_evaluation_time(corpus, tmp_path, monkeyp
     # four evaluations slept 8 s; three of them fell inside this window, and none may count
     assert window["seconds"] <= wall - 8.0, (window, wall)
     assert window["tokens_per_s"] * window["seconds"] > 0
+
+
+@pytest.mark.parametrize(
+    "name, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H100 NVL", 835e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA H200 NVL", 835e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA B200", 2250e12),
+        ("NVIDIA GB200", 2500e12),
+        ("NVIDIA GeForce RTX 4090", None),
+    ],
+)
+def test_mfu_divides_by_the_exact_parts_peak(name, peak):
+    from trainer.metrics import peak_for
+
+    assert peak_for(name) == peak
+
+
+def test_a_rank_that_cannot_read_stops_every_rank_at_the_same_step(tmp_path):
+    """Rank 1's reads failed for data.retry_minutes: rank 0, whose batch arrived, stops at the
+    same step instead of waiting in a collective for rank 1 until NCCL's timeout."""
+    from storage.remote import StorageError
+    from trainer.train import DataUnavailable, agreed_steps
+
+    class TwoRanks:
+        world, rank = 2, 0
+
+        def __init__(self, failing_rank):
+            self.failing_rank, self.calls = failing_rank, 0
+
+        def control_sum(self, flags):
+            self.calls += 1
+            return [1.0 if r == self.failing_rank and self.calls == 3 else flags[r] for r in range(2)]
+
+    steps = agreed_steps(iter([["a"], ["b"], ["c"], ["d"]]), TwoRanks(failing_rank=1), tmp_path, step=7)
+    assert next(steps) == ["a"] and next(steps) == ["b"]
+    with pytest.raises(
+        DataUnavailable,
+        match=r"rank 1 cannot read its data \(its own log says why\); every rank "
+        r"stopped at step 9\. No checkpoint was written yet",
+    ):
+        next(steps)
+
+    def failing():
+        yield ["a"]
+        raise StorageError("s3://b/shard.tar: still failing after 40 attempts (600.0 s) at byte 0")
+
+    alone = agreed_steps(failing(), TwoRanks(failing_rank=None), tmp_path, step=0)
+    assert next(alone) == ["a"]
+    with pytest.raises(DataUnavailable, match=r"rank 0 cannot read its data \(s3://b/shard\.tar: still failing"):
+        next(alone)

@@ -15,10 +15,12 @@ arrays (12 M samples plan in 2-5 s and 0.25 GB, bench/bench_planner.py):
   at most `shuffle_buffer` read samples wait at any time;
 - length buckets (cost quantiles); in each bucket, in shuffled order, a batch closes when one
   more sample would make (count x longest) exceed the budget;
-- batches are delivered in the order their last sample is read; ranks with fewer batches split
-  their largest batches until every rank has the same count, a multiple of `multiple_of` (the
-  gradient accumulation: an optimizer step never spans epochs), so every sample is still in
-  exactly one batch.
+- batches are delivered in the order their last sample is read; batches are split until every
+  rank has the same count, a multiple of `multiple_of` (the gradient accumulation: an optimizer
+  step never spans epochs), and a rank's workers as many as each other, so every sample is still
+  in exactly one batch and no worker idles;
+- the loader delivers a rank's batches in one order, round-robin over its workers by batch
+  index (trainer.loader), which a resumed run continues from any point.
 Because the plan is a deterministic function of the lengths and these settings, a worker reading
 its shards as planned emits each batch as soon as its samples are read, and a resumed run skips
 what was delivered.
@@ -192,35 +194,45 @@ def _window_max(values: np.ndarray, width: int) -> np.ndarray:
 
 
 def _equalize(ranks: list[list[WorkerPlan]], multiple_of: int) -> None:
-    """Split the largest batches of short ranks until every rank has the same count, a multiple
-    of `multiple_of`. A batch of k samples splits into k // 2 and k - k // 2."""
-    most = max(sum(w.batches for w in plans) for plans in ranks)
-    target = -(-most // multiple_of) * multiple_of
+    """Split batches until every rank has the same number, a multiple of `multiple_of`, and the
+    workers of a rank as many as each other (or as many as they have samples): each split takes
+    the largest batch of the rank's worker with the fewest batches that can still be split, so no
+    worker idles while another works. A batch of k samples splits into k // 2 and k - k // 2."""
+    most = max(w.batches for plans in ranks for w in plans)
+    wanted = max(sum(min(most, len(w.samples)) for w in plans) for plans in ranks)  # a batch holds a sample
+    target = -(-wanted // multiple_of) * multiple_of
     for rank, plans in enumerate(ranks):
         deficit = target - sum(w.batches for w in plans)
         if not deficit:
             continue
-        heap = [
-            (-int(n), w, int(a))
-            for w, p in enumerate(plans)
-            for n, a in zip(np.diff(p.bounds).tolist(), p.bounds[:-1].tolist())
-        ]
-        heapq.heapify(heap)
-        cuts = [[] for _ in plans]
+        heaps = [[(-int(n), int(a)) for n, a in zip(np.diff(p.bounds).tolist(), p.bounds[:-1].tolist())] for p in plans]
+        for heap in heaps:
+            heapq.heapify(heap)
+        counts, cuts = [p.batches for p in plans], [[] for _ in plans]
         for _ in range(deficit):
-            size, w, start = heapq.heappop(heap) if heap else (0, 0, 0)
-            size = -size
-            if size < 2:
+            splittable = [w for w, heap in enumerate(heaps) if heap and -heap[0][0] >= 2]
+            if not splittable:
                 raise ValueError(
                     f"rank {rank} has too few samples for {target} batches; use fewer ranks, "
                     "smaller shards (output.target_shard_mb) or a smaller frame budget"
                 )
+            w = min(splittable, key=lambda k: (counts[k], k))
+            size, start = heapq.heappop(heaps[w])
+            size = -size
             cuts[w].append(start + size // 2)
-            heapq.heappush(heap, (-(size // 2), w, start))
-            heapq.heappush(heap, (-(size - size // 2), w, start + size // 2))
+            heapq.heappush(heaps[w], (-(size // 2), start))
+            heapq.heappush(heaps[w], (-(size - size // 2), start + size // 2))
+            counts[w] += 1
         for w, p in enumerate(plans):
             if cuts[w]:
                 p.bounds = np.sort(np.concatenate([p.bounds, np.array(cuts[w], np.int64)]))
+
+
+def consumed_samples(plan: EpochPlan, delivered: list[list[int]]) -> np.ndarray:
+    """Global ids of the samples in the batches each rank's workers delivered (delivered[rank][worker]
+    batches from the start of the epoch)."""
+    parts = [w.samples[: w.bounds[n]] for plans, counts in zip(plan.ranks, delivered) for w, n in zip(plans, counts)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def plan_stats(

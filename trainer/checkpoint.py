@@ -20,13 +20,17 @@ import numpy as np
 import torch
 
 PREFIX = "checkpoint-"
+# Bumped whenever the same settings plan an epoch differently (trainer.batching, trainer.loader),
+# so a checkpoint is never resumed into another sequence of batches.
+# 2: a rank's workers get as many batches as each other; batches come in one round-robin order.
+PLANNING_VERSION = 2
 
 
-def plan_key(cfg, corpora, world: int, limits: tuple[int, int]) -> dict:
-    """Everything the epoch plans depend on, by the name a user would change it with."""
+def plan_key(cfg, corpora, limits: tuple[int, int]) -> dict:
+    """Everything the epoch plans depend on but the layout (world size, workers: a resume on
+    another layout re-plans the rest of its epoch), by the name a user would change it with."""
     return {
-        "world size (processes)": world,
-        "data.workers": max(1, cfg.data.workers),
+        "batch planning (its version)": PLANNING_VERSION,
         "data.max_frames": cfg.data.max_frames,
         "data.buckets": cfg.data.buckets,
         "data.shuffle_buffer": cfg.data.shuffle_buffer,
@@ -38,6 +42,11 @@ def plan_key(cfg, corpora, world: int, limits: tuple[int, int]) -> dict:
         "model length limits (text, frames)": list(limits),
         "corpora (--data, by lengths.parquet sha256)": [c.fingerprint for c in corpora],
     }
+
+
+def layout(world: int, workers: int) -> dict:
+    """How the epoch's batches are spread: over `world` processes of `workers` loader workers."""
+    return {"world": world, "workers": max(1, workers)}
 
 
 def check_plan_key(saved: dict | None, current: dict, path: Path) -> None:

@@ -44,6 +44,7 @@ class DataSection:
     interleave: int = 64  # shard streams each DataLoader worker reads at once (speaker mix)
     workers: int = 2  # DataLoader workers per rank
     format: str = "auto"  # webdataset | parquet | lhotse_shar | auto (the first of these the corpus has)
+    retry_minutes: float = 10.0  # a remote read that fails is retried this long without progress
 
     def problems(self) -> Problems:
         if self.format not in ("auto", *FORMATS):
@@ -51,6 +52,8 @@ class DataSection:
         for key in ("max_frames", "buckets", "shuffle_buffer", "interleave"):
             if getattr(self, key) < 1:
                 yield key, f"must be >= 1, got {getattr(self, key)}"
+        if self.retry_minutes < 0:
+            yield "retry_minutes", f"must be >= 0, got {self.retry_minutes}"
 
 
 @dataclass

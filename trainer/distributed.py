@@ -25,6 +25,7 @@ class Run:
         self.rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+        self._control = None  # a gloo group for control messages, made on first use
         if self.world > 1:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.device.type == "cuda":
@@ -45,6 +46,16 @@ class Run:
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         if self.world > 1:
             dist.all_reduce(t)
+        return t.tolist()
+
+    def control_sum(self, values: list[float]) -> list[float]:
+        """`sum` over a CPU (gloo) group: a per-step agreement that never waits for the GPU."""
+        if self.world == 1:
+            return list(values)
+        if self._control is None:
+            self._control = dist.new_group(backend="gloo")
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t, group=self._control)
         return t.tolist()
 
     def sum_tensor(self, t: torch.Tensor) -> torch.Tensor:

@@ -29,13 +29,16 @@ from trainer.corpus import Samples
 class LoaderState:
     epoch: int = 0
     delivered: list[int] = field(default_factory=list)  # per worker, this epoch
+    # The epoch began on another layout (world size, workers) and was re-planned over what it had
+    # not consumed: {"world", "workers", "delivered": [per rank, per worker], "replanned": its own}.
+    replanned: dict | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "replanned" or v is not None}
 
     @classmethod
     def from_dict(cls, data: dict) -> LoaderState:
-        return cls(epoch=int(data["epoch"]), delivered=[int(x) for x in data["delivered"]])
+        return cls(int(data["epoch"]), [int(x) for x in data["delivered"]], data.get("replanned"))
 
 
 class PlanDataset(IterableDataset):
@@ -123,8 +126,34 @@ def collate(samples: list[tuple[dict, np.ndarray]], worker: int, index: int) -> 
 
 def make_loader(
     samples: Samples, plans: list[WorkerPlan], skip: list[int] | None, workers: int, pin_memory: bool = False
-) -> DataLoader:
-    """A DataLoader replaying `plans` (one per worker; workers = 0 reads in this process).
-    pin_memory on CUDA: page-locked batches make the host-to-device copies asynchronous."""
-    dataset = PlanDataset(samples, plans, skip or [0] * len(plans))
-    return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory)
+) -> PlanOrder:
+    """The batches of `plans` (one per worker; workers = 0 reads in this process) in the plan's
+    order, through a DataLoader. pin_memory on CUDA: page-locked batches make the host-to-device
+    copies asynchronous."""
+    skip = skip or [0] * len(plans)
+    loader = DataLoader(PlanDataset(samples, plans, skip), batch_size=None, num_workers=workers, pin_memory=pin_memory)
+    return PlanOrder(loader, [p.batches for p in plans], skip)
+
+
+class PlanOrder:
+    """A rank's batches in one order, round-robin over its workers by batch index: (0, 0), (1, 0),
+    ..., (0, 1), (1, 1), ... (a worker whose batches are all out is passed over), the order in
+    which a fresh DataLoader hands them over. A resumed DataLoader starts its round-robin at worker
+    0 again, whatever worker's turn it was; batches that arrive before their turn wait here (at
+    most one per worker), so every resume point continues the same sequence."""
+
+    def __init__(self, loader: DataLoader, batches: list[int], skip: list[int]):
+        self.loader, self.batches, self.skip = loader, batches, skip
+
+    def order(self) -> list[tuple[int, int]]:
+        """(worker, batch index) of every batch still to come, in delivery order."""
+        left = [(index, worker) for worker, n in enumerate(self.batches) for index in range(self.skip[worker], n)]
+        return [(worker, index) for index, worker in sorted(left)]
+
+    def __iter__(self):
+        waiting, arrivals = {}, iter(self.loader)
+        for turn in self.order():
+            while turn not in waiting:
+                batch = next(arrivals)
+                waiting[batch["worker"], batch["index"]] = batch
+            yield waiting.pop(turn)

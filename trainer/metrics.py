@@ -17,14 +17,27 @@ import time
 
 import torch
 
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16, per GPU
+# Dense bf16 tensor-core peak per GPU (vendor datasheets; half their with-sparsity figures), by a
+# part of the name torch reports, the most specific first: "NVIDIA H100 80GB HBM3" is the SXM part.
+PEAK_FLOPS = (
+    ("H100 NVL", 835e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200 NVL", 835e12),
+    ("H200", 989e12),
+    ("GB200", 2500e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+)
+
+
+def peak_for(name: str) -> float | None:
+    """The peak of a GPU by its name, or None for one not in the table (MFU is then not logged)."""
+    return next((flops for part, flops in PEAK_FLOPS if part in name), None)
 
 
 def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    return peak_for(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
 
 class Window:

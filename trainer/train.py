@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from storage.remote import StorageError, retry_budget_of
 from trainer import checkpoint
-from trainer.batching import BatchingConfig, EpochPlan, plan_epoch, plan_stats
+from trainer.batching import BatchingConfig, EpochPlan, consumed_samples, plan_epoch, plan_stats
 from trainer.config import TrainConfig, load_config
 from trainer.corpus import Corpus, CorpusError, Samples, check_compatible, merge, open_corpus
 from trainer.distributed import Run, agree_on_checkpoint, check_shared_folder
@@ -68,7 +69,15 @@ class TrainingData:
         self.keep = np.asarray(model.cfg.fits(text, frames))
         self.too_long = int((~self.keep).sum())
 
-    def plan(self, cfg: TrainConfig, epoch: int, world: int, workers: int, multiple_of: int) -> EpochPlan:
+    def plan(
+        self, cfg: TrainConfig, epoch: int, world: int, workers: int, multiple_of: int, replanned: dict | None = None
+    ) -> EpochPlan:
+        """The epoch's plan for this layout; an epoch begun on another layout (`replanned`) plans
+        only the samples that layout has not consumed."""
+        keep = self.keep
+        if replanned:
+            keep = keep.copy()
+            keep[self.consumed(cfg, epoch, multiple_of, replanned)] = False
         batching = BatchingConfig(
             cfg.data.max_frames,
             cfg.data.buckets,
@@ -77,7 +86,28 @@ class TrainingData:
             cfg.run.seed,
             multiple_of,
         )
-        return plan_epoch(self.cost, self.keep, self.samples.offsets, epoch, world, max(1, workers), batching)
+        return plan_epoch(self.cost, keep, self.samples.offsets, epoch, world, max(1, workers), batching)
+
+    def consumed(self, cfg: TrainConfig, epoch: int, multiple_of: int, replanned: dict) -> np.ndarray:
+        """The samples an earlier layout delivered in this epoch (and those before it, recursively)."""
+        before = self.plan(
+            cfg, epoch, replanned["world"], replanned["workers"], multiple_of, replanned.get("replanned")
+        )
+        ids = consumed_samples(before, replanned["delivered"])
+        if replanned.get("replanned"):
+            ids = np.concatenate([ids, self.consumed(cfg, epoch, multiple_of, replanned["replanned"])])
+        return ids
+
+    def resume_elsewhere(self, cfg: TrainConfig, saved: dict, layout: dict) -> LoaderState:
+        """Where a checkpoint saved on another layout goes on: its epoch, re-planned over the samples
+        not consumed yet (the next epoch when none are left)."""
+        states = [LoaderState.from_dict(s) for s in saved["loader"]]
+        epoch = states[0].epoch
+        replanned = {**saved["layout"], "delivered": [s.delivered for s in states], "replanned": states[0].replanned}
+        left = int(self.keep.sum()) - len(np.unique(self.consumed(cfg, epoch, cfg.optim.accumulate, replanned)))
+        if left < layout["world"]:
+            return LoaderState(epoch + 1, [0] * layout["workers"])
+        return LoaderState(epoch, [0] * layout["workers"], replanned)
 
     def loader(self, plan: EpochPlan, rank: int, workers: int, skip=None, pin_memory=False) -> DataLoader:
         return make_loader(self.samples, plan.ranks[rank], skip, workers, pin_memory)
@@ -129,6 +159,38 @@ def autocast(run: Run):
     return torch.autocast("cpu", enabled=False)
 
 
+class DataUnavailable(RuntimeError):
+    """A rank could not read its data within the retry budget; every rank stopped at one step."""
+
+
+def agreed_steps(steps, run: Run, out: Path, step: int):
+    """The epoch's optimizer steps while every rank has its data. A rank whose reads fail for
+    `data.retry_minutes` (storage.remote retries them that long) stops every rank at the same
+    step: the ranks agree on each step over a CPU group (one small all-reduce), so none is left
+    waiting in a collective for the one that failed."""
+    while True:
+        failed = None
+        try:
+            group = next(steps)
+        except StopIteration:  # every rank has as many batches: all end together
+            return
+        except StorageError as err:
+            group, failed = None, err
+        flags = run.control_sum([float(failed is not None and r == run.rank) for r in range(run.world)])
+        stopped = [r for r, flag in enumerate(flags) if flag]
+        if stopped:
+            newest = checkpoint.checkpoints(out)[-1:] if out.is_dir() else []
+            why = f"{failed}" if failed is not None else "its own log says why"
+            raise DataUnavailable(
+                f"rank {stopped[0]} cannot read its data ({why}); every rank stopped at step {step}. "
+                f"{f'The newest checkpoint is {newest[0].name}: o' if newest else 'No checkpoint was written yet: o'}"
+                "nce the storage is back, run the same command with --resume (data.retry_minutes sets how long "
+                "a failing read is retried)"
+            ) from failed
+        yield group
+        step += 1
+
+
 def optimizer_steps(loader, accumulate: int):
     """Group an epoch's batches into optimizer steps of `accumulate` micro-batches. Plans give
     every rank a multiple of `accumulate` batches, so a step never spans two epochs."""
@@ -163,7 +225,8 @@ def accumulate_gradients(wrapped, group: list[dict], run: Run, generator, window
 def train(cfg: TrainConfig, data: list[str], *, resume: bool = False, allow_random_codec: bool = False) -> dict:
     run = Run()
     try:
-        return _train(run, cfg, data, resume, allow_random_codec)
+        with retry_budget_of(cfg.data.retry_minutes * 60):  # remote reads, here and in the loader's workers
+            return _train(run, cfg, data, resume, allow_random_codec)
     finally:
         run.close()
 
@@ -185,7 +248,8 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
     model = build_model(cfg, corpora[0].vocab_size, corpora[0].codebooks)
     training = TrainingData(corpora, model)
     dev_data = TrainingData(dev, model) if dev else None
-    key = checkpoint.plan_key(cfg, corpora, run.world, (model.cfg.max_text_len, model.cfg.max_audio_frames))
+    key = checkpoint.plan_key(cfg, corpora, (model.cfg.max_text_len, model.cfg.max_audio_frames))
+    layout = checkpoint.layout(run.world, cfg.data.workers)
     check_shared_folder(run, out)
 
     step, state, saved, path = 0, LoaderState(0, [0] * max(1, cfg.data.workers)), None, None
@@ -204,7 +268,9 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
     wrapped = loss_module
     if run.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(
-            loss_module, device_ids=[run.device.index] if run.device.type == "cuda" else None
+            loss_module,
+            device_ids=[run.device.index] if run.device.type == "cuda" else None,
+            broadcast_buffers=False,  # the only buffers are constant position tables: nothing to send each step
         )
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -218,8 +284,20 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         step = saved["step"]
-        state = LoaderState.from_dict(saved["loader"][run.rank])
-        checkpoint.set_rng_state(saved["rng"][run.rank], generator)
+        if saved["layout"] == layout:  # exactly where it stopped
+            state = LoaderState.from_dict(saved["loader"][run.rank])
+        else:
+            state = training.resume_elsewhere(cfg, saved, layout)
+            if run.main:
+                print(
+                    f"valle-train: {path} was saved by {saved['layout']['world']} process(es) x "
+                    f"{saved['layout']['workers']} loader worker(s), this run has {layout['world']} x "
+                    f"{layout['workers']}: epoch {state.epoch} goes on with the samples it has not consumed, "
+                    "re-planned (a resume is bit-exact only on the layout it was saved on)",
+                    flush=True,
+                )
+        if run.rank < len(saved["rng"]):  # a rank the saved layout did not have starts from its seed
+            checkpoint.set_rng_state(saved["rng"][run.rank], generator)
 
     writer = _tensorboard(out) if run.main else None
     log = (out / "log.jsonl").open("a") if run.main else None
@@ -231,12 +309,17 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
     optimizer.zero_grad(set_to_none=True)
     first_plan = True
     while step < cfg.run.max_steps:
-        plan = training.plan(cfg, state.epoch, run.world, cfg.data.workers, cfg.optim.accumulate)
+        plan = training.plan(cfg, state.epoch, run.world, cfg.data.workers, cfg.optim.accumulate, state.replanned)
         if run.main:  # printed for the first epoch of this process, logged for every one
             _emit(
                 {
                     "step": step,
                     "epoch": state.epoch,
+                    **(
+                        {"replanned_from": {k: state.replanned[k] for k in ("world", "workers")}}
+                        if state.replanned
+                        else {}
+                    ),
                     **{f"plan_{k}": v for k, v in training.stats(plan, run.rank).items()},
                 },
                 log,
@@ -247,7 +330,7 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
         loader = training.loader(
             plan, run.rank, cfg.data.workers, state.delivered, pin_memory=run.device.type == "cuda"
         )
-        for group in optimizer_steps(loader, cfg.optim.accumulate):
+        for group in agreed_steps(optimizer_steps(loader, cfg.optim.accumulate), run, out, step):
             accumulate_gradients(wrapped, group, run, generator, window, model)
             for batch in group:
                 state.delivered[batch["worker"]] += 1
@@ -295,6 +378,7 @@ def save_checkpoint(out, cfg, run, model, optimizer, scheduler, step, state, gen
         "loader": loaders,
         "rng": rngs,
         "world": run.world,
+        "layout": checkpoint.layout(run.world, cfg.data.workers),
         "plan": key,
         "provenance": corpus.provenance_key,
         "model_kind": model.__class__.__name__,
@@ -339,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         train(cfg, args.data, resume=args.resume, allow_random_codec=args.allow_random_codec)
+    except DataUnavailable as err:
+        print(f"valle-train: {err}", file=sys.stderr)
+        return 3
     except (CorpusError, ValueError) as err:
         print(f"valle-train: {err}", file=sys.stderr)
         return 2

@@ -14,14 +14,20 @@ as ranges (storage.ranged); any other file as one resumable stream (storage.down
 the scheduler writes a file's range ledger, after a range task has returned (its bytes
 fsynced). A task that is lost (its process died, or any error that is not a DownloadError) is
 submitted again, up to `task_retries` times, while the other ranges go on; a `DownloadError` (404, checksum,
-retries exhausted, full disk) fails its file alone, and `wait` raises it. Progress: one bar
-per file (bytes, rate, ETA) and a total, fed by the tasks' byte counts.
+retries exhausted, full disk) fails its file alone, and `wait` raises it. A file that changed on
+the server (`RemoteChanged`: its validator, length or ranges are not the probed ones) starts over,
+up to `task_retries` times; a server that answers a range with the whole file (`RangesIgnored`)
+gets the file as one stream, which later runs resume as a stream too. Each file is locked
+(`.locks/<name>.lock` beside it) while this process fetches it, so outputs sharing a `download_dir` never write one
+file at once: another run waits, then finds it downloaded. Progress: one bar per file (bytes,
+rate, ETA) and a total, fed by the tasks' byte counts.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import urllib.parse
 from collections import Counter, deque
 from collections.abc import Callable
@@ -30,9 +36,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from storage.download import DownloadError, download, is_downloaded, part_path, read_marker
+from storage.download import DownloadError, download, is_downloaded, part_path, read_marker, streaming
+from storage.files import FileLock
 from storage.hashing import Checksum
-from storage.ranged import RangeJob, RangeLedger, fetch_range, finish, forget_ranges, prepare, probe
+from storage.ranged import (
+    RangeJob,
+    RangeLedger,
+    RangesIgnored,
+    RemoteChanged,
+    discard,
+    fetch_range,
+    finish,
+    forget_ranges,
+    prepare,
+    probe,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +80,11 @@ class Cancelled(Exception):
 class _File:
     job: FileJob
     host: str
-    state: str = "new"  # new -> probe -> stream | ranges -> verify -> done; or failed
+    state: str = "new"  # new [-> locked] -> probe -> stream | ranges -> verify -> done; or failed
     submitted: bool = False  # the one task of the probe, stream and verify states
+    after: str | None = None  # "stream" or "restart", once none of the file's tasks runs
+    restarts: int = 0  # times the file changed on the server and was started over
+    lock: FileLock | None = None
     ledger: RangeLedger | None = None
     queue: deque = field(default_factory=deque)  # range numbers still to submit
     running: int = 0
@@ -117,7 +138,10 @@ class Transfers:
                 if not self._running:
                     if all(f.finished.is_set() for f in self.files.values()):
                         return
-                    raise RuntimeError("download scheduler: files unfinished with nothing to run")
+                    if not any(f.state == "locked" for f in self.files.values()):
+                        raise RuntimeError("download scheduler: files unfinished with nothing to run")
+                    time.sleep(0.2)  # another process holds a file: look again
+                    continue
                 done = self.pool.wait(list(self._running), timeout=0.2)
                 self._show(self.pool.take_progress())
                 for handle in done:
@@ -136,8 +160,10 @@ class Transfers:
     def _submit_ready(self) -> None:
         cap = self.settings.connections
         for f in self.files.values():
-            if f.state == "new":
+            if f.state in ("new", "locked"):
                 self._start(f)
+            if f.after is not None and f.running == 0:
+                self._turn(f)
             ready = f.state in ("probe", "stream", "verify") and not f.submitted
             if ready and (f.state == "verify" or self._busy[f.host] < cap):  # verifying reads the disk only
                 self._submit(f, f.state)
@@ -150,13 +176,23 @@ class Transfers:
         if is_downloaded(job.dest, job.checksum):
             self._done(f)
             return
+        f.lock = f.lock or FileLock.try_take(job.dest.parent / ".locks" / f"{job.dest.name}.lock")
+        if f.lock is None:
+            if f.state == "new":
+                log.info("%s: another run is downloading it; waiting", job.dest)
+            f.state = "locked"
+            return
+        if is_downloaded(job.dest, job.checksum):  # the other run finished it
+            self._done(f)
+            return
         if self.progress and self._total.disable:
             self._total = tqdm(desc="downloads", unit="B", unit_scale=True, unit_divisor=1024, total=0)
         f.bar = tqdm(
             desc=job.dest.name, unit="B", unit_scale=True, unit_divisor=1024, disable=not self.progress, leave=False
         )
-        # A marker for another checksum: download() re-hashes the file, or fetches it again.
-        f.state = "stream" if read_marker(job.dest) is not None else "probe"
+        # A marker for another checksum: download() re-hashes the file, or fetches it again. A
+        # .part streamed before (its server would not serve ranges) goes on as a stream.
+        f.state = "stream" if read_marker(job.dest) is not None or streaming(job.dest) else "probe"
 
     def _submit(self, f: _File, kind: str, index: int = -1) -> None:
         s, job = self.settings, f.job
@@ -183,6 +219,7 @@ class Transfers:
                         s.retries,
                         s.backoff_s,
                         s.timeout_s,
+                        f.ledger.validator,
                     ),
                 ),
             )
@@ -201,7 +238,9 @@ class Transfers:
             result = self.pool.result(handle)
         except BaseException as err:
             err = _cause(err)
-            if (
+            if isinstance(err, (RangesIgnored, RemoteChanged)) and not f.finished.is_set():
+                self._turn_after(f, err)
+            elif (
                 not isinstance(err, DownloadError)
                 and not f.finished.is_set()
                 and f.lost[kind, index] < self.settings.task_retries
@@ -226,10 +265,40 @@ class Transfers:
         elif kind == "range":
             f.ledger.done.add(index)  # its bytes are fsynced: now it counts
             f.ledger.save()
-            if f.state == "ranges" and not f.queue and f.running == 0:
+            if f.state == "ranges" and f.after is None and not f.queue and f.running == 0:
                 f.state, f.submitted = "verify", False
         else:  # stream or verify: the file is verified, in place, with its marker
             self._done(f)
+
+    def _turn_after(self, f: _File, err: DownloadError) -> None:
+        """Stop submitting the file's ranges; once its running tasks are back, stream it
+        (RangesIgnored) or start it over (RemoteChanged)."""
+        f.queue.clear()
+        if isinstance(err, RangesIgnored):
+            if f.after is None:
+                log.warning("%s; fetching it as one stream", err)
+                f.after = "stream"
+            return
+        if f.after != "restart":
+            f.restarts += 1
+            if f.restarts > self.settings.task_retries:
+                self._fail(f, err)
+                return
+            log.warning("%s: starting %s over (time %d)", err, f.job.dest.name, f.restarts)
+            f.after = "restart"
+
+    def _turn(self, f: _File) -> None:
+        if f.after == "stream":
+            forget_ranges(f.job.dest)  # the ranges' contiguous prefix is where the stream resumes
+            f.state = "stream"
+        else:
+            discard(f.job.dest)
+            f.state = "probe"
+            if f.bar is not None:  # its bytes so far are void; the probe counts the file again
+                self._total.total -= f.bar.total or 0
+                self._total.update(-f.bar.n)
+                f.bar.reset()
+        f.after, f.submitted, f.ledger = None, False, None
 
     def _probed(self, f: _File, found) -> None:
         s, job = self.settings, f.job
@@ -244,7 +313,7 @@ class Transfers:
             f.state, f.submitted = "stream", False
             return
         try:
-            f.ledger = prepare(job.url, job.dest, found.total, s.range_bytes)
+            f.ledger = prepare(job.url, job.dest, found.total, s.range_bytes, found.validator)
         except DownloadError as err:
             self._fail(f, err)
             return
@@ -268,6 +337,7 @@ class Transfers:
         f.state = "done"
         if f.bar is not None:
             f.bar.close()
+        self._release(f)
         f.finished.set()
 
     def _fail(self, f: _File, err: BaseException) -> None:
@@ -275,7 +345,14 @@ class Transfers:
         f.queue.clear()
         if f.bar is not None:
             f.bar.close()
+        self._release(f)
         f.finished.set()
+
+    @staticmethod
+    def _release(f: _File) -> None:
+        if f.lock is not None:
+            f.lock.release()
+            f.lock = None
 
 
 def _cause(err: BaseException) -> BaseException:

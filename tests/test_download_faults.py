@@ -1,0 +1,130 @@
+"""Download faults a 3 TB transfer meets over days: a crash between preallocating the .part and
+saving its range ledger, a file that changes on the server mid-download, a server that answers the
+probe with 206 and a range with 200, a full quota, and two outputs sharing a download folder."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+import pytest
+
+import storage.download as dl
+import storage.ranged as ranged
+from pipeline.fetch.transfer_pools import ThreadTasks
+from pipeline.fetch.transfers import FileJob, Transfers
+from sample.http_mirror import HttpMirror
+from storage.download import DiskFull, download
+from tests.test_download import FAST, SIZE, part_of, sha, site, source  # noqa: F401 (fixtures)
+from tests.test_transfers import RANGE, assert_complete, fetch, settings
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+def test_a_preallocated_part_is_never_taken_as_data(site, source, tmp_path, monkeypatch):
+    """kill -9 right after the .part is allocated: the re-run fetches every byte, and with no
+    checksum to catch it, a file of zeros would otherwise be accepted as downloaded."""
+    dest, real = tmp_path / "data.bin", ranged._allocate
+
+    def allocate_then_crash(part, total, have):
+        real(part, total, have)
+        raise SimulatedCrash("killed after fallocate")
+
+    monkeypatch.setattr(ranged, "_allocate", allocate_then_crash)
+    with pytest.raises(SimulatedCrash):
+        ranged.prepare("http://unused/data.bin", dest, SIZE, RANGE)
+    monkeypatch.undo()
+    assert part_of(dest).stat().st_size == SIZE  # all zeros, full length
+    with HttpMirror(site) as mirror:
+        fetch([FileJob(mirror.url("data.bin"), dest, None)], settings())
+    assert dest.read_bytes() == source
+    assert sum(r.bytes_sent for r in mirror.requests) >= SIZE
+
+
+def test_a_file_changed_on_the_server_is_fetched_again_whole(site, source, tmp_path):
+    """Half the ranges of the old version are on disk when the file changes (same length): the
+    re-run sends If-Range, sees the change, and starts that file over: never a mix of versions."""
+    dest = tmp_path / "data.bin"
+    with HttpMirror(site) as mirror:
+        url = mirror.url("data.bin")
+        ledger = ranged.prepare(url, dest, SIZE, RANGE, validator=mirror.etag("data.bin"))
+        for i in (0, 1, 2):
+            start, end = ledger.bounds(i)
+            ranged.fetch_range(
+                ranged.RangeJob(url, str(part_of(dest)), i, start, end, SIZE, validator=ledger.validator)
+            )
+            ledger.done.add(i)
+        ledger.save()
+        new = bytes(b ^ 0xFF for b in source)  # same length, other bytes
+        (site / "data.bin").write_bytes(new)
+        fetch([FileJob(url, dest, None)], settings())
+    assert dest.read_bytes() == new
+
+
+def test_a_changed_file_resumed_as_one_stream_restarts(site, source, tmp_path):
+    dest = tmp_path / "data.bin"
+    with HttpMirror(site, drop_after_bytes=100_000, drop_first=1) as mirror:
+        with pytest.raises(dl.DownloadError):
+            download(mirror.url("data.bin"), dest, None, **{**FAST, "retries": 1})
+        assert part_of(dest).stat().st_size == 100_000
+        new = bytes(b ^ 0xFF for b in source)
+        (site / "data.bin").write_bytes(new)
+        download(mirror.url("data.bin"), dest, None, **FAST)
+    assert dest.read_bytes() == new
+    assert mirror.requests[-1].status == 200  # If-Range: the resume was refused, the file restarted
+
+
+def test_a_server_that_serves_only_the_probe_as_a_range_is_streamed(site, source, tmp_path):
+    dest = tmp_path / "data.bin"
+    with HttpMirror(site, honour_range="probe") as mirror:
+        fetch([FileJob(mirror.url("data.bin"), dest, sha(source))], settings())
+        assert_complete(dest, source, sha(source))
+        assert mirror.requests[-1].range is None and mirror.requests[-1].status == 200  # one stream
+
+
+def test_a_full_quota_is_a_clear_error_like_a_full_disk(site, source, tmp_path, monkeypatch):
+    dest = tmp_path / "data.bin"
+
+    class OverQuota:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(dl, "open", lambda *a, **k: OverQuota(open(*a, **k)), raising=False)
+    with HttpMirror(site) as mirror, pytest.raises(DiskFull, match=r"data\.bin: not enough disk space.*quota"):
+        download(mirror.url("data.bin"), dest, sha(source), **FAST)
+
+
+def test_two_outputs_sharing_a_download_folder_fetch_a_file_once(site, source, tmp_path):
+    dest, done = tmp_path / "shared" / "data.bin", []
+    with HttpMirror(site, rate_bytes_s=600_000) as mirror:
+
+        def one_run():
+            with (
+                ThreadTasks() as pool,
+                Transfers([FileJob(mirror.url("data.bin"), dest, sha(source))], settings(), pool, progress=False) as t,
+            ):
+                done.append(t.wait(dest))
+
+        runs = [threading.Thread(target=one_run) for _ in range(2)]
+        for run in runs:
+            run.start()
+        for run in runs:
+            run.join(60)
+    assert done == [dest, dest]
+    assert_complete(dest, source, sha(source))
+    assert sum(r.bytes_sent for r in mirror.requests if r.range != "bytes=0-0") == SIZE  # not twice
