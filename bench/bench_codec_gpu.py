@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil  # Ray's bundled copy (imported after ray)
 import ray
 import torch
 import yaml
@@ -59,6 +58,8 @@ class Utilization(threading.Thread):
         self.gpu, self.samples, self.stop = gpu, [], threading.Event()
 
     def run(self) -> None:
+        import psutil  # Ray's bundled copy: importing ray (above) put it on the path
+
         me, known = psutil.Process(), {}  # pid -> Process: cpu_percent needs the same object twice
         while not self.stop.wait(0.2):
             if self.gpu:

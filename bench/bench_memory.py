@@ -26,9 +26,10 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import ray  # noqa: F401  (puts Ray's bundled psutil on the path)
 import yaml
+
+psutil = __import__("psutil")  # Ray's bundled copy: importable once ray is (import sorting keeps this after)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

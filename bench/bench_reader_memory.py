@@ -58,8 +58,10 @@ def build(root: Path, shards: int, per_shard: int) -> Path:
 
     rng = np.random.default_rng(0)
     seconds = np.clip(rng.lognormal(np.log(14.0), 0.45, shards * per_shard), 1.0, 30.0)
-    cuts = [Cut(str(i // 50), f"large/{i // 50}/book_{i // 500}/chapter", int(s * 75), max(1, int(s * 3)))
-            for i, s in enumerate(seconds)]
+    cuts = [
+        Cut(str(i // 50), f"large/{i // 50}/book_{i // 500}/chapter", int(s * 75), max(1, int(s * 3)))
+        for i, s in enumerate(seconds)
+    ]
     groups = [cuts[i : i + per_shard] for i in range(0, len(cuts), per_shard)]
     return write_corpus(root, groups, formats=("webdataset", "parquet"))
 
@@ -70,19 +72,28 @@ def main() -> None:
     parser.add_argument("--per-shard", type=int, default=1100)
     parser.add_argument("--batches", type=int, default=400)
     args = parser.parse_args()
-    print(f"$ python bench/bench_reader_memory.py --shards {args.shards} --per-shard {args.per_shard} "
-          f"--batches {args.batches}")
+    print(
+        f"$ python bench/bench_reader_memory.py --shards {args.shards} --per-shard {args.per_shard} "
+        f"--batches {args.batches}"
+    )
     print("| format | interleave | baseline RSS | peak RSS | peak above baseline | batches |")
     print("|---|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory(prefix="bench-reader-") as tmp:
         root = build(Path(tmp) / "corpus", args.shards, args.per_shard)
         for fmt in ("webdataset", "parquet"):
             for interleave in (1, 64):
-                done = subprocess.run([sys.executable, "-c", _MEASURE, str(root), fmt, str(interleave),
-                                       str(args.batches)], cwd=REPO, check=True, capture_output=True, text=True)
+                done = subprocess.run(
+                    [sys.executable, "-c", _MEASURE, str(root), fmt, str(interleave), str(args.batches)],
+                    cwd=REPO,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
                 r = json.loads(done.stdout.strip().splitlines()[-1])
-                print(f"| {fmt} | {interleave} | {r['baseline_mb']:.0f} MB | {r['peak_mb']:.0f} MB | "
-                      f"{r['peak_mb'] - r['baseline_mb']:.0f} MB | {r['batches']} |")
+                print(
+                    f"| {fmt} | {interleave} | {r['baseline_mb']:.0f} MB | {r['peak_mb']:.0f} MB | "
+                    f"{r['peak_mb'] - r['baseline_mb']:.0f} MB | {r['batches']} |"
+                )
 
 
 if __name__ == "__main__":

@@ -127,6 +127,12 @@ def _run(args) -> int:
             f"{', '.join(summary.orphans)}",
             file=sys.stderr,
         )
+    if summary.codec_stats.get("oom_splits"):
+        print(
+            f"codec: {summary.codec_stats['oom_splits']:.0f} batch(es) split after running out of device memory "
+            "(the codes are the same); a smaller codec.batch_seconds avoids the retries",
+            file=sys.stderr,
+        )
     if index["provenance"]["codec"]["weights"] == "random":
         print(
             "WARNING: codes were made with RANDOM EnCodec weights (offline test run); "

@@ -7,9 +7,12 @@ stores each code as a 10-bit index, 752 B per audio second for uniformly random 
 plain uint16 + zstd takes 1,045 and byte-stream-split + zstd 794 (and less than both on
 low-entropy codes). Every Parquet reader decodes a dictionary; byte-stream-split on integers
 needs Arrow 16 or later.
-Read: row group by row group: only the groups holding wanted rows are read (a remote shard by
-byte ranges, storage.remote) and decoded, one at a time. Strict: the columns must be those of
-parquet.v1 or parquet.v2 (v1 shards, still read, hold 10-bit packed codes and their shape).
+Read: only the row groups holding wanted rows are read (a remote shard by byte ranges,
+storage.remote), and those a few rows at a time (READ_ROWS), from a file opened with a bounded
+read buffer (`open_file`): what a reader holds does not grow with the row group, so a loader
+worker that keeps 64 shards open holds 64 small batches, not 64 decoded row groups of 1,024
+utterances (bench/bench_reader_memory.py). Strict: the columns must be those of parquet.v1 or
+parquet.v2 (v1 shards, still read, hold 10-bit packed codes and their shape).
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ SUFFIX = ".parquet"
 # the trainer) hold a row group at a time, and 1024 rows amortize the codes column's dictionary
 # page (4 kB).
 PARQUET_ROW_GROUP = 1024
+READ_ROWS = 8  # rows decoded at a time: ~0.15 MB of codes at Libriheavy lengths (a few copies while decoding)
+READ_BUFFER = 64 << 10  # bytes of a column chunk read at a time (pages are decoded as they arrive)
+
+
+def open_file(source) -> pq.ParquetFile:
+    """A shard for `read`: column chunks streamed through a bounded buffer, not loaded whole."""
+    return pq.ParquetFile(source, buffer_size=READ_BUFFER, pre_buffer=False)
 
 
 def write(samples: list, f: BinaryIO) -> None:
@@ -81,16 +91,26 @@ def read(
     start = 0
     for group in range(file.num_row_groups):
         rows = file.metadata.row_group(group).num_rows
-        positions = (
-            np.arange(start, start + rows) if wanted is None else wanted[(wanted >= start) & (wanted < start + rows)]
-        )
-        if len(positions):
-            table = file.read_row_group(group, columns=names + ["codes"]).take(pa.array(positions - start, pa.int64()))
-            meta = {name: table.column(name).to_pylist() for name in names}
-            codes = _v1_codes(table, meta, bad_codes) if v1 else codes_from_arrow(table.column("codes"), where)
-            for i in range(len(positions)):
-                yield {name: values[i] for name, values in meta.items()}, codes[i]
-        start += rows
+        if wanted is None or ((wanted >= start) & (wanted < start + rows)).any():
+            batches = file.iter_batches(READ_ROWS, row_groups=[group], columns=names + ["codes"], use_threads=False)
+            for batch in batches:
+                yield from _rows(batch, start, wanted, names, v1, bad_codes, where)
+                start += batch.num_rows
+        else:
+            start += rows
+
+
+def _rows(batch: pa.RecordBatch, start: int, wanted, names: list[str], v1: bool, bad_codes: str, where: str):
+    """The wanted rows of a batch that begins at row `start` of the file, decoded."""
+    stop = start + batch.num_rows
+    positions = np.arange(start, stop) if wanted is None else wanted[(wanted >= start) & (wanted < stop)]
+    if not len(positions):
+        return
+    table = pa.Table.from_batches([batch]).take(pa.array(positions - start, pa.int64()))
+    meta = {name: table.column(name).to_pylist() for name in names}
+    codes = _v1_codes(table, meta, bad_codes) if v1 else codes_from_arrow(table.column("codes"), where)
+    for i in range(len(positions)):
+        yield {name: values[i] for name, values in meta.items()}, codes[i]
 
 
 def _v1_codes(table: pa.Table, meta: dict, bad_codes: str) -> list:

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from schemas import lhotse_shar, parquet, webdataset
 from schemas.contract import FORMATS, READABLE_VERSIONS, SchemaError, validate
@@ -91,5 +90,5 @@ def _samples(shard: Shard, wanted: np.ndarray | None) -> Iterator[tuple[dict, np
     else:
         with open_random_access(shard.uri) as source:
             yield from parquet.read(
-                pq.ParquetFile(source), wanted, columns=["id", "speaker", "text_tokens"], where=shard.uri
+                parquet.open_file(source), wanted, columns=["id", "speaker", "text_tokens"], where=shard.uri
             )

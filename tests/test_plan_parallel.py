@@ -195,3 +195,29 @@ def test_corrupt_compressed_bytes_are_a_clear_error(tmp_path, messy_manifest):
         pytest.raises(ManifestUnreadable, match="damaged.jsonl.gz: not a readable gzip file"),
     ):
         plan_subset(damaged, "damaged", "train", tmp_path / "out", 0.002, PREFIX, progress=False, parsers=parsers)
+
+
+def test_stopping_ray_parsers_cancels_their_tasks_at_once(ray_address):
+    """Ctrl-C while large manifests parse on Ray: closing the pool cancels the blocks in flight,
+    so the planning threads waiting on them stop in seconds, not after the whole manifest."""
+    import time
+
+    import ray
+
+    from pipeline.plan.parse_pool import PlanningStopped
+
+    def slow_block(*args):
+        time.sleep(60)
+
+    parsers = RayParsers(workers=1)
+    parsers.task = ray.remote(slow_block).options(num_cpus=0)
+    handle = parsers.submit(b"", 1, "", "x")
+    started = time.monotonic()
+    parsers.close()
+    with pytest.raises(ray.exceptions.TaskCancelledError):  # the task itself stopped: no CPU spent on it
+        ray.get(handle, timeout=20)
+    with pytest.raises(PlanningStopped):  # and whoever waits on it, or would submit more, is told
+        parsers.result(handle)
+    with pytest.raises(PlanningStopped):
+        parsers.submit(b"", 1, "", "x")
+    assert time.monotonic() - started < 20

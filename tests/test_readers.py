@@ -93,3 +93,22 @@ def test_parquet_refuses_other_columns_and_reads_row_groups_it_needs(tmp_path, m
         list(parquet.read(pq.ParquetFile(tmp_path / "y.parquet")))
     with pytest.raises(SchemaError, match=r"columns differ from schemas/parquet\.v1\.json"):
         list(parquet.read(file, version=1))
+
+
+def test_parquet_decodes_a_few_rows_at_a_time_whatever_the_row_group(tmp_path, monkeypatch):
+    """What a reader holds is READ_ROWS rows, not a row group: a loader worker keeps 64 shards
+    open (bench/bench_reader_memory.py measures the memory)."""
+    import schemas.codes
+
+    with open(tmp_path / "x.parquet", "wb") as f:
+        parquet.write(samples(20), f)  # one row group of 20
+    decoded, real = [], parquet.codes_from_arrow
+    monkeypatch.setattr(
+        parquet, "codes_from_arrow", lambda column, where: decoded.append(len(column)) or real(column, where)
+    )
+    monkeypatch.setattr(parquet, "READ_ROWS", 3)
+    got = list(parquet.read(parquet.open_file(tmp_path / "x.parquet")))
+    assert [m["id"] for m, _ in got] == [s.id for s in samples(20)]
+    assert all(np.array_equal(c, s.codes) for (_, c), s in zip(got, samples(20)))
+    assert max(decoded) <= 3 and sum(decoded) == 20
+    assert schemas.codes.codes_from_arrow is real  # the module's own function, patched only in parquet

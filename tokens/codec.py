@@ -104,6 +104,7 @@ class CodecEncoder:
             raise ValueError(f"codec.precision must be one of {list(PRECISIONS)}, got {cfg.precision!r}")
         self.weights: CodecWeights | None = None
         self.forward_passes = 0
+        self.oom_splits = 0
         self._given = given
         self._model: EncodecModel | None = None
         self._device: torch.device | None = None
@@ -181,12 +182,7 @@ class CodecEncoder:
         pending = []
         with torch.inference_mode():
             for rows, x in prepared.batches:
-                codes = self._forward(x.to(self._device, non_blocking=True))  # (B, n_q, T / 320)
-                # Codes are < 1024: int16 halves (of int32) the bytes copied back.
-                host = torch.empty(codes.shape, dtype=torch.int16, pin_memory=self._device.type == "cuda")
-                host.copy_(codes.to(torch.int16), non_blocking=True)
-                pending.append((rows, host))
-                self.forward_passes += 1
+                pending += self._queue(rows, x)
             if self._device.type == "cuda":
                 torch.cuda.current_stream(self._device).synchronize()
         for rows, host in pending:
@@ -194,6 +190,33 @@ class CodecEncoder:
             for row, i in enumerate(rows):
                 out[i] = codes[row, :, : num_frames(prepared.lengths[i])].copy()
         return out
+
+    def _queue(self, rows: list[int], x: torch.Tensor) -> list[tuple[list[int], torch.Tensor]]:
+        """One batch's forward pass queued, its codes on their way to host memory. Out of device
+        memory, the cache is freed and the batch split in two (its codes are the same: batched
+        codes equal one-by-one codes), down to one utterance; `oom_splits` counts the splits."""
+        try:
+            codes = self._forward(x.to(self._device, non_blocking=True))  # (B, n_q, T / 320)
+        except torch.cuda.OutOfMemoryError:
+            if len(rows) == 1:
+                raise
+            if self._device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.oom_splits += 1
+            half = len(rows) // 2
+            log.warning(
+                "EnCodec on %s: out of memory for %d utterances; trying them as %d and %d",
+                self._device,
+                len(rows),
+                half,
+                len(rows) - half,
+            )
+            return self._queue(rows[:half], x[:half]) + self._queue(rows[half:], x[half:])
+        # Codes are < 1024: int16 halves (of int32) the bytes copied back.
+        host = torch.empty(codes.shape, dtype=torch.int16, pin_memory=self._device.type == "cuda")
+        host.copy_(codes.to(torch.int16), non_blocking=True)
+        self.forward_passes += 1
+        return [(rows, host)]
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, T) at 24 kHz -> (B, n_q, T / 320) codes: EncodecModel.encode for one segment

@@ -65,7 +65,12 @@ class CodecWorker:
         t2 = time.perf_counter()
         with self._device_lock:
             t3 = time.perf_counter()
-            codes = self.encoder.run(prepared)
+            try:
+                codes = self.encoder.run(prepared)
+            except Exception as err:
+                if device_broken(err):
+                    self.device_broke(err)
+                raise
             t4 = time.perf_counter()
         del prepared
         _release_freed_memory()
@@ -80,6 +85,12 @@ class CodecWorker:
         )
         return codes
 
+    def device_broke(self, err: BaseException) -> None:
+        """A sticky device error: every later call here would fail at once. In process, the
+        error is raised; the Ray actor (CodecActor) exits instead, so Ray restarts it and its
+        units are retried on other workers."""
+        raise DeviceBroken(f"codec worker on {self.encoder.device}: {type(err).__name__}: {err}") from err
+
     def _add(self, seconds: dict) -> None:
         with self._stats_lock:
             self._seconds.update(seconds)
@@ -87,7 +98,11 @@ class CodecWorker:
     def stats(self) -> dict:
         """Forward passes, audio seconds encoded and seconds spent per step (summed over calls)."""
         with self._stats_lock:
-            return {"forward_passes": self.encoder.forward_passes, **self._seconds}
+            return {
+                "forward_passes": self.encoder.forward_passes,
+                "oom_splits": self.encoder.oom_splits,
+                **self._seconds,
+            }
 
     def device(self) -> str:
         return str(self.encoder.device)
@@ -105,3 +120,30 @@ def _release_freed_memory() -> None:
     otherwise keep: a process's memory would creep up with every batch."""
     if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
         _LIBC.malloc_trim(0)
+
+
+class DeviceBroken(RuntimeError):
+    """The device failed in a way that fails every later call (see `device_broken`)."""
+
+
+# What CUDA reports when the device or its context is gone for good: after one of these every
+# later call on it fails at once, so a worker that stays up would fail each unit it takes in a
+# second (while healthy workers take a minute) and drain the queue.
+STICKY_DEVICE_ERRORS = (
+    "illegal memory access",
+    "illegal instruction",
+    "misaligned address",
+    "unspecified launch failure",
+    "device-side assert",
+    "uncorrectable ECC error",
+    "ECC error",
+    "GPU is lost",
+    "fallen off the bus",
+    "launch timed out",
+    "CUDA driver error",
+)
+
+
+def device_broken(err: BaseException) -> bool:
+    """True for an error after which the device cannot be used again in this process."""
+    return isinstance(err, RuntimeError) and any(text in str(err) for text in STICKY_DEVICE_ERRORS)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from pipeline.encode.unit import UnitJob, run_unit
 from pipeline.executors import CodecSpec, UnitsOutcome, chunked, failure, progress_bar
 from pipeline.executors.placement import ClusterMismatch, CodecSlot, cluster_summary, plan_slots, uses_gpu
+from pipeline.executors.streaks import FailureStreaks
 from tokens.codec_settings import batch_seconds
 
 if TYPE_CHECKING:
@@ -80,6 +81,10 @@ class _Worker:
     down_since: float | None = None  # when it started, or lost a unit; None while it is known up
     probe: object = None  # ObjectRef of ready() while starting or down
     dead: bool = False
+    where: str = ""  # node and device, in words, once it answered
+
+    def described(self) -> str:
+        return self.where or f"node {self.node_id[:8]}"
 
     def free(self) -> bool:
         up = self.starting or self.down_since is None
@@ -195,6 +200,7 @@ class RayExecutor:
         import ray
 
         outcome = UnitsOutcome()
+        self._streaks = FailureStreaks()
         queue = deque(_Attempt(job) for job in jobs)
         running: dict = {}  # ObjectRef -> (_Attempt, _Worker)
         bar = progress_bar(jobs, progress)
@@ -218,6 +224,7 @@ class RayExecutor:
             for ref in running:  # the run stops, and so do its unit tasks (their files stay partial)
                 ray.cancel(ref)
             raise
+        _report_failed(self._streaks.leftover(), outcome, bar)
         bar.close()
         return outcome
 
@@ -260,6 +267,7 @@ class RayExecutor:
             worker.running -= 1
             try:
                 outcome.results.append(ray.get(ref))
+                _report_failed(self._streaks.succeeded(id(worker)), outcome, bar)
             except Exception as err:
                 _stop_if_start_failed(worker, err)
                 if cluster_failure(err) and attempt.tries < self.cfg.codec_restarts:
@@ -273,7 +281,12 @@ class RayExecutor:
                     queue.appendleft(attempt)
                     self._worker_down(worker)
                     continue
-                outcome.failed.append(failure(attempt.job, err))
+                streak = self._streaks.failed(id(worker), attempt, err)
+                if streak is not None and sum(not w.dead for w in workers) > 1:
+                    self._retire(worker, streak, queue, outcome, bar)
+                elif streak is not None:  # the last worker stays: these units failed on their own
+                    _report_failed(streak, outcome, bar)
+                continue  # its progress counts once it is settled (reported, or done elsewhere)
             bar.update(round(attempt.job.unit.seconds))
         now = time.monotonic()
         for w in workers:
@@ -293,6 +306,28 @@ class RayExecutor:
             )
             w.dead, w.down_since, w.probe = True, None, None
 
+    def _retire(self, worker: _Worker, streak: list, queue: deque, outcome: UnitsOutcome, bar) -> None:
+        """A worker that failed units in a row: never fed again; those units go to the others."""
+        import ray
+
+        log.warning(
+            "codec worker on %s failed %d units in a row (the last: %s: %s); retired, its units go to the "
+            "other workers",
+            worker.described(),
+            len(streak),
+            type(streak[-1][1]).__name__,
+            str(streak[-1][1]).strip().splitlines()[-1][:300] if str(streak[-1][1]).strip() else "",
+        )
+        worker.dead, worker.down_since, worker.probe = True, None, None
+        ray.kill(worker.actor, no_restart=True)
+        for attempt, err in streak:
+            if attempt.tries < self.cfg.codec_restarts:
+                attempt.tries += 1
+                attempt.avoid.add(id(worker))
+                queue.appendleft(attempt)
+            else:
+                _report_failed([(attempt, err)], outcome, bar)
+
     def _worker_down(self, worker: _Worker) -> None:
         """Stop feeding a worker that lost a unit until it answers again (restarted on its
         node), or for good when Ray says it is dead or it stays away too long. A worker still
@@ -306,12 +341,19 @@ class RayExecutor:
 
         worker.probe, worker.down_since = None, None
         try:
-            worker.node_id = ray.get(ref)
+            worker.node_id, worker.where = ray.get(ref)
         except ray.exceptions.RayError as err:
             _stop_if_start_failed(worker, err)
             log.warning("codec worker on node %s is gone: %s", worker.node_id[:8], type(err).__name__)
             worker.dead = True
         worker.starting = False
+
+
+def _report_failed(failed: list, outcome: UnitsOutcome, bar) -> None:
+    """Units that failed for reasons of their own: reported at the end of the run."""
+    for attempt, err in failed:
+        outcome.failed.append(failure(attempt.job, err))
+        bar.update(round(attempt.job.unit.seconds))
 
 
 def _stop_if_start_failed(worker: _Worker, err: BaseException) -> None:

@@ -36,6 +36,10 @@ MAX_WORKERS = 8  # beyond ~4 the single inflater is the bound (see above)
 PARALLEL_FROM_BYTES = 32 * 1024 * 1024
 
 
+class PlanningStopped(RuntimeError):
+    """The planning was stopped (an error elsewhere, or Ctrl-C) while blocks were still parsing."""
+
+
 class SerialParsers:
     """Parse in the calling thread."""
 
@@ -105,19 +109,34 @@ class RayParsers(SerialParsers):
         self.workers = workers or max(1, min(cpus, MAX_WORKERS))
         self.ray = ray
         self.task = ray.remote(parse_block).options(num_cpus=1, max_retries=3, scheduling_strategy=here)
+        self.pending: set = set()  # tasks submitted and not yet taken
+        self.closed = False
 
     @property
     def in_flight(self) -> int:
         return 2 * self.workers
 
     def submit(self, *args):
-        return self.task.remote(*args)
+        if self.closed:
+            raise PlanningStopped("planning stopped: no more blocks are parsed")
+        handle = self.task.remote(*args)
+        self.pending.add(handle)
+        return handle
 
     def result(self, handle):
-        return self.ray.get(handle)
+        try:
+            if self.closed:
+                raise PlanningStopped("planning stopped: no more blocks are parsed")
+            return self.ray.get(handle)
+        finally:
+            self.pending.discard(handle)
 
     def close(self) -> None:
-        pass
+        """Cancel the tasks in flight (an error, or Ctrl-C): the planning threads waiting on them
+        stop within seconds instead of parsing the rest of the manifest."""
+        self.closed = True
+        for handle in list(self.pending):
+            self.ray.cancel(handle, force=True)
 
 
 def default_workers() -> int:
