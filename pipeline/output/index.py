@@ -64,7 +64,7 @@ def build_index(
                     if f["format"] == entry["shards"]["files"][0]["format"] and f.get("field", "cuts") == "cuts":
                         samples += f["samples"]
                         hours += f["hours"]
-                stack = entry["codes"].get("stack")  # None: encoded before stacks were recorded
+                stack = (entry.get("codes") or {}).get("stack")  # None: encoded before stacks were recorded
                 if stack:
                     stacks.setdefault(json.dumps(stack, sort_keys=True), {**stack, "units": 0})["units"] += 1
                 for stage in ("shards", "codes"):
