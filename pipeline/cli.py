@@ -1,7 +1,7 @@
 """`valle-prep`: run a DAG, show a corpus's status, verify it, report on it, listen to it.
 
 valle-prep run DAG [--out DIR] [--set dotted.key=value ...] [--ray-address ADDR] [--rebuild-audio]
-                   [--prune] [--force-unlock]
+                   [--prune] [--force-unlock] [--allow-stack-change]
 valle-prep status OUT [--json]
 valle-prep verify OUT [--jobs N]
 valle-prep report OUT [--code-shards N] [--to DIR]
@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="take the output folder over from a run on another host whose heartbeat is still fresh "
         "(only when you know that run is gone)",
+    )
+    p.add_argument(
+        "--allow-stack-change",
+        action="store_true",
+        help="let codes made on another compute stack (device, torch, cuDNN) join this corpus's",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -90,6 +95,7 @@ def _run(args) -> int:
 
     require_torch_stack("valle-prep")
     from pipeline.dag import DagError, load_dag
+    from pipeline.encode.unit import StackChanged
     from pipeline.executors.placement import ClusterMismatch
     from pipeline.output.lock import OutputLocked
     from pipeline.runner import RunFailed, SettingsChanged, run
@@ -104,11 +110,20 @@ def _run(args) -> int:
             prune=args.prune,
             progress=not args.no_progress,
             force_unlock=args.force_unlock,
+            allow_stack_change=args.allow_stack_change,
         )
     except DagError as err:
         print(f"valle-prep: {err}", file=sys.stderr)
         return 2
-    except (SettingsChanged, RunFailed, DownloadError, WeightsUnavailable, OutputLocked, ClusterMismatch) as err:
+    except (
+        SettingsChanged,
+        StackChanged,
+        RunFailed,
+        DownloadError,
+        WeightsUnavailable,
+        OutputLocked,
+        ClusterMismatch,
+    ) as err:
         print(f"valle-prep: {err}", file=sys.stderr)
         return 1
     index = summary.index

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.encode.segment import PAST_END_TOLERANCE_S
-from pipeline.encode.unit import UnitJob, is_current
+from pipeline.encode.unit import StackChanged, UnitJob, is_current
 from pipeline.executors import CodecSpec, Executor
 from pipeline.fetch.sources import Sources
 from pipeline.fetch.transfer_pools import RayTasks, ThreadTasks
@@ -80,6 +80,7 @@ def run(
     progress: bool = True,
     executor: Executor | None = None,
     force_unlock: bool = False,
+    allow_stack_change: bool = False,
 ) -> RunSummary:
     """Bring `dag.out` up to date with the DAG. Paths handed to units are absolute, so they mean
     the same on every node of a cluster whatever its working directory."""
@@ -89,7 +90,7 @@ def run(
     with exclusive(out, force=force_unlock):
         executor = executor or RayExecutor(dag.ray)
         try:
-            return _run(dag, out, rebuild_audio, prune, progress, executor)
+            return _run(dag, out, rebuild_audio, prune, progress, executor, allow_stack_change)
         finally:
             if isinstance(executor, RayExecutor):
                 executor.close()  # Ray, if the downloads started it
@@ -108,7 +109,9 @@ def _task_pool(executor: Executor):
     return RayTasks()
 
 
-def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool, executor: Executor) -> RunSummary:
+def _run(
+    dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool, executor: Executor, allow_stack_change: bool
+) -> RunSummary:
     clock = _Clock()
     codec = resolve_codec(dag.codec)
     clock.log(f"codec weights: {codec.weights.kind} {codec.weights.sha256[:12]}")
@@ -138,6 +141,7 @@ def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool, 
         "max_text_cer": dag.filter.max_text_cer,
         "agreement": AGREEMENT,
     }
+    known_stacks = codes_stacks(out, [unit.name for plan in plans for unit in plan.units])
     jobs = [
         UnitJob(
             out=out,
@@ -152,6 +156,8 @@ def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool, 
             target_shard_bytes=dag.output.target_shard_mb * 1e6,
             audio_fingerprint=audio_fingerprint(settings),
             text_fingerprint=json_digest(text_fingerprint),
+            known_stacks=known_stacks,
+            allow_new_stack=allow_stack_change,
         )
         for plan in plans
         for unit in plan.units
@@ -190,6 +196,9 @@ def _run(dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool, 
             summary.skipped += r["action"] == "skip"
         summary.unit_seconds = dict(unit_seconds)
         clock.log(f"units done: {summary.encoded} encoded, {summary.reshard} re-sharded")
+        refused = [f for f in summary.failed if f["error"].startswith(f"{StackChanged.__name__}: ")]
+        if refused and len(refused) == len(summary.failed):
+            raise StackChanged(f"{len(refused)} unit(s) were not encoded: {refused[0]['error'].partition(': ')[2]}")
         if summary.failed:
             lines = "\n".join(f"  {f['unit']}: {f['error']}" for f in summary.failed)
             raise RunFailed(
@@ -321,6 +330,17 @@ def check_audio_settings(out: Path, settings: dict, rebuild: bool) -> None:
         )
     if previous != settings:
         write_json_atomic(path, {"audio": settings})
+
+
+def codes_stacks(out: Path, units: list[str]) -> tuple[dict, ...]:
+    """The compute stacks the committed codes of these units were made on (ledger entries of
+    units encoded before stacks were recorded name none)."""
+    seen = {}
+    for name in units:
+        stack = (ledger.read_entry(out, name).get("codes") or {}).get("stack")
+        if stack:
+            seen.setdefault(json_digest(stack), stack)
+    return tuple(seen.values())
 
 
 def units_not_in_plan(out: Path, units: set[str]) -> list[str]:

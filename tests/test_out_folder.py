@@ -73,7 +73,7 @@ def test_units_that_leave_the_plan_are_kept_until_prune(tmp_path, tiny_corpus, b
     built, _ = built_corpus
     out = tmp_path / "out"
     shutil.copytree(built.out, out)
-    dev_units = sorted(p.stem for p in (out / "ledger").glob("*.json") if "dev" in p.read_text())
+    dev_units = sorted(p.stem for p in (out / "ledger").glob("*.json") if json.loads(p.read_text())["subset"] == "dev")
     assert dev_units
     checksums = {
         p.name: f"sha256:{sha256_file(p)}" for p in (tiny_corpus.manifests["small"], tiny_corpus.tars["small"])
@@ -181,3 +181,48 @@ def test_a_file_system_without_locks_is_a_clear_error(tmp_path, monkeypatch):
             pass
     with exclusive(tmp_path / "out", force=True) as me:
         assert me["pid"] == os.getpid()
+
+
+def test_codes_of_another_compute_stack_join_a_corpus_only_when_allowed(tmp_path, tiny_corpus, built_corpus):
+    """Every unit's codes record the stack that made them (device, torch, cuDNN, precision). A
+    re-run that would encode on another stack is refused before any audio is decoded, unless
+    --allow-stack-change; status lists every stack."""
+    import torch
+
+    from pipeline.encode.unit import StackChanged
+    from pipeline.inspect.status import corpus_status, format_status
+    from pipeline.output import ledger
+
+    out = tmp_path / "out"
+    shutil.copytree(built_corpus[0].out, out)
+    stacks = corpus_status(out)["stacks"]
+    assert [s["stack"]["device"] for s in stacks] == ["cpu"] and stacks[0]["stack"]["cudnn"] is None
+    gpu = {"device": "cuda", "torch": "2.15.0+cu132", "cudnn": 91002, "precision": "exact"}
+    units = sorted(p.stem for p in (out / "ledger").glob("*.json"))
+    for name in units:  # as if they had been encoded on a GPU node
+        entry = ledger.read_entry(out, name)
+        entry["codes"]["stack"] = gpu
+        ledger.write_entry(out, name, entry)
+    lost = out / ledger.read_entry(out, units[0])["codes"]["path"]
+    lost.unlink()  # this unit must be encoded again, on this CPU
+    dag = load_dag(write_dag(tmp_path / "tiny.yaml", tiny_corpus))
+    with pytest.raises(
+        StackChanged,
+        match=r"made on cuda \(torch 2\.15\.0\+cu132, cuDNN 91002, exact\); this codec "
+        r"worker is cpu .*--allow-stack-change",
+    ):
+        run(dag, progress=False, executor=LocalExecutor())
+    assert not lost.exists()  # refused before encoding anything
+    run(dag, progress=False, executor=LocalExecutor(), allow_stack_change=True)
+    stacks = {s["stack"]["device"]: s["units"] for s in corpus_status(out)["stacks"]}
+    assert stacks == {"cuda": len(units) - 1, "cpu": 1}
+    index = json.loads((out / "index.json").read_text())
+    cpu = {"device": "cpu", "torch": torch.__version__, "cudnn": None, "precision": "exact"}
+    assert sorted(index["provenance"]["codec"]["stacks"], key=lambda s: s["device"]) == [
+        {**cpu, "units": 1},
+        {**gpu, "units": len(units) - 1},
+    ]
+    text = format_status(corpus_status(out))
+    assert "codes made on:" in text
+    assert f"  cuda (torch 2.15.0+cu132, cuDNN 91002, exact): {len(units) - 1} unit(s)" in text
+    assert "\n  cpu (torch " in text

@@ -184,7 +184,18 @@ def test_duplicate_ids_in_a_subset_keep_one_copy_whatever_the_line_order(tmp_pat
     assert plans[0] == plans[1]  # unit files list cuts in manifest order; their cuts are the same
 
 
-def test_an_id_in_two_subsets_is_kept_in_the_evaluation_subset(tmp_path, tiny_corpus):
+def _count_parses(monkeypatch) -> list[str]:
+    """The subsets whose manifests are parsed from now on."""
+    import pipeline.plan.subsets
+
+    parsed, scan = [], pipeline.plan.subsets._scan
+    monkeypatch.setattr(
+        pipeline.plan.subsets, "_scan", lambda m, subset, *a: parsed.append(subset) or scan(m, subset, *a)
+    )
+    return parsed
+
+
+def test_an_id_in_two_subsets_is_kept_in_the_evaluation_subset(tmp_path, tiny_corpus, monkeypatch):
     small, dev = _lines(tiny_corpus.manifests["small"]), _lines(tiny_corpus.manifests["dev"])
     leaked = small[0]
     paths = {"small": _write(tmp_path / "small.gz", small), "dev": _write(tmp_path / "dev.gz", dev + [leaked])}
@@ -204,12 +215,32 @@ def test_an_id_in_two_subsets_is_kept_in_the_evaluation_subset(tmp_path, tiny_co
     assert (out / "plan/small.json").stat().st_mtime_ns == stamp  # nothing re-planned
 
     _write(paths["dev"], dev)  # the leak is fixed upstream: the training copy comes back
+    parsed = _count_parses(monkeypatch)
     train2, _ = plan_subsets(paths, roles, out, 0.001, PREFIX, progress=False)
+    assert parsed == ["dev"]  # train's exclusions changed, not its manifest: planned from its kept parse
     assert leaked_id in {c["id"] for u in train2.units for c in read_unit_cuts(out, u)}
     assert train2.excluded == "" and not [r for r in train2.rejects if r["reason"] == "duplicate_cut_id"]
     assert _units(train2) == _units(
         plan_subset(paths["small"], "small", "train", tmp_path / "alone", 0.001, PREFIX, progress=False)
     )
+
+
+def test_a_new_unit_size_plans_from_the_kept_parse_and_a_damaged_one_is_parsed_again(
+    tmp_path, tiny_corpus, monkeypatch
+):
+    manifest = tiny_corpus.manifests["small"]
+    plan_subset(manifest, "small", "train", tmp_path / "out", 0.001, PREFIX, progress=False)
+    parsed = _count_parses(monkeypatch)
+    bigger = plan_subset(manifest, "small", "train", tmp_path / "out", 0.002, PREFIX, progress=False)
+    assert parsed == []
+    assert _units(bigger) == _units(plan_subset(manifest, "small", "train", tmp_path / "alone", 0.002, PREFIX, False))
+    assert parsed == ["small"]  # a fresh output folder has nothing kept
+
+    kept = tmp_path / "out/plan/small.parsed/cuts.tsv"
+    kept.write_bytes(kept.read_bytes()[:-10])  # a damaged copy is never planned from
+    again = plan_subset(manifest, "small", "train", tmp_path / "out", 0.001, PREFIX, progress=False)
+    assert parsed == ["small", "small"]
+    assert _units(again) == _units(plan_subset(manifest, "small", "train", tmp_path / "a2", 0.001, PREFIX, False))
 
 
 def test_a_damaged_manifest_is_a_clear_error(tmp_path, tiny_corpus):

@@ -100,3 +100,9 @@ def num_codebooks(bandwidth: float) -> int:
     if float(bandwidth) not in BANDWIDTHS:
         raise ValueError(f"codec bandwidth {bandwidth} kbps is not one of {BANDWIDTHS}")
     return round(bandwidth * 1000 / (FRAME_RATE * 10))
+
+
+def describe_stack(stack: dict) -> str:
+    """A codec worker's compute stack in words: 'cuda (torch 2.14.1+cu130, cuDNN 91002, exact)'."""
+    cudnn = f", cuDNN {stack['cudnn']}" if stack.get("cudnn") else ""
+    return f"{stack['device']} (torch {stack['torch']}{cudnn}, {stack['precision']})"

@@ -104,6 +104,19 @@ class CodecWorker:
                 **self._seconds,
             }
 
+    def stack(self) -> dict:
+        """The compute stack these codes come from: float kernels differ between devices and
+        library versions, so codes are exactly reproducible only on the same stack."""
+        import torch
+
+        cuda = self.encoder.device.type == "cuda"
+        return {
+            "device": self.encoder.device.type,
+            "torch": torch.__version__,
+            "cudnn": torch.backends.cudnn.version() if cuda else None,
+            "precision": self.encoder.cfg.precision,
+        }
+
     def device(self) -> str:
         return str(self.encoder.device)
 

@@ -38,6 +38,7 @@ from schemas import lhotse_shar as shar
 from schemas.sample import Sample
 from storage.files import fsync_dir
 from storage.hashing import json_digest, sha256_file
+from tokens.codec_settings import describe_stack
 from tokens.text import Tokenizer, select_text, text_problem
 
 # encode_async(windows, rates) starts encoding a chunk of decoded windows (int16 at their file's
@@ -60,6 +61,12 @@ class UnitJob:
     text_fingerprint: str  # text field, normalization, BPE model, transcript filter
     max_text_cer: float | None = None  # filter.max_text_cer; None: off
     encode_chunk_seconds: float = 120.0
+    # The compute stack of the codec worker encoding this unit (CodecWorker.stack: device type,
+    # torch, cuDNN, precision), set by the executor; the stacks the corpus's codes came from so
+    # far (the runner, from the ledger); whether a new one may join them (--allow-stack-change).
+    codec_stack: dict | None = None
+    known_stacks: tuple = ()
+    allow_new_stack: bool = False
 
     @property
     def codes_fingerprint(self) -> str:
@@ -107,8 +114,11 @@ def run_unit(job: UnitJob, encode_async: EncodeAsync) -> dict:
     codes = _committed_codes(job, codes_rec)
     action = "shards"
     if codes is None or not set(texts) <= set(codes.cut_ids) | {r["cut_id"] for r in codes_rec["rejects"]}:
+        check_stack(job)  # before any audio is decoded
         codes_rec, codes = _encode(job, cuts, encode_async, timings)
-        entry = {"unit": name, "subset": job.unit.subset, "codes": codes_rec}
+        # The shards record stays: it is current if the new codes are the old ones (a lost codes
+        # file encoded again), and rewritten below if not (its fingerprint holds the codes' digest).
+        entry = {**entry, "unit": name, "subset": job.unit.subset, "codes": codes_rec}
         ledger.write_entry(out, name, entry)
         action = "codes"
 
@@ -121,6 +131,22 @@ def run_unit(job: UnitJob, encode_async: EncodeAsync) -> dict:
     _remove_stale_shards(job, shards_rec)
     timings["shards"] += time.perf_counter() - started
     return _result(job, action, shards_rec, timings)
+
+
+class StackChanged(RuntimeError):
+    """Codes would be made on a compute stack this corpus's codes were not made on."""
+
+
+def check_stack(job: UnitJob) -> None:
+    """Float kernels differ between devices and library versions, so codes made on another stack
+    may differ at near-ties: a corpus does not take them silently."""
+    if job.codec_stack is None or not job.known_stacks or job.allow_new_stack or job.codec_stack in job.known_stacks:
+        return
+    raise StackChanged(
+        f"this corpus's codes were made on {' and '.join(describe_stack(s) for s in job.known_stacks)}; this codec "
+        f"worker is {describe_stack(job.codec_stack)}. Run on that stack, or pass --allow-stack-change to let "
+        "codes of this stack join them (valle-prep status lists every stack)"
+    )
 
 
 def _select(job: UnitJob, cuts: list[dict]) -> tuple[list[dict], list[dict], dict[str, str], dict]:
@@ -180,6 +206,7 @@ def _encode(job: UnitJob, cuts: list[dict], encode_async: EncodeAsync, timings: 
         writer.abandon()
         raise
     record = {
+        "stack": job.codec_stack,
         "fingerprint": job.codes_fingerprint,
         "path": job.codes_rel,
         "bytes": target.stat().st_size,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from pipeline.encode.codec_worker import CodecWorker
 from pipeline.encode.unit import UnitJob, run_unit
@@ -30,7 +31,9 @@ class LocalExecutor:
             def encode_async(windows, rates):
                 return codec_thread.submit(worker.encode, windows, rates).result
 
+            stack = worker.stack()
             for job in chunked(jobs, batch_seconds(codec.cfg, device_type)):
+                job = replace(job, codec_stack=stack)
                 try:
                     outcome.results.append(run_unit(job, encode_async))
                 except Exception as err:  # a unit's failure must not cost the others

@@ -43,6 +43,8 @@ log = logging.getLogger("pipeline.executors.ray")
 def _unit_task(job: UnitJob, actor) -> dict:
     import ray
 
+    job = replace(job, codec_stack=ray.get(actor.stack.remote()))  # the worker that encodes it
+
     def encode_async(windows, rates):
         ref = actor.encode.remote(windows, rates)
         return lambda: ray.get(ref)

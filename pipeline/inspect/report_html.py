@@ -8,6 +8,7 @@ from html import escape
 from pathlib import Path
 
 from storage.files import write_bytes_atomic
+from tokens.codec_settings import describe_stack
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
@@ -198,6 +199,12 @@ def _provenance(stats: dict) -> list[str]:
             f"{codec['codebook_size']}, {codec['frame_rate']} frames/s, precision {codec.get('precision', 'exact')}",
         ],
         ["codec weights", f"{codec['weights']} (sha256 {codec['weights_sha256']}) from {codec['weights_source']}"],
+        [
+            "codes made on",
+            "; ".join(f"{describe_stack(s)}: {s['units']} unit(s)" for s in codec["stacks"])
+            if "stacks" in codec
+            else "not recorded (older corpus)",
+        ],
         ["BPE", f"{bpe['model_type']}, {bpe['vocab_size']} pieces, {bpe['model']} (sha256 {bpe['sha256']})"],
         ["text", f"field {p['text']['field']}, normalization {p['text']['normalization']}"],
         [

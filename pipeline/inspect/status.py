@@ -12,13 +12,14 @@ from collections import Counter
 from pathlib import Path
 
 from pipeline.output import ledger
+from tokens.codec_settings import describe_stack
 
 
 def corpus_status(out: Path) -> dict:
     plan_dir = out / "plan"
     if not plan_dir.is_dir():
         raise FileNotFoundError(f"{out} has no plan/: nothing has run there yet")
-    subsets, reasons = {}, Counter()
+    subsets, reasons, stacks = {}, Counter(), {}
     for plan_file in sorted(plan_dir.glob("*.json")):
         plan = json.loads(plan_file.read_text())
         row = {
@@ -35,6 +36,9 @@ def corpus_status(out: Path) -> dict:
             entry = ledger.read_entry(out, unit["name"])
             if entry.get("codes"):
                 row["codes_done"] += 1
+                stack = entry["codes"].get("stack")  # None: encoded before stacks were recorded
+                key = json.dumps(stack, sort_keys=True)
+                stacks.setdefault(key, {"stack": stack, "units": 0})["units"] += 1
                 row["hours_encoded"] += entry["codes"]["seconds"] / 3600
                 reasons.update(r["reason"] for r in entry["codes"]["rejects"])
             if entry.get("shards"):
@@ -48,6 +52,7 @@ def corpus_status(out: Path) -> dict:
         "complete": (out / "index.json").is_file(),
         "subsets": subsets,
         "rejects": dict(sorted(reasons.items())),
+        "stacks": list(stacks.values()),
     }
 
 
@@ -64,4 +69,11 @@ def format_status(status: dict) -> str:
         )
     total = sum(status["rejects"].values())
     lines.append(f"rejects: {total}" + "".join(f"\n  {k}: {v}" for k, v in status["rejects"].items()))
+    if status["stacks"]:
+        lines.append("codes made on:")
+        lines += [
+            f"  {describe_stack(s['stack']) if s['stack'] else 'a stack not recorded (an older version)'}: "
+            f"{s['units']} unit(s)"
+            for s in status["stacks"]
+        ]
     return "\n".join(lines)

@@ -50,7 +50,7 @@ def build_index(
     returns the index. Memory is O(shards), not O(samples): the ledger entries are read one at
     a time, in plan order for the shards and the rejects (unreadable manifest lines of a subset
     first, then unit by unit), then by unit name for the lengths."""
-    shards, subsets, names, by_reason = [], {}, None, Counter()
+    shards, subsets, names, by_reason, stacks = [], {}, None, Counter(), {}
     with replacing(out / REJECTS_NAME) as tmp, open(tmp, "w", encoding="utf-8") as rejects:
         for plan in plans:
             samples, hours = 0, 0.0
@@ -64,6 +64,9 @@ def build_index(
                     if f["format"] == entry["shards"]["files"][0]["format"] and f.get("field", "cuts") == "cuts":
                         samples += f["samples"]
                         hours += f["hours"]
+                stack = (entry.get("codes") or {}).get("stack")  # None: encoded before stacks were recorded
+                if stack:
+                    stacks.setdefault(json.dumps(stack, sort_keys=True), {**stack, "units": 0})["units"] += 1
                 for stage in ("shards", "codes"):
                     for r in (entry.get(stage) or {}).get("rejects", []):
                         rejects.write(_reject_line({"subset": plan.subset, "unit": unit.name, **r}, by_reason))
@@ -80,7 +83,7 @@ def build_index(
         "version": schemas.INDEX_VERSION,
         "pipeline_version": __version__,
         "dag": {"name": dag_name, "fingerprint": dag_fingerprint},
-        "provenance": provenance,
+        "provenance": {**provenance, "codec": {**provenance["codec"], "stacks": list(stacks.values())}},
         "codes": {"format": schemas.CODES_FORMAT, "codebooks": codebooks, "frame_rate": FRAME_RATE},
         "subsets": subsets,
         "shards": shards,

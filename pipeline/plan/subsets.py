@@ -95,6 +95,12 @@ def plan_fingerprint(manifest_digest: str, unit_hours: float, source_prefix: str
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
+def parse_fingerprint(manifest_digest: str, source_prefix: str) -> str:
+    """What the parse of a manifest depends on (not the unit size, nor the other subsets)."""
+    key = {"format": PLAN_FORMAT, "manifest": manifest_digest, "source_prefix": source_prefix}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
 def load_plan(out: Path, subset: str) -> SubsetPlan | None:
     data = read_json(out / "plan" / f"{subset}.json")
     return SubsetPlan.from_json(data) if data is not None else None
@@ -257,7 +263,8 @@ def _plan(
     """`plan_subset`, for subsets planned at the same time. `earlier()` waits for the id sets of
     the subsets of higher priority; `publish_ids(ids)` hands on this subset's, as soon as they
     are known (before its units are packed)."""
-    fingerprint = plan_fingerprint(manifest_sha256(manifest), unit_hours, source_prefix)
+    digest = manifest_sha256(manifest)
+    fingerprint = plan_fingerprint(digest, unit_hours, source_prefix)
     existing, published = load_plan(out, subset), False
     if existing is not None and existing.fingerprint == fingerprint and existing.role == role:
         ids = cut_ids.load(ids_path(out, subset))
@@ -275,8 +282,13 @@ def _plan(
     ids_path(out, subset).unlink(missing_ok=True)
     work_dir.mkdir(parents=True)
 
-    compact = work_dir / "all-cuts.tsv"
-    scan = _scan(manifest, subset, source_prefix, compact, progress, parsers)
+    # The parse is kept: a change of the unit size or of the other subsets (whose ids this one
+    # leaves to them) plans again from it, without inflating and parsing the manifest again.
+    parsed = ParsedManifest(out, subset, parse_fingerprint(digest, source_prefix))
+    scan = parsed.load()
+    if scan is None:
+        scan = parsed.parse(manifest, source_prefix, progress, parsers)
+    compact = parsed.cuts
     rows = cut_ids.as_rows(scan.digests)
     unique, groups = cut_ids.sort_ids(rows)
     if not published:
@@ -293,7 +305,6 @@ def _plan(
     seconds = {rec: micros / 1e6 for rec, (micros, _) in scan.recordings.items()}
     unit_of = _pack_units(seconds, subset, unit_hours)
     counts = _distribute(compact, work_dir, unit_of, dropped)
-    compact.unlink()
 
     recordings_of: dict[str, list[str]] = {}
     for rec, name in unit_of.items():
@@ -322,6 +333,57 @@ def _plan(
     )
     write_json_atomic(out / "plan" / f"{subset}.json", asdict(plan))
     return plan
+
+
+class ParsedManifest:
+    """A subset's parsed manifest, kept in `OUT/plan/<subset>.parsed/`: the compact cuts
+    (`cuts.tsv`, `<line number>\t<json>` in line order: about the size of the unit files), their
+    id digests (`digests.npy`) and the rest of the scan (`scan.json`: lines, unreadable lines,
+    recording tallies, and the parse fingerprint; written last, so it marks a finished parse)."""
+
+    def __init__(self, out: Path, subset: str, fingerprint: str):
+        self.subset, self.fingerprint = subset, fingerprint
+        self.folder = out / "plan" / f"{subset}.parsed"
+        self.cuts, self.digests, self.summary = (
+            self.folder / "cuts.tsv",
+            self.folder / "digests.npy",
+            self.folder / "scan.json",
+        )
+
+    def load(self) -> ManifestScan | None:
+        """The kept scan, or None when there is none for this fingerprint (or it is damaged)."""
+        state = read_json(self.summary)
+        if not state or state.get("fingerprint") != self.fingerprint:
+            return None
+        rows = cut_ids.load(self.digests)
+        try:
+            size = self.cuts.stat().st_size
+        except FileNotFoundError:
+            return None
+        if rows is None or size != state["cuts_bytes"] or len(rows) != state["cuts"]:
+            return None
+        return ManifestScan(
+            lines=state["lines"],
+            rejects=state["rejects"],
+            digests=bytearray(rows.tobytes()),
+            recordings=state["recordings"],
+        )
+
+    def parse(self, manifest: Path, source_prefix: str, progress: bool | int, parsers: SerialParsers) -> ManifestScan:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True)
+        scan = _scan(manifest, self.subset, source_prefix, self.cuts, progress, parsers)
+        cut_ids.save(self.digests, cut_ids.as_rows(scan.digests))
+        state = {
+            "fingerprint": self.fingerprint,
+            "lines": scan.lines,
+            "cuts": scan.cuts,
+            "cuts_bytes": self.cuts.stat().st_size,
+            "rejects": scan.rejects,
+            "recordings": scan.recordings,
+        }
+        write_json_atomic(self.summary, state)
+        return scan
 
 
 def _scan(
