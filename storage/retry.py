@@ -73,13 +73,19 @@ def retry(
             raise give_up(last, made, best) from last
         wait = backoff.delay(stalled)
         log.warning(
-            "%s: %s: %s; retrying from byte %d in %.1f s (%d of %d attempts left without progress)",
+            "%s: %s: %s; retrying from byte %d in %.1f s (%s)",
             what,
             type(last).__name__,
             last,
             now,
             wait,
-            attempts - stalled,
-            attempts,
+            _left(attempts - stalled, attempts, budget_s - (time.monotonic() - since)),
         )
         time.sleep(wait)
+
+
+def _left(attempts_left: int, attempts: int, budget_left_s: float) -> str:
+    """What is left before giving up: attempts, and once they are spent, the time budget."""
+    if attempts_left > 0:
+        return f"{attempts_left} of {attempts} attempts left without progress"
+    return f"attempts spent; retrying for {max(0.0, budget_left_s):.0f} s more of the retry budget"

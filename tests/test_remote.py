@@ -211,3 +211,32 @@ def test_an_outage_past_the_budget_stops_training_saying_how_to_go_on(
             r"--resume",
         ):
             train_module.train(cfg, [proxy.base_url], allow_random_codec=True)
+
+
+def test_retries_past_the_attempts_say_how_much_of_the_time_budget_is_left(caplog):
+    from storage.retry import Backoff, retry
+
+    failures = iter(range(5))
+
+    def flaky():
+        if next(failures) < 4:
+            raise ConnectionError("storage down")
+        return "read"
+
+    with caplog.at_level("WARNING", logger="storage.retry"):
+        got = retry(
+            flaky,
+            transient=(ConnectionError,),
+            attempts=2,
+            backoff=Backoff(first_s=0.001, cap_s=0.001),
+            give_up=lambda err, made, best: RuntimeError("gave up"),
+            what="http://x/shard.tar",
+            budget_s=60,
+        )
+    assert got == "read"
+    said = [r.getMessage().rpartition("(")[2] for r in caplog.records]
+    assert said[0] == "1 of 2 attempts left without progress)"
+    assert all(
+        s.startswith("attempts spent; retrying for ") and s.endswith(" s more of the retry budget)") for s in said[1:]
+    )
+    assert len(said) == 4
