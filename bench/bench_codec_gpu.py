@@ -125,8 +125,7 @@ def bare(device: str, state, precisions: list[str], batches: list[int], seconds:
     return rows, codes
 
 
-def corpus_dag(minutes: float, root: Path, device: str, weights: str) -> Path:
-    per_chapter = 30
+def corpus_dag(minutes: float, root: Path, device: str, weights: str, per_chapter: int = 30) -> Path:
     chapters = max(2, round(minutes * 60 / (3.5 * per_chapter)))
     files = write_corpus(
         synthetic_chapters(

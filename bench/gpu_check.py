@@ -51,6 +51,7 @@ def sizes(tiny_run: bool, gpu: bool) -> dict:
             "seconds": 1.0,
             "repeat": 1,
             "minutes": 0.5,
+            "per_chapter": 5,  # 2 chapters of 5 utterances: ~35 s of audio
             "steps": 2,
             "batch": 2,
             "frames": 150,
@@ -62,6 +63,7 @@ def sizes(tiny_run: bool, gpu: bool) -> dict:
         "seconds": 10.0 if gpu else 2.0,
         "repeat": 3 if gpu else 1,
         "minutes": 30.0 if gpu else 3.0,
+        "per_chapter": 30,
         "steps": 20,
         "batch": 16 if gpu else 2,
         "frames": 1100,
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     work = Path(tempfile.mkdtemp(prefix="valle-gpu-check-"))
     try:
-        dag = corpus_dag(s["minutes"], work / "corpus", device.type, "random")
+        dag = corpus_dag(s["minutes"], work / "corpus", device.type, "random", s["per_chapter"])
         pipe = pipeline(dag, work / "out", gpu, "local")
         report["pipeline"] = {
             "audio_s": pipe["audio_s"],
