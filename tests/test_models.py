@@ -309,7 +309,7 @@ def test_ar_flops_count_group_positions_at_real_lengths(G):
 def test_nar_predicts_samples_of_several_lengths_as_one_batch():
     m, b = nar(), make_batch()
     text, prompt = b["text"][:1], b["codes"][:1, :, :6]  # (1, S), (1, K, 6)
-    continuations = [b["codes"][0, 0, 6:6 + n] for n in (9, 4, 13)]
+    continuations = [b["codes"][0, 0, 6 : 6 + n] for n in (9, 4, 13)]
     batch = m.predict_samples(text, prompt, continuations)
     for codes1, got in zip(continuations, batch):
         alone = m.predict(text, prompt, codes1[None])

@@ -8,37 +8,10 @@ import math
 import re
 
 import numpy as np
-import pytest
 import soundfile as sf
 import torch
 
-from tests.conftest import REPO
-from trainer.config import load_config
 from trainer.synth import main
-from trainer.train import train
-
-
-@pytest.fixture(scope="module")
-def trained(built_corpus, tmp_path_factory):
-    """(corpus dir, AR checkpoint, NAR checkpoint, prompt wav): 5 training steps each."""
-    corpus = str(built_corpus[0].out)
-    root = tmp_path_factory.mktemp("synth")
-    paths = []
-    for kind in ("ar", "nar"):
-        out = root / kind
-        cfg = load_config(
-            REPO / f"trainer/configs/{kind}-tiny.yaml",
-            [f"run.out={out}", "run.max_steps=5", "run.checkpoint_every=5", "run.eval_every=1000", "data.workers=0"],
-        )
-        train(cfg, [corpus], allow_random_codec=True)
-        paths.append(out / "checkpoint-5.pt")
-    # 1.5 s stereo at 16 kHz (exercises the mono mix and the resampling): a tone plus noise.
-    t = np.arange(int(1.5 * 16000)) / 16000
-    rng = np.random.default_rng(0)
-    tone = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.02 * rng.standard_normal(t.size)
-    prompt = root / "prompt.wav"
-    sf.write(prompt, np.stack([tone, 0.5 * tone], axis=1).astype(np.float32), 16000)
-    return corpus, paths[0], paths[1], prompt
 
 
 def synth(trained, out, *extra: str, ar=None, nar=None) -> int:
@@ -164,12 +137,15 @@ def test_length_guard_gives_the_sentence_its_minimum_length(trained, tmp_path, c
     low, high = LengthGuard().bounds(tokens)
     assert low == math.ceil(4 * tokens) and low <= frames <= high
     # Without the guard the same seed may stop anywhere; with min 0 / max 1 it is cut to one frame.
-    assert main(
-        [
-            *["--ar", str(trained[1]), "--nar", str(trained[2]), "--data", trained[0]],
-            *["--text", sentence, "--prompt-audio", str(trained[3]), "--prompt-text", "a prompt"],
-            *["--out", str(out), "--codec-weights", "random", "--min-frames-per-token", "0"],
-            *["--max-frames-per-token", str(1 / tokens)],
-        ]
-    ) == 0
+    assert (
+        main(
+            [
+                *["--ar", str(trained[1]), "--nar", str(trained[2]), "--data", trained[0]],
+                *["--text", sentence, "--prompt-audio", str(trained[3]), "--prompt-text", "a prompt"],
+                *["--out", str(out), "--codec-weights", "random", "--min-frames-per-token", "0"],
+                *["--max-frames-per-token", str(1 / tokens)],
+            ]
+        )
+        == 0
+    )
     assert " 1 frames" in capsys.readouterr().out
