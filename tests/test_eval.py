@@ -147,3 +147,31 @@ def test_valle_eval_refuses_a_set_of_other_codes(trained, tmp_path, capsys):
     code = main(["--ar", str(ar), "--nar", str(nar), "--set", str(evalset), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "sha256" in capsys.readouterr().err  # its BPE model is not the checkpoints
+
+
+def test_training_logs_synthesis_scores_and_audio(trained, built_corpus, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.conftest import REPO
+    from trainer.config import load_config
+    from trainer.train import train
+
+    corpus, _, nar, _ = trained
+    evalset = tmp_path / "set"
+    build_from_corpus(built_corpus[0], "small", evalset, Selection(0.0, 20.0), progress=False)
+    out = tmp_path / "ar"
+    overrides = [f"run.out={out}", "run.max_steps=4", "run.checkpoint_every=100", "run.eval_every=2"]
+    overrides += ["data.workers=0", f"synth_eval.set={evalset}", f"synth_eval.partner={nar}"]
+    overrides += ["synth_eval.utterances=1", "synth_eval.prompt_seconds=0.5", "synth_eval.codec_weights=random"]
+    overrides += ["synth_eval.max_seconds=2"]
+    train(load_config(REPO / "trainer/configs/ar-tiny.yaml", overrides), [corpus], allow_random_codec=True)
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    rounds = [r for r in rows if "synth_wer" in r or "synth_eval_skipped" in r]
+    assert [r["step"] for r in rounds] == [2, 4]
+    first = rounds[0]
+    assert 0 <= first["synth_wer"] and -1 <= first["synth_sim"] <= 1 and first["synth_eval_seconds"] > 0
+    # A tiny run is mostly this check: the share bound (5 %) skips the second round.
+    assert rounds[1] == {"step": 4, "synth_eval_skipped": 1}
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"audio": 0}).Reload()
+    assert "synth/audio_0" in events.Tags()["audio"]
+    assert "synth_wer" in events.Tags()["scalars"]
