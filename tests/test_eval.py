@@ -175,3 +175,36 @@ def test_training_logs_synthesis_scores_and_audio(trained, built_corpus, tmp_pat
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"audio": 0}).Reload()
     assert "synth/audio_0" in events.Tags()["audio"]
     assert "synth_wer" in events.Tags()["scalars"]
+
+
+def test_paper_grade_backends_load_from_a_local_path(tmp_path):
+    """HuBERT CTC and WavLM x-vector back-ends, from tiny random models of the real architectures
+    saved to a folder as save_pretrained writes them (the real checkpoints cannot be fetched here)."""
+    transformers = pytest.importorskip("transformers")
+    letters = "abcdefghijklmnopqrstuvwxyz'"
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, **{c: i + 5 for i, c in enumerate(letters)}}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    features = transformers.Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=False)
+    tokenizer = transformers.Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"), word_delimiter_token="|")
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    small |= dict(conv_dim=(32, 32), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16)
+    small |= dict(num_conv_pos_embedding_groups=2)
+    hubert = transformers.HubertForCTC(transformers.HubertConfig(vocab_size=len(vocab), **small))
+    hubert.save_pretrained(tmp_path / "hubert")
+    transformers.Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(tmp_path / "hubert")
+    wavlm = transformers.WavLMForXVector(
+        transformers.WavLMConfig(
+            **small, tdnn_dim=(32, 32), tdnn_kernel=(3, 1), tdnn_dilation=(1, 1), xvector_output_dim=16
+        )
+    )
+    wavlm.save_pretrained(tmp_path / "wavlm")
+    features.save_pretrained(tmp_path / "wavlm")
+
+    wave = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+    asr = asr_backend(f"hubert:{tmp_path / 'hubert'}")
+    heard = asr.transcribe(wave)
+    assert asr.description.startswith("hubert CTC") and set(heard) <= set(letters + " ")
+    speaker = speaker_backend(f"wavlm:{tmp_path / 'wavlm'}")
+    tone = (0.3 * np.sin(np.arange(16000) * 2 * np.pi * 200 / 16000)).astype(np.float32)
+    a, b = speaker.embed(wave), speaker.embed(tone)
+    assert a.shape == (16,) and np.allclose(a, speaker.embed(wave)) and cosine(a, b) < 0.99

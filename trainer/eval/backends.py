@@ -124,7 +124,7 @@ class HuggingFaceCTC:
         inputs = self.processor(wave, sampling_rate=RATE, return_tensors="pt").input_values.to(self.device)
         with torch.inference_mode():
             ids = self.model(inputs).logits.argmax(-1)
-        return self.processor.batch_decode(ids)[0]
+        return self.processor.batch_decode(ids, skip_special_tokens=True)[0]
 
 
 class Whisper:
