@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,6 +138,53 @@ def test_valle_eval_end_to_end(trained, built_corpus, tmp_path, capsys):
     assert rate == 24000 and len(wave) > 0
     md = (out / "results.md").read_text()
     assert "model, best of 2" in md and "pocketsphinx" in md
+    if CHROMIUM.exists():  # .ci/run installs it where it can
+        loaded = open_in_browser(out)
+        assert loaded["tables"] == page.tables and loaded["durations"] and min(loaded["durations"]) > 0
+        assert loaded["errors"] == []
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def open_in_browser(folder: Path) -> dict:
+    """index.html served on 127.0.0.1 and opened in headless Chromium: its tables, every audio
+    player's duration once loaded (-1 if it fails) and console errors (the favicon aside)."""
+    import functools
+    import http.server
+    import threading
+
+    playwright = pytest.importorskip("playwright.sync_api")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"]
+    flags += ["--disable-component-update", "--disable-sync"]
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=flags)
+            page = browser.new_page()
+            errors = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            # (no requestfailed: Chromium aborts and re-issues media requests as ranges while loading)
+            page.on("response", lambda r: errors.append(r.url) if r.status >= 400 and "favicon" not in r.url else None)
+            page.goto(f"http://127.0.0.1:{server.server_port}/index.html")
+            durations = page.evaluate(
+                """async () => Promise.all([...document.querySelectorAll('audio')].map(a => new Promise(done => {
+                    a.addEventListener('loadedmetadata', () => done(a.duration));
+                    a.addEventListener('error', () => done(-1));
+                    a.load();
+                })))"""
+            )
+            tables = page.locator("table").count()
+            browser.close()
+    finally:
+        server.shutdown()
+    return {"tables": tables, "durations": durations, "errors": [e for e in errors if "404" not in e]}
 
 
 def test_valle_eval_refuses_a_set_of_other_codes(trained, tmp_path, capsys):

@@ -4,7 +4,8 @@ In: the DAG (where the corpus and its source audio are), a subset name, a Select
 evalset folder (schemas.evalset) whose codes and text tokens are the corpus's own (nothing is
 encoded again), and whose ground truth is the window each sample was cut from, read from the
 same audio the run read (its verified tars, or source.audio_dir) and resampled to 24 kHz as the
-codec's input was. Test subsets are small (10.5 h for test_clean): one pass over their shards.
+codec's input was. Memory holds ids and places, not codes: a first pass over the subset's shards
+finds the utterances that fit and chooses among them; a second decodes only the chosen ones.
 """
 
 from __future__ import annotations
@@ -53,31 +54,37 @@ def build_from_corpus(dag, subset: str, dest: Path, selection: Selection, progre
     if subset not in index["subsets"]:
         raise EvalSetError(f"{out} has no subset {subset!r} (it has {sorted(index['subsets'])})")
     shards = [s for s in index_shards(out, index, error=EvalSetError) if s.subset == subset]
-    samples = []
-    for shard in tqdm(shards, desc=f"reading {subset}", unit="shard", disable=not progress):
-        samples += [(meta, codes) for _, meta, codes in read_shard(shard) if selection.fits(meta["duration"])]
-    keep = selection.choose([(meta["id"], meta["speaker"]) for meta, _ in samples])
+    # Pass 1: who is there (ids, speakers, where), no codes kept; pass 2: the chosen ones only.
+    found: list[tuple[str, str, int, int]] = []  # (id, speaker, shard, position)
+    for n, shard in enumerate(tqdm(shards, desc=f"reading {subset}", unit="shard", disable=not progress)):
+        found += [(m["id"], m["speaker"], n, pos) for pos, m, _ in read_shard(shard) if selection.fits(m["duration"])]
+    keep = selection.choose([(cut_id, speaker) for cut_id, speaker, _, _ in found])
+    wanted: dict[int, list[int]] = {}
+    for cut_id, _, n, pos in found:
+        if cut_id in keep:
+            wanted.setdefault(n, []).append(pos)
     store = audio_store(dag)
     writer = EvalSetWriter(dest)
     skipped: dict[str, int] = {}
-    for meta, codes in tqdm(samples, desc="ground truth", unit="utt", disable=not progress):
-        if meta["id"] not in keep:
-            continue
-        try:
-            audio = window(store, meta)
-        except (MissingAudio, ValueError) as err:
-            log.warning("evalset: %s skipped: %s", meta["id"], err)
-            skipped[type(err).__name__] = skipped.get(type(err).__name__, 0) + 1
-            continue
-        writer.add(
-            id=meta["id"],
-            speaker=meta["speaker"],
-            text=meta["text"],
-            reference=meta["text"],
-            text_tokens=meta["text_tokens"],
-            audio=audio,
-            codes=codes,
-        )
+    with tqdm(total=len(keep), desc="ground truth", unit="utt", disable=not progress) as bar:
+        for n, positions in sorted(wanted.items()):
+            for _, meta, codes in read_shard(shards[n], np.array(sorted(positions))):
+                bar.update()
+                try:
+                    audio = window(store, meta)
+                except (MissingAudio, ValueError) as err:
+                    log.warning("evalset: %s skipped: %s", meta["id"], err)
+                    skipped[type(err).__name__] = skipped.get(type(err).__name__, 0) + 1
+                    continue
+                writer.add(
+                    id=meta["id"],
+                    speaker=meta["speaker"],
+                    text=meta["text"],
+                    reference=meta["text"],
+                    text_tokens=meta["text_tokens"],
+                    audio=audio,
+                    codes=codes,
+                )
     p = index["provenance"]
     writer.finish(
         name=f"{dag.name}/{subset}",

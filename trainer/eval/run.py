@@ -33,6 +33,7 @@ from trainer.synth import SynthError, Synthesizer
 
 TASKS = ("continuation", "cross")
 ROWS = ("ground_truth", "resynthesis", "single", "best_of_n")
+RATE_MIN = 1600  # 0.1 s at 16 kHz: shorter output has no voice to compare (SIM 0)
 
 
 @dataclass
@@ -91,9 +92,6 @@ class Scorer:
         return out
 
 
-RATE_MIN = 1600  # 0.1 s at 16 kHz: shorter output has no voice to compare (SIM 0)
-
-
 def best_of(scores: list[dict]) -> int:
     """The index of the sample kept: lowest WER, then highest SIM, then the earliest."""
 
@@ -116,7 +114,7 @@ class Trial:
     target_tokens: int  # BPE tokens of the text to be spoken (the length guard's measure)
 
 
-def trials(task: str, u: Utterance, evalset: EvalSet, synth: Synthesizer, cfg: EvalConfig) -> Trial | str:
+def make_trial(task: str, u: Utterance, evalset: EvalSet, synth: Synthesizer, cfg: EvalConfig) -> Trial | str:
     """The trial of `u` under `task`, or the reason it is left out."""
     codes = evalset.codes(u).astype(np.int64)
     if task == "continuation":
@@ -144,23 +142,23 @@ def evaluate(
     """Run every task on the set; returns the results (see report.py for what is written)."""
     utterances = evalset.first(cfg.max_utterances)
     seeds = [cfg.seed + k for k in range(cfg.samples)]
-    truth: dict[str, dict] = {}  # per utterance: scores of ground truth and resynthesis (ASR once)
+    truth: dict[str, dict] = {}  # per utterance: ground truth's and resynthesis's scores (each model once)
     results: dict = {"tasks": {}, "timing": {"synthesis_s": 0.0, "generated_s": 0.0, "trials": 0}}
     for task in cfg.tasks:
         rows, skipped = [], {}
         for n, u in enumerate(tqdm(utterances, desc=task, unit="utt", disable=not progress)):
-            trial = trials(task, u, evalset, synth, cfg)
+            trial = make_trial(task, u, evalset, synth, cfg)
             if isinstance(trial, str):
                 skipped[trial] = skipped.get(trial, 0) + 1
                 continue
+            heard = audio_dir is not None and n < cfg.page_utterances  # on the page: keep its audio
             try:
-                row = _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, results["timing"])
+                row = _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, results["timing"], heard)
             except SynthError as err:  # the models cannot take it (text or prompt too long)
                 skipped[str(err)] = skipped.get(str(err), 0) + 1
                 continue
-            if audio_dir is not None and n < cfg.page_utterances:
+            if heard:
                 row["audio"] = _save(audio_dir / task / f"{n:04d}", row.pop("waves"))
-            row.pop("waves", None)
             rows.append(row)
         results["tasks"][task] = {"summary": summarize(rows, cfg.samples), "skipped": skipped, "utterances": rows}
     t = results["timing"]
@@ -171,7 +169,7 @@ def evaluate(
     return results
 
 
-def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing) -> dict:
+def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, keep_audio: bool) -> dict:
     u = trial.utterance
     room = max(1, synth.max_audio_frames - trial.prompt.shape[1])
     low, high = cfg.guard.bounds(trial.target_tokens, given=trial.given, room=room)
@@ -192,10 +190,16 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing) -
     timing["generated_s"] += sum(len(w) for w in waves) / SAMPLE_RATE
     timing["trials"] += 1
 
-    if u.id not in truth:
+    first = u.id not in truth
+    if first or keep_audio:  # only scores are kept across tasks: memory stays flat in the set's size
         gt, resynth = evalset.audio(u), synth.decode(evalset.codes(u).astype(np.int64))
-        truth[u.id] = {"waves": (gt, resynth), "embeddings": (scorer.embed(gt), scorer.embed(resynth))}
-        truth[u.id]["asr"] = [scorer.transcribe(w) for w in (gt, resynth)]
+    if first:
+        both = (gt, resynth)
+        truth[u.id] = {
+            "asr": [scorer.transcribe(w) for w in both],
+            "embeddings": [scorer.embed(w) for w in both],
+            "dnsmos": [scorer.dnsmos.score(to_16k(w, SAMPLE_RATE))["ovrl"] for w in both] if scorer.dnsmos else None,
+        }
     prompt_embedding = scorer.embed(trial.prompt_audio)
     row = {
         "id": u.id,
@@ -204,16 +208,16 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing) -
         "prompt_id": u.prompt_id if task == "cross" else None,
     }
     known = truth[u.id]
-    for name, wave, emb, hyp in zip(("ground_truth", "resynthesis"), known["waves"], known["embeddings"], known["asr"]):
-        errors = word_errors(u.reference, hyp)
+    for i, name in enumerate(("ground_truth", "resynthesis")):
+        errors = word_errors(u.reference, known["asr"][i])
         row[name] = {
-            "hypothesis": hyp,
+            "hypothesis": known["asr"][i],
             "errors": errors.errors,
             "words": errors.words,
-            "sim": cosine(emb, prompt_embedding),
+            "sim": cosine(known["embeddings"][i], prompt_embedding),
         }
-        if scorer.dnsmos:
-            row[name]["dnsmos"] = scorer.dnsmos.score(to_16k(wave, SAMPLE_RATE))["ovrl"]
+        if known["dnsmos"]:
+            row[name]["dnsmos"] = known["dnsmos"][i]
     scores = [scorer.score(w, u.reference, prompt_embedding) for w in waves]
     for s, codes in zip(scores, samples):
         s["frames"] = int(codes.shape[1])
@@ -223,13 +227,14 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing) -
     if len(scores) > 1:
         row["best_of_n"] = {**scores[best], "sample": best}
     row["samples"] = [{k: s[k] for k in ("errors", "words", "sim", "frames")} for s in scores]
-    row["waves"] = {
-        "prompt": trial.prompt_audio,
-        "ground_truth": known["waves"][0],
-        "resynthesis": known["waves"][1],
-        "single": waves[0],
-        **({"best_of_n": waves[best]} if len(waves) > 1 else {}),
-    }
+    if keep_audio:
+        row["waves"] = {
+            "prompt": trial.prompt_audio,
+            "ground_truth": gt,
+            "resynthesis": resynth,
+            "single": waves[0],
+            **({"best_of_n": waves[best]} if len(waves) > 1 else {}),
+        }
     return row
 
 
