@@ -6,6 +6,9 @@ valle-prep status OUT [--json]
 valle-prep verify OUT [--jobs N]
 valle-prep report OUT [--code-shards N] [--to DIR]
 valle-prep listen OUT CUT_ID --out x.wav
+valle-prep evalset DAG --subset NAME --to DIR [--out OUT] [--min-seconds 4 --max-seconds 10]
+                   [--per-speaker N] [--max-utterances N]
+valle-prep evalset-librispeech OUT --to DIR [--download-dir DIR] [--codec-weights W] [--device D]
 """
 
 from __future__ import annotations
@@ -85,9 +88,40 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
 
+    p = sub.add_parser("evalset", help="an evaluation set for valle-eval from a subset of the corpus a DAG built")
+    p.add_argument("dag", help="the DAG file the corpus was built with (its audio gives the ground truth)")
+    p.add_argument("--subset", required=True, help="a manifest subset of the corpus, e.g. test_clean or dev")
+    p.add_argument("--to", required=True, metavar="DIR", help="the evaluation set's folder")
+    p.add_argument("--out", help="the corpus folder, when not the DAG's output.dir")
+    _selection_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser(
+        "evalset-librispeech", help="an evaluation set from LibriSpeech test-clean, coded with a corpus's codec"
+    )
+    p.add_argument("out", help="the corpus whose codec, BPE and text settings to use (folder or URL)")
+    p.add_argument("--to", required=True, metavar="DIR", help="the evaluation set's folder")
+    p.add_argument("--download-dir", metavar="DIR", help="where test-clean.tar.gz goes (default: DIR/downloads)")
+    p.add_argument(
+        "--url", help="where to fetch test-clean.tar.gz (default: OpenSLR; a mirror must serve the same file)"
+    )
+    p.add_argument("--codec-weights", help="pretrained | random | PATH (default: what the corpus was encoded with)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    _selection_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return {"run": _run, "status": _status, "verify": _verify, "report": _report, "listen": _listen}[args.command](args)
+    commands = {"run": _run, "status": _status, "verify": _verify, "report": _report, "listen": _listen}
+    commands |= {"evalset": _evalset, "evalset-librispeech": _evalset_librispeech}
+    return commands[args.command](args)
+
+
+def _selection_args(p) -> None:
+    p.add_argument("--min-seconds", type=float, default=4.0, help="shortest utterance kept (default 4, as the papers)")
+    p.add_argument("--max-seconds", type=float, default=10.0, help="longest utterance kept (default 10)")
+    p.add_argument("--per-speaker", type=int, metavar="N", help="at most N utterances a speaker")
+    p.add_argument("--max-utterances", type=int, metavar="N", help="at most N in all (round-robin over speakers)")
 
 
 def _run(args) -> int:
@@ -212,6 +246,59 @@ def _listen(args) -> int:
         print(f"valle-prep: {err}", file=sys.stderr)
         return 2
     print(f"wrote {args.wav}: {args.cut_id}, {seconds:.2f} s at 24000 Hz")
+    return 0
+
+
+def _selection(args):
+    from pipeline.evalsets.selection import Selection
+
+    return Selection(args.min_seconds, args.max_seconds, args.per_speaker, args.max_utterances)
+
+
+def _evalset(args) -> int:
+    from pipeline.dag import DagError, load_dag
+    from pipeline.evalsets.from_corpus import EvalSetError, build_from_corpus
+    from schemas.contract import SchemaError
+
+    try:
+        dag = load_dag(args.dag, out=args.out)
+        summary = build_from_corpus(dag, args.subset, Path(args.to), _selection(args), progress=not args.no_progress)
+    except (DagError, EvalSetError, SchemaError, ValueError) as err:
+        print(f"valle-prep: {err}", file=sys.stderr)
+        return 2
+    skipped = ", ".join(f"{n} {why}" for why, n in summary["skipped"].items())
+    print(
+        f"wrote {args.to}: {summary['utterances']} utterances of {summary['speakers']} speakers"
+        + (f" (skipped: {skipped})" if skipped else "")
+    )
+    return 0
+
+
+def _evalset_librispeech(args) -> int:
+    from tokens.stack import require_torch_stack
+
+    require_torch_stack("valle-prep")
+    from pipeline.evalsets import librispeech
+    from pipeline.evalsets.from_corpus import EvalSetError
+    from schemas.contract import SchemaError
+    from tokens.codec_weights import WeightsUnavailable
+
+    to = Path(args.to)
+    try:
+        summary = librispeech.build_from_librispeech(
+            args.out,
+            to,
+            _selection(args),
+            download_dir=Path(args.download_dir) if args.download_dir else to / "downloads",
+            url=args.url or librispeech.URL,
+            codec_weights=args.codec_weights,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+    except (EvalSetError, SchemaError, WeightsUnavailable, ValueError) as err:
+        print(f"valle-prep: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {to}: {summary['utterances']} utterances of {summary['speakers']} speakers")
     return 0
 
 

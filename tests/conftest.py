@@ -94,3 +94,33 @@ def built_corpus(tmp_path_factory, tiny_corpus, ray_address):
     folder = tmp_path_factory.mktemp("built")
     dag = load_dag(write_dag(folder / "tiny.yaml", tiny_corpus))
     return dag, run(dag, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained(built_corpus, tmp_path_factory):
+    """(corpus dir, AR checkpoint, NAR checkpoint, prompt wav): tiny models trained 5 steps each on
+    the built corpus (valle-synth and valle-eval tests share them)."""
+    import numpy as np
+    import soundfile as sf
+
+    from trainer.config import load_config
+    from trainer.train import train
+
+    corpus = str(built_corpus[0].out)
+    root = tmp_path_factory.mktemp("synth")
+    paths = []
+    for kind in ("ar", "nar"):
+        out = root / kind
+        cfg = load_config(
+            REPO / f"trainer/configs/{kind}-tiny.yaml",
+            [f"run.out={out}", "run.max_steps=5", "run.checkpoint_every=5", "run.eval_every=1000", "data.workers=0"],
+        )
+        train(cfg, [corpus], allow_random_codec=True)
+        paths.append(out / "checkpoint-5.pt")
+    # 1.5 s stereo at 16 kHz (exercises the mono mix and the resampling): a tone plus noise.
+    t = np.arange(int(1.5 * 16000)) / 16000
+    rng = np.random.default_rng(0)
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.02 * rng.standard_normal(t.size)
+    prompt = root / "prompt.wav"
+    sf.write(prompt, np.stack([tone, 0.5 * tone], axis=1).astype(np.float32), 16000)
+    return corpus, paths[0], paths[1], prompt

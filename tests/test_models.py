@@ -110,6 +110,22 @@ def test_ar_kv_cache_matches_forward(G):
             m.prefill(text, codes1[:, : P + 1])
 
 
+def test_ar_batched_decoding_matches_one_sample_at_a_time():
+    m, b = ar(2), make_batch()
+    text, codes1 = b["text"][:1], b["codes"][:1, 0]
+    _, cache = m.prefill(text, codes1[:, :4])
+    batch = cache.repeat(3)
+    steps = torch.stack([codes1[0, 4:6], codes1[0, 6:8], codes1[0, 8:10]])  # (3, G): other codes per row
+    logits, batch = m.decode_step(steps, batch)  # (3, G, V+1)
+    for row in range(3):
+        alone, _ = m.decode_step(steps[row], cache)
+        assert torch.allclose(logits[row], alone, atol=1e-5)
+    kept = batch.select(torch.tensor([2]))  # rows leave the batch as their samples end
+    after, _ = m.decode_step(codes1[0, 10:12][None], kept)
+    _, one = m.decode_step(steps[2], cache)
+    assert torch.allclose(after[0], m.decode_step(codes1[0, 10:12], one)[0], atol=1e-5)
+
+
 def test_ar_prefill_without_prompt():
     m, b = ar(2), make_batch()
     full = ar_logits(m, {k: v[:1] for k, v in b.items()})
@@ -288,3 +304,14 @@ def test_ar_flops_count_group_positions_at_real_lengths(G):
     long_text, long_codes = torch.tensor([60] * 4), torch.tensor([1200] * 4)
     ratio = big1.train_flops(long_text, long_codes) / big.train_flops(long_text, long_codes)
     assert ratio > 0.75 * G or G == 1  # (the G-wide head costs a little per position)
+
+
+def test_nar_predicts_samples_of_several_lengths_as_one_batch():
+    m, b = nar(), make_batch()
+    text, prompt = b["text"][:1], b["codes"][:1, :, :6]  # (1, S), (1, K, 6)
+    continuations = [b["codes"][0, 0, 6 : 6 + n] for n in (9, 4, 13)]
+    batch = m.predict_samples(text, prompt, continuations)
+    for codes1, got in zip(continuations, batch):
+        alone = m.predict(text, prompt, codes1[None])
+        assert got.shape == (8, codes1.numel()) and torch.equal(got, alone)
+        assert torch.equal(got[0], codes1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 from trainer.sampling import (
     SamplingConfig,
     generate_ar,
+    generate_ar_samples,
     nucleus_mask,
     nucleus_sample,
     repetition_aware_sample,
@@ -184,13 +186,27 @@ class ScriptedAR:
 
     def prefill(self, text, prompt):
         self.prefill_prompt = prompt.tolist()
-        return self._logits(0), {"step": 0}
+        return self._logits(0), ScriptCache(0, 1)
 
-    def decode_step(self, group, cache):
-        assert group.dtype == torch.long and group.shape == (self.cfg.group_size,)
-        self.fed.append(group.tolist())
-        step = cache["step"] + 1
-        return self._logits(step), {"step": step}
+    def decode_step(self, groups, cache):
+        assert groups.dtype == torch.long and groups.shape == (cache.rows, self.cfg.group_size)
+        self.fed.extend(groups.tolist())
+        step = cache.step + 1
+        return self._logits(step).expand(cache.rows, -1, -1), ScriptCache(step, cache.rows)
+
+
+@dataclass
+class ScriptCache:
+    step: int
+    rows: int  # samples in the batch
+
+    def repeat(self, n: int) -> ScriptCache:
+        assert self.rows == 1
+        return ScriptCache(self.step, n)
+
+    def select(self, rows: torch.Tensor) -> ScriptCache:
+        assert int(rows.max()) < self.rows
+        return ScriptCache(self.step, len(rows))
 
 
 TEXT = torch.tensor([[5, 6, 7]])
@@ -221,6 +237,30 @@ def test_generate_trims_prompt_from_front_to_multiple_of_group():
     assert model.prefill_prompt == [[11, 12, 13, 14]] and out.numel() == 0
     with pytest.raises(ValueError, match="fewer than one group"):
         generate_ar(ScriptedAR(2, [[1, 2]]), TEXT, torch.tensor([[10]]), SamplingConfig(), gen())
+
+
+def test_length_guard_masks_eos_until_min_frames():
+    model = ScriptedAR(2, [[EOS, EOS]])  # a model that wants to stop at once, as an untrained one may
+    assert generate_ar(model, TEXT, torch.tensor([[8, 8]]), SamplingConfig(), gen()).numel() == 0
+    out = generate_ar(model, TEXT, torch.tensor([[8, 8]]), SamplingConfig(min_frames=5), gen())
+    assert out.numel() == 5 and EOS not in out.tolist()  # EOS allowed from code 6 on: slot 2 of group 3
+    with pytest.raises(ValueError, match="min_frames"):
+        SamplingConfig(min_frames=10, max_frames=5)
+
+
+def test_samples_decode_as_one_batch_and_match_single_runs():
+    cfg = SamplingConfig(max_frames=30)
+    batch = generate_ar_samples(ScriptedAR(2, seed=3), TEXT, torch.tensor([[1, 2]]), cfg, [gen(s) for s in range(4)])
+    single = [generate_ar(ScriptedAR(2, seed=3), TEXT, torch.tensor([[1, 2]]), cfg, gen(s)) for s in range(4)]
+    assert [b.tolist() for b in batch] == [s.tolist() for s in single]
+    assert len({tuple(b.tolist()) for b in batch}) > 1  # other generators, other samples
+
+
+def test_finished_samples_leave_the_batch():
+    model = ScriptedAR(1, [[3], [EOS]])  # every sample ends after one code unless the guard holds it
+    cfg = SamplingConfig(max_frames=6)
+    out = generate_ar_samples(model, TEXT, torch.tensor([[1]]), cfg, [gen(0), gen(1)])
+    assert [o.tolist() for o in out] == [[3], [3]] and model.fed == [[3], [3]]
 
 
 def test_generate_is_reproducible_and_never_emits_eos():

@@ -4,40 +4,14 @@ reproducibly per seed; mismatched codec weights, provenance or BPE are refused w
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
-import pytest
 import soundfile as sf
 import torch
 
-from tests.conftest import REPO
-from trainer.config import load_config
 from trainer.synth import main
-from trainer.train import train
-
-
-@pytest.fixture(scope="module")
-def trained(built_corpus, tmp_path_factory):
-    """(corpus dir, AR checkpoint, NAR checkpoint, prompt wav): 5 training steps each."""
-    corpus = str(built_corpus[0].out)
-    root = tmp_path_factory.mktemp("synth")
-    paths = []
-    for kind in ("ar", "nar"):
-        out = root / kind
-        cfg = load_config(
-            REPO / f"trainer/configs/{kind}-tiny.yaml",
-            [f"run.out={out}", "run.max_steps=5", "run.checkpoint_every=5", "run.eval_every=1000", "data.workers=0"],
-        )
-        train(cfg, [corpus], allow_random_codec=True)
-        paths.append(out / "checkpoint-5.pt")
-    # 1.5 s stereo at 16 kHz (exercises the mono mix and the resampling): a tone plus noise.
-    t = np.arange(int(1.5 * 16000)) / 16000
-    rng = np.random.default_rng(0)
-    tone = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.02 * rng.standard_normal(t.size)
-    prompt = root / "prompt.wav"
-    sf.write(prompt, np.stack([tone, 0.5 * tone], axis=1).astype(np.float32), 16000)
-    return corpus, paths[0], paths[1], prompt
 
 
 def synth(trained, out, *extra: str, ar=None, nar=None) -> int:
@@ -140,3 +114,38 @@ def test_warns_when_the_prompt_is_outside_the_trained_range(trained, tmp_path, c
     assert synth(trained, tmp_path / "b.wav", nar=nar) == 0  # still synthesizes, but says so
     err = capsys.readouterr().err
     assert "warning: the prompt is 1.5" in err and "trained on 3-10 s prompts" in err
+
+
+def test_length_guard_gives_the_sentence_its_minimum_length(trained, tmp_path, capsys):
+    """The issue's case: a 10-word sentence must not end after a few frames."""
+    from trainer.sampling import LengthGuard
+    from trainer.synth import load_bpe
+
+    sentence = "The lantern swung twice before the ferry touched the pier."
+    out = tmp_path / "guarded.wav"
+    code = main(
+        [
+            *["--ar", str(trained[1]), "--nar", str(trained[2]), "--data", trained[0]],
+            *["--text", sentence, "--prompt-audio", str(trained[3]), "--prompt-text", "a prompt"],
+            *["--out", str(out), "--codec-weights", "random", "--seed", "0"],
+        ]
+    )
+    assert code == 0
+    frames = int(re.search(r"(\d+) frames", capsys.readouterr().out).group(1))
+    provenance = torch.load(trained[1], weights_only=True)["provenance"]
+    tokens = len(load_bpe(None, trained[0], provenance).encode(sentence))
+    low, high = LengthGuard().bounds(tokens)
+    assert low == math.ceil(4 * tokens) and low <= frames <= high
+    # Without the guard the same seed may stop anywhere; with min 0 / max 1 it is cut to one frame.
+    assert (
+        main(
+            [
+                *["--ar", str(trained[1]), "--nar", str(trained[2]), "--data", trained[0]],
+                *["--text", sentence, "--prompt-audio", str(trained[3]), "--prompt-text", "a prompt"],
+                *["--out", str(out), "--codec-weights", "random", "--min-frames-per-token", "0"],
+                *["--max-frames-per-token", str(1 / tokens)],
+            ]
+        )
+        == 0
+    )
+    assert " 1 frames" in capsys.readouterr().out

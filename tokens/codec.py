@@ -233,6 +233,13 @@ class CodecEncoder:
         codes = model.quantizer.encode(emb.float(), model.frame_rate, model.bandwidth)  # (n_q, B, T)
         return codes.transpose(0, 1)
 
+    def codebooks(self) -> torch.Tensor:
+        """(n_q * 1024, 128) float32 on the CPU: the codebook entries of the codes' n_q codebooks,
+        stacked (what a Vocos decoder embeds codes with)."""
+        self.setup()
+        layers = self._model.quantizer.vq.layers[: self.n_q]
+        return torch.cat([layer.codebook.detach().float().cpu() for layer in layers])
+
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """(n_q, T) codes -> float32 mono 24 kHz waveform of T * 320 samples (for synthesis)."""
         self.setup()

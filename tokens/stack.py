@@ -16,6 +16,7 @@ installed stack and exits non-zero when it does not import (CI runs it after ins
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 from importlib import metadata
@@ -28,30 +29,59 @@ STACK = ("torch", "encodec", "torchaudio", "numpy")
 
 def encodec_model_class():
     """`encodec.EncodecModel`, imported without importing torchaudio."""
-    if "encodec" in sys.modules:  # already imported (by us, or by code that wanted torchaudio)
-        return sys.modules["encodec"].EncodecModel
-    previous = sys.modules.get("torchaudio")
-    if previous is None:
-        sys.modules["torchaudio"] = _torchaudio_placeholder()
+    return import_without_torchaudio("encodec").EncodecModel
+
+
+def import_without_torchaudio(name: str) -> types.ModuleType:
+    """Import module `name` (encodec, vocos: both import torchaudio at module level for helpers we
+    never call) with torchaudio held out, so any torch in TESTED_TORCH works."""
+    if name in sys.modules:  # already imported (by us, or by code that wanted torchaudio)
+        return sys.modules[name]
+    import torch  # noqa: F401  (first, and never under the placeholders)
+
+    placeholders = {} if "torchaudio" in sys.modules else _torchaudio_placeholders()
+    sys.modules.update(placeholders)
     try:
-        import encodec
+        import encodec  # noqa: F401  (vocos imports it too: under the same placeholder)
+
+        return importlib.import_module(name)
     finally:
-        if previous is None:  # a later `import torchaudio` elsewhere gets the real one
-            del sys.modules["torchaudio"]
-    return encodec.EncodecModel
+        for module in placeholders:  # a later `import torchaudio` elsewhere gets the real one
+            del sys.modules[module]
 
 
-def _torchaudio_placeholder() -> types.ModuleType:
-    module = types.ModuleType("torchaudio", "stands in for torchaudio while encodec is imported")
+# What encodec and vocos import from torchaudio at module level (vocos.heads takes two mel helpers
+# by name, used only by a head we never build).
+_TORCHAUDIO_MODULES = ("torchaudio", "torchaudio.functional", "torchaudio.functional.functional")
 
-    def missing(name: str):
-        raise AttributeError(
-            f"torchaudio.{name}: valle-corpus imports encodec without torchaudio, so encodec's "
-            "torchaudio helpers (convert_audio, save_audio) are unavailable here"
-        )
 
-    module.__getattr__ = missing  # module-level __getattr__ (PEP 562)
-    return module
+def _torchaudio_placeholders() -> dict[str, types.ModuleType]:
+    modules = {
+        name: types.ModuleType(name, "stands in for torchaudio while encodec/vocos import")
+        for name in _TORCHAUDIO_MODULES
+    }
+
+    def unavailable(qualified: str):
+        def call(*args, **kwargs):
+            raise RuntimeError(
+                f"{qualified}: valle-corpus imports encodec and vocos without torchaudio, so their "
+                "torchaudio helpers (convert_audio, save_audio, mel heads) are unavailable here"
+            )
+
+        return call
+
+    def attribute(name: str):
+        def get(attr: str):
+            if attr.startswith("__"):  # __file__, __spec__, ...: what inspect and importlib probe
+                raise AttributeError(attr)
+            return modules.get(f"{name}.{attr}") or unavailable(f"{name}.{attr}")
+
+        return get
+
+    for name, module in modules.items():
+        module.__path__ = []  # a package: its submodules import
+        module.__getattr__ = attribute(name)  # module-level __getattr__ (PEP 562)
+    return modules
 
 
 def installed() -> str:

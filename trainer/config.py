@@ -91,11 +91,39 @@ class RunSection:
 
 
 @dataclass
+class SynthEvalSection:
+    """Synthesis during training (trainer/eval/during_training.py): off until `set` names an
+    evaluation set (valle-prep evalset)."""
+
+    set: str | None = None
+    every: int | None = None  # steps; null: run.eval_every; 0: off
+    utterances: int = 4
+    prompt_seconds: float = 3.0  # continuation prompt
+    max_seconds: float = 20.0  # longest output (an early model may never say EOS)
+    partner: str | None = None  # the other model's checkpoint (a NAR for an AR run, an AR for a NAR run)
+    asr: str = "pocketsphinx"
+    speaker: str = "resemblyzer"
+    codec_weights: str | None = None  # null: what the corpus names (its weights' hash must match)
+    max_share: float = 0.05  # skip a round while these rounds took more than this share of the run
+
+    def problems(self) -> Problems:
+        if self.every is not None and self.every < 0:
+            yield "every", f"must be >= 0 (0: off), got {self.every}"
+        if self.utterances < 1:
+            yield "utterances", f"must be >= 1, got {self.utterances}"
+        if not self.max_seconds > 0:
+            yield "max_seconds", f"must be > 0, got {self.max_seconds}"
+        if not 0 < self.max_share <= 1:
+            yield "max_share", f"must be in (0, 1], got {self.max_share}"
+
+
+@dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=RunSection)
+    synth_eval: SynthEvalSection = field(default_factory=SynthEvalSection)
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:

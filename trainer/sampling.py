@@ -42,6 +42,7 @@ Choices of ours (not in the paper):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,6 +57,7 @@ class SamplingConfig:
     repetition_threshold: float = 0.1  # t_r: fallback when count / K > t_r
     temperature: float = 1.0  # divides the logits of both draws; > 0
     max_frames: int = 75 * 30  # stop after 30 s of 75 Hz codes if no EOS
+    min_frames: int = 0  # EOS is not drawn before this many codes (the length guard)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.top_p <= 1.0:
@@ -68,6 +70,41 @@ class SamplingConfig:
             raise ValueError(f"temperature={self.temperature}: must be > 0 (no greedy mode here)")
         if self.max_frames < 1:
             raise ValueError(f"max_frames={self.max_frames}: must be at least 1")
+        if not 0 <= self.min_frames <= self.max_frames:
+            raise ValueError(f"min_frames={self.min_frames}: must be in [0, max_frames={self.max_frames}]")
+
+
+@dataclass
+class LengthGuard:
+    """How long speech for a text may be, in 75 Hz frames per BPE token of the text spoken.
+
+    An AR model can end at once (EOS first: the 5-frame output of an undertrained model) or never
+    (a loop until max_frames). CosyVoice bounds its LLM's decoding by speech tokens per text token
+    (min 2, max 20 of its 25 Hz tokens, i.e. 80-800 ms a token of its large-vocabulary BPE). Ours:
+    EOS is masked before `min_per_token` frames a token and output is cut at `max_per_token`.
+    Defaults 4 and 40 frames (53-533 ms a token): the sample corpus (BPE 128, the shortest tokens
+    we build) speaks 6.8-11.7 frames a token, and a larger BPE has longer tokens, so more frames
+    each; 4 sits below the fastest of the shortest, 40 leaves room for slow speech of long tokens
+    while stopping a loop a few seconds past where speech should end. valle-eval reports the
+    ground truth's frames a token for its set and warns when they fall outside the guard.
+    """
+
+    min_per_token: float = 4.0
+    max_per_token: float = 40.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_per_token <= self.max_per_token or not self.max_per_token > 0:
+            raise ValueError(
+                f"length guard {self.min_per_token}-{self.max_per_token} frames a token: "
+                "need 0 <= min <= max and max > 0"
+            )
+
+    def bounds(self, tokens: int, given: int = 0, room: int = 75 * 30) -> tuple[int, int]:
+        """(min_frames, max_frames) to generate for speech of `tokens` text tokens of which `given`
+        frames already exist (a continuation's prompt), never more than `room` frames."""
+        high = max(1, min(room, math.floor(self.max_per_token * tokens) - given))
+        low = min(high, max(0, math.ceil(self.min_per_token * tokens) - given))
+        return low, high
 
 
 def _probs(logits: Tensor) -> Tensor:
@@ -151,11 +188,24 @@ def generate_ar(model, text: Tensor, prompt_codes1: Tensor, cfg: SamplingConfig,
 
     text: (1, S) token ids; prompt_codes1: (1, P) codebook-1 codes of the speaker prompt.
     Uses only `model.prefill(text, prompt) -> (logits (G, V+1), cache)`,
-    `model.decode_step(group (G,) long, cache) -> (logits (G, V+1), cache)`, `model.EOS` and
-    `model.cfg.group_size`. The prompt is trimmed from the front to a multiple of G (at least one
-    group must remain). Stops at the first EOS (the rest of that group is dropped) or once
-    `cfg.max_frames` codes exist (the last group is cut to fit). Returns (T,) long on CPU,
-    T <= cfg.max_frames, without the prompt and never containing EOS.
+    `model.decode_step(groups (B, G) long, cache) -> (logits (B, G, V+1), cache)`, `cache.repeat`,
+    `cache.select`, `model.EOS` and `model.cfg.group_size`. The prompt is trimmed from the front
+    to a multiple of G (at least one group must remain). EOS is masked out for the first
+    `cfg.min_frames` codes; decoding stops at the first EOS (the rest of that group is dropped) or
+    once `cfg.max_frames` codes exist (the last group is cut to fit). Returns (T,) long on CPU,
+    cfg.min_frames <= T <= cfg.max_frames, without the prompt and never containing EOS.
+    """
+    return generate_ar_samples(model, text, prompt_codes1, cfg, [generator])[0]
+
+
+def generate_ar_samples(
+    model, text: Tensor, prompt_codes1: Tensor, cfg: SamplingConfig, generators: Sequence[torch.Generator]
+) -> list[Tensor]:
+    """`generate_ar` for len(generators) samples of the same text and prompt, decoded as one batch.
+
+    The prompt is prefilled once and its cache shared; sample i draws from `generators[i]` with
+    its own repetition history, and leaves the batch when it ends, so the batch shrinks as
+    samples finish. Returns one (T_i,) long tensor per generator, in order.
     """
     G = int(model.cfg.group_size)
     eos = int(model.EOS)
@@ -167,20 +217,43 @@ def generate_ar(model, text: Tensor, prompt_codes1: Tensor, cfg: SamplingConfig,
         raise ValueError(f"prompt has {P} codes, fewer than one group of {G}; give at least {G}")
     prompt = prompt_codes1[:, P - usable :]  # (1, usable): the oldest P mod G codes dropped
 
-    generated: list[int] = []
-    history: list[int] = []
+    n = len(generators)
+    generated: list[list[int]] = [[] for _ in range(n)]
+    histories: list[list[int]] = [[] for _ in range(n)]
+    active = list(range(n))  # samples still decoding, in batch-row order
     with torch.inference_mode():
         logits, cache = model.prefill(text, prompt)  # (G, V+1)
+        logits, cache = logits.expand(n, -1, -1), cache.repeat(n)  # (n, G, V+1)
         while True:
-            if logits.shape[0] != G:
-                raise ValueError(f"model returned logits for {logits.shape[0]} frames, expected group_size={G}")
-            group = sample_group(logits, history, cfg, generator)
-            if eos in group:
-                generated.extend(group[: group.index(eos)])
+            if logits.shape[1] != G:
+                raise ValueError(f"model returned logits for {logits.shape[1]} frames, expected group_size={G}")
+            groups, still = [], []
+            for row, i in enumerate(active):
+                out = generated[i]
+                group = sample_group(guard_eos(logits[row], len(out), cfg, eos), histories[i], cfg, generators[i])
+                if eos in group:
+                    out.extend(group[: group.index(eos)])
+                    continue
+                out.extend(group)
+                if len(out) < cfg.max_frames:
+                    groups.append(group)
+                    still.append(row)
+            if not still:
                 break
-            generated.extend(group)
-            if len(generated) >= cfg.max_frames:
-                break
-            step = torch.tensor(group, dtype=torch.long, device=logits.device)  # (G,)
+            if len(still) < len(active):
+                cache = cache.select(torch.tensor(still, device=logits.device))
+                active = [active[row] for row in still]
+            step = torch.tensor(groups, dtype=torch.long, device=logits.device)  # (B, G)
             logits, cache = model.decode_step(step, cache)
-    return torch.tensor(generated[: cfg.max_frames], dtype=torch.long)
+    return [torch.tensor(out[: cfg.max_frames], dtype=torch.long) for out in generated]
+
+
+def guard_eos(logits: Tensor, done: int, cfg: SamplingConfig, eos: int) -> Tensor:
+    """(G, V+1) group logits with EOS made impossible in rows that would end the output before
+    `cfg.min_frames` codes (row k is code number done + k)."""
+    early = cfg.min_frames - done
+    if early <= 0:
+        return logits
+    logits = logits.clone()
+    logits[:early, eos] = float("-inf")
+    return logits

@@ -2,7 +2,8 @@
 
     valle-synth --ar AR.pt --nar NAR.pt --text "..." --prompt-audio P.wav --prompt-text "..." \
         --out OUT.wav [--data CORPUS | --bpe bpe.model] [--top-p 0.8 --window 10 --threshold 0.1 \
-        --temperature 1.0 --seed 0 --max-seconds 30] [--codec-weights pretrained|random|PATH]
+        --temperature 1.0 --seed 0 --max-seconds 30] [--codec-weights pretrained|random|PATH] \
+        [--min-frames-per-token 4 --max-frames-per-token 40] [--decoder encodec|vocos --vocos DIR]
 
 Steps (VALL-E inference):
   1. the prompt audio is mono-mixed, resampled to 24 kHz (soxr HQ, as the pipeline does) and
@@ -10,9 +11,11 @@ Steps (VALL-E inference):
   2. the text the models read is the BPE of normalize(prompt_text + " " + text), tokenized as
      the corpus's were (the same normalization, no BOS/EOS);
   3. the AR model continues codebook 1 after the prompt (KV cache, repetition-aware sampling,
-     `trainer.sampling.generate_ar`); the NAR model fills codebooks 2..K greedily;
-  4. the generated frames only (not the prompt) go through the EnCodec decoder to a 16-bit
-     24 kHz mono wav, 320 samples per frame.
+     `trainer.sampling.generate_ar_samples`), held to a length guard relative to the text: no
+     EOS before --min-frames-per-token frames a BPE token of --text, cut at --max-frames-per-token
+     (`LengthGuard`); the NAR model fills codebooks 2..K greedily;
+  4. the generated frames only (not the prompt) go through the decoder (EnCodec's own, or Vocos
+     from a local folder: tokens.vocoder) to a 16-bit 24 kHz mono wav, 320 samples per frame.
 
 Everything that decides what the tokens mean must agree, or synthesis refuses: the AR and NAR
 checkpoints' provenance (codec and BPE), the BPE model file's sha256, and the loaded codec
@@ -37,10 +40,11 @@ from tokens.codec import CodecEncoder, codec_for
 from tokens.codec_weights import WeightsUnavailable
 from tokens.constants import FRAME_RATE, SAMPLE_RATE
 from tokens.text import NORMALIZATION, Tokenizer, normalize_text
+from tokens.vocoder import DECODERS, VocoderError, decoder_for
 from trainer.corpus import provenance_key
 from trainer.models import ARModel, NARModel
 from trainer.models.config import ModelConfig
-from trainer.sampling import SamplingConfig, generate_ar
+from trainer.sampling import LengthGuard, SamplingConfig, generate_ar_samples
 
 LEGACY_PROMPT_SECONDS = (1.5, 3.0)  # what NAR checkpoints saved before the range was recorded trained on
 
@@ -68,30 +72,30 @@ def load_checkpoint(path: str, kind: type, device: torch.device):
     return model.to(device).eval(), saved["provenance"]
 
 
-def load_bpe(args, provenance: dict) -> Tokenizer:
-    """The BPE model (--bpe, else the corpus's from --data), checked against the checkpoints."""
-    if args.bpe:
-        data = _read(args.bpe, "BPE model")
-        where = args.bpe
-    elif args.data:
-        index = read_index(args.data, SynthError)
+def load_bpe(bpe: str | None, data: str | None, provenance: dict) -> Tokenizer:
+    """The BPE model (`bpe`, else the corpus's from `data`), checked against the checkpoints."""
+    if bpe:
+        raw = _read(bpe, "BPE model")
+        where = bpe
+    elif data:
+        index = read_index(data, SynthError)
         corpus_key = provenance_key(index)
         if corpus_key != provenance:
             raise SynthError(
-                f"{args.data} was made with other codec/BPE/text settings than the "
+                f"{data} was made with other codec/BPE/text settings than the "
                 f"checkpoints ({corpus_key} vs {provenance}); use the corpus they were trained on"
             )
-        where = join(args.data, index["provenance"]["bpe"]["model"])
-        data = _read(where, "BPE model")
+        where = join(data, index["provenance"]["bpe"]["model"])
+        raw = _read(where, "BPE model")
     else:
         raise SynthError("give --data CORPUS (its BPE model is used) or --bpe PATH")
-    sha = hashlib.sha256(data).hexdigest()
+    sha = hashlib.sha256(raw).hexdigest()
     if sha != provenance["bpe_sha256"]:
         raise SynthError(
             f"BPE model {where} has sha256 {sha}, but the checkpoints were trained with "
             f"{provenance['bpe_sha256']}; use the BPE model of their corpus"
         )
-    return Tokenizer(where, data)  # the model the checkpoints were trained with: it parses
+    return Tokenizer(where, raw)  # the model the checkpoints were trained with: it parses
 
 
 def _read(uri: str, what: str) -> bytes:
@@ -109,75 +113,147 @@ def load_codec(weights: str, provenance: dict, device: str) -> CodecEncoder:
         raise SynthError(f"--codec-weights {weights}: {e}") from None
 
 
+def pick_device(name: str) -> torch.device:
+    device = torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SynthError(f"--device {name}: CUDA is not available here; use auto or cpu")
+    return device
+
+
+class Synthesizer:
+    """An AR and a NAR model with the BPE, codec and decoder of their corpus: text and prompt codes
+    in, codes and audio out. Built from checkpoints (`load`) or from models in memory (training)."""
+
+    def __init__(self, ar: ARModel, nar: NARModel, provenance: dict, bpe: Tokenizer, codec: CodecEncoder, decoder=None):
+        K = provenance["codec"]["codebooks"]
+        if nar.cfg.n_codebooks != K:
+            raise SynthError(f"the NAR predicts {nar.cfg.n_codebooks} codebooks, the codec uses {K}")
+        if provenance["text"]["normalization"] != NORMALIZATION:
+            raise SynthError(
+                f"the corpus normalized text as {provenance['text']['normalization']!r}; this "
+                f"pipeline version does {NORMALIZATION!r}"
+            )
+        self.ar, self.nar, self.provenance, self.bpe, self.codec = ar, nar, provenance, bpe, codec
+        self.decoder = decoder or codec
+        self.device = next(ar.parameters()).device
+
+    @classmethod
+    def load(
+        cls,
+        ar_path: str,
+        nar_path: str,
+        *,
+        bpe=None,
+        data=None,
+        codec_weights="pretrained",
+        device="auto",
+        decoder="encodec",
+        vocos=None,
+    ) -> Synthesizer:
+        dev = pick_device(device)
+        ar, ar_prov = load_checkpoint(ar_path, ARModel, dev)
+        nar, nar_prov = load_checkpoint(nar_path, NARModel, dev)
+        if ar_prov != nar_prov:
+            raise SynthError(
+                f"the AR and NAR checkpoints were trained on corpora with different codec/BPE "
+                f"provenance ({ar_prov} vs {nar_prov}); their tokens do not mean the same thing"
+            )
+        tokenizer = load_bpe(bpe, data, ar_prov)
+        codec = load_codec(codec_weights, ar_prov, str(dev))
+        try:
+            out = decoder_for(decoder, codec, ar_prov["codec"]["bandwidth_kbps"], vocos, str(dev))
+        except VocoderError as e:
+            raise SynthError(str(e)) from None
+        return cls(ar, nar, ar_prov, tokenizer, codec, out)
+
+    @property
+    def max_text_tokens(self) -> int:
+        return min(self.ar.cfg.max_text_len, self.nar.cfg.max_text_len)
+
+    @property
+    def max_audio_frames(self) -> int:
+        return min(self.ar.cfg.max_audio_frames, self.nar.cfg.max_audio_frames)
+
+    def tokens(self, text: str) -> list[int]:
+        """BPE ids of a text, tokenized as the corpus's were (normalized, no BOS/EOS)."""
+        return self.bpe.encode(normalize_text(text))
+
+    def encode_prompt(self, audio: np.ndarray) -> np.ndarray:
+        """(K, P) codes of float32 mono 24 kHz prompt audio, made as the corpus's were."""
+        return self.codec.encode([audio])[0].astype(np.int64)
+
+    def generate(
+        self,
+        text_ids: list[int],
+        prompt: np.ndarray,
+        sampling: SamplingConfig,
+        seeds: list[int],
+    ) -> list[np.ndarray]:
+        """One (K, T_i) code array per seed: codebook 1 by the AR (the samples decoded as one batch,
+        sample i from a generator seeded `seeds[i]`), codebooks 2..K by the NAR, batched too."""
+        if len(text_ids) > self.max_text_tokens:
+            raise SynthError(f"the text is {len(text_ids)} BPE tokens; the models take at most {self.max_text_tokens}")
+        P = prompt.shape[1]
+        if self.ar.cfg.group_size > P or self.max_audio_frames - P < 1:
+            raise SynthError(
+                f"the prompt is {P / FRAME_RATE:.2f} s ({P} frames); it must be at least "
+                f"{self.ar.cfg.group_size} frames and leave room in the models' {self.max_audio_frames} frames"
+            )
+        text = torch.tensor([text_ids], dtype=torch.long, device=self.device)  # (1, S)
+        codes = torch.from_numpy(np.asarray(prompt, dtype=np.int64))[None].to(self.device)  # (1, K, P)
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        firsts = generate_ar_samples(self.ar, text, codes[:, 0], sampling, generators)
+        done = [c for c in firsts if c.numel()]
+        with torch.inference_mode():
+            full = iter(self.nar.predict_samples(text, codes, [c.to(self.device) for c in done]) if done else [])
+        K = codes.shape[1]
+        return [next(full).cpu().numpy() if c.numel() else np.zeros((K, 0), np.int64) for c in firsts]
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """(K, T) codes -> float32 mono 24 kHz audio, T * 320 samples."""
+        return self.decoder.decode(codes) if codes.shape[1] else np.zeros(0, np.float32)
+
+
 def synthesize(args) -> tuple[np.ndarray, int]:
     """Run the four steps; returns (float32 waveform at 24 kHz, generated frames)."""
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SynthError(f"--device {args.device}: CUDA is not available here; use auto or cpu")
     if not args.max_seconds > 0:
         raise SynthError(f"--max-seconds {args.max_seconds}: must be > 0")
-    ar, ar_prov = load_checkpoint(args.ar, ARModel, device)
-    nar, nar_prov = load_checkpoint(args.nar, NARModel, device)
-    if ar_prov != nar_prov:
-        raise SynthError(
-            f"the AR and NAR checkpoints were trained on corpora with different codec/BPE "
-            f"provenance ({ar_prov} vs {nar_prov}); their tokens do not mean the same thing"
-        )
-    if ar_prov["text"]["normalization"] != NORMALIZATION:
-        raise SynthError(
-            f"the corpus normalized text as {ar_prov['text']['normalization']!r}; this "
-            f"pipeline version does {NORMALIZATION!r}"
-        )
-    K = ar_prov["codec"]["codebooks"]
-    if nar.cfg.n_codebooks != K:
-        raise SynthError(f"the NAR predicts {nar.cfg.n_codebooks} codebooks, the codec uses {K}")
-
-    # Text: the prompt's transcript, then the target text.
+    synth = Synthesizer.load(
+        args.ar,
+        args.nar,
+        bpe=args.bpe,
+        data=args.data,
+        codec_weights=args.codec_weights,
+        device=args.device,
+        decoder=args.decoder,
+        vocos=args.vocos,
+    )
     if not normalize_text(args.text):
         raise SynthError("--text is empty")
-    bpe = load_bpe(args, ar_prov)
-    text_ids = bpe.encode(normalize_text(f"{args.prompt_text} {args.text}"))
-    limit = min(ar.cfg.max_text_len, nar.cfg.max_text_len)
-    if len(text_ids) > limit:
-        raise SynthError(f"prompt text + text are {len(text_ids)} BPE tokens; the models take at most {limit}")
-    text = torch.tensor([text_ids], dtype=torch.long, device=device)  # (1, S)
-
-    # Prompt codes, made as the corpus's were.
-    encoder = load_codec(args.codec_weights, ar_prov, args.device)
+    text_ids = synth.tokens(f"{args.prompt_text} {args.text}")  # the prompt's transcript, then the text
     try:
         prompt_audio = read_audio(args.prompt_audio)
     except ValueError as e:
         raise SynthError(f"--prompt-audio: {e}") from None
-    prompt = torch.from_numpy(encoder.encode([prompt_audio])[0].astype(np.int64))
-    prompt = prompt[None].to(device)  # (1, K, P)
-    P = prompt.shape[2]
-    room = min(ar.cfg.max_audio_frames, nar.cfg.max_audio_frames) - P
-    if ar.cfg.group_size > P or room < 1:
-        raise SynthError(
-            f"the prompt is {P / FRAME_RATE:.2f} s ({P} frames); it must be at least "
-            f"{ar.cfg.group_size} frames and leave room in the models' "
-            f"{ar.cfg.max_audio_frames} frames"
-        )
-    warn_prompt_range(P, nar.cfg.prompt_seconds)
-    max_frames = min(round(args.max_seconds * FRAME_RATE), room)
+    prompt = synth.encode_prompt(prompt_audio)
+    P = prompt.shape[1]
+    warn_prompt_range(P, synth.nar.cfg.prompt_seconds)
+    guard = LengthGuard(args.min_frames_per_token, args.max_frames_per_token)
+    room = min(round(args.max_seconds * FRAME_RATE), max(1, synth.max_audio_frames - P))
+    low, high = guard.bounds(len(synth.tokens(args.text)), room=room)
     sampling = SamplingConfig(
         top_p=args.top_p,
         window=args.window,
         repetition_threshold=args.threshold,
         temperature=args.temperature,
-        max_frames=max_frames,
+        max_frames=high,
+        min_frames=low,
     )
-
-    # AR codebook 1, NAR codebooks 2..K, then the decoder.
     torch.manual_seed(args.seed)
-    generator = torch.Generator().manual_seed(args.seed)
-    codes1 = generate_ar(ar, text, prompt[:, 0], sampling, generator)  # (T,)
-    T = codes1.numel()
-    if T == 0:
+    codes = synth.generate(text_ids, prompt, sampling, [args.seed])[0]
+    if codes.shape[1] == 0:
         raise SynthError("the AR model stopped at once (EOS first); nothing to decode; try another --seed")
-    with torch.inference_mode():
-        codes = nar.predict(text, prompt, codes1[None].to(device))  # (K, T)
-    return encoder.decode(codes.cpu().numpy()), T
+    return synth.decode(codes), codes.shape[1]
 
 
 def warn_prompt_range(frames: int, trained: tuple[float, float]) -> None:
@@ -209,11 +285,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=30.0, help="longest output if no EOS")
+    parser.add_argument(
+        "--min-frames-per-token",
+        type=float,
+        default=LengthGuard.min_per_token,
+        help="length guard: no EOS before this many frames per BPE token of --text",
+    )
+    parser.add_argument(
+        "--max-frames-per-token",
+        type=float,
+        default=LengthGuard.max_per_token,
+        help="length guard: output cut at this many frames per BPE token of --text",
+    )
+    parser.add_argument("--decoder", default="encodec", choices=DECODERS, help="codes to audio: encodec | vocos")
+    parser.add_argument("--vocos", help="folder with a Vocos EnCodec checkpoint (config.yaml, pytorch_model.bin)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
     try:
         wave, frames = synthesize(args)
-    except (SynthError, ValueError) as err:
+    except (SynthError, ValueError) as err:  # LengthGuard and SamplingConfig check their values
         print(f"valle-synth: {err}", file=sys.stderr)
         return 2
     if not np.isfinite(wave).all():

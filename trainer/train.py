@@ -300,6 +300,8 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
             checkpoint.set_rng_state(saved["rng"][run.rank], generator)
 
     writer = _tensorboard(out) if run.main else None
+    watch = watcher(cfg, corpora[0], run)
+    watch_every = cfg.synth_eval.every or cfg.run.eval_every
     log = (out / "log.jsonl").open("a") if run.main else None
     if training.too_long and run.main:
         _emit({"step": step, "too_long_filtered": training.too_long}, log, writer)
@@ -345,12 +347,15 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
                     _emit(last, log, writer)
             evaluating = step % cfg.run.eval_every == 0 or step == cfg.run.max_steps
             saving = step % cfg.run.checkpoint_every == 0 or step == cfg.run.max_steps
-            if evaluating or saving:
+            watching = watch is not None and (step % watch_every == 0 or step == cfg.run.max_steps)
+            if evaluating or saving or watching:
                 window.pause()  # neither counts as training time
                 if evaluating and (dev_stats := evaluate(loss_module, dev_data, cfg, run)) is not None:
                     last.update(dev_stats)
                     if run.main:
                         _emit({"step": step, **dev_stats}, log, writer)
+                if watching:
+                    _emit(watch(model, step, writer), log, writer)
                 if saving:
                     save_checkpoint(out, cfg, run, model, optimizer, scheduler, step, state, generator, corpora[0], key)
                 window.resume()
@@ -363,6 +368,15 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
     if writer:
         writer.close()
     return last
+
+
+def watcher(cfg: TrainConfig, corpus: Corpus, run: Run):
+    """The synthesis check of trainer/eval/during_training.py on the first rank, or None (off)."""
+    if not run.main or not cfg.synth_eval.set or cfg.synth_eval.every == 0:
+        return None
+    from trainer.eval.during_training import TrainingEval, settings_from
+
+    return TrainingEval(settings_from(cfg.synth_eval), cfg.model.kind, corpus.provenance_key, run.device)
 
 
 def save_checkpoint(out, cfg, run, model, optimizer, scheduler, step, state, generator, corpus, key) -> None:

@@ -47,8 +47,16 @@ IGNORE = -100  # target value the loss skips
 class Cache:
     """KV cache for one utterance: each layer's keys/values so far and the next audio position."""
 
-    kv: list[KV]  # n_layers x ((1, H, T_so_far, d_head), same)
+    kv: list[KV]  # n_layers x ((B, H, T_so_far, d_head), same); B = 1 after prefill
     next_pos: int  # audio position (in groups, BOS = 0) of the next group fed
+
+    def repeat(self, n: int) -> Cache:
+        """The cache of one utterance as n identical rows (n samples of the same prompt)."""
+        return Cache([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self.kv], self.next_pos)
+
+    def select(self, rows: torch.Tensor) -> Cache:
+        """Only the given batch rows (samples still decoding)."""
+        return Cache([(k[rows], v[rows]) for k, v in self.kv], self.next_pos)
 
 
 class ARModel(nn.Module):
@@ -162,8 +170,10 @@ class ARModel(nn.Module):
 
     @torch.no_grad()
     def decode_step(self, group: torch.Tensor, cache: Cache) -> tuple[torch.Tensor, Cache]:
-        """Feed one group (G,) of codes; returns the next group's logits (G, V+1) and the grown cache."""
-        x = self.audio_pos(self.embed_groups(group.view(1, 1, -1)), start=cache.next_pos)  # (1, 1, d)
+        """Feed one group of codes, (G,) or a batch (B, G) of samples at the same position; returns
+        the next group's logits, (G, V+1) or (B, G, V+1), and the grown cache."""
+        groups = group.view(-1, 1, self.cfg.group_size)  # (B, 1, G)
+        x = self.audio_pos(self.embed_groups(groups), start=cache.next_pos)  # (B, 1, d)
         h, kv = self.transformer(x, None, past=cache.kv)  # the new position attends to everything cached
-        logits = self.head(h[0, -1]).view(self.cfg.group_size, -1)
-        return logits, Cache(kv=kv, next_pos=cache.next_pos + 1)
+        logits = self.head(h[:, -1]).view(groups.shape[0], self.cfg.group_size, -1)  # (B, G, V+1)
+        return (logits[0] if group.dim() == 1 else logits), Cache(kv=kv, next_pos=cache.next_pos + 1)

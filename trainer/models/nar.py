@@ -120,13 +120,24 @@ class NARModel(nn.Module):
     def predict(self, text: torch.Tensor, prompt_codes: torch.Tensor, codes1: torch.Tensor) -> torch.Tensor:
         """text (1, S), prompt_codes (1, K, P), codes1 (1, T) -> (K, T): codebook 1 as given, codebooks
         2..K filled greedily one stage at a time. Call in eval mode."""
-        K, P, T = self.cfg.n_codebooks, prompt_codes.shape[2], codes1.shape[1]
-        dev = codes1.device
-        codes = torch.zeros(1, K, P + T, dtype=torch.long, device=dev)
+        return self.predict_samples(text, prompt_codes, [codes1[0]])[0]
+
+    @torch.no_grad()
+    def predict_samples(self, text: torch.Tensor, prompt_codes: torch.Tensor, codes1: list[torch.Tensor]):
+        """`predict` for several codebook-1 continuations (T_i,) of one text and prompt, as one
+        padded batch (padding is never attended); returns one (K, T_i) tensor each."""
+        K, P = self.cfg.n_codebooks, prompt_codes.shape[2]
+        B, dev = len(codes1), prompt_codes.device
+        lens = torch.tensor([P + c.numel() for c in codes1], device=dev)  # (B,)
+        codes = torch.zeros(B, K, int(lens.max()), dtype=torch.long, device=dev)
         codes[:, :, :P] = prompt_codes
-        codes[:, 0, P:] = codes1
-        one = lambda n: torch.full((1,), n, dtype=torch.long, device=dev)  # noqa: E731
+        for b, c in enumerate(codes1):
+            codes[b, 0, P : P + c.numel()] = c.to(dev)
+        texts = text.expand(B, -1)
+        text_lens = torch.full((B,), text.shape[1], device=dev)
+        prompt_lens = torch.full((B,), P, device=dev)
         for s in range(1, K):
-            logits = self(text, one(text.shape[1]), codes, one(P + T), one(P), one(s))  # (1, P+T, V)
-            codes[0, s, P:] = logits[0, P:].argmax(-1)
-        return codes[0, :, P:]
+            stage = torch.full((B,), s, dtype=torch.long, device=dev)
+            logits = self(texts, text_lens, codes, lens, prompt_lens, stage)  # (B, P+T, V)
+            codes[:, s, P:] = logits[:, P:].argmax(-1)
+        return [codes[b, :, P : P + c.numel()] for b, c in enumerate(codes1)]

@@ -1,0 +1,202 @@
+"""Evaluation sets (evalset v1): held-out utterances with their ground-truth audio, text and codes.
+
+Made once by `valle-prep evalset` (from a built corpus's subset, or from LibriSpeech test-clean)
+and read by `valle-eval` and the training-time evaluation. A folder:
+
+    evalset.json      written last (it marks a finished set): {"schema": "valle-corpus/evalset.v1",
+                      "name", "source" (where the utterances came from), "selection" (the rules
+                      that chose them), "provenance" (codec, BPE and text settings, as index.json's:
+                      the codes and tokens mean what the corpus's mean), "utterances", "speakers"}
+    utterances.jsonl  one utterance a line, sorted by id:
+                      {"id", "speaker", "text" (normalized, what the models read), "reference"
+                       (the transcript WER is scored against), "text_tokens" [BPE ids of text],
+                       "duration" (s), "audio": "audio/<n>.wav", "codes": "codes/<n>.npy",
+                       "prompt_id": another utterance of the same speaker (the cross-sentence
+                       prompt), or null when the speaker has only one}
+    bpe.model         the corpus's SentencePiece model (provenance.bpe.model names it): the set
+                      tokenizes prompt and text as the corpus did, without the corpus at hand
+    audio/<n>.wav     the ground truth, mono 16-bit 24 kHz (the rate the codec and models work at)
+    codes/<n>.npy     its (codebooks, frames) uint16 codes (schemas.codes), made by the corpus's codec
+
+Paths in utterances.jsonl are relative and must stay inside the folder; codes never unpickle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import soundfile as sf
+
+from schemas.codes import codes_from_npy, codes_to_npy
+from schemas.contract import SchemaError
+from storage.files import write_bytes_atomic, write_json_atomic
+from tokens.constants import SAMPLE_RATE
+
+EVALSET_SCHEMA = "valle-corpus/evalset.v1"
+META, UTTERANCES, BPE_MODEL = "evalset.json", "utterances.jsonl", "bpe.model"
+_FIELDS = {"id", "speaker", "text", "reference", "text_tokens", "duration", "audio", "codes", "prompt_id"}
+
+
+@dataclass(frozen=True)
+class Utterance:
+    id: str
+    speaker: str
+    text: str
+    reference: str
+    text_tokens: tuple[int, ...]
+    duration: float
+    audio: str
+    codes: str
+    prompt_id: str | None
+
+
+class EvalSet:
+    """A finished evaluation set, read: `meta`, `utterances` (sorted by id), and each one's audio
+    and codes on demand."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        meta_path = self.folder / META
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except FileNotFoundError:
+            raise SchemaError(
+                f"{self.folder} is not a finished evaluation set (no {META}); make one with valle-prep evalset"
+            ) from None
+        except json.JSONDecodeError as e:
+            raise SchemaError(f"{meta_path}: not JSON ({e})") from None
+        if self.meta.get("schema") != EVALSET_SCHEMA:
+            raise SchemaError(f"{meta_path}: schema {self.meta.get('schema')!r}, this version reads {EVALSET_SCHEMA}")
+        self.utterances = [self._utterance(n, line) for n, line in enumerate(self._lines(), 1)]
+        self.by_id = {u.id: u for u in self.utterances}
+        if len(self.by_id) != len(self.utterances) or len(self.utterances) != self.meta.get("utterances"):
+            raise SchemaError(f"{self.folder / UTTERANCES}: duplicate ids, or not the {META} count")
+        for u in self.utterances:
+            if u.prompt_id is not None and (u.prompt_id not in self.by_id or u.prompt_id == u.id):
+                raise SchemaError(
+                    f"{self.folder / UTTERANCES}: {u.id}'s prompt_id {u.prompt_id!r} is not another utterance"
+                )
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
+    def provenance(self) -> dict:
+        return self.meta["provenance"]
+
+    @property
+    def bpe_model(self) -> Path:
+        return self.folder / BPE_MODEL
+
+    def _lines(self):
+        with open(self.folder / UTTERANCES, encoding="utf-8") as f:
+            yield from (line for line in f if line.strip())
+
+    def _utterance(self, n: int, line: str) -> Utterance:
+        where = f"{self.folder / UTTERANCES}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SchemaError(f"{where}: not JSON ({e})") from None
+        if not isinstance(row, dict) or set(row) != _FIELDS:
+            raise SchemaError(f"{where}: fields must be {sorted(_FIELDS)}")
+        for key in ("audio", "codes"):
+            path = PurePosixPath(row[key])
+            if path.is_absolute() or ".." in path.parts:
+                raise SchemaError(f"{where}: {key} path {row[key]!r} leaves the set's folder")
+        return Utterance(**{**row, "text_tokens": tuple(int(t) for t in row["text_tokens"])})
+
+    def first(self, n: int | None) -> list[Utterance]:
+        """n utterances spread over the speakers (round-robin over speakers sorted by id, each
+        speaker's in id order), in id order; all of them when n is None."""
+        if n is None or n >= len(self.utterances):
+            return list(self.utterances)
+        queues: dict[str, list[Utterance]] = {}
+        for u in self.utterances:
+            queues.setdefault(u.speaker, []).append(u)
+        order = [
+            q[turn]
+            for turn in range(max(map(len, queues.values())))
+            for _, q in sorted(queues.items())
+            if turn < len(q)
+        ]
+        return sorted(order[:n], key=lambda u: u.id)
+
+    def audio(self, u: Utterance) -> np.ndarray:
+        """float32 mono 24 kHz ground truth."""
+        wave, rate = sf.read(self.folder / u.audio, dtype="float32")
+        if rate != SAMPLE_RATE or wave.ndim != 1:
+            raise SchemaError(f"{self.folder / u.audio}: expected mono {SAMPLE_RATE} Hz, got {rate} Hz {wave.shape}")
+        return wave
+
+    def codes(self, u: Utterance) -> np.ndarray:
+        """(codebooks, frames) uint16."""
+        path = self.folder / u.codes
+        return codes_from_npy(path.read_bytes(), str(path))
+
+
+class EvalSetWriter:
+    """Writes a set: `add` each utterance (any order), then `finish`. A set that was not finished
+    has no evalset.json and is not read; writing again starts it over."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        (self.folder / META).unlink(missing_ok=True)
+        for sub in ("audio", "codes"):
+            (self.folder / sub).mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict] = []
+
+    def add(self, *, id: str, speaker: str, text: str, reference: str, text_tokens, audio: np.ndarray, codes) -> None:
+        n = f"{len(self.rows):06d}"
+        wav, npy = f"audio/{n}.wav", f"codes/{n}.npy"
+        sf.write(self.folder / wav, np.clip(audio, -1, 1), SAMPLE_RATE, subtype="PCM_16")
+        write_bytes_atomic(self.folder / npy, codes_to_npy(codes))
+        self.rows.append(
+            {
+                "id": id,
+                "speaker": str(speaker),
+                "text": text,
+                "reference": reference,
+                "text_tokens": [int(t) for t in text_tokens],
+                "duration": round(len(audio) / SAMPLE_RATE, 6),
+                "audio": wav,
+                "codes": npy,
+                "prompt_id": None,
+            }
+        )
+
+    def finish(self, *, name: str, source: dict, selection: dict, provenance: dict, bpe_model: bytes) -> Path:
+        """Pair cross-sentence prompts, write bpe.model and utterances.jsonl, then evalset.json."""
+        rows = sorted(self.rows, key=lambda r: r["id"])
+        if not rows:
+            raise SchemaError(f"{self.folder}: no utterance was selected; nothing to write")
+        pair_prompts(rows)
+        write_bytes_atomic(self.folder / BPE_MODEL, bpe_model)
+        provenance = {**provenance, "bpe": {**provenance["bpe"], "model": BPE_MODEL}}
+        lines = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+        write_bytes_atomic(self.folder / UTTERANCES, lines.encode("utf-8"))
+        meta = {
+            "schema": EVALSET_SCHEMA,
+            "name": name,
+            "source": source,
+            "selection": selection,
+            "provenance": provenance,
+            "utterances": len(rows),
+            "speakers": len({r["speaker"] for r in rows}),
+        }
+        return write_json_atomic(self.folder / META, meta)
+
+
+def pair_prompts(rows: list[dict]) -> None:
+    """Each utterance's cross-sentence prompt: the next utterance of its speaker in id order
+    (the last takes the first), so every utterance of a speaker with two or more is a prompt once."""
+    by_speaker: dict[str, list[dict]] = {}
+    for r in rows:
+        by_speaker.setdefault(r["speaker"], []).append(r)
+    for group in by_speaker.values():
+        for i, r in enumerate(group):
+            r["prompt_id"] = group[(i + 1) % len(group)]["id"] if len(group) > 1 else None

@@ -1,0 +1,141 @@
+"""Evaluation sets (schemas.evalset): written and read back strictly; chosen deterministically;
+made from a built corpus's subset (its codes, ground truth from its source audio) and from a
+LibriSpeech test-clean look-alike served over local HTTP (md5-checked download, safe extraction,
+lhotse's recipe, coded by the corpus's codec)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.cli import main as prep
+from pipeline.evalsets.from_corpus import build_from_corpus
+from pipeline.evalsets.librispeech import build_from_librispeech, sentence_case
+from pipeline.evalsets.selection import Selection
+from sample.http_mirror import HttpMirror
+from sample.librispeech import write_test_clean
+from schemas.contract import SchemaError
+from schemas.evalset import EvalSet, EvalSetWriter
+from schemas.reading import index_shards, read_index, read_shard
+from tests.conftest import write_dag
+
+
+def write_set(folder, speakers=("a", "a", "b"), bpe=b"model"):
+    writer = EvalSetWriter(folder)
+    for n, speaker in enumerate(speakers):
+        writer.add(
+            id=f"u{n}",
+            speaker=speaker,
+            text=f"Text {n}.",
+            reference=f"TEXT {n}",
+            text_tokens=[1, 2, n],
+            audio=np.full(2400 * (n + 1), 0.1, np.float32),
+            codes=np.full((8, 10 * (n + 1)), n, np.uint16),
+        )
+    codec = {"model": "encodec_24khz", "bandwidth_kbps": 6.0, "codebooks": 8, "weights_sha256": "x"}
+    provenance = {"codec": codec, "bpe": {"model": "text/bpe.model", "sha256": "y"}, "text": {"normalization": "z"}}
+    writer.finish(name="t", source={"kind": "test"}, selection={}, provenance=provenance, bpe_model=bpe)
+    return folder
+
+
+def test_written_set_reads_back(tmp_path):
+    s = EvalSet(write_set(tmp_path / "set"))
+    assert [u.id for u in s.utterances] == ["u0", "u1", "u2"] and s.meta["speakers"] == 2
+    assert s.by_id["u0"].prompt_id == "u1" and s.by_id["u1"].prompt_id == "u0"  # the speaker's next, cyclic
+    assert s.by_id["u2"].prompt_id is None  # b has one utterance: no cross-sentence prompt
+    assert s.codes(s.by_id["u1"]).shape == (8, 20) and s.codes(s.by_id["u1"]).dtype == np.uint16
+    assert s.audio(s.by_id["u2"]).shape == (7200,) and s.bpe_model.read_bytes() == b"model"
+    assert s.provenance["bpe"]["model"] == "bpe.model"
+
+
+def test_unfinished_or_tampered_sets_are_refused(tmp_path):
+    folder = write_set(tmp_path / "set")
+    lines = (folder / "utterances.jsonl").read_text().splitlines()
+    row = json.loads(lines[0])
+    row["codes"] = "../../etc/passwd"
+    (folder / "utterances.jsonl").write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
+    with pytest.raises(SchemaError, match="leaves the set's folder"):
+        EvalSet(folder)
+    EvalSetWriter(folder)  # starting over removes evalset.json first: a half-written set is not read
+    with pytest.raises(SchemaError, match="not a finished evaluation set"):
+        EvalSet(folder)
+
+
+def test_selection_is_deterministic_and_spreads_over_speakers():
+    pairs = [(f"{s}-{n}", s) for s in "abc" for n in range(4)]
+    assert Selection(max_utterances=5).choose(pairs[::-1]) == {"a-0", "b-0", "c-0", "a-1", "b-1"}
+    assert Selection(per_speaker=1).choose(pairs) == {"a-0", "b-0", "c-0"}
+    assert Selection().fits(4.0) and Selection().fits(10.0) and not Selection().fits(3.9)
+    with pytest.raises(ValueError):
+        Selection(min_seconds=5, max_seconds=4)
+
+
+def test_set_from_a_built_corpus_keeps_its_codes(built_corpus, tiny_corpus, tmp_path):
+    dag = built_corpus[0]
+    dest = tmp_path / "dev_set"
+    summary = build_from_corpus(dag, "small", dest, Selection(0.0, 20.0), progress=False)
+    s = EvalSet(dest)
+    assert summary["utterances"] == len(s.utterances) > 0 and summary["speakers"] >= 2
+    out = str(dag.out)
+    index = read_index(out)
+    built = {
+        meta["id"]: (meta, codes)
+        for shard in index_shards(out, index)
+        if shard.subset == "small"
+        for _, meta, codes in read_shard(shard)
+    }
+    assert {u.id for u in s.utterances} == set(built)
+    for u in s.utterances:
+        meta, codes = built[u.id]
+        assert np.array_equal(s.codes(u), codes) and list(u.text_tokens) == meta["text_tokens"]
+        # the ground truth is the window the codes were made from: as long, to a sample
+        assert abs(len(s.audio(u)) / 24000 - meta["duration"]) < 1e-3
+    assert s.provenance["codec"]["weights_sha256"] == index["provenance"]["codec"]["weights_sha256"]
+    assert hashlib.sha256(s.bpe_model.read_bytes()).hexdigest() == index["provenance"]["bpe"]["sha256"]
+    # the command line: a subset the corpus lacks is a clear error
+    dag_file = str(write_dag(tmp_path / "tiny.yaml", tiny_corpus))
+    assert prep(["evalset", dag_file, "--out", out, "--subset", "nope", "--to", str(tmp_path / "x")]) == 2
+
+
+def test_librispeech_set_downloads_verifies_and_codes(built_corpus, tmp_path):
+    site = tmp_path / "openslr"
+    archive = write_test_clean(site)
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    corpus = str(built_corpus[0].out)
+    dest = tmp_path / "ls"
+    with HttpMirror(site) as mirror:
+        url = mirror.url("test-clean.tar.gz")
+        with pytest.raises(ValueError, match="md5"):  # a wrong published checksum: nothing is kept
+            build_from_librispeech(
+                corpus, dest, Selection(), download_dir=tmp_path / "dl", url=url, checksum="md5:" + "0" * 32
+            )
+        summary = build_from_librispeech(
+            corpus,
+            dest,
+            Selection(3.0, 10.0, max_utterances=4),
+            download_dir=tmp_path / "dl",
+            url=url,
+            checksum=f"md5:{md5}",
+            codec_weights="random",
+            progress=False,
+        )
+        fetched = len(mirror.requests)
+        build_from_librispeech(  # a re-run finds the verified archive: no request
+            corpus, dest, Selection(3.0, 10.0, max_utterances=4), download_dir=tmp_path / "dl", url=url,
+            checksum=f"md5:{md5}", codec_weights="random", progress=False,
+        )  # fmt: skip
+        assert len(mirror.requests) == fetched
+    s = EvalSet(dest)
+    assert summary == {"utterances": 4, "speakers": 3} and len(s.utterances) == 4
+    u = s.utterances[0]
+    assert u.reference.isupper() and u.text == sentence_case(u.reference)
+    assert 3.0 <= u.duration <= 10.0 and s.codes(u).shape[1] == int(np.ceil(u.duration * 75 - 1e-6))
+    assert s.meta["source"]["checksum"] == f"md5:{md5}"
+
+
+def test_sentence_case():
+    assert sentence_case("HE HOPED THERE WOULD BE STEW") == "He hoped there would be stew."
+    assert sentence_case("  ") == ""

@@ -1,0 +1,125 @@
+"""`valle-eval`: synthesize an evaluation set with AR + NAR checkpoints and score it.
+
+    valle-eval --ar AR.pt --nar NAR.pt --set EVALSET --out DIR [--tasks continuation,cross]
+        [--samples 5] [--prompt-seconds 3] [--max-utterances N] [--asr pocketsphinx|hubert:PATH|
+        whisper:PATH|nemo:PATH] [--speaker resemblyzer|wavlm:PATH] [--no-dnsmos]
+        [--codec-weights pretrained|random|PATH] [--decoder encodec|vocos --vocos DIR] [--device D]
+
+EVALSET comes from `valle-prep evalset` (a corpus's test subset) or `valle-prep
+evalset-librispeech` (LibriSpeech test-clean 4-10 s, the papers' set); its codec, BPE and text
+settings must be the checkpoints'. Writes DIR/results.md, DIR/results.json, DIR/index.html and the
+audio the page plays (DIR/audio/). See trainer/eval/run.py for the tasks, rows and selection rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from schemas.contract import SchemaError
+from schemas.evalset import EvalSet
+from storage.hashing import sha256_file
+from trainer.corpus import provenance_key
+from trainer.eval import report
+from trainer.eval.backends import DNSMOS, BackendError, asr_backend, speaker_backend
+from trainer.eval.run import TASKS, EvalConfig, Scorer, evaluate
+from trainer.sampling import LengthGuard
+from trainer.synth import SynthError, Synthesizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="valle-eval", description=__doc__.split("\n")[0])
+    parser.add_argument("--ar", required=True, help="AR checkpoint (valle-train)")
+    parser.add_argument("--nar", required=True, help="NAR checkpoint (valle-train)")
+    parser.add_argument("--set", dest="evalset", required=True, help="evaluation set folder (valle-prep evalset)")
+    parser.add_argument("--out", required=True, help="where results and the page go")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="continuation,cross (default: both)")
+    parser.add_argument("--samples", type=int, default=5, help="N of best-of-N (default 5, as the papers)")
+    parser.add_argument("--prompt-seconds", type=float, default=3.0, help="continuation prompt (default 3 s)")
+    parser.add_argument("--max-utterances", type=int, help="only N utterances of the set, spread over its speakers")
+    parser.add_argument("--asr", default="pocketsphinx", help="pocketsphinx | hubert:PATH | whisper:PATH | nemo:PATH")
+    parser.add_argument("--speaker", default="resemblyzer", help="resemblyzer | wavlm:PATH")
+    parser.add_argument("--no-dnsmos", action="store_true", help="skip DNSMOS")
+    parser.add_argument("--codec-weights", default="pretrained", help="pretrained | random | PATH")
+    parser.add_argument("--decoder", default="encodec", help="encodec | vocos")
+    parser.add_argument("--vocos", help="folder with a Vocos EnCodec checkpoint (config.yaml, pytorch_model.bin)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=0.8)
+    parser.add_argument("--window", type=int, default=10)
+    parser.add_argument("--threshold", type=float, default=0.1)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--min-frames-per-token", type=float, default=LengthGuard.min_per_token)
+    parser.add_argument("--max-frames-per-token", type=float, default=LengthGuard.max_per_token)
+    parser.add_argument("--page-utterances", type=int, default=24, help="utterances a task with audio on the page")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        results = run(args)
+    except (SynthError, SchemaError, BackendError, ValueError) as err:
+        print(f"valle-eval: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    paths = report.write(results, out)
+    print(paths["markdown"].read_text(), end="")
+    print(f"wrote {paths['markdown']}, {paths['json']} and {paths['html']}")
+    return 0
+
+
+def run(args) -> dict:
+    evalset = EvalSet(args.evalset)
+    cfg = EvalConfig(
+        tasks=tuple(t for t in args.tasks.split(",") if t),
+        samples=args.samples,
+        prompt_seconds=args.prompt_seconds,
+        max_utterances=args.max_utterances,
+        seed=args.seed,
+        page_utterances=args.page_utterances,
+        top_p=args.top_p,
+        window=args.window,
+        threshold=args.threshold,
+        temperature=args.temperature,
+        guard=LengthGuard(args.min_frames_per_token, args.max_frames_per_token),
+    )
+    synth = Synthesizer.load(
+        args.ar,
+        args.nar,
+        bpe=str(evalset.bpe_model),
+        codec_weights=args.codec_weights,
+        device=args.device,
+        decoder=args.decoder,
+        vocos=args.vocos,
+    )
+    wanted = provenance_key({"provenance": evalset.provenance})
+    if wanted != synth.provenance:
+        raise SynthError(
+            f"{args.evalset} was coded with other codec/BPE/text settings than the checkpoints "
+            f"({wanted} vs {synth.provenance}); make the set from the checkpoints' corpus"
+        )
+    device = "cuda" if synth.device.type == "cuda" else "cpu"
+    scorer = Scorer(
+        asr_backend(args.asr, device), speaker_backend(args.speaker, device), None if args.no_dnsmos else DNSMOS()
+    )
+    results = evaluate(synth, evalset, scorer, cfg, Path(args.out) / "audio", progress=not args.no_progress)
+    results["set"] = {
+        "name": evalset.name,
+        "folder": str(evalset.folder),
+        "utterances": len(evalset.first(cfg.max_utterances)),
+        "speakers": len({u.speaker for u in evalset.first(cfg.max_utterances)}),
+        "source": evalset.meta["source"],
+    }
+    results["checkpoints"] = {
+        "ar": args.ar,
+        "nar": args.nar,
+        "ar_sha256": sha256_file(args.ar),
+        "nar_sha256": sha256_file(args.nar),
+        "decoder": args.decoder if args.decoder == "encodec" else f"vocos {args.vocos}",
+    }
+    results["backends"] = scorer.describe()
+    results["device"] = str(synth.device) + (
+        f" ({torch.cuda.get_device_name(synth.device)})" if device == "cuda" else ""
+    )
+    return results

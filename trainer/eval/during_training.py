@@ -1,0 +1,146 @@
+"""Watching a run: every `synth_eval.every` steps (default: run.eval_every) the model being
+trained synthesizes a few fixed utterances of an evaluation set, and their WER, SIM and audio go
+to TensorBoard (`synth/wer`, `synth/sim`, `synth/audio_<n>`) and log.jsonl.
+
+A run trains one model, so the other comes from a checkpoint (`synth_eval.partner`: a NAR for an
+AR run, an AR for a NAR run). Without one, an AR run's audio is its codebook 1 alone through the
+decoder (intelligible, thin), and a NAR run's is the ground truth's codebook 1 with the NAR's
+codebooks 2..K: each model can be watched on its own, and the label says which it was.
+
+Cost is bounded: a round is skipped (logged `synth_eval_skipped`) while the time spent on these
+rounds exceeds `synth_eval.max_share` of the run's wall time so far (default 5 %); the share is
+logged every round (`synth_eval_share`). It runs on the first rank only; the others wait for it
+at the next step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from schemas.evalset import EvalSet
+from tokens.codec import codec_for
+from tokens.constants import FRAME_RATE, HOP, SAMPLE_RATE
+from tokens.text import Tokenizer
+from trainer.eval.backends import asr_backend, cosine, speaker_backend
+from trainer.eval.run import Scorer
+from trainer.eval.wer import corpus_wer, word_errors
+from trainer.sampling import LengthGuard, SamplingConfig, generate_ar_samples
+from trainer.synth import SynthError, load_checkpoint
+
+
+@dataclass
+class WatchSettings:
+    set: str
+    utterances: int = 4
+    prompt_seconds: float = 3.0
+    max_seconds: float = 20.0
+    partner: str | None = None
+    asr: str = "pocketsphinx"
+    speaker: str = "resemblyzer"
+    codec_weights: str | None = None
+    max_share: float = 0.05
+    seed: int = 0
+
+
+class TrainingEval:
+    def __init__(self, settings: WatchSettings, kind: str, provenance: dict, device: torch.device):
+        from trainer.corpus import provenance_key
+        from trainer.models import ARModel, NARModel
+
+        self.settings, self.kind, self.device = settings, kind, device
+        self.evalset = EvalSet(settings.set)
+        if provenance_key({"provenance": self.evalset.provenance}) != provenance:
+            raise SynthError(f"synth_eval.set {settings.set} was coded with other codec/BPE settings than the corpus")
+        self.utterances = self.evalset.first(settings.utterances)
+        self.bpe = Tokenizer(self.evalset.bpe_model)
+        self.codec = codec_for(self.evalset.provenance["codec"], settings.codec_weights, "cpu")
+        self.partner = None
+        if settings.partner:
+            wanted = NARModel if kind == "ar" else ARModel
+            self.partner, partner_prov = load_checkpoint(settings.partner, wanted, device)
+            if partner_prov != provenance:
+                raise SynthError(f"synth_eval.partner {settings.partner} was trained on a corpus of other codes")
+        self.scorer = Scorer(asr_backend(settings.asr), speaker_backend(settings.speaker))
+        self.spent, self.started = 0.0, time.perf_counter()
+        self.label = "AR + NAR" if self.partner else ("codebook 1 only" if kind == "ar" else "ground-truth codebook 1")
+
+    def due(self) -> bool:
+        share = self.spent / max(1e-9, time.perf_counter() - self.started)
+        return share <= self.settings.max_share
+
+    @torch.no_grad()
+    def __call__(self, model, step: int, writer) -> dict:
+        if not self.due():
+            return {"step": step, "synth_eval_skipped": 1}
+        start = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        try:
+            counts, sims = [], []
+            for n, u in enumerate(self.utterances):
+                wave, prompt_audio = self._synthesize(model, u)
+                heard = self.scorer.transcribe(wave)
+                counts.append(word_errors(u.reference, heard))
+                sims.append(cosine(self.scorer.embed(wave), self.scorer.embed(prompt_audio)))
+                if writer is not None:
+                    writer.add_audio(f"synth/audio_{n}", torch.from_numpy(wave)[None], step, sample_rate=SAMPLE_RATE)
+                    writer.add_text(f"synth/heard_{n}", f"{u.reference} -> {heard}", step)
+        finally:
+            model.train(was_training)
+        took = time.perf_counter() - start
+        self.spent += took
+        record = {
+            "step": step,
+            "synth_wer": corpus_wer(counts),
+            "synth_sim": float(np.mean(sims)),
+            "synth_eval_seconds": took,
+            "synth_eval_share": self.spent / max(1e-9, time.perf_counter() - self.started),
+        }
+        if writer is not None:
+            writer.add_text("synth/setup", f"{self.label}; {self.scorer.describe()}", step)
+        return record
+
+    def _synthesize(self, model, u) -> tuple[np.ndarray, np.ndarray]:
+        """Continuation of u from its first prompt_seconds: (whole output, the prompt's audio)."""
+        codes = torch.from_numpy(self.evalset.codes(u).astype(np.int64)).to(self.device)  # (K, T)
+        P = min(round(self.settings.prompt_seconds * FRAME_RATE), codes.shape[1] - 1)
+        text = torch.tensor([list(u.text_tokens)], device=self.device)
+        ar = model if self.kind == "ar" else self.partner
+        nar = model if self.kind == "nar" else self.partner
+        if ar is not None:
+            room = min(round(self.settings.max_seconds * FRAME_RATE), ar.cfg.max_audio_frames) - P
+            low, high = LengthGuard().bounds(len(u.text_tokens), given=P, room=max(1, room))
+            cfg = SamplingConfig(max_frames=high, min_frames=low)
+            gen = torch.Generator().manual_seed(self.settings.seed)
+            codes1 = generate_ar_samples(ar, text, codes[None, 0, :P], cfg, [gen])[0].to(self.device)
+        else:
+            codes1 = codes[0, P:]  # the ground truth's codebook 1
+        if nar is not None and codes1.numel():
+            rest = nar.predict(text, codes[None, :, :P], codes1[None])  # (K, T)
+            out = torch.cat([codes[:, :P], rest], dim=1)
+        else:
+            out = torch.cat([codes[:1, :P], codes1[None]], dim=1)  # codebook 1 alone
+        wave = self.codec.decode(out.cpu().numpy())
+        prompt_audio = self.evalset.audio(u)[: P * HOP]
+        return wave, prompt_audio
+
+
+def settings_from(section) -> WatchSettings | None:
+    """The config's synth_eval section as WatchSettings, or None when it is off."""
+    if not section.set or section.every == 0:
+        return None
+    return WatchSettings(
+        set=section.set,
+        utterances=section.utterances,
+        prompt_seconds=section.prompt_seconds,
+        max_seconds=section.max_seconds,
+        partner=section.partner,
+        asr=section.asr,
+        speaker=section.speaker,
+        codec_weights=section.codec_weights,
+        max_share=section.max_share,
+    )
