@@ -256,3 +256,50 @@ def test_paper_grade_backends_load_from_a_local_path(tmp_path):
     tone = (0.3 * np.sin(np.arange(16000) * 2 * np.pi * 200 / 16000)).astype(np.float32)
     a, b = speaker.embed(wave), speaker.embed(tone)
     assert a.shape == (16,) and np.allclose(a, speaker.embed(wave)) and cosine(a, b) < 0.99
+
+
+def tiny_whisper(folder: Path, transformers) -> Path:
+    """A Whisper of the real architecture, 1 layer and 32 wide, random weights, with a byte-level
+    tokenizer (every byte a token, no merges) and Whisper's special tokens, saved as a folder."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = iter(range(256, 512))
+    symbols = [chr(b) if b in printable else chr(next(others)) for b in range(256)]  # GPT-2's byte mapping
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>"]
+    specials += ["<|notimestamps|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>"]
+    vocab = {s: i for i, s in enumerate(symbols + specials)}
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    end = "<|endoftext|>"
+    tokenizer = transformers.WhisperTokenizer(
+        str(folder / "vocab.json"),
+        str(folder / "merges.txt"),
+        unk_token=end,
+        bos_token=end,
+        eos_token=end,
+        pad_token=end,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
+    ids = {s: vocab[s] for s in specials}
+    config = transformers.WhisperConfig(
+        vocab_size=len(vocab), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_target_positions=64,
+        decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids[end], pad_token_id=ids[end],
+        bos_token_id=ids[end],
+    )  # fmt: skip
+    model = transformers.WhisperForConditionalGeneration(config)
+    g = model.generation_config
+    g.lang_to_id, g.task_to_id = {"<|en|>": ids["<|en|>"]}, {"transcribe": ids["<|transcribe|>"]}
+    g.no_timestamps_token_id, g.is_multilingual, g.max_length = ids["<|notimestamps|>"], True, 12
+    g._from_model_config = False  # else loading rebuilds it from the model config, without the above
+    model.save_pretrained(folder)
+    features = transformers.WhisperFeatureExtractor(feature_size=80)
+    transformers.WhisperProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def test_whisper_backend_loads_from_a_local_path(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    asr = asr_backend(f"whisper:{tiny_whisper(tmp_path / 'whisper', transformers)}")
+    heard = asr.transcribe(np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32))
+    assert asr.description.startswith("whisper") and isinstance(heard, str) and "<|" not in heard

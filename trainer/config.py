@@ -104,7 +104,7 @@ class SynthEvalSection:
     asr: str = "pocketsphinx"
     speaker: str = "resemblyzer"
     codec_weights: str | None = None  # null: what the corpus names (its weights' hash must match)
-    max_share: float = 0.05  # skip a round while these rounds took more than this share of the run
+    max_share: float = 0.05  # skip a round that would bring these rounds above this share of the run's time
 
     def problems(self) -> Problems:
         if self.every is not None and self.every < 0:

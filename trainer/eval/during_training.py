@@ -7,9 +7,10 @@ AR run, an AR for a NAR run). Without one, an AR run's audio is its codebook 1 a
 decoder (intelligible, thin), and a NAR run's is the ground truth's codebook 1 with the NAR's
 codebooks 2..K: each model can be watched on its own, and the label says which it was.
 
-Cost is bounded: a round is skipped (logged `synth_eval_skipped`) while the time spent on these
-rounds exceeds `synth_eval.max_share` of the run's wall time so far (default 5 %); the share is
-logged every round (`synth_eval_share`). It runs on the first rank only; the others wait for it
+Cost is bounded: a round is skipped (logged `synth_eval_skipped`) when, costing what the last one
+did, it would bring the time spent on these rounds above `synth_eval.max_share` of the run's wall
+time (default 5 %); the first round always runs (it measures the cost), and every round logs the
+share so far (`synth_eval_share`). It runs on the first rank only; the others wait for it
 at the next step.
 """
 
@@ -65,12 +66,14 @@ class TrainingEval:
             if partner_prov != provenance:
                 raise SynthError(f"synth_eval.partner {settings.partner} was trained on a corpus of other codes")
         self.scorer = Scorer(asr_backend(settings.asr), speaker_backend(settings.speaker))
-        self.spent, self.started = 0.0, time.perf_counter()
+        self.spent, self.last, self.started = 0.0, 0.0, time.perf_counter()
         self.label = "AR + NAR" if self.partner else ("codebook 1 only" if kind == "ar" else "ground-truth codebook 1")
 
     def due(self) -> bool:
-        share = self.spent / max(1e-9, time.perf_counter() - self.started)
-        return share <= self.settings.max_share
+        """Whether one more round (costing what the last one did) keeps these rounds within
+        max_share of the run's time. The first round always runs: it measures the cost."""
+        elapsed = time.perf_counter() - self.started
+        return (self.spent + self.last) / max(1e-9, elapsed + self.last) <= self.settings.max_share
 
     @torch.no_grad()
     def __call__(self, model, step: int, writer) -> dict:
@@ -93,6 +96,7 @@ class TrainingEval:
             model.train(was_training)
         took = time.perf_counter() - start
         self.spent += took
+        self.last = took
         record = {
             "step": step,
             "synth_wer": corpus_wer(counts),
