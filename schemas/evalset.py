@@ -11,8 +11,8 @@ and read by `valle-eval` and the training-time evaluation. A folder:
                       {"id", "speaker", "text" (normalized, what the models read), "reference"
                        (the transcript WER is scored against), "text_tokens" [BPE ids of text],
                        "duration" (s), "audio": "audio/<n>.wav", "codes": "codes/<n>.npy",
-                       "prompt_id": another utterance of the same speaker (the cross-sentence
-                       prompt), or null when the speaker has only one}
+                       "prompt_id": the previous utterance of the same speaker (the cross-sentence
+                       prompt, the first taking the last), or null when the speaker has only one}
     bpe.model         the corpus's SentencePiece model (provenance.bpe.model names it): the set
                       tokenizes prompt and text as the corpus did, without the corpus at hand
     audio/<n>.wav     the ground truth, mono 16-bit 24 kHz (the rate the codec and models work at)
@@ -192,11 +192,11 @@ class EvalSetWriter:
 
 
 def pair_prompts(rows: list[dict]) -> None:
-    """Each utterance's cross-sentence prompt: the next utterance of its speaker in id order
-    (the last takes the first), so every utterance of a speaker with two or more is a prompt once."""
+    """Each utterance's cross-sentence prompt, as VALL-E 2 pairs them: the previous utterance of its
+    speaker in id order (the first takes the last), so each of a speaker's utterances is a prompt once."""
     by_speaker: dict[str, list[dict]] = {}
     for r in rows:
         by_speaker.setdefault(r["speaker"], []).append(r)
     for group in by_speaker.values():
         for i, r in enumerate(group):
-            r["prompt_id"] = group[(i + 1) % len(group)]["id"] if len(group) > 1 else None
+            r["prompt_id"] = group[i - 1]["id"] if len(group) > 1 else None

@@ -17,7 +17,7 @@ from pipeline.evalsets.selection import Selection
 from sample.librispeech import sample_utterances
 from trainer.eval.backends import DNSMOS, BackendError, asr_backend, cosine, speaker_backend
 from trainer.eval.cli import main
-from trainer.eval.run import best_of
+from trainer.eval.run import best_of, metric_wise
 from trainer.eval.wer import WordErrors, corpus_wer, normalize, word_errors
 
 # pocketsphinx's bundled en-us model on the sample's espeak-ng speech, measured on the 28 clean
@@ -36,15 +36,20 @@ def test_wer_on_known_inputs():
     assert corpus_wer([WordErrors(1, 4), WordErrors(0, 6)]) == pytest.approx(0.1)  # pooled, not averaged
 
 
-def test_best_of_n_keeps_lowest_wer_then_highest_sim():
+def test_best_of_n_sorts_on_sim_then_wer_as_valle2():
     scores = [
         {"errors": 2, "words": 4, "sim": 0.9},
         {"errors": 1, "words": 4, "sim": 0.1},
         {"errors": 1, "words": 4, "sim": 0.5},
-        {"errors": 1, "words": 4, "sim": 0.5},
+        {"errors": 1, "words": 4, "sim": 0.6},
     ]
-    assert best_of(scores) == 2  # WER 0.25 beats 0.5; among those SIM 0.5 beats 0.1; then the earlier
+    # SIM 0.1 is under the 0.3 gate; of the rest (SIM capped at 0.3: equal) the lower WER wins,
+    # and of equal WER the earlier sample (a higher SIM above the gate does not count)
+    assert best_of(scores) == 2
+    assert best_of([{"errors": 0, "words": 4, "sim": 0.2}, {"errors": 2, "words": 4, "sim": 0.35}]) == 1
     assert best_of(scores[:1]) == 0
+    best = metric_wise(scores)  # each metric's best on its own
+    assert (best["errors"], best["sim"]) == (1, 0.9)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +85,7 @@ def test_dnsmos_prefers_speech_to_noise(voices):
     dnsmos = DNSMOS()
     speech = dnsmos.score(voices["2041"][0][1])
     noise = dnsmos.score(np.random.default_rng(0).normal(0, 0.3, 16000 * 4).astype(np.float32))
-    assert 1 <= noise["ovrl"] < speech["ovrl"] <= 5
+    assert 1 <= noise["p808"] < speech["p808"] <= 5 and 1 <= noise["ovrl"] < speech["ovrl"] <= 5
 
 
 def test_backends_by_name_and_path():
@@ -118,7 +123,7 @@ def test_valle_eval_end_to_end(trained, built_corpus, tmp_path, capsys):
     assert results["set"]["speakers"] == 3  # --max-utterances spreads over the voices
     for task in ("continuation", "cross"):
         body = results["tasks"][task]
-        assert set(body["summary"]) == {"ground_truth", "resynthesis", "single", "best_of_n"}
+        assert set(body["summary"]) == {"ground_truth", "resynthesis", "single", "best_of_n", "metric_wise"}
         assert body["summary"]["best_of_n"]["n"] == 2
         for row in body["utterances"]:
             kept = row["best_of_n"]["sample"]
@@ -128,7 +133,8 @@ def test_valle_eval_end_to_end(trained, built_corpus, tmp_path, capsys):
         summary = body["summary"]
         pooled = [WordErrors(r["single"]["errors"], r["single"]["words"]) for r in body["utterances"]]
         assert summary["single"]["wer"] == pytest.approx(corpus_wer(pooled))
-        assert summary["best_of_n"]["wer"] <= summary["single"]["wer"]
+        assert summary["metric_wise"]["wer"] <= min(summary["best_of_n"]["wer"], summary["single"]["wer"])
+        assert summary["metric_wise"]["sim"] >= max(summary["best_of_n"]["sim"], summary["single"]["sim"])
     assert results["timing"]["seconds_per_trial"] > 0
     page = _Page()
     page.feed((out / "index.html").read_text())
@@ -137,7 +143,7 @@ def test_valle_eval_end_to_end(trained, built_corpus, tmp_path, capsys):
     wave, rate = sf.read(out / page.audio[0])
     assert rate == 24000 and len(wave) > 0
     md = (out / "results.md").read_text()
-    assert "model, best of 2" in md and "pocketsphinx" in md
+    assert "model, best of 2 (sort on SIM and WER)" in md and "pocketsphinx" in md
     if CHROMIUM.exists():  # .ci/run installs it where it can
         loaded = open_in_browser(out)
         assert loaded["tables"] == page.tables and loaded["durations"] and min(loaded["durations"]) > 0

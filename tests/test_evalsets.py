@@ -23,7 +23,7 @@ from schemas.reading import index_shards, read_index, read_shard
 from tests.conftest import write_dag
 
 
-def write_set(folder, speakers=("a", "a", "b"), bpe=b"model"):
+def write_set(folder, speakers=("a", "a", "a", "b"), bpe=b"model"):
     writer = EvalSetWriter(folder)
     for n, speaker in enumerate(speakers):
         writer.add(
@@ -43,9 +43,10 @@ def write_set(folder, speakers=("a", "a", "b"), bpe=b"model"):
 
 def test_written_set_reads_back(tmp_path):
     s = EvalSet(write_set(tmp_path / "set"))
-    assert [u.id for u in s.utterances] == ["u0", "u1", "u2"] and s.meta["speakers"] == 2
-    assert s.by_id["u0"].prompt_id == "u1" and s.by_id["u1"].prompt_id == "u0"  # the speaker's next, cyclic
-    assert s.by_id["u2"].prompt_id is None  # b has one utterance: no cross-sentence prompt
+    assert [u.id for u in s.utterances] == ["u0", "u1", "u2", "u3"] and s.meta["speakers"] == 2
+    # VALL-E 2's pairing: the speaker's previous utterance, the first taking the last
+    assert [s.by_id[f"u{n}"].prompt_id for n in range(3)] == ["u2", "u0", "u1"]
+    assert s.by_id["u3"].prompt_id is None  # b has one utterance: no cross-sentence prompt
     assert s.codes(s.by_id["u1"]).shape == (8, 20) and s.codes(s.by_id["u1"]).dtype == np.uint16
     assert s.audio(s.by_id["u2"]).shape == (7200,) and s.bpe_model.read_bytes() == b"model"
     assert s.provenance["bpe"]["model"] == "bpe.model"

@@ -13,7 +13,8 @@ Speaker (SIM = cosine of embeddings):
   wavlm:PATH          WavLM x-vector speaker verification via transformers (a saved model folder);
                       the papers' WavLM-TDNN (ECAPA) is a different head: not comparable either
 Quality:
-  dnsmos              DNSMOS P.835 (OVRL, SIG, BAK) through speechmos, which ships its ONNX models
+  dnsmos              DNSMOS through speechmos, which ships its ONNX models: the P.808 score (the
+                      one VALL-E 2 reports) and P.835's OVRL, SIG, BAK
 
 Every back-end takes float32 mono 16 kHz audio and says what it is (`describe`): the tables name
 it, and numbers from different back-ends are never put side by side as if comparable.
@@ -223,9 +224,10 @@ class DNSMOS:
             warnings.simplefilter("ignore")
             from speechmos import dnsmos
         self.run = dnsmos.run
-        self.description = f"DNSMOS P.835 via speechmos {_version('speechmos')} (ONNX models shipped in its wheel)"
+        self.description = f"DNSMOS P.808 via speechmos {_version('speechmos')} (ONNX models shipped in its wheel)"
 
     def score(self, wave: np.ndarray) -> dict[str, float]:
-        """OVRL, SIG, BAK (1-5) of float32 16 kHz audio."""
+        """P.808 MOS and P.835 OVRL, SIG, BAK (each 1-5) of float32 16 kHz audio."""
         out = self.run(np.clip(wave, -1, 1), sr=RATE)
-        return {"ovrl": float(out["ovrl_mos"]), "sig": float(out["sig_mos"]), "bak": float(out["bak_mos"])}
+        names = {"p808": "p808_mos", "ovrl": "ovrl_mos", "sig": "sig_mos", "bak": "bak_mos"}
+        return {ours: float(out[theirs]) for ours, theirs in names.items()}

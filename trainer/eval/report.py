@@ -16,7 +16,8 @@ ROW_NAMES = {
     "ground_truth": "ground truth",
     "resynthesis": "codec resynthesis",
     "single": "model, single sampling",
-    "best_of_n": "model, best of {n}",
+    "best_of_n": "model, best of {n} (sort on SIM and WER)",
+    "metric_wise": "model, best of {n} (metric-wise)",
 }
 TASK_NAMES = {"continuation": "Continuation", "cross": "Cross-sentence"}
 
@@ -126,7 +127,7 @@ def page(results: dict) -> str:
         parts.append("</table>")
         heard = [r for r in body["utterances"] if "audio" in r]
         if heard:
-            names = [n for n in ("prompt", *ROWS) if n in heard[0]["audio"]]
+            names = [n for n in ("prompt", *ROWS) if n in heard[0].get("audio", {})]
             parts.append("<table class='utterances'><tr><th>utterance</th>")
             parts += [f"<th>{e(n.replace('_', ' '))}</th>" for n in names]
             parts.append("</tr>")

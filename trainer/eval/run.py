@@ -4,13 +4,15 @@ Tasks, for each utterance u of the set:
   continuation    the first `prompt_seconds` (3 s) of u's codes are the prompt and u's whole text
                   the text; the output is prompt + continuation, scored on the whole utterance
                   (as VALL-E 2 scores it); SIM against the 3 s prompt's audio.
-  cross           cross-sentence: another utterance p of u's speaker (the set's prompt_id) is the
-                  prompt, whole, with its text before u's; the output is the generated speech
+  cross           cross-sentence: another utterance p of u's speaker (the set's prompt_id: the
+                  previous one in id order, as VALL-E 2 pairs them) is the prompt, whole, with its
+                  text before u's; the output is the generated speech
                   only; SIM against p's audio. Speakers with one utterance are left out (counted).
 Rows: ground_truth (u's audio), resynthesis (u's codes through the decoder: the codec's ceiling),
-single (the first of N samples), best_of_n (N samples decoded as one batch; the one with the
-lowest WER is kept, ties to the higher SIM, then to the earlier sample; as in the papers, best-of-N
-selects with the evaluation's own ASR and speaker models, so it measures what sampling can reach).
+single (the first of N samples), best_of_n (N samples decoded as one batch, one kept by VALL-E 2's
+"sort on SIM and WER": see best_of) and metric_wise (VALL-E 2's "metric-wise maximization": each
+metric's best over the N). As in the paper, both select with the evaluation's own ASR and speaker
+models, so they measure what sampling can reach, not what one draw gives.
 WER is errors over reference words summed over the set; SIM and DNSMOS are means.
 """
 
@@ -32,7 +34,7 @@ from trainer.sampling import LengthGuard, SamplingConfig
 from trainer.synth import SynthError, Synthesizer
 
 TASKS = ("continuation", "cross")
-ROWS = ("ground_truth", "resynthesis", "single", "best_of_n")
+ROWS = ("ground_truth", "resynthesis", "single", "best_of_n", "metric_wise")
 RATE_MIN = 1600  # 0.1 s at 16 kHz: shorter output has no voice to compare (SIM 0)
 
 
@@ -88,18 +90,34 @@ class Scorer:
         sim = cosine(self.speaker.embed(wave), prompt_embedding) if len(wave) > RATE_MIN else 0.0
         out = {"hypothesis": hypothesis, "errors": errors.errors, "words": errors.words, "sim": sim}
         if self.dnsmos and len(wave):
-            out["dnsmos"] = self.dnsmos.score(wave)["ovrl"]
+            out["dnsmos"] = self.dnsmos.score(wave)["p808"]
         return out
 
 
+SIM_GATE = 0.3  # VALL-E 2's sort: by WER among samples whose SIM reaches this, else by SIM
+
+
 def best_of(scores: list[dict]) -> int:
-    """The index of the sample kept: lowest WER, then highest SIM, then the earliest."""
+    """The index of the sample kept, by VALL-E 2's "sort on SIM and WER" (its Eq. 23): the
+    lexicographically largest [min(SIM, 0.3), 1 - WER], ties to the earlier sample. So a sample
+    whose voice is plainly wrong (SIM < 0.3) loses to any that is not, and among those the lowest
+    WER wins."""
 
     def key(i: int):
         s = scores[i]
-        return (WordErrors(s["errors"], s["words"]).wer, -s["sim"], i)
+        return (-min(s["sim"], SIM_GATE), WordErrors(s["errors"], s["words"]).wer, i)
 
     return min(range(len(scores)), key=key)
+
+
+def metric_wise(scores: list[dict]) -> dict:
+    """VALL-E 2's "metric-wise maximization": each metric's best over the samples on its own
+    (the lowest WER, the highest SIM and DNSMOS, possibly from different samples)."""
+    fewest = min(scores, key=lambda s: WordErrors(s["errors"], s["words"]).wer)
+    out = {"errors": fewest["errors"], "words": fewest["words"], "sim": max(s["sim"] for s in scores)}
+    if all("dnsmos" in s for s in scores):
+        out["dnsmos"] = max(s["dnsmos"] for s in scores)
+    return out
 
 
 @dataclass
@@ -198,7 +216,7 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, k
         truth[u.id] = {
             "asr": [scorer.transcribe(w) for w in both],
             "embeddings": [scorer.embed(w) for w in both],
-            "dnsmos": [scorer.dnsmos.score(to_16k(w, SAMPLE_RATE))["ovrl"] for w in both] if scorer.dnsmos else None,
+            "dnsmos": [scorer.dnsmos.score(to_16k(w, SAMPLE_RATE))["p808"] for w in both] if scorer.dnsmos else None,
         }
     prompt_embedding = scorer.embed(trial.prompt_audio)
     row = {
@@ -226,6 +244,7 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, k
     row["single"] = scores[0]
     if len(scores) > 1:
         row["best_of_n"] = {**scores[best], "sample": best}
+        row["metric_wise"] = metric_wise(scores)
     row["samples"] = [{k: s[k] for k in ("errors", "words", "sim", "frames")} for s in scores]
     if keep_audio:
         row["waves"] = {
@@ -263,8 +282,9 @@ def summarize(rows: list[dict], samples: int) -> dict:
         if name in ("single", "best_of_n"):
             entry["cut_at_max"] = sum(bool(s.get("cut_at_max")) for s in scored)
         out[name] = entry
-    if "best_of_n" in out:
-        out["best_of_n"]["n"] = samples
+    for name in ("best_of_n", "metric_wise"):
+        if name in out:
+            out[name]["n"] = samples
     return out
 
 
