@@ -73,10 +73,9 @@ def test_same_speaker_sim_exceeds_cross_speaker_sim_on_ground_truth(voices):
 
 def test_ground_truth_wer_within_measured_bound(voices):
     asr = asr_backend("pocketsphinx")
-    truth = [word_errors(text, asr.transcribe(wave)) for utts in voices.values() for text, wave in utts]
-    backwards = [
-        word_errors(text, asr.transcribe(wave[::-1].copy())) for utts in voices.values() for text, wave in utts
-    ]
+    clips = [utts[0] for utts in voices.values()]  # one utterance of each voice: 77 % WER when measured
+    truth = [word_errors(text, asr.transcribe(wave)) for text, wave in clips]
+    backwards = [word_errors(text, asr.transcribe(wave[::-1].copy())) for text, wave in clips]
     assert corpus_wer(truth) <= GROUND_TRUTH_WER_BOUND
     assert corpus_wer(truth) < corpus_wer(backwards)  # it hears the words, not just the sound
 
