@@ -24,6 +24,7 @@ Paths in utterances.jsonl are relative and must stay inside the folder; codes ne
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -111,20 +112,12 @@ class EvalSet:
         return Utterance(**{**row, "text_tokens": tuple(int(t) for t in row["text_tokens"])})
 
     def first(self, n: int | None) -> list[Utterance]:
-        """n utterances spread over the speakers (round-robin over speakers sorted by id, each
-        speaker's in id order), in id order; all of them when n is None."""
+        """n utterances spread over the speakers (`spread_over_speakers`), in id order; all of
+        them when n is None."""
         if n is None or n >= len(self.utterances):
             return list(self.utterances)
-        queues: dict[str, list[Utterance]] = {}
-        for u in self.utterances:
-            queues.setdefault(u.speaker, []).append(u)
-        order = [
-            q[turn]
-            for turn in range(max(map(len, queues.values())))
-            for _, q in sorted(queues.items())
-            if turn < len(q)
-        ]
-        return sorted(order[:n], key=lambda u: u.id)
+        keep = set(spread_over_speakers((u.id, u.speaker) for u in self.utterances)[:n])
+        return [u for u in self.utterances if u.id in keep]
 
     def audio(self, u: Utterance) -> np.ndarray:
         """float32 mono 24 kHz ground truth."""
@@ -189,6 +182,17 @@ class EvalSetWriter:
             "speakers": len({r["speaker"] for r in rows}),
         }
         return write_json_atomic(self.folder / META, meta)
+
+
+def spread_over_speakers(pairs: Iterable[tuple[str, str]], per_speaker: int | None = None) -> list[str]:
+    """The ids of (id, speaker) pairs in the order a cap should take them: round-robin over the
+    speakers (sorted), each speaker's ids sorted, at most `per_speaker` of each; so the first n
+    hold as many voices as n allows, the same ones every time."""
+    by_speaker: dict[str, list[str]] = {}
+    for cut_id, speaker in sorted(pairs):
+        by_speaker.setdefault(speaker, []).append(cut_id)
+    queues = [ids[:per_speaker] for _, ids in sorted(by_speaker.items())]
+    return [q[turn] for turn in range(max(map(len, queues), default=0)) for q in queues if turn < len(q)]
 
 
 def pair_prompts(rows: list[dict]) -> None:

@@ -13,7 +13,6 @@ those, or the Vocos was trained for other codes and is refused.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +57,6 @@ class VocosDecoder:
         import_without_torchaudio("vocos")
         self.backbone = _build(cfg["backbone"], config)
         self.head = _build(cfg["head"], config)
-        raw = weights.read_bytes()
-        self.sha256 = hashlib.sha256(raw).hexdigest()
         state = _state_dict(weights)
         for name, module in (("backbone", self.backbone), ("head", self.head)):
             part = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}

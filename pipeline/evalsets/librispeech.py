@@ -83,8 +83,9 @@ def build_from_librispeech(
 
     index = read_index(corpus, EvalSetError)
     provenance = index["provenance"]
-    bpe_model = read_bytes(join(corpus, provenance["bpe"]["model"]))
-    bpe = Tokenizer(join(corpus, provenance["bpe"]["model"]), bpe_model)
+    bpe_uri = join(corpus, provenance["bpe"]["model"])
+    bpe_model = read_bytes(bpe_uri)
+    bpe = Tokenizer(bpe_uri, bpe_model)
     root = fetch(Path(download_dir), url, checksum, progress)
     parts = prepare_librispeech(root, dataset_parts=[PART])
     recordings, supervisions = parts[PART]["recordings"], parts[PART]["supervisions"]

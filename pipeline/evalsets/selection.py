@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from schemas.evalset import spread_over_speakers
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -28,14 +30,7 @@ class Selection:
 
     def choose(self, candidates: list[tuple[str, str]]) -> set[str]:
         """The ids kept among (id, speaker) pairs whose duration fits."""
-        by_speaker: dict[str, list[str]] = {}
-        for cut_id, speaker in sorted(candidates):
-            by_speaker.setdefault(speaker, []).append(cut_id)
-        queues = [ids[: self.per_speaker] for _, ids in sorted(by_speaker.items())]
-        chosen: list[str] = []
-        for turn in range(max((len(q) for q in queues), default=0)):
-            chosen += [q[turn] for q in queues if turn < len(q)]
-        return set(chosen[: self.max_utterances])
+        return set(spread_over_speakers(candidates, self.per_speaker)[: self.max_utterances])
 
     def record(self) -> dict:
         return asdict(self)

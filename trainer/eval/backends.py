@@ -65,6 +65,15 @@ def _require(package: str, backend: str):
         raise BackendError(f"the {backend} back-end needs the {package} package: pip install {package}") from None
 
 
+def _saved_pretrained(backend: str, path: Path, device: str, preprocessor: str, model: str):
+    """(preprocessor, model in eval mode on `device`) from a folder save_pretrained wrote; never
+    fetched from a hub."""
+    transformers = _require("transformers", backend)
+    pre = getattr(transformers, preprocessor).from_pretrained(path, local_files_only=True)
+    net = getattr(transformers, model).from_pretrained(path, local_files_only=True)
+    return pre, net.to(device).eval()
+
+
 def _need_path(name: str, path: Path | None) -> Path:
     if path is None:
         raise BackendError(f"the {name} back-end takes its model from a local path: {name}:PATH")
@@ -113,9 +122,7 @@ class HuggingFaceCTC:
     """HuBERT / wav2vec2 CTC models saved with save_pretrained (processor + model)."""
 
     def __init__(self, path: Path, device: str = "cpu"):
-        transformers = _require("transformers", "hubert")
-        self.processor = transformers.AutoProcessor.from_pretrained(path, local_files_only=True)
-        self.model = transformers.AutoModelForCTC.from_pretrained(path, local_files_only=True).to(device).eval()
+        self.processor, self.model = _saved_pretrained("hubert", path, device, "AutoProcessor", "AutoModelForCTC")
         self.device = device
         self.description = f"{self.model.config.model_type} CTC {path.name} (transformers {_version('transformers')})"
 
@@ -130,10 +137,9 @@ class HuggingFaceCTC:
 
 class Whisper:
     def __init__(self, path: Path, device: str = "cpu"):
-        transformers = _require("transformers", "whisper")
-        self.processor = transformers.AutoProcessor.from_pretrained(path, local_files_only=True)
-        self.model = transformers.WhisperForConditionalGeneration.from_pretrained(path, local_files_only=True)
-        self.model = self.model.to(device).eval()
+        self.processor, self.model = _saved_pretrained(
+            "whisper", path, device, "AutoProcessor", "WhisperForConditionalGeneration"
+        )
         self.device = device
         self.description = f"whisper {path.name} (transformers {_version('transformers')})"
 
@@ -189,9 +195,7 @@ class Resemblyzer:
 
 class WavLMSpeaker:
     def __init__(self, path: Path, device: str = "cpu"):
-        transformers = _require("transformers", "wavlm")
-        self.extractor = transformers.AutoFeatureExtractor.from_pretrained(path, local_files_only=True)
-        self.model = transformers.WavLMForXVector.from_pretrained(path, local_files_only=True).to(device).eval()
+        self.extractor, self.model = _saved_pretrained("wavlm", path, device, "AutoFeatureExtractor", "WavLMForXVector")
         self.device = device
         self.description = f"WavLM x-vector {path.name} (transformers {_version('transformers')})"
 

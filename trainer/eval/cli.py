@@ -26,7 +26,7 @@ from trainer.corpus import provenance_key
 from trainer.eval import report
 from trainer.eval.backends import DNSMOS, BackendError, asr_backend, speaker_backend
 from trainer.eval.run import TASKS, EvalConfig, Scorer, evaluate
-from trainer.sampling import LengthGuard
+from trainer.sampling import LengthGuard, SamplingConfig
 from trainer.synth import SynthError, Synthesizer
 
 
@@ -78,10 +78,9 @@ def run(args) -> dict:
         max_utterances=args.max_utterances,
         seed=args.seed,
         page_utterances=args.page_utterances,
-        top_p=args.top_p,
-        window=args.window,
-        threshold=args.threshold,
-        temperature=args.temperature,
+        sampling=SamplingConfig(
+            top_p=args.top_p, window=args.window, repetition_threshold=args.threshold, temperature=args.temperature
+        ),
         guard=LengthGuard(args.min_frames_per_token, args.max_frames_per_token),
     )
     synth = Synthesizer.load(
@@ -104,13 +103,7 @@ def run(args) -> dict:
         asr_backend(args.asr, device), speaker_backend(args.speaker, device), None if args.no_dnsmos else DNSMOS()
     )
     results = evaluate(synth, evalset, scorer, cfg, Path(args.out) / "audio", progress=not args.no_progress)
-    results["set"] = {
-        "name": evalset.name,
-        "folder": str(evalset.folder),
-        "utterances": len(evalset.first(cfg.max_utterances)),
-        "speakers": len({u.speaker for u in evalset.first(cfg.max_utterances)}),
-        "source": evalset.meta["source"],
-    }
+    results["set"] |= {"name": evalset.name, "folder": str(evalset.folder), "source": evalset.meta["source"]}
     results["checkpoints"] = {
         "ar": args.ar,
         "nar": args.nar,

@@ -25,10 +25,9 @@ import torch
 from schemas.evalset import EvalSet
 from tokens.codec import codec_for
 from tokens.constants import FRAME_RATE, HOP, SAMPLE_RATE
-from tokens.text import Tokenizer
-from trainer.eval.backends import asr_backend, cosine, speaker_backend
-from trainer.eval.run import Scorer
-from trainer.eval.wer import corpus_wer, word_errors
+from trainer.eval.backends import asr_backend, speaker_backend
+from trainer.eval.run import Scorer, against
+from trainer.eval.wer import WordErrors, corpus_wer
 from trainer.sampling import LengthGuard, SamplingConfig, generate_ar_samples
 from trainer.synth import SynthError, load_checkpoint
 
@@ -57,7 +56,7 @@ class TrainingEval:
         if provenance_key({"provenance": self.evalset.provenance}) != provenance:
             raise SynthError(f"synth_eval.set {settings.set} was coded with other codec/BPE settings than the corpus")
         self.utterances = self.evalset.first(settings.utterances)
-        self.bpe = Tokenizer(self.evalset.bpe_model)
+        self.prompt_embeddings: dict[str, np.ndarray] = {}  # the prompts never change: embedded once
         self.codec = codec_for(self.evalset.provenance["codec"], settings.codec_weights, "cpu")
         self.partner = None
         if settings.partner:
@@ -86,9 +85,12 @@ class TrainingEval:
             counts, sims = [], []
             for n, u in enumerate(self.utterances):
                 wave, prompt_audio = self._synthesize(model, u)
-                heard = self.scorer.transcribe(wave)
-                counts.append(word_errors(u.reference, heard))
-                sims.append(cosine(self.scorer.embed(wave), self.scorer.embed(prompt_audio)))
+                if u.id not in self.prompt_embeddings:
+                    self.prompt_embeddings[u.id] = self.scorer.embed(prompt_audio)
+                measured = self.scorer.measure(wave, u.reference)
+                counts.append(WordErrors(measured["errors"], measured["words"]))
+                sims.append(against(measured, self.prompt_embeddings[u.id])["sim"])
+                heard = measured["hypothesis"]
                 if writer is not None:
                     writer.add_audio(f"synth/audio_{n}", torch.from_numpy(wave)[None], step, sample_rate=SAMPLE_RATE)
                     writer.add_text(f"synth/heard_{n}", f"{u.reference} -> {heard}", step)
@@ -133,10 +135,8 @@ class TrainingEval:
         return wave, prompt_audio
 
 
-def settings_from(section) -> WatchSettings | None:
-    """The config's synth_eval section as WatchSettings, or None when it is off."""
-    if not section.set or section.every == 0:
-        return None
+def settings_from(section) -> WatchSettings:
+    """The config's synth_eval section as WatchSettings."""
     return WatchSettings(
         set=section.set,
         utterances=section.utterances,

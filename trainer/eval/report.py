@@ -39,6 +39,21 @@ def _label(name: str, entry: dict) -> str:
     return ROW_NAMES[name].format(n=entry.get("n", "N"))
 
 
+def _summary(body: dict):
+    """A task's summary table, row by row: label, WER %, SIM, DNSMOS, utterances (as text)."""
+    for name in ROWS:
+        entry = body["summary"].get(name)
+        if entry:
+            dnsmos = f"{entry['dnsmos']:.2f}" if "dnsmos" in entry else "-"
+            yield (
+                _label(name, entry),
+                f"{100 * entry['wer']:.1f}",
+                f"{entry['sim']:.3f}",
+                dnsmos,
+                str(entry["utterances"]),
+            )
+
+
 def _backends(results: dict) -> list[str]:
     b = results["backends"]
     lines = [f"ASR: {b['asr']}; WER text normalization {b['wer_normalization']}", f"Speaker: {b['speaker']}"]
@@ -66,14 +81,7 @@ def markdown(results: dict) -> str:
             "| row | WER % | SIM | DNSMOS | utterances |",
             "|---|---:|---:|---:|---:|",
         ]
-        for name in ROWS:
-            entry = body["summary"].get(name)
-            if entry:
-                dnsmos = f"{entry['dnsmos']:.2f}" if "dnsmos" in entry else "-"
-                lines.append(
-                    f"| {_label(name, entry)} | {100 * entry['wer']:.1f} | {entry['sim']:.3f} | {dnsmos} | "
-                    f"{entry['utterances']} |"
-                )
+        lines += ["| " + " | ".join(cells) + " |" for cells in _summary(body)]
         if body["skipped"]:
             lines += ["", "Left out: " + "; ".join(f"{n} ({why})" for why, n in body["skipped"].items())]
         lines.append("")
@@ -115,15 +123,8 @@ def page(results: dict) -> str:
     for task, body in results["tasks"].items():
         parts.append(f"<h2 id='{task}'>{TASK_NAMES[task]}</h2>")
         parts.append("<table class='summary'><tr><th>row</th><th>WER %</th><th>SIM</th><th>DNSMOS</th><th>n</th></tr>")
-        for name in ROWS:
-            entry = body["summary"].get(name)
-            if entry:
-                dnsmos = f"{entry['dnsmos']:.2f}" if "dnsmos" in entry else "-"
-                parts.append(
-                    f"<tr><td>{e(_label(name, entry))}</td><td class='num'>{100 * entry['wer']:.1f}</td>"
-                    f"<td class='num'>{entry['sim']:.3f}</td><td class='num'>{dnsmos}</td>"
-                    f"<td class='num'>{entry['utterances']}</td></tr>"
-                )
+        for label, *numbers in _summary(body):
+            parts.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td class='num'>{n}</td>" for n in numbers) + "</tr>")
         parts.append("</table>")
         heard = [r for r in body["utterances"] if "audio" in r]
         if heard:

@@ -19,7 +19,7 @@ WER is errors over reference words summed over the set; SIM and DNSMOS are means
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +46,7 @@ class EvalConfig:
     max_utterances: int | None = None  # N of the set, spread over its speakers (EvalSet.first)
     seed: int = 0  # sample k of every utterance draws from a generator seeded seed + k
     page_utterances: int = 24  # utterances per task with audio on the HTML page
-    top_p: float = 0.8
-    window: int = 10
-    threshold: float = 0.1
-    temperature: float = 1.0
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # its frame bounds come from `guard`
     guard: LengthGuard = field(default_factory=LengthGuard)
 
     def __post_init__(self) -> None:
@@ -63,7 +60,7 @@ class EvalConfig:
 
 
 class Scorer:
-    """ASR, speaker and (optional) DNSMOS back-ends together; caches what is scored twice."""
+    """ASR, speaker and (optional) DNSMOS back-ends together."""
 
     def __init__(self, asr, speaker, dnsmos=None):
         self.asr, self.speaker, self.dnsmos = asr, speaker, dnsmos
@@ -79,19 +76,25 @@ class Scorer:
     def embed(self, wave24: np.ndarray) -> np.ndarray:
         return self.speaker.embed(to_16k(wave24, SAMPLE_RATE))
 
-    def transcribe(self, wave24: np.ndarray) -> str:
-        wave = to_16k(wave24, SAMPLE_RATE)
-        return self.asr.transcribe(wave) if len(wave) else ""
-
-    def score(self, wave24: np.ndarray, reference: str, prompt_embedding: np.ndarray) -> dict:
+    def measure(self, wave24: np.ndarray, reference: str) -> dict:
+        """What does not depend on the prompt: what the ASR heard, its word errors, DNSMOS, and
+        the speaker embedding (None for audio too short to carry a voice). `against` adds SIM."""
         wave = to_16k(wave24, SAMPLE_RATE)
         hypothesis = self.asr.transcribe(wave) if len(wave) else ""
         errors = word_errors(reference, hypothesis)
-        sim = cosine(self.speaker.embed(wave), prompt_embedding) if len(wave) > RATE_MIN else 0.0
-        out = {"hypothesis": hypothesis, "errors": errors.errors, "words": errors.words, "sim": sim}
+        out = {"hypothesis": hypothesis, "errors": errors.errors, "words": errors.words}
+        out["embedding"] = self.speaker.embed(wave) if len(wave) > RATE_MIN else None
         if self.dnsmos and len(wave):
             out["dnsmos"] = self.dnsmos.score(wave)["p808"]
         return out
+
+
+def against(measured: dict, prompt_embedding: np.ndarray) -> dict:
+    """A measured output's scores with its SIM to one prompt (0 when it has no voice)."""
+    scores = {k: v for k, v in measured.items() if k != "embedding"}
+    embedding = measured["embedding"]
+    scores["sim"] = cosine(embedding, prompt_embedding) if embedding is not None else 0.0
+    return scores
 
 
 SIM_GATE = 0.3  # VALL-E 2's sort: by WER among samples whose SIM reaches this, else by SIM
@@ -160,7 +163,7 @@ def evaluate(
     """Run every task on the set; returns the results (see report.py for what is written)."""
     utterances = evalset.first(cfg.max_utterances)
     seeds = [cfg.seed + k for k in range(cfg.samples)]
-    truth: dict[str, dict] = {}  # per utterance: ground truth's and resynthesis's scores (each model once)
+    truth: dict[str, list] = {}  # per utterance: ground truth and resynthesis measured (each model once)
     results: dict = {"tasks": {}, "timing": {"synthesis_s": 0.0, "generated_s": 0.0, "trials": 0}}
     for task in cfg.tasks:
         rows, skipped = [], {}
@@ -182,8 +185,11 @@ def evaluate(
     t = results["timing"]
     t["seconds_per_trial"] = t["synthesis_s"] / t["trials"] if t["trials"] else None
     t["real_time_factor"] = t["synthesis_s"] / t["generated_s"] if t["generated_s"] else None
-    results["length_guard"] = guard_check(utterances, evalset, cfg.guard)
-    results["settings"] = {**asdict(cfg), "guard": asdict(cfg.guard), "tasks": list(cfg.tasks)}
+    results["set"] = {"utterances": len(utterances), "speakers": len({u.speaker for u in utterances})}
+    results["length_guard"] = guard_check(utterances, cfg.guard)
+    results["settings"] = {**asdict(cfg), "tasks": list(cfg.tasks)}
+    for bound in ("max_frames", "min_frames"):  # set per utterance by the guard, not by these
+        results["settings"]["sampling"].pop(bound)
     return results
 
 
@@ -191,14 +197,7 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, k
     u = trial.utterance
     room = max(1, synth.max_audio_frames - trial.prompt.shape[1])
     low, high = cfg.guard.bounds(trial.target_tokens, given=trial.given, room=room)
-    sampling = SamplingConfig(
-        top_p=cfg.top_p,
-        window=cfg.window,
-        repetition_threshold=cfg.threshold,
-        temperature=cfg.temperature,
-        max_frames=high,
-        min_frames=low,
-    )
+    sampling = replace(cfg.sampling, max_frames=high, min_frames=low)
     start = time.perf_counter()
     samples = synth.generate(trial.text_ids, trial.prompt, sampling, seeds)
     if trial.given:  # continuation: the output is the prompt and what follows it
@@ -212,12 +211,7 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, k
     if first or keep_audio:  # only scores are kept across tasks: memory stays flat in the set's size
         gt, resynth = evalset.audio(u), synth.decode(evalset.codes(u).astype(np.int64))
     if first:
-        both = (gt, resynth)
-        truth[u.id] = {
-            "asr": [scorer.transcribe(w) for w in both],
-            "embeddings": [scorer.embed(w) for w in both],
-            "dnsmos": [scorer.dnsmos.score(to_16k(w, SAMPLE_RATE))["p808"] for w in both] if scorer.dnsmos else None,
-        }
+        truth[u.id] = [scorer.measure(w, u.reference) for w in (gt, resynth)]
     prompt_embedding = scorer.embed(trial.prompt_audio)
     row = {
         "id": u.id,
@@ -225,18 +219,9 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, k
         "reference": u.reference,
         "prompt_id": u.prompt_id if task == "cross" else None,
     }
-    known = truth[u.id]
-    for i, name in enumerate(("ground_truth", "resynthesis")):
-        errors = word_errors(u.reference, known["asr"][i])
-        row[name] = {
-            "hypothesis": known["asr"][i],
-            "errors": errors.errors,
-            "words": errors.words,
-            "sim": cosine(known["embeddings"][i], prompt_embedding),
-        }
-        if known["dnsmos"]:
-            row[name]["dnsmos"] = known["dnsmos"][i]
-    scores = [scorer.score(w, u.reference, prompt_embedding) for w in waves]
+    for name, measured in zip(("ground_truth", "resynthesis"), truth[u.id]):
+        row[name] = against(measured, prompt_embedding)
+    scores = [against(scorer.measure(w, u.reference), prompt_embedding) for w in waves]
     for s, codes in zip(scores, samples):
         s["frames"] = int(codes.shape[1])
         s["cut_at_max"] = int(codes.shape[1]) - trial.given >= high
@@ -288,7 +273,7 @@ def summarize(rows: list[dict], samples: int) -> dict:
     return out
 
 
-def guard_check(utterances: list[Utterance], evalset: EvalSet, guard: LengthGuard) -> dict:
+def guard_check(utterances: list[Utterance], guard: LengthGuard) -> dict:
     """The ground truth's frames per text token, against the length guard's bounds."""
     ratios = np.array([round(u.duration * FRAME_RATE) / max(1, len(u.text_tokens)) for u in utterances])
     if not len(ratios):
