@@ -58,11 +58,12 @@ def _version(package: str) -> str:
         return "?"
 
 
-def _require(package: str, backend: str):
+def _require(package: str, backend: str, install: str | None = None):
     try:
         return __import__(package)
     except ImportError:
-        raise BackendError(f"the {backend} back-end needs the {package} package: pip install {package}") from None
+        how = install or package
+        raise BackendError(f"the {backend} back-end needs the {package} package: pip install {how}") from None
 
 
 def _saved_pretrained(backend: str, path: Path, device: str, preprocessor: str, model: str):
@@ -154,9 +155,11 @@ class Whisper:
 
 class NeMo:
     def __init__(self, path: Path, device: str = "cpu"):
-        _require("nemo", "nemo")
+        _require("nemo", "nemo", "'nemo_toolkit[asr]' (valle-corpus's nemo extra)")
         from nemo.collections.asr.models import ASRModel
+        from nemo.utils import logging as nemo_logging
 
+        nemo_logging.setLevel(nemo_logging.ERROR)  # else every restore and transcribe logs its set-up
         self.model = ASRModel.restore_from(str(path), map_location=device).eval()
         self.description = f"NeMo {path.name} (nemo_toolkit {_version('nemo_toolkit')})"
 
