@@ -315,6 +315,7 @@ def tiny_nemo_transducer(folder: Path) -> Path:
     """A NeMo conformer-transducer (EncDecRNNTBPEModel: conformer encoder, RNN-T decoder and joint,
     a SentencePiece BPE tokenizer) of 1 layer and 32 wide, random weights, saved as a .nemo file."""
     import sentencepiece as spm
+    import torch
     from nemo.collections.asr.models import EncDecRNNTBPEModel
     from omegaconf import OmegaConf
 
@@ -342,7 +343,9 @@ def tiny_nemo_transducer(folder: Path) -> Path:
         "joint": {"_target_": f"{asr}.RNNTJoint", "jointnet": {"joint_hidden": d, "activation": "relu"}},
         "decoding": {"strategy": "greedy_batch", "greedy": {"max_symbols": 5}},
     }  # fmt: skip
-    EncDecRNNTBPEModel(cfg=OmegaConf.create(config)).save_to(str(folder / "tiny.nemo"))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the same random model every run
+        EncDecRNNTBPEModel(cfg=OmegaConf.create(config)).save_to(str(folder / "tiny.nemo"))
     return folder / "tiny.nemo"
 
 
