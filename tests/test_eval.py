@@ -351,7 +351,8 @@ def tiny_nemo_transducer(folder: Path) -> Path:
 
 def test_nemo_backend_loads_from_a_local_path(tmp_path):
     """NeMo's conformer-transducer kind (VALL-E 2's ASR), from a tiny random model saved as a .nemo:
-    the back-end hears what the model's own forward pass and greedy RNN-T decoding make of the audio."""
+    the back-end hears what the model's own forward pass and greedy RNN-T decoding make of the audio,
+    one wave at a time or several at once."""
     pytest.importorskip("nemo.collections.asr")
     import torch
 
@@ -364,6 +365,9 @@ def test_nemo_backend_loads_from_a_local_path(tmp_path):
         encoded, lengths = model(input_signal=torch.from_numpy(wave)[None], input_signal_length=torch.tensor([16000]))
         (own,) = model.decoding.rnnt_decoder_predictions_tensor(encoder_output=encoded, encoded_lengths=lengths)
     assert isinstance(heard, str) and heard and heard == own.text
+    # An utterance's renditions are heard in one call (batched, padded): as each one alone.
+    longer = np.random.default_rng(1).normal(0, 0.1, 40000).astype(np.float32)
+    assert asr.transcribe_all([longer, wave]) == [asr.transcribe(longer), heard] and asr.transcribe_all([]) == []
 
 
 def test_nemo_backend_names_the_package_to_install(tmp_path, monkeypatch):

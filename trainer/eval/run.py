@@ -77,16 +77,24 @@ class Scorer:
         return self.speaker.embed(to_16k(wave24, SAMPLE_RATE))
 
     def measure(self, wave24: np.ndarray, reference: str) -> dict:
-        """What does not depend on the prompt: what the ASR heard, its word errors, DNSMOS, and
-        the speaker embedding (None for audio too short to carry a voice). `against` adds SIM."""
-        wave = to_16k(wave24, SAMPLE_RATE)
-        hypothesis = self.asr.transcribe(wave) if len(wave) else ""
-        errors = word_errors(reference, hypothesis)
-        out = {"hypothesis": hypothesis, "errors": errors.errors, "words": errors.words}
-        out["embedding"] = self.speaker.embed(wave) if len(wave) > RATE_MIN else None
-        if self.dnsmos and len(wave):
-            out["dnsmos"] = self.dnsmos.score(wave)["p808"]
-        return out
+        return self.measure_all([wave24], reference)[0]
+
+    def measure_all(self, waves24: list[np.ndarray], reference: str) -> list[dict]:
+        """What does not depend on the prompt, for renditions of one text: what the ASR heard
+        (all in one call), its word errors, DNSMOS, and the speaker embedding (None for audio too
+        short to carry a voice). `against` adds SIM."""
+        waves = [to_16k(w, SAMPLE_RATE) for w in waves24]
+        heard = iter(self.asr.transcribe_all([w for w in waves if len(w)]))
+        measured = []
+        for wave in waves:
+            hypothesis = next(heard) if len(wave) else ""
+            errors = word_errors(reference, hypothesis)
+            out = {"hypothesis": hypothesis, "errors": errors.errors, "words": errors.words}
+            out["embedding"] = self.speaker.embed(wave) if len(wave) > RATE_MIN else None
+            if self.dnsmos and len(wave):
+                out["dnsmos"] = self.dnsmos.score(wave)["p808"]
+            measured.append(out)
+        return measured
 
 
 def against(measured: dict, prompt_embedding: np.ndarray) -> dict:
@@ -211,7 +219,7 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, k
     if first or keep_audio:  # only scores are kept across tasks: memory stays flat in the set's size
         gt, resynth = evalset.audio(u), synth.decode(evalset.codes(u).astype(np.int64))
     if first:
-        truth[u.id] = [scorer.measure(w, u.reference) for w in (gt, resynth)]
+        truth[u.id] = scorer.measure_all([gt, resynth], u.reference)
     prompt_embedding = scorer.embed(trial.prompt_audio)
     row = {
         "id": u.id,
@@ -221,7 +229,7 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, k
     }
     for name, measured in zip(("ground_truth", "resynthesis"), truth[u.id]):
         row[name] = against(measured, prompt_embedding)
-    scores = [against(scorer.measure(w, u.reference), prompt_embedding) for w in waves]
+    scores = [against(m, prompt_embedding) for m in scorer.measure_all(waves, u.reference)]
     for s, codes in zip(scores, samples):
         s["frames"] = int(codes.shape[1])
         s["cut_at_max"] = int(codes.shape[1]) - trial.given >= high
