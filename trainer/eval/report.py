@@ -128,7 +128,7 @@ def page(results: dict) -> str:
         parts.append("</table>")
         heard = [r for r in body["utterances"] if "audio" in r]
         if heard:
-            names = [n for n in ("prompt", *ROWS) if n in heard[0].get("audio", {})]
+            names = [n for n in ("prompt", *ROWS) if n in heard[0]["audio"]]
             parts.append("<table class='utterances'><tr><th>utterance</th>")
             parts += [f"<th>{e(n.replace('_', ' '))}</th>" for n in names]
             parts.append("</tr>")

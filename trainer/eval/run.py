@@ -180,13 +180,13 @@ def evaluate(
             if isinstance(trial, str):
                 skipped[trial] = skipped.get(trial, 0) + 1
                 continue
-            heard = audio_dir is not None and n < cfg.page_utterances  # on the page: keep its audio
+            on_page = audio_dir is not None and n < cfg.page_utterances  # keep its audio for the page
             try:
-                row = _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, results["timing"], heard)
+                row = _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, results["timing"], on_page)
             except SynthError as err:  # the models cannot take it (text or prompt too long)
                 skipped[str(err)] = skipped.get(str(err), 0) + 1
                 continue
-            if heard:
+            if on_page:
                 row["audio"] = _save(audio_dir / task / f"{n:04d}", row.pop("waves"))
             rows.append(row)
         results["tasks"][task] = {"summary": summarize(rows, cfg.samples), "skipped": skipped, "utterances": rows}
