@@ -109,8 +109,9 @@ def _init_ray(cfg: RayConfig) -> None:
 
 
 class RayExecutor:
-    def __init__(self, cfg: RayConfig):
+    def __init__(self, cfg: RayConfig, codec_actor: type | None = None):
         self.cfg = cfg
+        self.codec_actor = codec_actor  # None: CodecActor; tests give a subclass that injects faults
         self._state = None  # ObjectRef of the codec weights while units run
         self._unit_task = None  # the remote function, made once
         self._started_ray = False  # by ensure_ray: Ray stays up until close()
@@ -173,7 +174,7 @@ class RayExecutor:
         # Once, for every actor and every restart: the ref lives as long as this executor, since
         # a restart needs the object again.
         self._state = state = ray.put(codec.state)
-        actor_cls, workers = ray.remote(CodecActor), []
+        actor_cls, workers = ray.remote(self.codec_actor or CodecActor), []
         for slot in slots:
             options = actor_cls.options(
                 num_cpus=slot.num_cpus,
