@@ -17,10 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def ray_address():
-    """A local Ray cluster shared by the whole session (ray.init costs ~5 s); yields its address."""
+    """A local Ray cluster shared by the whole session (ray.init costs ~5 s); yields its address.
+    3 CPUs: room for two CPU codec workers of one CPU each plus their unit tasks (DAGs from
+    `write_dag` give a single worker 2, as the machine's cores)."""
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -71,7 +73,7 @@ def write_dag(path: Path, corpus, **sections) -> Path:
             "formats": ["webdataset", "parquet", "lhotse_shar"],
             "target_shard_mb": 0.02,
         },
-        "ray": {"units_in_flight": 2},
+        "ray": {"units_in_flight": 2, "cpus_per_codec_worker": 2},
     }
     for key, value in sections.items():
         dag[key] = {**dag.get(key, {}), **value} if isinstance(value, dict) else value

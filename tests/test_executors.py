@@ -173,6 +173,8 @@ def test_a_unit_that_sees_its_worker_fail_to_start_names_the_cause(ray_address):
     )
     with pytest.raises(ClusterMismatch, match="failed to start on node abababab: .*damaged on the way"):
         _stop_if_start_failed(worker, seen_by_unit.value)
+    worker.starting = False  # it was up: a restart that fails retires it (tests/test_ray_faults.py)
+    _stop_if_start_failed(worker, seen_by_unit.value)
     _stop_if_start_failed(worker, RuntimeError("a unit's own error"))  # not a start-up failure
 
 

@@ -183,6 +183,24 @@ def test_a_file_system_without_locks_is_a_clear_error(tmp_path, monkeypatch):
         assert me["pid"] == os.getpid()
 
 
+GPU_STACK = {"device": "cuda", "torch": "2.15.0+cu132", "cudnn": 91002, "precision": "exact"}
+
+
+def encoded_on(out: Path, stack: dict) -> tuple[list[str], Path]:
+    """Make every unit's codes say they were made on `stack`, and delete one unit's codes file, so
+    that a re-run must encode that unit again (here, on another stack); (the units, that file)."""
+    from pipeline.output import ledger
+
+    units = sorted(p.stem for p in (out / "ledger").glob("*.json"))
+    for name in units:
+        entry = ledger.read_entry(out, name)
+        entry["codes"]["stack"] = stack
+        ledger.write_entry(out, name, entry)
+    lost = out / ledger.read_entry(out, units[0])["codes"]["path"]
+    lost.unlink()
+    return units, lost
+
+
 def test_codes_of_another_compute_stack_join_a_corpus_only_when_allowed(tmp_path, tiny_corpus, built_corpus):
     """Every unit's codes record the stack that made them (device, torch, cuDNN, precision). A
     re-run that would encode on another stack is refused before any audio is decoded, unless
@@ -191,20 +209,13 @@ def test_codes_of_another_compute_stack_join_a_corpus_only_when_allowed(tmp_path
 
     from pipeline.encode.unit import StackChanged
     from pipeline.inspect.status import corpus_status, format_status
-    from pipeline.output import ledger
 
     out = tmp_path / "out"
     shutil.copytree(built_corpus[0].out, out)
     stacks = corpus_status(out)["stacks"]
     assert [s["stack"]["device"] for s in stacks] == ["cpu"] and stacks[0]["stack"]["cudnn"] is None
-    gpu = {"device": "cuda", "torch": "2.15.0+cu132", "cudnn": 91002, "precision": "exact"}
-    units = sorted(p.stem for p in (out / "ledger").glob("*.json"))
-    for name in units:  # as if they had been encoded on a GPU node
-        entry = ledger.read_entry(out, name)
-        entry["codes"]["stack"] = gpu
-        ledger.write_entry(out, name, entry)
-    lost = out / ledger.read_entry(out, units[0])["codes"]["path"]
-    lost.unlink()  # this unit must be encoded again, on this CPU
+    gpu = GPU_STACK
+    units, lost = encoded_on(out, gpu)  # as if encoded on a GPU node; `lost` is encoded again here
     dag = load_dag(write_dag(tmp_path / "tiny.yaml", tiny_corpus))
     with pytest.raises(
         StackChanged,

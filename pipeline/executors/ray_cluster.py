@@ -15,6 +15,10 @@ In: the pending units, the driver's resolved codec, the `ray:` settings. Out: `U
   in-flight calls are retried. When a node is lost, its actors die with it, and each unit that
   fails for a reason of the cluster (an actor or node lost) is retried on another worker; a
   unit that fails for its own reason fails alone and the run reports it.
+- A worker that has started and is then lost for good (its restart fails on a GPU that stays
+  broken, its node is gone, or it fails units in a row) is retired, named by node and device,
+  and its units go to the others; the run ends only when no worker is left. A worker that fails
+  its first start stops the run at once: every worker would fail the same way.
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ class _Worker:
     actor: object
     node_id: str
     running: int = 0
-    starting: bool = True  # fed already: its units' first calls wait for its model
+    starting: bool = True  # never up yet (fed already: its units' first calls wait for its model)
     down_since: float | None = None  # when it started, or lost a unit; None while it is known up
     probe: object = None  # ObjectRef of ready() while starting or down
     dead: bool = False
@@ -109,8 +113,9 @@ def _init_ray(cfg: RayConfig) -> None:
 
 
 class RayExecutor:
-    def __init__(self, cfg: RayConfig):
+    def __init__(self, cfg: RayConfig, codec_actor: type | None = None):
         self.cfg = cfg
+        self.codec_actor = codec_actor  # None: CodecActor; tests give a subclass that injects faults
         self._state = None  # ObjectRef of the codec weights while units run
         self._unit_task = None  # the remote function, made once
         self._started_ray = False  # by ensure_ray: Ray stays up until close()
@@ -173,7 +178,7 @@ class RayExecutor:
         # Once, for every actor and every restart: the ref lives as long as this executor, since
         # a restart needs the object again.
         self._state = state = ray.put(codec.state)
-        actor_cls, workers = ray.remote(CodecActor), []
+        actor_cls, workers = ray.remote(self.codec_actor or CodecActor), []
         for slot in slots:
             options = actor_cls.options(
                 num_cpus=slot.num_cpus,
@@ -215,7 +220,7 @@ class RayExecutor:
                         outcome.failed.append(
                             {
                                 "unit": attempt.job.unit.name,
-                                "error": "every codec worker is lost (see the errors above)",
+                                "error": "every codec worker is lost (the log names each one's node, device and cause)",
                             }
                         )
                         bar.update(round(attempt.job.unit.seconds))
@@ -285,7 +290,7 @@ class RayExecutor:
                     continue
                 streak = self._streaks.failed(id(worker), attempt, err)
                 if streak is not None and sum(not w.dead for w in workers) > 1:
-                    self._retire(worker, streak, queue, outcome, bar)
+                    self._retire_for_streak(worker, streak, queue, outcome, bar)
                 elif streak is not None:  # the last worker stays: these units failed on their own
                     _report_failed(streak, outcome, bar)
                 continue  # its progress counts once it is settled (reported, or done elsewhere)
@@ -301,27 +306,11 @@ class RayExecutor:
                     f"not start within ray.start_timeout_s={self.cfg.start_timeout_s:g} s on a cluster "
                     f"with {cluster}; check `ray status` for what holds the resources"
                 )
-            log.warning(
-                "codec worker on node %s did not come back within %g s; going on without it",
-                w.node_id[:8],
-                self.cfg.start_timeout_s,
-            )
-            w.dead, w.down_since, w.probe = True, None, None
+            _retire(w, f"did not come back within ray.start_timeout_s={self.cfg.start_timeout_s:g} s")
 
-    def _retire(self, worker: _Worker, streak: list, queue: deque, outcome: UnitsOutcome, bar) -> None:
+    def _retire_for_streak(self, worker: _Worker, streak: list, queue: deque, outcome: UnitsOutcome, bar) -> None:
         """A worker that failed units in a row: never fed again; those units go to the others."""
-        import ray
-
-        log.warning(
-            "codec worker on %s failed %d units in a row (the last: %s: %s); retired, its units go to the "
-            "other workers",
-            worker.described(),
-            len(streak),
-            type(streak[-1][1]).__name__,
-            str(streak[-1][1]).strip().splitlines()[-1][:300] if str(streak[-1][1]).strip() else "",
-        )
-        worker.dead, worker.down_since, worker.probe = True, None, None
-        ray.kill(worker.actor, no_restart=True)
+        _retire(worker, f"failed {len(streak)} units in a row (the last: {_last_line(streak[-1][1])})")
         for attempt, err in streak:
             if attempt.tries < self.cfg.codec_restarts:
                 attempt.tries += 1
@@ -339,6 +328,8 @@ class RayExecutor:
             worker.probe = worker.actor.ready.remote()
 
     def _worker_back(self, worker: _Worker, ref) -> None:
+        """A worker's probe answered: it is up (where it runs is known from now on), or it is
+        lost: a first start that failed stops the run; a worker that was up is retired."""
         import ray
 
         worker.probe, worker.down_since = None, None
@@ -346,26 +337,60 @@ class RayExecutor:
             worker.node_id, worker.where = ray.get(ref)
         except ray.exceptions.RayError as err:
             _stop_if_start_failed(worker, err)
-            log.warning("codec worker on node %s is gone: %s", worker.node_id[:8], type(err).__name__)
-            worker.dead = True
+            failed_restart = _constructor_failed(err) is not None
+            _retire(worker, f"{'did not restart' if failed_restart else 'is gone'} ({_last_line(err)})")
         worker.starting = False
 
 
+def _retire(worker: _Worker, why: str) -> None:
+    """Never feed this worker again: named with its node and device (known since it first
+    answered), so that the node can be looked at. The units it held fail as lost and go to the
+    other workers."""
+    import ray
+
+    log.warning("codec worker on %s %s; retired, its units go to the other workers", worker.described(), why)
+    worker.dead, worker.down_since, worker.probe = True, None, None
+    ray.kill(worker.actor, no_restart=True)
+
+
 def _report_failed(failed: list, outcome: UnitsOutcome, bar) -> None:
-    """Units that failed for reasons of their own: reported at the end of the run."""
+    """Units that failed for reasons of their own: reported at the end of the run by the error
+    the unit raised, as the local executor reports them (so the runner tells a stack refusal from
+    a failure); Ray's wrapper, with the unit task's traceback, goes to the log."""
+    import ray.exceptions as rex
+
     for attempt, err in failed:
+        if isinstance(err, rex.RayTaskError) and isinstance(err.cause, Exception):
+            log.warning("unit %s failed: %s", attempt.job.unit.name, err)
+            err = err.cause
         outcome.failed.append(failure(attempt.job, err))
         bar.update(round(attempt.job.unit.seconds))
 
 
 def _stop_if_start_failed(worker: _Worker, err: BaseException) -> None:
-    """Stop the run when a codec worker's own constructor failed (weights, device, ...): every
-    worker would. Seen by its start-up probe or, often first, by a unit that called it."""
+    """Stop the run when a codec worker's own constructor failed on its first start (weights,
+    driver, device, ...): every worker would. Seen by its start-up probe or, often first, by a
+    unit that called it. A worker that was up and fails to restart (a GPU still broken after a
+    sticky error: Ray reports that as a constructor failure too) is that node's problem: the
+    caller retires it."""
+    died = _constructor_failed(err)
+    if worker.starting and died is not None:
+        raise ClusterMismatch(
+            f"a codec worker failed to start on node {worker.slot.node_id[:8]}: {_last_line(died)}"
+        ) from None
+
+
+def _constructor_failed(err: BaseException):
+    """Ray's error saying that the actor's constructor raised (on a start or a restart), seen
+    directly or by a unit task that called the actor; None for any other error."""
     import ray.exceptions as rex
 
     died = err.cause if isinstance(err, rex.RayTaskError) and isinstance(err.cause, rex.RayActorError) else err
-    if isinstance(died, rex.RayActorError) and died.actor_init_failed:
-        # The last line of Ray's message is the exception; the traceback is in the worker's log.
-        raise ClusterMismatch(
-            f"a codec worker failed to start on node {worker.slot.node_id[:8]}: {str(died).strip().splitlines()[-1]}"
-        ) from None
+    return died if isinstance(died, rex.RayActorError) and died.actor_init_failed else None
+
+
+def _last_line(err: BaseException) -> str:
+    """What went wrong, in a line: Ray's messages end with the exception (the traceback is in
+    the worker's log)."""
+    lines = str(err).strip().splitlines()
+    return lines[-1][:300] if lines else type(err).__name__
