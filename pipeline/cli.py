@@ -179,7 +179,8 @@ def _run(args) -> int:
     if summary.codec_stats.get("oom_splits"):
         print(
             f"codec: {summary.codec_stats['oom_splits']:.0f} batch(es) split after running out of device memory "
-            "(the codes are the same); a smaller codec.batch_seconds avoids the retries",
+            "(a smaller batch may round a near-tie to another code, see tokens/codec.py); a smaller "
+            "codec.batch_seconds avoids the retries",
             file=sys.stderr,
         )
     if index["provenance"]["codec"]["weights"] == "random":
