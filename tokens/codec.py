@@ -132,15 +132,7 @@ class CodecEncoder:
         if self.cfg.threads is not None:
             torch.set_num_threads(self.cfg.threads)
         device = _device(self.cfg.device)
-        if device.type == "cuda":
-            # Per-shape autotuning makes the numbers depend on the batch, TF32 on the mode; this
-            # process is the encoder's own (a Ray actor), so changing these globals is ours to do.
-            fast = self.cfg.precision == "tf32"
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
-            torch.backends.cudnn.allow_tf32 = fast
-            torch.backends.cuda.matmul.allow_tf32 = fast
-        elif self.cfg.precision == "tf32":
+        if device.type != "cuda" and self.cfg.precision == "tf32":
             log.warning("codec.precision=tf32 only changes CUDA kernels; on %s the codes are exact", device)
         if self._given is not None:
             model, self.weights = codec_weights.model_from_state(*self._given)
@@ -188,7 +180,7 @@ class CodecEncoder:
             np.zeros((self.n_q, 0), np.uint16) if n == 0 else None for n in prepared.lengths
         ]
         pending = []
-        with torch.inference_mode():
+        with torch.inference_mode(), self._kernels():
             for rows, x in prepared.batches:
                 pending += self._queue(rows, x)
             if self._device.type == "cuda":
@@ -234,6 +226,15 @@ class CodecEncoder:
         )
         return self._queue(rows[:half], x[:half]) + self._queue(rows[half:], x[half:])
 
+    def _kernels(self) -> contextlib.AbstractContextManager:
+        """The codec's CUDA kernel settings, for its own device work only: per-shape autotuning
+        would make the numbers depend on the batch, and TF32 is the `tf32` mode's alone. They are
+        process-wide, so they are restored after each call: a process that also trains or
+        synthesizes (valle-synth, bench/gpu_check.py, the local executor's driver) keeps its own."""
+        if self._device.type != "cuda":
+            return contextlib.nullcontext()
+        return cuda_kernels(benchmark=False, deterministic=True, tf32=self.cfg.precision == "tf32")
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, T) at 24 kHz -> (B, n_q, T / 320) codes: EncodecModel.encode for one segment
         (the 24 kHz model neither splits nor normalizes), with the encoder network under
@@ -260,9 +261,50 @@ class CodecEncoder:
         """(n_q, T) codes -> float32 mono 24 kHz waveform of T * 320 samples (for synthesis)."""
         self.setup()
         x = torch.as_tensor(np.asarray(codes, dtype=np.int64))[None].to(self._device)  # (1, n_q, T)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._kernels():
             wave = self._model.decode([(x, None)])  # (1, 1, samples)
-        return wave[0, 0, : x.shape[-1] * HOP].float().cpu().numpy()
+            return wave[0, 0, : x.shape[-1] * HOP].float().cpu().numpy()
+
+
+def kernel_settings() -> dict:
+    """The process-wide settings that choose CUDA float kernels, by name (bench/gpu_check.py
+    reports them). Read through their classic names, as the rest of this project sets them;
+    the matmul precision ("highest": no TF32; "high" or "medium": TF32) stands for matmul TF32."""
+    cudnn = torch.backends.cudnn
+    return {
+        "cudnn.benchmark": cudnn.benchmark,
+        "cudnn.deterministic": cudnn.deterministic,
+        "cudnn.allow_tf32": cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
+
+
+def set_kernel_settings(settings: dict) -> None:
+    """Set what `kernel_settings` returns (all of it)."""
+    cudnn = torch.backends.cudnn
+    cudnn.benchmark = settings["cudnn.benchmark"]
+    cudnn.deterministic = settings["cudnn.deterministic"]
+    cudnn.allow_tf32 = settings["cudnn.allow_tf32"]
+    torch.set_float32_matmul_precision(settings["float32_matmul_precision"])
+
+
+@contextlib.contextmanager
+def cuda_kernels(benchmark: bool, deterministic: bool, tf32: bool):
+    """CUDA kernel settings for a block (cuDNN autotuning and determinism, TF32 in cuDNN and in
+    matmuls), restored after it, even on an error."""
+    saved = kernel_settings()
+    set_kernel_settings(
+        {
+            "cudnn.benchmark": benchmark,
+            "cudnn.deterministic": deterministic,
+            "cudnn.allow_tf32": tf32,
+            "float32_matmul_precision": "high" if tf32 else "highest",
+        }
+    )
+    try:
+        yield
+    finally:
+        set_kernel_settings(saved)
 
 
 def _as_wave(wave: np.ndarray, index: int) -> np.ndarray:
