@@ -183,7 +183,7 @@ def test_a_file_system_without_locks_is_a_clear_error(tmp_path, monkeypatch):
         assert me["pid"] == os.getpid()
 
 
-def test_codes_of_another_compute_stack_join_a_corpus_only_when_allowed(tmp_path, tiny_corpus, built_corpus):
+def test_codes_of_another_compute_stack_join_a_corpus_only_when_allowed(tmp_path, tiny_corpus, built_corpus, caplog):
     """Every unit's codes record the stack that made them (device, torch, cuDNN, precision). A
     re-run that would encode on another stack is refused before any audio is decoded, unless
     --allow-stack-change; status lists every stack."""
@@ -213,6 +213,7 @@ def test_codes_of_another_compute_stack_join_a_corpus_only_when_allowed(tmp_path
     ):
         run(dag, progress=False, executor=LocalExecutor())
     assert not lost.exists()  # refused before encoding anything
+    assert "made on a GPU whose model was not recorded" in caplog.text  # this record predates GPU models
     run(dag, progress=False, executor=LocalExecutor(), allow_stack_change=True)
     stacks = {s["stack"]["device"]: s["units"] for s in corpus_status(out)["stacks"]}
     assert stacks == {"cuda": len(units) - 1, "cpu": 1}
