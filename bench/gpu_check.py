@@ -7,23 +7,35 @@
    exact mode (float32, TF32 off): every code of utterances of many lengths, batched together;
 2. codec throughput: audio seconds encoded per second by batch size and precision (exact, tf32,
    bf16), and the fast modes' agreement with exact (share of identical codes per codebook);
-3. the whole pipeline, end to end on a generated look-alike corpus: x real time;
-4. training: ar-base with G=1 and G=2 and nar-base (tiny presets with --tiny): model positions
+3. codec faults: a batch that runs out of device memory (injected into a real encode: the
+   encoder network allocates, then fails) is split, the splits are counted, nothing of the
+   failed attempts is alive when the halves run, and the share of codes equal to the unsplit
+   batch's; a sticky device error (a real device-side assert on a GPU, staged on CPU) ends the
+   codec worker's process with exit code 1, as the Ray actor does so that Ray restarts it;
+4. the whole pipeline, end to end on a generated look-alike corpus: x real time;
+5. training: ar-base with G=1 and G=2 and nar-base (tiny presets with --tiny): model positions
    per second, MFU (the device's dense bf16 peak, trainer/metrics.py), peak device memory, the
    attention (SDPA) backends this device offers, and ar-base with torch.compile against without.
 Random-init EnCodec weights: the same architecture and cost as the pretrained ones. Our goals on
 an H100: the pipeline at >= 10,000x real time end to end; ar-base at >= 45 % MFU.
+
+Each step stands alone: the JSON (--json) and the table beside it (the same name, .md) are
+rewritten after every step, and a step that fails records its error and the others go on, so
+no figure of a run on a rented GPU is lost to a later one. Every step starts with the process's
+CUDA kernel settings (cuDNN autotuning and determinism, TF32) as they were at the start; a step
+that leaves them changed is named in the report, and they are restored before the next.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +47,8 @@ sys.path.insert(0, str(BENCH))
 
 from bench_codec_gpu import bare, corpus_dag, pipeline  # noqa: E402
 
-from tokens.codec import CodecEncoder  # noqa: E402
+from storage.files import write_bytes_atomic, write_json_atomic  # noqa: E402
+from tokens.codec import CodecEncoder, kernel_settings, set_kernel_settings  # noqa: E402
 from tokens.codec_settings import CodecConfig  # noqa: E402
 from tokens.codec_weights import resolve_weights  # noqa: E402
 from trainer.metrics import peak_flops  # noqa: E402
@@ -50,6 +63,7 @@ def sizes(tiny_run: bool, gpu: bool) -> dict:
             "batches": [1, 4],
             "seconds": 1.0,
             "repeat": 1,
+            "oom_utterances": 4,  # 4 -> 2 + 2
             "minutes": 0.5,
             "per_chapter": 5,  # 2 chapters of 5 utterances: ~35 s of audio
             "steps": 2,
@@ -62,6 +76,7 @@ def sizes(tiny_run: bool, gpu: bool) -> dict:
         "batches": [1, 8, 32, 128],
         "seconds": 10.0 if gpu else 2.0,
         "repeat": 3 if gpu else 1,
+        "oom_utterances": 8,  # 8 -> 4 + 4 -> 2 + 2 + 2 + 2
         "minutes": 30.0 if gpu else 3.0,
         "per_chapter": 30,
         "steps": 20,
@@ -72,17 +87,106 @@ def sizes(tiny_run: bool, gpu: bool) -> dict:
     }
 
 
-def exactness(device: str, state) -> dict:
-    """Batched against one-by-one, exact mode: the share of identical codes (1.0 is the claim)."""
+def noise_waves() -> list[np.ndarray]:
+    """Noise utterances of many lengths (a frame's edge, MIN_FRAMES, odd samples)."""
     rng = np.random.default_rng(1)
     lengths = [24000, 23999, 7 * 320, 320 * 50 + 1, 12345, 48000, 6000, 31999]
-    waves = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in lengths]
+    return [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in lengths]
+
+
+def exactness(device: str, state) -> dict:
+    """Batched against one-by-one, exact mode: the share of identical codes (1.0 is the claim)."""
+    waves = noise_waves()
     encoder = CodecEncoder(CodecConfig(weights="random", device=device, batch_seconds=60.0), state)
     together = encoder.encode(waves)
     alone = [encoder.encode([w])[0] for w in waves]
     same = sum(int((a == b).sum()) for a, b in zip(together, alone))
     total = sum(a.size for a in alone)
     return {"identical_share": same / total, "codes": total, "utterances": len(waves)}
+
+
+def oom_split(device: str, state, utterances: int) -> dict:
+    """Out of device memory above 2 utterances (injected: the encoder network allocates 8 MiB an
+    utterance, then raises), the exact mode: splits, failed attempts' MiB alive at the retries
+    (0 is the claim), and the share of codes equal to the unsplit batch's (see tokens/codec.py)."""
+    waves = noise_waves()[:utterances]
+    encoder = CodecEncoder(CodecConfig(weights="random", device=device, batch_seconds=60.0), state)
+    want = encoder.encode(waves)
+    failed, alive = [], []
+
+    def little_memory(module, inputs, output):  # output: (B, 128, frames)
+        if failed:
+            alive.append(sum(ref().nbytes for ref in failed if ref() is not None) / 2**20)
+        if output.shape[0] > 2:
+            activations = torch.empty(output.shape[0], 2**21, device=output.device)
+            failed.append(weakref.ref(activations))
+            raise torch.cuda.OutOfMemoryError(f"out of memory for {output.shape[0]} utterances (injected)")
+
+    encoder.setup()
+    hook = encoder._model.encoder.register_forward_hook(little_memory)
+    try:
+        got = encoder.encode(waves)
+    finally:
+        hook.remove()
+    same = sum(int((a == b).sum()) for a, b in zip(got, want))
+    total = sum(a.size for a in want)
+    return {
+        "utterances": len(waves),
+        "splits": encoder.oom_splits,
+        "failed_attempts": len(failed),
+        "alive_mib_at_retries": max(alive, default=0.0),
+        "identical_share": same / total,
+        "codes": total,
+    }
+
+
+# A codec worker that exits as the Ray actor does (CodecActor.device_broke), without Ray.
+BROKEN_DEVICE = """
+import sys
+import numpy as np
+from pipeline.encode.codec_worker import CodecWorker
+from pipeline.executors.codec_actor import CodecActor
+from tokens.codec_settings import CodecConfig
+from tokens.codec_weights import resolve_weights
+
+class Worker(CodecWorker):
+    device_broke = CodecActor.device_broke
+    def where(self):
+        return str(self.encoder.device)
+
+def break_device(module, inputs, output):
+    import torch
+    if output.is_cuda:  # a real sticky error: an index past the end asserts on the device
+        output.new_zeros(1)[torch.tensor([1 << 20], device=output.device)]
+    else:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (staged: no GPU)")
+
+cfg = CodecConfig(weights="random", device=sys.argv[1])
+worker = Worker(cfg, *resolve_weights(cfg))
+worker.encoder._model.encoder.register_forward_hook(break_device)
+try:
+    worker.encode([np.zeros(16000, np.int16)], [16000])
+    print("not exited: no error", flush=True)
+except BaseException as err:
+    print(f"not exited: {type(err).__name__}: {err}", flush=True)
+sys.exit(2)
+"""
+
+
+def broken_device(device: str) -> dict:
+    """A sticky device error ends the codec worker's process with exit code 1 (Ray restarts the
+    actor), in a child process so that this one keeps its device."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", BROKEN_DEVICE, device], capture_output=True, text=True, timeout=300, env=env
+    )
+    said = [line for line in done.stderr.splitlines() if "exiting so that Ray restarts it" in line]
+    return {
+        "error": "staged (no GPU)" if device == "cpu" else "device-side assert",
+        "exit_code": done.returncode,
+        "exited": done.returncode == 1 and bool(said),
+        "said": said[-1] if said else (done.stdout + done.stderr).strip()[-500:],
+    }
 
 
 def sdpa_backends(device: torch.device) -> list[str]:
@@ -158,82 +262,159 @@ def main(argv: list[str] | None = None) -> dict:
     gpu = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny sizes and models: a smoke run in seconds")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--json", type=Path, help="also write the figures here (and the table beside it, .md)")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile's backend (eager: no codegen)")
     args = parser.parse_args(argv)
     s = sizes(args.tiny, gpu)
     device = torch.device("cuda" if gpu else "cpu")
-    name = torch.cuda.get_device_name(device) if gpu else f"CPU ({os.cpu_count()} cores)"
     state = resolve_weights(CodecConfig(weights="random"))
+    report = {**describe_device(device), "torch": torch.__version__, "tiny": args.tiny, "goals": GOALS}
+    report.update(kernel_settings=kernel_settings(), seconds=0.0, step_seconds={}, training=[])
+    report.update(errors={}, settings_left={})
     started = time.monotonic()
-
-    report = {"device": name, "torch": torch.__version__, "tiny": args.tiny}
-    report["exactness"] = exactness(device.type, state)
-    precisions = ["exact", "tf32", "bf16"] if gpu else ["exact", "bf16"]
-    rows, codes = bare(device.type, state, precisions, s["batches"], s["seconds"], s["repeat"])
-    report["codec"] = rows
-    largest = s["batches"][-1]
-    report["agreement"] = {
-        p: [
-            float(np.mean([(a[k] == b[k]).mean() for a, b in zip(codes["exact", largest], codes[p, largest])]))
-            for k in range(8)
-        ]
-        for p in precisions
-        if p != "exact"
-    }
-    work = Path(tempfile.mkdtemp(prefix="valle-gpu-check-"))
-    try:
-        dag = corpus_dag(s["minutes"], work / "corpus", device.type, "random", s["per_chapter"])
-        pipe = pipeline(dag, work / "out", gpu, "local")
-        report["pipeline"] = {
-            "audio_s": pipe["audio_s"],
-            "x_real_time": pipe["audio_s_per_s"],
-            "units_phase_x_real_time": pipe["units_audio_s_per_s"],
-            "device_busy": pipe["device_busy"],
-        }
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    report["sdpa_backends"] = sdpa_backends(device)
-    report["training"] = [
-        training("ar", 1, device, s, None),
-        training("ar", 2, device, s, None),
-        training("nar", 1, device, s, None),
-        training("ar", 1, device, s, args.compile_backend),
-    ]
-    report["seconds"] = time.monotonic() - started
-    report["goals"] = GOALS
+    for name, step in steps(device, state, s, args.compile_backend):
+        run_step(report, name, step)
+        report["seconds"] = time.monotonic() - started
+        if args.json:
+            write_json_atomic(args.json, report)
+            write_bytes_atomic(args.json.with_suffix(".md"), (markdown(report) + "\n").encode())
     print(markdown(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
     return report
 
 
+def describe_device(device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {"device": f"CPU ({os.cpu_count()} cores)"}
+    major, minor = torch.cuda.get_device_capability(device)
+    return {"device": torch.cuda.get_device_name(device), "capability": f"{major}.{minor}"}
+
+
+def steps(device: torch.device, state, s: dict, compile_backend: str):
+    """(name, step) in order; a step adds its figures to the report."""
+    precisions = ["exact", "tf32", "bf16"] if device.type == "cuda" else ["exact", "bf16"]
+
+    def codec(report):
+        rows, codes = bare(device.type, state, precisions, s["batches"], s["seconds"], s["repeat"])
+        report["codec"], largest = rows, s["batches"][-1]
+        report["agreement"] = {
+            p: [
+                float(np.mean([(a[k] == b[k]).mean() for a, b in zip(codes["exact", largest], codes[p, largest])]))
+                for k in range(8)
+            ]
+            for p in precisions
+            if p != "exact"
+        }
+
+    def training_step(kind: str, group: int, backend: str | None):
+        return lambda report: report["training"].append(training(kind, group, device, s, backend))
+
+    return [
+        ("codec exactness", lambda report: report.update(exactness=exactness(device.type, state))),
+        ("codec throughput", codec),
+        ("codec OOM split", lambda report: report.update(oom_split=oom_split(device.type, state, s["oom_utterances"]))),
+        ("broken device exit", lambda report: report.update(broken_device=broken_device(device.type))),
+        ("pipeline", lambda report: report.update(pipeline=end_to_end(device, s))),
+        ("attention backends", lambda report: report.update(sdpa_backends=sdpa_backends(device))),
+        ("ar G=1", training_step("ar", 1, None)),
+        ("ar G=2", training_step("ar", 2, None)),
+        ("nar", training_step("nar", 1, None)),
+        (f"ar G=1, torch.compile {compile_backend}", training_step("ar", 1, compile_backend)),
+    ]
+
+
+def run_step(report: dict, name: str, step) -> None:
+    """One step; its error, if any, is recorded (type and message) and the run goes on. The CUDA
+    kernel settings it leaves changed are recorded and restored, so that the next step starts
+    as this one did."""
+    before, started = kernel_settings(), time.monotonic()
+    try:
+        step(report)
+    except Exception as err:  # a step's failure must not cost the other steps' figures
+        report["errors"][name] = f"{type(err).__name__}: {err}"
+        print(f"gpu_check: step {name!r} failed: {type(err).__name__}: {err}", file=sys.stderr)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    report["step_seconds"][name] = time.monotonic() - started
+    after = kernel_settings()
+    if after != before:
+        report["settings_left"][name] = {k: v for k, v in after.items() if v != before[k]}
+        set_kernel_settings(before)
+
+
+def end_to_end(device: torch.device, s: dict) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="valle-gpu-check-"))
+    try:
+        dag = corpus_dag(s["minutes"], work / "corpus", device.type, "random", s["per_chapter"])
+        pipe = pipeline(dag, work / "out", device.type == "cuda", "local")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "audio_s": pipe["audio_s"],
+        "x_real_time": pipe["audio_s_per_s"],
+        "units_phase_x_real_time": pipe["units_audio_s_per_s"],
+        "device_busy": pipe["device_busy"],
+    }
+
+
 def markdown(r: dict) -> str:
-    ex = r["exactness"]
+    """The report as a table: the rows of the steps done so far, and each failed step's error."""
+    where = f"{r['device']}{', compute capability ' + r['capability'] if 'capability' in r else ''}"
     lines = [
-        f"GPU check on {r['device']}, torch {r['torch']}{' (tiny sizes)' if r['tiny'] else ''}, {r['seconds']:.0f} s",
+        f"GPU check on {where}, torch {r['torch']}{' (tiny sizes)' if r['tiny'] else ''}, {r['seconds']:.0f} s",
         "",
         "| check | result |",
         "|---|---|",
-        f"| EnCodec batched = one by one (exact) | {ex['identical_share']:.6f} of {ex['codes']:,} codes identical |",
+        "| CUDA kernel settings every step starts with | "
+        + ", ".join(f"{k} {v}" for k, v in r["kernel_settings"].items())
+        + " |",
     ]
-    for row in r["codec"]:
+    if "exactness" in r:
+        ex = r["exactness"]
+        lines.append(
+            f"| EnCodec batched = one by one (exact) | {ex['identical_share']:.6f} of {ex['codes']:,} codes identical |"
+        )
+    for row in r.get("codec", []):
         lines.append(f"| codec {row['precision']}, batch {row['batch']} | {row['audio_s_per_s']:,.1f} audio s/s |")
-    for p, shares in r["agreement"].items():
+    for p, shares in r.get("agreement", {}).items():
         lines.append(f"| {p} vs exact, identical codes per codebook | " + " ".join(f"{x:.3f}" for x in shares) + " |")
-    pipe = r["pipeline"]
-    lines.append(
-        f"| pipeline end to end ({pipe['audio_s']:.0f} s of audio) | {pipe['x_real_time']:,.1f}x real time "
-        f"(goal {r['goals']['pipeline_x_real_time']:,}x on an H100); device busy {pipe['device_busy']:.0%} |"
-    )
-    lines.append(f"| attention (SDPA) backends | {', '.join(r['sdpa_backends']) or 'none'} |")
-    for t in r["training"]:
+    if "oom_split" in r:
+        oom = r["oom_split"]
+        lines.append(
+            f"| EnCodec out of memory above 2 utterances (injected), exact | {oom['splits']} splits of "
+            f"{oom['utterances']} utterances; {oom['alive_mib_at_retries']:.0f} MiB of the failed attempts alive "
+            f"at the retries; {oom['identical_share']:.6f} of {oom['codes']:,} codes equal to the unsplit batch's |"
+        )
+    if "broken_device" in r:
+        broken = r["broken_device"]
+        lines.append(
+            f"| a sticky device error ({broken['error']}) ends the codec worker | "
+            f"{'yes' if broken['exited'] else 'NO'}: exit code {broken['exit_code']}; {cell(broken['said'])} |"
+        )
+    if "pipeline" in r:
+        pipe = r["pipeline"]
+        lines.append(
+            f"| pipeline end to end ({pipe['audio_s']:.0f} s of audio) | {pipe['x_real_time']:,.1f}x real time "
+            f"(goal {r['goals']['pipeline_x_real_time']:,}x on an H100); device busy {pipe['device_busy']:.0%} |"
+        )
+    if "sdpa_backends" in r:
+        lines.append(f"| attention (SDPA) backends | {', '.join(r['sdpa_backends']) or 'none'} |")
+    for t in r.get("training", []):
         mfu = f"{t['mfu']:.1%} MFU" if t["mfu"] is not None else "MFU n/a (no known peak)"
         memory = f", peak {t['peak_memory_gb']:.1f} GB" if t["peak_memory_gb"] is not None else ""
         lines.append(
             f"| {t['model']}, compile {t['compile']} | {t['positions_per_s']:,.0f} positions/s, {mfu}{memory} |"
         )
+    for name, changed in r["settings_left"].items():
+        lines.append(f"| step {name} left kernel settings changed (restored) | {changed} |")
+    for name, error in r["errors"].items():
+        lines.append(f"| step {name} FAILED | {cell(error)} |")
     return "\n".join(lines)
+
+
+def cell(text: str, limit: int = 300) -> str:
+    """Text for one table cell: one line, no column bars, at most `limit` characters."""
+    text = " ".join(text.split()).replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--allow-stack-change",
         action="store_true",
-        help="let codes made on another compute stack (device, torch, cuDNN) join this corpus's",
+        help="let codes made on another compute stack (device, GPU model, torch, cuDNN) join this corpus's",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -179,7 +179,8 @@ def _run(args) -> int:
     if summary.codec_stats.get("oom_splits"):
         print(
             f"codec: {summary.codec_stats['oom_splits']:.0f} batch(es) split after running out of device memory "
-            "(the codes are the same); a smaller codec.batch_seconds avoids the retries",
+            "(a smaller batch may round a near-tie to another code, see tokens/codec.py); a smaller "
+            "codec.batch_seconds avoids the retries",
             file=sys.stderr,
         )
     if index["provenance"]["codec"]["weights"] == "random":

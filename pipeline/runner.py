@@ -142,6 +142,11 @@ def _run(
         "agreement": AGREEMENT,
     }
     known_stacks = codes_stacks(out, [unit.name for plan in plans for unit in plan.units])
+    if any(s["device"] == "cuda" and "gpu" not in s for s in known_stacks):
+        log.warning(
+            "some codes here were made on a GPU whose model was not recorded (an older valle-corpus): "
+            "codec workers on any GPU model with the same torch, cuDNN and precision are taken for that stack"
+        )
     jobs = [
         UnitJob(
             out=out,

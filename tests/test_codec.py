@@ -256,3 +256,47 @@ def test_config_errors_are_clear():
     enc = CodecEncoder(CodecConfig(weights="random", device="tpu"))
     with pytest.raises(ValueError, match="codec.device 'tpu'"):
         enc.setup()
+
+
+def test_cuda_kernel_settings_last_as_long_as_the_block():
+    from tokens.codec import cuda_kernels, kernel_settings
+
+    before = kernel_settings()
+    with pytest.raises(RuntimeError, match="in the block"):
+        with cuda_kernels(benchmark=True, deterministic=True, tf32=True):
+            assert kernel_settings() == {
+                "cudnn.benchmark": True,
+                "cudnn.deterministic": True,
+                "cudnn.allow_tf32": True,
+                "float32_matmul_precision": "high",
+            }
+            assert torch.backends.cuda.matmul.allow_tf32
+            raise RuntimeError("in the block")
+    assert kernel_settings() == before
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_codec_sets_its_cuda_kernels_for_its_own_calls_only(random_state):
+    """Deterministic cuDNN without TF32 while the exact mode encodes and decodes; the process's
+    own settings (a trainer's, a synthesizer's) before and after."""
+    from tokens.codec import kernel_settings
+
+    before = kernel_settings()
+    encoder = CodecEncoder(CodecConfig(weights="random", device="cuda"), random_state)
+    encoder.setup()
+    seen = []
+    encoder._model.encoder.register_forward_hook(lambda *_: seen.append(kernel_settings()))
+    codes = encoder.encode(waves([16000]))
+    assert kernel_settings() == before
+    encoder.decode(codes[0])
+    assert kernel_settings() == before
+    assert seen == [
+        {
+            **before,
+            "cudnn.benchmark": False,
+            "cudnn.deterministic": True,
+            "cudnn.allow_tf32": False,
+            "float32_matmul_precision": "highest",
+        }
+    ]

@@ -201,7 +201,7 @@ def encoded_on(out: Path, stack: dict) -> tuple[list[str], Path]:
     return units, lost
 
 
-def test_codes_of_another_compute_stack_join_a_corpus_only_when_allowed(tmp_path, tiny_corpus, built_corpus):
+def test_codes_of_another_compute_stack_join_a_corpus_only_when_allowed(tmp_path, tiny_corpus, built_corpus, caplog):
     """Every unit's codes record the stack that made them (device, torch, cuDNN, precision). A
     re-run that would encode on another stack is refused before any audio is decoded, unless
     --allow-stack-change; status lists every stack."""
@@ -224,6 +224,7 @@ def test_codes_of_another_compute_stack_join_a_corpus_only_when_allowed(tmp_path
     ):
         run(dag, progress=False, executor=LocalExecutor())
     assert not lost.exists()  # refused before encoding anything
+    assert "made on a GPU whose model was not recorded" in caplog.text  # this record predates GPU models
     run(dag, progress=False, executor=LocalExecutor(), allow_stack_change=True)
     stacks = {s["stack"]["device"]: s["units"] for s in corpus_status(out)["stacks"]}
     assert stacks == {"cuda": len(units) - 1, "cpu": 1}
@@ -237,3 +238,47 @@ def test_codes_of_another_compute_stack_join_a_corpus_only_when_allowed(tmp_path
     assert "codes made on:" in text
     assert f"  cuda (torch 2.15.0+cu132, cuDNN 91002, exact): {len(units) - 1} unit(s)" in text
     assert "\n  cpu (torch " in text
+
+
+def test_codes_of_another_gpu_model_are_refused(monkeypatch):
+    """A GPU's stack names its model and compute capability: codes made on an A100 are not
+    joined by an H100's. A GPU stack recorded before models were (no "gpu") names none, so it
+    refuses no model. No GPU here: the device query is faked; what is tested is the record and
+    the comparison."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from pipeline.encode.codec_worker import CodecWorker
+    from pipeline.encode.unit import StackChanged, check_stack
+    from tokens.codec_settings import CodecConfig
+    from tokens.codec_weights import resolve_weights
+
+    cfg = CodecConfig(weights="random", device="cpu")
+    worker = CodecWorker(cfg, *resolve_weights(cfg))
+    assert worker.stack() == {"device": "cpu", "torch": torch.__version__, "cudnn": None, "precision": "exact"}
+    worker.encoder._device = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
+
+    def on_gpu(name: str, capability: tuple[int, int]) -> dict:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: name)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability)
+        return worker.stack()
+
+    a100, h100 = on_gpu("NVIDIA A100-SXM4-80GB", (8, 0)), on_gpu("NVIDIA H100 80GB HBM3", (9, 0))
+    assert h100 == {**a100, "gpu": "NVIDIA H100 80GB HBM3", "capability": "9.0"}
+
+    def job(stack: dict, *known: dict):
+        return SimpleNamespace(codec_stack=stack, known_stacks=known, allow_new_stack=False)
+
+    check_stack(job(a100, a100))
+    with pytest.raises(
+        StackChanged,
+        match=r"made on cuda \(NVIDIA A100-SXM4-80GB, compute capability 8\.0, torch .*"
+        r"worker is cuda \(NVIDIA H100 80GB HBM3, compute capability 9\.0, ",
+    ):
+        check_stack(job(h100, a100))
+    unnamed = {k: v for k, v in a100.items() if k not in ("gpu", "capability")}  # an older record
+    check_stack(job(h100, unnamed))
+    with pytest.raises(StackChanged):
+        check_stack(job({**h100, "cudnn": 91100}, unnamed))  # the rest still counts

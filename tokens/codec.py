@@ -21,6 +21,14 @@ a latent that sits on a near-tie between two codebook entries can round to a dif
 in another batch, or with another thread count. The batches of a given list of waves are
 deterministic, so re-encoding the same unit with the same settings on the same kind of
 machine gives the same codes.
+Out of device memory, a batch is split in two, down to one utterance (`_split`): the halves'
+codes are those of smaller batches, so they follow the caveat above and this is all that is
+guaranteed. Measured on CPU (random weights, 8 utterances, 4,128 codes): in the exact mode,
+splits down to two utterances gave the unsplit batch's codes exactly; down to one, 8 codes
+differed (the LSTM's matrix-vector step); in bf16 11 % differed at one utterance. On a GPU,
+cuDNN picks kernels by shape, so any split may change a near-tie (bench/gpu_check.py measures
+it). Since memory pressure decides when a split happens, every split is counted (`oom_splits`,
+in the run's summary) and logged.
 """
 
 from __future__ import annotations
@@ -124,15 +132,7 @@ class CodecEncoder:
         if self.cfg.threads is not None:
             torch.set_num_threads(self.cfg.threads)
         device = _device(self.cfg.device)
-        if device.type == "cuda":
-            # Per-shape autotuning makes the numbers depend on the batch, TF32 on the mode; this
-            # process is the encoder's own (a Ray actor), so changing these globals is ours to do.
-            fast = self.cfg.precision == "tf32"
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
-            torch.backends.cudnn.allow_tf32 = fast
-            torch.backends.cuda.matmul.allow_tf32 = fast
-        elif self.cfg.precision == "tf32":
+        if device.type != "cuda" and self.cfg.precision == "tf32":
             log.warning("codec.precision=tf32 only changes CUDA kernels; on %s the codes are exact", device)
         if self._given is not None:
             model, self.weights = codec_weights.model_from_state(*self._given)
@@ -180,7 +180,7 @@ class CodecEncoder:
             np.zeros((self.n_q, 0), np.uint16) if n == 0 else None for n in prepared.lengths
         ]
         pending = []
-        with torch.inference_mode():
+        with torch.inference_mode(), self._kernels():
             for rows, x in prepared.batches:
                 pending += self._queue(rows, x)
             if self._device.type == "cuda":
@@ -193,30 +193,47 @@ class CodecEncoder:
 
     def _queue(self, rows: list[int], x: torch.Tensor) -> list[tuple[list[int], torch.Tensor]]:
         """One batch's forward pass queued, its codes on their way to host memory. Out of device
-        memory, the cache is freed and the batch split in two (its codes are the same: batched
-        codes equal one-by-one codes), down to one utterance; `oom_splits` counts the splits."""
+        memory, the batch is split in two (`_split`), down to one utterance."""
         try:
             codes = self._forward(x.to(self._device, non_blocking=True))  # (B, n_q, T / 320)
         except torch.cuda.OutOfMemoryError:
             if len(rows) == 1:
                 raise
-            if self._device.type == "cuda":
-                torch.cuda.empty_cache()
-            self.oom_splits += 1
-            half = len(rows) // 2
-            log.warning(
-                "EnCodec on %s: out of memory for %d utterances; trying them as %d and %d",
-                self._device,
-                len(rows),
-                half,
-                len(rows) - half,
-            )
-            return self._queue(rows[:half], x[:half]) + self._queue(rows[half:], x[half:])
+            codes = None
+        if codes is None:
+            # Retried here, not in the handler: while it runs, the exception's traceback holds
+            # the failed attempt's frames and their activations, which no cache flush can free.
+            return self._split(rows, x)
         # Codes are < 1024: int16 halves (of int32) the bytes copied back.
         host = torch.empty(codes.shape, dtype=torch.int16, pin_memory=self._device.type == "cuda")
         host.copy_(codes.to(torch.int16), non_blocking=True)
         self.forward_passes += 1
         return [(rows, host)]
+
+    def _split(self, rows: list[int], x: torch.Tensor) -> list[tuple[list[int], torch.Tensor]]:
+        """A batch that ran out of device memory, as two halves once the cache is freed; counted
+        in `oom_splits` (the halves' codes: see the module's docstring)."""
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.oom_splits += 1
+        half = len(rows) // 2
+        log.warning(
+            "EnCodec on %s: out of memory for %d utterances; trying them as %d and %d",
+            self._device,
+            len(rows),
+            half,
+            len(rows) - half,
+        )
+        return self._queue(rows[:half], x[:half]) + self._queue(rows[half:], x[half:])
+
+    def _kernels(self) -> contextlib.AbstractContextManager:
+        """The codec's CUDA kernel settings, for its own device work only: per-shape autotuning
+        would make the numbers depend on the batch, and TF32 is the `tf32` mode's alone. They are
+        process-wide, so they are restored after each call: a process that also trains or
+        synthesizes (valle-synth, bench/gpu_check.py, the local executor's driver) keeps its own."""
+        if self._device.type != "cuda":
+            return contextlib.nullcontext()
+        return cuda_kernels(benchmark=False, deterministic=True, tf32=self.cfg.precision == "tf32")
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, T) at 24 kHz -> (B, n_q, T / 320) codes: EncodecModel.encode for one segment
@@ -244,9 +261,50 @@ class CodecEncoder:
         """(n_q, T) codes -> float32 mono 24 kHz waveform of T * 320 samples (for synthesis)."""
         self.setup()
         x = torch.as_tensor(np.asarray(codes, dtype=np.int64))[None].to(self._device)  # (1, n_q, T)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._kernels():
             wave = self._model.decode([(x, None)])  # (1, 1, samples)
-        return wave[0, 0, : x.shape[-1] * HOP].float().cpu().numpy()
+            return wave[0, 0, : x.shape[-1] * HOP].float().cpu().numpy()
+
+
+def kernel_settings() -> dict:
+    """The process-wide settings that choose CUDA float kernels, by name (bench/gpu_check.py
+    reports them). Read through their classic names, as the rest of this project sets them;
+    the matmul precision ("highest": no TF32; "high" or "medium": TF32) stands for matmul TF32."""
+    cudnn = torch.backends.cudnn
+    return {
+        "cudnn.benchmark": cudnn.benchmark,
+        "cudnn.deterministic": cudnn.deterministic,
+        "cudnn.allow_tf32": cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
+
+
+def set_kernel_settings(settings: dict) -> None:
+    """Set what `kernel_settings` returns (all of it)."""
+    cudnn = torch.backends.cudnn
+    cudnn.benchmark = settings["cudnn.benchmark"]
+    cudnn.deterministic = settings["cudnn.deterministic"]
+    cudnn.allow_tf32 = settings["cudnn.allow_tf32"]
+    torch.set_float32_matmul_precision(settings["float32_matmul_precision"])
+
+
+@contextlib.contextmanager
+def cuda_kernels(benchmark: bool, deterministic: bool, tf32: bool):
+    """CUDA kernel settings for a block (cuDNN autotuning and determinism, TF32 in cuDNN and in
+    matmuls), restored after it, even on an error."""
+    saved = kernel_settings()
+    set_kernel_settings(
+        {
+            "cudnn.benchmark": benchmark,
+            "cudnn.deterministic": deterministic,
+            "cudnn.allow_tf32": tf32,
+            "float32_matmul_precision": "high" if tf32 else "highest",
+        }
+    )
+    try:
+        yield
+    finally:
+        set_kernel_settings(saved)
 
 
 def _as_wave(wave: np.ndarray, index: int) -> np.ndarray:

@@ -102,7 +102,25 @@ def num_codebooks(bandwidth: float) -> int:
     return round(bandwidth * 1000 / (FRAME_RATE * 10))
 
 
+# What a codec worker on a GPU records of its GPU (CodecWorker.stack): the model's name and its
+# compute capability ("9.0"); stacks recorded before these were absent name only "cuda".
+GPU_FIELDS = ("gpu", "capability")
+
+
 def describe_stack(stack: dict) -> str:
-    """A codec worker's compute stack in words: 'cuda (torch 2.14.1+cu130, cuDNN 91002, exact)'."""
-    cudnn = f", cuDNN {stack['cudnn']}" if stack.get("cudnn") else ""
-    return f"{stack['device']} (torch {stack['torch']}{cudnn}, {stack['precision']})"
+    """A codec worker's compute stack in words: 'cuda (NVIDIA H100 80GB HBM3, compute capability
+    9.0, torch 2.14.1+cu130, cuDNN 91002, exact)'; a CPU's: 'cpu (torch 2.14.1, exact)'."""
+    parts = [stack["gpu"]] if stack.get("gpu") else []
+    parts += [f"compute capability {stack['capability']}"] if stack.get("capability") else []
+    parts += [f"torch {stack['torch']}"] + ([f"cuDNN {stack['cudnn']}"] if stack.get("cudnn") else [])
+    return f"{stack['device']} ({', '.join(parts + [stack['precision']])})"
+
+
+def same_stack(stack: dict, recorded: dict) -> bool:
+    """True when a codec worker's `stack` is the `recorded` one. A GPU stack recorded before the
+    GPU's model was (no "gpu" field) names no model, so it matches any model with the same
+    device type, torch, cuDNN and precision: refusing every re-run of such a corpus would be
+    spurious, and which model made its codes is not known."""
+    if "gpu" not in recorded:
+        stack = {k: v for k, v in stack.items() if k not in GPU_FIELDS}
+    return stack == recorded

@@ -105,17 +105,22 @@ class CodecWorker:
             }
 
     def stack(self) -> dict:
-        """The compute stack these codes come from: float kernels differ between devices and
-        library versions, so codes are exactly reproducible only on the same stack."""
+        """The compute stack these codes come from: float kernels differ between devices (GPU
+        models, by their kernels and cuDNN's choice of them) and library versions, so codes are
+        exactly reproducible only on the same stack. A CPU's records no model."""
         import torch
 
-        cuda = self.encoder.device.type == "cuda"
-        return {
-            "device": self.encoder.device.type,
+        device = self.encoder.device
+        stack = {
+            "device": device.type,
             "torch": torch.__version__,
-            "cudnn": torch.backends.cudnn.version() if cuda else None,
+            "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
             "precision": self.encoder.cfg.precision,
         }
+        if device.type == "cuda":
+            major, minor = torch.cuda.get_device_capability(device)
+            stack.update(gpu=torch.cuda.get_device_name(device), capability=f"{major}.{minor}")
+        return stack
 
     def device(self) -> str:
         return str(self.encoder.device)

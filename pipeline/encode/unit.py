@@ -38,7 +38,7 @@ from schemas import lhotse_shar as shar
 from schemas.sample import Sample
 from storage.files import fsync_dir
 from storage.hashing import json_digest, sha256_file
-from tokens.codec_settings import describe_stack
+from tokens.codec_settings import describe_stack, same_stack
 from tokens.text import Tokenizer, select_text, text_problem
 
 # encode_async(windows, rates) starts encoding a chunk of decoded windows (int16 at their file's
@@ -62,8 +62,9 @@ class UnitJob:
     max_text_cer: float | None = None  # filter.max_text_cer; None: off
     encode_chunk_seconds: float = 120.0
     # The compute stack of the codec worker encoding this unit (CodecWorker.stack: device type,
-    # torch, cuDNN, precision), set by the executor; the stacks the corpus's codes came from so
-    # far (the runner, from the ledger); whether a new one may join them (--allow-stack-change).
+    # GPU model and compute capability, torch, cuDNN, precision), set by the executor; the
+    # stacks the corpus's codes came from so far (the runner, from the ledger); whether a new one
+    # may join them (--allow-stack-change).
     codec_stack: dict | None = None
     known_stacks: tuple = ()
     allow_new_stack: bool = False
@@ -140,7 +141,9 @@ class StackChanged(RuntimeError):
 def check_stack(job: UnitJob) -> None:
     """Float kernels differ between devices and library versions, so codes made on another stack
     may differ at near-ties: a corpus does not take them silently."""
-    if job.codec_stack is None or not job.known_stacks or job.allow_new_stack or job.codec_stack in job.known_stacks:
+    if job.codec_stack is None or not job.known_stacks or job.allow_new_stack:
+        return
+    if any(same_stack(job.codec_stack, known) for known in job.known_stacks):
         return
     raise StackChanged(
         f"this corpus's codes were made on {' and '.join(describe_stack(s) for s in job.known_stacks)}; this codec "
