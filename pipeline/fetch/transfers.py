@@ -36,7 +36,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from storage.download import DownloadError, download, is_downloaded, part_path, read_marker, streaming
+from storage.download import DiskFull, DownloadError, download, is_downloaded, part_path, read_marker, streaming
 from storage.files import FileLock
 from storage.hashing import Checksum
 from storage.ranged import (
@@ -264,7 +264,11 @@ class Transfers:
             self._probed(f, result)
         elif kind == "range":
             f.ledger.done.add(index)  # its bytes are fsynced: now it counts
-            f.ledger.save()
+            try:
+                f.ledger.save()
+            except DiskFull as err:  # a full quota, reported at the ledger's fsync
+                self._fail(f, err)
+                return
             if f.state == "ranges" and f.after is None and not f.queue and f.running == 0:
                 f.state, f.submitted = "verify", False
         else:  # stream or verify: the file is verified, in place, with its marker
