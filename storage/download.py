@@ -35,7 +35,7 @@ import os
 import shutil
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -119,6 +119,7 @@ def download(
     timeout_s: float = 60.0,
     progress: bool = True,
     bar=None,
+    commit_check: Callable[[], None] | None = None,
 ) -> Path:
     """Download `url` to `dest`, resuming and verifying; returns `dest`. See the module docstring.
 
@@ -126,6 +127,8 @@ def download(
     be re-hashed: if it matches the new checksum the marker is updated and nothing is fetched.
     With checksum=None any valid marker is accepted. `bar`: a tqdm-like object (reset, update)
     to report bytes to instead of a bar of its own (pipeline.fetch.transfers passes one).
+    `commit_check`: called right before the verified file is renamed into place; it may raise
+    to stop (pipeline.fetch.transfers: this run still holds the file's lock).
     """
     dest = Path(dest)
     if retries < 1:
@@ -162,6 +165,8 @@ def download(
                 _fetch_with_retries(url, part, retries, backoff_s, timeout_s, own_bar)
         verify_part(part, url, checksum)
         fsync_file(part)
+        if commit_check is not None:
+            commit_check()
         os.replace(part, dest)
         fsync_dir(dest.parent)
         write_marker(dest, url, checksum)

@@ -341,9 +341,10 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
-def finish(url: str, dest: Path, checksum: Checksum | None) -> Path:
+def finish(url: str, dest: Path, checksum: Checksum | None, commit_check: Callable[[], None] | None = None) -> Path:
     """Verify the finished .part against the checksum (one streamed pass), then make it `dest`
-    with its marker; the ledger goes last. A mismatch deletes the .part and the ledger."""
+    with its marker; the ledger goes last. A mismatch deletes the .part and the ledger.
+    `commit_check`: called right before the rename; it may raise to stop."""
     dest = Path(dest)
     part = part_path(dest)
     try:
@@ -351,6 +352,8 @@ def finish(url: str, dest: Path, checksum: Checksum | None) -> Path:
     except DownloadError:
         ledger_path(dest).unlink(missing_ok=True)
         raise
+    if commit_check is not None:
+        commit_check()
     os.replace(part, dest)  # the .part was fsynced range by range
     fsync_dir(dest.parent)
     with no_room_is_disk_full(part):

@@ -2,7 +2,7 @@
 saving its range ledger (or between discarding them), a file that changes on the server
 mid-download (also when it must then go as one stream), a server that answers the probe with 206
 and a range with 200, a full quota (at a write, or at the fsync where NFS reports it), and two
-outputs sharing a download folder."""
+outputs (on one host or two) sharing a download folder."""
 
 from __future__ import annotations
 
@@ -198,3 +198,45 @@ def test_a_full_quota_reported_at_fsync_is_the_disk_full_error(site, source, tmp
     with HttpMirror(site, honour_range=ranges) as mirror:
         with pytest.raises(DiskFull, match=r"data\.bin: not enough disk space .*quota"):
             fetch([FileJob(mirror.url("data.bin"), dest, sha(source))], settings())
+
+
+FETCH_AS_A_HOST = """
+import fcntl, socket, sys
+from pathlib import Path
+socket.gethostname = lambda: sys.argv[1]  # a host of its own,
+fcntl.flock = lambda fd, op: None  # whose flock does not see the other's (NFS local_lock)
+from pipeline.fetch.transfer_pools import ThreadTasks
+from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers
+from storage.hashing import Checksum
+url, dest, checksum = sys.argv[2], Path(sys.argv[3]), Checksum.parse(sys.argv[4])
+settings = DownloadSettings(connections=2, range_bytes=50_000, backoff_s=0.0, timeout_s=5.0)
+print("ready", flush=True)
+sys.stdin.readline()
+with ThreadTasks() as pool, Transfers([FileJob(url, dest, checksum)], settings, pool, progress=False) as t:
+    t.wait(dest)
+"""
+
+
+def test_two_hosts_sharing_a_download_folder_fetch_a_file_once(site, source, tmp_path):
+    """Where flock does not reach across hosts, the file lock's record keeps them apart."""
+    dest = tmp_path / "shared" / "data.bin"
+    with HttpMirror(site, rate_bytes_s=200_000) as mirror:
+        hosts = [
+            subprocess.Popen(
+                [sys.executable, "-c", FETCH_AS_A_HOST, name, mirror.url("data.bin"), str(dest), str(sha(source))],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+            for name in ("host-a", "host-b")
+        ]
+        assert [h.stdout.readline().strip() for h in hosts] == ["ready", "ready"]
+        for h in hosts:  # both start at once
+            h.stdin.write("go\n")
+            h.stdin.flush()
+        for h in hosts:
+            h.wait(timeout=60)
+    assert [h.returncode for h in hosts] == [0, 0]
+    assert_complete(dest, source, sha(source))
+    assert sum(r.bytes_sent for r in mirror.requests if r.range != "bytes=0-0") == SIZE  # not twice
