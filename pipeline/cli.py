@@ -9,6 +9,12 @@ valle-prep listen OUT CUT_ID --out x.wav
 valle-prep evalset DAG --subset NAME --to DIR [--out OUT] [--min-seconds 4 --max-seconds 10]
                    [--per-speaker N] [--max-utterances N]
 valle-prep evalset-librispeech OUT --to DIR [--download-dir DIR] [--codec-weights W] [--device D]
+
+Exit codes of `run`: 0 done; 1 stopped on an error it names (units failed, settings changed,
+downloads, the output folder in use, ...); 2 a bad DAG or setting; 4 another run took over the
+output folder (or a file this run was downloading) while this one ran: it had been paused or cut
+off past the lock's stale time. This run stopped before committing anything more; the other goes
+on: let it finish rather than start this one again alongside it.
 """
 
 from __future__ import annotations
@@ -131,7 +137,7 @@ def _run(args) -> int:
     from pipeline.dag import DagError, load_dag
     from pipeline.encode.unit import StackChanged
     from pipeline.executors.placement import ClusterMismatch
-    from pipeline.output.lock import OutputLocked
+    from pipeline.output.lock import LockLost, OutputLocked
     from pipeline.runner import RunFailed, SettingsChanged, run
     from storage.download import DownloadError
     from tokens.codec_weights import WeightsUnavailable
@@ -149,6 +155,9 @@ def _run(args) -> int:
     except DagError as err:
         print(f"valle-prep: {err}", file=sys.stderr)
         return 2
+    except LockLost as err:
+        print(f"valle-prep: {err}", file=sys.stderr)
+        return 4
     except (
         SettingsChanged,
         StackChanged,

@@ -8,7 +8,9 @@ BPE model by fingerprints, units by ledger entries. Re-running the same command 
 skips what is committed and cleans what is partial. Audio settings (codec, segmentation, unit
 plan) are recorded in `OUT/corpus.json` and checked before anything is written, so a run that
 would change them is refused with nothing changed on disk, unless the user asks to rebuild:
-codes from different settings are never mixed. One run at a time holds OUT (pipeline.output.lock).
+codes from different settings are never mixed. One run at a time holds OUT (pipeline.output.lock):
+the lock is checked before every commit, here and in each unit, so a run whose lock another run
+took over (it was paused past the stale time) stops and commits nothing more (`LockLost`).
 Units run on Ray by default (pipeline.executors.ray_cluster); tests and benchmarks may pass
 the in-process `LocalExecutor`. Downloads run where units run: Ray tasks with the Ray executor
 (Ray starts only if something is left to download), threads with the local one.
@@ -37,6 +39,7 @@ from pipeline.text.agreement import AGREEMENT
 from pipeline.text.bpe import train_bpe
 from storage.files import read_json, write_json_atomic
 from storage.hashing import json_digest, sha256_file
+from storage.locks import HeldLock
 from tokens.audio import RESAMPLER
 from tokens.codec_settings import CodecConfig, CodecWeights, num_codebooks
 from tokens.constants import CODEBOOK_SIZE, FRAME_RATE, SAMPLE_RATE
@@ -87,10 +90,10 @@ def run(
     from pipeline.executors.ray_cluster import RayExecutor
 
     out = dag.out.absolute()
-    with exclusive(out, force=force_unlock):
+    with exclusive(out, force=force_unlock) as lock:
         executor = executor or RayExecutor(dag.ray)
         try:
-            return _run(dag, out, rebuild_audio, prune, progress, executor, allow_stack_change)
+            return _run(dag, out, rebuild_audio, prune, progress, executor, allow_stack_change, lock)
         finally:
             if isinstance(executor, RayExecutor):
                 executor.close()  # Ray, if the downloads started it
@@ -110,12 +113,20 @@ def _task_pool(executor: Executor):
 
 
 def _run(
-    dag: Dag, out: Path, rebuild_audio: bool, prune: bool, progress: bool, executor: Executor, allow_stack_change: bool
+    dag: Dag,
+    out: Path,
+    rebuild_audio: bool,
+    prune: bool,
+    progress: bool,
+    executor: Executor,
+    allow_stack_change: bool,
+    lock: HeldLock,
 ) -> RunSummary:
     clock = _Clock()
     codec = resolve_codec(dag.codec)
     clock.log(f"codec weights: {codec.weights.kind} {codec.weights.sha256[:12]}")
     settings = audio_settings(dag, codec.weights)
+    lock.check()
     check_audio_settings(out, settings, rebuild_audio)  # before anything is written
     with Sources(dag, out, progress, _task_pool(executor)) as sources:
         # Each subset is planned once its manifest is verified, while the archives still arrive.
@@ -128,6 +139,7 @@ def _run(
             progress=progress,
         )
         clock.log(f"planned {sum(len(p.units) for p in plans)} units")
+        lock.check()
         tokenizer, bpe_info = ensure_bpe(dag, out, plans)
         clock.log(f"BPE model ready (vocabulary {tokenizer.vocab_size})")
         audio_store = sources.audio_store()
@@ -163,6 +175,7 @@ def _run(
             text_fingerprint=json_digest(text_fingerprint),
             known_stacks=known_stacks,
             allow_new_stack=allow_stack_change,
+            lock=lock.guard,
         )
         for plan in plans
         for unit in plan.units
@@ -170,6 +183,7 @@ def _run(
 
     summary = RunSummary(units=len(jobs))
     summary.orphans, summary.pruned = units_not_in_plan(out, {j.unit.name for j in jobs}), prune
+    lock.check()
     if summary.orphans and prune:
         remove_units(out, summary.orphans)
         log.warning(
@@ -190,6 +204,7 @@ def _run(
     if pending:
         started = time.monotonic()
         outcome = executor.run_units(pending, codec, progress)
+        lock.check()  # a unit refused by a lost lock is not a unit failure
         summary.units_wall_s = time.monotonic() - started
         summary.failed, summary.codec_stats = outcome.failed, dict(outcome.codec_stats)
         summary.codec_forward_passes = int(outcome.codec_stats.get("forward_passes", 0))
@@ -211,6 +226,7 @@ def _run(
                 f"Fix the cause and run the same command again:\n{lines}"
             )
     if not index_path.exists():
+        lock.check()
         provenance = {
             "codec": {
                 "model": "encodec_24khz",

@@ -15,9 +15,9 @@ How it survives a CDN that drops hours-long transfers:
   capped exponential backoff; other 4xx fail at once (416 on a complete .part means "nothing
   left": go verify); `retries` counts attempts in a row that bring no new bytes;
 - before writing, the free space of the destination's file system is checked against what is
-  left to fetch (when the length is known), and a full disk or quota while writing (ENOSPC,
-  EDQUOT) is the same clear `DiskFull` error, naming the file and the space needed; the .part is
-  kept for resuming;
+  left to fetch (when the length is known), and a full disk or quota while writing, closing or
+  fsyncing (ENOSPC, EDQUOT: NFS reports a full quota only at close or fsync) is the same clear
+  `DiskFull` error, naming the file and the space needed; the .part is kept for resuming;
 - the finished .part is hashed (md5 or sha256), fsynced, renamed to `dest`, then the marker is
   written atomically. A re-run with a matching marker returns without touching the network.
 file:// URLs go through the same code: the local file is read from the resume offset as if the
@@ -35,6 +35,8 @@ import os
 import shutil
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
@@ -117,6 +119,7 @@ def download(
     timeout_s: float = 60.0,
     progress: bool = True,
     bar=None,
+    commit_check: Callable[[], None] | None = None,
 ) -> Path:
     """Download `url` to `dest`, resuming and verifying; returns `dest`. See the module docstring.
 
@@ -124,6 +127,8 @@ def download(
     be re-hashed: if it matches the new checksum the marker is updated and nothing is fetched.
     With checksum=None any valid marker is accepted. `bar`: a tqdm-like object (reset, update)
     to report bytes to instead of a bar of its own (pipeline.fetch.transfers passes one).
+    `commit_check`: called right before the verified file is renamed into place; it may raise
+    to stop (pipeline.fetch.transfers: this run still holds the file's lock).
     """
     dest = Path(dest)
     if retries < 1:
@@ -150,19 +155,21 @@ def download(
     dest.parent.mkdir(parents=True, exist_ok=True)
 
     part = part_path(dest)
-    if bar is not None:
-        _fetch_with_retries(url, part, retries, backoff_s, timeout_s, bar)
-    else:
-        with tqdm(
-            unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name, disable=not progress, leave=False
-        ) as own_bar:
-            _fetch_with_retries(url, part, retries, backoff_s, timeout_s, own_bar)
-
-    verify_part(part, url, checksum)
-    fsync_file(part)
-    os.replace(part, dest)
-    fsync_dir(dest.parent)
-    write_marker(dest, url, checksum)
+    with no_room_is_disk_full(part):
+        if bar is not None:
+            _fetch_with_retries(url, part, retries, backoff_s, timeout_s, bar)
+        else:
+            with tqdm(
+                unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name, disable=not progress, leave=False
+            ) as own_bar:
+                _fetch_with_retries(url, part, retries, backoff_s, timeout_s, own_bar)
+        verify_part(part, url, checksum)
+        fsync_file(part)
+        if commit_check is not None:
+            commit_check()
+        os.replace(part, dest)
+        fsync_dir(dest.parent)
+        write_marker(dest, url, checksum)
     stream_record_path(dest).unlink(missing_ok=True)
     return dest
 
@@ -294,6 +301,18 @@ def _check_space(part: Path, body: Response, offset: int) -> None:
     room = shutil.disk_usage(part.parent).free + (offset if body.start != offset else 0)  # truncated
     if need > room:
         raise disk_full(part, need)
+
+
+@contextmanager
+def no_room_is_disk_full(part: Path, need: int | None = None) -> Iterator[None]:
+    """Within the block, a full disk or quota (ENOSPC, EDQUOT), whether a write, a close or an
+    fsync reports it, is the clear `DiskFull` naming the download of `part`."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in NO_ROOM:
+            raise
+        raise disk_full(part, need, e) from None
 
 
 def disk_full(part: Path, need: int | None, err: OSError | None = None) -> DiskFull:

@@ -9,7 +9,6 @@ hashed.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import tempfile
@@ -89,31 +88,3 @@ def write_durably(path: Path, write) -> None:
         write(f)
         f.flush()
         os.fsync(f.fileno())
-
-
-class FileLock:
-    """An exclusive advisory lock (flock) on `path`, held until `release()` or the process ends
-    (kill -9 included: the kernel drops it)."""
-
-    def __init__(self, fd: int):
-        self._fd = fd
-
-    @classmethod
-    def try_take(cls, path: Path) -> FileLock | None:
-        """The lock, or None when another process (or another open of the file) holds it."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(fd)
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = -1

@@ -15,16 +15,20 @@ hundred bytes). Pieces, each a plain function so it can run as a Ray task or in 
 - `fetch_range`: one range over its own connection, each attempt asking `bytes=<pos>-<end>` from
   where the previous attempt stopped, with `If-Range: <validator>`, written with `os.pwrite` at
   its offset, checked like storage.download (206 with a Content-Range that starts at <pos>,
-  retries with a budget reset by progress, ENOSPC/EDQUOT -> DiskFull), then fsynced. Only after
-  that does the scheduler mark it done in the ledger (atomically: tmp + fsync + rename), so a
-  kill -9 costs at most the ranges in flight, and a re-run fetches exactly the ranges the ledger
-  lacks. A file that changed on the server is `RemoteChanged` (the scheduler starts it over);
-  a server that answers a range with the whole file, `RangesIgnored` (the scheduler streams it);
+  retries with a budget reset by progress, ENOSPC/EDQUOT at a write, fsync or close -> DiskFull),
+  then fsynced. Only after that does the scheduler mark it done in the ledger (atomically: tmp +
+  fsync + rename), so a kill -9 costs at most the ranges in flight, and a re-run fetches exactly
+  the ranges the ledger lacks. A file that changed on the server is `RemoteChanged` (the
+  scheduler starts it over); a server that answers a range with the whole file, `RangesIgnored`
+  (the scheduler streams it);
 - `finish`: the whole-file checksum, streamed once over the finished file (md5 cannot be
   combined from ranges fetched out of order), then rename, marker, ledger removed.
 A .part left by a single-stream attempt (no ledger) is not wasted: the ranges its contiguous
 prefix covers count as done (when its validator is the file's), and the checksum vouches for them
-at the end as for the rest.
+at the end as for the rest. The other way round (`forget_ranges`, when the file must go as one
+stream), the ranges' contiguous prefix is kept with the ledger's validator, so the stream resumes
+with `If-Range` and a file changed on the server starts over. A .part without a ledger thus counts
+as data: whatever deletes both deletes the .part first (`discard`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from storage.download import (
     disk_full,
     file_size,
     local_path,
+    no_room_is_disk_full,
     open_http,
     part_path,
     retry_until_done,
@@ -147,16 +152,18 @@ class RangeLedger:
                 runs[-1][1] = i
             else:
                 runs.append([i, i])
-        write_json_atomic(
-            self.path,
-            {
-                "url": self.url,
-                "total": self.total,
-                "range_bytes": self.range_bytes,
-                "done": runs,
-                "validator": self.validator,
-            },
-        )
+        dest = self.path.with_name(self.path.name.removesuffix(".ranges.json"))
+        with no_room_is_disk_full(part_path(dest)):  # a full quota: NFS says so at the fsync
+            write_json_atomic(
+                self.path,
+                {
+                    "url": self.url,
+                    "total": self.total,
+                    "range_bytes": self.range_bytes,
+                    "done": runs,
+                    "validator": self.validator,
+                },
+            )
 
     @classmethod
     def load(cls, dest: Path) -> RangeLedger | None:
@@ -240,17 +247,14 @@ def _allocate(part: Path, total: int, have: int) -> None:
     free = shutil.disk_usage(part.parent).free
     if need > free:
         raise disk_full(part, need)
-    fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    with no_room_is_disk_full(part, need):
+        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            allocated = _fallocate(fd, total)
-        except OSError as e:
-            raise disk_full(part, need, e) from None
-        if not allocated:  # a file system (or OS) without it: a sparse file
-            os.ftruncate(fd, total)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            if not _fallocate(fd, total):  # a file system (or OS) without it: a sparse file
+                os.ftruncate(fd, total)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     fsync_dir(part.parent)
 
 
@@ -289,17 +293,19 @@ def fetch_range(job: RangeJob, report: Callable[[int], None] = lambda n: None) -
                     raise Retryable(f"connection lost at byte {pos}: {e!r}") from e
                 if not chunk:
                     raise Retryable(f"body ended at byte {pos} of range {job.start}-{job.end}")
-                _pwrite_all(fd, chunk, pos, job)
+                _pwrite_all(fd, chunk, pos)
                 pos += len(chunk)
                 report(len(chunk))
         finally:
             body.stream.close()
 
-    try:
-        retry_until_done(attempt, lambda: pos, f"{job.url} (bytes {job.start}-{job.end})", job.retries, job.backoff_s)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with no_room_is_disk_full(Path(job.part)):  # from a write, the fsync or the close (NFS)
+        try:
+            what = f"{job.url} (bytes {job.start}-{job.end})"
+            retry_until_done(attempt, lambda: pos, what, job.retries, job.backoff_s)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return job.index
 
 
@@ -328,21 +334,17 @@ def _open_range(job: RangeJob, pos: int) -> Response:
     return body
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int, job: RangeJob) -> None:
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
-        try:
-            written = os.pwrite(fd, view, offset)
-        except OSError as e:
-            if e.errno not in NO_ROOM:
-                raise
-            raise disk_full(Path(job.part), None, e) from None
+        written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
 
 
-def finish(url: str, dest: Path, checksum: Checksum | None) -> Path:
+def finish(url: str, dest: Path, checksum: Checksum | None, commit_check: Callable[[], None] | None = None) -> Path:
     """Verify the finished .part against the checksum (one streamed pass), then make it `dest`
-    with its marker; the ledger goes last. A mismatch deletes the .part and the ledger."""
+    with its marker; the ledger goes last. A mismatch deletes the .part and the ledger.
+    `commit_check`: called right before the rename; it may raise to stop."""
     dest = Path(dest)
     part = part_path(dest)
     try:
@@ -350,17 +352,23 @@ def finish(url: str, dest: Path, checksum: Checksum | None) -> Path:
     except DownloadError:
         ledger_path(dest).unlink(missing_ok=True)
         raise
+    if commit_check is not None:
+        commit_check()
     os.replace(part, dest)  # the .part was fsynced range by range
     fsync_dir(dest.parent)
-    write_marker(dest, url, checksum)
+    with no_room_is_disk_full(part):
+        write_marker(dest, url, checksum)
     ledger_path(dest).unlink(missing_ok=True)
     return dest
 
 
 def forget_ranges(dest: Path) -> None:
     """Before streaming a file that has a ledger: keep only the .part's contiguous finished
-    prefix, so the single stream resumes from there. Truncate first, then drop the ledger: a
-    crash in between leaves a ledger that no longer matches the .part's length, which is ignored."""
+    prefix, so the single stream resumes from there, under the ledger's URL and validator (the
+    stream record), so it resumes with `If-Range`: a file changed on the server since answers
+    with the whole new file, never with the rest of it after the old prefix. Truncate, record,
+    then drop the ledger: a crash in between leaves a ledger that no longer matches the .part's
+    length, whose ranges past it are ignored."""
     dest = Path(dest)
     ledger = RangeLedger.load(dest)
     if ledger is None:
@@ -372,12 +380,17 @@ def forget_ranges(dest: Path) -> None:
     part = part_path(dest)
     if part.exists():
         os.truncate(part, keep)
+    with no_room_is_disk_full(part):
+        write_json_atomic(stream_record_path(dest), {"url": ledger.url, "validator": ledger.validator})
     ledger.path.unlink(missing_ok=True)
 
 
 def discard(dest: Path) -> None:
     """Everything of an unfinished download of `dest`: the .part, its range ledger, its stream
-    record (the file changed on the server: none of it is of the file now there)."""
+    record (the file changed on the server: none of it is of the file now there). The .part goes
+    first: a .part left without its ledger would count as data (a preallocated one is zeros)."""
     dest = Path(dest)
-    for path in (ledger_path(dest), stream_record_path(dest), part_path(dest)):
+    part_path(dest).unlink(missing_ok=True)
+    fsync_dir(dest.parent)  # gone for good before its ledger goes
+    for path in (ledger_path(dest), stream_record_path(dest)):
         path.unlink(missing_ok=True)

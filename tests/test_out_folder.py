@@ -3,6 +3,7 @@ that leave the plan are kept until --prune, and a refused run changes nothing on
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from pipeline.inspect.verify import verify
 from pipeline.output.lock import LOCK_NAME, OutputLocked, exclusive
 from pipeline.runner import SettingsChanged, run
 from storage.hashing import sha256_file
+from storage.locks import LockLost, read_record, record_path, take
 from tests.conftest import REPO, write_dag
 
 HOLD = (
@@ -29,7 +31,12 @@ HOLD = (
 
 
 def snapshot(out: Path) -> dict[str, bytes]:
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    """Every file but the output lock's (its record names the last run that held it)."""
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and not p.name.startswith(LOCK_NAME)
+    }
 
 
 def hold_lock(out: Path) -> subprocess.Popen:
@@ -55,18 +62,18 @@ def test_a_second_run_stops_at_once_naming_the_first(tmp_path, tiny_corpus):
         assert cli.returncode == 1
         assert f"pid {holder.pid}" in cli.stderr and f"host {socket.gethostname()}" in cli.stderr
         assert time.monotonic() - started < 60  # no Ray, no codec, no download: it stopped first
-        assert [p.name for p in out.iterdir()] == [LOCK_NAME]
+        assert all(p.name.startswith(LOCK_NAME) for p in out.iterdir())  # the lock's files only
     finally:
         holder.kill()
         holder.wait()
-    # The holder was killed (SIGKILL): its lock went with it, whatever the file still says.
-    assert str(holder.pid) in (out / LOCK_NAME).read_text()
+    # The holder was killed (SIGKILL): its lock went with it, whatever its record still says.
+    assert read_record(out / LOCK_NAME)["pid"] == holder.pid
     with exclusive(out) as me:
-        assert me["pid"] == os.getpid()
+        assert me.record["pid"] == os.getpid()
         with pytest.raises(OutputLocked, match=f"pid {os.getpid()}"):
             with exclusive(out):
                 pass
-    assert (out / LOCK_NAME).read_text() == ""  # emptied, not deleted, when a run ends
+    assert read_record(out / LOCK_NAME)["released"]  # marked, not deleted, when a run ends
 
 
 def test_units_that_leave_the_plan_are_kept_until_prune(tmp_path, tiny_corpus, built_corpus):
@@ -132,15 +139,18 @@ def test_corpora_from_before_the_precision_setting_stay_current(tmp_path, tiny_c
 
 
 def other_hosts_record(out: Path, age_s: float) -> None:
-    """What a driver on another host leaves in the lock file while it runs (or after it died)."""
+    """What a driver on another host leaves in the lock's record while it runs (or after it died):
+    the next generation of the record, as its takeover made it."""
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "host": "gpu-node-17",
         "pid": 4242,
+        "token": "its-own",
+        "gen": (read_record(out / LOCK_NAME) or {}).get("gen", 0) + 1,
         "started": "2026-12-01T00:00:00+0000",
         "heartbeat": time.time() - age_s,
     }
-    (out / LOCK_NAME).write_text(json.dumps(record) + "\n")
+    record_path(out / LOCK_NAME).write_text(json.dumps(record) + "\n")
 
 
 def test_a_run_on_another_host_is_seen_where_flock_does_not_reach(tmp_path):
@@ -151,21 +161,43 @@ def test_a_run_on_another_host_is_seen_where_flock_does_not_reach(tmp_path):
     with pytest.raises(OutputLocked, match=r"another host \(host gpu-node-17, pid 4242.*--force-unlock"):
         with exclusive(out):
             pass
-    assert "gpu-node-17" in (out / LOCK_NAME).read_text()  # a refused run changes nothing
+    assert read_record(out / LOCK_NAME)["host"] == "gpu-node-17"  # a refused run changes nothing
     with exclusive(out, force=True) as me:
-        assert json.loads((out / LOCK_NAME).read_text())["pid"] == me["pid"] == os.getpid()
+        assert read_record(out / LOCK_NAME)["pid"] == me.record["pid"] == os.getpid()
     other_hosts_record(out, age_s=3600)
     with exclusive(out) as me:
-        assert json.loads((out / LOCK_NAME).read_text())["host"] == socket.gethostname()
+        assert read_record(out / LOCK_NAME)["host"] == socket.gethostname()
 
 
 def test_the_heartbeat_is_renewed_while_the_run_holds_the_folder(tmp_path):
     out = tmp_path / "out"
     with exclusive(out, heartbeat_s=0.05):
-        first = json.loads((out / LOCK_NAME).read_text())["heartbeat"]
+        first = read_record(out / LOCK_NAME)["heartbeat"]
         time.sleep(0.3)
-        assert json.loads((out / LOCK_NAME).read_text())["heartbeat"] > first
-    assert (out / LOCK_NAME).read_text() == ""
+        assert read_record(out / LOCK_NAME)["heartbeat"] > first
+    assert read_record(out / LOCK_NAME)["released"]
+
+
+def test_a_run_whose_lock_is_taken_over_stops_and_commits_no_unit(tmp_path, tiny_corpus, monkeypatch):
+    """Another host takes the output over as the units start (this driver was paused past the
+    stale time): every unit is refused at its first check and the run stops with LockLost (exit
+    code 4 from valle-prep), not a unit failure; no ledger entry, no index."""
+
+    class TakenOverAsUnitsStart(LocalExecutor):
+        def run_units(self, jobs, codec, progress):
+            monkeypatch.setattr(fcntl, "flock", lambda fd, op: None)  # another host's flock
+            self.other = take(jobs[0].out / LOCK_NAME, host="host-b", force=True, heartbeat_s=60)
+            return super().run_units(jobs, codec, progress)
+
+    dag = load_dag(write_dag(tmp_path / "tiny.yaml", tiny_corpus))
+    executor = TakenOverAsUnitsStart()
+    try:
+        with pytest.raises(LockLost, match="taken over by host host-b"):
+            run(dag, progress=False, executor=executor)
+        assert read_record(dag.out / LOCK_NAME) == executor.other.record
+    finally:
+        executor.other.release()
+    assert not list((dag.out / "ledger").glob("*.json")) and not (dag.out / "index.json").exists()
 
 
 def test_a_file_system_without_locks_is_a_clear_error(tmp_path, monkeypatch):
@@ -180,7 +212,7 @@ def test_a_file_system_without_locks_is_a_clear_error(tmp_path, monkeypatch):
         with exclusive(tmp_path / "out"):
             pass
     with exclusive(tmp_path / "out", force=True) as me:
-        assert me["pid"] == os.getpid()
+        assert me.record["pid"] == os.getpid()
 
 
 GPU_STACK = {"device": "cuda", "torch": "2.15.0+cu132", "cudnn": 91002, "precision": "exact"}

@@ -1,8 +1,10 @@
 """A unit's commit protocol, without Ray: a crash at ANY file write or rename, followed by a
-re-run, leaves exactly the bytes of an uninterrupted run, and committed codes are never redone."""
+re-run, leaves exactly the bytes of an uninterrupted run, and committed codes are never redone;
+a unit of a run whose output lock was taken over commits nothing."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -12,8 +14,10 @@ import pytest
 
 from pipeline.encode.unit import UnitJob, is_current, run_unit
 from pipeline.fetch.audio_store import TarAudioStore, index_tar
+from pipeline.output.lock import LOCK_NAME
 from pipeline.plan.subsets import plan_subset
 from pipeline.text.bpe import BpeConfig, train_bpe
+from storage.locks import LockLost, take
 from tokens.audio import codec_input
 from tokens.text import Tokenizer
 
@@ -154,6 +158,31 @@ def test_crash_at_every_write_then_rerun_matches_clean_run(tmp_path, unit_setup,
         # Once the codes file is committed (rename #1 then its ledger entry, #2), no re-encoding.
         if crash_at > 2:
             assert result["action"] == "shards" and encoder.forward_passes == passes
+
+
+def test_a_unit_whose_run_lost_its_output_lock_stops_and_commits_nothing(tmp_path, unit_setup, encoder, monkeypatch):
+    """Another host takes the run's output lock over while the unit encodes (the driver was
+    paused past the stale time): the unit stops at its next chunk, leaving no codes file, shard
+    or ledger entry."""
+    out = fresh_out(tmp_path, "out", unit_setup)
+    plan_files = set(snapshot(out))
+    run_lock, other = take(out / LOCK_NAME, host="host-a", heartbeat_s=60), []
+    encode = local_encode(encoder)
+
+    def encode_then_taken_over(windows, rates):
+        if not other:
+            monkeypatch.setattr(fcntl, "flock", lambda fd, op: None)  # another host's flock
+            other.append(take(out / LOCK_NAME, host="host-b", force=True, heartbeat_s=60))
+        return encode(windows, rates)
+
+    try:
+        with pytest.raises(LockLost, match="taken over by host host-b"):
+            run_unit(make_job(out, unit_setup, lock=run_lock.guard), encode_then_taken_over)
+        assert encoder.forward_passes == 1  # of several chunks
+        assert {f for f in snapshot(out) if not f.startswith(LOCK_NAME)} == plan_files
+    finally:
+        for lock in (run_lock, *other):
+            lock.release()
 
 
 def test_text_change_reuses_codes_and_codec_change_reencodes(tmp_path, unit_setup, encoder):

@@ -12,7 +12,8 @@ Two stages, so that text changes never cost audio work:
 - shards: tokenize + write shards from the codes file. Redone when text or output settings change.
 Memory is bounded by a chunk of audio and one shard, whatever the unit's size: a chunk's audio is
 dropped once it is sent, its codes go to disk as they come back, and shards are written from
-the codes file cut by cut.
+the codes file cut by cut. Before each commit (codes file, shard files, ledger entry) the output
+lock's guard is checked: a unit of a run whose lock was taken over commits nothing (`LockLost`).
 Plain Python, no Ray: the executor supplies the codec and the parallelism.
 """
 
@@ -38,6 +39,7 @@ from schemas import lhotse_shar as shar
 from schemas.sample import Sample
 from storage.files import fsync_dir
 from storage.hashing import json_digest, sha256_file
+from storage.locks import LockGuard
 from tokens.codec_settings import describe_stack, same_stack
 from tokens.text import Tokenizer, select_text, text_problem
 
@@ -68,6 +70,7 @@ class UnitJob:
     codec_stack: dict | None = None
     known_stacks: tuple = ()
     allow_new_stack: bool = False
+    lock: LockGuard | None = None  # the output lock's guard (the runner's): checked before each commit
 
     @property
     def codes_fingerprint(self) -> str:
@@ -111,6 +114,7 @@ def run_unit(job: UnitJob, encode_async: EncodeAsync) -> dict:
     if is_current(job, entry):
         return _result(job, "skip", shards_rec, timings)
 
+    _still_holder(job)
     cuts, selection_rejects, texts, cers = _select(job, read_unit_cuts(out, job.unit))
     codes = _committed_codes(job, codes_rec)
     action = "shards"
@@ -120,6 +124,7 @@ def run_unit(job: UnitJob, encode_async: EncodeAsync) -> dict:
         # The shards record stays: it is current if the new codes are the old ones (a lost codes
         # file encoded again), and rewritten below if not (its fingerprint holds the codes' digest).
         entry = {**entry, "unit": name, "subset": job.unit.subset, "codes": codes_rec}
+        _still_holder(job)
         ledger.write_entry(out, name, entry)
         action = "codes"
 
@@ -128,10 +133,17 @@ def run_unit(job: UnitJob, encode_async: EncodeAsync) -> dict:
         return _result(job, action, shards_rec, timings)
     started = time.perf_counter()
     shards_rec = _write_shards(job, cuts, texts, cers, codes, selection_rejects, fingerprint)
+    _still_holder(job)
     ledger.write_entry(out, name, {**entry, "shards": shards_rec})
     _remove_stale_shards(job, shards_rec)
     timings["shards"] += time.perf_counter() - started
     return _result(job, action, shards_rec, timings)
+
+
+def _still_holder(job: UnitJob) -> None:
+    """Raise `LockLost` when the run's output lock was taken over by another run."""
+    if job.lock is not None:
+        job.lock.check()
 
 
 class StackChanged(RuntimeError):
@@ -193,6 +205,7 @@ def _encode(job: UnitJob, cuts: list[dict], encode_async: EncodeAsync, timings: 
             rejects += dropped
             chunk += segments
             if sum(s.duration for s in chunk) >= job.encode_chunk_seconds:
+                _still_holder(job)  # a run whose lock was taken over stops encoding too
                 in_flight.append(_send(chunk, encode_async))
                 chunk = []
                 while len(in_flight) > 1:  # keep one chunk encoding while the next one decodes
@@ -203,6 +216,7 @@ def _encode(job: UnitJob, cuts: list[dict], encode_async: EncodeAsync, timings: 
         while in_flight:
             _receive(writer, *in_flight.popleft(), timings)
         started = time.perf_counter()
+        _still_holder(job)
         totals = writer.commit()
         timings["commit_codes"] += time.perf_counter() - started
     except Exception:
@@ -255,6 +269,7 @@ def _write_shards(job: UnitJob, cuts, texts, cers, codes: CodesFile, selection_r
         job.formats,
         job.target_shard_bytes,
     )
+    _still_holder(job)
     for tmp, record in written:
         os.replace(tmp, job.out / record.path)
         fsync_dir((job.out / record.path).parent)

@@ -18,9 +18,12 @@ retries exhausted, full disk) fails its file alone, and `wait` raises it. A file
 the server (`RemoteChanged`: its validator, length or ranges are not the probed ones) starts over,
 up to `task_retries` times; a server that answers a range with the whole file (`RangesIgnored`)
 gets the file as one stream, which later runs resume as a stream too. Each file is locked
-(`.locks/<name>.lock` beside it) while this process fetches it, so outputs sharing a `download_dir` never write one
-file at once: another run waits, then finds it downloaded. Progress: one bar per file (bytes,
-rate, ETA) and a total, fed by the tasks' byte counts.
+(`.locks/<name>.lock` beside it, storage.locks: flock and a heartbeat record, so the lock holds
+across hosts whose flock is node-local) while this process fetches it, so outputs sharing a
+`download_dir` never write one file at once: another run waits, then finds it downloaded. A run
+that finds its lock of a file taken over (it was paused past the stale time) stops that file:
+`wait` raises `LockLost`. Progress: one bar per file (bytes, rate, ETA) and a total, fed by the
+tasks' byte counts.
 """
 
 from __future__ import annotations
@@ -36,9 +39,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from storage.download import DownloadError, download, is_downloaded, part_path, read_marker, streaming
-from storage.files import FileLock
+from storage.download import DiskFull, DownloadError, download, is_downloaded, part_path, read_marker, streaming
 from storage.hashing import Checksum
+from storage.locks import HeldLock, LockBusy, LockGuard, LockLost, describe, take
 from storage.ranged import (
     RangeJob,
     RangeLedger,
@@ -53,6 +56,8 @@ from storage.ranged import (
 )
 
 log = logging.getLogger(__name__)
+
+GUARD_EVERY_S = 5.0  # how often a transfer task reads its file's lock record
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ class _File:
     submitted: bool = False  # the one task of the probe, stream and verify states
     after: str | None = None  # "stream" or "restart", once none of the file's tasks runs
     restarts: int = 0  # times the file changed on the server and was started over
-    lock: FileLock | None = None
+    lock: HeldLock | None = None
     ledger: RangeLedger | None = None
     queue: deque = field(default_factory=deque)  # range numbers still to submit
     running: int = 0
@@ -160,6 +165,8 @@ class Transfers:
     def _submit_ready(self) -> None:
         cap = self.settings.connections
         for f in self.files.values():
+            if f.lock is not None and f.lock.lost.is_set():
+                self._lost(f)
             if f.state in ("new", "locked"):
                 self._start(f)
             if f.after is not None and f.running == 0:
@@ -176,12 +183,18 @@ class Transfers:
         if is_downloaded(job.dest, job.checksum):
             self._done(f)
             return
-        f.lock = f.lock or FileLock.try_take(job.dest.parent / ".locks" / f"{job.dest.name}.lock")
         if f.lock is None:
-            if f.state == "new":
-                log.info("%s: another run is downloading it; waiting", job.dest)
-            f.state = "locked"
-            return
+            try:
+                f.lock = take(job.dest.parent / ".locks" / f"{job.dest.name}.lock", require_flock=False)
+            except LockBusy as busy:
+                if f.state == "new":
+                    log.info("%s: another run is downloading it (%s); waiting", job.dest, describe(busy.holder))
+                f.state = "locked"
+                return
+            if not f.lock.flocked:
+                log.warning(
+                    "%s: its file system refuses locks (ENOLCK); the lock's record alone keeps runs apart", job.dest
+                )
         if is_downloaded(job.dest, job.checksum):  # the other run finished it
             self._done(f)
             return
@@ -195,19 +208,19 @@ class Transfers:
         f.state = "stream" if read_marker(job.dest) is not None or streaming(job.dest) else "probe"
 
     def _submit(self, f: _File, kind: str, index: int = -1) -> None:
-        s, job = self.settings, f.job
+        s, job, guard = self.settings, f.job, f.lock.guard
         if kind == "probe":
             call = (_probe, (job.url, s))
         elif kind == "stream":
-            call = (_stream, (job, s))
+            call = (_stream, (job, s, guard))
         elif kind == "verify":
             log.info("%s: all ranges on disk; verifying the whole file", job.dest)
             f.bar.set_description(f"{job.dest.name} (verifying)")
-            call = (_verify, (job,))
+            call = (_verify, (job, guard))
         else:
             start, end = f.ledger.bounds(index)
             call = (
-                fetch_range,
+                _range,
                 (
                     RangeJob(
                         job.url,
@@ -221,6 +234,7 @@ class Transfers:
                         s.timeout_s,
                         f.ledger.validator,
                     ),
+                    guard,
                 ),
             )
         handle = self.pool.submit(*call, key=str(job.dest))
@@ -241,7 +255,7 @@ class Transfers:
             if isinstance(err, (RangesIgnored, RemoteChanged)) and not f.finished.is_set():
                 self._turn_after(f, err)
             elif (
-                not isinstance(err, DownloadError)
+                not isinstance(err, (DownloadError, LockLost))
                 and not f.finished.is_set()
                 and f.lost[kind, index] < self.settings.task_retries
             ):
@@ -263,8 +277,13 @@ class Transfers:
         if kind == "probe":
             self._probed(f, result)
         elif kind == "range":
-            f.ledger.done.add(index)  # its bytes are fsynced: now it counts
-            f.ledger.save()
+            try:
+                f.lock.check()  # only the file's holder writes its ledger
+                f.ledger.done.add(index)  # its bytes are fsynced: now it counts
+                f.ledger.save()
+            except (LockLost, DiskFull) as err:  # taken over; a full quota at the ledger's fsync
+                self._fail(f, err)
+                return
             if f.state == "ranges" and f.after is None and not f.queue and f.running == 0:
                 f.state, f.submitted = "verify", False
         else:  # stream or verify: the file is verified, in place, with its marker
@@ -340,6 +359,12 @@ class Transfers:
         self._release(f)
         f.finished.set()
 
+    def _lost(self, f: _File) -> None:
+        """Another run took the file's lock over (this one was paused past the stale time): the
+        file fails here, and that run fetches it. Its tasks still running stop at their next
+        look at the lock (`_Guarded`), before they write much or rename anything."""
+        self._fail(f, f.lock.lost_error())
+
     def _fail(self, f: _File, err: BaseException) -> None:
         f.state, f.error = "failed", err
         f.queue.clear()
@@ -366,7 +391,7 @@ def _probe(url: str, s: DownloadSettings, report):
     return probe(url, retries=s.retries, backoff_s=s.backoff_s, timeout_s=s.timeout_s)
 
 
-def _stream(job: FileJob, s: DownloadSettings, report) -> Path:
+def _stream(job: FileJob, s: DownloadSettings, guard: LockGuard, report) -> Path:
     return download(
         job.url,
         job.dest,
@@ -374,12 +399,32 @@ def _stream(job: FileJob, s: DownloadSettings, report) -> Path:
         retries=s.retries,
         backoff_s=s.backoff_s,
         timeout_s=s.timeout_s,
-        bar=_ReportBar(report),
+        bar=_ReportBar(_Guarded(report, guard)),
+        commit_check=guard.check,
     )
 
 
-def _verify(job: FileJob, report) -> Path:
-    return finish(job.url, job.dest, job.checksum)
+def _range(job: RangeJob, guard: LockGuard, report) -> int:
+    return fetch_range(job, _Guarded(report, guard))
+
+
+def _verify(job: FileJob, guard: LockGuard, report) -> Path:
+    return finish(job.url, job.dest, job.checksum, commit_check=guard.check)
+
+
+class _Guarded:
+    """`report`, looking on the way (at most every GUARD_EVERY_S) whether this run still holds
+    the file's lock: a task of a run whose lock was taken over stops (`LockLost`), even one that
+    went on in a Ray actor while its driver was paused."""
+
+    def __init__(self, report: Callable[[int], None], guard: LockGuard):
+        self.report, self.guard, self.checked = report, guard, time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        if time.monotonic() - self.checked >= GUARD_EVERY_S:
+            self.guard.check()
+            self.checked = time.monotonic()
+        self.report(n)
 
 
 class _ReportBar:

@@ -1,39 +1,37 @@
 """Output lock: one `valle-prep run` at a time on an output folder, on one machine or many.
 
-In: the output folder. Out: while held, `OUT/.valle-prep.lock` is locked (flock, exclusive) and
-holds the holder's record: host, pid, start time and a heartbeat that a thread renews every
-HEARTBEAT_S seconds. When the run ends the file is emptied, not deleted (deleting it would let
-two runs lock two different files of the same name).
-
-Two guards, because flock is node-local on some cluster file systems (NFS mounted with
-`local_lock`, BeeGFS, Lustre with `localflock`): there, drivers on two hosts both get the flock.
-- flock: a second run on the same host stops at once with `OutputLocked` naming the holder. The
-  kernel drops the lock when its process ends, kill -9 included, so a killed run never blocks the
-  next one on its host.
-- the record, checked once the flock is ours: a record from another host whose heartbeat is
-  fresh (renewed within STALE_S) means that host's run holds the folder: refused, naming it. A
-  stale one is a run that died: taken over with a warning. `force=True` (`--force-unlock`) takes
-  over a fresh one too, for when you know that run is gone (its host's clock is wrong, say).
-Heartbeats compare wall clocks of different hosts: keep them in sync (NTP); STALE_S is generous.
-A file system that refuses locks (ENOLCK) is a clear error, or, with `force`, the record alone.
+In: the output folder. Out: while held, `OUT/.valle-prep.lock` is flocked and
+`OUT/.valle-prep.lock.json` names the run holding it (host, pid, start, a heartbeat renewed
+every HEARTBEAT_S seconds): storage.locks, the same lock each file of a download folder has.
+- A second run on the same host stops at once with `OutputLocked` naming the holder (flock,
+  dropped by the kernel when its process ends, kill -9 included).
+- Where flock is node-local (NFS with `local_lock`, BeeGFS, Lustre with `localflock`) the
+  record decides: a fresh heartbeat of another host refuses the run; one older than STALE_S is a
+  run that died, taken over with a warning; `force` (`--force-unlock`) takes over a fresh one
+  too, for when you know that run is gone. Two runs starting at once: one wins.
+- A file system that refuses locks (ENOLCK) is a clear error, or, with `force`, the record
+  alone decides (a record of this host then counts while its pid is alive).
+- A run that finds its record replaced (it was paused or cut off past STALE_S, and another run
+  took over) stops at once: the heartbeat thread interrupts the main thread, the block raises
+  `LockLost`, and the `guard` its units check before they commit (pipeline.encode.unit) fails
+  too, so it commits nothing more. `valle-prep run` exits 4 then.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
-import json
 import logging
-import os
-import socket
+import signal
 import threading
-import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from storage.locks import HEARTBEAT_S, STALE_S, LockBusy, LockLost, describe, take
+
 LOCK_NAME = ".valle-prep.lock"
-HEARTBEAT_S = 15.0
-STALE_S = 120.0  # a heartbeat older than this is a run that died
+
+__all__ = ["LOCK_NAME", "LockLost", "OutputLocked", "exclusive"]
 
 log = logging.getLogger(__name__)
 
@@ -43,97 +41,80 @@ class OutputLocked(RuntimeError):
 
 
 @contextmanager
-def exclusive(out: Path, force: bool = False, heartbeat_s: float = HEARTBEAT_S):
+def exclusive(
+    out: Path,
+    force: bool = False,
+    *,
+    heartbeat_s: float = HEARTBEAT_S,
+    stale_s: float = STALE_S,
+    host: str | None = None,
+):
+    """Hold `out` for the block; yields the `HeldLock` (`check()`, `guard` for the units)."""
     out.mkdir(parents=True, exist_ok=True)
-    path = out / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        _take_flock(fd, out, force)
-        _check_record(_record(fd), out, force)
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        stop = threading.Event()
-        _write(fd, me)
-        beat = threading.Thread(target=_beat, args=(fd, me, stop, heartbeat_s), name="out-lock-heartbeat", daemon=True)
-        beat.start()
-        try:
-            yield me
-        finally:
-            stop.set()
-            beat.join()
-            os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)  # releases the flock
-
-
-def _take_flock(fd: int, out: Path, force: bool) -> None:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held = take(
+            out / LOCK_NAME,
+            force=force,
+            require_flock=not force,
+            host=host,
+            heartbeat_s=heartbeat_s,
+            stale_s=stale_s,
+            on_lost=_interrupter(),
+        )
+    except LockBusy as busy:
+        raise OutputLocked(_refusal(out, busy, stale_s)) from None
     except OSError as err:
-        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise OutputLocked(
-                f"{out} is in use by another valle-prep run ({_describe(_record(fd))}); wait for "
-                f"it to finish or stop it, or write to another --out"
-            ) from None
         if err.errno != errno.ENOLCK:
             raise
-        if not force:
-            raise OutputLocked(
-                f"{out}: its file system refuses locks (ENOLCK: NFS mounted with nolock, or no lock "
-                "daemon), so two runs on this folder cannot be told apart. Mount it with locking, or pass "
-                "--force-unlock to rely on the heartbeat record alone"
-            ) from None
+        raise OutputLocked(
+            f"{out}: its file system refuses locks (ENOLCK: NFS mounted with nolock, or no lock daemon), so two "
+            "runs on this folder cannot be told apart. Mount it with locking, or pass --force-unlock to rely on "
+            "the heartbeat record alone"
+        ) from None
+    if not held.flocked:
         log.warning("%s: the file system refuses locks (ENOLCK); --force-unlock: going on with the record", out)
-
-
-def _check_record(holder: dict | None, out: Path, force: bool) -> None:
-    """Refuse a fresh heartbeat of another host; take over a stale one (or any, with force)."""
-    if not holder or holder.get("host") == socket.gethostname():
-        return  # free, or left on this host by a run the flock shows is gone
-    age = time.time() - float(holder.get("heartbeat", 0))
-    if age > STALE_S:
-        log.warning(
-            "%s: taking over from a run that stopped renewing its heartbeat %.0f s ago (%s)",
-            out,
-            age,
-            _describe(holder),
-        )
-        return
-    if force:
-        log.warning(
-            "%s: --force-unlock: taking over from %s, whose heartbeat is %.0f s old", out, _describe(holder), age
-        )
-        return
-    raise OutputLocked(
-        f"{out} is in use by a valle-prep run on another host ({_describe(holder)}, heartbeat {age:.0f} s ago; "
-        f"this file system's locks do not reach across hosts). Wait for it to finish, or, if that run is gone, "
-        f"wait {STALE_S:.0f} s for its heartbeat to go stale or pass --force-unlock"
-    )
-
-
-def _beat(fd: int, me: dict, stop: threading.Event, every_s: float) -> None:
-    while not stop.wait(every_s):
-        try:
-            _write(fd, me)
-        except OSError as err:  # a full or unreachable disk: the run's own writes will say so
-            log.warning("output lock: cannot renew the heartbeat: %s", err)
-
-
-def _write(fd: int, me: dict) -> None:
-    data = (json.dumps({**me, "heartbeat": time.time()}) + "\n").encode()
-    os.pwrite(fd, data, 0)
-    os.ftruncate(fd, len(data))
-
-
-def _record(fd: int) -> dict | None:
     try:
-        record = json.loads(os.pread(fd, 4096, 0) or b"null")
-    except ValueError:
+        yield held
+    except KeyboardInterrupt:
+        if not held.lost.is_set():
+            raise
+        raise held.lost_error() from None  # the heartbeat thread's interrupt
+    finally:
+        held.release()
+
+
+def _interrupter() -> Callable[[], None] | None:
+    """How the heartbeat thread stops a run whose lock was taken over: SIGINT to the main thread
+    (it wakes from any blocking wait, unlike a flag), turned into `LockLost` by `exclusive`.
+    None where the lock is not taken in the main thread, or SIGINT is not Python's own: the
+    checks before each commit stop the run there."""
+    if threading.current_thread() is not threading.main_thread():
         return None
-    return record if isinstance(record, dict) else None
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return None
+    main = threading.main_thread().ident
+    return lambda: signal.pthread_kill(main, signal.SIGINT)
 
 
-def _describe(holder: dict | None) -> str:
-    try:
-        return f"host {holder['host']}, pid {holder['pid']}, started {holder['started']}"
-    except (KeyError, TypeError):
-        return "holder unknown: it is starting"
+def _refusal(out: Path, busy: LockBusy, stale_s: float) -> str:
+    holder = describe(busy.holder)
+    if busy.reason == "flock":
+        return (
+            f"{out} is in use by another valle-prep run ({holder}); wait for it to finish or stop it, or write "
+            "to another --out"
+        )
+    if busy.reason == "alive":
+        return (
+            f"{out} is in use by a valle-prep run on this host ({holder}: that process is alive; this file system "
+            f"refuses locks, so its record says so). Wait for it to finish or stop it, or write to another --out"
+        )
+    if busy.reason == "claimed":
+        return (
+            f"{out}: another valle-prep run is taking it over at this moment ({holder}); let that one run, or "
+            "write to another --out"
+        )
+    return (
+        f"{out} is in use by a valle-prep run on another host ({holder}, heartbeat {busy.age_s:.0f} s ago; "
+        f"this file system's locks do not reach across hosts). Wait for it to finish, or, if that run is gone, "
+        f"wait {stale_s:.0f} s for its heartbeat to go stale or pass --force-unlock"
+    )
