@@ -73,7 +73,7 @@ class TrainingData:
         self, cfg: TrainConfig, epoch: int, world: int, workers: int, multiple_of: int, replanned: dict | None = None
     ) -> EpochPlan:
         """The epoch's plan for this layout; an epoch begun on another layout (`replanned`) plans
-        only the samples that layout has not consumed."""
+        only the samples that layout has not consumed (spread over the ranks when they are few)."""
         keep = self.keep
         if replanned:
             keep = keep.copy()
@@ -86,7 +86,8 @@ class TrainingData:
             cfg.run.seed,
             multiple_of,
         )
-        return plan_epoch(self.cost, keep, self.samples.offsets, epoch, world, max(1, workers), batching)
+        workers = max(1, workers)
+        return plan_epoch(self.cost, keep, self.samples.offsets, epoch, world, workers, batching, bool(replanned))
 
     def consumed(self, cfg: TrainConfig, epoch: int, multiple_of: int, replanned: dict) -> np.ndarray:
         """The samples an earlier layout delivered in this epoch (and those before it, recursively)."""
@@ -105,7 +106,7 @@ class TrainingData:
         epoch = states[0].epoch
         replanned = {**saved["layout"], "delivered": [s.delivered for s in states], "replanned": states[0].replanned}
         left = int(self.keep.sum()) - len(np.unique(self.consumed(cfg, epoch, cfg.optim.accumulate, replanned)))
-        if left < layout["world"]:
+        if not left:
             return LoaderState(epoch + 1, [0] * layout["workers"])
         return LoaderState(epoch, [0] * layout["workers"], replanned)
 
@@ -148,6 +149,8 @@ class LossModule(torch.nn.Module):
         self.model, self.takes_generator = model, takes_generator
 
     def forward(self, batch: dict, generator: torch.Generator):
+        if not batch["ids"]:  # an empty batch (trainer.batching.spread_plan): a loss of zero that every
+            return sum(p.sum() for p in self.parameters()) * 0.0, None  # parameter is in, as DDP wants
         if self.takes_generator:  # NAR: the prompt split and the codebook drawn per utterance
             return self.model.loss(batch, generator)
         return self.model.loss(batch)
@@ -207,19 +210,24 @@ def optimizer_steps(loader, accumulate: int):
         )
 
 
-def accumulate_gradients(wrapped, group: list[dict], run: Run, generator, window: Window, model) -> None:
+def accumulate_gradients(
+    wrapped, group: list[dict], run: Run, generator, window: Window, model, weight: float = 1.0
+) -> None:
     """Forward and backward over one step's micro-batches; under DDP the gradients are averaged
-    over ranks once, on the last micro-batch (no_sync() on the others)."""
+    over ranks once, on the last micro-batch (no_sync() on the others). `weight` scales the
+    losses: world x accumulate over the step's micro-batches that hold samples, so a step with
+    empty ones (the end of a spread plan) averages over the others."""
     for i, batch in enumerate(group):
         last = i == len(group) - 1
         sync = contextlib.nullcontext() if last or not hasattr(wrapped, "no_sync") else wrapped.no_sync()
-        positions = float(model.positions(batch["text_lens"], batch["code_lens"]).sum())
-        flops = model.train_flops(batch["text_lens"], batch["code_lens"])  # from the CPU lengths
         with sync:
             with autocast(run):
                 loss, stats = wrapped(to_device(batch, run.device), generator)
-            (loss / len(group)).backward()
-        window.add(loss, stats, batch, positions, flops)
+            (loss / len(group) * weight).backward()
+        if batch["ids"]:
+            positions = float(model.positions(batch["text_lens"], batch["code_lens"]).sum())
+            flops = model.train_flops(batch["text_lens"], batch["code_lens"])  # from the CPU lengths
+            window.add(loss, stats, batch, positions, flops)
 
 
 def train(cfg: TrainConfig, data: list[str], *, resume: bool = False, allow_random_codec: bool = False) -> dict:
@@ -289,13 +297,7 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
         else:
             state = training.resume_elsewhere(cfg, saved, layout)
             if run.main:
-                print(
-                    f"valle-train: {path} was saved by {saved['layout']['world']} process(es) x "
-                    f"{saved['layout']['workers']} loader worker(s), this run has {layout['world']} x "
-                    f"{layout['workers']}: epoch {state.epoch} goes on with the samples it has not consumed, "
-                    "re-planned (a resume is bit-exact only on the layout it was saved on)",
-                    flush=True,
-                )
+                print(f"valle-train: {resumed_elsewhere(path, saved, layout, state)}", flush=True)
         if run.rank < len(saved["rng"]):  # a rank the saved layout did not have starts from its seed
             checkpoint.set_rng_state(saved["rng"][run.rank], generator)
 
@@ -322,18 +324,25 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
                         if state.replanned
                         else {}
                     ),
+                    **({"plan_spread": True} if plan.spread else {}),
                     **{f"plan_{k}": v for k, v in training.stats(plan, run.rank).items()},
                 },
                 log,
                 None,
                 quiet=not first_plan,
             )
+            if plan.spread:
+                print(f"valle-train: {spread_note(plan)}", flush=True)
             first_plan = False
         loader = training.loader(
             plan, run.rank, cfg.data.workers, state.delivered, pin_memory=run.device.type == "cuda"
         )
+        filled = plan.filled_per_step(cfg.optim.accumulate)  # None: no empty batch
         for group in agreed_steps(optimizer_steps(loader, cfg.optim.accumulate), run, out, step):
-            accumulate_gradients(wrapped, group, run, generator, window, model)
+            weight = 1.0
+            if filled is not None:
+                weight = run.world * cfg.optim.accumulate / filled[sum(state.delivered) // cfg.optim.accumulate]
+            accumulate_gradients(wrapped, group, run, generator, window, model, weight)
             for batch in group:
                 state.delivered[batch["worker"]] += 1
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_norm)
@@ -368,6 +377,33 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
     if writer:
         writer.close()
     return last
+
+
+def resumed_elsewhere(path: Path, saved: dict, layout: dict, state: LoaderState) -> str:
+    """What a resume on another layout does with the checkpoint's epoch, in words."""
+    was, now = saved["layout"], layout
+    said = (
+        f"{path} was saved by {was['world']} process(es) x {was['workers']} loader worker(s), "
+        f"this run has {now['world']} x {now['workers']}: "
+    )
+    if state.replanned is None:
+        return said + f"epoch {state.epoch - 1} had delivered every sample, epoch {state.epoch} begins"
+    return said + (
+        f"epoch {state.epoch} goes on with the samples it has not consumed, re-planned (a resume is "
+        "bit-exact only on the layout it was saved on)"
+    )
+
+
+def spread_note(plan: EpochPlan) -> str:
+    """What a spread plan (trainer.batching.spread_plan) does, in words."""
+    samples = sum(len(w.samples) for plans in plan.ranks for w in plans)
+    empty = sum(int((np.diff(w.bounds) == 0).sum()) for plans in plan.ranks for w in plans)
+    return (
+        f"epoch {plan.epoch}: its {samples} samples left are too few to plan shard by shard on "
+        f"{len(plan.ranks)} process(es); they are dealt out batch by batch, {plan.batches_per_rank} per "
+        f"process, each in exactly one"
+        + (f", and {empty} batches are empty (a zero loss; their steps average the others)" if empty else "")
+    )
 
 
 def watcher(cfg: TrainConfig, corpus: Corpus, run: Run):
