@@ -1,9 +1,10 @@
 """Elastic resume: an epoch stopped on one layout (ranks x loader workers) and resumed on others,
 at any step, growth near the epoch's end and several changes in one epoch included: every kept
-sample is delivered exactly once and every rank takes as many optimizer steps. The plans and
-resumes are the trainer's own (TrainingData.plan / resume_elsewhere, LoaderState as checkpoints
-save it); delivery follows trainer.loader.PlanOrder; the loader reads empty batches through real
-shards; and one resume onto two processes near the epoch's end runs under torchrun."""
+sample is delivered exactly once, every rank takes as many optimizer steps, and re-planning
+costs one plan per layout change. The plans and resumes are the trainer's own
+(TrainingData.plan / resume_elsewhere, LoaderState as checkpoints save it); delivery follows
+trainer.loader.PlanOrder; the loader reads empty batches through real shards; and one resume
+onto two processes near the epoch's end runs under torchrun."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+import trainer.train as train_module
 from sample.corpora import Cut, speaker_blocks, write_corpus
 from schemas.reading import read_shard
 from tests.conftest import REPO
@@ -41,7 +43,7 @@ def lengths_only(sizes: list[int], seed: int) -> TrainingData:
     data.samples = SimpleNamespace(offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
     data.cost = rng.integers(20, 200, int(sum(sizes))).astype(np.int64)
     data.keep = np.arange(int(sum(sizes))) % 11 != 5
-    data.too_long = int((~data.keep).sum())
+    data.too_long, data._unconsumed = int((~data.keep).sum()), None
     return data
 
 
@@ -116,6 +118,27 @@ def test_any_layout_change_at_any_step_delivers_every_sample_once(sizes, seed, a
     check_steps(plan, accumulate)
     seen += deliver(plan, plan.batches_per_rank // accumulate, accumulate)[1]
     assert sorted(seen) == np.flatnonzero(data.keep).tolist()  # every kept sample, none twice
+
+
+def test_a_layout_change_costs_one_plan(monkeypatch):
+    """Seven layout changes in one epoch: the seventh resume (resume_elsewhere, then plan) plans
+    each earlier layout once and its own: 8 plans, as many as the layouts."""
+    calls = []
+    real = train_module.plan_epoch
+    monkeypatch.setattr(train_module, "plan_epoch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg, sizes = config(1, max_frames=200), [30] * 40
+    layouts = [(1, 1), (2, 2), (4, 1), (1, 2), (3, 2), (2, 1), (3, 3), (5, 2)]
+    plan = lengths_only(sizes, 0).plan(cfg, 0, *layouts[0], 1)
+    state, counts = LoaderState(0, [0]), []
+    for old, new in zip(layouts, layouts[1:]):
+        delivered, _ = deliver(plan, plan.batches_per_rank // 8, 1)
+        saved = {"loader": [LoaderState(0, d, state.replanned).to_dict() for d in delivered]}
+        saved["layout"] = {"world": old[0], "workers": old[1]}
+        data, calls[:] = lengths_only(sizes, 0), []
+        state = data.resume_elsewhere(cfg, saved, {"world": new[0], "workers": new[1]})
+        plan = data.plan(cfg, 0, *new, 1, state.replanned)
+        counts.append(len(calls))
+    assert state.epoch == 0 and counts == [2, 3, 4, 5, 6, 7, 8]
 
 
 @pytest.fixture(scope="module")
@@ -213,4 +236,4 @@ def test_a_resume_on_two_processes_at_the_epochs_last_step(corpus, tmp_path):
     states = [LoaderState.from_dict(s) for s in last["loader"]]
     assert last["world"] == 2 and states[0].epoch == 0
     chain = {**last["layout"], "delivered": [s.delivered for s in states], "replanned": states[0].replanned}
-    assert len(np.unique(data.consumed(cfg, 0, 2, chain))) == data.keep.sum()  # every kept sample delivered
+    assert not data.unconsumed(cfg, 0, 2, chain).any()  # every kept sample delivered, none twice (above)

@@ -68,36 +68,45 @@ class TrainingData:
         self.cost = model.positions(text, frames)
         self.keep = np.asarray(model.cfg.fits(text, frames))
         self.too_long = int((~self.keep).sum())
+        self._unconsumed = None  # (key, mask): see unconsumed()
 
     def plan(
         self, cfg: TrainConfig, epoch: int, world: int, workers: int, multiple_of: int, replanned: dict | None = None
     ) -> EpochPlan:
         """The epoch's plan for this layout; an epoch begun on another layout (`replanned`) plans
         only the samples that layout has not consumed (spread over the ranks when they are few)."""
-        keep = self.keep
-        if replanned:
-            keep = keep.copy()
-            keep[self.consumed(cfg, epoch, multiple_of, replanned)] = False
-        batching = BatchingConfig(
-            cfg.data.max_frames,
-            cfg.data.buckets,
-            cfg.data.shuffle_buffer,
-            cfg.data.interleave,
-            cfg.run.seed,
-            multiple_of,
-        )
+        keep = self.unconsumed(cfg, epoch, multiple_of, replanned) if replanned else self.keep
+        batching = self.batching(cfg, multiple_of)
         workers = max(1, workers)
         return plan_epoch(self.cost, keep, self.samples.offsets, epoch, world, workers, batching, bool(replanned))
 
-    def consumed(self, cfg: TrainConfig, epoch: int, multiple_of: int, replanned: dict) -> np.ndarray:
-        """The samples an earlier layout delivered in this epoch (and those before it, recursively)."""
-        before = self.plan(
-            cfg, epoch, replanned["world"], replanned["workers"], multiple_of, replanned.get("replanned")
+    def batching(self, cfg: TrainConfig, multiple_of: int) -> BatchingConfig:
+        data = cfg.data
+        return BatchingConfig(
+            data.max_frames, data.buckets, data.shuffle_buffer, data.interleave, cfg.run.seed, multiple_of
         )
-        ids = consumed_samples(before, replanned["delivered"])
-        if replanned.get("replanned"):
-            ids = np.concatenate([ids, self.consumed(cfg, epoch, multiple_of, replanned["replanned"])])
-        return ids
+
+    def unconsumed(self, cfg: TrainConfig, epoch: int, multiple_of: int, replanned: dict) -> np.ndarray:
+        """The kept samples of the epoch that the layouts it ran on before (`replanned`, newest
+        first, each naming the one before it) have not delivered. Each layout's plan is computed
+        once, oldest first (it planned what the ones before it had left), so n layout changes in
+        an epoch cost n plans; the answer for the last chain asked is kept (resume_elsewhere asks,
+        then plan)."""
+        chain = []
+        while replanned:
+            chain.append(replanned)
+            replanned = replanned.get("replanned")
+        key = (self.batching(cfg, multiple_of), epoch, json.dumps(chain[0], sort_keys=True))
+        if self._unconsumed is not None and self._unconsumed[0] == key:
+            return self._unconsumed[1]
+        keep = self.keep.copy()
+        for depth, layout in enumerate(reversed(chain)):
+            before = plan_epoch(
+                self.cost, keep, self.samples.offsets, epoch, layout["world"], layout["workers"], key[0], depth > 0
+            )
+            keep[consumed_samples(before, layout["delivered"])] = False
+        self._unconsumed = (key, keep)
+        return keep
 
     def resume_elsewhere(self, cfg: TrainConfig, saved: dict, layout: dict) -> LoaderState:
         """Where a checkpoint saved on another layout goes on: its epoch, re-planned over the samples
@@ -105,8 +114,7 @@ class TrainingData:
         states = [LoaderState.from_dict(s) for s in saved["loader"]]
         epoch = states[0].epoch
         replanned = {**saved["layout"], "delivered": [s.delivered for s in states], "replanned": states[0].replanned}
-        left = int(self.keep.sum()) - len(np.unique(self.consumed(cfg, epoch, cfg.optim.accumulate, replanned)))
-        if not left:
+        if not self.unconsumed(cfg, epoch, cfg.optim.accumulate, replanned).any():
             return LoaderState(epoch + 1, [0] * layout["workers"])
         return LoaderState(epoch, [0] * layout["workers"], replanned)
 
