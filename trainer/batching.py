@@ -19,6 +19,12 @@ arrays (12 M samples plan in 2-5 s and 0.25 GB, bench/bench_planner.py):
   rank has the same count, a multiple of `multiple_of` (the gradient accumulation: an optimizer
   step never spans epochs), and a rank's workers as many as each other, so every sample is still
   in exactly one batch and no worker idles;
+- the rest of an epoch resumed on another layout (`remnant`: the samples that layout has not
+  consumed) may sit in a few shards, too few samples on some ranks for those counts. Then it is
+  planned as by one reader and its batches are dealt out in turn, a block to each rank, split
+  down to one sample each; when even that leaves fewer batches than world x `multiple_of` per
+  step, the last ones are empty (no samples): every rank still takes as many steps, and every
+  sample is in exactly one batch (`spread_plan`);
 - the loader delivers a rank's batches in one order, round-robin over its workers by batch
   index (trainer.loader), which a resumed run continues from any point.
 Because the plan is a deterministic function of the lengths and these settings, a worker reading
@@ -62,20 +68,45 @@ class WorkerPlan:
 class EpochPlan:
     epoch: int
     ranks: list[list[WorkerPlan]]  # [rank][worker]
+    spread: bool = False  # a remnant dealt out batch by batch (spread_plan), not shard by shard
 
     @property
     def batches_per_rank(self) -> int:
         return sum(w.batches for w in self.ranks[0])
 
+    def filled_per_step(self, multiple_of: int) -> np.ndarray | None:
+        """For each optimizer step of `multiple_of` batches per rank: how many of the world x
+        `multiple_of` batches hold samples; None when every batch does (only a spread plan has
+        empty ones). A rank takes its batches round-robin over its workers by batch index, as
+        trainer.loader.PlanOrder delivers them."""
+        if all(np.diff(w.bounds).all() for plans in self.ranks for w in plans):
+            return None
+        filled = np.zeros(self.batches_per_rank // multiple_of, np.int64)
+        for plans in self.ranks:
+            index = np.concatenate([np.arange(w.batches) for w in plans])
+            worker = np.concatenate([np.full(w.batches, k) for k, w in enumerate(plans)])
+            full = np.concatenate([np.diff(w.bounds) > 0 for w in plans])
+            filled += full[np.lexsort((worker, index))].reshape(-1, multiple_of).sum(axis=1)
+        return filled
+
 
 def plan_epoch(
-    cost: np.ndarray, keep: np.ndarray, offsets: np.ndarray, epoch: int, world: int, workers: int, cfg: BatchingConfig
+    cost: np.ndarray,
+    keep: np.ndarray,
+    offsets: np.ndarray,
+    epoch: int,
+    world: int,
+    workers: int,
+    cfg: BatchingConfig,
+    remnant: bool = False,
 ) -> EpochPlan:
-    """cost, keep: per sample (flat, shard after shard); offsets: (n_shards + 1,) sample offsets."""
+    """cost, keep: per sample (flat, shard after shard); offsets: (n_shards + 1,) sample offsets.
+    remnant: `keep` holds what an epoch begun on another layout has not consumed; when it is too
+    few for a shard-balanced plan on this layout, it is spread (spread_plan) instead of refused."""
     if world < 1 or workers < 1:
         raise ValueError(f"world {world} and workers {workers} must be >= 1 (0 DataLoader workers read with one plan)")
     kept = int(keep.sum())
-    if kept < world:
+    if kept < world and not remnant:
         raise ValueError(f"{kept} samples cannot feed {world} ranks")
     cost = np.asarray(cost, dtype=np.int64)
     rng = np.random.default_rng([cfg.seed, epoch])
@@ -91,8 +122,72 @@ def plan_epoch(
             worker_rng = np.random.default_rng([cfg.seed, epoch, rank, worker])
             plans.append(_worker_plan(shards, cost, keep, offsets, edges, cfg, worker_rng))
         ranks.append(plans)
-    _equalize(ranks, cfg.multiple_of)
+    target = _target(ranks, cfg.multiple_of)
+    short = [r for r, plans in enumerate(ranks) if sum(len(w.samples) for w in plans) < target]
+    if short and remnant:
+        return spread_plan(order, cost, keep, offsets, edges, epoch, world, workers, cfg)
+    if short:
+        raise ValueError(
+            f"rank {short[0]} has too few samples for {target} batches; use fewer ranks, "
+            "smaller shards (output.target_shard_mb) or a smaller frame budget"
+        )
+    for plans in ranks:
+        _split(plans, target - sum(w.batches for w in plans))
     return EpochPlan(epoch, ranks)
+
+
+def spread_plan(
+    order, cost, keep, offsets, edges, epoch: int, world: int, workers: int, cfg: BatchingConfig
+) -> EpochPlan:
+    """The kept samples planned as by one reader (shards in `order`), split into the fewest
+    batches that are a multiple of world x multiple_of, down to one sample each; the batches
+    still missing are empty, fewer than one step's worth, and go to the ranks evenly (the last
+    ranks take one more). Rank r takes the next block of the real batches in delivery order (so
+    it reads few shards), then its empty ones; its workers take these in turn."""
+    rng = np.random.default_rng([cfg.seed, epoch, world, workers])  # no (rank, worker) of plan_epoch's
+    pool = _worker_plan(order, cost, keep, offsets, edges, cfg, rng)
+    per_step = world * cfg.multiple_of
+    total = -(-pool.batches // per_step) * per_step
+    _split([pool], min(total, len(pool.samples)) - pool.batches)
+    real, block = pool.batches, total // world
+    sizes = np.concatenate([np.diff(pool.bounds), np.zeros(total - real, np.int64)])  # empty ones last
+    starts = np.concatenate([pool.bounds[:-1], np.full(total - real, len(pool.samples))])
+    empty = [(total - real) // world + (r >= world - (total - real) % world) for r in range(world)]
+    first_real = np.cumsum([0] + [block - e for e in empty])
+    first_empty = real + np.cumsum([0] + empty)
+    ranks = []
+    for rank in range(world):
+        mine = np.r_[first_real[rank] : first_real[rank + 1], first_empty[rank] : first_empty[rank + 1]]
+        dealt = (mine[w::workers] for w in range(workers))
+        ranks.append([_dealt_plan(pool.samples, starts[b], sizes[b], order, offsets, cfg) for b in dealt])
+    return EpochPlan(epoch, ranks, spread=True)
+
+
+def _dealt_plan(samples, starts, sizes, order, offsets, cfg: BatchingConfig) -> WorkerPlan:
+    """A worker's plan for the batches samples[starts[i]:starts[i] + sizes[i]]: it reads their
+    shards (in the epoch's order, `interleave` at once) and delivers each batch when its last
+    sample is read; empty batches come last."""
+    members = samples[_ranges(starts, sizes)]
+    first = np.cumsum(sizes) - sizes  # of each batch, in members
+    stream, shard_of = read_order(order[np.isin(order, _shard_of(members, offsets))], offsets, cfg.interleave)
+    by_id = np.argsort(stream)
+    read_at = by_id[np.searchsorted(stream, members, sorter=by_id)]  # each member's read index
+    done = np.full(len(sizes), len(stream), np.int64)  # empty batches: after every read
+    filled = sizes > 0
+    if filled.any():
+        done[filled] = np.maximum.reduceat(read_at, first[filled])
+    batches = np.argsort(done, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(sizes[batches])]).astype(np.int64)
+    return WorkerPlan(shard_of.astype(np.int32), members[_ranges(first[batches], sizes[batches])], bounds)
+
+
+def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The indices starts[0] .. starts[0] + sizes[0] - 1, then those of the next range, ..."""
+    return np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()), dtype=np.int64)
+
+
+def _shard_of(samples: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    return np.searchsorted(offsets, samples, side="right") - 1
 
 
 def bucket_edges(costs: np.ndarray, buckets: int) -> np.ndarray:
@@ -193,39 +288,37 @@ def _window_max(values: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def _equalize(ranks: list[list[WorkerPlan]], multiple_of: int) -> None:
-    """Split batches until every rank has the same number, a multiple of `multiple_of`, and the
-    workers of a rank as many as each other (or as many as they have samples): each split takes
-    the largest batch of the rank's worker with the fewest batches that can still be split, so no
-    worker idles while another works. A batch of k samples splits into k // 2 and k - k // 2."""
+def _target(ranks: list[list[WorkerPlan]], multiple_of: int) -> int:
+    """The batches every rank must have: the most any rank has once its workers have as many as
+    the worker with the most (or one per sample when they have fewer samples), rounded up to a
+    multiple of `multiple_of`. A rank reaches it only with at least that many samples."""
     most = max(w.batches for plans in ranks for w in plans)
     wanted = max(sum(min(most, len(w.samples)) for w in plans) for plans in ranks)  # a batch holds a sample
-    target = -(-wanted // multiple_of) * multiple_of
-    for rank, plans in enumerate(ranks):
-        deficit = target - sum(w.batches for w in plans)
-        if not deficit:
-            continue
-        heaps = [[(-int(n), int(a)) for n, a in zip(np.diff(p.bounds).tolist(), p.bounds[:-1].tolist())] for p in plans]
-        for heap in heaps:
-            heapq.heapify(heap)
-        counts, cuts = [p.batches for p in plans], [[] for _ in plans]
-        for _ in range(deficit):
-            splittable = [w for w, heap in enumerate(heaps) if heap and -heap[0][0] >= 2]
-            if not splittable:
-                raise ValueError(
-                    f"rank {rank} has too few samples for {target} batches; use fewer ranks, "
-                    "smaller shards (output.target_shard_mb) or a smaller frame budget"
-                )
-            w = min(splittable, key=lambda k: (counts[k], k))
-            size, start = heapq.heappop(heaps[w])
-            size = -size
-            cuts[w].append(start + size // 2)
-            heapq.heappush(heaps[w], (-(size // 2), start))
-            heapq.heappush(heaps[w], (-(size - size // 2), start + size // 2))
-            counts[w] += 1
-        for w, p in enumerate(plans):
-            if cuts[w]:
-                p.bounds = np.sort(np.concatenate([p.bounds, np.array(cuts[w], np.int64)]))
+    return -(-wanted // multiple_of) * multiple_of
+
+
+def _split(plans: list[WorkerPlan], deficit: int) -> None:
+    """Split `deficit` batches of one rank's workers (its samples must allow it): each split takes
+    the largest batch of the worker with the fewest batches that can still be split, so no worker
+    idles while another works. A batch of k samples splits into k // 2 and k - k // 2."""
+    if deficit <= 0:
+        return
+    heaps = [[(-int(n), int(a)) for n, a in zip(np.diff(p.bounds).tolist(), p.bounds[:-1].tolist())] for p in plans]
+    for heap in heaps:
+        heapq.heapify(heap)
+    counts, cuts = [p.batches for p in plans], [[] for _ in plans]
+    for _ in range(deficit):
+        splittable = [w for w, heap in enumerate(heaps) if heap and -heap[0][0] >= 2]
+        w = min(splittable, key=lambda k: (counts[k], k))
+        size, start = heapq.heappop(heaps[w])
+        size = -size
+        cuts[w].append(start + size // 2)
+        heapq.heappush(heaps[w], (-(size // 2), start))
+        heapq.heappush(heaps[w], (-(size - size // 2), start + size // 2))
+        counts[w] += 1
+    for w, p in enumerate(plans):
+        if cuts[w]:
+            p.bounds = np.sort(np.concatenate([p.bounds, np.array(cuts[w], np.int64)]))
 
 
 def consumed_samples(plan: EpochPlan, delivered: list[list[int]]) -> np.ndarray:
@@ -238,11 +331,15 @@ def consumed_samples(plan: EpochPlan, delivered: list[list[int]]) -> np.ndarray:
 def plan_stats(
     workers: list[WorkerPlan], cost: np.ndarray, speakers: np.ndarray | None, books: np.ndarray | None
 ) -> dict:
-    """One rank's plan at a glance: batches, padding (share of count x longest that is padding),
-    mean distinct speakers and books per batch (when the corpus names them)."""
+    """One rank's plan at a glance: batches (and how many are empty, if any), padding (share of
+    count x longest that is padding), mean distinct speakers and books per batch (when the corpus
+    names them), over the batches that hold samples."""
     sizes = np.concatenate([np.diff(w.bounds) for w in workers]) if workers else np.zeros(0, np.int64)
     members = np.concatenate([w.samples for w in workers]) if workers else np.zeros(0, np.int64)
     stats = {"batches": int(len(sizes)), "samples": int(len(members))}
+    if not sizes.all():
+        stats["empty_batches"] = int((sizes == 0).sum())  # a spread plan's (spread_plan)
+        sizes = sizes[sizes > 0]
     if not len(sizes):
         return stats
     starts = np.cumsum(sizes) - sizes

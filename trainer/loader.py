@@ -5,7 +5,8 @@ In: the samples' shards and offsets (trainer.corpus), this rank's worker plans
 the models' batch format:
   text (B, S) long (pad 0), text_lens (B,), codes (B, K, T) long (pad 0), code_lens (B,),
   ids (list of cut ids), speakers (distinct speakers in the batch), worker, index (this batch's
-  position in its worker's plan), padding.
+  position in its worker's plan), padding. An empty batch (the end of an epoch spread over more
+  ranks than its samples fill, trainer.batching.spread_plan) has ids [] and no tensors.
 A worker keeps its plan's `interleave` shard streams open at once and pulls samples in the
 planned read order; a sample no remaining batch needs is skipped undecoded, and a shard with
 none is never opened. The resume state is a handful of integers (epoch, batches delivered per
@@ -70,6 +71,14 @@ def replay(samples: Samples, plan: WorkerPlan, skip: int, worker: int = 0):
         wanted[s] = np.sort(needed[shard_of == s] - offsets[s])
     streams, read, loaded = {}, {}, {}
     next_batch = skip
+
+    def complete():  # the batches, in order, whose samples are all read (an empty one at once)
+        nonlocal next_batch
+        while next_batch < plan.batches and not missing[next_batch]:
+            yield collate([loaded.pop(i) for i in plan.batch(next_batch).tolist()], worker, next_batch)
+            next_batch += 1
+
+    yield from complete()
     for s in plan.reads.tolist():
         if s not in wanted:
             continue  # nothing in this shard is needed any more: never opened
@@ -90,9 +99,7 @@ def replay(samples: Samples, plan: WorkerPlan, skip: int, worker: int = 0):
             streams.pop(s).close()
         loaded[sample] = (meta, codes)
         missing[batch_of[sample]] -= 1
-        while next_batch < plan.batches and not missing[next_batch]:
-            yield collate([loaded.pop(i) for i in plan.batch(next_batch).tolist()], worker, next_batch)
-            next_batch += 1
+        yield from complete()
     if next_batch != plan.batches:
         raise RuntimeError(
             f"worker {worker}: shards ended before batch {next_batch} of {plan.batches} "
@@ -101,6 +108,8 @@ def replay(samples: Samples, plan: WorkerPlan, skip: int, worker: int = 0):
 
 
 def collate(samples: list[tuple[dict, np.ndarray]], worker: int, index: int) -> dict:
+    if not samples:  # an empty batch of a spread plan (trainer.batching.spread_plan): no tensors
+        return {"ids": [], "speakers": 0, "worker": worker, "index": index, "padding": 0.0}
     texts = [m["text_tokens"] for m, _ in samples]
     codes = [c for _, c in samples]
     b, k = len(samples), codes[0].shape[0]

@@ -68,35 +68,45 @@ class TrainingData:
         self.cost = model.positions(text, frames)
         self.keep = np.asarray(model.cfg.fits(text, frames))
         self.too_long = int((~self.keep).sum())
+        self._unconsumed = None  # (key, mask): see unconsumed()
 
     def plan(
         self, cfg: TrainConfig, epoch: int, world: int, workers: int, multiple_of: int, replanned: dict | None = None
     ) -> EpochPlan:
         """The epoch's plan for this layout; an epoch begun on another layout (`replanned`) plans
-        only the samples that layout has not consumed."""
-        keep = self.keep
-        if replanned:
-            keep = keep.copy()
-            keep[self.consumed(cfg, epoch, multiple_of, replanned)] = False
-        batching = BatchingConfig(
-            cfg.data.max_frames,
-            cfg.data.buckets,
-            cfg.data.shuffle_buffer,
-            cfg.data.interleave,
-            cfg.run.seed,
-            multiple_of,
-        )
-        return plan_epoch(self.cost, keep, self.samples.offsets, epoch, world, max(1, workers), batching)
+        only the samples that layout has not consumed (spread over the ranks when they are few)."""
+        keep = self.unconsumed(cfg, epoch, multiple_of, replanned) if replanned else self.keep
+        batching = self.batching(cfg, multiple_of)
+        workers = max(1, workers)
+        return plan_epoch(self.cost, keep, self.samples.offsets, epoch, world, workers, batching, bool(replanned))
 
-    def consumed(self, cfg: TrainConfig, epoch: int, multiple_of: int, replanned: dict) -> np.ndarray:
-        """The samples an earlier layout delivered in this epoch (and those before it, recursively)."""
-        before = self.plan(
-            cfg, epoch, replanned["world"], replanned["workers"], multiple_of, replanned.get("replanned")
+    def batching(self, cfg: TrainConfig, multiple_of: int) -> BatchingConfig:
+        data = cfg.data
+        return BatchingConfig(
+            data.max_frames, data.buckets, data.shuffle_buffer, data.interleave, cfg.run.seed, multiple_of
         )
-        ids = consumed_samples(before, replanned["delivered"])
-        if replanned.get("replanned"):
-            ids = np.concatenate([ids, self.consumed(cfg, epoch, multiple_of, replanned["replanned"])])
-        return ids
+
+    def unconsumed(self, cfg: TrainConfig, epoch: int, multiple_of: int, replanned: dict) -> np.ndarray:
+        """The kept samples of the epoch that the layouts it ran on before (`replanned`, newest
+        first, each naming the one before it) have not delivered. Each layout's plan is computed
+        once, oldest first (it planned what the ones before it had left), so n layout changes in
+        an epoch cost n plans; the answer for the last chain asked is kept (resume_elsewhere asks,
+        then plan)."""
+        chain = []
+        while replanned:
+            chain.append(replanned)
+            replanned = replanned.get("replanned")
+        key = (self.batching(cfg, multiple_of), epoch, json.dumps(chain[0], sort_keys=True))
+        if self._unconsumed is not None and self._unconsumed[0] == key:
+            return self._unconsumed[1]
+        keep = self.keep.copy()
+        for depth, layout in enumerate(reversed(chain)):
+            before = plan_epoch(
+                self.cost, keep, self.samples.offsets, epoch, layout["world"], layout["workers"], key[0], depth > 0
+            )
+            keep[consumed_samples(before, layout["delivered"])] = False
+        self._unconsumed = (key, keep)
+        return keep
 
     def resume_elsewhere(self, cfg: TrainConfig, saved: dict, layout: dict) -> LoaderState:
         """Where a checkpoint saved on another layout goes on: its epoch, re-planned over the samples
@@ -104,8 +114,7 @@ class TrainingData:
         states = [LoaderState.from_dict(s) for s in saved["loader"]]
         epoch = states[0].epoch
         replanned = {**saved["layout"], "delivered": [s.delivered for s in states], "replanned": states[0].replanned}
-        left = int(self.keep.sum()) - len(np.unique(self.consumed(cfg, epoch, cfg.optim.accumulate, replanned)))
-        if left < layout["world"]:
+        if not self.unconsumed(cfg, epoch, cfg.optim.accumulate, replanned).any():
             return LoaderState(epoch + 1, [0] * layout["workers"])
         return LoaderState(epoch, [0] * layout["workers"], replanned)
 
@@ -148,6 +157,8 @@ class LossModule(torch.nn.Module):
         self.model, self.takes_generator = model, takes_generator
 
     def forward(self, batch: dict, generator: torch.Generator):
+        if not batch["ids"]:  # an empty batch (trainer.batching.spread_plan): a loss of zero that every
+            return sum(p.sum() for p in self.parameters()) * 0.0, None  # parameter is in, as DDP wants
         if self.takes_generator:  # NAR: the prompt split and the codebook drawn per utterance
             return self.model.loss(batch, generator)
         return self.model.loss(batch)
@@ -207,19 +218,24 @@ def optimizer_steps(loader, accumulate: int):
         )
 
 
-def accumulate_gradients(wrapped, group: list[dict], run: Run, generator, window: Window, model) -> None:
+def accumulate_gradients(
+    wrapped, group: list[dict], run: Run, generator, window: Window, model, weight: float = 1.0
+) -> None:
     """Forward and backward over one step's micro-batches; under DDP the gradients are averaged
-    over ranks once, on the last micro-batch (no_sync() on the others)."""
+    over ranks once, on the last micro-batch (no_sync() on the others). `weight` scales the
+    losses: world x accumulate over the step's micro-batches that hold samples, so a step with
+    empty ones (the end of a spread plan) averages over the others."""
     for i, batch in enumerate(group):
         last = i == len(group) - 1
         sync = contextlib.nullcontext() if last or not hasattr(wrapped, "no_sync") else wrapped.no_sync()
-        positions = float(model.positions(batch["text_lens"], batch["code_lens"]).sum())
-        flops = model.train_flops(batch["text_lens"], batch["code_lens"])  # from the CPU lengths
         with sync:
             with autocast(run):
                 loss, stats = wrapped(to_device(batch, run.device), generator)
-            (loss / len(group)).backward()
-        window.add(loss, stats, batch, positions, flops)
+            (loss / len(group) * weight).backward()
+        if batch["ids"]:
+            positions = float(model.positions(batch["text_lens"], batch["code_lens"]).sum())
+            flops = model.train_flops(batch["text_lens"], batch["code_lens"])  # from the CPU lengths
+            window.add(loss, stats, batch, positions, flops)
 
 
 def train(cfg: TrainConfig, data: list[str], *, resume: bool = False, allow_random_codec: bool = False) -> dict:
@@ -289,13 +305,7 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
         else:
             state = training.resume_elsewhere(cfg, saved, layout)
             if run.main:
-                print(
-                    f"valle-train: {path} was saved by {saved['layout']['world']} process(es) x "
-                    f"{saved['layout']['workers']} loader worker(s), this run has {layout['world']} x "
-                    f"{layout['workers']}: epoch {state.epoch} goes on with the samples it has not consumed, "
-                    "re-planned (a resume is bit-exact only on the layout it was saved on)",
-                    flush=True,
-                )
+                print(f"valle-train: {resumed_elsewhere(path, saved, layout, state)}", flush=True)
         if run.rank < len(saved["rng"]):  # a rank the saved layout did not have starts from its seed
             checkpoint.set_rng_state(saved["rng"][run.rank], generator)
 
@@ -322,18 +332,25 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
                         if state.replanned
                         else {}
                     ),
+                    **({"plan_spread": True} if plan.spread else {}),
                     **{f"plan_{k}": v for k, v in training.stats(plan, run.rank).items()},
                 },
                 log,
                 None,
                 quiet=not first_plan,
             )
+            if plan.spread:
+                print(f"valle-train: {spread_note(plan)}", flush=True)
             first_plan = False
         loader = training.loader(
             plan, run.rank, cfg.data.workers, state.delivered, pin_memory=run.device.type == "cuda"
         )
+        filled = plan.filled_per_step(cfg.optim.accumulate)  # None: no empty batch
         for group in agreed_steps(optimizer_steps(loader, cfg.optim.accumulate), run, out, step):
-            accumulate_gradients(wrapped, group, run, generator, window, model)
+            weight = 1.0
+            if filled is not None:
+                weight = run.world * cfg.optim.accumulate / filled[sum(state.delivered) // cfg.optim.accumulate]
+            accumulate_gradients(wrapped, group, run, generator, window, model, weight)
             for batch in group:
                 state.delivered[batch["worker"]] += 1
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_norm)
@@ -368,6 +385,33 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
     if writer:
         writer.close()
     return last
+
+
+def resumed_elsewhere(path: Path, saved: dict, layout: dict, state: LoaderState) -> str:
+    """What a resume on another layout does with the checkpoint's epoch, in words."""
+    was, now = saved["layout"], layout
+    said = (
+        f"{path} was saved by {was['world']} process(es) x {was['workers']} loader worker(s), "
+        f"this run has {now['world']} x {now['workers']}: "
+    )
+    if state.replanned is None:
+        return said + f"epoch {state.epoch - 1} had delivered every sample, epoch {state.epoch} begins"
+    return said + (
+        f"epoch {state.epoch} goes on with the samples it has not consumed, re-planned (a resume is "
+        "bit-exact only on the layout it was saved on)"
+    )
+
+
+def spread_note(plan: EpochPlan) -> str:
+    """What a spread plan (trainer.batching.spread_plan) does, in words."""
+    samples = sum(len(w.samples) for plans in plan.ranks for w in plans)
+    empty = sum(int((np.diff(w.bounds) == 0).sum()) for plans in plan.ranks for w in plans)
+    return (
+        f"epoch {plan.epoch}: its {samples} samples left are too few to plan shard by shard on "
+        f"{len(plan.ranks)} process(es); they are dealt out batch by batch, {plan.batches_per_rank} per "
+        f"process, each in exactly one"
+        + (f", and {empty} batches are empty (a zero loss; their steps average the others)" if empty else "")
+    )
 
 
 def watcher(cfg: TrainConfig, corpus: Corpus, run: Run):
