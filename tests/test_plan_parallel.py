@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.plan import parse_pool
-from pipeline.plan.parse_pool import ProcessParsers, RayParsers, SerialParsers, default_parsers
+from pipeline.plan.parse_pool import ProcessParsers, RayParsers, SerialParsers, default_parsers, ray_node_cpus
 from pipeline.plan.subsets import ManifestUnreadable, SubsetPlanner, ids_path, plan_subset, plan_subsets
 from tests.conftest import REPO
 
@@ -87,8 +87,8 @@ def test_parallel_parsing_gives_the_serial_plan(tmp_path, messy_manifest, make):
 def test_ray_tasks_give_the_serial_plan(tmp_path, messy_manifest, ray_address):
     reference = _plan_with(SerialParsers(), messy_manifest, tmp_path / "serial")
     assert _plan_with(RayParsers(2, TINY_BLOCK), messy_manifest, tmp_path / "ray") == reference
-    with default_parsers() as chosen:  # in a Ray session, planning parses with Ray tasks
-        assert isinstance(chosen, RayParsers) and chosen.workers == 2
+    with default_parsers() as chosen:  # in a Ray session, planning parses with Ray tasks, one a CPU
+        assert isinstance(chosen, RayParsers) and chosen.workers == ray_node_cpus() == 3  # the session's Ray
 
 
 def sample_lines() -> list[str]:
