@@ -50,9 +50,10 @@ def retry(
     position: Callable[[], int] = lambda: 0,
     after_failure: Callable[[], None] = lambda: None,
     budget_s: float = 0.0,
+    final: tuple[type[BaseException], ...] = (),
 ) -> T:
     """Call `attempt()` until it returns and return its value. An exception of a `transient`
-    type is retried after `backoff`; any other propagates at once. After `attempts` transient
+    type is retried after `backoff`; any other, or one of a `final` type, propagates at once. After `attempts` transient
     failures in a row that did not move `position()` past its largest value so far, and at least
     `budget_s` seconds since it last moved, raise `give_up(last error, attempts made, best
     position)`. `after_failure()` runs after each transient failure (e.g. to drop a broken
@@ -62,6 +63,8 @@ def retry(
         made += 1
         try:
             return attempt()
+        except final:
+            raise
         except transient as err:
             last = err
         after_failure()

@@ -317,7 +317,7 @@ def test_mfu_divides_by_the_exact_parts_peak(name, peak):
 
 def test_a_rank_that_cannot_read_stops_every_rank_at_the_same_step(tmp_path):
     """Rank 1's reads failed for data.retry_minutes: rank 0, whose batch arrived, stops at the
-    same step instead of waiting in a collective for rank 1 until NCCL's timeout."""
+    same step instead of waiting in a collective for rank 1 until NCCL's timeout, and says why."""
     from storage.remote import StorageError
     from trainer.train import DataUnavailable, agreed_steps
 
@@ -331,12 +331,15 @@ def test_a_rank_that_cannot_read_stops_every_rank_at_the_same_step(tmp_path):
             self.calls += 1
             return [1.0 if r == self.failing_rank and self.calls == 3 else flags[r] for r in range(2)]
 
+        def control_gather(self, reason):
+            return [reason, "s3://b/shard.tar: still failing after 40 attempts (600.0 s) at byte 0"]
+
     steps = agreed_steps(iter([["a"], ["b"], ["c"], ["d"]]), TwoRanks(failing_rank=1), tmp_path, step=7)
     assert next(steps) == ["a"] and next(steps) == ["b"]
     with pytest.raises(
         DataUnavailable,
-        match=r"rank 1 cannot read its data \(its own log says why\); every rank "
-        r"stopped at step 9\. No checkpoint was written yet",
+        match=r"rank 1 cannot read its data \(s3://b/shard\.tar: still failing after 40 attempts \(600\.0 s\) at "
+        r"byte 0\); every rank stopped at step 9\. No checkpoint was written yet",
     ):
         next(steps)
 

@@ -1,4 +1,4 @@
-"""Console entry points `valle-train`, `valle-synth` and `valle-eval`.
+"""Console entry points `valle-train`, `valle-torchrun`, `valle-synth` and `valle-eval`.
 
 They check the torch stack before importing anything that needs it, so a broken install reads as
 one line naming what is installed and what to install, not a traceback from inside a library.
@@ -12,6 +12,13 @@ from tokens.stack import require_torch_stack
 def train(argv: list[str] | None = None) -> int:
     require_torch_stack("valle-train")
     from trainer.train import main
+
+    return main(argv)
+
+
+def torchrun(argv: list[str] | None = None) -> int:
+    require_torch_stack("valle-torchrun")
+    from trainer.launch import main
 
     return main(argv)
 

@@ -44,7 +44,8 @@ class DataSection:
     interleave: int = 64  # shard streams each DataLoader worker reads at once (speaker mix)
     workers: int = 2  # DataLoader workers per rank
     format: str = "auto"  # webdataset | parquet | lhotse_shar | auto (the first of these the corpus has)
-    retry_minutes: float = 10.0  # a remote read that fails is retried this long without progress
+    retry_minutes: float = 10.0  # a read that fails is retried this long without progress
+    read_timeout_s: float = 60.0  # a read that gives nothing this long has failed (a hang: its rank stops)
 
     def problems(self) -> Problems:
         if self.format not in ("auto", *FORMATS):
@@ -54,6 +55,8 @@ class DataSection:
                 yield key, f"must be >= 1, got {getattr(self, key)}"
         if self.retry_minutes < 0:
             yield "retry_minutes", f"must be >= 0, got {self.retry_minutes}"
+        if not self.read_timeout_s > 0:
+            yield "read_timeout_s", f"must be > 0, got {self.read_timeout_s}"
 
 
 @dataclass

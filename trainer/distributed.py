@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -20,12 +21,16 @@ import torch.distributed as dist
 
 
 class Run:
-    def __init__(self):
+    """This process's place in the run. `control_wait_s`: how much longer than torch's default the
+    control group waits for a rank (the longest a rank may spend reading before it agrees)."""
+
+    def __init__(self, control_wait_s: float = 0.0):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
         self._control = None  # a gloo group for control messages, made on first use
+        self.control_wait_s = control_wait_s
         if self.world > 1:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.device.type == "cuda":
@@ -34,6 +39,12 @@ class Run:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def use_device(self) -> None:
+        """Make this run's GPU current in the calling thread (each thread has its own; a thread that
+        pins memory on another would make a CUDA context there)."""
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
 
     def all_gather(self, obj) -> list:
         if self.world == 1:
@@ -52,11 +63,26 @@ class Run:
         """`sum` over a CPU (gloo) group: a per-step agreement that never waits for the GPU."""
         if self.world == 1:
             return list(values)
-        if self._control is None:
-            self._control = dist.new_group(backend="gloo")
         t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t, group=self._control)
+        dist.all_reduce(t, group=self.control_group())
         return t.tolist()
+
+    def control_gather(self, obj) -> list:
+        """`all_gather` over the control group."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj, group=self.control_group())
+        return out
+
+    def control_group(self):
+        """The gloo group of the agreements on data. A rank reaches them after its reads, which may
+        take the retry budget and a read timeout (`control_wait_s`): the group waits that long on top
+        of torch's default (30 min), so the ranks agree before it gives up."""
+        if self._control is None:
+            wait = dist.distributed_c10d.default_pg_timeout + timedelta(seconds=self.control_wait_s)
+            self._control = dist.new_group(backend="gloo", timeout=wait)
+        return self._control
 
     def sum_tensor(self, t: torch.Tensor) -> torch.Tensor:
         if self.world > 1:

@@ -1,13 +1,14 @@
 """`valle-train`: one training loop for the AR and NAR models, one process or DDP under torchrun.
 
     valle-train trainer/configs/ar-tiny.yaml --data OUT [--data OUT2 ...] [section.key=value ...] [--resume]
-    torchrun --nproc_per_node 2 -m trainer.train trainer/configs/ar-tiny.yaml --data OUT
+    valle-torchrun --nproc_per_node 2 -m trainer.train trainer/configs/ar-tiny.yaml --data OUT   (or torchrun)
 
 In: a config, one or more corpora (folders or http(s)/s3 URLs). Out: run.out/ with checkpoints
 (model, optimizer, schedule, loader state of every rank, RNG, the data-plan key; loaded with
 weights_only=True), log.jsonl and TensorBoard events. `--resume` continues from the newest
 checkpoint exactly: the loader skips what the interrupted epoch had delivered and the RNG streams
-continue; a resume that changed a setting shaping the data plan is refused, naming it.
+continue; a resume that changed a setting shaping the data plan is refused, naming it. Exit
+codes: 2 a config or corpus that cannot be used, 3 data that became unavailable (trainer/outage.py).
 """
 
 from __future__ import annotations
@@ -22,14 +23,25 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from storage.remote import StorageError, retry_budget_of
+from storage.remote import retry_budget_of
 from trainer import checkpoint
 from trainer.batching import BatchingConfig, EpochPlan, consumed_samples, plan_epoch, plan_stats
 from trainer.config import TrainConfig, load_config
 from trainer.corpus import Corpus, CorpusError, Samples, check_compatible, merge, open_corpus
 from trainer.distributed import Run, agree_on_checkpoint, check_shared_folder
+from trainer.launch import report
 from trainer.loader import LoaderState, make_loader
 from trainer.metrics import Window, peak_flops
+from trainer.outage import (
+    DataUnavailable,
+    Reads,
+    ReadStalled,
+    agree_on_data,
+    agreed_read,
+    agreed_steps,
+    fetched,
+    leave_stuck_reads,
+)
 
 
 def build_model(cfg: TrainConfig, vocab: int, codebooks: int):
@@ -129,21 +141,29 @@ def to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def evaluate(model: LossModule, data: TrainingData | None, cfg: TrainConfig, run: Run) -> dict | None:
+def evaluate(model: LossModule, data: TrainingData | None, cfg: TrainConfig, run: Run, step: int) -> dict | None:
     """Dev loss and accuracy beside the majority baseline. Every rank plans the (small) dev set
-    alone and takes every world-th batch, so any number of dev shards works with any world."""
+    alone and takes every world-th batch, so any number of dev shards works with any world. Its
+    reads go through the same budget as training's, and the ranks agree they all read it before
+    they sum the results (a rank that could not stops them all)."""
     if data is None:
         return None
     model.eval()
     window = Window(run.device, model.model.histogram_shape)
     eval_gen = torch.Generator().manual_seed(cfg.run.seed)  # the same prompt splits every time
     plan = data.plan(cfg, epoch=0, world=1, workers=1, multiple_of=1)
+    failed = None
     with torch.no_grad(), autocast(run):
-        for i, batch in enumerate(data.loader(plan, rank=0, workers=0)):
-            if i % run.world == run.rank:
-                loss, stats = model(to_device(batch, run.device), eval_gen)
-                window.add(loss, stats, batch, 0.0, 0.0)
+        try:
+            batches = fetched(data.loader(plan, rank=0, workers=0), Reads.of(cfg.data), "dev batch")
+            for i, batch in enumerate(batches):
+                if i % run.world == run.rank:
+                    loss, stats = model(to_device(batch, run.device), eval_gen)
+                    window.add(loss, stats, batch, 0.0, 0.0)
+        except OSError as err:
+            failed = err
     model.train()
+    agree_on_data(run, failed, Path(cfg.run.out), f"at step {step}, reading the dev set")
     record = window.record(run, 0, 0.0, torch.zeros(()), None)
     return {"dev_loss": record["loss"], "dev_accuracy": record["accuracy"], "dev_majority": record["majority"]}
 
@@ -168,38 +188,6 @@ def autocast(run: Run):
     if run.device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
-
-
-class DataUnavailable(RuntimeError):
-    """A rank could not read its data within the retry budget; every rank stopped at one step."""
-
-
-def agreed_steps(steps, run: Run, out: Path, step: int):
-    """The epoch's optimizer steps while every rank has its data. A rank whose reads fail for
-    `data.retry_minutes` (storage.remote retries them that long) stops every rank at the same
-    step: the ranks agree on each step over a CPU group (one small all-reduce), so none is left
-    waiting in a collective for the one that failed."""
-    while True:
-        failed = None
-        try:
-            group = next(steps)
-        except StopIteration:  # every rank has as many batches: all end together
-            return
-        except StorageError as err:
-            group, failed = None, err
-        flags = run.control_sum([float(failed is not None and r == run.rank) for r in range(run.world)])
-        stopped = [r for r, flag in enumerate(flags) if flag]
-        if stopped:
-            newest = checkpoint.checkpoints(out)[-1:] if out.is_dir() else []
-            why = f"{failed}" if failed is not None else "its own log says why"
-            raise DataUnavailable(
-                f"rank {stopped[0]} cannot read its data ({why}); every rank stopped at step {step}. "
-                f"{f'The newest checkpoint is {newest[0].name}: o' if newest else 'No checkpoint was written yet: o'}"
-                "nce the storage is back, run the same command with --resume (data.retry_minutes sets how long "
-                "a failing read is retried)"
-            ) from failed
-        yield group
-        step += 1
 
 
 def optimizer_steps(loader, accumulate: int):
@@ -239,28 +227,33 @@ def accumulate_gradients(
 
 
 def train(cfg: TrainConfig, data: list[str], *, resume: bool = False, allow_random_codec: bool = False) -> dict:
-    run = Run()
+    reads = Reads.of(cfg.data)
+    run = Run(control_wait_s=reads.stall_s)  # the agreements on data wait out a rank's reads
     try:
-        with retry_budget_of(cfg.data.retry_minutes * 60):  # remote reads, here and in the loader's workers
+        with retry_budget_of(reads.retry_s, reads.timeout_s):  # every read, here and in the loader's workers
             return _train(run, cfg, data, resume, allow_random_codec)
     finally:
         run.close()
 
 
+def open_corpora(cfg: TrainConfig, data: list[str], allow_random_codec: bool) -> tuple[list[Corpus], list[Corpus]]:
+    """The corpora's training subsets, and those of them that have a dev subset."""
+
+    def opened(role: str) -> list[Corpus]:
+        return [open_corpus(d, roles=(role,), fmt=cfg.data.format, allow_random_codec=allow_random_codec) for d in data]
+
+    corpora = opened("train")
+    check_compatible(corpora)
+    return corpora, [c for c in opened("dev") if c.shards]
+
+
 def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_random_codec: bool) -> dict:
     torch.manual_seed(cfg.run.seed + run.rank)
     out = Path(cfg.run.out)
-    corpora = [
-        open_corpus(d, roles=("train",), fmt=cfg.data.format, allow_random_codec=allow_random_codec) for d in data
-    ]
-    check_compatible(corpora)
-    dev = [
-        c
-        for c in (
-            open_corpus(d, roles=("dev",), fmt=cfg.data.format, allow_random_codec=allow_random_codec) for d in data
-        )
-        if c.shards
-    ]
+    reads = Reads.of(cfg.data)
+    corpora, dev = agreed_read(
+        run, lambda: open_corpora(cfg, data, allow_random_codec), reads, out, "at startup, reading the corpora"
+    )
     model = build_model(cfg, corpora[0].vocab_size, corpora[0].codebooks)
     training = TrainingData(corpora, model)
     dev_data = TrainingData(dev, model) if dev else None
@@ -346,7 +339,8 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
             plan, run.rank, cfg.data.workers, state.delivered, pin_memory=run.device.type == "cuda"
         )
         filled = plan.filled_per_step(cfg.optim.accumulate)  # None: no empty batch
-        for group in agreed_steps(optimizer_steps(loader, cfg.optim.accumulate), run, out, step):
+        batches = fetched(loader, reads, "batch", setup=run.use_device)  # waited for at most reads.stall_s
+        for group in agreed_steps(optimizer_steps(batches, cfg.optim.accumulate), run, out, step):
             weight = 1.0
             if filled is not None:
                 weight = run.world * cfg.optim.accumulate / filled[sum(state.delivered) // cfg.optim.accumulate]
@@ -367,7 +361,7 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
             watching = watch is not None and (step % watch_every == 0 or step == cfg.run.max_steps)
             if evaluating or saving or watching:
                 window.pause()  # neither counts as training time
-                if evaluating and (dev_stats := evaluate(loss_module, dev_data, cfg, run)) is not None:
+                if evaluating and (dev_stats := evaluate(loss_module, dev_data, cfg, run, step)) is not None:
                     last.update(dev_stats)
                     if run.main:
                         _emit({"step": step, **dev_stats}, log, writer)
@@ -482,11 +476,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         train(cfg, args.data, resume=args.resume, allow_random_codec=args.allow_random_codec)
     except DataUnavailable as err:
-        print(f"valle-train: {err}", file=sys.stderr)
-        return 3
+        code = report(str(err), 3)
+        if isinstance(err.__cause__, ReadStalled):
+            leave_stuck_reads(code)
+        return code
     except (CorpusError, ValueError) as err:
-        print(f"valle-train: {err}", file=sys.stderr)
-        return 2
+        return report(str(err), 2)
     return 0
 
 
