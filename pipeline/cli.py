@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--allow-stack-change",
         action="store_true",
-        help="let codes made on another compute stack (device, GPU model, torch, cuDNN) join this corpus's",
+        help="let codes made on another compute stack (device, GPU model or CPU instruction set, torch, cuDNN) "
+        "join this corpus's",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -41,7 +41,7 @@ from storage.files import read_json, write_json_atomic
 from storage.hashing import json_digest, sha256_file
 from storage.locks import HeldLock
 from tokens.audio import RESAMPLER
-from tokens.codec_settings import CodecConfig, CodecWeights, num_codebooks
+from tokens.codec_settings import CodecConfig, CodecWeights, num_codebooks, unnamed_device
 from tokens.constants import CODEBOOK_SIZE, FRAME_RATE, SAMPLE_RATE
 from tokens.text import NORMALIZATION, Tokenizer, select_text
 
@@ -154,10 +154,10 @@ def _run(
         "agreement": AGREEMENT,
     }
     known_stacks = codes_stacks(out, [unit.name for plan in plans for unit in plan.units])
-    if any(s["device"] == "cuda" and "gpu" not in s for s in known_stacks):
+    if any(unnamed_device(s) for s in known_stacks):
         log.warning(
-            "some codes here were made on a GPU whose model was not recorded (an older valle-corpus): "
-            "codec workers on any GPU model with the same torch, cuDNN and precision are taken for that stack"
+            "some codes here were made on a device whose model was not recorded (an older valle-corpus): codec "
+            "workers on any GPU model, or CPU, with the same torch, cuDNN and precision are taken for that stack"
         )
     jobs = [
         UnitJob(

@@ -256,12 +256,13 @@ def test_codes_of_another_compute_stack_join_a_corpus_only_when_allowed(tmp_path
     ):
         run(dag, progress=False, executor=LocalExecutor())
     assert not lost.exists()  # refused before encoding anything
-    assert "made on a GPU whose model was not recorded" in caplog.text  # this record predates GPU models
+    assert "made on a device whose model was not recorded" in caplog.text  # this record predates them
     run(dag, progress=False, executor=LocalExecutor(), allow_stack_change=True)
     stacks = {s["stack"]["device"]: s["units"] for s in corpus_status(out)["stacks"]}
     assert stacks == {"cuda": len(units) - 1, "cpu": 1}
     index = json.loads((out / "index.json").read_text())
-    cpu = {"device": "cpu", "torch": torch.__version__, "cudnn": None, "precision": "exact"}
+    isa = torch.backends.cpu.get_cpu_capability()
+    cpu = {"device": "cpu", "torch": torch.__version__, "cudnn": None, "precision": "exact", "cpu": isa}
     assert sorted(index["provenance"]["codec"]["stacks"], key=lambda s: s["device"]) == [
         {**cpu, "units": 1},
         {**gpu, "units": len(units) - 1},
@@ -269,14 +270,14 @@ def test_codes_of_another_compute_stack_join_a_corpus_only_when_allowed(tmp_path
     text = format_status(corpus_status(out))
     assert "codes made on:" in text
     assert f"  cuda (torch 2.15.0+cu132, cuDNN 91002, exact): {len(units) - 1} unit(s)" in text
-    assert "\n  cpu (torch " in text
+    assert f"\n  cpu ({isa}, torch " in text
 
 
-def test_codes_of_another_gpu_model_are_refused(monkeypatch):
+def test_codes_of_another_device_model_are_refused(monkeypatch):
     """A GPU's stack names its model and compute capability: codes made on an A100 are not
-    joined by an H100's. A GPU stack recorded before models were (no "gpu") names none, so it
-    refuses no model. No GPU here: the device query is faked; what is tested is the record and
-    the comparison."""
+    joined by an H100's; a CPU's names its instruction set: AVX2 codes are not joined by AVX512
+    ones. A stack recorded before devices were named names none, so it refuses no model. No GPU
+    here, one CPU: the device queries are faked; what is tested is the record and the comparison."""
     from types import SimpleNamespace
 
     import torch
@@ -288,7 +289,23 @@ def test_codes_of_another_gpu_model_are_refused(monkeypatch):
 
     cfg = CodecConfig(weights="random", device="cpu")
     worker = CodecWorker(cfg, *resolve_weights(cfg))
-    assert worker.stack() == {"device": "cpu", "torch": torch.__version__, "cudnn": None, "precision": "exact"}
+
+    def on_cpu(isa: str) -> dict:
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: isa)
+        return worker.stack()
+
+    avx2, avx512 = on_cpu("AVX2"), on_cpu("AVX512")
+    assert avx2 == {"device": "cpu", "torch": torch.__version__, "cudnn": None, "precision": "exact", "cpu": "AVX2"}
+    assert avx512 == {**avx2, "cpu": "AVX512"}
+
+    def job(stack: dict, *known: dict):
+        return SimpleNamespace(codec_stack=stack, known_stacks=known, allow_new_stack=False)
+
+    check_stack(job(avx2, avx2))
+    with pytest.raises(StackChanged, match=r"made on cpu \(AVX2, torch .*worker is cpu \(AVX512, torch "):
+        check_stack(job(avx512, avx2))
+    check_stack(job(avx512, {k: v for k, v in avx2.items() if k != "cpu"}))  # an older record
+
     worker.encoder._device = torch.device("cuda", 0)
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
 
@@ -299,9 +316,6 @@ def test_codes_of_another_gpu_model_are_refused(monkeypatch):
 
     a100, h100 = on_gpu("NVIDIA A100-SXM4-80GB", (8, 0)), on_gpu("NVIDIA H100 80GB HBM3", (9, 0))
     assert h100 == {**a100, "gpu": "NVIDIA H100 80GB HBM3", "capability": "9.0"}
-
-    def job(stack: dict, *known: dict):
-        return SimpleNamespace(codec_stack=stack, known_stacks=known, allow_new_stack=False)
 
     check_stack(job(a100, a100))
     with pytest.raises(

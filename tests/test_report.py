@@ -139,7 +139,8 @@ def test_page_plots_and_summary(report, capsys):
         assert (out / f"report/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "RANDOM-INIT" in page and "text_mismatch" in page and stats["provenance"]["codec"]["weights_sha256"] in page
     units = sum(1 for _ in (out / "ledger").glob("*.json"))
-    assert f"cpu (torch {torch.__version__}, exact): {units} unit(s)" in page  # the stack the codes came from
+    isa = torch.backends.cpu.get_cpu_capability()
+    assert f"cpu ({isa}, torch {torch.__version__}, exact): {units} unit(s)" in page  # the stack the codes came from
     assert json.loads((out / "report/report.json").read_text()) == json.loads(json.dumps(stats))
 
     assert main(["report", str(out), "--no-progress", "--code-shards", "1"]) == 0

@@ -102,25 +102,33 @@ def num_codebooks(bandwidth: float) -> int:
     return round(bandwidth * 1000 / (FRAME_RATE * 10))
 
 
-# What a codec worker on a GPU records of its GPU (CodecWorker.stack): the model's name and its
-# compute capability ("9.0"); stacks recorded before these were absent name only "cuda".
-GPU_FIELDS = ("gpu", "capability")
+# What a codec worker records of its device beyond its type (CodecWorker.stack): a GPU's model
+# and compute capability ("9.0"), a CPU's vector instruction set as torch dispatches on it
+# ("AVX512", "AVX2": kernels of other widths sum in another order). Stacks recorded before these
+# were lack them and name only the device type.
+DEVICE_FIELDS = ("gpu", "capability", "cpu")
 
 
 def describe_stack(stack: dict) -> str:
     """A codec worker's compute stack in words: 'cuda (NVIDIA H100 80GB HBM3, compute capability
-    9.0, torch 2.14.1+cu130, cuDNN 91002, exact)'; a CPU's: 'cpu (torch 2.14.1, exact)'."""
-    parts = [stack["gpu"]] if stack.get("gpu") else []
+    9.0, torch 2.14.1+cu130, cuDNN 91002, exact)'; a CPU's: 'cpu (AVX512, torch 2.14.1, exact)'."""
+    parts = [stack[k] for k in ("gpu", "cpu") if stack.get(k)]
     parts += [f"compute capability {stack['capability']}"] if stack.get("capability") else []
     parts += [f"torch {stack['torch']}"] + ([f"cuDNN {stack['cudnn']}"] if stack.get("cudnn") else [])
     return f"{stack['device']} ({', '.join(parts + [stack['precision']])})"
 
 
+def unnamed_device(recorded: dict) -> bool:
+    """True for a stack recorded before devices were named: it names no GPU model or CPU
+    instruction set."""
+    return not any(k in recorded for k in DEVICE_FIELDS)
+
+
 def same_stack(stack: dict, recorded: dict) -> bool:
-    """True when a codec worker's `stack` is the `recorded` one. A GPU stack recorded before the
-    GPU's model was (no "gpu" field) names no model, so it matches any model with the same
-    device type, torch, cuDNN and precision: refusing every re-run of such a corpus would be
-    spurious, and which model made its codes is not known."""
-    if "gpu" not in recorded:
-        stack = {k: v for k, v in stack.items() if k not in GPU_FIELDS}
+    """True when a codec worker's `stack` is the `recorded` one. A stack recorded before devices
+    were named matches any model of the same device type with the same torch, cuDNN and
+    precision: refusing every re-run of such a corpus would be spurious, and which model made
+    its codes is not known."""
+    if unnamed_device(recorded):
+        stack = {k: v for k, v in stack.items() if k not in DEVICE_FIELDS}
     return stack == recorded

@@ -107,7 +107,7 @@ class CodecWorker:
     def stack(self) -> dict:
         """The compute stack these codes come from: float kernels differ between devices (GPU
         models, by their kernels and cuDNN's choice of them) and library versions, so codes are
-        exactly reproducible only on the same stack. A CPU's records no model."""
+        exactly reproducible only on the same stack. A CPU's names its vector instruction set."""
         import torch
 
         device = self.encoder.device
@@ -120,6 +120,8 @@ class CodecWorker:
         if device.type == "cuda":
             major, minor = torch.cuda.get_device_capability(device)
             stack.update(gpu=torch.cuda.get_device_name(device), capability=f"{major}.{minor}")
+        else:
+            stack["cpu"] = torch.backends.cpu.get_cpu_capability()
         return stack
 
     def device(self) -> str:
