@@ -37,18 +37,20 @@ def test_wer_on_known_inputs():
     assert corpus_wer([WordErrors(1, 4), WordErrors(0, 6)]) == pytest.approx(0.1)  # pooled, not averaged
 
 
-def test_best_of_n_sorts_on_sim_then_wer_as_valle2():
-    scores = [
-        {"errors": 2, "words": 4, "sim": 0.9},
-        {"errors": 1, "words": 4, "sim": 0.1},
-        {"errors": 1, "words": 4, "sim": 0.5},
-        {"errors": 1, "words": 4, "sim": 0.6},
-    ]
-    # SIM 0.1 is under the 0.3 gate; of the rest (SIM capped at 0.3: equal) the lower WER wins,
-    # and of equal WER the earlier sample (a higher SIM above the gate does not count)
-    assert best_of(scores) == 2
-    assert best_of([{"errors": 0, "words": 4, "sim": 0.2}, {"errors": 2, "words": 4, "sim": 0.35}]) == 1
-    assert best_of(scores[:1]) == 0
+def test_best_of_n_keeps_lowest_wer_then_highest_sim():
+    def sample(errors, sim):
+        return {"errors": errors, "words": 4, "sim": sim}
+
+    # equal WER: the higher SIM wins, above 0.3 as below it
+    assert best_of([sample(1, 0.5), sample(1, 0.6), sample(2, 0.9)]) == 1
+    assert best_of([sample(0, 0.1), sample(0, 0.2)]) == 1
+    # a lower WER wins over a higher SIM, whatever the SIM (no gate)
+    assert best_of([sample(1, 0.9), sample(0, 0.2)]) == 1
+    # equal WER and SIM: the earlier sample, in any order of the rest
+    assert best_of([sample(2, 0.4), sample(1, 0.7), sample(1, 0.7)]) == 1
+    assert best_of([sample(1, 0.7), sample(2, 0.4), sample(1, 0.7)]) == 0
+    assert best_of([sample(3, 0.4)]) == 0
+    scores = [sample(2, 0.9), sample(1, 0.1), sample(1, 0.5), sample(1, 0.6)]
     best = metric_wise(scores)  # each metric's best on its own
     assert (best["errors"], best["sim"]) == (1, 0.9)
 
