@@ -16,6 +16,7 @@ import soundfile as sf
 from pipeline.evalsets.from_corpus import build_from_corpus
 from pipeline.evalsets.selection import Selection
 from sample.librispeech import sample_utterances
+from tokens.constants import FRAME_RATE
 from trainer.eval.backends import DNSMOS, BackendError, asr_backend, cosine, speaker_backend
 from trainer.eval.cli import main
 from trainer.eval.run import best_of, metric_wise
@@ -123,6 +124,7 @@ def test_valle_eval_end_to_end(trained, built_corpus, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["backends"]["asr"].startswith("pocketsphinx") and results["backends"]["dnsmos"] is None
     assert results["set"]["speakers"] == 3  # --max-utterances spreads over the voices
+    made_frames = 0
     for task in ("continuation", "cross"):
         body = results["tasks"][task]
         assert set(body["summary"]) == {"ground_truth", "resynthesis", "single", "best_of_n", "metric_wise"}
@@ -130,14 +132,18 @@ def test_valle_eval_end_to_end(trained, built_corpus, tmp_path, capsys):
         for row in body["utterances"]:
             kept = row["best_of_n"]["sample"]
             assert kept == best_of(row["samples"]) and row["single"]["frames"] == row["samples"][0]["frames"]
-            if task == "continuation":  # scored on the whole utterance: the 0.5 s prompt is part of it
-                assert all(s["frames"] > round(0.5 * 75) for s in row["samples"])
+            given = round(0.5 * FRAME_RATE) if task == "continuation" else 0  # the prompt's frames
+            if given:  # scored on the whole utterance: the 0.5 s prompt is part of it
+                assert all(s["frames"] > given for s in row["samples"])
+            made_frames += sum(s["frames"] - given for s in row["samples"])
         summary = body["summary"]
         pooled = [WordErrors(r["single"]["errors"], r["single"]["words"]) for r in body["utterances"]]
         assert summary["single"]["wer"] == pytest.approx(corpus_wer(pooled))
         assert summary["metric_wise"]["wer"] <= min(summary["best_of_n"]["wer"], summary["single"]["wer"])
         assert summary["metric_wise"]["sim"] >= max(summary["best_of_n"]["sim"], summary["single"]["sim"])
     assert results["timing"]["seconds_per_trial"] > 0
+    # speed counts the audio the model made: a continuation's prompt is not
+    assert results["timing"]["generated_s"] == pytest.approx(made_frames / FRAME_RATE)
     page = _Page()
     page.feed((out / "index.html").read_text())
     assert page.tables >= 4 and len(page.audio) >= 2 * 3 * 5  # 2 tasks x 3 utterances x 5 players

@@ -210,7 +210,7 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, k
         samples = [np.concatenate([trial.prompt, s], axis=1) for s in samples]
     waves = [synth.decode(s) for s in samples]
     timing["synthesis_s"] += time.perf_counter() - start
-    timing["generated_s"] += sum(len(w) for w in waves) / SAMPLE_RATE
+    timing["generated_s"] += made_seconds(samples, trial.given)
     timing["trials"] += 1
 
     first = u.id not in truth
@@ -246,6 +246,12 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, k
             **({"best_of_n": waves[best]} if len(waves) > 1 else {}),
         }
     return row
+
+
+def made_seconds(samples: list[np.ndarray], given: int) -> float:
+    """Seconds of audio the model made in `samples` (K, T) codes: a continuation's first `given`
+    frames are its prompt, not made."""
+    return sum(s.shape[1] - given for s in samples) * HOP / SAMPLE_RATE
 
 
 def _save(folder: Path, waves: dict[str, np.ndarray]) -> dict[str, str]:
