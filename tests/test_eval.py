@@ -16,6 +16,7 @@ import soundfile as sf
 from pipeline.evalsets.from_corpus import build_from_corpus
 from pipeline.evalsets.selection import Selection
 from sample.librispeech import sample_utterances
+from tokens.constants import FRAME_RATE
 from trainer.eval.backends import DNSMOS, BackendError, asr_backend, cosine, speaker_backend
 from trainer.eval.cli import main
 from trainer.eval.run import best_of, metric_wise
@@ -37,18 +38,20 @@ def test_wer_on_known_inputs():
     assert corpus_wer([WordErrors(1, 4), WordErrors(0, 6)]) == pytest.approx(0.1)  # pooled, not averaged
 
 
-def test_best_of_n_sorts_on_sim_then_wer_as_valle2():
-    scores = [
-        {"errors": 2, "words": 4, "sim": 0.9},
-        {"errors": 1, "words": 4, "sim": 0.1},
-        {"errors": 1, "words": 4, "sim": 0.5},
-        {"errors": 1, "words": 4, "sim": 0.6},
-    ]
-    # SIM 0.1 is under the 0.3 gate; of the rest (SIM capped at 0.3: equal) the lower WER wins,
-    # and of equal WER the earlier sample (a higher SIM above the gate does not count)
-    assert best_of(scores) == 2
-    assert best_of([{"errors": 0, "words": 4, "sim": 0.2}, {"errors": 2, "words": 4, "sim": 0.35}]) == 1
-    assert best_of(scores[:1]) == 0
+def test_best_of_n_keeps_lowest_wer_then_highest_sim():
+    def sample(errors, sim):
+        return {"errors": errors, "words": 4, "sim": sim}
+
+    # equal WER: the higher SIM wins, above 0.3 as below it
+    assert best_of([sample(1, 0.5), sample(1, 0.6), sample(2, 0.9)]) == 1
+    assert best_of([sample(0, 0.1), sample(0, 0.2)]) == 1
+    # a lower WER wins over a higher SIM, whatever the SIM (no gate)
+    assert best_of([sample(1, 0.9), sample(0, 0.2)]) == 1
+    # equal WER and SIM: the earlier sample, in any order of the rest
+    assert best_of([sample(2, 0.4), sample(1, 0.7), sample(1, 0.7)]) == 1
+    assert best_of([sample(1, 0.7), sample(2, 0.4), sample(1, 0.7)]) == 0
+    assert best_of([sample(3, 0.4)]) == 0
+    scores = [sample(2, 0.9), sample(1, 0.1), sample(1, 0.5), sample(1, 0.6)]
     best = metric_wise(scores)  # each metric's best on its own
     assert (best["errors"], best["sim"]) == (1, 0.9)
 
@@ -121,6 +124,7 @@ def test_valle_eval_end_to_end(trained, built_corpus, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["backends"]["asr"].startswith("pocketsphinx") and results["backends"]["dnsmos"] is None
     assert results["set"]["speakers"] == 3  # --max-utterances spreads over the voices
+    made_frames = 0
     for task in ("continuation", "cross"):
         body = results["tasks"][task]
         assert set(body["summary"]) == {"ground_truth", "resynthesis", "single", "best_of_n", "metric_wise"}
@@ -128,14 +132,18 @@ def test_valle_eval_end_to_end(trained, built_corpus, tmp_path, capsys):
         for row in body["utterances"]:
             kept = row["best_of_n"]["sample"]
             assert kept == best_of(row["samples"]) and row["single"]["frames"] == row["samples"][0]["frames"]
-            if task == "continuation":  # scored on the whole utterance: the 0.5 s prompt is part of it
-                assert all(s["frames"] > round(0.5 * 75) for s in row["samples"])
+            given = round(0.5 * FRAME_RATE) if task == "continuation" else 0  # the prompt's frames
+            if given:  # scored on the whole utterance: the 0.5 s prompt is part of it
+                assert all(s["frames"] > given for s in row["samples"])
+            made_frames += sum(s["frames"] - given for s in row["samples"])
         summary = body["summary"]
         pooled = [WordErrors(r["single"]["errors"], r["single"]["words"]) for r in body["utterances"]]
         assert summary["single"]["wer"] == pytest.approx(corpus_wer(pooled))
         assert summary["metric_wise"]["wer"] <= min(summary["best_of_n"]["wer"], summary["single"]["wer"])
         assert summary["metric_wise"]["sim"] >= max(summary["best_of_n"]["sim"], summary["single"]["sim"])
     assert results["timing"]["seconds_per_trial"] > 0
+    # speed counts the audio the model made: a continuation's prompt is not
+    assert results["timing"]["generated_s"] == pytest.approx(made_frames / FRAME_RATE)
     page = _Page()
     page.feed((out / "index.html").read_text())
     assert page.tables >= 4 and len(page.audio) >= 2 * 3 * 5  # 2 tasks x 3 utterances x 5 players
