@@ -22,7 +22,7 @@ from trainer.eval.run import best_of, metric_wise
 from trainer.eval.wer import WordErrors, corpus_wer, normalize, word_errors
 
 # pocketsphinx's bundled en-us model on the sample's espeak-ng speech, measured on the 28 clean
-# sample utterances: 85 % WER (it is far from the papers' ASR; espeak-ng is hard for it too).
+# sample utterances: 86 % WER (it is far from the papers' ASR; espeak-ng is hard for it too).
 GROUND_TRUTH_WER_BOUND = 0.95
 
 
@@ -74,7 +74,7 @@ def test_same_speaker_sim_exceeds_cross_speaker_sim_on_ground_truth(voices):
 
 def test_ground_truth_wer_within_measured_bound(voices):
     asr = asr_backend("pocketsphinx")
-    clips = [utts[0] for utts in voices.values()]  # one utterance of each voice: 77 % WER when measured
+    clips = [utts[0] for utts in voices.values()]  # one utterance of each voice: 83 % WER when measured
     truth = [word_errors(text, asr.transcribe(wave)) for text, wave in clips]
     backwards = [word_errors(text, asr.transcribe(wave[::-1].copy())) for text, wave in clips]
     assert corpus_wer(truth) <= GROUND_TRUTH_WER_BOUND
