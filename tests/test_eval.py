@@ -23,7 +23,7 @@ from trainer.eval.run import best_of, metric_wise
 from trainer.eval.wer import WordErrors, corpus_wer, normalize, word_errors
 
 # pocketsphinx's bundled en-us model on the sample's espeak-ng speech, measured on the 28 clean
-# sample utterances: 85 % WER (it is far from the papers' ASR; espeak-ng is hard for it too).
+# sample utterances: 86 % WER (it is far from the papers' ASR; espeak-ng is hard for it too).
 GROUND_TRUTH_WER_BOUND = 0.95
 
 
@@ -77,7 +77,7 @@ def test_same_speaker_sim_exceeds_cross_speaker_sim_on_ground_truth(voices):
 
 def test_ground_truth_wer_within_measured_bound(voices):
     asr = asr_backend("pocketsphinx")
-    clips = [utts[0] for utts in voices.values()]  # one utterance of each voice: 77 % WER when measured
+    clips = [utts[0] for utts in voices.values()]  # one utterance of each voice: 83 % WER when measured
     truth = [word_errors(text, asr.transcribe(wave)) for text, wave in clips]
     backwards = [word_errors(text, asr.transcribe(wave[::-1].copy())) for text, wave in clips]
     assert corpus_wer(truth) <= GROUND_TRUTH_WER_BOUND
@@ -239,11 +239,13 @@ def test_training_logs_synthesis_scores_and_audio(trained, built_corpus, tmp_pat
     assert "synth_wer" in events.Tags()["scalars"]
 
 
-def test_paper_grade_backends_load_from_a_local_path(tmp_path):
-    """HuBERT CTC and WavLM x-vector back-ends, from tiny random models of the real architectures
-    saved to a folder as save_pretrained writes them (the real checkpoints cannot be fetched here)."""
-    transformers = pytest.importorskip("transformers")
-    letters = "abcdefghijklmnopqrstuvwxyz'"
+LETTERS = "abcdefghijklmnopqrstuvwxyz'"
+
+
+def tiny_hubert_and_wavlm(tmp_path: Path, transformers) -> None:
+    """A HuBERT CTC (tmp_path/hubert) and a WavLM x-vector (tmp_path/wavlm) of the real
+    architectures, 1 layer and 32 wide, random weights, saved as save_pretrained writes them."""
+    letters = LETTERS
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, **{c: i + 5 for i, c in enumerate(letters)}}
     (tmp_path / "vocab.json").write_text(json.dumps(vocab))
     features = transformers.Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=False)
@@ -262,10 +264,16 @@ def test_paper_grade_backends_load_from_a_local_path(tmp_path):
     wavlm.save_pretrained(tmp_path / "wavlm")
     features.save_pretrained(tmp_path / "wavlm")
 
+
+def test_paper_grade_backends_load_from_a_local_path(tmp_path):
+    """HuBERT CTC and WavLM x-vector back-ends, from tiny random models of the real architectures
+    saved to a folder as save_pretrained writes them (the real checkpoints cannot be fetched here)."""
+    transformers = pytest.importorskip("transformers")
+    tiny_hubert_and_wavlm(tmp_path, transformers)
     wave = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
     asr = asr_backend(f"hubert:{tmp_path / 'hubert'}")
     heard = asr.transcribe(wave)
-    assert asr.description.startswith("hubert CTC") and set(heard) <= set(letters + " ")
+    assert asr.description.startswith("hubert CTC") and set(heard) <= set(LETTERS + " ")
     speaker = speaker_backend(f"wavlm:{tmp_path / 'wavlm'}")
     tone = (0.3 * np.sin(np.arange(16000) * 2 * np.pi * 200 / 16000)).astype(np.float32)
     a, b = speaker.embed(wave), speaker.embed(tone)
@@ -383,3 +391,43 @@ def test_nemo_backend_names_the_package_to_install(tmp_path, monkeypatch):
     (tmp_path / "model.nemo").write_bytes(b"")
     with pytest.raises(BackendError, match=r"pip install 'nemo_toolkit\[asr\]'"):
         asr_backend(f"nemo:{tmp_path / 'model.nemo'}")
+
+
+def _backend(name: str, folder: Path):
+    """(back-end, its scoring call) for one of every offline-available kind; tiny random models
+    for those the papers use."""
+    if name in ("hubert", "wavlm"):
+        tiny_hubert_and_wavlm(folder, pytest.importorskip("transformers"))
+    if name == "whisper":
+        tiny_whisper(folder / "whisper", pytest.importorskip("transformers"))
+    if name == "nemo":
+        pytest.importorskip("nemo.collections.asr")
+        tiny_nemo_transducer(folder / "nemo")
+    if name == "dnsmos":
+        return DNSMOS().score
+    if name in ("resemblyzer", "wavlm"):
+        return speaker_backend(f"{name}:{folder / name}" if name == "wavlm" else name).embed
+    return asr_backend(
+        name if name == "pocketsphinx" else f"{name}:{folder / ('nemo/tiny.nemo' if name == 'nemo' else name)}"
+    ).transcribe
+
+
+@pytest.mark.parametrize("name", ["pocketsphinx", "hubert", "whisper", "nemo", "resemblyzer", "wavlm", "dnsmos"])
+def test_a_waves_score_does_not_depend_on_what_was_scored_before(name, voices, tmp_path):
+    """One back-end scores every wave of a run (ground truth, resynthesis, each model): what it
+    heard before must not change what it hears now, or the ground-truth row moves with the model
+    under test. Same waves, another order, 1 s of loud noise before each: the same outputs, exactly
+    (on CPU every back-end here is deterministic). Short waves keep it cheap: pocketsphinx without
+    a reset already hears one of these differently."""
+    score = _backend(name, tmp_path)
+    waves = [utts[0][1][: 2 * 16000] for utts in voices.values()]  # 2 s of each of the three voices
+    noise = np.random.default_rng(0).normal(0, 0.3, 16000).astype(np.float32)
+    in_order = [score(wave) for wave in waves]
+    shuffled = {}
+    for i in (2, 0, 1):
+        score(noise)
+        shuffled[i] = score(waves[i])
+    for i, first in enumerate(in_order):
+        again = shuffled[i]
+        same = np.array_equal(first, again) if isinstance(first, np.ndarray) else first == again
+        assert same, f"{name}, wave {i}: {first!r} in order, {again!r} after noise and other waves"

@@ -114,6 +114,10 @@ class PocketSphinx(ASR):
 
     def transcribe(self, wave: np.ndarray) -> str:
         pcm = (np.clip(wave, -1, 1) * 32767).astype(np.int16).tobytes()
+        # Its feature front end keeps state from wave to wave (the cepstral mean among it): reset
+        # it, so a wave is heard exactly as a fresh decoder hears it, whatever came before (50 us;
+        # a new Decoder costs 0.25 s). Restoring the initial CMN with set_cmn is not enough.
+        self.decoder.reinit_feat()
         self.decoder.start_utt()
         self.decoder.process_raw(pcm, full_utt=True)
         self.decoder.end_utt()
