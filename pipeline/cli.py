@@ -277,12 +277,16 @@ def _evalset(args) -> int:
     except (DagError, EvalSetError, SchemaError, ValueError) as err:
         print(f"valle-prep: {err}", file=sys.stderr)
         return 2
+    _print_evalset_summary(args.to, summary)
+    return 0
+
+
+def _print_evalset_summary(to, summary: dict) -> None:
     skipped = ", ".join(f"{n} {why}" for why, n in summary["skipped"].items())
     print(
-        f"wrote {args.to}: {summary['utterances']} utterances of {summary['speakers']} speakers"
+        f"wrote {to}: {summary['utterances']} utterances of {summary['speakers']} speakers"
         + (f" (skipped: {skipped})" if skipped else "")
     )
-    return 0
 
 
 def _evalset_librispeech(args) -> int:
@@ -309,7 +313,7 @@ def _evalset_librispeech(args) -> int:
     except (EvalSetError, SchemaError, WeightsUnavailable, ValueError) as err:
         print(f"valle-prep: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {to}: {summary['utterances']} utterances of {summary['speakers']} speakers")
+    _print_evalset_summary(to, summary)
     return 0
 
 

@@ -19,6 +19,8 @@ and read by `valle-eval` and the training-time evaluation. A folder:
     codes/<n>.npy     its (codebooks, frames) uint16 codes (schemas.codes), made by the corpus's codec
 
 Paths in utterances.jsonl are relative and must stay inside the folder; codes never unpickle.
+Reading a set checks its structure (meta, every line); `check()` also opens each utterance's files
+(headers only: cheap) so that a broken set stops a run before any model loads.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import numpy.lib.format as fmt
 import soundfile as sf
 
 from schemas.codes import codes_from_npy, codes_to_npy
@@ -38,6 +41,8 @@ from tokens.constants import SAMPLE_RATE
 
 EVALSET_SCHEMA = "valle-corpus/evalset.v1"
 META, UTTERANCES, BPE_MODEL = "evalset.json", "utterances.jsonl", "bpe.model"
+_META_FIELDS = ("name", "source", "selection", "provenance")
+_PROVENANCE_KEYS = {"codec": ("model", "bandwidth_kbps", "codebooks", "weights_sha256"), "bpe": ("sha256",)}
 _FIELDS = {"id", "speaker", "text", "reference", "text_tokens", "duration", "audio", "codes", "prompt_id"}
 
 
@@ -71,6 +76,7 @@ class EvalSet:
             raise SchemaError(f"{meta_path}: not JSON ({e})") from None
         if self.meta.get("schema") != EVALSET_SCHEMA:
             raise SchemaError(f"{meta_path}: schema {self.meta.get('schema')!r}, this version reads {EVALSET_SCHEMA}")
+        _check_meta(self.meta, meta_path)
         self.utterances = [self._utterance(n, line) for n, line in enumerate(self._lines(), 1)]
         self.by_id = {u.id: u for u in self.utterances}
         if len(self.by_id) != len(self.utterances) or len(self.utterances) != self.meta.get("utterances"):
@@ -94,7 +100,13 @@ class EvalSet:
         return self.folder / BPE_MODEL
 
     def _lines(self):
-        with open(self.folder / UTTERANCES, encoding="utf-8") as f:
+        try:
+            f = open(self.folder / UTTERANCES, encoding="utf-8")
+        except FileNotFoundError:
+            raise SchemaError(
+                f"{self.folder / UTTERANCES} is missing: the set is incomplete; make it again with valle-prep evalset"
+            ) from None
+        with f:
             yield from (line for line in f if line.strip())
 
     def _utterance(self, n: int, line: str) -> Utterance:
@@ -109,7 +121,23 @@ class EvalSet:
             path = PurePosixPath(row[key])
             if path.is_absolute() or ".." in path.parts:
                 raise SchemaError(f"{where}: {key} path {row[key]!r} leaves the set's folder")
-        return Utterance(**{**row, "text_tokens": tuple(int(t) for t in row["text_tokens"])})
+        tokens = row["text_tokens"]
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens
+        ):
+            raise SchemaError(f"{where}: text_tokens must be a list of BPE ids (integers >= 0)")
+        if not isinstance(row["text"], str) or not isinstance(row["reference"], str):
+            raise SchemaError(f"{where}: text and reference must be strings")
+        return Utterance(**{**row, "text_tokens": tuple(tokens)})
+
+    def check(self) -> None:
+        """Every utterance's files are there and readable: its audio a mono 24 kHz wav, its codes
+        a 2-D uint16 .npy of the set's codebooks (headers only, nothing decoded). Raises
+        SchemaError naming the first broken file."""
+        codebooks = self.provenance["codec"]["codebooks"]
+        for u in self.utterances:
+            _check_wav(self.folder / u.audio)
+            _check_npy_header(self.folder / u.codes, codebooks)
 
     def first(self, n: int | None) -> list[Utterance]:
         """n utterances spread over the speakers (`spread_over_speakers`), in id order; all of
@@ -132,6 +160,45 @@ class EvalSet:
         return codes_from_npy(path.read_bytes(), str(path))
 
 
+_REMAKE = "make the set again with valle-prep evalset"
+
+
+def _check_meta(meta: dict, where: Path) -> None:
+    missing = [k for k in _META_FIELDS if not isinstance(meta.get(k), dict) and k != "name"]
+    if not isinstance(meta.get("name"), str):
+        missing.insert(0, "name")
+    if missing:
+        raise SchemaError(f"{where}: {', '.join(missing)} missing or not an object; {_REMAKE}")
+    provenance = meta["provenance"]
+    for section, keys in _PROVENANCE_KEYS.items():
+        if not isinstance(provenance.get(section), dict) or any(k not in provenance[section] for k in keys):
+            raise SchemaError(f"{where}: provenance.{section} must hold {', '.join(keys)}; {_REMAKE}")
+    if not isinstance(provenance.get("text"), dict) or "normalization" not in provenance["text"]:
+        raise SchemaError(f"{where}: provenance.text must hold normalization; {_REMAKE}")
+
+
+def _check_wav(path: Path) -> None:
+    try:
+        info = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise SchemaError(f"{path}: not a readable wav ({e}); {_REMAKE}") from None
+    if info.samplerate != SAMPLE_RATE or info.channels != 1:
+        raise SchemaError(f"{path}: expected mono {SAMPLE_RATE} Hz, got {info.channels} ch {info.samplerate} Hz")
+
+
+def _check_npy_header(path: Path, codebooks: int) -> None:
+    try:
+        with open(path, "rb") as f:
+            read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+            shape, _, dtype = read_header[fmt.read_magic(f)](f, max_header_size=4096)
+    except FileNotFoundError:
+        raise SchemaError(f"{path} is missing; {_REMAKE}") from None
+    except (ValueError, OSError, KeyError) as e:
+        raise SchemaError(f"{path}: not a readable .npy ({e}); {_REMAKE}") from None
+    if dtype != np.uint16 or len(shape) != 2 or shape[0] != codebooks:
+        raise SchemaError(f"{path}: expected ({codebooks}, frames) uint16 codes, got {shape} {dtype}; {_REMAKE}")
+
+
 class EvalSetWriter:
     """Writes a set: `add` each utterance (any order), then `finish`. A set that was not finished
     has no evalset.json and is not read; writing again starts it over."""
@@ -144,6 +211,10 @@ class EvalSetWriter:
         self.rows: list[dict] = []
 
     def add(self, *, id: str, speaker: str, text: str, reference: str, text_tokens, audio: np.ndarray, codes) -> None:
+        if reason := unusable_text(text, reference):
+            raise SchemaError(
+                f"{self.folder}: utterance {id}: {reason}; a set holds only utterances that can be scored"
+            )
         n = f"{len(self.rows):06d}"
         wav, npy = f"audio/{n}.wav", f"codes/{n}.npy"
         sf.write(self.folder / wav, np.clip(audio, -1, 1), SAMPLE_RATE, subtype="PCM_16")
@@ -182,6 +253,16 @@ class EvalSetWriter:
             "speakers": len({r["speaker"] for r in rows}),
         }
         return write_json_atomic(self.folder / META, meta)
+
+
+def unusable_text(text: str, reference: str) -> str | None:
+    """Why an utterance cannot be evaluated on its text (nothing to read, or no word to score WER
+    against), or None. Set makers skip (and count) such utterances; `EvalSetWriter.add` refuses them."""
+    if not text.strip():
+        return "empty text"
+    if not any(c.isalnum() for c in reference):
+        return "no words in the reference"
+    return None
 
 
 def spread_over_speakers(pairs: Iterable[tuple[str, str]], per_speaker: int | None = None) -> list[str]:

@@ -130,7 +130,7 @@ def test_librispeech_set_downloads_verifies_and_codes(built_corpus, tmp_path):
         )  # fmt: skip
         assert len(mirror.requests) == fetched
     s = EvalSet(dest)
-    assert summary == {"utterances": 4, "speakers": 3} and len(s.utterances) == 4
+    assert summary == {"utterances": 4, "speakers": 3, "skipped": {}} and len(s.utterances) == 4
     u = s.utterances[0]
     assert u.reference.isupper() and u.text == sentence_case(u.reference)
     assert 3.0 <= u.duration <= 10.0 and s.codes(u).shape[1] == int(np.ceil(u.duration * 75 - 1e-6))

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from pipeline.evalsets.selection import Selection
 from pipeline.fetch.audio_store import DirAudioStore, MissingAudio, TarAudioStore, index_tar
-from schemas.evalset import EvalSetWriter
+from schemas.evalset import EvalSetWriter, unusable_text
 from schemas.reading import index_shards, read_index, read_shard
 from storage.remote import join, read_bytes
 from tokens.audio import codec_input
@@ -70,6 +70,10 @@ def build_from_corpus(dag, subset: str, dest: Path, selection: Selection, progre
         for n, positions in sorted(wanted.items()):
             for _, meta, codes in read_shard(shards[n], np.array(sorted(positions))):
                 bar.update()
+                if reason := unusable_text(meta["text"], meta["text"]):
+                    log.warning("evalset: %s skipped: %s", meta["id"], reason)
+                    skipped[reason] = skipped.get(reason, 0) + 1
+                    continue
                 try:
                     audio = window(store, meta)
                 except (MissingAudio, ValueError) as err:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from pipeline.evalsets.from_corpus import EvalSetError
 from pipeline.evalsets.selection import Selection
-from schemas.evalset import EvalSetWriter
+from schemas.evalset import EvalSetWriter, unusable_text
 from schemas.reading import read_index
 from storage.download import DownloadError, download
 from storage.hashing import Checksum
@@ -94,12 +94,17 @@ def build_from_librispeech(
     chosen = sorted((s for s in chosen if s.id in keep), key=lambda s: s.id)
     codec = codec_for(provenance["codec"], codec_weights, device)
     writer = EvalSetWriter(dest)
+    skipped: dict[str, int] = {}
     with tqdm(total=len(chosen), desc=f"coding {PART}", unit="utt", disable=not progress) as bar:
         for first in range(0, len(chosen), ENCODE_BATCH):
             batch = chosen[first : first + ENCODE_BATCH]
             waves = [_audio(recordings[s.recording_id], s) for s in batch]
             for s, wave, codes in zip(batch, waves, codec.encode(waves)):
                 text = normalize_text(sentence_case(s.text))
+                if reason := unusable_text(text, s.text):
+                    log.warning("evalset: %s skipped: %s", s.id, reason)
+                    skipped[reason] = skipped.get(reason, 0) + 1
+                    continue
                 writer.add(
                     id=s.id,
                     speaker=s.speaker,
@@ -117,7 +122,7 @@ def build_from_librispeech(
         provenance={k: provenance[k] for k in ("codec", "bpe", "text")},
         bpe_model=bpe_model,
     )
-    return {"utterances": len(writer.rows), "speakers": len({r["speaker"] for r in writer.rows})}
+    return {"utterances": len(writer.rows), "speakers": len({r["speaker"] for r in writer.rows}), "skipped": skipped}
 
 
 def _audio(recording, supervision):

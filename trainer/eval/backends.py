@@ -70,8 +70,14 @@ def _saved_pretrained(backend: str, path: Path, device: str, preprocessor: str, 
     """(preprocessor, model in eval mode on `device`) from a folder save_pretrained wrote; never
     fetched from a hub."""
     transformers = _require("transformers", backend)
-    pre = getattr(transformers, preprocessor).from_pretrained(path, local_files_only=True)
-    net = getattr(transformers, model).from_pretrained(path, local_files_only=True)
+    try:
+        pre = getattr(transformers, preprocessor).from_pretrained(path, local_files_only=True)
+        net = getattr(transformers, model).from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:  # not a saved model (no config.json or weights), or another kind
+        raise BackendError(
+            f"{backend}:{path} is not a {model} folder as save_pretrained writes it "
+            f"(config.json, preprocessor_config.json, weights): {str(e).splitlines()[0]}"
+        ) from None
     return pre, net.to(device).eval()
 
 
@@ -170,12 +176,19 @@ class Whisper(ASR):
 
 class NeMo(ASR):
     def __init__(self, path: Path, device: str = "cpu"):
+        if not path.is_file() or path.suffix != ".nemo":
+            raise BackendError(f"nemo:{path} is not a .nemo file; give a NeMo ASR model's .nemo archive")
         _require("nemo", "nemo", "'nemo_toolkit[asr]' (valle-corpus's nemo extra)")
         from nemo.collections.asr.models import ASRModel
         from nemo.utils import logging as nemo_logging
 
         nemo_logging.setLevel(nemo_logging.ERROR)  # else every restore and transcribe logs its set-up
-        self.model = ASRModel.restore_from(str(path), map_location=device).eval()
+        try:
+            self.model = ASRModel.restore_from(str(path), map_location=device).eval()
+        except Exception as e:  # NeMo raises many kinds for a broken archive
+            raise BackendError(
+                f"nemo:{path} cannot be restored as a NeMo ASR model ({type(e).__name__}: {e})"
+            ) from None
         self.description = f"NeMo {path.name} (nemo_toolkit {_version('nemo_toolkit')})"
 
     def transcribe(self, wave: np.ndarray) -> str:

@@ -9,6 +9,11 @@ EVALSET comes from `valle-prep evalset` (a corpus's test subset) or `valle-prep
 evalset-librispeech` (LibriSpeech test-clean 4-10 s, the papers' set); its codec, BPE and text
 settings must be the checkpoints'. Writes DIR/results.md, DIR/results.json, DIR/index.html and the
 audio the page plays (DIR/audio/). See trainer/eval/run.py for the tasks, rows and selection rule.
+
+Everything read from the set is checked before any model loads (EvalSet.check) and its token ids
+against the checkpoints' vocabulary before any synthesis. Exit 0: results written; 1: every
+utterance of every task was skipped (nothing scored; the reasons are printed); 2: bad input
+(set, checkpoints, back-ends, options), one line saying which file and what to do.
 """
 
 from __future__ import annotations
@@ -62,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     except (SynthError, SchemaError, BackendError, ValueError) as err:
         print(f"valle-eval: {err}", file=sys.stderr)
         return 2
+    if not any(task["utterances"] for task in results["tasks"].values()):
+        reasons = {r: n for task in results["tasks"].values() for r, n in task["skipped"].items()}
+        print(f"valle-eval: every utterance was skipped, nothing was scored ({reasons})", file=sys.stderr)
+        return 1
     out = Path(args.out)
     paths = report.write(results, out)
     print(paths["markdown"].read_text(), end="")
@@ -71,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args) -> dict:
     evalset = EvalSet(args.evalset)
+    evalset.check()
     cfg = EvalConfig(
         tasks=tuple(t for t in args.tasks.split(",") if t),
         samples=args.samples,
@@ -98,6 +108,7 @@ def run(args) -> dict:
             f"{args.evalset} was coded with other codec/BPE/text settings than the checkpoints "
             f"({wanted} vs {synth.provenance}); make the set from the checkpoints' corpus"
         )
+    check_vocabulary(evalset, synth)
     device = "cuda" if synth.device.type == "cuda" else "cpu"
     scorer = Scorer(
         asr_backend(args.asr, device), speaker_backend(args.speaker, device), None if args.no_dnsmos else DNSMOS()
@@ -116,3 +127,14 @@ def run(args) -> dict:
         f" ({torch.cuda.get_device_name(synth.device)})" if device == "cuda" else ""
     )
     return results
+
+
+def check_vocabulary(evalset: EvalSet, synth: Synthesizer) -> None:
+    """Every utterance's text tokens are ids the checkpoints' text embeddings have."""
+    vocab = min(synth.ar.cfg.text_vocab, synth.nar.cfg.text_vocab)
+    for u in evalset.utterances:
+        if u.text_tokens and max(u.text_tokens) >= vocab:
+            raise SynthError(
+                f"{evalset.folder}: {u.id}'s text token {max(u.text_tokens)} is outside the checkpoints' "
+                f"vocabulary of {vocab}; the set was tokenized with another BPE model than theirs"
+            )

@@ -138,8 +138,8 @@ def page(results: dict) -> str:
                     cell = f"<audio controls preload='none' src='{e(row['audio'][n])}'></audio>"
                     if n in row:
                         sc = row[n]
-                        wer = 100 * sc["errors"] / sc["words"] if sc["words"] else 0.0
-                        cell += f"<br>WER {wer:.0f}% SIM {sc['sim']:.2f}<div class='hyp'>{e(sc['hypothesis'])}</div>"
+                        wer = f"{100 * sc['errors'] / sc['words']:.0f}%" if sc["words"] else "-"
+                        cell += f"<br>WER {wer} SIM {sc['sim']:.2f}<div class='hyp'>{e(sc['hypothesis'])}</div>"
                     parts.append(f"<td>{cell}</td>")
                 parts.append("</tr>")
             parts.append("</table>")

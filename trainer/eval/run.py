@@ -143,6 +143,10 @@ class Trial:
 
 def make_trial(task: str, u: Utterance, evalset: EvalSet, synth: Synthesizer, cfg: EvalConfig) -> Trial | str:
     """The trial of `u` under `task`, or the reason it is left out."""
+    if not u.text.strip() or not u.text_tokens:
+        return "empty text"
+    if not word_errors(u.reference, "").words:
+        return "no words in the reference (WER undefined)"
     codes = evalset.codes(u).astype(np.int64)
     if task == "continuation":
         P = round(cfg.prompt_seconds * FRAME_RATE)
