@@ -33,10 +33,10 @@ from pipeline.output.lock import LockLost, exclusive
 out = Path(sys.argv[1])
 try:
     with exclusive(out, heartbeat_s=0.1, stale_s=1.0):
-        print("held", flush=True)
         while True:
             with (out / "commits").open("a") as f:
                 f.write(f"{time.time()}\\n")
+            print("held", flush=True)  # after its commit: the test pauses it from here on
             threading.Event().wait(30)
 except LockLost as err:
     print(f"LockLost: {err}", flush=True)
