@@ -16,23 +16,14 @@ from storage.hashing import sha256_file
 REPO = Path(__file__).resolve().parents[1]
 
 
-OUR_PACKAGES = {"storage", "tokens", "schemas", "pipeline", "trainer", "sample"}
-
-
 @pytest.fixture(autouse=True)
-def our_loggers_enabled():
-    """Every test starts with this project's loggers enabled and propagating to the root, and
-    pytest's capture handlers there letting every level through: a scoring library building or
-    restoring a model (NeMo sets its verbosity to ERROR) can leave the root's handlers, which
-    pytest reuses from test to test, at ERROR, and a later test's caplog would see nothing."""
-    logging.disable(logging.NOTSET)
+def capture_every_level():
+    """Every test starts with pytest's capture handlers letting every level through: a scoring
+    library building or restoring a model (NeMo) can leave the root's handlers, which pytest
+    reuses from test to test, at ERROR, and a later test's caplog would see nothing."""
     for handler in logging.root.handlers:
         if type(handler).__name__ == "LogCaptureHandler":
             handler.setLevel(logging.NOTSET)
-    for name, logger in list(logging.root.manager.loggerDict.items()):
-        if isinstance(logger, logging.Logger) and name.split(".")[0] in OUR_PACKAGES:
-            logger.disabled, logger.propagate = False, True
-    yield
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import trainer.train as train_module
-from sample.corpora import Cut, speaker_blocks, write_corpus
+from sample.corpora import speaker_blocks, write_corpus
 from schemas.reading import read_shard
 from tests.conftest import REPO
+from tests.test_run import random_lengths
 from trainer.batching import BatchingConfig, plan_epoch
 from trainer.config import load_config
 from trainer.corpus import open_corpus
@@ -144,12 +145,7 @@ def test_a_layout_change_costs_one_plan(monkeypatch):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """6 shards of 6 cuts of 30-50 frames, written for real (the loader and training read them)."""
-    rng = np.random.default_rng(0)
-    shards = [
-        [Cut(c.speaker, c.recording, int(rng.integers(30, 50)), int(rng.integers(4, 12))) for c in shard]
-        for shard in speaker_blocks(6, 2, 3)
-    ]
-    return str(write_corpus(tmp_path_factory.mktemp("elastic"), shards))
+    return str(write_corpus(tmp_path_factory.mktemp("elastic"), random_lengths(speaker_blocks(6, 2, 3))))
 
 
 def test_the_loader_delivers_a_spread_plans_empty_batches_in_turn(corpus):

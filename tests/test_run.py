@@ -28,14 +28,19 @@ from trainer.metrics import Window
 from trainer.train import LossModule, TrainingData, accumulate_gradients, build_model, main, train
 
 
+def random_lengths(shards: list) -> list:
+    """The cuts of `shards` with 30-50 frames and 4-12 text tokens each (seeded)."""
+    rng = np.random.default_rng(0)
+    return [
+        [Cut(c.speaker, c.recording, int(rng.integers(30, 50)), int(rng.integers(4, 12))) for c in shard]
+        for shard in shards
+    ]
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """12 shards of 12 cuts of 30-50 frames; a dev split of 6."""
-    rng = np.random.default_rng(0)
-    shards = [
-        [Cut(c.speaker, c.recording, int(rng.integers(30, 50)), int(rng.integers(4, 12))) for c in shard]
-        for shard in speaker_blocks(12, 2, 6)
-    ]
+    shards = random_lengths(speaker_blocks(12, 2, 6))
     return str(write_corpus(tmp_path_factory.mktemp("run"), shards, dev=speaker_blocks(1, 2, 3)))
 
 
