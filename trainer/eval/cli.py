@@ -10,6 +10,11 @@ evalset-librispeech` (LibriSpeech test-clean 4-10 s, the papers' set); its codec
 settings must be the checkpoints'. Writes DIR/results.md, DIR/results.json, DIR/index.html and the
 audio the page plays (DIR/audio/). See trainer/eval/run.py for the tasks, rows and selection rule.
 
+    valle-eval compare A B [--out FILE.md]
+
+says per task, row and metric whether run B differs from run A beyond the noise (paired bootstrap
+over the utterances both scored; trainer/eval/compare.py).
+
 Everything read from the set is checked before any model loads (EvalSet.check) and its token ids
 against the checkpoints' vocabulary before any synthesis. Exit 0: results written; 1: every
 utterance of every task was skipped (nothing scored; the reasons are printed); 2: bad input
@@ -28,7 +33,7 @@ from schemas.contract import SchemaError
 from schemas.evalset import EvalSet
 from storage.hashing import sha256_file
 from trainer.corpus import provenance_key
-from trainer.eval import report
+from trainer.eval import compare, report
 from trainer.eval.backends import DNSMOS, BackendError, asr_backend, speaker_backend
 from trainer.eval.run import TASKS, EvalConfig, Scorer, evaluate
 from trainer.sampling import LengthGuard, SamplingConfig
@@ -36,6 +41,9 @@ from trainer.synth import SynthError, Synthesizer
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:
+        return compare.main(argv[1:])
     parser = argparse.ArgumentParser(prog="valle-eval", description=__doc__.split("\n")[0])
     parser.add_argument("--ar", required=True, help="AR checkpoint (valle-train)")
     parser.add_argument("--nar", required=True, help="NAR checkpoint (valle-train)")

@@ -39,19 +39,42 @@ def _label(name: str, entry: dict) -> str:
     return ROW_NAMES[name].format(n=entry.get("n", "N"))
 
 
+def _number(entry: dict, key: str, digits: int, scale: float = 1.0) -> str:
+    """A statistic with its interval when it has one: `12.3 [10.1, 14.8]`; "-" when missing."""
+    if key not in entry:
+        return "-"
+    text = f"{scale * entry[key]:.{digits}f}"
+    if key in entry.get("interval", {}):
+        lo, hi = entry["interval"][key]
+        text += f" [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+    return text
+
+
 def _summary(body: dict):
-    """A task's summary table, row by row: label, WER %, SIM, DNSMOS, utterances (as text)."""
+    """A task's summary table, row by row: label, WER %, mean WER %, SIM, DNSMOS, utterances (as text)."""
     for name in ROWS:
         entry = body["summary"].get(name)
         if entry:
-            dnsmos = f"{entry['dnsmos']:.2f}" if "dnsmos" in entry else "-"
             yield (
                 _label(name, entry),
-                f"{100 * entry['wer']:.1f}",
-                f"{entry['sim']:.3f}",
-                dnsmos,
+                _number(entry, "wer", 1, 100),
+                _number(entry, "wer_mean", 1, 100),
+                _number(entry, "sim", 3),
+                _number(entry, "dnsmos", 2),
                 str(entry["utterances"]),
             )
+
+
+def _intervals(results: dict) -> str:
+    """The line under the tables saying what the WERs and the intervals are."""
+    line = "WER % pools every utterance's errors over all their words; mean WER % is the mean of per-utterance WERs."
+    b = results.get("bootstrap")
+    if b:
+        line += (
+            f" In brackets: the {100 * b['level']:g} % interval, bootstrap over {b['over']} "
+            f"({b['resamples']} resamples, seed {b['seed']})."
+        )
+    return line
 
 
 def _backends(results: dict) -> list[str]:
@@ -78,13 +101,14 @@ def markdown(results: dict) -> str:
         lines += [
             f"## {TASK_NAMES[task]}",
             "",
-            "| row | WER % | SIM | DNSMOS | utterances |",
-            "|---|---:|---:|---:|---:|",
+            "| row | WER % | mean WER % | SIM | DNSMOS | utterances |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         lines += ["| " + " | ".join(cells) + " |" for cells in _summary(body)]
         if body["skipped"]:
             lines += ["", "Left out: " + "; ".join(f"{n} ({why})" for why, n in body["skipped"].items())]
         lines.append("")
+    lines += [_intervals(results), ""]
     t = results["timing"]
     if t.get("seconds_per_trial") is not None:
         lines.append(
@@ -122,10 +146,11 @@ def page(results: dict) -> str:
     ]
     for task, body in results["tasks"].items():
         parts.append(f"<h2 id='{task}'>{TASK_NAMES[task]}</h2>")
-        parts.append("<table class='summary'><tr><th>row</th><th>WER %</th><th>SIM</th><th>DNSMOS</th><th>n</th></tr>")
+        parts.append("<table class='summary'><tr><th>row</th><th>WER %</th><th>mean WER %</th><th>SIM</th>")
+        parts.append("<th>DNSMOS</th><th>n</th></tr>")
         for label, *numbers in _summary(body):
             parts.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td class='num'>{n}</td>" for n in numbers) + "</tr>")
-        parts.append("</table>")
+        parts.append(f"</table><p>{e(_intervals(results))}</p>")
         heard = [r for r in body["utterances"] if "audio" in r]
         if heard:
             names = [n for n in ("prompt", *ROWS) if n in heard[0]["audio"]]

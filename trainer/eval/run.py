@@ -14,7 +14,8 @@ single (the first of N samples), best_of_n (N samples decoded as one batch, one 
 2's "metric-wise maximization": each metric's best over the N). As in the paper, both select with
 the evaluation's own ASR and speaker models, so they measure what sampling can reach, not what one
 draw gives.
-WER is errors over reference words summed over the set; SIM and DNSMOS are means.
+WER is errors over reference words summed over the set (wer_mean: the mean of per-utterance
+WERs); SIM and DNSMOS are means; each with its 95 % bootstrap interval over utterances (stats.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tqdm import tqdm
 from schemas.evalset import EvalSet, Utterance
 from tokens.audio import write_wav
 from tokens.constants import FRAME_RATE, HOP, SAMPLE_RATE
+from trainer.eval import stats
 from trainer.eval.backends import cosine, to_16k
 from trainer.eval.wer import NORMALIZATION, WordErrors, corpus_wer, word_errors
 from trainer.sampling import LengthGuard, SamplingConfig
@@ -197,6 +199,7 @@ def evaluate(
     t["real_time_factor"] = t["synthesis_s"] / t["generated_s"] if t["generated_s"] else None
     results["set"] = {"utterances": len(utterances), "speakers": len({u.speaker for u in utterances})}
     results["length_guard"] = guard_check(utterances, cfg.guard)
+    results["bootstrap"] = stats.settings()  # what the summaries' intervals are
     results["settings"] = {**asdict(cfg), "tasks": list(cfg.tasks)}
     for bound in ("max_frames", "min_frames"):  # set per utterance by the guard, not by these
         results["settings"]["sampling"].pop(bound)
@@ -280,6 +283,7 @@ def summarize(rows: list[dict], samples: int) -> dict:
         }
         if all("dnsmos" in s for s in scored):
             entry["dnsmos"] = float(np.mean([s["dnsmos"] for s in scored]))
+        entry |= stats.describe(scored)  # wer_mean, and each statistic's 95 % bootstrap interval
         if name in ("single", "best_of_n"):
             entry["cut_at_max"] = sum(bool(s.get("cut_at_max")) for s in scored)
         out[name] = entry
