@@ -4,7 +4,8 @@ Made once by `valle-prep evalset` (from a built corpus's subset, or from LibriSp
 and read by `valle-eval` and the training-time evaluation. A folder:
 
     evalset.json      written last (it marks a finished set): {"schema": "valle-corpus/evalset.v1",
-                      "name", "source" (where the utterances came from), "selection" (the rules
+                      "name", "source" (where the utterances came from; for a corpus's subset,
+                      whether training saw them: pipeline.evalsets.held_out), "selection" (the rules
                       that chose them), "provenance" (codec, BPE and text settings, as index.json's:
                       the codes and tokens mean what the corpus's mean), "utterances", "speakers"}
     utterances.jsonl  one utterance a line, sorted by id:
@@ -175,6 +176,15 @@ def _check_meta(meta: dict, where: Path) -> None:
             raise SchemaError(f"{where}: provenance.{section} must hold {', '.join(keys)}; {_REMAKE}")
     if not isinstance(provenance.get("text"), dict) or "normalization" not in provenance["text"]:
         raise SchemaError(f"{where}: provenance.text must hold normalization; {_REMAKE}")
+    _check_held_out(meta["source"], where)
+
+
+def _check_held_out(source: dict, where: Path) -> None:
+    """source's trained_on / training_speakers / warning (absent in older sets), as valle-prep writes them."""
+    kinds = {"trained_on": bool, "training_speakers": int, "warning": str}
+    for key, kind in kinds.items():
+        if key in source and not isinstance(source[key], kind):
+            raise SchemaError(f"{where}: source.{key} must be a {kind.__name__}, got {source[key]!r}; {_REMAKE}")
 
 
 def _check_wav(path: Path) -> None:

@@ -152,6 +152,12 @@ def test_valle_eval_end_to_end(trained, built_corpus, tmp_path, capsys):
     assert rate == 24000 and len(wave) > 0
     md = (out / "results.md").read_text()
     assert "model, best of 2 (sort on SIM and WER)" in md and "pocketsphinx" in md
+    # the set comes from small, a training subset: said above the tables, in both reports
+    assert results["set"]["source"]["trained_on"] is True
+    held_in = "were in the training data: scores are not held-out"
+    assert -1 < md.find(held_in) < md.index("## Continuation")
+    html_page = (out / "index.html").read_text()
+    assert -1 < html_page.find(held_in) < html_page.index("<table")
     if CHROMIUM.exists():  # .ci/run installs it where it can
         loaded = open_in_browser(out)
         assert loaded["tables"] == page.tables and loaded["durations"] and min(loaded["durations"]) > 0
@@ -199,6 +205,15 @@ def open_in_browser(folder: Path) -> dict:
     finally:
         server.shutdown()
     return {"tables": tables, "durations": durations, "errors": [e for e in errors if "404" not in e]}
+
+
+def test_only_sets_that_were_trained_on_or_say_so_warn():
+    from trainer.eval.report import set_warning
+
+    assert set_warning({"set": {"source": {"kind": "corpus", "subset": "test_clean"}}}) is None  # an older set
+    assert set_warning({"set": {"source": {"trained_on": False, "training_speakers": 0}}}) is None
+    assert "scores are not held-out" in set_warning({"set": {"source": {"trained_on": True}}})
+    assert set_warning({"set": {"source": {"trained_on": False, "warning": "2 speakers"}}}) == "2 speakers"
 
 
 def test_valle_eval_refuses_a_set_of_other_codes(trained, tmp_path, capsys):

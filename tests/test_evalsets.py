@@ -101,6 +101,42 @@ def test_set_from_a_built_corpus_keeps_its_codes(built_corpus, tiny_corpus, tmp_
     assert prep(["evalset", dag_file, "--out", out, "--subset", "nope", "--to", str(tmp_path / "x")]) == 2
 
 
+def test_a_set_from_a_training_subset_warns_and_says_so(built_corpus, tiny_corpus, tmp_path, capsys):
+    dag_file = str(write_dag(tmp_path / "tiny.yaml", tiny_corpus))
+    common = ["--out", str(built_corpus[0].out), "--min-seconds", "0", "--max-seconds", "20", "--no-progress"]
+    assert prep(["evalset", dag_file, "--subset", "small", "--to", str(tmp_path / "small"), *common]) == 0
+    assert "!! WARNING: this set's utterances were in the training data" in capsys.readouterr().err
+    source = EvalSet(tmp_path / "small").meta["source"]
+    assert source["trained_on"] is True and "scores are not held-out" in source["warning"]
+    # dev is not trained on, but its one speaker also reads a chapter of small
+    assert prep(["evalset", dag_file, "--subset", "dev", "--to", str(tmp_path / "dev"), *common]) == 0
+    assert "also speak in the training data" in capsys.readouterr().err
+    source = EvalSet(tmp_path / "dev").meta["source"]
+    assert source["trained_on"] is False and source["training_speakers"] == 1
+
+
+def test_held_out_fields_from_roles_and_speakers(tmp_path):
+    from pipeline.evalsets.held_out import held_out_fields
+    from sample.corpora import Cut, speaker_blocks
+    from sample.corpora import write_corpus as write_generated
+
+    out = str(write_generated(tmp_path, speaker_blocks(2, 2, 3), dev=[[Cut("99", "large/99/b/c", 16, 4)]]))
+    index = read_index(out)
+    assert held_out_fields(out, index, "large", {"0"})["trained_on"] is True
+    assert held_out_fields(out, index, "dev", {"99"}) == {"trained_on": False, "training_speakers": 0}
+    seen = held_out_fields(out, index, "dev", {"99", "3"})
+    assert seen["training_speakers"] == 1 and "(3)" in seen["warning"]
+
+
+def test_a_malformed_held_out_field_is_refused_when_read(tmp_path):
+    folder = write_set(tmp_path / "set")
+    meta = json.loads((folder / "evalset.json").read_text())
+    meta["source"] |= {"trained_on": True, "warning": 5}
+    (folder / "evalset.json").write_text(json.dumps(meta))
+    with pytest.raises(SchemaError, match="source.warning must be a str"):
+        EvalSet(folder)
+
+
 def test_librispeech_set_downloads_verifies_and_codes(built_corpus, tmp_path):
     site = tmp_path / "openslr"
     archive = write_test_clean(site)

@@ -18,6 +18,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from pipeline.evalsets.held_out import held_out_fields
 from pipeline.evalsets.selection import Selection
 from pipeline.fetch.audio_store import DirAudioStore, MissingAudio, TarAudioStore, index_tar
 from schemas.evalset import EvalSetWriter, unusable_text
@@ -48,7 +49,7 @@ def audio_store(dag):
 
 
 def build_from_corpus(dag, subset: str, dest: Path, selection: Selection, progress: bool = True) -> dict:
-    """Write the set; returns {"utterances", "speakers", "skipped": {reason: count}}."""
+    """Write the set; returns {"utterances", "speakers", "skipped": {reason: count}, "warning": str or None}."""
     out = str(dag.out)
     index = read_index(out, EvalSetError)
     if subset not in index["subsets"]:
@@ -89,16 +90,20 @@ def build_from_corpus(dag, subset: str, dest: Path, selection: Selection, progre
                     audio=audio,
                     codes=codes,
                 )
+    held_out = held_out_fields(out, index, subset, {r["speaker"] for r in writer.rows})
+    if "warning" in held_out:
+        log.warning("evalset: %s", held_out["warning"])
     p = index["provenance"]
     writer.finish(
         name=f"{dag.name}/{subset}",
-        source={"kind": "corpus", "corpus": out, "subset": subset},
+        source={"kind": "corpus", "corpus": out, "subset": subset, **held_out},
         selection=selection.record(),
         provenance={k: p[k] for k in ("codec", "bpe", "text")},
         bpe_model=read_bytes(join(out, p["bpe"]["model"])),
     )
     kept = len(writer.rows)
-    return {"utterances": kept, "speakers": len({r["speaker"] for r in writer.rows}), "skipped": skipped}
+    summary = {"utterances": kept, "speakers": len({r["speaker"] for r in writer.rows}), "skipped": skipped}
+    return summary | {"warning": held_out.get("warning")}
 
 
 def window(store, meta: dict) -> np.ndarray:

@@ -85,6 +85,15 @@ def _backends(results: dict) -> list[str]:
     return lines
 
 
+def set_warning(results: dict) -> str | None:
+    """What the set's source warns of (valle-prep evalset: made from a training subset, or with
+    speakers heard in training), to show above the tables; None for a held-out set or an older one."""
+    source = results["set"].get("source") or {}
+    if source.get("trained_on") and not source.get("warning"):
+        return "this set's utterances were in the training data: scores are not held-out"
+    return source.get("warning")
+
+
 def markdown(results: dict) -> str:
     s = results["set"]
     lines = [
@@ -97,6 +106,8 @@ def markdown(results: dict) -> str:
         "- Scores from other back-ends (the papers' ASR and speaker models) are not comparable with these.",
         "",
     ]
+    if warning := set_warning(results):
+        lines += [f"> **Warning:** {warning}", ""]
     for task, body in results["tasks"].items():
         lines += [
             f"## {TASK_NAMES[task]}",
@@ -144,6 +155,8 @@ def page(results: dict) -> str:
         f"NAR {e(str(results['checkpoints']['nar']))}, decoder {e(results['checkpoints']['decoder'])}.</p>",
         "<ul>" + "".join(f"<li>{e(line)}</li>" for line in _backends(results)) + "</ul>",
     ]
+    if warning := set_warning(results):
+        parts.append(f"<p style='background:#fdd;padding:8px'><strong>Warning:</strong> {e(warning)}</p>")
     for task, body in results["tasks"].items():
         parts.append(f"<h2 id='{task}'>{TASK_NAMES[task]}</h2>")
         parts.append("<table class='summary'><tr><th>row</th><th>WER %</th><th>mean WER %</th><th>SIM</th>")
