@@ -3,6 +3,7 @@
     valle-eval --ar AR.pt --nar NAR.pt --set EVALSET --out DIR [--tasks continuation,cross]
         [--samples 5] [--prompt-seconds 3] [--max-utterances N] [--asr pocketsphinx|hubert:PATH|
         whisper:PATH|nemo:PATH] [--speaker resemblyzer|wavlm:PATH] [--no-dnsmos]
+        [--normalizer english-v1|whisper|seed-tts]
         [--codec-weights pretrained|random|PATH] [--decoder encodec|vocos --vocos DIR] [--device D]
 
 EVALSET comes from `valle-prep evalset` (a corpus's test subset) or `valle-prep
@@ -36,6 +37,7 @@ from trainer.corpus import provenance_key
 from trainer.eval import compare, report
 from trainer.eval.backends import DNSMOS, BackendError, asr_backend, speaker_backend
 from trainer.eval.run import TASKS, EvalConfig, Scorer, evaluate
+from trainer.eval.wer import NORMALIZATION, NORMALIZERS, normalizer_named
 from trainer.sampling import LengthGuard, SamplingConfig
 from trainer.synth import SynthError, Synthesizer
 
@@ -56,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--asr", default="pocketsphinx", help="pocketsphinx | hubert:PATH | whisper:PATH | nemo:PATH")
     parser.add_argument("--speaker", default="resemblyzer", help="resemblyzer | wavlm:PATH")
     parser.add_argument("--no-dnsmos", action="store_true", help="skip DNSMOS")
+    parser.add_argument(
+        "--normalizer",
+        default=NORMALIZATION,
+        help=f"WER text normalization: {' | '.join(NORMALIZERS)} (default {NORMALIZATION}; docs/evaluation.md)",
+    )
     parser.add_argument("--codec-weights", default="pretrained", help="pretrained | random | PATH")
     parser.add_argument("--decoder", default="encodec", help="encodec | vocos")
     parser.add_argument("--vocos", help="folder with a Vocos EnCodec checkpoint (config.yaml, pytorch_model.bin)")
@@ -87,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> dict:
+    normalizer_named(args.normalizer)("")  # an unknown name is a bad option: said before anything loads
     evalset = EvalSet(args.evalset)
     evalset.check()
     cfg = EvalConfig(
@@ -119,10 +127,14 @@ def run(args) -> dict:
     check_vocabulary(evalset, synth)
     device = "cuda" if synth.device.type == "cuda" else "cpu"
     scorer = Scorer(
-        asr_backend(args.asr, device), speaker_backend(args.speaker, device), None if args.no_dnsmos else DNSMOS()
+        asr_backend(args.asr, device),
+        speaker_backend(args.speaker, device),
+        None if args.no_dnsmos else DNSMOS(),
+        args.normalizer,
     )
     results = evaluate(synth, evalset, scorer, cfg, Path(args.out) / "audio", progress=not args.no_progress)
     results["set"] |= {"name": evalset.name, "folder": str(evalset.folder), "source": evalset.meta["source"]}
+    results["set"]["reference"] = evalset.reference  # what WER is scored against
     results["checkpoints"] = {
         "ar": args.ar,
         "nar": args.nar,

@@ -1,6 +1,7 @@
 """What valle-eval writes: results.json (everything, per utterance), results.md (one table per
 task) and index.html (the tables, then per-utterance audio players: prompt, ground truth,
-resynthesis, single sample, best of N, with text and scores). Every table names its back-ends."""
+resynthesis, single sample, best of N, with text and scores). Every table names its back-ends,
+its WER text normalization and what WER is scored against (the set's source.reference)."""
 
 from __future__ import annotations
 
@@ -79,7 +80,10 @@ def _intervals(results: dict) -> str:
 
 def _backends(results: dict) -> list[str]:
     b = results["backends"]
-    lines = [f"ASR: {b['asr']}; WER text normalization {b['wer_normalization']}", f"Speaker: {b['speaker']}"]
+    lines = [
+        f"ASR: {b['asr']}; WER text normalization {b['wer_normalization']}{_reference(results)}",
+        f"Speaker: {b['speaker']}",
+    ]
     if b.get("dnsmos"):
         lines.append(f"Quality: {b['dnsmos']}")
     return lines
@@ -92,6 +96,15 @@ def set_warning(results: dict) -> str | None:
     if source.get("trained_on") and not source.get("warning"):
         return "this set's utterances were in the training data: scores are not held-out"
     return source.get("warning")
+
+
+def _reference(results: dict) -> str:
+    """What WER was scored against (the set's source.reference)."""
+    ref = results["set"].get("reference")
+    if not ref:
+        return ""
+    fallbacks = f" ({ref['fallbacks']} utterance(s) without it: against their text)" if ref["fallbacks"] else ""
+    return f"; WER reference {ref['field']}{fallbacks}"
 
 
 def markdown(results: dict) -> str:

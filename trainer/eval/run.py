@@ -32,7 +32,7 @@ from tokens.audio import write_wav
 from tokens.constants import FRAME_RATE, HOP, SAMPLE_RATE
 from trainer.eval import stats
 from trainer.eval.backends import cosine, to_16k
-from trainer.eval.wer import NORMALIZATION, WordErrors, corpus_wer, word_errors
+from trainer.eval.wer import NORMALIZATION, WordErrors, corpus_wer, normalizer_named, word_errors
 from trainer.sampling import LengthGuard, SamplingConfig
 from trainer.synth import SynthError, Synthesizer
 
@@ -63,17 +63,19 @@ class EvalConfig:
 
 
 class Scorer:
-    """ASR, speaker and (optional) DNSMOS back-ends together."""
+    """ASR, speaker and (optional) DNSMOS back-ends together, and the WER text normalization."""
 
-    def __init__(self, asr, speaker, dnsmos=None):
+    def __init__(self, asr, speaker, dnsmos=None, normalizer: str = NORMALIZATION):
         self.asr, self.speaker, self.dnsmos = asr, speaker, dnsmos
+        normalizer_named(normalizer)("")  # an unknown name or a missing package fails here, not mid-run
+        self.normalizer = normalizer
 
     def describe(self) -> dict:
         return {
             "asr": self.asr.description,
             "speaker": self.speaker.description,
             "dnsmos": self.dnsmos.description if self.dnsmos else None,
-            "wer_normalization": NORMALIZATION,
+            "wer_normalization": self.normalizer,
         }
 
     def embed(self, wave24: np.ndarray) -> np.ndarray:
@@ -91,7 +93,7 @@ class Scorer:
         measured = []
         for wave in waves:
             hypothesis = next(heard) if len(wave) else ""
-            errors = word_errors(reference, hypothesis)
+            errors = word_errors(reference, hypothesis, self.normalizer)
             out = {"hypothesis": hypothesis, "errors": errors.errors, "words": errors.words}
             out["embedding"] = self.speaker.embed(wave) if len(wave) > RATE_MIN else None
             if self.dnsmos and len(wave):
