@@ -278,7 +278,15 @@ def _evalset(args) -> int:
         print(f"valle-prep: {err}", file=sys.stderr)
         return 2
     _print_evalset_summary(args.to, summary)
+    if summary["warning"]:
+        print(_banner(summary["warning"]), file=sys.stderr)
     return 0
+
+
+def _banner(text: str) -> str:
+    """A warning that stands out of the progress bars and log lines around it."""
+    rule = "!" * 78
+    return f"{rule}\n!! WARNING: {text}\n{rule}"
 
 
 def _print_evalset_summary(to, summary: dict) -> None:

@@ -56,6 +56,8 @@ MISMATCHED_ASR = "AND THEN THE WHOLE COMPANY WENT DOWN TO THE SHORE TO WAIT FOR 
 class Utterance:
     text: str  # book sentence, cased and punctuated
     audio: np.ndarray  # float32 mono, 16 kHz, in [-1, 1]
+    # texts[1], what a reader says ("DOCTOR" for "Dr."); None: asr_text(text), digits one by one
+    spoken: str | None = None
 
 
 @dataclass
@@ -410,7 +412,7 @@ def _chapter_cuts(ci: int, ch: Chapter, lay: _Layout, manifest: str) -> list[tup
     perm = _permutation(len(ch.utterances), rec_id)
     book_so_far, asr_so_far, out = "", "", []
     for ui, utt in enumerate(ch.utterances):
-        texts = [utt.text, asr_text(utt.text)]
+        texts = [utt.text, utt.spoken or asr_text(utt.text)]
         cut_id = f"{rec_id}_{perm[ui]}"
         start = lay.offsets[ui] / SAMPLE_RATE + START_JITTER
         duration = _floor_ms(lay.lengths[ui])

@@ -1,13 +1,17 @@
 """Build the bundled sample corpus: espeak-ng speech laid out as a tiny Libriheavy.
 
-Run once (its output is committed):   /work/venv/bin/python sample/make_sample.py
-In:  the sentences below, spoken by espeak-ng (3 voices), resampled 22.05 -> 16 kHz by sox.
-Out: sample/audio/small.tar, sample/manifests/libriheavy_cuts_{small,dev}.jsonl.gz and
-     sample/SHA256SUMS. The same espeak-ng and sox versions reproduce the same bytes.
+Run once (its output is committed):   python sample/make_sample.py
+In:  the sentences below, spoken by espeak-ng (4 voices), resampled 22.05 -> 16 kHz by sox.
+Out: sample/audio/{small,large}.tar, sample/manifests/libriheavy_cuts_{small,dev,test_clean}.jsonl.gz
+     and sample/SHA256SUMS. The same espeak-ng and sox versions reproduce the same bytes.
 
 The `small` manifest holds five chapters; `dev` holds the sixth (its audio is also in small.tar,
-as real dev cuts point into the training tars). Planted defects (see sample/lookalike.py, Defects):
-missing audio in dev; past-end, empty text, too short and a malformed line in small.
+as real dev cuts point into the training tars). `test_clean` holds one chapter of a fourth voice,
+heard in no other subset (a held-out speaker, for evaluation); its audio is in large.tar, a
+LibriLight tar no other manifest uses, so small.tar's bytes do not depend on it. Its ASR texts
+say what the reader said ("DOCTOR", "TWELVE"), as Libriheavy's do. Planted defects
+(see sample/lookalike.py, Defects): missing audio in dev; past-end, empty text, too short and a
+malformed line in small; none in test_clean.
 """
 
 from __future__ import annotations
@@ -27,7 +31,12 @@ sys.path.insert(0, str(HERE.parent))  # the repository root: the generator is no
 from sample.lookalike import Chapter, Defects, Utterance, write_corpus  # noqa: E402
 
 # speaker id -> espeak-ng voice, words per minute, pitch (0-99)
-VOICES = {"2041": ("en-us", 165, 45), "587": ("en-gb+f3", 160, 60), "7302": ("en+m3", 155, 35)}
+VOICES = {
+    "2041": ("en-us", 165, 45),
+    "587": ("en-gb+f3", 160, 60),
+    "7302": ("en+m3", 155, 35),
+    "5105": ("en-gb-scotland+f2", 160, 70),  # test_clean only
+}
 
 # (speaker, book_dir, stem, book title, sentences): two chapters per speaker.
 BOOKS = [
@@ -117,7 +126,41 @@ BOOKS = [
     ),
 ]
 DEV_CHAPTERS = 1  # the last chapter goes to the dev manifest
-MANIFESTS = ("small", "dev")
+
+# The held-out voice: (speaker, book_dir, stem, title, [(sentence, what the reader says)]).
+TEST_BOOKS = [
+    (
+        "5105",
+        "country_doctor_2207_librivox_64kb_mp3",
+        "countrydoctor_01_reid_64kb",
+        "A Country Doctor",
+        [
+            (
+                "Dr. Ellis arrived in the valley on a wet April morning.",
+                "DOCTOR ELLIS ARRIVED IN THE VALLEY ON A WET APRIL MORNING",
+            ),
+            (
+                "She had brought one trunk, 12 books and a black umbrella.",
+                "SHE HAD BROUGHT ONE TRUNK TWELVE BOOKS AND A BLACK UMBRELLA",
+            ),
+            (
+                "\u201cYou will want the house by the mill,\u201d said Mr. Grant.",
+                "YOU WILL WANT THE HOUSE BY THE MILL SAID MISTER GRANT",
+            ),
+            (
+                "The house was damp, but the view across the river was lovely.",
+                "THE HOUSE WAS DAMP BUT THE VIEW ACROSS THE RIVER WAS LOVELY",
+            ),
+            (
+                "By evening, her first patient was knocking at the door.",
+                "BY EVENING HER FIRST PATIENT WAS KNOCKING AT THE DOOR",
+            ),
+            ("It was a boy of 9 with a badly cut thumb.", "IT WAS A BOY OF NINE WITH A BADLY CUT THUMB"),
+        ],
+    ),
+]
+TEST_AUDIO = "large"  # the LibriLight subset (tar) of the held-out chapters
+MANIFESTS = ("small", "dev", "test_clean")
 DEFECTS = Defects(missing_audio="dev", past_end="small", empty_text="small", too_short="small", malformed_line="small")
 
 
@@ -151,17 +194,22 @@ def speak(text: str, voice: str, wpm: int, pitch: int, tmp: Path) -> np.ndarray:
 
 def build(out_dir: Path) -> dict[str, str]:
     """Synthesize, write the corpus and SHA256SUMS; return {relative path: sha256}."""
+    books = [("small", *book, [(s, None) for s in sentences]) for *book, sentences in BOOKS]
+    books += [(TEST_AUDIO, *book) for book in TEST_BOOKS]
     chapters = []
     with tempfile.TemporaryDirectory() as tmp:
-        for speaker, book_dir, stem, title, sentences in BOOKS:
+        for subset, speaker, book_dir, stem, title, sentences in books:
             voice, wpm, pitch = VOICES[speaker]
-            utts = [Utterance(s, speak(s, voice, wpm, pitch, Path(tmp))) for s in sentences]
-            chapters.append(Chapter("small", speaker, book_dir, stem, utts, book_title=title))
-    ids = [ch.recording_id for ch in chapters]
-    files = write_corpus(
-        chapters, out_dir, defects=DEFECTS, manifest_subsets={"small": ids[:-DEV_CHAPTERS], "dev": ids[-DEV_CHAPTERS:]}
-    )
-    paths = [files.tars["small"]] + [files.manifests[m] for m in MANIFESTS]
+            utts = [Utterance(s, speak(s, voice, wpm, pitch, Path(tmp)), spoken) for s, spoken in sentences]
+            chapters.append(Chapter(subset, speaker, book_dir, stem, utts, book_title=title))
+    ids = [ch.recording_id for ch in chapters[: len(BOOKS)]]
+    subsets = {
+        "small": ids[:-DEV_CHAPTERS],
+        "dev": ids[-DEV_CHAPTERS:],
+        "test_clean": [ch.recording_id for ch in chapters[len(BOOKS) :]],
+    }
+    files = write_corpus(chapters, out_dir, defects=DEFECTS, manifest_subsets=subsets)
+    paths = [files.tars["small"], files.tars[TEST_AUDIO]] + [files.manifests[m] for m in MANIFESTS]
     sums = {p.relative_to(out_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
     (out_dir / "SHA256SUMS").write_text("".join(f"{h}  {p}\n" for p, h in sums.items()))
     return sums

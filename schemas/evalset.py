@@ -4,12 +4,18 @@ Made once by `valle-prep evalset` (from a built corpus's subset, or from LibriSp
 and read by `valle-eval` and the training-time evaluation. A folder:
 
     evalset.json      written last (it marks a finished set): {"schema": "valle-corpus/evalset.v1",
-                      "name", "source" (where the utterances came from), "selection" (the rules
-                      that chose them), "provenance" (codec, BPE and text settings, as index.json's:
-                      the codes and tokens mean what the corpus's mean), "utterances", "speakers"}
+                      "name", "source" (where the utterances came from; for a corpus's subset,
+                      whether training saw them: pipeline.evalsets.held_out; its optional "reference":
+                      {"field": what the references are, e.g. "asr transcript (texts[1])" or
+                      "LibriSpeech transcript", "fallbacks": how many utterances lacked it and
+                      hold their text instead}; a set without it holds its text), "selection" (the
+                      rules that chose them), "provenance" (codec, BPE and text settings, as
+                      index.json's: the codes and tokens mean what the corpus's mean), "utterances",
+                      "speakers"}
     utterances.jsonl  one utterance a line, sorted by id:
                       {"id", "speaker", "text" (normalized, what the models read), "reference"
-                       (the transcript WER is scored against), "text_tokens" [BPE ids of text],
+                       (the transcript WER is scored against: source.reference says which),
+                       "text_tokens" [BPE ids of text],
                        "duration" (s), "audio": "audio/<n>.wav", "codes": "codes/<n>.npy",
                        "prompt_id": the previous utterance of the same speaker (the cross-sentence
                        prompt, the first taking the last), or null when the speaker has only one}
@@ -77,6 +83,7 @@ class EvalSet:
         if self.meta.get("schema") != EVALSET_SCHEMA:
             raise SchemaError(f"{meta_path}: schema {self.meta.get('schema')!r}, this version reads {EVALSET_SCHEMA}")
         _check_meta(self.meta, meta_path)
+        self.reference = _reference(self.meta, meta_path)
         self.utterances = [self._utterance(n, line) for n, line in enumerate(self._lines(), 1)]
         self.by_id = {u.id: u for u in self.utterances}
         if len(self.by_id) != len(self.utterances) or len(self.utterances) != self.meta.get("utterances"):
@@ -175,6 +182,27 @@ def _check_meta(meta: dict, where: Path) -> None:
             raise SchemaError(f"{where}: provenance.{section} must hold {', '.join(keys)}; {_REMAKE}")
     if not isinstance(provenance.get("text"), dict) or "normalization" not in provenance["text"]:
         raise SchemaError(f"{where}: provenance.text must hold normalization; {_REMAKE}")
+    _check_held_out(meta["source"], where)
+
+
+def _check_held_out(source: dict, where: Path) -> None:
+    """source's trained_on / training_speakers / warning (absent in older sets), as valle-prep writes them."""
+    kinds = {"trained_on": bool, "training_speakers": int, "warning": str}
+    for key, kind in kinds.items():
+        if key in source and not isinstance(source[key], kind):
+            raise SchemaError(f"{where}: source.{key} must be a {kind.__name__}, got {source[key]!r}; {_REMAKE}")
+
+
+def _reference(meta: dict, where: Path) -> dict:
+    """source.reference, {"field", "fallbacks"}: what the utterances' references are. A set that
+    does not say holds its text there (LibriSpeech sets: their transcript)."""
+    ref = meta["source"].get("reference")
+    if ref is None:
+        librispeech = meta["source"].get("kind") == "librispeech"
+        return {"field": "LibriSpeech transcript" if librispeech else "the set's text", "fallbacks": 0}
+    if not isinstance(ref, dict) or not isinstance(ref.get("field"), str) or not isinstance(ref.get("fallbacks"), int):
+        raise SchemaError(f"{where}: source.reference must hold field (a text) and fallbacks (a count); {_REMAKE}")
+    return ref
 
 
 def _check_wav(path: Path) -> None:

@@ -20,7 +20,7 @@ from tokens.constants import FRAME_RATE
 from trainer.eval.backends import DNSMOS, BackendError, asr_backend, cosine, speaker_backend
 from trainer.eval.cli import main
 from trainer.eval.run import best_of, metric_wise
-from trainer.eval.wer import WordErrors, corpus_wer, normalize, word_errors
+from trainer.eval.wer import NORMALIZERS, WordErrors, corpus_wer, normalize, word_errors
 
 # pocketsphinx's bundled en-us model on the sample's espeak-ng speech, measured on the 28 clean
 # sample utterances: 86 % WER (it is far from the papers' ASR; espeak-ng is hard for it too).
@@ -36,6 +36,27 @@ def test_wer_on_known_inputs():
         "well known o'brien's joke one thousand five hundred or three point five"
     )
     assert corpus_wer([WordErrors(1, 4), WordErrors(0, 6)]) == pytest.approx(0.1)  # pooled, not averaged
+
+
+def test_each_normalizer_on_hand_checked_strings():
+    book, heard = "Mr. Smith paid 1820 dollars on the 3rd.", "MISTER SMITH PAID EIGHTEEN TWENTY DOLLARS ON THE THIRD"
+    # english-v1 spells digits out as cardinals, keeps "mr" and "three rd": 7 errors in 13 words
+    assert word_errors(book, heard) == WordErrors(7, 13)
+    # whisper makes both "mister smith paid $1820 on the 3rd"
+    assert word_errors(book, heard, "whisper") == WordErrors(0, 7)
+    # seed-tts keeps words and numbers as written: mr/mister, 1820/eighteen (+ twenty), 3rd/third
+    assert word_errors(book, heard, "seed-tts") == WordErrors(4, 8)
+    whisper, seed_tts = NORMALIZERS["whisper"], NORMALIZERS["seed-tts"]
+    # British spellings, contractions
+    assert whisper("The colour of the harbour, isn't it?") == "the color of the harbor is not it"
+    assert whisper("Twenty-five [laughs] uh Apples") == "25 apples"  # numbers, brackets, fillers, case
+    # seed-tts deletes marks (joining what they separated), keeps the straight apostrophe, drops the curly one
+    assert seed_tts("\u201cDon't\u2014stop!\u201d It\u2019s well-known: 1,500 Apples\u2026") == (
+        "don'tstop its wellknown 1500 apples"
+    )
+    assert NORMALIZERS["english-v1"] is normalize
+    with pytest.raises(ValueError, match="choose one of english-v1, whisper, seed-tts"):
+        word_errors("a", "a", "english")
 
 
 def test_best_of_n_keeps_lowest_wer_then_highest_sim():
@@ -152,6 +173,12 @@ def test_valle_eval_end_to_end(trained, built_corpus, tmp_path, capsys):
     assert rate == 24000 and len(wave) > 0
     md = (out / "results.md").read_text()
     assert "model, best of 2 (sort on SIM and WER)" in md and "pocketsphinx" in md
+    # the set comes from small, a training subset: said above the tables, in both reports
+    assert results["set"]["source"]["trained_on"] is True
+    held_in = "were in the training data: scores are not held-out"
+    assert -1 < md.find(held_in) < md.index("## Continuation")
+    html_page = (out / "index.html").read_text()
+    assert -1 < html_page.find(held_in) < html_page.index("<table")
     if CHROMIUM.exists():  # .ci/run installs it where it can
         loaded = open_in_browser(out)
         assert loaded["tables"] == page.tables and loaded["durations"] and min(loaded["durations"]) > 0
@@ -199,6 +226,37 @@ def open_in_browser(folder: Path) -> dict:
     finally:
         server.shutdown()
     return {"tables": tables, "durations": durations, "errors": [e for e in errors if "404" not in e]}
+
+
+def test_only_sets_that_were_trained_on_or_say_so_warn():
+    from trainer.eval.report import set_warning
+
+    assert set_warning({"set": {"source": {"kind": "corpus", "subset": "test_clean"}}}) is None  # an older set
+    assert set_warning({"set": {"source": {"trained_on": False, "training_speakers": 0}}}) is None
+    assert "scores are not held-out" in set_warning({"set": {"source": {"trained_on": True}}})
+    assert set_warning({"set": {"source": {"trained_on": False, "warning": "2 speakers"}}}) == "2 speakers"
+
+
+def test_the_normalizer_and_the_reference_are_named_in_every_table(trained, built_corpus, tmp_path, capsys):
+    from tests.test_eval_errors import valle_eval
+
+    evalset, out = tmp_path / "set", tmp_path / "eval"
+    build_from_corpus(built_corpus[0], "small", evalset, Selection(0.0, 20.0), progress=False)
+    extra = ("--normalizer", "seed-tts", "--max-utterances", "1", "--tasks", "continuation")
+    assert valle_eval(trained, evalset, out, *extra) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["backends"]["wer_normalization"] == "seed-tts"
+    assert results["set"]["reference"] == {"field": "asr transcript (texts[1])", "fallbacks": 0}
+    for page in ("results.md", "index.html"):
+        text = (out / page).read_text()
+        assert "WER text normalization seed-tts; WER reference asr transcript (texts[1])" in text, page
+
+
+def test_an_unknown_normalizer_is_one_line_and_exit_2(trained, built_corpus, tmp_path, capsys):
+    from tests.test_eval_errors import one_line, valle_eval
+
+    assert valle_eval(trained, tmp_path / "no set", tmp_path / "out", "--normalizer", "whisper-v3") == 2
+    assert "unknown WER normalizer 'whisper-v3'; choose one of english-v1, whisper, seed-tts" in one_line(capsys)
 
 
 def test_valle_eval_refuses_a_set_of_other_codes(trained, tmp_path, capsys):

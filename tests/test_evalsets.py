@@ -5,6 +5,8 @@ lhotse's recipe, coded by the corpus's codec)."""
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import hashlib
 import json
 
@@ -12,15 +14,17 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main as prep
-from pipeline.evalsets.from_corpus import build_from_corpus
+from pipeline.evalsets.from_corpus import asr_transcripts, build_from_corpus
 from pipeline.evalsets.librispeech import build_from_librispeech, sentence_case
 from pipeline.evalsets.selection import Selection
 from sample.http_mirror import HttpMirror
 from sample.librispeech import write_test_clean
+from sample.lookalike import manifest_line
 from schemas.contract import SchemaError
 from schemas.evalset import EvalSet, EvalSetWriter
 from schemas.reading import index_shards, read_index, read_shard
 from tests.conftest import write_dag
+from tokens.text import normalize_text
 
 
 def write_set(folder, speakers=("a", "a", "a", "b"), bpe=b"model"):
@@ -101,6 +105,42 @@ def test_set_from_a_built_corpus_keeps_its_codes(built_corpus, tiny_corpus, tmp_
     assert prep(["evalset", dag_file, "--out", out, "--subset", "nope", "--to", str(tmp_path / "x")]) == 2
 
 
+def test_a_set_from_a_training_subset_warns_and_says_so(built_corpus, tiny_corpus, tmp_path, capsys):
+    dag_file = str(write_dag(tmp_path / "tiny.yaml", tiny_corpus))
+    common = ["--out", str(built_corpus[0].out), "--min-seconds", "0", "--max-seconds", "20", "--no-progress"]
+    assert prep(["evalset", dag_file, "--subset", "small", "--to", str(tmp_path / "small"), *common]) == 0
+    assert "!! WARNING: this set's utterances were in the training data" in capsys.readouterr().err
+    source = EvalSet(tmp_path / "small").meta["source"]
+    assert source["trained_on"] is True and "scores are not held-out" in source["warning"]
+    # dev is not trained on, but its one speaker also reads a chapter of small
+    assert prep(["evalset", dag_file, "--subset", "dev", "--to", str(tmp_path / "dev"), *common]) == 0
+    assert "also speak in the training data" in capsys.readouterr().err
+    source = EvalSet(tmp_path / "dev").meta["source"]
+    assert source["trained_on"] is False and source["training_speakers"] == 1
+
+
+def test_held_out_fields_from_roles_and_speakers(tmp_path):
+    from pipeline.evalsets.held_out import held_out_fields
+    from sample.corpora import Cut, speaker_blocks
+    from sample.corpora import write_corpus as write_generated
+
+    out = str(write_generated(tmp_path, speaker_blocks(2, 2, 3), dev=[[Cut("99", "large/99/b/c", 16, 4)]]))
+    index = read_index(out)
+    assert held_out_fields(out, index, "large", {"0"})["trained_on"] is True
+    assert held_out_fields(out, index, "dev", {"99"}) == {"trained_on": False, "training_speakers": 0}
+    seen = held_out_fields(out, index, "dev", {"99", "3"})
+    assert seen["training_speakers"] == 1 and "(3)" in seen["warning"]
+
+
+def test_a_malformed_held_out_field_is_refused_when_read(tmp_path):
+    folder = write_set(tmp_path / "set")
+    meta = json.loads((folder / "evalset.json").read_text())
+    meta["source"] |= {"trained_on": True, "warning": 5}
+    (folder / "evalset.json").write_text(json.dumps(meta))
+    with pytest.raises(SchemaError, match="source.warning must be a str"):
+        EvalSet(folder)
+
+
 def test_librispeech_set_downloads_verifies_and_codes(built_corpus, tmp_path):
     site = tmp_path / "openslr"
     archive = write_test_clean(site)
@@ -135,8 +175,66 @@ def test_librispeech_set_downloads_verifies_and_codes(built_corpus, tmp_path):
     assert u.reference.isupper() and u.text == sentence_case(u.reference)
     assert 3.0 <= u.duration <= 10.0 and s.codes(u).shape[1] == int(np.ceil(u.duration * 75 - 1e-6))
     assert s.meta["source"]["checksum"] == f"md5:{md5}"
+    assert s.meta["source"]["reference"] == {"field": "LibriSpeech transcript", "fallbacks": 0}
 
 
 def test_sentence_case():
     assert sentence_case("HE HOPED THERE WOULD BE STEW") == "He hoped there would be stew."
     assert sentence_case("  ") == ""
+
+
+def _line(cut_id: str, texts: list[str]) -> bytes:
+    rec = f"small/1/book/{cut_id}"
+    line = manifest_line(cut_id, rec, "1", 0.0, 2.0, texts, ["", ""], 0, 32000, f"download/librilight/{rec}.flac", "t")
+    return json.dumps(line).encode() + b"\n"
+
+
+def test_asr_transcripts_are_read_for_the_chosen_cuts_only(tmp_path):
+    manifest = tmp_path / "libriheavy_cuts_x.jsonl.gz"
+    book = "Mr. Smith paid 1820 dollars on the 3rd."
+    heard = "MISTER SMITH PAID EIGHTEEN TWENTY DOLLARS ON THE THIRD"
+    lines = [_line("a", [book, heard]), b"{not json\n", _line("b", [book]), _line("c", [book, "  .. "])]
+    manifest.write_bytes(gzip.compress(b"".join([*lines, _line("d", [book, "NOT CHOSEN"])])))
+    # a: the transcript, not the book text; b has none, c none with a word in it; d was not chosen
+    assert asr_transcripts(manifest, {"a", "b", "c", "x"}) == {"a": heard}
+
+
+def test_corpus_set_is_scored_against_the_asr_transcript(built_corpus, tiny_corpus, tmp_path):
+    dag = built_corpus[0]
+    build_from_corpus(dag, "small", tmp_path / "set", Selection(0.0, 20.0), progress=False)
+    s = EvalSet(tmp_path / "set")
+    assert s.reference == s.meta["source"]["reference"] == {"field": "asr transcript (texts[1])", "fallbacks": 0}
+    for u in s.utterances:  # the models read the book text; WER is scored against what was heard
+        truth = tiny_corpus.cuts[u.id]
+        assert u.text == normalize_text(truth.text) and u.reference == normalize_text(truth.asr_text) != u.text
+    # a manifest without one cut's ASR transcript: that cut is scored against its text, and counted
+    name = dag.source.manifest_name("small")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    for tar in dag.source.audio_archives:
+        (downloads / tar).symlink_to(dag.out / "downloads" / tar)
+    lost = s.utterances[0].id
+    lines = gzip.decompress((dag.out / "downloads" / name).read_bytes()).splitlines(keepends=True)
+    n = next(n for n, line in enumerate(lines) if line.startswith(b'{"id": ' + json.dumps(lost).encode()))
+    cut = json.loads(lines[n])
+    del cut["supervisions"][0]["custom"]["texts"][1:]
+    lines[n] = json.dumps(cut).encode() + b"\n"
+    (downloads / name).write_bytes(gzip.compress(b"".join(lines)))
+    moved = dataclasses.replace(dag, source=dataclasses.replace(dag.source, download_dir=str(downloads)))
+    build_from_corpus(moved, "small", tmp_path / "set2", Selection(0.0, 20.0), progress=False)
+    again = EvalSet(tmp_path / "set2")
+    assert again.reference["fallbacks"] == 1 and again.by_id[lost].reference == again.by_id[lost].text
+    assert [u.reference for u in again.utterances[1:]] == [u.reference for u in s.utterances[1:]]
+    (downloads / name).unlink()  # no manifest: a clear error, not a set scored against the book text
+    with pytest.raises(ValueError, match="missing"):
+        build_from_corpus(moved, "small", tmp_path / "set3", Selection(0.0, 20.0), progress=False)
+
+
+def test_sets_that_do_not_name_their_reference_stay_readable(tmp_path):
+    folder = write_set(tmp_path / "set")
+    assert EvalSet(folder).reference == {"field": "the set's text", "fallbacks": 0}
+    meta = json.loads((folder / "evalset.json").read_text())
+    meta["source"]["reference"] = "texts[1]"
+    (folder / "evalset.json").write_text(json.dumps(meta))
+    with pytest.raises(SchemaError, match="source.reference"):
+        EvalSet(folder)

@@ -7,6 +7,8 @@ import gzip
 import hashlib
 import io
 import json
+import shutil
+import subprocess
 import tarfile
 import unicodedata
 from pathlib import Path
@@ -205,16 +207,18 @@ def test_bundled_sample_matches_its_checksums_and_loads():
     sums = dict(reversed(line.split("  ", 1)) for line in (SAMPLE / "SHA256SUMS").read_text().splitlines())
     assert set(sums) == {
         "audio/small.tar",
+        "audio/large.tar",
         "manifests/libriheavy_cuts_small.jsonl.gz",
         "manifests/libriheavy_cuts_dev.jsonl.gz",
+        "manifests/libriheavy_cuts_test_clean.jsonl.gz",
     }
     for rel, digest in sums.items():
         assert hashlib.sha256((SAMPLE / rel).read_bytes()).hexdigest() == digest, rel
-    blobs = tar_files(SAMPLE / "audio/small.tar")
+    blobs = tar_files(SAMPLE / "audio/small.tar") | tar_files(SAMPLE / "audio/large.tar")
     flacs = {name[: -len(".flac")] for name in blobs if name.endswith(".flac")}
-    assert len(flacs) == 6 and len({f.split("/")[1] for f in flacs}) == 3
-    counts = {}
-    for name in ("small", "dev"):
+    assert len(flacs) == 7 and len({f.split("/")[1] for f in flacs}) == 4
+    counts, speakers = {}, {}
+    for name in ("small", "dev", "test_clean"):
         cuts, bad = [], 0
         for line in lines_of(SAMPLE / f"manifests/libriheavy_cuts_{name}.jsonl.gz"):
             try:
@@ -222,6 +226,26 @@ def test_bundled_sample_matches_its_checksums_and_loads():
             except json.JSONDecodeError:
                 bad += 1
         counts[name] = (len(cuts), bad, sum(c.recording_id not in flacs for c in cuts))
-    assert counts == {"small": (30, 1, 0), "dev": (7, 0, 1)}
+        speakers[name] = {c.supervisions[0].speaker for c in cuts}
+    assert counts == {"small": (30, 1, 0), "dev": (7, 0, 1), "test_clean": (6, 0, 0)}
+    assert speakers["test_clean"] == {"5105"} and not speakers["test_clean"] & (speakers["small"] | speakers["dev"])
+    # its ASR texts say what was read, as Libriheavy's: "Dr." is DOCTOR, "12" TWELVE
+    spoken = " ".join(c.supervisions[0].custom["texts"][1] for c in cuts)
+    assert "DOCTOR" in spoken and "TWELVE" in spoken and "MISTER" in spoken
     audio, sr = sf.read(io.BytesIO(blobs[f"{sorted(flacs)[0]}.flac"]), dtype="int16")
     assert sr == SAMPLE_RATE and audio.ndim == 1 and audio.size > 10 * SAMPLE_RATE
+
+
+def _tool_version(tool: str) -> str:
+    return subprocess.run([tool, "--version"], capture_output=True, text=True).stdout if shutil.which(tool) else ""
+
+
+@pytest.mark.skipif(
+    " 1.51 " not in _tool_version("espeak-ng") or "v14.4.2" not in _tool_version("sox"),
+    reason="the sample's bytes come from espeak-ng 1.51 and SoX 14.4.2 (sample/README.md)",
+)
+def test_make_sample_rebuilds_the_bundled_bytes(tmp_path):
+    from sample.make_sample import build
+
+    committed = dict(reversed(line.split("  ", 1)) for line in (SAMPLE / "SHA256SUMS").read_text().splitlines())
+    assert build(tmp_path) == committed

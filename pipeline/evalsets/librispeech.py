@@ -117,7 +117,13 @@ def build_from_librispeech(
             bar.update(len(batch))
     writer.finish(
         name=f"librispeech/{PART}",
-        source={"kind": "librispeech", "part": PART, "url": url, "checksum": checksum},
+        source={
+            "kind": "librispeech",
+            "part": PART,
+            "url": url,
+            "checksum": checksum,
+            "reference": {"field": "LibriSpeech transcript", "fallbacks": 0},
+        },
         selection=selection.record(),
         provenance={k: provenance[k] for k in ("codec", "bpe", "text")},
         bpe_model=bpe_model,

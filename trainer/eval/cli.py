@@ -3,6 +3,7 @@
     valle-eval --ar AR.pt --nar NAR.pt --set EVALSET --out DIR [--tasks continuation,cross]
         [--samples 5] [--prompt-seconds 3] [--max-utterances N] [--asr pocketsphinx|hubert:PATH|
         whisper:PATH|nemo:PATH] [--speaker resemblyzer|wavlm:PATH] [--no-dnsmos]
+        [--normalizer english-v1|whisper|seed-tts]
         [--codec-weights pretrained|random|PATH] [--decoder encodec|vocos --vocos DIR] [--device D]
         [--seeds K] [--restart]
 
@@ -12,6 +13,11 @@ settings must be the checkpoints'. Writes DIR/results.md, DIR/results.json, DIR/
 audio the page plays (DIR/audio/). See trainer/eval/run.py for the tasks, rows and selection rule.
 Each finished trial is appended to DIR/rows.jsonl as it is made: the same command again continues
 where a crash stopped it (trainer/eval/store.py); another command on the same DIR is refused.
+
+    valle-eval compare A B [--out FILE.md]
+
+says per task, row and metric whether run B differs from run A beyond the noise (paired bootstrap
+over the utterances both scored; trainer/eval/compare.py).
 
 Everything read from the set is checked before any model loads (EvalSet.check) and its token ids
 against the checkpoints' vocabulary before any synthesis. Exit 0: results written; 1: every
@@ -32,15 +38,19 @@ from schemas.contract import SchemaError
 from schemas.evalset import UTTERANCES, EvalSet
 from storage.hashing import sha256_file
 from trainer.corpus import provenance_key
-from trainer.eval import report
+from trainer.eval import compare, report
 from trainer.eval.backends import DNSMOS, BackendError, asr_backend, speaker_backend
 from trainer.eval.run import TASKS, EvalConfig, Scorer, evaluate
 from trainer.eval.store import ROWS_FILE, RowStore
+from trainer.eval.wer import NORMALIZATION, NORMALIZERS, normalizer_named
 from trainer.sampling import LengthGuard, SamplingConfig
 from trainer.synth import SynthError, Synthesizer
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:
+        return compare.main(argv[1:])
     parser = argparse.ArgumentParser(prog="valle-eval", description=__doc__.split("\n")[0])
     parser.add_argument("--ar", required=True, help="AR checkpoint (valle-train)")
     parser.add_argument("--nar", required=True, help="NAR checkpoint (valle-train)")
@@ -53,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--asr", default="pocketsphinx", help="pocketsphinx | hubert:PATH | whisper:PATH | nemo:PATH")
     parser.add_argument("--speaker", default="resemblyzer", help="resemblyzer | wavlm:PATH")
     parser.add_argument("--no-dnsmos", action="store_true", help="skip DNSMOS")
+    parser.add_argument(
+        "--normalizer",
+        default=NORMALIZATION,
+        help=f"WER text normalization: {' | '.join(NORMALIZERS)} (default {NORMALIZATION}; docs/evaluation.md)",
+    )
     parser.add_argument("--codec-weights", default="pretrained", help="pretrained | random | PATH")
     parser.add_argument("--decoder", default="encodec", help="encodec | vocos")
     parser.add_argument("--vocos", help="folder with a Vocos EnCodec checkpoint (config.yaml, pytorch_model.bin)")
@@ -88,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> dict:
+    normalizer_named(args.normalizer)("")  # an unknown name is a bad option: said before anything loads
     evalset = EvalSet(args.evalset)
     evalset.check()
     cfg = EvalConfig(
@@ -121,7 +137,10 @@ def run(args) -> dict:
     check_vocabulary(evalset, synth)
     device = "cuda" if synth.device.type == "cuda" else "cpu"
     scorer = Scorer(
-        asr_backend(args.asr, device), speaker_backend(args.speaker, device), None if args.no_dnsmos else DNSMOS()
+        asr_backend(args.asr, device),
+        speaker_backend(args.speaker, device),
+        None if args.no_dnsmos else DNSMOS(),
+        args.normalizer,
     )
     checkpoints = {
         "ar": args.ar,
@@ -145,6 +164,7 @@ def run(args) -> dict:
     store = RowStore(Path(args.out) / ROWS_FILE, identity, restart=args.restart)
     results = evaluate(synth, evalset, scorer, cfg, Path(args.out) / "audio", not args.no_progress, store)
     results["set"] |= {"name": evalset.name, "folder": str(evalset.folder), "source": evalset.meta["source"]}
+    results["set"]["reference"] = evalset.reference  # what WER is scored against
     results["checkpoints"] = checkpoints
     results["backends"] = scorer.describe()
     results["device"] = str(synth.device) + (

@@ -1,6 +1,7 @@
 """What valle-eval writes: results.json (everything, per utterance), results.md (one table per
 task) and index.html (the tables, then per-utterance audio players: prompt, ground truth,
-resynthesis, single sample, best of N, with text and scores). Every table names its back-ends."""
+resynthesis, single sample, best of N, with text and scores). Every table names its back-ends,
+its WER text normalization and what WER is scored against (the set's source.reference)."""
 
 from __future__ import annotations
 
@@ -39,17 +40,28 @@ def _label(name: str, entry: dict) -> str:
     return ROW_NAMES[name].format(n=entry.get("n", "N"))
 
 
+def _number(entry: dict, key: str, digits: int, scale: float = 1.0) -> str:
+    """A statistic with its interval when it has one: `12.3 [10.1, 14.8]`; "-" when missing."""
+    if key not in entry:
+        return "-"
+    text = f"{scale * entry[key]:.{digits}f}"
+    if key in entry.get("interval", {}):
+        lo, hi = entry["interval"][key]
+        text += f" [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+    return text
+
+
 def _summary(body: dict):
-    """A task's summary table, row by row: label, WER %, SIM, DNSMOS, utterances (as text)."""
+    """A task's summary table, row by row: label, WER %, mean WER %, SIM, DNSMOS, utterances (as text)."""
     for name in ROWS:
         entry = body["summary"].get(name)
         if entry:
-            dnsmos = f"{entry['dnsmos']:.2f}" if "dnsmos" in entry else "-"
             yield (
                 _label(name, entry),
-                f"{100 * entry['wer']:.1f}",
-                f"{entry['sim']:.3f}",
-                dnsmos,
+                _number(entry, "wer", 1, 100),
+                _number(entry, "wer_mean", 1, 100),
+                _number(entry, "sim", 3),
+                _number(entry, "dnsmos", 2),
                 str(entry["utterances"]),
             )
 
@@ -66,7 +78,8 @@ def _notes(body: dict) -> list[str]:
 
 
 def _across(body: dict):
-    """The spread over K sampling runs, row by row: label, then mean (min-max) of WER %, SIM, DNSMOS."""
+    """The spread over K sampling runs, row by row: label, then mean (min-max) of WER %, mean WER %,
+    SIM, DNSMOS."""
 
     def cell(metrics: dict, metric: str, scale: float, digits: int) -> str:
         if metric not in metrics:
@@ -76,19 +89,58 @@ def _across(body: dict):
 
     for name, metrics in body["across_runs"].items():
         label = _label(name, body["runs"][0]["summary"][name])
-        yield label, cell(metrics, "wer", 100, 1), cell(metrics, "sim", 1, 3), cell(metrics, "dnsmos", 1, 2)
+        yield (
+            label,
+            cell(metrics, "wer", 100, 1),
+            cell(metrics, "wer_mean", 100, 1),
+            cell(metrics, "sim", 1, 3),
+            cell(metrics, "dnsmos", 1, 2),
+        )
 
 
 def _across_title(body: dict) -> str:
     return f"Across {len(body['runs'])} sampling runs: mean (min-max) of the runs' values; the table above is run 0's"
 
 
+def _intervals(results: dict) -> str:
+    """The line under the tables saying what the WERs and the intervals are."""
+    line = "WER % pools every utterance's errors over all their words; mean WER % is the mean of per-utterance WERs."
+    b = results.get("bootstrap")
+    if b:
+        line += (
+            f" In brackets: the {100 * b['level']:g} % interval, bootstrap over {b['over']} "
+            f"({b['resamples']} resamples, seed {b['seed']})."
+        )
+    return line
+
+
 def _backends(results: dict) -> list[str]:
     b = results["backends"]
-    lines = [f"ASR: {b['asr']}; WER text normalization {b['wer_normalization']}", f"Speaker: {b['speaker']}"]
+    lines = [
+        f"ASR: {b['asr']}; WER text normalization {b['wer_normalization']}{_reference(results)}",
+        f"Speaker: {b['speaker']}",
+    ]
     if b.get("dnsmos"):
         lines.append(f"Quality: {b['dnsmos']}")
     return lines
+
+
+def set_warning(results: dict) -> str | None:
+    """What the set's source warns of (valle-prep evalset: made from a training subset, or with
+    speakers heard in training), to show above the tables; None for a held-out set or an older one."""
+    source = results["set"].get("source") or {}
+    if source.get("trained_on") and not source.get("warning"):
+        return "this set's utterances were in the training data: scores are not held-out"
+    return source.get("warning")
+
+
+def _reference(results: dict) -> str:
+    """What WER was scored against (the set's source.reference)."""
+    ref = results["set"].get("reference")
+    if not ref:
+        return ""
+    fallbacks = f" ({ref['fallbacks']} utterance(s) without it: against their text)" if ref["fallbacks"] else ""
+    return f"; WER reference {ref['field']}{fallbacks}"
 
 
 def markdown(results: dict) -> str:
@@ -103,20 +155,24 @@ def markdown(results: dict) -> str:
         "- Scores from other back-ends (the papers' ASR and speaker models) are not comparable with these.",
         "",
     ]
+    if warning := set_warning(results):
+        lines += [f"> **Warning:** {warning}", ""]
     for task, body in results["tasks"].items():
         lines += [
             f"## {TASK_NAMES[task]}",
             "",
-            "| row | WER % | SIM | DNSMOS | utterances |",
-            "|---|---:|---:|---:|---:|",
+            "| row | WER % | mean WER % | SIM | DNSMOS | utterances |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         lines += ["| " + " | ".join(cells) + " |" for cells in _summary(body)]
         for note in _notes(body):
             lines += ["", note]
         if body.get("across_runs"):
-            lines += ["", _across_title(body) + ":", "", "| row | WER % | SIM | DNSMOS |", "|---|---:|---:|---:|"]
+            lines += ["", _across_title(body) + ":", "", "| row | WER % | mean WER % | SIM | DNSMOS |"]
+            lines.append("|---|---:|---:|---:|---:|")
             lines += ["| " + " | ".join(cells) + " |" for cells in _across(body)]
         lines.append("")
+    lines += [_intervals(results), ""]
     t = results["timing"]
     if t.get("seconds_per_trial") is not None:
         lines.append(
@@ -152,16 +208,20 @@ def page(results: dict) -> str:
         f"NAR {e(str(results['checkpoints']['nar']))}, decoder {e(results['checkpoints']['decoder'])}.</p>",
         "<ul>" + "".join(f"<li>{e(line)}</li>" for line in _backends(results)) + "</ul>",
     ]
+    if warning := set_warning(results):
+        parts.append(f"<p style='background:#fdd;padding:8px'><strong>Warning:</strong> {e(warning)}</p>")
     for task, body in results["tasks"].items():
         parts.append(f"<h2 id='{task}'>{TASK_NAMES[task]}</h2>")
-        parts.append("<table class='summary'><tr><th>row</th><th>WER %</th><th>SIM</th><th>DNSMOS</th><th>n</th></tr>")
+        parts.append("<table class='summary'><tr><th>row</th><th>WER %</th><th>mean WER %</th><th>SIM</th>")
+        parts.append("<th>DNSMOS</th><th>n</th></tr>")
         for label, *numbers in _summary(body):
             parts.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td class='num'>{n}</td>" for n in numbers) + "</tr>")
-        parts.append("</table>")
+        parts.append(f"</table><p>{e(_intervals(results))}</p>")
         parts += [f"<p>{e(note)}</p>" for note in _notes(body)]
         if body.get("across_runs"):
             parts.append(f"<p>{e(_across_title(body))}:</p>")
-            parts.append("<table class='across'><tr><th>row</th><th>WER %</th><th>SIM</th><th>DNSMOS</th></tr>")
+            parts.append("<table class='across'><tr><th>row</th><th>WER %</th><th>mean WER %</th><th>SIM</th>")
+            parts.append("<th>DNSMOS</th></tr>")
             for label, *cells in _across(body):
                 parts.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td class='num'>{c}</td>" for c in cells) + "</tr>")
             parts.append("</table>")

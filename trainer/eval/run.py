@@ -14,7 +14,8 @@ single (the first of N samples), best_of_n (N samples decoded as one batch, one 
 2's "metric-wise maximization": each metric's best over the N). As in the paper, both select with
 the evaluation's own ASR and speaker models, so they measure what sampling can reach, not what one
 draw gives.
-WER is errors over reference words summed over the set; SIM and DNSMOS are means.
+WER is errors over reference words summed over the set (wer_mean: the mean of per-utterance
+WERs); SIM and DNSMOS are means; each with its 95 % bootstrap interval over utterances (stats.py).
 Sampling runs (EvalConfig.seeds = K): the model rows K times with distinct seeds, the ground truth
 and resynthesis measured once; the tables are run 0's, beside each run's summary and their spread.
 A back-end raising on a wave fails that trial alone: counted by reason, the run goes on.
@@ -33,9 +34,10 @@ from tqdm import tqdm
 from schemas.evalset import EvalSet, Utterance
 from tokens.audio import write_wav
 from tokens.constants import FRAME_RATE, HOP, SAMPLE_RATE
+from trainer.eval import stats
 from trainer.eval.backends import cosine, to_16k
 from trainer.eval.store import RowStore
-from trainer.eval.wer import NORMALIZATION, WordErrors, corpus_wer, word_errors
+from trainer.eval.wer import NORMALIZATION, WordErrors, corpus_wer, normalizer_named, word_errors
 from trainer.sampling import LengthGuard, SamplingConfig
 from trainer.synth import SynthError, Synthesizer
 
@@ -85,17 +87,19 @@ def _calling(backend: str, fn, *args):
 
 
 class Scorer:
-    """ASR, speaker and (optional) DNSMOS back-ends together."""
+    """ASR, speaker and (optional) DNSMOS back-ends together, and the WER text normalization."""
 
-    def __init__(self, asr, speaker, dnsmos=None):
+    def __init__(self, asr, speaker, dnsmos=None, normalizer: str = NORMALIZATION):
         self.asr, self.speaker, self.dnsmos = asr, speaker, dnsmos
+        normalizer_named(normalizer)("")  # an unknown name or a missing package fails here, not mid-run
+        self.normalizer = normalizer
 
     def describe(self) -> dict:
         return {
             "asr": self.asr.description,
             "speaker": self.speaker.description,
             "dnsmos": self.dnsmos.description if self.dnsmos else None,
-            "wer_normalization": NORMALIZATION,
+            "wer_normalization": self.normalizer,
         }
 
     def embed(self, wave24: np.ndarray) -> np.ndarray:
@@ -113,7 +117,7 @@ class Scorer:
         measured = []
         for wave in waves:
             hypothesis = next(heard) if len(wave) else ""
-            errors = word_errors(reference, hypothesis)
+            errors = word_errors(reference, hypothesis, self.normalizer)
             out = {"hypothesis": hypothesis, "errors": errors.errors, "words": errors.words}
             out["embedding"] = _calling("speaker", self.speaker.embed, wave) if len(wave) > RATE_MIN else None
             if self.dnsmos and len(wave):
@@ -230,6 +234,7 @@ def evaluate(
     t["real_time_factor"] = t["synthesis_s"] / t["generated_s"] if t["generated_s"] else None
     results["set"] = {"utterances": len(utterances), "speakers": len({u.speaker for u in utterances})}
     results["length_guard"] = guard_check(utterances, cfg.guard)
+    results["bootstrap"] = stats.settings()  # what the summaries' intervals are
     results["settings"] = {**asdict(cfg), "tasks": list(cfg.tasks)}
     for bound in ("max_frames", "min_frames"):  # set per utterance by the guard, not by these
         results["settings"]["sampling"].pop(bound)
@@ -279,7 +284,7 @@ def across_runs(runs: list[dict], summaries: list[dict]) -> dict:
     for name in ("single", "best_of_n", "metric_wise"):
         entries = [s[name] for s in summaries if name in s]
         if len(entries) == len(runs):
-            metrics = [m for m in ("wer", "sim", "dnsmos") if all(m in e for e in entries)]
+            metrics = [m for m in ("wer", "wer_mean", "sim", "dnsmos") if all(m in e for e in entries)]
             spread[name] = {m: _spread([e[m] for e in entries]) for m in metrics}
     listed = [
         {"seeds": run["seeds"], "summary": summary, "failed": _count(run["failed"])}
@@ -375,6 +380,7 @@ def summarize(rows: list[dict], samples: int) -> dict:
         }
         if all("dnsmos" in s for s in scored):
             entry["dnsmos"] = float(np.mean([s["dnsmos"] for s in scored]))
+        entry |= stats.describe(scored)  # wer_mean, and each statistic's 95 % bootstrap interval
         if name in ("single", "best_of_n"):
             entry["cut_at_max"] = sum(bool(s.get("cut_at_max")) for s in scored)
         out[name] = entry

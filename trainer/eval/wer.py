@@ -7,15 +7,21 @@ NFKC, case folded; integers and decimals spelled out as cardinal English ("12" -
 years); hyphens and dashes become spaces; apostrophes inside words are kept ("don't"), every
 other punctuation mark is removed; whitespace collapsed. An empty hypothesis scores every
 reference word as a deletion.
+
+`--normalizer` picks another normalization (NORMALIZERS): "whisper" and "seed-tts", the field's
+(trainer.eval.normalizers says what each does); english-v1 is the default.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jiwer
+
+from trainer.eval import normalizers
 
 NORMALIZATION = "english-v1"
 _ONES = (
@@ -56,6 +62,20 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
+NORMALIZERS: dict[str, Callable[[str], str]] = {
+    NORMALIZATION: normalize,
+    "whisper": normalizers.whisper,
+    "seed-tts": normalizers.seed_tts,
+}
+
+
+def normalizer_named(name: str) -> Callable[[str], str]:
+    """The normalization called `name`; ValueError naming the choices for any other name."""
+    if name not in NORMALIZERS:
+        raise ValueError(f"unknown WER normalizer {name!r}; choose one of {', '.join(NORMALIZERS)}")
+    return NORMALIZERS[name]
+
+
 @dataclass(frozen=True)
 class WordErrors:
     errors: int  # substitutions + deletions + insertions
@@ -66,8 +86,9 @@ class WordErrors:
         return self.errors / self.words if self.words else float(self.errors > 0)
 
 
-def word_errors(reference: str, hypothesis: str) -> WordErrors:
-    ref, hyp = normalize(reference), normalize(hypothesis)
+def word_errors(reference: str, hypothesis: str, normalizer: str = NORMALIZATION) -> WordErrors:
+    norm = normalizer_named(normalizer)
+    ref, hyp = norm(reference), norm(hypothesis)
     if not ref:
         return WordErrors(len(hyp.split()), 0)
     if not hyp:
