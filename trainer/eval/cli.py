@@ -21,8 +21,9 @@ over the utterances both scored; trainer/eval/compare.py).
 
 Everything read from the set is checked before any model loads (EvalSet.check) and its token ids
 against the checkpoints' vocabulary before any synthesis. Exit 0: results written; 1: every
-utterance of every task was skipped (nothing scored; the reasons are printed); 2: bad input
-(set, checkpoints, back-ends, options), one line saying which file and what to do.
+utterance of every task was skipped or failed (nothing scored; the reasons are printed); 2: bad
+input (set, checkpoints, back-ends, options, an --out holding another run's rows), one line saying
+which file and what to do.
 """
 
 from __future__ import annotations
