@@ -88,3 +88,25 @@ def write_durably(path: Path, write) -> None:
         write(f)
         f.flush()
         os.fsync(f.fileno())
+
+
+def append_durably(path: Path, data: bytes) -> None:
+    """Append `data` (whole lines) to `path` and flush it to disk before returning: a crash later
+    loses nothing appended; a crash during the call can leave only a torn last line."""
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def finished_lines(path: Path) -> list[bytes]:
+    """The lines of an append-only file that end in a newline; a torn last line (a crash during
+    `append_durably`) is cut from the file so the next append starts on a line of its own."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        whole = data[: data.rfind(b"\n") + 1]
+        if len(whole) < len(data):
+            f.truncate(len(whole))
+            f.flush()
+            os.fsync(f.fileno())
+    return whole.splitlines()

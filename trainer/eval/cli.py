@@ -5,11 +5,14 @@
         whisper:PATH|nemo:PATH] [--speaker resemblyzer|wavlm:PATH] [--no-dnsmos]
         [--normalizer english-v1|whisper|seed-tts]
         [--codec-weights pretrained|random|PATH] [--decoder encodec|vocos --vocos DIR] [--device D]
+        [--seeds K] [--restart]
 
 EVALSET comes from `valle-prep evalset` (a corpus's test subset) or `valle-prep
 evalset-librispeech` (LibriSpeech test-clean 4-10 s, the papers' set); its codec, BPE and text
 settings must be the checkpoints'. Writes DIR/results.md, DIR/results.json, DIR/index.html and the
 audio the page plays (DIR/audio/). See trainer/eval/run.py for the tasks, rows and selection rule.
+Each finished trial is appended to DIR/rows.jsonl as it is made: the same command again continues
+where a crash stopped it (trainer/eval/store.py); another command on the same DIR is refused.
 
     valle-eval compare A B [--out FILE.md]
 
@@ -18,25 +21,28 @@ over the utterances both scored; trainer/eval/compare.py).
 
 Everything read from the set is checked before any model loads (EvalSet.check) and its token ids
 against the checkpoints' vocabulary before any synthesis. Exit 0: results written; 1: every
-utterance of every task was skipped (nothing scored; the reasons are printed); 2: bad input
-(set, checkpoints, back-ends, options), one line saying which file and what to do.
+utterance of every task was skipped or failed (nothing scored; the reasons are printed); 2: bad
+input (set, checkpoints, back-ends, options, an --out holding another run's rows), one line saying
+which file and what to do.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from schemas.contract import SchemaError
-from schemas.evalset import EvalSet
+from schemas.evalset import UTTERANCES, EvalSet
 from storage.hashing import sha256_file
 from trainer.corpus import provenance_key
 from trainer.eval import compare, report
 from trainer.eval.backends import DNSMOS, BackendError, asr_backend, speaker_backend
 from trainer.eval.run import TASKS, EvalConfig, Scorer, evaluate
+from trainer.eval.store import ROWS_FILE, RowStore
 from trainer.eval.wer import NORMALIZATION, NORMALIZERS, normalizer_named
 from trainer.sampling import LengthGuard, SamplingConfig
 from trainer.synth import SynthError, Synthesizer
@@ -68,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocos", help="folder with a Vocos EnCodec checkpoint (config.yaml, pytorch_model.bin)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="K sampling runs (default 1): run r's sample k is seeded seed + r*N + k"
+    )
+    parser.add_argument("--restart", action="store_true", help="drop the rows OUT/rows.jsonl holds and start over")
     parser.add_argument("--top-p", type=float, default=0.8)
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--threshold", type=float, default=0.1)
@@ -83,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"valle-eval: {err}", file=sys.stderr)
         return 2
     if not any(task["utterances"] for task in results["tasks"].values()):
-        reasons = {r: n for task in results["tasks"].values() for r, n in task["skipped"].items()}
-        print(f"valle-eval: every utterance was skipped, nothing was scored ({reasons})", file=sys.stderr)
+        reasons = {r: n for task in results["tasks"].values() for r, n in (task["skipped"] | task["failed"]).items()}
+        print(f"valle-eval: every utterance was skipped or failed, nothing was scored ({reasons})", file=sys.stderr)
         return 1
     out = Path(args.out)
     paths = report.write(results, out)
@@ -103,6 +113,7 @@ def run(args) -> dict:
         prompt_seconds=args.prompt_seconds,
         max_utterances=args.max_utterances,
         seed=args.seed,
+        seeds=args.seeds,
         page_utterances=args.page_utterances,
         sampling=SamplingConfig(
             top_p=args.top_p, window=args.window, repetition_threshold=args.threshold, temperature=args.temperature
@@ -132,16 +143,30 @@ def run(args) -> dict:
         None if args.no_dnsmos else DNSMOS(),
         args.normalizer,
     )
-    results = evaluate(synth, evalset, scorer, cfg, Path(args.out) / "audio", progress=not args.no_progress)
-    results["set"] |= {"name": evalset.name, "folder": str(evalset.folder), "source": evalset.meta["source"]}
-    results["set"]["reference"] = evalset.reference  # what WER is scored against
-    results["checkpoints"] = {
+    checkpoints = {
         "ar": args.ar,
         "nar": args.nar,
         "ar_sha256": sha256_file(args.ar),
         "nar_sha256": sha256_file(args.nar),
         "decoder": args.decoder if args.decoder == "encodec" else f"vocos {args.vocos}",
     }
+    identity = {  # what makes the rows: the same command on the same inputs continues, others are refused
+        "set": {
+            "folder": str(evalset.folder.resolve()),
+            "name": evalset.name,
+            "utterances_sha256": sha256_file(evalset.folder / UTTERANCES),
+        },
+        "checkpoints": {k: checkpoints[k] for k in ("ar_sha256", "nar_sha256", "decoder")}
+        | {"codec_weights": args.codec_weights},
+        "settings": asdict(cfg),
+        "backends": scorer.describe(),
+        "device": device,
+    }
+    store = RowStore(Path(args.out) / ROWS_FILE, identity, restart=args.restart)
+    results = evaluate(synth, evalset, scorer, cfg, Path(args.out) / "audio", not args.no_progress, store)
+    results["set"] |= {"name": evalset.name, "folder": str(evalset.folder), "source": evalset.meta["source"]}
+    results["set"]["reference"] = evalset.reference  # what WER is scored against
+    results["checkpoints"] = checkpoints
     results["backends"] = scorer.describe()
     results["device"] = str(synth.device) + (
         f" ({torch.cuda.get_device_name(synth.device)})" if device == "cuda" else ""

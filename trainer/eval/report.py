@@ -66,6 +66,42 @@ def _summary(body: dict):
             )
 
 
+def _notes(body: dict) -> list[str]:
+    """What a task's table does not hold: utterances left out and trials failed, by reason."""
+    notes = []
+    if body["skipped"]:
+        notes.append("Left out: " + "; ".join(f"{n} ({why})" for why, n in body["skipped"].items()))
+    if body.get("failed"):
+        over = f" (trials of all {len(body['runs'])} sampling runs)" if "runs" in body else ""
+        notes.append(f"Failed{over}: " + "; ".join(f"{n} ({why})" for why, n in body["failed"].items()))
+    return notes
+
+
+def _across(body: dict):
+    """The spread over K sampling runs, row by row: label, then mean (min-max) of WER %, mean WER %,
+    SIM, DNSMOS."""
+
+    def cell(metrics: dict, metric: str, scale: float, digits: int) -> str:
+        if metric not in metrics:
+            return "-"
+        m = {k: f"{scale * v:.{digits}f}" for k, v in metrics[metric].items()}
+        return f"{m['mean']} ({m['min']}-{m['max']})"
+
+    for name, metrics in body["across_runs"].items():
+        label = _label(name, body["runs"][0]["summary"][name])
+        yield (
+            label,
+            cell(metrics, "wer", 100, 1),
+            cell(metrics, "wer_mean", 100, 1),
+            cell(metrics, "sim", 1, 3),
+            cell(metrics, "dnsmos", 1, 2),
+        )
+
+
+def _across_title(body: dict) -> str:
+    return f"Across {len(body['runs'])} sampling runs: mean (min-max) of the runs' values; the table above is run 0's"
+
+
 def _intervals(results: dict) -> str:
     """The line under the tables saying what the WERs and the intervals are."""
     line = "WER % pools every utterance's errors over all their words; mean WER % is the mean of per-utterance WERs."
@@ -129,8 +165,12 @@ def markdown(results: dict) -> str:
             "|---|---:|---:|---:|---:|---:|",
         ]
         lines += ["| " + " | ".join(cells) + " |" for cells in _summary(body)]
-        if body["skipped"]:
-            lines += ["", "Left out: " + "; ".join(f"{n} ({why})" for why, n in body["skipped"].items())]
+        for note in _notes(body):
+            lines += ["", note]
+        if body.get("across_runs"):
+            lines += ["", _across_title(body) + ":", "", "| row | WER % | mean WER % | SIM | DNSMOS |"]
+            lines.append("|---|---:|---:|---:|---:|")
+            lines += ["| " + " | ".join(cells) + " |" for cells in _across(body)]
         lines.append("")
     lines += [_intervals(results), ""]
     t = results["timing"]
@@ -177,6 +217,14 @@ def page(results: dict) -> str:
         for label, *numbers in _summary(body):
             parts.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td class='num'>{n}</td>" for n in numbers) + "</tr>")
         parts.append(f"</table><p>{e(_intervals(results))}</p>")
+        parts += [f"<p>{e(note)}</p>" for note in _notes(body)]
+        if body.get("across_runs"):
+            parts.append(f"<p>{e(_across_title(body))}:</p>")
+            parts.append("<table class='across'><tr><th>row</th><th>WER %</th><th>mean WER %</th><th>SIM</th>")
+            parts.append("<th>DNSMOS</th></tr>")
+            for label, *cells in _across(body):
+                parts.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td class='num'>{c}</td>" for c in cells) + "</tr>")
+            parts.append("</table>")
         heard = [r for r in body["utterances"] if "audio" in r]
         if heard:
             names = [n for n in ("prompt", *ROWS) if n in heard[0]["audio"]]

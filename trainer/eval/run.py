@@ -16,11 +16,15 @@ the evaluation's own ASR and speaker models, so they measure what sampling can r
 draw gives.
 WER is errors over reference words summed over the set (wer_mean: the mean of per-utterance
 WERs); SIM and DNSMOS are means; each with its 95 % bootstrap interval over utterances (stats.py).
+Sampling runs (EvalConfig.seeds = K): the model rows K times with distinct seeds, the ground truth
+and resynthesis measured once; the tables are run 0's, beside each run's summary and their spread.
+A back-end raising on a wave fails that trial alone: counted by reason, the run goes on.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -32,6 +36,7 @@ from tokens.audio import write_wav
 from tokens.constants import FRAME_RATE, HOP, SAMPLE_RATE
 from trainer.eval import stats
 from trainer.eval.backends import cosine, to_16k
+from trainer.eval.store import RowStore
 from trainer.eval.wer import NORMALIZATION, WordErrors, corpus_wer, normalizer_named, word_errors
 from trainer.sampling import LengthGuard, SamplingConfig
 from trainer.synth import SynthError, Synthesizer
@@ -47,7 +52,8 @@ class EvalConfig:
     samples: int = 5  # N of best-of-N (the papers' 5); 1 gives no best_of_n row
     prompt_seconds: float = 3.0  # continuation prompt
     max_utterances: int | None = None  # N of the set, spread over its speakers (EvalSet.first)
-    seed: int = 0  # sample k of every utterance draws from a generator seeded seed + k
+    seed: int = 0  # sample k of every utterance draws from a generator seeded seed + k (in run 0)
+    seeds: int = 1  # K independent sampling runs: run r's sample k is seeded seed + r * samples + k
     page_utterances: int = 24  # utterances per task with audio on the HTML page
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # its frame bounds come from `guard`
     guard: LengthGuard = field(default_factory=LengthGuard)
@@ -60,6 +66,24 @@ class EvalConfig:
             raise ValueError(f"samples={self.samples}: at least 1")
         if not self.prompt_seconds > 0:
             raise ValueError(f"prompt_seconds={self.prompt_seconds}: must be > 0")
+        if self.seeds < 1:
+            raise ValueError(f"seeds={self.seeds}: at least 1")
+
+
+class BackendFailed(Exception):
+    """A back-end raised on a wave: its trial is counted as failed and the run goes on."""
+
+    def __init__(self, backend: str, err: Exception):
+        said = (str(err).strip().splitlines() or [""])[0][:200]
+        super().__init__(f"{backend}: {type(err).__name__}" + (f": {said}" if said else ""))
+
+
+def _calling(backend: str, fn, *args):
+    """fn(*args), its exception (whatever its kind) a BackendFailed naming the back-end."""
+    try:
+        return fn(*args)
+    except Exception as err:
+        raise BackendFailed(backend, err) from err
 
 
 class Scorer:
@@ -79,7 +103,7 @@ class Scorer:
         }
 
     def embed(self, wave24: np.ndarray) -> np.ndarray:
-        return self.speaker.embed(to_16k(wave24, SAMPLE_RATE))
+        return _calling("speaker", self.speaker.embed, to_16k(wave24, SAMPLE_RATE))
 
     def measure(self, wave24: np.ndarray, reference: str) -> dict:
         return self.measure_all([wave24], reference)[0]
@@ -89,15 +113,15 @@ class Scorer:
         (all in one call), its word errors, DNSMOS, and the speaker embedding (None for audio too
         short to carry a voice). `against` adds SIM."""
         waves = [to_16k(w, SAMPLE_RATE) for w in waves24]
-        heard = iter(self.asr.transcribe_all([w for w in waves if len(w)]))
+        heard = iter(_calling("asr", self.asr.transcribe_all, [w for w in waves if len(w)]))
         measured = []
         for wave in waves:
             hypothesis = next(heard) if len(wave) else ""
             errors = word_errors(reference, hypothesis, self.normalizer)
             out = {"hypothesis": hypothesis, "errors": errors.errors, "words": errors.words}
-            out["embedding"] = self.speaker.embed(wave) if len(wave) > RATE_MIN else None
+            out["embedding"] = _calling("speaker", self.speaker.embed, wave) if len(wave) > RATE_MIN else None
             if self.dnsmos and len(wave):
-                out["dnsmos"] = self.dnsmos.score(wave)["p808"]
+                out["dnsmos"] = _calling("dnsmos", self.dnsmos.score, wave)["p808"]
             measured.append(out)
         return measured
 
@@ -172,30 +196,39 @@ def make_trial(task: str, u: Utterance, evalset: EvalSet, synth: Synthesizer, cf
 
 
 def evaluate(
-    synth: Synthesizer, evalset: EvalSet, scorer: Scorer, cfg: EvalConfig, audio_dir: Path | None = None, progress=True
+    synth: Synthesizer,
+    evalset: EvalSet,
+    scorer: Scorer,
+    cfg: EvalConfig,
+    audio_dir: Path | None = None,
+    progress=True,
+    store: RowStore | None = None,
 ) -> dict:
-    """Run every task on the set; returns the results (see report.py for what is written)."""
+    """Run every task on the set, cfg.seeds times; returns the results (see report.py for what is
+    written). Rows already in `store` are taken as they are; each new one is added to it as made.
+    The tables are sampling run 0's; with more runs, each run's summary and their spread too."""
     utterances = evalset.first(cfg.max_utterances)
-    seeds = [cfg.seed + k for k in range(cfg.samples)]
+    store = store if store is not None else RowStore(None, {})
     truth: dict[str, list] = {}  # per utterance: ground truth and resynthesis measured (each model once)
     results: dict = {"tasks": {}, "timing": {"synthesis_s": 0.0, "generated_s": 0.0, "trials": 0}}
     for task in cfg.tasks:
-        rows, skipped = [], {}
-        for n, u in enumerate(tqdm(utterances, desc=task, unit="utt", disable=not progress)):
-            trial = make_trial(task, u, evalset, synth, cfg)
-            if isinstance(trial, str):
-                skipped[trial] = skipped.get(trial, 0) + 1
-                continue
-            on_page = audio_dir is not None and n < cfg.page_utterances  # keep its audio for the page
-            try:
-                row = _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, results["timing"], on_page)
-            except SynthError as err:  # the models cannot take it (text or prompt too long)
-                skipped[str(err)] = skipped.get(str(err), 0) + 1
-                continue
-            if on_page:
-                row["audio"] = _save(audio_dir / task / f"{n:04d}", row.pop("waves"))
-            rows.append(row)
-        results["tasks"][task] = {"summary": summarize(rows, cfg.samples), "skipped": skipped, "utterances": rows}
+        runs = [
+            _sampling_run(task, run, utterances, synth, evalset, scorer, cfg, truth, audio_dir, store, progress)
+            for run in range(cfg.seeds)
+        ]
+        summaries = [summarize(run["rows"], cfg.samples) for run in runs]
+        results["tasks"][task] = {
+            "summary": summaries[0],
+            "skipped": runs[0]["skipped"],
+            "failed": _count(reason for run in runs for reason in run["failed"]),
+            "utterances": runs[0]["rows"],
+        }
+        if cfg.seeds > 1:
+            results["tasks"][task] |= across_runs(runs, summaries)
+        for row in (row for run in runs for row in run["rows"]):
+            for key, value in row["timing"].items():
+                results["timing"][key] += value
+            results["timing"]["trials"] += 1
     t = results["timing"]
     t["seconds_per_trial"] = t["synthesis_s"] / t["trials"] if t["trials"] else None
     t["real_time_factor"] = t["synthesis_s"] / t["generated_s"] if t["generated_s"] else None
@@ -206,6 +239,68 @@ def evaluate(
     for bound in ("max_frames", "min_frames"):  # set per utterance by the guard, not by these
         results["settings"]["sampling"].pop(bound)
     return results
+
+
+def _sampling_run(task, run, utterances, synth, evalset, scorer, cfg, truth, audio_dir, store, progress) -> dict:
+    """One task's trials drawing run `run`'s seeds: its rows in set order (those in `store` as
+    they are, the others made and stored), what was skipped and what failed, by reason."""
+    seeds = [cfg.seed + run * cfg.samples + k for k in range(cfg.samples)]
+    rows, skipped, failed = [], [], []
+    desc = task if cfg.seeds == 1 else f"{task}, run {run}"
+    for n, u in enumerate(tqdm(utterances, desc=desc, unit="utt", disable=not progress)):
+        row = store.get(run, task, u.id)
+        if row is None:
+            trial = make_trial(task, u, evalset, synth, cfg)
+            if isinstance(trial, str):
+                skipped.append(trial)
+                continue
+            on_page = audio_dir is not None and run == 0 and n < cfg.page_utterances  # its audio for the page
+            spent = {"synthesis_s": 0.0, "generated_s": 0.0, "trials": 0}
+            try:
+                row = _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, spent, on_page)
+            except SynthError as err:  # the models cannot take it (text or prompt too long)
+                skipped.append(str(err))
+                continue
+            except BackendFailed as err:  # counted; not stored, so the next run tries it again
+                failed.append(str(err))
+                continue
+            row["timing"] = {"synthesis_s": spent["synthesis_s"], "generated_s": spent["generated_s"]}
+            if on_page:  # saved before the row is stored: a resumed run's page plays it
+                row["audio"] = _save(audio_dir / task / f"{n:04d}", row.pop("waves"))
+            store.add(run, task, row)
+        rows.append(row)
+    return {"seeds": seeds, "rows": rows, "skipped": _count(skipped), "failed": failed}
+
+
+def _count(reasons) -> dict[str, int]:
+    return dict(Counter(reasons))
+
+
+def across_runs(runs: list[dict], summaries: list[dict]) -> dict:
+    """K sampling runs of one task: each run's seeds, summary, failures (and rows, run 0's being
+    the task's `utterances`), and per model row and metric the mean, standard deviation (ddof 1),
+    min and max of the runs' values."""
+    spread = {}
+    for name in ("single", "best_of_n", "metric_wise"):
+        entries = [s[name] for s in summaries if name in s]
+        if len(entries) == len(runs):
+            metrics = [m for m in ("wer", "wer_mean", "sim", "dnsmos") if all(m in e for e in entries)]
+            spread[name] = {m: _spread([e[m] for e in entries]) for m in metrics}
+    listed = [
+        {"seeds": run["seeds"], "summary": summary, "failed": _count(run["failed"])}
+        | ({"utterances": run["rows"]} if r else {})
+        for r, (run, summary) in enumerate(zip(runs, summaries))
+    ]
+    return {"runs": listed, "across_runs": spread}
+
+
+def _spread(values: list[float]) -> dict:
+    return {
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values, ddof=1)),
+        "min": float(min(values)),
+        "max": float(max(values)),
+    }
 
 
 def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, keep_audio: bool) -> dict:
