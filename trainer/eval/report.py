@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 
 from storage.files import write_bytes_atomic, write_json_atomic
@@ -25,10 +24,6 @@ TASK_NAMES = {"continuation": "Continuation", "cross": "Cross-sentence"}
 
 def write(results: dict, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    for task in results["tasks"].values():  # audio paths relative to the page
-        for row in task["utterances"]:
-            if "audio" in row:
-                row["audio"] = {k: os.path.relpath(v, out) for k, v in row["audio"].items()}
     paths = {"json": out / "results.json", "markdown": out / "results.md", "html": out / "index.html"}
     write_json_atomic(paths["json"], results)
     write_bytes_atomic(paths["markdown"], markdown(results).encode())

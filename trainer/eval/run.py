@@ -266,7 +266,7 @@ def _sampling_run(task, run, utterances, synth, evalset, scorer, cfg, truth, aud
                 continue
             row["timing"] = {"synthesis_s": spent["synthesis_s"], "generated_s": spent["generated_s"]}
             if on_page:  # saved before the row is stored: a resumed run's page plays it
-                row["audio"] = _save(audio_dir / task / f"{n:04d}", row.pop("waves"))
+                row["audio"] = _save(audio_dir, Path(task, f"{n:04d}"), row.pop("waves"))
             store.add(run, task, row)
         rows.append(row)
     return {"seeds": seeds, "rows": rows, "skipped": _count(skipped), "failed": failed}
@@ -358,12 +358,14 @@ def made_seconds(samples: list[np.ndarray], given: int) -> float:
     return sum(s.shape[1] - given for s in samples) * HOP / SAMPLE_RATE
 
 
-def _save(folder: Path, waves: dict[str, np.ndarray]) -> dict[str, str]:
-    folder.mkdir(parents=True, exist_ok=True)
+def _save(audio_dir: Path, sub: Path, waves: dict[str, np.ndarray]) -> dict[str, str]:
+    """Write the waves under audio_dir/sub; their paths relative to the page (audio_dir's parent),
+    so the stored rows hold the same paths whatever folder a run or its resumption started in."""
+    (audio_dir / sub).mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, wave in waves.items():
-        write_wav(folder / f"{name}.wav", wave)
-        paths[name] = str(folder / f"{name}.wav")
+        write_wav(audio_dir / sub / f"{name}.wav", wave)
+        paths[name] = str(Path(audio_dir.name, sub, f"{name}.wav"))
     return paths
 
 
