@@ -19,6 +19,7 @@ WER is errors over reference words summed over the set; SIM and DNSMOS are means
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,7 +31,8 @@ from schemas.evalset import EvalSet, Utterance
 from tokens.audio import write_wav
 from tokens.constants import FRAME_RATE, HOP, SAMPLE_RATE
 from trainer.eval.backends import cosine, to_16k
-from trainer.eval.wer import NORMALIZATION, WordErrors, corpus_wer, word_errors
+from trainer.eval.generated import split_reference, summarize_generated
+from trainer.eval.wer import NORMALIZATION, WordErrors, corpus_wer, normalize, word_errors
 from trainer.sampling import LengthGuard, SamplingConfig
 from trainer.synth import SynthError, Synthesizer
 
@@ -218,7 +220,7 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, k
     timing["trials"] += 1
 
     first = u.id not in truth
-    if first or keep_audio:  # only scores are kept across tasks: memory stays flat in the set's size
+    if first or keep_audio or trial.given:  # only scores are kept across tasks: memory stays flat in the set's size
         gt, resynth = evalset.audio(u), synth.decode(evalset.codes(u).astype(np.int64))
     if first:
         truth[u.id] = scorer.measure_all([gt, resynth], u.reference)
@@ -241,6 +243,8 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, k
         row["best_of_n"] = {**scores[best], "sample": best}
         row["metric_wise"] = metric_wise(scores)
     row["samples"] = [{k: s[k] for k in ("errors", "words", "sim", "frames")} for s in scores]
+    if trial.given:
+        add_generated(row, scorer, [gt, resynth, *waves], trial.given * HOP, prompt_embedding)
     if keep_audio:
         row["waves"] = {
             "prompt": trial.prompt_audio,
@@ -250,6 +254,33 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, k
             **({"best_of_n": waves[best]} if len(waves) > 1 else {}),
         }
     return row
+
+
+def add_generated(row: dict, scorer: Scorer, waves: list[np.ndarray], cut: int, prompt_embedding) -> None:
+    """Every row of a continuation gains `generated`: its audio after the prompt's `cut` samples
+    scored alone, WER against the reference words after the prompt (the split, recorded in
+    `row["split"]`, see generated.py) and SIM against the prompt. `waves`: the ground truth, the
+    resynthesis and the N samples, whole."""
+    plain = copy.copy(scorer)
+    plain.dnsmos = None  # DNSMOS of the parts would double the scoring time (about 2 s of CPU a wave)
+    gt = waves[0]
+    heard_prompt, *parts = plain.measure_all([gt[:cut], *(w[cut:] for w in waves)], row["reference"])  # one batch
+    words = normalize(row["reference"]).split()
+    heard = [normalize(m["hypothesis"]).split() for m in (heard_prompt, parts[0])]
+    k = split_reference(words, *heard, share=cut / len(gt))
+    row["split"] = {"prompt_words": k, "words": len(words), "heard_in_prompt": heard_prompt["hypothesis"]}
+    rest = " ".join(words[k:])
+
+    def alone(scores: dict) -> dict:
+        errors = word_errors(rest, scores["hypothesis"])
+        return {**scores, "errors": errors.errors, "words": errors.words}
+
+    truth, resynthesis, *samples = (alone(against(m, prompt_embedding)) for m in parts)
+    row["ground_truth"]["generated"], row["resynthesis"]["generated"] = truth, resynthesis
+    row["single"]["generated"] = samples[0]
+    if "best_of_n" in row:  # the sample kept on the whole utterance, as VALL-E 2 keeps it
+        row["best_of_n"]["generated"] = samples[row["best_of_n"]["sample"]]
+        row["metric_wise"]["generated"] = metric_wise(samples)
 
 
 def made_seconds(samples: list[np.ndarray], given: int) -> float:
@@ -286,6 +317,7 @@ def summarize(rows: list[dict], samples: int) -> dict:
     for name in ("best_of_n", "metric_wise"):
         if name in out:
             out[name]["n"] = samples
+    summarize_generated(rows, out)
     return out
 
 
