@@ -109,6 +109,29 @@ def _intervals(results: dict) -> str:
     return line
 
 
+def _generated(body: dict):
+    """A continuation's generated-part table, row by row: label, WER %, mean WER %, SIM (with their
+    intervals), utterances (none for cross-sentence; no DNSMOS, see run.add_generated)."""
+    for name in ROWS:
+        entry = body["summary"].get(name, {}).get("generated")
+        if entry:
+            yield (
+                ROW_NAMES[name].format(n=body["summary"][name].get("n", "N")),
+                "-" if entry["wer"] is None else _number(entry, "wer", 1, 100),
+                _number(entry, "wer_mean", 1, 100),
+                _number(entry, "sim", 3),
+                str(entry["utterances"]),
+            )
+
+
+def _generated_note(results: dict) -> str:
+    return (
+        f"The output after the prompt's {results['settings']['prompt_seconds']:g} s, for every row; WER against the "
+        "reference words after those the ASR heard in the ground truth's prompt (docs/evaluation.md), SIM against "
+        "the prompt."
+    )
+
+
 def _backends(results: dict) -> list[str]:
     b = results["backends"]
     lines = [
@@ -160,6 +183,11 @@ def markdown(results: dict) -> str:
             "|---|---:|---:|---:|---:|---:|",
         ]
         lines += ["| " + " | ".join(cells) + " |" for cells in _summary(body)]
+        generated = list(_generated(body))
+        if generated:
+            lines += ["", f"### {TASK_NAMES[task]}, generated part alone", "", _generated_note(results), ""]
+            lines += ["| row | WER % | mean WER % | SIM | utterances |", "|---|---:|---:|---:|---:|"]
+            lines += ["| " + " | ".join(cells) + " |" for cells in generated]
         for note in _notes(body):
             lines += ["", note]
         if body.get("across_runs"):
@@ -212,6 +240,7 @@ def page(results: dict) -> str:
         for label, *numbers in _summary(body):
             parts.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td class='num'>{n}</td>" for n in numbers) + "</tr>")
         parts.append(f"</table><p>{e(_intervals(results))}</p>")
+        parts += _generated_html(results, task, body)
         parts += [f"<p>{e(note)}</p>" for note in _notes(body)]
         if body.get("across_runs"):
             parts.append(f"<p>{e(_across_title(body))}:</p>")
@@ -227,15 +256,44 @@ def page(results: dict) -> str:
             parts += [f"<th>{e(n.replace('_', ' '))}</th>" for n in names]
             parts.append("</tr>")
             for row in heard:
-                parts.append(f"<tr><td><div class='id'>{e(row['id'])}</div>{e(row['reference'])}</td>")
+                parts.append(f"<tr><td><div class='id'>{e(row['id'])}</div>{e(row['reference'])}{_split(row)}</td>")
                 for n in names:
                     cell = f"<audio controls preload='none' src='{e(row['audio'][n])}'></audio>"
                     if n in row:
                         sc = row[n]
                         wer = f"{100 * sc['errors'] / sc['words']:.0f}%" if sc["words"] else "-"
                         cell += f"<br>WER {wer} SIM {sc['sim']:.2f}<div class='hyp'>{e(sc['hypothesis'])}</div>"
+                        cell += _generated_cell(sc.get("generated"))
                     parts.append(f"<td>{cell}</td>")
                 parts.append("</tr>")
             parts.append("</table>")
     parts.append(f"<pre>{e(json.dumps(results['settings'], indent=1))}</pre></body></html>")
     return "\n".join(parts)
+
+
+def _generated_html(results: dict, task: str, body: dict) -> list[str]:
+    """The page's generated-part table of a continuation, under its whole-utterance one."""
+    generated = list(_generated(body))
+    if not generated:
+        return []
+    e = html.escape
+    parts = [f"<h3>{TASK_NAMES[task]}, generated part alone</h3><p>{e(_generated_note(results))}</p>"]
+    parts.append("<table class='summary'><tr><th>row</th><th>WER %</th><th>mean WER %</th><th>SIM</th><th>n</th></tr>")
+    for label, *numbers in generated:
+        parts.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td class='num'>{n}</td>" for n in numbers) + "</tr>")
+    return parts + ["</table>"]
+
+
+def _split(row: dict) -> str:
+    if "split" not in row:
+        return ""
+    s = row["split"]
+    return f"<div class='hyp'>{s['prompt_words']} of {s['words']} words in the prompt</div>"
+
+
+def _generated_cell(scores: dict | None) -> str:
+    """The generated part's scores under a continuation player's whole-utterance ones."""
+    if not scores:
+        return ""
+    wer = f"{100 * scores['errors'] / scores['words']:.0f}%" if scores["words"] else "-"
+    return f"<div>after the prompt: WER {wer} SIM {scores['sim']:.2f}</div>"

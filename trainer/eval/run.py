@@ -36,6 +36,7 @@ from tokens.audio import write_wav
 from tokens.constants import FRAME_RATE, HOP, SAMPLE_RATE
 from trainer.eval import stats
 from trainer.eval.backends import cosine, to_16k
+from trainer.eval.generated import split_reference, summarize_generated
 from trainer.eval.store import RowStore
 from trainer.eval.wer import NORMALIZATION, WordErrors, corpus_wer, normalizer_named, word_errors
 from trainer.sampling import LengthGuard, SamplingConfig
@@ -108,10 +109,10 @@ class Scorer:
     def measure(self, wave24: np.ndarray, reference: str) -> dict:
         return self.measure_all([wave24], reference)[0]
 
-    def measure_all(self, waves24: list[np.ndarray], reference: str) -> list[dict]:
+    def measure_all(self, waves24: list[np.ndarray], reference: str, quality: bool = True) -> list[dict]:
         """What does not depend on the prompt, for renditions of one text: what the ASR heard
-        (all in one call), its word errors, DNSMOS, and the speaker embedding (None for audio too
-        short to carry a voice). `against` adds SIM."""
+        (all in one call), its word errors, DNSMOS (unless `quality` is off), and the speaker
+        embedding (None for audio too short to carry a voice). `against` adds SIM."""
         waves = [to_16k(w, SAMPLE_RATE) for w in waves24]
         heard = iter(_calling("asr", self.asr.transcribe_all, [w for w in waves if len(w)]))
         measured = []
@@ -120,7 +121,7 @@ class Scorer:
             errors = word_errors(reference, hypothesis, self.normalizer)
             out = {"hypothesis": hypothesis, "errors": errors.errors, "words": errors.words}
             out["embedding"] = _calling("speaker", self.speaker.embed, wave) if len(wave) > RATE_MIN else None
-            if self.dnsmos and len(wave):
+            if quality and self.dnsmos and len(wave):
                 out["dnsmos"] = _calling("dnsmos", self.dnsmos.score, wave)["p808"]
             measured.append(out)
         return measured
@@ -318,7 +319,7 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, k
     timing["trials"] += 1
 
     first = u.id not in truth
-    if first or keep_audio:  # only scores are kept across tasks: memory stays flat in the set's size
+    if first or keep_audio or trial.given:  # only scores are kept across tasks: memory stays flat in the set's size
         gt, resynth = evalset.audio(u), synth.decode(evalset.codes(u).astype(np.int64))
     if first:
         truth[u.id] = scorer.measure_all([gt, resynth], u.reference)
@@ -341,6 +342,8 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, k
         row["best_of_n"] = {**scores[best], "sample": best}
         row["metric_wise"] = metric_wise(scores)
     row["samples"] = [{k: s[k] for k in ("errors", "words", "sim", "frames")} for s in scores]
+    if trial.given:
+        add_generated(row, scorer, [gt, resynth, *waves], trial.given * HOP, prompt_embedding)
     if keep_audio:
         row["waves"] = {
             "prompt": trial.prompt_audio,
@@ -350,6 +353,33 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, k
             **({"best_of_n": waves[best]} if len(waves) > 1 else {}),
         }
     return row
+
+
+def add_generated(row: dict, scorer: Scorer, waves: list[np.ndarray], cut: int, prompt_embedding) -> None:
+    """Every row of a continuation gains `generated`: its audio after the prompt's `cut` samples
+    scored alone, WER against the reference words after the prompt (the split, recorded in
+    `row["split"]`, see generated.py) and SIM against the prompt. `waves`: the ground truth, the
+    resynthesis and the N samples, whole."""
+    gt, normalize = waves[0], normalizer_named(scorer.normalizer)
+    pieces = [gt[:cut], *(w[cut:] for w in waves)]
+    # One batch; no DNSMOS: the parts' would double the scoring time (about 2 s of CPU a wave).
+    heard_prompt, *parts = scorer.measure_all(pieces, row["reference"], quality=False)
+    words = normalize(row["reference"]).split()
+    heard = [normalize(m["hypothesis"]).split() for m in (heard_prompt, parts[0])]
+    k = split_reference(words, *heard, share=cut / len(gt))
+    row["split"] = {"prompt_words": k, "words": len(words), "heard_in_prompt": heard_prompt["hypothesis"]}
+    rest = " ".join(words[k:])
+
+    def alone(scores: dict) -> dict:
+        errors = word_errors(rest, scores["hypothesis"], scorer.normalizer)
+        return {**scores, "errors": errors.errors, "words": errors.words}
+
+    truth, resynthesis, *samples = (alone(against(m, prompt_embedding)) for m in parts)
+    row["ground_truth"]["generated"], row["resynthesis"]["generated"] = truth, resynthesis
+    row["single"]["generated"] = samples[0]
+    if "best_of_n" in row:  # the sample kept on the whole utterance, as VALL-E 2 keeps it
+        row["best_of_n"]["generated"] = samples[row["best_of_n"]["sample"]]
+        row["metric_wise"]["generated"] = metric_wise(samples)
 
 
 def made_seconds(samples: list[np.ndarray], given: int) -> float:
@@ -389,6 +419,7 @@ def summarize(rows: list[dict], samples: int) -> dict:
     for name in ("best_of_n", "metric_wise"):
         if name in out:
             out[name]["n"] = samples
+    summarize_generated(rows, out)
     return out
 
 
