@@ -56,7 +56,14 @@ def test_summary_pools_the_generated_parts():
     rows = [{"ground_truth": scores(1, 6, 0.8, 1, 4)}, {"ground_truth": scores(0, 5, 0.6, 2, 0)}]
     entry = summarize(rows, 1)["ground_truth"]
     assert entry["wer"] == pytest.approx(1 / 11)
-    assert entry["generated"] == {"wer": pytest.approx(3 / 4), "sim": pytest.approx(0.35), "utterances": 2}
+    generated = entry["generated"]
+    assert {k: generated[k] for k in ("wer", "sim", "utterances")} == {
+        "wer": pytest.approx(3 / 4),
+        "sim": pytest.approx(0.35),
+        "utterances": 2,
+    }
+    assert generated["wer_mean"] == pytest.approx((1 / 4 + 1) / 2)  # 2 errors in no word count as wrong
+    assert set(generated["interval"]) == {"wer", "wer_mean", "sim"}
     rows[0]["ground_truth"]["generated"]["words"] = 0  # no generated part has a word: no WER, never 0 %
     assert summarize(rows, 1)["ground_truth"]["generated"]["wer"] is None
 

@@ -164,7 +164,7 @@ def _reference(results: dict) -> str:
 def markdown(results: dict) -> str:
     s = results["set"]
     lines = [
-        f"# valle-eval: {s['name']} ({s['utterances']} utterances, {s['speakers']} speakers)",
+        f"# valle-eval: {s['name']} ({s['utterances']} utterances, {s['speakers']} speaker{'s' * (s['speakers'] != 1)})",
         "",
         f"Checkpoints: AR {results['checkpoints']['ar']}, NAR {results['checkpoints']['nar']}; "
         f"decoder {results['checkpoints']['decoder']}.",
