@@ -163,8 +163,9 @@ def _reference(results: dict) -> str:
 
 def markdown(results: dict) -> str:
     s = results["set"]
+    voices = f"{s['speakers']} speaker" + ("s" if s["speakers"] != 1 else "")
     lines = [
-        f"# valle-eval: {s['name']} ({s['utterances']} utterances, {s['speakers']} speaker{'s' * (s['speakers'] != 1)})",
+        f"# valle-eval: {s['name']} ({s['utterances']} utterances, {voices})",
         "",
         f"Checkpoints: AR {results['checkpoints']['ar']}, NAR {results['checkpoints']['nar']}; "
         f"decoder {results['checkpoints']['decoder']}.",
