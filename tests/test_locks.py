@@ -49,9 +49,21 @@ def node_local_flock(monkeypatch) -> None:
     monkeypatch.setattr(fcntl, "flock", lambda fd, op: None)
 
 
-def test_a_holder_paused_past_the_stale_time_stops_at_once_when_it_resumes(tmp_path, monkeypatch):
+def ignore_sigint() -> None:
+    """What a non-interactive shell does to a background job (`valle-prep run ... &` in a script)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_a_holder_paused_past_the_stale_time_stops_at_once_when_it_resumes(tmp_path, monkeypatch, sigint):
     out = tmp_path / "out"
-    a = subprocess.Popen([sys.executable, "-c", PAUSED_HOLDER, str(out)], stdout=subprocess.PIPE, text=True, env=ENV)
+    a = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_HOLDER, str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        preexec_fn=ignore_sigint if sigint == "ignored" else None,
+    )
     try:
         assert a.stdout.readline().strip() == "held"
         os.kill(a.pid, signal.SIGSTOP)

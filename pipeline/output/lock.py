@@ -12,9 +12,10 @@ every HEARTBEAT_S seconds): storage.locks, the same lock each file of a download
 - A file system that refuses locks (ENOLCK) is a clear error, or, with `force`, the record
   alone decides (a record of this host then counts while its pid is alive).
 - A run that finds its record replaced (it was paused or cut off past STALE_S, and another run
-  took over) stops at once: the heartbeat thread interrupts the main thread, the block raises
-  `LockLost`, and the `guard` its units check before they commit (pipeline.encode.unit) fails
-  too, so it commits nothing more. `valle-prep run` exits 4 then.
+  took over) stops at once: the heartbeat thread interrupts the main thread (SIGUSR1, handled for
+  the block's duration, so it works whatever SIGINT's disposition: a background job of a script
+  ignores SIGINT), the block raises `LockLost`, and the `guard` its units check before they
+  commit (pipeline.encode.unit) fails too, so it commits nothing more. `valle-prep run` exits 4 then.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ import errno
 import logging
 import signal
 import threading
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from storage.locks import HEARTBEAT_S, STALE_S, LockBusy, LockLost, describe, take
+from storage.locks import HEARTBEAT_S, STALE_S, HeldLock, LockBusy, LockLost, describe, take
 
 LOCK_NAME = ".valle-prep.lock"
+WAKE = signal.SIGUSR1  # the heartbeat thread's own signal: SIGINT may be ignored (a script's `cmd &`)
 
 __all__ = ["LOCK_NAME", "LockLost", "OutputLocked", "exclusive"]
 
@@ -51,6 +52,19 @@ def exclusive(
 ):
     """Hold `out` for the block; yields the `HeldLock` (`check()`, `guard` for the units)."""
     out.mkdir(parents=True, exist_ok=True)
+    with _wakeable_main_thread() as wake:
+        held = _take(out, force, heartbeat_s, stale_s, host, wake)
+        try:
+            yield held
+        except KeyboardInterrupt:
+            if not held.lost.is_set():
+                raise
+            raise held.lost_error() from None  # the heartbeat thread's interrupt
+        finally:
+            held.release()
+
+
+def _take(out: Path, force: bool, heartbeat_s: float, stale_s: float, host: str | None, on_lost) -> HeldLock:
     try:
         held = take(
             out / LOCK_NAME,
@@ -59,7 +73,7 @@ def exclusive(
             host=host,
             heartbeat_s=heartbeat_s,
             stale_s=stale_s,
-            on_lost=_interrupter(),
+            on_lost=on_lost,
         )
     except LockBusy as busy:
         raise OutputLocked(_refusal(out, busy, stale_s)) from None
@@ -73,27 +87,25 @@ def exclusive(
         ) from None
     if not held.flocked:
         log.warning("%s: the file system refuses locks (ENOLCK); --force-unlock: going on with the record", out)
-    try:
-        yield held
-    except KeyboardInterrupt:
-        if not held.lost.is_set():
-            raise
-        raise held.lost_error() from None  # the heartbeat thread's interrupt
-    finally:
-        held.release()
+    return held
 
 
-def _interrupter() -> Callable[[], None] | None:
-    """How the heartbeat thread stops a run whose lock was taken over: SIGINT to the main thread
-    (it wakes from any blocking wait, unlike a flag), turned into `LockLost` by `exclusive`.
-    None where the lock is not taken in the main thread, or SIGINT is not Python's own: the
-    checks before each commit stop the run there."""
+@contextmanager
+def _wakeable_main_thread():
+    """How the heartbeat thread stops a run whose lock was taken over: WAKE to the main thread
+    (it wakes from any blocking wait, unlike a flag), raising KeyboardInterrupt there, which
+    `exclusive` turns into `LockLost`. The handler is installed for the block and the previous
+    one restored after the lock is released (no heartbeat signals after that). Yields None where
+    the lock is not taken in the main thread: the checks before each commit stop the run there."""
     if threading.current_thread() is not threading.main_thread():
-        return None
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        return None
+        yield None
+        return
+    previous = signal.signal(WAKE, signal.default_int_handler)
     main = threading.main_thread().ident
-    return lambda: signal.pthread_kill(main, signal.SIGINT)
+    try:
+        yield lambda: signal.pthread_kill(main, WAKE)
+    finally:
+        signal.signal(WAKE, previous if previous is not None else signal.SIG_DFL)
 
 
 def _refusal(out: Path, busy: LockBusy, stale_s: float) -> str:
