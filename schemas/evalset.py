@@ -46,6 +46,9 @@ from storage.files import write_bytes_atomic, write_json_atomic
 from tokens.constants import SAMPLE_RATE
 
 EVALSET_SCHEMA = "valle-corpus/evalset.v1"
+# source.warning of a set whose subset training read (pipeline.evalsets.held_out), and what readers
+# say of a set marked trained_on without one
+TRAINED_ON = "this set's utterances were in the training data: scores are not held-out"
 META, UTTERANCES, BPE_MODEL = "evalset.json", "utterances.jsonl", "bpe.model"
 _META_FIELDS = ("name", "source", "selection", "provenance")
 _PROVENANCE_KEYS = {"codec": ("model", "bandwidth_kbps", "codebooks", "weights_sha256"), "bpe": ("sha256",)}

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
+from schemas.evalset import TRAINED_ON
 from storage.remote import join, open_random_access
-
-TRAINED_ON = "this set's utterances were in the training data: scores are not held-out"
 
 
 def held_out_fields(out: str, index: dict, subset: str, speakers: set[str]) -> dict:

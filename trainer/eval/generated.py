@@ -16,10 +16,7 @@ ASR enter, never the model under test, so every model is scored against the same
 
 from __future__ import annotations
 
-import numpy as np
-
 from trainer.eval import stats
-from trainer.eval.wer import WordErrors, corpus_wer
 
 
 def prefix_distances(ref: list[str], heard: list[str]) -> list[int]:
@@ -51,12 +48,7 @@ def summarize_generated(rows: list[dict], summary: dict) -> None:
         parts = [r[name]["generated"] for r in rows if "generated" in r.get(name, {})]
         if not parts:
             continue
-        counts = [WordErrors(p["errors"], p["words"]) for p in parts]
-        generated = {
-            "wer": corpus_wer(counts) if sum(c.words for c in counts) else None,
-            "sim": float(np.mean([p["sim"] for p in parts])),
-            "utterances": len(parts),
-        }
-        if generated["wer"] is not None:  # with no reference word, no WER and no interval of it
-            generated |= stats.describe(parts)  # wer_mean, and the 95 % intervals
+        generated = stats.describe(parts)
+        if not sum(p["words"] for p in parts):  # with no reference word, no WER and no interval of it
+            generated = {"wer": None, "sim": generated["sim"], "utterances": len(parts)}
         entry["generated"] = generated

@@ -9,6 +9,7 @@ import html
 import json
 from pathlib import Path
 
+from schemas.evalset import TRAINED_ON
 from storage.files import write_bytes_atomic, write_json_atomic
 from trainer.eval.run import ROWS
 
@@ -31,8 +32,29 @@ def write(results: dict, out: Path) -> dict[str, Path]:
     return paths
 
 
+METRICS = ("WER %", "mean WER %", "SIM", "DNSMOS")  # a summary table's columns after the row's label
+GENERATED_METRICS = ("WER %", "mean WER %", "SIM", "utterances")  # the generated part's: no DNSMOS
+
+
 def _label(name: str, entry: dict) -> str:
     return ROW_NAMES[name].format(n=entry.get("n", "N"))
+
+
+def _md_table(columns: tuple[str, ...], rows) -> list[str]:
+    """A markdown table: the row label, then `columns` (right-aligned), one line per row of cells."""
+    lines = ["| row | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
+
+
+def _html_table(css_class: str, columns: tuple[str, ...], rows) -> str:
+    """The same table for the page: the label escaped, the numbers right-aligned."""
+    e = html.escape
+    head = "".join(f"<th>{e(c)}</th>" for c in ("row", *columns))
+    body = "".join(
+        f"<tr><td>{e(label)}</td>" + "".join(f"<td class='num'>{n}</td>" for n in numbers) + "</tr>"
+        for label, *numbers in rows
+    )
+    return f"<table class='{css_class}'><tr>{head}</tr>{body}</table>"
 
 
 def _number(entry: dict, key: str, digits: int, scale: float = 1.0) -> str:
@@ -116,7 +138,7 @@ def _generated(body: dict):
         entry = body["summary"].get(name, {}).get("generated")
         if entry:
             yield (
-                ROW_NAMES[name].format(n=body["summary"][name].get("n", "N")),
+                _label(name, body["summary"][name]),
                 "-" if entry["wer"] is None else _number(entry, "wer", 1, 100),
                 _number(entry, "wer_mean", 1, 100),
                 _number(entry, "sim", 3),
@@ -148,7 +170,7 @@ def set_warning(results: dict) -> str | None:
     speakers heard in training), to show above the tables; None for a held-out set or an older one."""
     source = results["set"].get("source") or {}
     if source.get("trained_on") and not source.get("warning"):
-        return "this set's utterances were in the training data: scores are not held-out"
+        return TRAINED_ON
     return source.get("warning")
 
 
@@ -177,24 +199,15 @@ def markdown(results: dict) -> str:
     if warning := set_warning(results):
         lines += [f"> **Warning:** {warning}", ""]
     for task, body in results["tasks"].items():
-        lines += [
-            f"## {TASK_NAMES[task]}",
-            "",
-            "| row | WER % | mean WER % | SIM | DNSMOS | utterances |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        lines += ["| " + " | ".join(cells) + " |" for cells in _summary(body)]
+        lines += [f"## {TASK_NAMES[task]}", "", *_md_table((*METRICS, "utterances"), _summary(body))]
         generated = list(_generated(body))
         if generated:
             lines += ["", f"### {TASK_NAMES[task]}, generated part alone", "", _generated_note(results), ""]
-            lines += ["| row | WER % | mean WER % | SIM | utterances |", "|---|---:|---:|---:|---:|"]
-            lines += ["| " + " | ".join(cells) + " |" for cells in generated]
+            lines += _md_table(GENERATED_METRICS, generated)
         for note in _notes(body):
             lines += ["", note]
         if body.get("across_runs"):
-            lines += ["", _across_title(body) + ":", "", "| row | WER % | mean WER % | SIM | DNSMOS |"]
-            lines.append("|---|---:|---:|---:|---:|")
-            lines += ["| " + " | ".join(cells) + " |" for cells in _across(body)]
+            lines += ["", _across_title(body) + ":", "", *_md_table(METRICS, _across(body))]
         lines.append("")
     lines += [_intervals(results), ""]
     t = results["timing"]
@@ -236,20 +249,13 @@ def page(results: dict) -> str:
         parts.append(f"<p style='background:#fdd;padding:8px'><strong>Warning:</strong> {e(warning)}</p>")
     for task, body in results["tasks"].items():
         parts.append(f"<h2 id='{task}'>{TASK_NAMES[task]}</h2>")
-        parts.append("<table class='summary'><tr><th>row</th><th>WER %</th><th>mean WER %</th><th>SIM</th>")
-        parts.append("<th>DNSMOS</th><th>n</th></tr>")
-        for label, *numbers in _summary(body):
-            parts.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td class='num'>{n}</td>" for n in numbers) + "</tr>")
-        parts.append(f"</table><p>{e(_intervals(results))}</p>")
+        parts.append(_html_table("summary", (*METRICS, "n"), _summary(body)))
+        parts.append(f"<p>{e(_intervals(results))}</p>")
         parts += _generated_html(results, task, body)
         parts += [f"<p>{e(note)}</p>" for note in _notes(body)]
         if body.get("across_runs"):
             parts.append(f"<p>{e(_across_title(body))}:</p>")
-            parts.append("<table class='across'><tr><th>row</th><th>WER %</th><th>mean WER %</th><th>SIM</th>")
-            parts.append("<th>DNSMOS</th></tr>")
-            for label, *cells in _across(body):
-                parts.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td class='num'>{c}</td>" for c in cells) + "</tr>")
-            parts.append("</table>")
+            parts.append(_html_table("across", METRICS, _across(body)))
         heard = [r for r in body["utterances"] if "audio" in r]
         if heard:
             names = [n for n in ("prompt", *ROWS) if n in heard[0]["audio"]]
@@ -278,11 +284,10 @@ def _generated_html(results: dict, task: str, body: dict) -> list[str]:
     if not generated:
         return []
     e = html.escape
-    parts = [f"<h3>{TASK_NAMES[task]}, generated part alone</h3><p>{e(_generated_note(results))}</p>"]
-    parts.append("<table class='summary'><tr><th>row</th><th>WER %</th><th>mean WER %</th><th>SIM</th><th>n</th></tr>")
-    for label, *numbers in generated:
-        parts.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td class='num'>{n}</td>" for n in numbers) + "</tr>")
-    return parts + ["</table>"]
+    return [
+        f"<h3>{TASK_NAMES[task]}, generated part alone</h3><p>{e(_generated_note(results))}</p>",
+        _html_table("summary", (*GENERATED_METRICS[:-1], "n"), generated),
+    ]
 
 
 def _split(row: dict) -> str:

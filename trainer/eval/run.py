@@ -38,7 +38,7 @@ from trainer.eval import stats
 from trainer.eval.backends import cosine, to_16k
 from trainer.eval.generated import split_reference, summarize_generated
 from trainer.eval.store import RowStore
-from trainer.eval.wer import NORMALIZATION, WordErrors, corpus_wer, normalizer_named, word_errors
+from trainer.eval.wer import NORMALIZATION, WordErrors, normalizer_named, word_errors
 from trainer.sampling import LengthGuard, SamplingConfig
 from trainer.synth import SynthError, Synthesizer
 
@@ -256,16 +256,14 @@ def _sampling_run(task, run, utterances, synth, evalset, scorer, cfg, truth, aud
                 skipped.append(trial)
                 continue
             on_page = audio_dir is not None and run == 0 and n < cfg.page_utterances  # its audio for the page
-            spent = {"synthesis_s": 0.0, "generated_s": 0.0, "trials": 0}
             try:
-                row = _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, spent, on_page)
+                row = _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, on_page)
             except SynthError as err:  # the models cannot take it (text or prompt too long)
                 skipped.append(str(err))
                 continue
             except BackendFailed as err:  # counted; not stored, so the next run tries it again
                 failed.append(str(err))
                 continue
-            row["timing"] = {"synthesis_s": spent["synthesis_s"], "generated_s": spent["generated_s"]}
             if on_page:  # saved before the row is stored: a resumed run's page plays it
                 row["audio"] = _save(audio_dir, Path(task, f"{n:04d}"), row.pop("waves"))
             store.add(run, task, row)
@@ -304,7 +302,7 @@ def _spread(values: list[float]) -> dict:
     }
 
 
-def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, keep_audio: bool) -> dict:
+def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, keep_audio: bool) -> dict:
     u = trial.utterance
     room = max(1, synth.max_audio_frames - trial.prompt.shape[1])
     low, high = cfg.guard.bounds(trial.target_tokens, given=trial.given, room=room)
@@ -314,9 +312,7 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, k
     if trial.given:  # continuation: the output is the prompt and what follows it
         samples = [np.concatenate([trial.prompt, s], axis=1) for s in samples]
     waves = [synth.decode(s) for s in samples]
-    timing["synthesis_s"] += time.perf_counter() - start
-    timing["generated_s"] += made_seconds(samples, trial.given)
-    timing["trials"] += 1
+    timing = {"synthesis_s": time.perf_counter() - start, "generated_s": made_seconds(samples, trial.given)}
 
     first = u.id not in truth
     if first or keep_audio or trial.given:  # only scores are kept across tasks: memory stays flat in the set's size
@@ -329,6 +325,7 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, timing, k
         "speaker": u.speaker,
         "reference": u.reference,
         "prompt_id": u.prompt_id if task == "cross" else None,
+        "timing": timing,  # kept with the row: a resumed run's speed counts every trial once
     }
     for name, measured in zip(("ground_truth", "resynthesis"), truth[u.id]):
         row[name] = against(measured, prompt_embedding)
@@ -405,14 +402,7 @@ def summarize(rows: list[dict], samples: int) -> dict:
         scored = [r[name] for r in rows if name in r]
         if not scored:
             continue
-        entry = {
-            "wer": corpus_wer([WordErrors(s["errors"], s["words"]) for s in scored]),
-            "sim": float(np.mean([s["sim"] for s in scored])),
-            "utterances": len(scored),
-        }
-        if all("dnsmos" in s for s in scored):
-            entry["dnsmos"] = float(np.mean([s["dnsmos"] for s in scored]))
-        entry |= stats.describe(scored)  # wer_mean, and each statistic's 95 % bootstrap interval
+        entry = stats.describe(scored)  # pooled and mean WER, SIM, DNSMOS, each with its 95 % interval
         if name in ("single", "best_of_n"):
             entry["cut_at_max"] = sum(bool(s.get("cut_at_max")) for s in scored)
         out[name] = entry

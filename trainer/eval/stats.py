@@ -81,12 +81,15 @@ def _interval(values: np.ndarray) -> list[float]:
 
 
 def describe(scored: list[dict], seed: int = SEED, resamples: int = RESAMPLES) -> dict:
-    """A row's mean WER and the 95 % interval of each of its statistics (wer, wer_mean, sim and,
-    when every utterance has it, dnsmos)."""
+    """A row's statistics (wer, wer_mean, sim and, when every utterance has it, dnsmos), its
+    `utterances`, and the 95 % `interval` of each statistic."""
     cols = columns(scored)
     point = _statistics(cols, np.arange(len(scored))[None])
     (boot,) = _bootstrap([cols], seed, resamples)
-    return {"wer_mean": float(point["wer_mean"][0]), "interval": {k: _interval(v) for k, v in boot.items()}}
+    return {k: float(v[0]) for k, v in point.items()} | {
+        "utterances": len(scored),
+        "interval": {k: _interval(v) for k, v in boot.items()},
+    }
 
 
 def paired(a: list[dict], b: list[dict], seed: int = SEED, resamples: int = RESAMPLES) -> dict[str, dict]:
