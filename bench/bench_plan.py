@@ -134,6 +134,7 @@ def manifest(cache: Path, lines: int) -> Path:
 def child(path: Path, work: Path, mode: str) -> dict:
     """One planning run in this (fresh) process, then (serial mode) its phases timed alone.
     `mode`: "serial" (blocks parsed in this process) or "parallel" (the default worker pool)."""
+    from pipeline.plan.manifest import libriheavy_input
     from pipeline.plan.parse_pool import ProcessParsers, SerialParsers
     from pipeline.plan.subsets import plan_subset
     from storage.hashing import sha256_file
@@ -142,7 +143,7 @@ def child(path: Path, work: Path, mode: str) -> dict:
     cpu = _cpu_s()
     with parsers:
         t = time.perf_counter()
-        plan = plan_subset(path, "bench", "train", work, 20.0, PREFIX, progress=False, parsers=parsers)
+        plan = plan_subset(libriheavy_input(path), "bench", "train", work, 20.0, progress=False, parsers=parsers)
         total = time.perf_counter() - t
         if mode == "parallel":  # each worker's own high-water mark (ru_maxrss of children
             # would count the driver's memory at the time they were started)
@@ -160,7 +161,7 @@ def child(path: Path, work: Path, mode: str) -> dict:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     t = time.perf_counter()
-    plan_subset(path, "bench", "train", work, 20.0, PREFIX, progress=False)
+    plan_subset(libriheavy_input(path), "bench", "train", work, 20.0, progress=False)
     result["rerun_s"] = time.perf_counter() - t
     result.update(new_exclusions(path, Path(work), result["cuts"]))
     t = time.perf_counter()
@@ -175,12 +176,15 @@ def new_exclusions(path: Path, work: Path, cuts: int) -> dict:
     """A subset of higher priority now keeps 1 % of the ids: planned again from the kept parse
     (no inflating, no parsing). Also the kept parse's size on disk against the unit files'."""
     from pipeline.plan import cut_ids
+    from pipeline.plan.manifest import libriheavy_input
     from pipeline.plan.subsets import ids_path, plan_subset
 
     ids = cut_ids.load(ids_path(work, "bench"))
     taken = ids[::100]
     t = time.perf_counter()
-    plan = plan_subset(path, "bench", "train", work, 20.0, PREFIX, progress=False, earlier=[("held-out", taken)])
+    plan = plan_subset(
+        libriheavy_input(path), "bench", "train", work, 20.0, progress=False, earlier=[("held-out", taken)]
+    )
     seconds = time.perf_counter() - t
     if sum(u.cuts for u in plan.units) != cuts - len(taken):
         raise SystemExit(f"{path}: re-planned with new exclusions, the plan lost the wrong cuts")
@@ -195,7 +199,7 @@ def new_exclusions(path: Path, work: Path, cuts: int) -> dict:
 def phases(path: Path) -> dict:
     """Inflating alone (Python's zlib, and ISA-L in line-aligned blocks as planning does: the
     serial part) and parsing alone on one core (the first SAMPLE_BLOCKS blocks)."""
-    from pipeline.plan.manifest import parse_block, read_blocks
+    from pipeline.plan.manifest import LibriheavyLines, parse_block, read_blocks
 
     t = time.perf_counter()
     with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz:
@@ -210,7 +214,7 @@ def phases(path: Path) -> dict:
             sample.append((first, block))
     inflate = time.perf_counter() - t
     t = time.perf_counter()
-    sampled = sum(parse_block(block, first, PREFIX, "bench")[0].lines for first, block in sample)
+    sampled = sum(parse_block(block, first, LibriheavyLines(PREFIX), "bench")[0].lines for first, block in sample)
     return {
         "lines": lines,
         "zlib_s": zlib_s,

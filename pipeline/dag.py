@@ -16,13 +16,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.sources import DEFAULT_KIND, KINDS, kind_of, libriheavy
 from pipeline.text.bpe import BpeConfig
 from schemas import FORMATS
 from storage import settings
-from storage.hashing import Checksum, json_digest
+from storage.hashing import json_digest
 from storage.settings import Problems, positive
 from tokens.codec_settings import WEIGHT_KINDS, CodecConfig
-from tokens.text import TEXT_FIELDS
 
 DEFAULT_FORMATS = ("webdataset", "parquet")
 ROLES = ("train", "dev", "test")
@@ -31,32 +31,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
 
 class DagError(ValueError):
     """A DAG that cannot run; the message names the file, the key and what to do."""
-
-
-@dataclass
-class SourceConfig:
-    manifest_base_url: str = ""
-    audio_base_url: str | None = None
-    audio_archives: list[str] = field(default_factory=list)
-    # An already extracted LibriLight tree; when set, audio archives are not downloaded.
-    audio_dir: str | None = None
-    # Manifests name audio as download/librilight/<subset>/...; this prefix is stripped.
-    source_prefix: str = "download/librilight/"
-    # File name -> "sha256:<hex>" or "md5:<hex>"; null skips verification (with a warning).
-    checksums: dict[str, str] | None = field(default_factory=dict)
-    download_dir: str | None = None  # default: OUT/downloads
-
-    def manifest_name(self, subset: str) -> str:
-        return f"libriheavy_cuts_{subset}.jsonl.gz"
-
-    def problems(self) -> Problems:
-        if not self.manifest_base_url:
-            yield "manifest_base_url", "is required"
-        for name, text in (self.checksums or {}).items():
-            try:
-                Checksum.parse(text)
-            except ValueError as err:
-                yield f"checksums.{name}", f"is not a checksum: {err}"
 
 
 @dataclass
@@ -118,12 +92,11 @@ class SegmentConfig:
 
 @dataclass
 class TextConfig:
-    field: str = "book"  # book = custom.texts[0] (cased, punctuated); asr = custom.texts[1]
+    # Which transcript: null takes the source kind's default. Libriheavy: book = custom.texts[0]
+    # (cased, punctuated, the default), asr = custom.texts[1]; lhotse: text (supervision.text,
+    # the default) or the name of a custom field; Emilia: text.
+    field: str | None = None
     bpe: BpeConfig = dataclasses.field(default_factory=BpeConfig)  # checks itself when built
-
-    def problems(self) -> Problems:
-        if self.field not in TEXT_FIELDS:
-            yield "field", f"must be one of {sorted(TEXT_FIELDS)}, got {self.field!r}"
 
 
 @dataclass
@@ -181,7 +154,7 @@ class RayConfig:
 @dataclass
 class Dag:
     name: str
-    source: SourceConfig = field(default_factory=SourceConfig)
+    source: object = field(default_factory=libriheavy.Config)  # a source kind's Config (pipeline.sources)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     subsets: SubsetsConfig = field(default_factory=SubsetsConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
@@ -199,6 +172,8 @@ class Dag:
     def fingerprint(self) -> str:
         """sha256 of every setting that can change the output (not where it goes or how fast)."""
         data = dataclasses.asdict(self)
+        if self.source.KIND != DEFAULT_KIND:  # the default's fingerprint predates source kinds
+            data["source"]["kind"] = self.source.KIND
         data.pop("ray")
         data.pop("download")
         data["output"].pop("dir")
@@ -221,29 +196,43 @@ def load_dag(
             raw.setdefault("output", {})["dir"] = out
         if ray_address is not None:
             raw.setdefault("ray", {})["address"] = ray_address
+        source = _build_source(raw.pop("source", {}))
         dag = settings.build(Dag, raw, DagError)
-        _resolve_locations(dag, path.resolve().parent)
+        dag.source = source
+        kind = kind_of(source)
+        if dag.text.field is None:
+            dag.text.field = kind.DEFAULT_TEXT_FIELD
+        elif problem := kind.text_field_problem(dag.text.field):
+            raise DagError(f"text.field {problem}")
+        _resolve_codec_weights(dag, path.resolve().parent)
+        kind.settle(dag, path.resolve().parent)
         _check_wiring(dag)
+        kind.check(dag)
         settings.check(dag, DagError)
     except DagError as err:
         raise DagError(f"{path}: {err}") from None
     return dag
 
 
-def _resolve_locations(dag: Dag, dag_dir: Path) -> None:
-    src = dag.source
-    if src.manifest_base_url:  # an empty one is reported by SourceConfig.problems
-        src.manifest_base_url = _as_url(src.manifest_base_url, dag_dir)
-    if src.audio_base_url:
-        src.audio_base_url = _as_url(src.audio_base_url, dag_dir)
-    if src.audio_dir:
-        src.audio_dir = str((dag_dir / src.audio_dir).resolve())
+def _build_source(raw) -> object:
+    """The `source:` section as its kind's Config (`kind:` picks it; none: Libriheavy)."""
+    if not isinstance(raw, dict):
+        raise DagError(f"source: expected a mapping, got {raw!r}")
+    raw = dict(raw)
+    name = raw.pop("kind", DEFAULT_KIND)
+    if name not in KINDS:
+        raise DagError(f"source.kind: must be one of {sorted(KINDS)}, got {name!r}")
+    return settings.build(KINDS[name].Config, raw, DagError, "source")
+
+
+def _resolve_codec_weights(dag: Dag, dag_dir: Path) -> None:
     weights = dag.codec.weights
     if weights not in WEIGHT_KINDS:
         dag.codec.weights = str((dag_dir / weights).resolve())
 
 
-def _as_url(location: str, base: Path) -> str:
+def as_url(location: str, base: Path) -> str:
+    """A location as a URL ending in "/": a URL as it is, a path resolved against `base`."""
     if re.match(r"^[a-z][a-z0-9+.-]*://", location):
         return location if location.endswith("/") else location + "/"
     return (base / location).resolve().as_uri() + "/"
@@ -259,17 +248,3 @@ def _check_wiring(dag: Dag) -> None:
     for name in roles:
         if not _NAME.match(name):
             raise DagError(f"subset name {name!r} must be letters, digits and underscores")
-    if dag.source.audio_dir is None:
-        if not dag.source.audio_base_url or not dag.source.audio_archives:
-            raise DagError("set source.audio_base_url and source.audio_archives, or source.audio_dir")
-        for name in dag.source.audio_archives:
-            if not name.endswith(".tar") or "/" in name:
-                raise DagError(f"source.audio_archives: {name!r} must be a plain .tar file name")
-    if dag.source.checksums:
-        known = {dag.source.manifest_name(s) for s in roles} | set(dag.source.audio_archives)
-        for name in dag.source.checksums:
-            if name not in known:
-                raise DagError(
-                    f"source.checksums names {name!r}, which this DAG does not download "
-                    f"(downloads: {', '.join(sorted(known))})"
-                )

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING
 from pipeline.encode.segment import PAST_END_TOLERANCE_S
 from pipeline.encode.unit import StackChanged, UnitJob, is_current
 from pipeline.executors import CodecSpec, Executor
-from pipeline.fetch.sources import Sources
 from pipeline.fetch.transfer_pools import RayTasks, ThreadTasks
 from pipeline.output import ledger
 from pipeline.output.index import INDEX_NAME, build_index
 from pipeline.output.lock import exclusive
 from pipeline.output.shards import remove_file
 from pipeline.plan.subsets import SubsetPlan, plan_subsets, read_unit_cuts
+from pipeline.sources import kind_of
 from pipeline.text.agreement import AGREEMENT
 from pipeline.text.bpe import train_bpe
 from storage.files import read_json, write_json_atomic
@@ -128,16 +128,10 @@ def _run(
     settings = audio_settings(dag, codec.weights)
     lock.check()
     check_audio_settings(out, settings, rebuild_audio)  # before anything is written
-    with Sources(dag, out, progress, _task_pool(executor)) as sources:
+    with kind_of(dag.source).open_source(dag, out, progress, _task_pool(executor)) as sources:
         # Each subset is planned once its manifest is verified, while the archives still arrive.
-        plans = plan_subsets(
-            sources.manifests(),
-            dag.subsets.roles(),
-            out,
-            dag.plan.unit_hours,
-            dag.source.source_prefix,
-            progress=progress,
-        )
+        plans = plan_subsets(sources.manifests(), dag.subsets.roles(), out, dag.plan.unit_hours, progress=progress)
+        source_provenance = sources.provenance()
         clock.log(f"planned {sum(len(p.units) for p in plans)} units")
         lock.check()
         tokenizer, bpe_info = ensure_bpe(dag, out, plans)
@@ -243,6 +237,7 @@ def _run(
             "text": {"field": dag.text.field, "normalization": NORMALIZATION},
             "filter": {"max_text_cer": dag.filter.max_text_cer, "agreement": AGREEMENT},
             "bpe": bpe_info,
+            "source": source_provenance,
         }
         build_index(out, plans, dag.name, dag.fingerprint(), provenance, num_codebooks(dag.codec.bandwidth))
         clock.log("index written")
@@ -311,7 +306,7 @@ def resolve_codec(cfg: CodecConfig) -> CodecSpec:
 def audio_settings(dag: Dag, weights: CodecWeights) -> dict:
     """Everything that shapes the codes: recorded in OUT/corpus.json, never mixed."""
     return {
-        "plan": {"unit_hours": dag.plan.unit_hours, "source_prefix": dag.source.source_prefix},
+        "plan": {"unit_hours": dag.plan.unit_hours, **kind_of(dag.source).plan_settings(dag.source)},
         "segment": {
             "min_duration": dag.segment.min_duration,
             "max_duration": dag.segment.max_duration,

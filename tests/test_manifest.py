@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.plan.manifest import BadLine, ManifestScan, parse_line, read_blocks, scan_block
+from pipeline.plan.manifest import BadLine, LibriheavyLines, ManifestScan, parse_line, read_blocks, scan_block
 from sample.manifest_reference import lhotse_compact_cut
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,7 +231,7 @@ def test_blocks_hold_whole_lines_with_their_numbers(tmp_path):
 def scan_whole(path: Path, block_bytes: int) -> tuple[ManifestScan, bytes]:
     scan, sink = ManifestScan(), io.BytesIO()
     for first, block in read_blocks(path, block_bytes=block_bytes):
-        scan.merge(scan_block(block, first, PREFIX, "small", sink))
+        scan.merge(scan_block(block, first, LibriheavyLines(PREFIX), "small", sink))
     return scan, sink.getvalue()
 
 

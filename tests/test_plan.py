@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.plan.manifest import libriheavy_input, libriheavy_inputs
 from pipeline.plan.subsets import ManifestUnreadable, _pack_units, load_plan, plan_subset, plan_subsets, read_unit_cuts
 from sample.manifest_reference import reference_units
 from storage.download import DownloadError
@@ -39,7 +40,7 @@ def test_units_partition_recordings_in_id_order(seconds, unit_hours):
 
 def test_plan_is_a_partition_and_reused(tmp_path, tiny_corpus):
     manifest = tiny_corpus.manifests["small"]
-    plan = plan_subset(manifest, "small", "train", tmp_path, 0.001, "download/librilight/", progress=False)
+    plan = plan_subset(libriheavy_input(manifest), "small", "train", tmp_path, 0.001, progress=False)
     cut_ids = [c["id"] for u in plan.units for c in read_unit_cuts(tmp_path, u)]
     readable = [cid for cid, t in tiny_corpus.cuts.items() if t.manifest == "small"]
     assert sorted(cut_ids) == sorted(readable) and len(set(cut_ids)) == len(cut_ids)
@@ -52,7 +53,7 @@ def test_plan_is_a_partition_and_reused(tmp_path, tiny_corpus):
     assert first["audio"].startswith("small/") and first["audio"].endswith(".flac")
     assert load_plan(tmp_path, "small") == plan
     mtime = (tmp_path / "plan/small.json").stat().st_mtime_ns
-    assert plan_subset(manifest, "small", "train", tmp_path, 0.001, "download/librilight/", progress=False) == plan
+    assert plan_subset(libriheavy_input(manifest), "small", "train", tmp_path, 0.001, progress=False) == plan
     assert (tmp_path / "plan/small.json").stat().st_mtime_ns == mtime  # not redone
 
 
@@ -62,9 +63,9 @@ def test_plan_does_not_depend_on_manifest_line_order(tmp_path, tiny_corpus):
     with gzip.open(shuffled, "wt") as f:
         f.write("\n".join(reversed(lines)) + "\n")
     a = plan_subset(
-        tiny_corpus.manifests["small"], "small", "train", tmp_path / "a", 0.002, "download/librilight/", progress=False
+        libriheavy_input(tiny_corpus.manifests["small"]), "small", "train", tmp_path / "a", 0.002, progress=False
     )
-    b = plan_subset(shuffled, "small", "train", tmp_path / "b", 0.002, "download/librilight/", progress=False)
+    b = plan_subset(libriheavy_input(shuffled), "small", "train", tmp_path / "b", 0.002, progress=False)
     assert [u.name for u in a.units] == [u.name for u in b.units]
     for ua, ub in zip(a.units, b.units):
         assert read_unit_cuts(tmp_path / "a", ua) == read_unit_cuts(tmp_path / "b", ub)
@@ -72,18 +73,18 @@ def test_plan_does_not_depend_on_manifest_line_order(tmp_path, tiny_corpus):
 
 def test_interrupted_plan_is_redone_cleanly(tmp_path, tiny_corpus):
     manifest = tiny_corpus.manifests["small"]
-    plan = plan_subset(manifest, "small", "train", tmp_path, 0.001, "download/librilight/", progress=False)
+    plan = plan_subset(libriheavy_input(manifest), "small", "train", tmp_path, 0.001, progress=False)
     (tmp_path / "plan/small.json").unlink()  # killed after the rename, before the summary
     (tmp_path / "plan/.small.partial").mkdir()
     (tmp_path / "plan/.small.partial/junk.jsonl").write_text("junk")
-    again = plan_subset(manifest, "small", "train", tmp_path, 0.001, "download/librilight/", progress=False)
+    again = plan_subset(libriheavy_input(manifest), "small", "train", tmp_path, 0.001, progress=False)
     assert again == plan and not (tmp_path / "plan/.small.partial").exists()
 
 
 def test_changed_settings_replan(tmp_path, tiny_corpus):
     manifest = tiny_corpus.manifests["small"]
-    small_units = plan_subset(manifest, "small", "train", tmp_path, 0.001, "download/librilight/", progress=False)
-    one_unit = plan_subset(manifest, "small", "train", tmp_path, 10.0, "download/librilight/", progress=False)
+    small_units = plan_subset(libriheavy_input(manifest), "small", "train", tmp_path, 0.001, progress=False)
+    one_unit = plan_subset(libriheavy_input(manifest), "small", "train", tmp_path, 10.0, progress=False)
     assert len(one_unit.units) == 1 < len(small_units.units)
     assert sorted(p.name for p in (tmp_path / "plan/small").iterdir()) == ["small-000000.jsonl"]
     assert json.loads((tmp_path / "plan/small.json").read_text())["fingerprint"] == one_unit.fingerprint
@@ -114,7 +115,7 @@ def test_same_units_and_names_as_the_lhotse_planner(tmp_path, tiny_corpus, unit_
     manifests = sorted((REPO / "sample/manifests").glob("*.jsonl.gz")) + list(tiny_corpus.manifests.values())
     for i, manifest in enumerate(manifests):
         subset = manifest.name.removeprefix("libriheavy_cuts_").removesuffix(".jsonl.gz")
-        plan = plan_subset(manifest, subset, "train", tmp_path / str(i), unit_hours, PREFIX, progress=False)
+        plan = plan_subset(libriheavy_input(manifest), subset, "train", tmp_path / str(i), unit_hours, progress=False)
         assert _units(plan) == reference_units(manifest, subset, unit_hours, PREFIX), manifest
 
 
@@ -132,7 +133,7 @@ def _variant(line: str, **changes) -> str:
 def test_bad_numbers_are_counted_rejects_that_cost_no_other_cut(tmp_path, tiny_corpus):
     lines = _lines(tiny_corpus.manifests["small"])
     clean = plan_subset(
-        _write(tmp_path / "clean.gz", lines), "small", "train", tmp_path / "a", 0.001, PREFIX, progress=False
+        libriheavy_input(_write(tmp_path / "clean.gz", lines)), "small", "train", tmp_path / "a", 0.001, progress=False
     )
     bad = {  # before the first recording's lines: a NaN there once swallowed every later recording
         1: _variant(lines[0], id="x-nan", duration=math.nan),
@@ -142,12 +143,11 @@ def test_bad_numbers_are_counted_rejects_that_cost_no_other_cut(tmp_path, tiny_c
         5: _variant(lines[0], id="x-zero", duration=0.0),
     }
     plan = plan_subset(
-        _write(tmp_path / "bad.gz", list(bad.values()) + lines),
+        libriheavy_input(_write(tmp_path / "bad.gz", list(bad.values()) + lines)),
         "small",
         "train",
         tmp_path / "b",
         0.001,
-        PREFIX,
         progress=False,
     )
     assert _units(plan) == _units(clean)
@@ -169,7 +169,12 @@ def test_duplicate_ids_in_a_subset_keep_one_copy_whatever_the_line_order(tmp_pat
     plans = []
     for name, order in (("fwd", lines + extra), ("rev", list(reversed(lines + extra)))):
         plan = plan_subset(
-            _write(tmp_path / f"{name}.gz", order), "small", "train", tmp_path / name, 0.001, PREFIX, progress=False
+            libriheavy_input(_write(tmp_path / f"{name}.gz", order)),
+            "small",
+            "train",
+            tmp_path / name,
+            0.001,
+            progress=False,
         )
         cuts = [c for u in plan.units for c in read_unit_cuts(tmp_path / name, u)]
         ids = [c["id"] for c in cuts]
@@ -201,7 +206,7 @@ def test_an_id_in_two_subsets_is_kept_in_the_evaluation_subset(tmp_path, tiny_co
     paths = {"small": _write(tmp_path / "small.gz", small), "dev": _write(tmp_path / "dev.gz", dev + [leaked])}
     roles = {"small": "train", "dev": "dev"}
     out = tmp_path / "out"
-    train, held_out = plan_subsets(paths, roles, out, 0.001, PREFIX, progress=False)
+    train, held_out = plan_subsets(libriheavy_inputs(paths), roles, out, 0.001, progress=False)
     assert (train.subset, held_out.subset) == ("small", "dev")  # DAG order back
     leaked_id = json.loads(leaked)["id"]
     assert leaked_id in {c["id"] for u in held_out.units for c in read_unit_cuts(out, u)}
@@ -211,17 +216,17 @@ def test_an_id_in_two_subsets_is_kept_in_the_evaluation_subset(tmp_path, tiny_co
     assert held_out.rejects == [] and train.excluded
 
     stamp = (out / "plan/small.json").stat().st_mtime_ns
-    assert plan_subsets(paths, roles, out, 0.001, PREFIX, progress=False) == [train, held_out]
+    assert plan_subsets(libriheavy_inputs(paths), roles, out, 0.001, progress=False) == [train, held_out]
     assert (out / "plan/small.json").stat().st_mtime_ns == stamp  # nothing re-planned
 
     _write(paths["dev"], dev)  # the leak is fixed upstream: the training copy comes back
     parsed = _count_parses(monkeypatch)
-    train2, _ = plan_subsets(paths, roles, out, 0.001, PREFIX, progress=False)
+    train2, _ = plan_subsets(libriheavy_inputs(paths), roles, out, 0.001, progress=False)
     assert parsed == ["dev"]  # train's exclusions changed, not its manifest: planned from its kept parse
     assert leaked_id in {c["id"] for u in train2.units for c in read_unit_cuts(out, u)}
     assert train2.excluded == "" and not [r for r in train2.rejects if r["reason"] == "duplicate_cut_id"]
     assert _units(train2) == _units(
-        plan_subset(paths["small"], "small", "train", tmp_path / "alone", 0.001, PREFIX, progress=False)
+        plan_subset(libriheavy_input(paths["small"]), "small", "train", tmp_path / "alone", 0.001, progress=False)
     )
 
 
@@ -229,18 +234,22 @@ def test_a_new_unit_size_plans_from_the_kept_parse_and_a_damaged_one_is_parsed_a
     tmp_path, tiny_corpus, monkeypatch
 ):
     manifest = tiny_corpus.manifests["small"]
-    plan_subset(manifest, "small", "train", tmp_path / "out", 0.001, PREFIX, progress=False)
+    plan_subset(libriheavy_input(manifest), "small", "train", tmp_path / "out", 0.001, progress=False)
     parsed = _count_parses(monkeypatch)
-    bigger = plan_subset(manifest, "small", "train", tmp_path / "out", 0.002, PREFIX, progress=False)
+    bigger = plan_subset(libriheavy_input(manifest), "small", "train", tmp_path / "out", 0.002, progress=False)
     assert parsed == []
-    assert _units(bigger) == _units(plan_subset(manifest, "small", "train", tmp_path / "alone", 0.002, PREFIX, False))
+    assert _units(bigger) == _units(
+        plan_subset(libriheavy_input(manifest), "small", "train", tmp_path / "alone", 0.002, False)
+    )
     assert parsed == ["small"]  # a fresh output folder has nothing kept
 
     kept = tmp_path / "out/plan/small.parsed/cuts.tsv"
     kept.write_bytes(kept.read_bytes()[:-10])  # a damaged copy is never planned from
-    again = plan_subset(manifest, "small", "train", tmp_path / "out", 0.001, PREFIX, progress=False)
+    again = plan_subset(libriheavy_input(manifest), "small", "train", tmp_path / "out", 0.001, progress=False)
     assert parsed == ["small", "small"]
-    assert _units(again) == _units(plan_subset(manifest, "small", "train", tmp_path / "a2", 0.001, PREFIX, False))
+    assert _units(again) == _units(
+        plan_subset(libriheavy_input(manifest), "small", "train", tmp_path / "a2", 0.001, False)
+    )
 
 
 def test_a_damaged_manifest_is_a_clear_error(tmp_path, tiny_corpus):
@@ -248,16 +257,16 @@ def test_a_damaged_manifest_is_a_clear_error(tmp_path, tiny_corpus):
     damaged = tmp_path / "libriheavy_cuts_small.jsonl.gz"
     damaged.write_bytes(data[: len(data) // 2])
     with pytest.raises(ManifestUnreadable, match="not a readable gzip file.*download it again"):
-        plan_subset(damaged, "small", "train", tmp_path / "out", 0.001, PREFIX, progress=False)
+        plan_subset(libriheavy_input(damaged), "small", "train", tmp_path / "out", 0.001, progress=False)
     assert isinstance(ManifestUnreadable("x"), DownloadError)  # the CLI reports it in one line
 
 
 def test_a_changed_manifest_is_planned_again(tmp_path, tiny_corpus):
     lines = _lines(tiny_corpus.manifests["small"])
     path = _write(tmp_path / "m.gz", lines)
-    first = plan_subset(path, "small", "train", tmp_path / "out", 10.0, PREFIX, progress=False)
+    first = plan_subset(libriheavy_input(path), "small", "train", tmp_path / "out", 10.0, progress=False)
     _write(path, lines[:-1])  # one cut fewer upstream
-    second = plan_subset(path, "small", "train", tmp_path / "out", 10.0, PREFIX, progress=False)
+    second = plan_subset(libriheavy_input(path), "small", "train", tmp_path / "out", 10.0, progress=False)
     assert second.fingerprint != first.fingerprint
     assert second.units[0].cuts == first.units[0].cuts - 1 and second.units[0].sha256 != first.units[0].sha256
 
@@ -279,8 +288,10 @@ def test_a_downloaded_manifest_is_not_hashed_again(tmp_path, tiny_corpus, monkey
     monkeypatch.setattr(
         pipeline.plan.subsets, "sha256_file", lambda p: (hashed.append(p) if p == path else None) or sha256_file(p)
     )
-    first = plan_subset(path, "small", "train", tmp_path / "out", 10.0, PREFIX, progress=False)
-    assert hashed == [] and first.fingerprint == pipeline.plan.subsets.plan_fingerprint(digest, 10.0, PREFIX)
+    first = plan_subset(libriheavy_input(path), "small", "train", tmp_path / "out", 10.0, progress=False)
+    assert hashed == [] and first.fingerprint == pipeline.plan.subsets.plan_fingerprint(
+        digest, 10.0, {"source_prefix": PREFIX}
+    )
     _write(path, lines[:-1])
-    second = plan_subset(path, "small", "train", tmp_path / "out", 10.0, PREFIX, progress=False)
+    second = plan_subset(libriheavy_input(path), "small", "train", tmp_path / "out", 10.0, progress=False)
     assert hashed == [path] and second.fingerprint != first.fingerprint

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.plan import parse_pool
+from pipeline.plan.manifest import libriheavy_input, libriheavy_inputs
 from pipeline.plan.parse_pool import ProcessParsers, RayParsers, SerialParsers, default_parsers, ray_node_cpus
 from pipeline.plan.subsets import ManifestUnreadable, SubsetPlanner, ids_path, plan_subset, plan_subsets
 from tests.conftest import REPO
@@ -66,7 +67,7 @@ def messy_manifest(tmp_path_factory, tiny_corpus) -> Path:
 
 def _plan_with(parsers, manifest: Path, out: Path):
     with parsers:
-        plan = plan_subset(manifest, "messy", "train", out, 0.002, PREFIX, progress=False, parsers=parsers)
+        plan = plan_subset(libriheavy_input(manifest), "messy", "train", out, 0.002, progress=False, parsers=parsers)
     return _everything(out, [plan])
 
 
@@ -117,12 +118,11 @@ def _one_after_another(manifests, roles, out) -> list:
     earlier, plans = [], {}
     for subset in ("test", "dev", "train_a", "train_b"):
         plans[subset] = plan_subset(
-            manifests[subset],
+            libriheavy_input(manifests[subset]),
             subset,
             roles[subset],
             out,
             0.002,
-            PREFIX,
             progress=False,
             parsers=SerialParsers(),
             earlier=list(earlier),
@@ -150,17 +150,21 @@ def test_subsets_planned_at_once_keep_the_priority_across_subsets(tmp_path, tiny
     assert list(kept_in["dev"].values()) == [f"line {n_dev + 1}: the same id is kept in subset test"]
 
     with ProcessParsers(2, TINY_BLOCK) as parsers:
-        plans = plan_subsets(manifests, roles, tmp_path / "par", 0.002, PREFIX, progress=False, parsers=parsers)
+        plans = plan_subsets(
+            libriheavy_inputs(manifests), roles, tmp_path / "par", 0.002, progress=False, parsers=parsers
+        )
         assert _everything(tmp_path / "par", plans) == reference
         # manifests arriving in any order (train's first, as when dev's download is slow)
-        with SubsetPlanner(roles, tmp_path / "late", 0.002, PREFIX, False, parsers) as planner:
+        with SubsetPlanner(roles, tmp_path / "late", 0.002, False, parsers) as planner:
             for subset in ("train_b", "train_a", "dev", "test"):
-                planner.manifest_ready(subset, manifests[subset])
+                planner.manifest_ready(subset, libriheavy_input(manifests[subset]))
             assert _everything(tmp_path / "late", planner.plans()) == reference
 
         # a changed manifest is seen: dev no longer holds test's cut, nor train_a dev's
         _write(manifests["dev"], _lines(manifests["dev"])[1:-1])
-        again = plan_subsets(manifests, roles, tmp_path / "par", 0.002, PREFIX, progress=False, parsers=parsers)
+        again = plan_subsets(
+            libriheavy_inputs(manifests), roles, tmp_path / "par", 0.002, progress=False, parsers=parsers
+        )
     fresh = _one_after_another(manifests, roles, tmp_path / "ref2")
     assert _everything(tmp_path / "par", again) == _everything(tmp_path / "ref2", fresh)
     assert again[0] != plans[0] and again[2] == plans[2]  # train_a changed; test did not
@@ -172,13 +176,13 @@ def test_a_failed_subset_fails_those_below_it_and_nothing_hangs(tmp_path, tiny_c
     data = manifests["dev"].read_bytes()
     manifests["dev"].write_bytes(data[: len(data) // 2])
     with pytest.raises(ManifestUnreadable, match="dev.gz: not a readable gzip file"):
-        plan_subsets(manifests, roles, tmp_path / "out", 0.002, PREFIX, progress=False)
+        plan_subsets(libriheavy_inputs(manifests), roles, tmp_path / "out", 0.002, progress=False)
     assert not (tmp_path / "out/plan/train_a.json").exists()  # its ids could not be checked
     assert not [t for t in threading.enumerate() if t.name.startswith("plan ")]  # none plans on
 
-    planner = SubsetPlanner(roles, tmp_path / "out2", 0.002, PREFIX, False)
+    planner = SubsetPlanner(roles, tmp_path / "out2", 0.002, False)
     with planner:
-        planner.manifest_ready("train_a", manifests["train_a"])  # waits for test and dev
+        planner.manifest_ready("train_a", libriheavy_input(manifests["train_a"]))  # waits for test and dev
         with pytest.raises(ValueError, match="no manifest handed over for dev, test, train_b"):
             planner.plans()
     with pytest.raises(RuntimeError, match="was not planned"):
@@ -194,7 +198,9 @@ def test_corrupt_compressed_bytes_are_a_clear_error(tmp_path, messy_manifest):
         ProcessParsers(2, TINY_BLOCK) as parsers,
         pytest.raises(ManifestUnreadable, match="damaged.jsonl.gz: not a readable gzip file"),
     ):
-        plan_subset(damaged, "damaged", "train", tmp_path / "out", 0.002, PREFIX, progress=False, parsers=parsers)
+        plan_subset(
+            libriheavy_input(damaged), "damaged", "train", tmp_path / "out", 0.002, progress=False, parsers=parsers
+        )
 
 
 def test_stopping_ray_parsers_cancels_their_tasks_at_once(ray_address):

@@ -15,6 +15,7 @@ import pytest
 from pipeline.encode.unit import UnitJob, is_current, run_unit
 from pipeline.fetch.audio_store import TarAudioStore, index_tar
 from pipeline.output.lock import LOCK_NAME
+from pipeline.plan.manifest import libriheavy_input
 from pipeline.plan.subsets import plan_subset
 from pipeline.text.bpe import BpeConfig, train_bpe
 from storage.locks import LockLost, take
@@ -54,12 +55,11 @@ def unit_setup(tmp_path_factory, tiny_corpus):
     """One unit holding every recording of the tiny `small` manifest, a BPE model, the audio."""
     work = tmp_path_factory.mktemp("unit")
     plan = plan_subset(
-        tiny_corpus.manifests["small"],
+        libriheavy_input(tiny_corpus.manifests["small"]),
         "small",
         "train",
         work,
         unit_hours=1.0,
-        source_prefix="download/librilight/",
         progress=False,
     )
     assert len(plan.units) == 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
@@ -52,8 +52,12 @@ def normalize_text(text: str) -> str:
     return " ".join(_clean_chars(text).split())
 
 
-def select_text(texts: Sequence[str] | None, field: str) -> str:
-    """The normalized transcript `field` ("book" or "asr") of a supervision; "" if absent."""
+def select_text(texts: Sequence[str] | Mapping[str, str] | None, field: str) -> str:
+    """The normalized transcript `field` of a cut; "" if absent. `texts` is Libriheavy's list
+    (`field` "book" or "asr") or, for other sources, a mapping of field name -> text."""
+    if isinstance(texts, Mapping):
+        value = texts.get(field)
+        return normalize_text(value) if isinstance(value, str) else ""
     if field not in TEXT_FIELDS:
         raise ValueError(f"unknown text field {field!r}; valid fields: {sorted(TEXT_FIELDS)}")
     index = TEXT_FIELDS[field]

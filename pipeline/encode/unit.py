@@ -306,7 +306,7 @@ def _samples(job: UnitJob, cuts, texts, cers, codes: CodesFile) -> Iterator[Samp
             recording_id=cut["recording_id"],
             start=cut["start"],
             text_cer=cers[cut_id],
-            source_texts=cut["texts"],
+            source_texts=cut["texts"] if isinstance(cut["texts"], list) else [],  # Libriheavy's pair
         )
         cut = next(wanted, None)
     if cut is not None:

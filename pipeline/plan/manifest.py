@@ -24,7 +24,7 @@ import math
 import queue
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -45,7 +45,49 @@ GZIP_ERRORS = (OSError, EOFError, zlib.error, _InflateError)
 
 
 class BadLine(ValueError):
-    """A manifest line that cannot be used; the message says why (without the line number)."""
+    """A manifest line that cannot be used; the message says why (without the line number).
+    `reason` is the reject's reason: an unreadable line by default, or a source's own filter."""
+
+    def __init__(self, message: str, reason: str = "bad_manifest_line"):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class LibriheavyLines:
+    """Libriheavy's manifest lines -> compact cuts (`parse_line`). A line parser is what the
+    planner calls on every raw line (in worker processes: it pickles) and `key` is what else
+    its output depends on besides the manifest's bytes (part of the plan's fingerprint)."""
+
+    source_prefix: str
+
+    def __call__(self, raw: bytes | str) -> dict:
+        return parse_line(raw, self.source_prefix)
+
+    @property
+    def key(self) -> dict:
+        return {"source_prefix": self.source_prefix}
+
+
+@dataclass(frozen=True)
+class ManifestInput:
+    """What the planner reads for one subset: a file of JSON lines (gzip or plain) and the
+    parser of its lines (`LibriheavyLines`, or a source kind's own, see pipeline.sources)."""
+
+    path: Path
+    lines: Callable[[bytes], dict]
+
+
+LIBRILIGHT_PREFIX = "download/librilight/"  # how Libriheavy's manifests name their audio
+
+
+def libriheavy_input(path: Path, source_prefix: str = LIBRILIGHT_PREFIX) -> ManifestInput:
+    """A Libriheavy manifest as the planner reads it."""
+    return ManifestInput(Path(path), LibriheavyLines(source_prefix))
+
+
+def libriheavy_inputs(paths: dict[str, Path], source_prefix: str = LIBRILIGHT_PREFIX) -> dict[str, ManifestInput]:
+    return {subset: libriheavy_input(path, source_prefix) for subset, path in paths.items()}
 
 
 # Mirrors of lhotse's MonoCut, SupervisionSegment, Recording and AudioSource: required keys are
@@ -188,8 +230,9 @@ class ManifestScan:
         return len(self.digests) // DIGEST_BYTES
 
 
-def scan_block(block: bytes, first_line: int, source_prefix: str, subset: str, sink) -> ManifestScan:
-    """Parse the lines of `block` (line numbers from `first_line`) and write the good ones."""
+def scan_block(block: bytes, first_line: int, lines: Callable[[bytes], dict], subset: str, sink) -> ManifestScan:
+    """Parse the lines of `block` (line numbers from `first_line`) with `lines` and write the
+    good ones. A cut's `group` (when it has one) is what units keep whole; else its recording."""
     scan = ManifestScan()
     out = []
     for line_no, raw in enumerate(block.split(b"\n"), start=first_line):
@@ -197,12 +240,12 @@ def scan_block(block: bytes, first_line: int, source_prefix: str, subset: str, s
             continue
         scan.lines += 1
         try:
-            cut = parse_line(raw, source_prefix)
+            cut = lines(raw)
         except BadLine as err:
-            scan.rejects.append(line_reject(subset, None, "bad_manifest_line", line_no, str(err)))
+            scan.rejects.append(line_reject(subset, None, err.reason, line_no, str(err)))
             continue
         scan.digests += cut_digest(cut["id"])
-        tally = scan.recordings.setdefault(cut["recording_id"], [0, 0])
+        tally = scan.recordings.setdefault(unit_group(cut), [0, 0])
         tally[0] += round(cut["duration"] * 1_000_000)
         tally[1] += 1
         out.append(f"{line_no}\t{_ENCODE(cut)}\n")
@@ -210,10 +253,15 @@ def scan_block(block: bytes, first_line: int, source_prefix: str, subset: str, s
     return scan
 
 
-def parse_block(block: bytes, first_line: int, source_prefix: str, subset: str) -> tuple[ManifestScan, bytes]:
+def unit_group(cut: dict) -> str:
+    """What a unit holds whole: the cut's `group` (e.g. an Emilia tar), else its recording."""
+    return cut.get("group") or cut["recording_id"]
+
+
+def parse_block(block: bytes, first_line: int, lines, subset: str) -> tuple[ManifestScan, bytes]:
     """`scan_block` for a worker: the scan and the compact lines (`<line>\\t<json>\\n` bytes)."""
     sink = io.BytesIO()
-    scan = scan_block(block, first_line, source_prefix, subset, sink)
+    scan = scan_block(block, first_line, lines, subset, sink)
     return scan, sink.getvalue()
 
 
@@ -225,7 +273,8 @@ def line_reject(subset: str, cut_id: str | None, reason: str, line_no: int, deta
 
 
 def read_blocks(path: Path, block_bytes: int = BLOCK_BYTES, on_read=None) -> Iterator[tuple[int, bytes]]:
-    """(first line number, block of whole lines) from a gzip file, 1-based line numbers.
+    """(first line number, block of whole lines) from a JSON lines file, gzip when its name
+    ends in .gz (as lhotse decides too), 1-based line numbers.
 
     A thread decompresses ahead (zlib releases the GIL), so inflating overlaps parsing; at most
     a few blocks are in memory. `on_read(n)` is told how many compressed bytes were consumed.
@@ -235,8 +284,12 @@ def read_blocks(path: Path, block_bytes: int = BLOCK_BYTES, on_read=None) -> Ite
 
     def produce():
         try:
-            with open(path, "rb") as raw, _gzip.GzipFile(fileobj=raw) as gz:
-                _produce(gz, raw, blocks, stop, block_bytes)
+            with open(path, "rb") as raw:
+                if Path(path).suffix == ".gz":
+                    with _gzip.GzipFile(fileobj=raw) as gz:
+                        _produce(gz, raw, blocks, stop, block_bytes)
+                else:  # lhotse writes .jsonl too: plain JSON lines, read as they are
+                    _produce(raw, raw, blocks, stop, block_bytes)
         except BaseException as err:  # handed to the consumer, which re-raises it
             blocks.put(err)
 

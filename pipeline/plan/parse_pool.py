@@ -177,12 +177,13 @@ def parsers_for(manifest: Path, parsers: SerialParsers | None):
 
 
 def parse_in_order(
-    blocks: Iterable[tuple[int, bytes]], source_prefix: str, subset: str, parsers: SerialParsers
+    blocks: Iterable[tuple[int, bytes]], lines, subset: str, parsers: SerialParsers
 ) -> Iterator[tuple[ManifestScan, bytes]]:
-    """Each block's (scan, compact lines), in block order, with at most `in_flight` out."""
+    """Each block's (scan, compact lines by the line parser `lines`), in block order, with at
+    most `in_flight` out."""
     pending: deque = deque()
     for first_line, block in blocks:
-        pending.append(parsers.submit(block, first_line, source_prefix, subset))
+        pending.append(parsers.submit(block, first_line, lines, subset))
         if len(pending) >= parsers.in_flight:
             yield parsers.result(pending.popleft())
     while pending:

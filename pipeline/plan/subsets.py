@@ -27,6 +27,7 @@ import hashlib
 import json
 import shutil
 import threading
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.plan import cut_ids
-from pipeline.plan.manifest import GZIP_ERRORS, ManifestScan, line_reject, read_blocks
+from pipeline.plan.manifest import GZIP_ERRORS, ManifestInput, ManifestScan, line_reject, read_blocks, unit_group
 from pipeline.plan.parse_pool import SerialParsers, default_parsers, parse_in_order, parsers_for, small_manifest
 from storage.download import DownloadError, read_marker
 from storage.files import read_json, write_json_atomic
@@ -90,14 +91,15 @@ def manifest_sha256(manifest: Path) -> str:
     return digest if algo == "sha256" and len(digest) == 64 else sha256_file(manifest)
 
 
-def plan_fingerprint(manifest_digest: str, unit_hours: float, source_prefix: str) -> str:
-    key = {"format": PLAN_FORMAT, "manifest": manifest_digest, "unit_hours": unit_hours, "source_prefix": source_prefix}
+def plan_fingerprint(manifest_digest: str, unit_hours: float, lines_key: dict) -> str:
+    key = {"format": PLAN_FORMAT, "manifest": manifest_digest, "unit_hours": unit_hours, **lines_key}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def parse_fingerprint(manifest_digest: str, source_prefix: str) -> str:
-    """What the parse of a manifest depends on (not the unit size, nor the other subsets)."""
-    key = {"format": PLAN_FORMAT, "manifest": manifest_digest, "source_prefix": source_prefix}
+def parse_fingerprint(manifest_digest: str, lines_key: dict) -> str:
+    """What the parse of a manifest depends on (not the unit size, nor the other subsets):
+    its bytes and its line parser's key (Libriheavy's: the source prefix)."""
+    key = {"format": PLAN_FORMAT, "manifest": manifest_digest, **lines_key}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -111,17 +113,16 @@ def ids_path(out: Path, subset: str) -> Path:
 
 
 def plan_subsets(
-    manifests: dict[str, Path],
+    manifests: Mapping[str, ManifestInput],
     roles: dict[str, str],
     out: Path,
     unit_hours: float,
-    source_prefix: str,
     progress: bool = True,
     parsers: SerialParsers | None = None,
 ) -> list[SubsetPlan]:
     """Plan every subset (returned in `roles` order) so that no cut id is in two of them.
     The subsets are planned at the same time (`SubsetPlanner`)."""
-    with SubsetPlanner(roles, out, unit_hours, source_prefix, progress, parsers) as planner:
+    with SubsetPlanner(roles, out, unit_hours, progress, parsers) as planner:
         # Highest priority first: each subset needs those above it, and evaluation manifests are
         # small, so when `manifests` are still arriving they are planned while train's downloads.
         for subset in planner.order:
@@ -149,11 +150,10 @@ class SubsetPlanner:
         roles: dict[str, str],
         out: Path,
         unit_hours: float,
-        source_prefix: str,
         progress: bool = True,
         parsers: SerialParsers | None = None,
     ):
-        self.roles, self.out, self.unit_hours, self.prefix = dict(roles), out, unit_hours, source_prefix
+        self.roles, self.out, self.unit_hours = dict(roles), out, unit_hours
         self.order = sorted(roles, key=lambda s: ROLE_PRIORITY.index(roles[s]))  # stable: DAG order within
         self.progress, self.parsers, self.own_parsers = progress, parsers, None
         self.lock = threading.Lock()
@@ -161,10 +161,10 @@ class SubsetPlanner:
         self.done = {s: Future() for s in roles}
         self.threads: dict[str, threading.Thread] = {}
 
-    def manifest_ready(self, subset: str, manifest: Path) -> None:
+    def manifest_ready(self, subset: str, manifest: ManifestInput) -> None:
         if subset not in self.roles or subset in self.threads:
             raise ValueError(f"subset {subset!r}: unknown or already handed over")
-        thread = threading.Thread(target=self._plan, args=(subset, Path(manifest)), name=f"plan {subset}", daemon=True)
+        thread = threading.Thread(target=self._plan, args=(subset, manifest), name=f"plan {subset}", daemon=True)
         self.threads[subset] = thread
         thread.start()
 
@@ -175,7 +175,7 @@ class SubsetPlanner:
             raise ValueError(f"no manifest handed over for {', '.join(missing)}")
         return [self.done[s].result() for s in self.roles]
 
-    def _plan(self, subset: str, manifest: Path) -> None:
+    def _plan(self, subset: str, manifest: ManifestInput) -> None:
         higher = self.order[: self.order.index(subset)]
         try:
             row = list(self.roles).index(subset) if self.progress else False
@@ -185,10 +185,9 @@ class SubsetPlanner:
                 self.roles[subset],
                 self.out,
                 self.unit_hours,
-                self.prefix,
                 row,
                 lambda: [(s, self.ids[s].result()) for s in higher],
-                self._parsers(manifest),
+                self._parsers(manifest.path),
                 self.ids[subset].set_result,
             )
             self.done[subset].set_result(plan)
@@ -229,12 +228,11 @@ class SubsetPlanner:
 
 
 def plan_subset(
-    manifest: Path,
+    manifest: ManifestInput,
     subset: str,
     role: str,
     out: Path,
     unit_hours: float,
-    source_prefix: str,
     progress: bool = True,
     earlier: list[tuple[str, np.ndarray]] = (),
     parsers: SerialParsers | None = None,
@@ -244,17 +242,16 @@ def plan_subset(
     `earlier`: (subset, sorted id set) of subsets that keep their copy of an id found here too.
     `parsers`: where blocks are parsed; None: in processes for a large manifest, else here.
     """
-    with parsers_for(manifest, parsers) as chosen:
-        return _plan(manifest, subset, role, out, unit_hours, source_prefix, progress, lambda: list(earlier), chosen)
+    with parsers_for(manifest.path, parsers) as chosen:
+        return _plan(manifest, subset, role, out, unit_hours, progress, lambda: list(earlier), chosen)
 
 
 def _plan(
-    manifest: Path,
+    manifest: ManifestInput,
     subset: str,
     role: str,
     out: Path,
     unit_hours: float,
-    source_prefix: str,
     progress: bool | int,
     earlier,
     parsers: SerialParsers,
@@ -263,8 +260,8 @@ def _plan(
     """`plan_subset`, for subsets planned at the same time. `earlier()` waits for the id sets of
     the subsets of higher priority; `publish_ids(ids)` hands on this subset's, as soon as they
     are known (before its units are packed)."""
-    digest = manifest_sha256(manifest)
-    fingerprint = plan_fingerprint(digest, unit_hours, source_prefix)
+    digest = manifest_sha256(manifest.path)
+    fingerprint = plan_fingerprint(digest, unit_hours, manifest.lines.key)
     existing, published = load_plan(out, subset), False
     if existing is not None and existing.fingerprint == fingerprint and existing.role == role:
         ids = cut_ids.load(ids_path(out, subset))
@@ -284,10 +281,10 @@ def _plan(
 
     # The parse is kept: a change of the unit size or of the other subsets (whose ids this one
     # leaves to them) plans again from it, without inflating and parsing the manifest again.
-    parsed = ParsedManifest(out, subset, parse_fingerprint(digest, source_prefix))
+    parsed = ParsedManifest(out, subset, parse_fingerprint(digest, manifest.lines.key))
     scan = parsed.load()
     if scan is None:
-        scan = parsed.parse(manifest, source_prefix, progress, parsers)
+        scan = parsed.parse(manifest, progress, parsers)
     compact = parsed.cuts
     rows = cut_ids.as_rows(scan.digests)
     unique, groups = cut_ids.sort_ids(rows)
@@ -369,10 +366,10 @@ class ParsedManifest:
             recordings=state["recordings"],
         )
 
-    def parse(self, manifest: Path, source_prefix: str, progress: bool | int, parsers: SerialParsers) -> ManifestScan:
+    def parse(self, manifest: ManifestInput, progress: bool | int, parsers: SerialParsers) -> ManifestScan:
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True)
-        scan = _scan(manifest, self.subset, source_prefix, self.cuts, progress, parsers)
+        scan = _scan(manifest, self.subset, self.cuts, progress, parsers)
         cut_ids.save(self.digests, cut_ids.as_rows(scan.digests))
         state = {
             "fingerprint": self.fingerprint,
@@ -387,7 +384,7 @@ class ParsedManifest:
 
 
 def _scan(
-    manifest: Path, subset: str, source_prefix: str, compact: Path, progress: bool | int, parsers: SerialParsers
+    manifest: ManifestInput, subset: str, compact: Path, progress: bool | int, parsers: SerialParsers
 ) -> ManifestScan:
     """Step 1: parse every line; compact cuts go to `compact` as `<line number>\\t<json>`.
     `progress`: False for no bar, else True or the bar's row (subsets planned at once)."""
@@ -396,7 +393,7 @@ def _scan(
     with (
         compact.open("wb") as sink,
         tqdm(
-            total=manifest.stat().st_size,
+            total=manifest.path.stat().st_size,
             unit="B",
             unit_scale=True,
             unit_divisor=1024,
@@ -406,14 +403,14 @@ def _scan(
         ) as bar,
     ):
         try:
-            blocks = read_blocks(manifest, parsers.block_bytes, on_read=bar.update)
-            for block_scan, lines in parse_in_order(blocks, source_prefix, subset, parsers):
+            blocks = read_blocks(manifest.path, parsers.block_bytes, on_read=bar.update)
+            for block_scan, lines in parse_in_order(blocks, manifest.lines, subset, parsers):
                 sink.write(lines)
                 scan.merge(block_scan)
                 bar.set_postfix(lines=scan.lines, rejects=len(scan.rejects), refresh=False)
         except GZIP_ERRORS as err:
             raise ManifestUnreadable(
-                f"{manifest}: not a readable gzip file ({type(err).__name__}: {err}); delete it "
+                f"{manifest.path}: not a readable gzip file ({type(err).__name__}: {err}); delete it "
                 f"and its .done.json marker and run again to download it again"
             ) from None
     return scan
@@ -461,22 +458,23 @@ def _drop_duplicates(
     for p in sorted(why, key=lambda p: cuts[p][0]):
         line, cut, _ = cuts[p]
         rejects.append(line_reject(subset, cut["id"], "duplicate_cut_id", line, why[p]))
-        tally = scan.recordings[cut["recording_id"]]
+        tally = scan.recordings[unit_group(cut)]
         tally[0] -= round(cut["duration"] * 1_000_000)
         tally[1] -= 1
         if tally[1] == 0:
-            del scan.recordings[cut["recording_id"]]
+            del scan.recordings[unit_group(cut)]
     return set(why), rejects
 
 
-class _RecordingOf(msgspec.Struct):
+class _GroupOf(msgspec.Struct):
     recording_id: str
+    group: str = ""
 
 
 def _distribute(compact: Path, folder: Path, unit_of: dict[str, str], dropped: set[int]) -> dict[str, int]:
     """Step 4: each kept compact cut to its unit's file, in manifest order; cuts per unit.
     Consecutive cuts of a unit (a recording's cuts are usually together) are written at once."""
-    decoder = msgspec.json.Decoder(_RecordingOf)
+    decoder = msgspec.json.Decoder(_GroupOf)
     counts = dict.fromkeys(set(unit_of.values()), 0)
     with compact.open("rb") as lines, _AppendFiles(folder) as files:
         run_unit, run = None, []
@@ -484,7 +482,8 @@ def _distribute(compact: Path, folder: Path, unit_of: dict[str, str], dropped: s
             if position in dropped:
                 continue
             text = line[line.index(b"\t") + 1 :]
-            name = unit_of[decoder.decode(text).recording_id]
+            cut = decoder.decode(text)
+            name = unit_of[cut.group or cut.recording_id]
             if name != run_unit or len(run) >= 1000:
                 if run:
                     files.write(run_unit, b"".join(run))

@@ -53,8 +53,9 @@ def text_cer(texts: Sequence[str] | None) -> float | None:
 
     0 is perfect agreement; it can exceed 1 when the ASR heard much more than the book says.
     A book text with nothing to compare (no letter or digit) against any ASR text gives 1.0.
+    Other sources' texts (a mapping of field -> text) have no such pair: None.
     """
-    if not texts or len(texts) < 2 or not isinstance(texts[1], str) or not isinstance(texts[0], str):
+    if not isinstance(texts, list) or len(texts) < 2 or not isinstance(texts[1], str) or not isinstance(texts[0], str):
         return None
     asr = comparison_form(texts[1])
     if not asr:
