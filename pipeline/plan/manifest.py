@@ -45,12 +45,16 @@ GZIP_ERRORS = (OSError, EOFError, zlib.error, _InflateError)
 
 
 class BadLine(ValueError):
-    """A manifest line that cannot be used; the message says why (without the line number).
-    `reason` is the reject's reason: an unreadable line by default, or a source's own filter."""
+    """A manifest line (or one cut of it) that cannot be used; the message says why (without the
+    line number). `reason` is the reject's reason: an unreadable line by default, or a source's
+    own (a supervision outside its recording, a filter); `cut_id` when the cut is known."""
 
-    def __init__(self, message: str, reason: str = "bad_manifest_line"):
+    def __init__(self, message: str, reason: str = "bad_manifest_line", cut_id: str | None = None):
         super().__init__(message)
-        self.reason = reason
+        self.reason, self.cut_id = reason, cut_id
+
+
+LineParser = Callable[[bytes], list]  # one raw line -> [compact cut | BadLine, ...] (see ManifestInput)
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,11 @@ class LibriheavyLines:
 
     source_prefix: str
 
-    def __call__(self, raw: bytes | str) -> dict:
-        return parse_line(raw, self.source_prefix)
+    def __call__(self, raw: bytes | str) -> list[dict | BadLine]:
+        try:
+            return [parse_line(raw, self.source_prefix)]
+        except BadLine as err:
+            return [err]
 
     @property
     def key(self) -> dict:
@@ -72,10 +79,15 @@ class LibriheavyLines:
 @dataclass(frozen=True)
 class ManifestInput:
     """What the planner reads for one subset: a file of JSON lines (gzip or plain) and the
-    parser of its lines (`LibriheavyLines`, or a source kind's own, see pipeline.sources)."""
+    parser of its lines (`LibriheavyLines`, or a source kind's own, see pipeline.sources).
+
+    A line parser takes one raw line and returns what it holds: compact cuts, and a `BadLine`
+    for each part it refuses (a whole line, or one supervision of a line with several), so one
+    bad supervision never costs the others. It must pickle (it runs in worker processes) and
+    have a `key`: a JSON-able dict of what its output depends on besides the file's bytes."""
 
     path: Path
-    lines: Callable[[bytes], dict]
+    lines: LineParser
 
 
 LIBRILIGHT_PREFIX = "download/librilight/"  # how Libriheavy's manifests name their audio
@@ -210,7 +222,7 @@ class ManifestScan:
     """What one pass learns from a run of lines. Compact cuts go to a sink as
     `<line number>\\t<json>` lines; everything else stays small or fixed-width."""
 
-    lines: int = 0  # non-blank lines
+    lines: int = 0  # cuts read (Libriheavy: non-blank lines), refused ones included
     rejects: list[dict] = field(default_factory=list)  # unreadable lines, in line order
     digests: bytearray = field(default_factory=bytearray)  # DIGEST_BYTES per cut, in sink order
     recordings: dict[str, list[int]] = field(default_factory=dict)  # id -> [microseconds, cuts]
@@ -230,7 +242,7 @@ class ManifestScan:
         return len(self.digests) // DIGEST_BYTES
 
 
-def scan_block(block: bytes, first_line: int, lines: Callable[[bytes], dict], subset: str, sink) -> ManifestScan:
+def scan_block(block: bytes, first_line: int, lines: LineParser, subset: str, sink) -> ManifestScan:
     """Parse the lines of `block` (line numbers from `first_line`) with `lines` and write the
     good ones. A cut's `group` (when it has one) is what units keep whole; else its recording."""
     scan = ManifestScan()
@@ -238,17 +250,16 @@ def scan_block(block: bytes, first_line: int, lines: Callable[[bytes], dict], su
     for line_no, raw in enumerate(block.split(b"\n"), start=first_line):
         if not raw.strip():
             continue
-        scan.lines += 1
-        try:
-            cut = lines(raw)
-        except BadLine as err:
-            scan.rejects.append(line_reject(subset, None, err.reason, line_no, str(err)))
-            continue
-        scan.digests += cut_digest(cut["id"])
-        tally = scan.recordings.setdefault(unit_group(cut), [0, 0])
-        tally[0] += round(cut["duration"] * 1_000_000)
-        tally[1] += 1
-        out.append(f"{line_no}\t{_ENCODE(cut)}\n")
+        for cut in lines(raw):
+            scan.lines += 1
+            if isinstance(cut, BadLine):
+                scan.rejects.append(line_reject(subset, cut.cut_id, cut.reason, line_no, str(cut)))
+                continue
+            scan.digests += cut_digest(cut["id"])
+            tally = scan.recordings.setdefault(unit_group(cut), [0, 0])
+            tally[0] += round(cut["duration"] * 1_000_000)
+            tally[1] += 1
+            out.append(f"{line_no}\t{_ENCODE(cut)}\n")
     sink.write("".join(out).encode("utf-8"))
     return scan
 
