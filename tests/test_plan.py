@@ -295,3 +295,37 @@ def test_a_downloaded_manifest_is_not_hashed_again(tmp_path, tiny_corpus, monkey
     _write(path, lines[:-1])
     second = plan_subset(libriheavy_input(path), "small", "train", tmp_path / "out", 10.0, progress=False)
     assert hashed == [path] and second.fingerprint != first.fingerprint
+
+
+# The bundled Libriheavy sample's plan, as written before corpora other than Libriheavy could be
+# planned: source kinds must not change a byte of it (the unit files' sha256 key every unit's
+# codes, so a changed byte would re-encode every corpus built so far).
+SAMPLE_PLAN_SHA256 = {
+    "plan/dev.json": "4d3c19eb8298eb38dc5e1948785b53187726aff012d634cf554af7f6bc06c933",
+    "plan/small.json": "1d800703f57658428355d3612ac3e74d37e542e9506fb0f2db1b9281a85f8d84",
+    "plan/test_clean.json": "64329b897faf437480339f322dd548a3c979fc3dad997d8addae9ff1e0642eb9",
+    "plan/dev/dev-000000.jsonl": "b075a03c5a0b5b4f77d37b675afefc78378dce4251871a489b4e09162f3b9e5d",
+    "plan/small/small-000000.jsonl": "7fc1ea48e15f71955eb68df56614760d4b9167e099d6c7299ce7c93f26cc30cf",
+    "plan/small/small-000001.jsonl": "8cd287e89fcbbd9c6d70ff64c71d160ab20fe751b3a3d6f9a3821105baa1c7a7",
+    "plan/small/small-000002.jsonl": "90c348027ad4898639442e94171e9cc1b1cb2c7904809ca9b9d430c4d71b7550",
+    "plan/test_clean/test_clean-000000.jsonl": "05d756ad3f2978735600cf1270aaba2bcbeacc4ea1fc73535cbf9640ccc60c26",
+}
+
+
+def test_the_libriheavy_sample_plans_to_the_same_bytes(tmp_path):
+    from pipeline.dag import load_dag
+    from pipeline.fetch.transfer_pools import ThreadTasks
+    from pipeline.sources import kind_of
+    from storage.hashing import sha256_file
+
+    dag = load_dag(REPO / "dags/sample.yaml", out=str(tmp_path))
+    with kind_of(dag.source).open_source(dag, tmp_path, False, ThreadTasks()) as source:
+        plan_subsets(source.manifests(), dag.subsets.roles(), tmp_path, dag.plan.unit_hours, progress=False)
+        provenance = source.provenance()
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("plan/**/*.json*"))
+    written = [p for p in written if ".parsed/" not in p]
+    assert written == sorted(SAMPLE_PLAN_SHA256)
+    assert {p: sha256_file(tmp_path / p) for p in written} == SAMPLE_PLAN_SHA256
+    sums = dict(reversed(line.split("  ")) for line in (REPO / "sample/SHA256SUMS").read_text().splitlines())
+    manifests = {Path(name).name: digest for name, digest in sums.items() if name.startswith("manifests/")}
+    assert provenance == {"kind": "libriheavy", "manifests": manifests}
