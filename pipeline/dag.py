@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.sources import DEFAULT_KIND, KINDS, kind_of, libriheavy
-from pipeline.text.bpe import BpeConfig
+from pipeline.text.bpe import BpeConfig, given_model_problem
 from schemas import FORMATS
 from storage import settings
 from storage.hashing import json_digest
@@ -177,7 +177,9 @@ class Dag:
         data.pop("ray")
         data.pop("download")
         data["output"].pop("dir")
-        data["source"].pop("download_dir")
+        data["source"].pop("download_dir", None)
+        if data["text"]["bpe"]["model"] is None:  # not given: the fingerprint of DAGs before the key
+            del data["text"]["bpe"]["model"]
         for key in ("device", "batch_seconds", "cache_dir", "threads", "download_retries"):
             data["codec"].pop(key, None)
         return json_digest(data)
@@ -205,6 +207,7 @@ def load_dag(
         elif problem := kind.text_field_problem(dag.text.field):
             raise DagError(f"text.field {problem}")
         _resolve_codec_weights(dag, path.resolve().parent)
+        _resolve_bpe_model(dag, path.resolve().parent)
         kind.settle(dag, path.resolve().parent)
         _check_wiring(dag)
         kind.check(dag)
@@ -229,6 +232,20 @@ def _resolve_codec_weights(dag: Dag, dag_dir: Path) -> None:
     weights = dag.codec.weights
     if weights not in WEIGHT_KINDS:
         dag.codec.weights = str((dag_dir / weights).resolve())
+
+
+def _resolve_bpe_model(dag: Dag, dag_dir: Path) -> None:
+    """text.bpe.model: a model file, or a corpus folder holding text/bpe.model; checked now."""
+    if dag.text.bpe.model is None:
+        return
+    path = (dag_dir / dag.text.bpe.model).resolve()
+    if path.is_dir():
+        path = path / "text" / "bpe.model"
+    if not path.is_file():
+        raise DagError(f"text.bpe.model: {path} is not a file (give a .model file or a corpus folder)")
+    if problem := given_model_problem(path.read_bytes(), str(path)):
+        raise DagError(f"text.bpe.model: {problem}")
+    dag.text.bpe.model = str(path)
 
 
 def as_url(location: str, base: Path) -> str:

@@ -18,6 +18,7 @@ the in-process `LocalExecutor`. Downloads run where units run: Ray tasks with th
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -36,8 +37,8 @@ from pipeline.output.shards import remove_file
 from pipeline.plan.subsets import SubsetPlan, plan_subsets, read_unit_cuts
 from pipeline.sources import kind_of
 from pipeline.text.agreement import AGREEMENT
-from pipeline.text.bpe import train_bpe
-from storage.files import read_json, write_json_atomic
+from pipeline.text.bpe import model_type_of, train_bpe
+from storage.files import read_json, write_bytes_atomic, write_json_atomic
 from storage.hashing import json_digest, sha256_file
 from storage.locks import HeldLock
 from tokens.audio import RESAMPLER
@@ -256,8 +257,11 @@ class _Clock:
 def ensure_bpe(dag: Dag, out: Path, plans: list[SubsetPlan]) -> tuple[Tokenizer, dict]:
     """Train the BPE model on the training subsets' text unless the committed one still fits."""
     train_plans = [p for p in plans if p.role == "train"]
+    given = Path(dag.text.bpe.model).read_bytes() if dag.text.bpe.model else None
     key = json_digest(
-        {
+        {"given": hashlib.sha256(given).hexdigest()}
+        if given is not None
+        else {
             "bpe": dag.text.bpe.fingerprint(),
             "field": dag.text.field,
             "normalization": NORMALIZATION,
@@ -266,7 +270,21 @@ def ensure_bpe(dag: Dag, out: Path, plans: list[SubsetPlan]) -> tuple[Tokenizer,
     )
     model, record_path = out / "text" / "bpe.model", out / "text" / "bpe.json"
     record = read_json(record_path)
-    if not (record and record.get("key") == key and model.exists() and sha256_file(model) == record["sha256"]):
+    current = record and record.get("key") == key and model.exists() and sha256_file(model) == record["sha256"]
+    if given is not None and not current:
+        # A shared model (text.bpe.model, checked when the DAG loaded) is copied in, never trained:
+        # the corpus stays self-contained and its tokens mean what the other corpora's mean.
+        write_bytes_atomic(model, given)
+        tokenizer = Tokenizer(model)
+        record = {
+            "key": key,
+            "sha256": tokenizer.sha256,
+            "vocab_size": tokenizer.vocab_size,
+            "model_type": model_type_of(given),
+            "given": dag.text.bpe.model,
+        }
+        write_json_atomic(record_path, record)
+    elif not current:
 
         def sentences():
             for plan in train_plans:

@@ -130,3 +130,21 @@ def test_a_bad_setting_stops_the_cli_in_one_line_before_anything_is_written(tmp_
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("valle-prep: ") and override.split("=")[0] in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_given_bpe_model_must_reserve_our_ids(tmp_path, tiny_corpus):
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()  # sentencepiece's own defaults: unk=0, bos=1, eos=2, no pad
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(["a few words to train on", "and a few more words"] * 20),
+        model_writer=buf,
+        vocab_size=16,
+        minloglevel=2,
+    )
+    (tmp_path / "theirs.model").write_bytes(buf.getvalue())
+    path = write_dag(tmp_path / "d.yaml", tiny_corpus)
+    with pytest.raises(DagError, match=r"reserves pad/unk/bos/eos as \(-1, 0, 1, 2\), not \(0, 1, 2, 3\)"):
+        load_dag(path, [f"text.bpe.model={tmp_path / 'theirs.model'}"])

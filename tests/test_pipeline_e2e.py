@@ -109,6 +109,30 @@ def test_bpe_change_retokenizes_without_encoding(tmp_path, tiny_corpus, ray_addr
     assert verify(tmp_path / "out") == []
 
 
+def test_a_shared_bpe_model_is_used_as_is_so_corpora_can_be_mixed(tmp_path, built, tiny_corpus, monkeypatch):
+    import pipeline.runner
+    from pipeline.dag import DagError
+    from trainer.corpus import check_compatible, open_corpus
+
+    first_dag, first = built
+    monkeypatch.setattr(pipeline.runner, "train_bpe", lambda *a: pytest.fail("a given model is never trained"))
+    dag_path = write_dag(tmp_path / "tiny.yaml", tiny_corpus)
+    shared = load_dag(dag_path, [f"text.bpe.model={first_dag.out}", "text.bpe.vocab_size=48"])
+    second = run(shared, progress=False)
+    bpe = second.index["provenance"]["bpe"]
+    assert bpe == first.index["provenance"]["bpe"]  # sha256, vocab_size and model_type of the given model
+    assert (tmp_path / "out/text/bpe.model").read_bytes() == (first_dag.out / "text/bpe.model").read_bytes()
+    corpora = [open_corpus(str(o), allow_random_codec=True) for o in (first_dag.out, tmp_path / "out")]
+    check_compatible(corpora)  # same codec, same BPE: one training set
+    assert run(shared, progress=False).skipped == second.units  # nothing redone
+
+    (tmp_path / "junk.model").write_bytes(b"not a model")
+    with pytest.raises(DagError, match="text.bpe.model: .*junk.model is not a SentencePiece model"):
+        load_dag(dag_path, [f"text.bpe.model={tmp_path / 'junk.model'}"])
+    with pytest.raises(DagError, match="text.bpe.model: .* is not a file"):
+        load_dag(dag_path, [f"text.bpe.model={tmp_path / 'nowhere'}"])
+
+
 def test_codec_change_is_refused_then_rebuilt(tmp_path, tiny_corpus, ray_address):
     dag_path = write_dag(tmp_path / "tiny.yaml", tiny_corpus, codec={"bandwidth": 6.0})
     run(load_dag(dag_path), progress=False)

@@ -54,6 +54,9 @@ class BpeConfig:
     model_type: str = "bpe"  # sentencepiece model type: bpe | unigram | char
     character_coverage: float = 1.0
     max_sentences: int = 2_000_000  # training sample cap; the sample is chosen by cut-id hash
+    # An existing model used as is, not trained: a SentencePiece .model file, or a corpus folder
+    # (its text/bpe.model). Corpora mixed in training (repeated --data) must share one model.
+    model: str | None = None
 
     def __post_init__(self) -> None:
         # Messages start with the field name: load_dag prefixes the section (text.bpe.).
@@ -70,9 +73,12 @@ class BpeConfig:
             raise ValueError(f"max_sentences={self.max_sentences}: must be >= 1")
 
     def fingerprint(self) -> dict:
-        """JSON-able description of everything that decides the model bytes, given the input."""
+        """JSON-able description of everything that decides the model bytes, given the input.
+        (A given `model` is keyed by its bytes where it is used: pipeline.runner.ensure_bpe.)"""
+        settings = asdict(self)
+        del settings["model"]  # None when trained here: the key of models trained before it existed
         return {
-            **asdict(self),
+            **settings,
             "sampler": SAMPLER,
             "trainer": dict(_TRAINER_OPTIONS),
             "sentencepiece": spm.__version__,
@@ -153,3 +159,28 @@ def train_bpe(sentences: Iterable[tuple[str, str]], model_path: Path, cfg: BpeCo
     if achieved < cfg.vocab_size:
         log.warning("BPE %s: text too small for vocab_size=%d, got %d pieces", model_path, cfg.vocab_size, achieved)
     return model_path
+
+
+def model_type_of(data: bytes) -> str:
+    """The model type a SentencePiece model was trained as (bpe, unigram, char, word)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(data)
+    return sentencepiece_model_pb2.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type).lower()
+
+
+def given_model_problem(data: bytes, where: str) -> str | None:
+    """Why a given model cannot be this corpus's tokenizer (None if it can): it must load, and its
+    reserved ids must be ours (the trainer pads, starts and ends sequences with them)."""
+    try:
+        sp = spm.SentencePieceProcessor(model_proto=data)
+        kind = model_type_of(data)
+    except Exception as err:  # sentencepiece and protobuf raise several types for damaged bytes
+        return f"{where} is not a SentencePiece model ({err})"
+    ids = (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id())
+    if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+        return f"{where} reserves pad/unk/bos/eos as {ids}, not ({PAD_ID}, {UNK_ID}, {BOS_ID}, {EOS_ID})"
+    if kind not in MODEL_TYPES:
+        return f"{where} is a {kind} model; valle-corpus uses {', '.join(MODEL_TYPES)}"
+    return None
