@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -164,8 +165,20 @@ MANIFESTS = ("small", "dev", "test_clean")
 DEFECTS = Defects(missing_audio="dev", past_end="small", empty_text="small", too_short="small", malformed_line="small")
 
 
-def speak(text: str, voice: str, wpm: int, pitch: int, tmp: Path) -> np.ndarray:
-    """espeak-ng at 22.05 kHz -> sox resampled to 16 kHz float32 (no dither, so repeatable)."""
+# The tool versions the committed samples' bytes come from (sample/README.md); others change the audio.
+TOOLS = {"espeak-ng": " 1.51 ", "sox": "v14.4.2"}
+
+
+def tools_match() -> bool:
+    """Whether espeak-ng and sox on PATH are the versions that made the committed samples."""
+    return all(
+        shutil.which(tool) and version in subprocess.run([tool, "--version"], capture_output=True, text=True).stdout
+        for tool, version in TOOLS.items()
+    )
+
+
+def speak(text: str, voice: str, wpm: int, pitch: int, tmp: Path, rate: int = 16000) -> np.ndarray:
+    """espeak-ng at 22.05 kHz -> sox, 3 dB down, resampled to `rate` Hz, float32 (no dither, so repeatable)."""
     wav, raw = tmp / "speech.wav", tmp / "speech.f32"
     subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-p", str(pitch), "-w", str(wav), text], check=True)
     subprocess.run(
@@ -185,7 +198,7 @@ def speak(text: str, voice: str, wpm: int, pitch: int, tmp: Path) -> np.ndarray:
             "-3",
             "rate",
             "-h",
-            "16000",
+            str(rate),
         ],
         check=True,
     )

@@ -7,8 +7,6 @@ import gzip
 import hashlib
 import io
 import json
-import shutil
-import subprocess
 import tarfile
 import unicodedata
 from pathlib import Path
@@ -19,6 +17,7 @@ import soundfile as sf
 from lhotse.cut import MonoCut
 
 from sample.lookalike import AUDIO_PREFIX, SAMPLE_RATE, Defects, pcm16, synthetic_chapters, write_corpus
+from sample.make_sample import tools_match
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample"
 
@@ -236,13 +235,8 @@ def test_bundled_sample_matches_its_checksums_and_loads():
     assert sr == SAMPLE_RATE and audio.ndim == 1 and audio.size > 10 * SAMPLE_RATE
 
 
-def _tool_version(tool: str) -> str:
-    return subprocess.run([tool, "--version"], capture_output=True, text=True).stdout if shutil.which(tool) else ""
-
-
 @pytest.mark.skipif(
-    " 1.51 " not in _tool_version("espeak-ng") or "v14.4.2" not in _tool_version("sox"),
-    reason="the sample's bytes come from espeak-ng 1.51 and SoX 14.4.2 (sample/README.md)",
+    not tools_match(), reason="the sample's bytes come from espeak-ng 1.51 and SoX 14.4.2 (sample/README.md)"
 )
 def test_make_sample_rebuilds_the_bundled_bytes(tmp_path):
     from sample.make_sample import build
