@@ -106,10 +106,15 @@ class FilterConfig:
     # (an ASR of a few percent WER plus spelling variants stays well below it; a sentence too many,
     # a page number read as text or a misaligned window goes past it).
     max_text_cer: float | None = 0.1
+    # Lowest DNSMOS (the source's own score of each utterance: Emilia's json `dnsmos`) for a cut
+    # to be kept; null keeps all. Sources without a score (Libriheavy, lhotse) refuse a value.
+    min_dnsmos: float | None = None
 
     def problems(self) -> Problems:
         if self.max_text_cer is not None and self.max_text_cer < 0:
             yield "max_text_cer", f"must be >= 0 (a character error rate) or null (off), got {self.max_text_cer}"
+        if self.min_dnsmos is not None and not 0 <= self.min_dnsmos <= 5:
+            yield "min_dnsmos", f"must be a DNSMOS score from 0 to 5, or null (off), got {self.min_dnsmos}"
 
 
 @dataclass
@@ -178,8 +183,12 @@ class Dag:
         data.pop("download")
         data["output"].pop("dir")
         data["source"].pop("download_dir", None)
-        if data["text"]["bpe"]["model"] is None:  # not given: the fingerprint of DAGs before the key
+        data["source"].pop("token_env", None)  # where a token is read from, not what is built
+        # Keys added since, at their default, are left out: earlier DAGs keep their fingerprint.
+        if data["text"]["bpe"]["model"] is None:
             del data["text"]["bpe"]["model"]
+        if data["filter"]["min_dnsmos"] is None:
+            data["filter"].pop("min_dnsmos")
         for key in ("device", "batch_seconds", "cache_dir", "threads", "download_retries"):
             data["codec"].pop(key, None)
         return json_digest(data)
@@ -256,6 +265,8 @@ def as_url(location: str, base: Path) -> str:
 
 
 def _check_wiring(dag: Dag) -> None:
+    if dag.filter.min_dnsmos is not None and not getattr(kind_of(dag.source), "HAS_DNSMOS", False):
+        raise DagError(f"filter.min_dnsmos: a {dag.source.KIND} source has no DNSMOS score; set it to null")
     roles = dag.subsets.roles()
     if not dag.subsets.train:
         raise DagError("subsets.train is empty: the BPE model is trained on the training subsets' text")

@@ -27,6 +27,8 @@ Behaviour (each knob is a plain attribute and may be changed while the server ru
 - `active` / `peak_active`: bodies being sent now / at most at once (connection-cap checks).
 - `/redirect/<path>` answers `redirect_status` (302) with Location `/<path>`, like the Hugging
   Face endpoint redirecting to its CDN; it does not count as a file request.
+- `bearer=T`: file requests without `Authorization: Bearer T` get 401 (a gated repository);
+  redirects are answered without it, as the Hugging Face endpoint's are not.
 - `requests`: a list of `RequestRecord(method, path, range, status, bytes_sent)`, appended when
   the status is decided (before the body), so a client that has finished sees its records.
 The server listens on a random free port of 127.0.0.1 in a daemon thread, and stops on exit.
@@ -71,6 +73,7 @@ class HttpMirror:
         stall_s: float = 0.0,
         redirect_status: int = 302,
         rate_bytes_s: float | None = None,
+        bearer: str | None = None,
     ):
         self.root = Path(root)
         self.honour_range = honour_range
@@ -82,6 +85,7 @@ class HttpMirror:
         self.stall_s = stall_s
         self.redirect_status = redirect_status
         self.rate_bytes_s = rate_bytes_s
+        self.bearer = bearer
         self.active = self.peak_active = 0
         self.requests: list[RequestRecord] = []
         self._file_requests = 0  # counts requests for files, for fail_first / stall_first
@@ -185,6 +189,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._head(mirror.redirect_status, {"Location": target, "Content-Length": "0"})
             return
 
+        if mirror.bearer is not None and self.headers.get("Authorization") != f"Bearer {mirror.bearer}":
+            mirror._record(self, 401)
+            self._head(401, {"Content-Length": "0", "WWW-Authenticate": "Bearer"})
+            return
         n = mirror._next_file_request()
         if n <= mirror.stall_first:
             time.sleep(mirror.stall_s)

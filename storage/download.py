@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from storage.files import fsync_dir, fsync_file, read_json, write_json_atomic
 from storage.hashing import Checksum, hash_file
-from storage.http import HttpStatus, RangeMismatch, Response, Transient, open_range
+from storage.http import BearerToken, HttpStatus, RangeMismatch, Response, Transient, open_range
 from storage.retry import Backoff, retry
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ def download(
     progress: bool = True,
     bar=None,
     commit_check: Callable[[], None] | None = None,
+    auth: BearerToken | None = None,
 ) -> Path:
     """Download `url` to `dest`, resuming and verifying; returns `dest`. See the module docstring.
 
@@ -128,7 +129,8 @@ def download(
     With checksum=None any valid marker is accepted. `bar`: a tqdm-like object (reset, update)
     to report bytes to instead of a bar of its own (pipeline.fetch.transfers passes one).
     `commit_check`: called right before the verified file is renamed into place; it may raise
-    to stop (pipeline.fetch.transfers: this run still holds the file's lock).
+    to stop (pipeline.fetch.transfers: this run still holds the file's lock). `auth`: the
+    token a gated server needs (storage.http.BearerToken).
     """
     dest = Path(dest)
     if retries < 1:
@@ -157,12 +159,12 @@ def download(
     part = part_path(dest)
     with no_room_is_disk_full(part):
         if bar is not None:
-            _fetch_with_retries(url, part, retries, backoff_s, timeout_s, bar)
+            _fetch_with_retries(url, part, retries, backoff_s, timeout_s, bar, auth)
         else:
             with tqdm(
                 unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name, disable=not progress, leave=False
             ) as own_bar:
-                _fetch_with_retries(url, part, retries, backoff_s, timeout_s, own_bar)
+                _fetch_with_retries(url, part, retries, backoff_s, timeout_s, own_bar, auth)
         verify_part(part, url, checksum)
         fsync_file(part)
         if commit_check is not None:
@@ -200,8 +202,12 @@ def verify_part(part: Path, url: str, checksum: Checksum | None) -> None:
         )
 
 
-def _fetch_with_retries(url: str, part: Path, retries: int, backoff_s: float, timeout_s: float, bar: tqdm) -> None:
-    retry_until_done(lambda: _fetch_once(url, part, timeout_s, bar), lambda: file_size(part), url, retries, backoff_s)
+def _fetch_with_retries(
+    url: str, part: Path, retries: int, backoff_s: float, timeout_s: float, bar: tqdm, auth: BearerToken | None
+) -> None:
+    retry_until_done(
+        lambda: _fetch_once(url, part, timeout_s, bar, auth), lambda: file_size(part), url, retries, backoff_s
+    )
 
 
 def retry_until_done(attempt, position, what: str, retries: int, backoff_s: float) -> None:
@@ -233,7 +239,7 @@ def file_size(path: Path) -> int:
         return 0
 
 
-def _fetch_once(url: str, part: Path, timeout_s: float, bar: tqdm) -> None:
+def _fetch_once(url: str, part: Path, timeout_s: float, bar: tqdm, auth: BearerToken | None = None) -> None:
     """One attempt: bring `part` from its current size to the full length, or raise."""
     offset = file_size(part)
     record_path = stream_record_path(part.with_name(part.name.removesuffix(".part")))
@@ -243,7 +249,7 @@ def _fetch_once(url: str, part: Path, timeout_s: float, bar: tqdm) -> None:
         body = (
             _open_file(url, offset)
             if url.startswith("file:")
-            else open_http(url, offset, timeout_s, if_range=validator)
+            else open_http(url, offset, timeout_s, if_range=validator, auth=auth)
         )
     except Restart:
         part.unlink(missing_ok=True)
@@ -330,16 +336,25 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-def open_http(url: str, offset: int, timeout_s: float, end: int | None = None, if_range: str | None = None) -> Response:
+def open_http(
+    url: str,
+    offset: int,
+    timeout_s: float,
+    end: int | None = None,
+    if_range: str | None = None,
+    auth: BearerToken | None = None,
+) -> Response:
     """`storage.http.open_range` in a download's terms: transient answers are `Retryable`, an
     answer for other bytes is a `Restart`, a final status a `DownloadError`."""
     try:
-        return open_range(url, offset, end, timeout_s, if_range)
+        return open_range(url, offset, end, timeout_s, if_range, auth)
     except Transient as e:
         raise Retryable(str(e)) from e
     except RangeMismatch as e:
         raise Restart(f"{e}; restarting from zero") from e
     except HttpStatus as e:
+        if auth is not None and e.code in (401, 403):  # the reason says what to do
+            raise DownloadError(f"{url}: {e}") from e
         raise DownloadError(f"{url}: {e}; check the URL (not retried)") from e
 
 

@@ -19,13 +19,20 @@ What the server said, classified once for every caller:
   when the earlier bytes were read), a server whose object changed answers 200 too (RFC 9110
   If-Range): bytes of two versions are never joined.
 Every response carries the object's `validator`: its ETag, else its Last-Modified date.
+
+A gated server (Hugging Face) takes `auth`: a `BearerToken` names the environment variable
+holding the token, read at each request, so the token itself travels nowhere (not in a task's
+arguments, a marker or a log). It is sent as `Authorization: Bearer ...` to the URL's host only,
+and kept on a redirect to that same host; a redirect elsewhere (a CDN's signed URL) drops it.
 """
 
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -51,6 +58,46 @@ class HttpStatus(Exception):
         self.code, self.reason = code, reason
 
 
+@dataclass(frozen=True)
+class BearerToken:
+    """The token in environment variable `env`, sent as a bearer token; `terms`: what a refusal
+    (401/403) asks the user to do besides setting it (e.g. accept a gated dataset's terms)."""
+
+    env: str
+    terms: str = ""
+
+    def header(self) -> dict[str, str]:
+        token = os.environ.get(self.env, "").strip()
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def refused(self) -> str:
+        """What to do about a 401/403 (never showing the token)."""
+        if not os.environ.get(self.env, "").strip():
+            return (
+                f"{self.env} is not set (where the download runs: on a Ray cluster, in the driver node's "
+                f"Ray processes): set it to an access token. {self.terms}"
+            ).strip()
+        return f"the token in {self.env} was refused: check it. {self.terms}".strip()
+
+
+class _SameHostAuth(urllib.request.HTTPRedirectHandler):
+    """Keeps the Authorization header on a redirect to the same host only."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        auth = req.unredirected_hdrs.get("Authorization")
+        if new is not None and auth and _host(newurl) == _host(req.full_url):
+            new.add_unredirected_header("Authorization", auth)
+        return new
+
+
+def _host(url: str) -> str:
+    return urllib.parse.urlsplit(url).netloc.lower()
+
+
+_AUTH_OPENER = urllib.request.build_opener(_SameHostAuth)
+
+
 @dataclass
 class Response:
     start: int  # the body's first byte in the object
@@ -68,16 +115,27 @@ def range_header(offset: int, end: int | None) -> dict[str, str]:
 
 
 def open_range(
-    url: str, offset: int = 0, end: int | None = None, timeout_s: float = 60.0, if_range: str | None = None
+    url: str,
+    offset: int = 0,
+    end: int | None = None,
+    timeout_s: float = 60.0,
+    if_range: str | None = None,
+    auth: BearerToken | None = None,
 ) -> Response:
     """GET `url` from byte `offset` (to byte `end`, inclusive, when given); `if_range`: the
-    validator the bytes before `offset` were read under."""
+    validator the bytes before `offset` were read under; `auth`: the token to send, if any."""
     headers = range_header(offset, end)
     if headers and if_range:
         headers["If-Range"] = if_range
     request = urllib.request.Request(url, headers=headers)
+    token = auth.header() if auth is not None else {}
+    for name, value in token.items():  # not copied onto redirects (see _SameHostAuth)
+        request.add_unredirected_header(name, value)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout_s)  # noqa: S310 (URLs come from the user)
+        if token:
+            response = _AUTH_OPENER.open(request, timeout=timeout_s)
+        else:
+            response = urllib.request.urlopen(request, timeout=timeout_s)  # noqa: S310 (URLs come from the user)
     except urllib.error.HTTPError as e:
         content_range = e.headers.get("Content-Range", "") if e.headers else ""
         e.close()
@@ -91,6 +149,8 @@ def open_range(
             return Response(start=offset, total=total, stream=None)
         if e.code >= 500 or e.code in RETRY_STATUS:
             raise Transient(f"HTTP {e.code} {e.reason}") from e
+        if auth is not None and e.code in (401, 403):
+            raise HttpStatus(e.code, f"{e.reason}: {auth.refused()}") from e
         raise HttpStatus(e.code, str(e.reason)) from e
     except (OSError, http.client.HTTPException) as e:  # refused, reset, DNS, timeout
         raise Transient(f"{e!r}") from e

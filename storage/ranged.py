@@ -61,7 +61,7 @@ from storage.download import (
 )
 from storage.files import fsync_dir, read_json, write_json_atomic
 from storage.hashing import Checksum
-from storage.http import Response
+from storage.http import BearerToken, Response
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +95,16 @@ class RangeJob:
     backoff_s: float = 1.0
     timeout_s: float = 60.0
     validator: str | None = None  # sent as If-Range: a changed file answers 200, never other bytes
+    auth: BearerToken | None = None  # a gated server's token (its variable's name, not its value)
 
 
 def ledger_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".ranges.json")
 
 
-def probe(url: str, *, retries: int = 8, backoff_s: float = 1.0, timeout_s: float = 60.0) -> Probe:
+def probe(
+    url: str, *, retries: int = 8, backoff_s: float = 1.0, timeout_s: float = 60.0, auth: BearerToken | None = None
+) -> Probe:
     """Ask for byte 0 only: a 206 with a length means ranges work; a 200 means they do not."""
     if url.startswith("file:"):
         path = local_path(url)
@@ -112,7 +115,7 @@ def probe(url: str, *, retries: int = 8, backoff_s: float = 1.0, timeout_s: floa
     found: list[Probe] = []
 
     def attempt():
-        body = open_http(url, 0, timeout_s, end=0)
+        body = open_http(url, 0, timeout_s, end=0, auth=auth)
         if body.stream is not None:
             body.stream.close()
         found.append(Probe(total=body.total, ranges=body.partial and body.total is not None, validator=body.validator))
@@ -318,7 +321,7 @@ def _open_range(job: RangeJob, pos: int) -> Response:
         f.seek(pos)
         return Response(start=pos, total=None, stream=f, partial=True)
     try:
-        body = open_http(job.url, pos, job.timeout_s, end=job.end, if_range=job.validator)
+        body = open_http(job.url, pos, job.timeout_s, end=job.end, if_range=job.validator, auth=job.auth)
     except Restart as e:  # 416 or a Content-Range elsewhere: the remote file is not what it was
         raise RemoteChanged(f"{job.url}: bytes {pos}-{job.end} cannot be had ({e})") from e
     if body.stream is None:

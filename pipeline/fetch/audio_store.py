@@ -16,6 +16,11 @@ absolute or contain `..` are skipped with the reason recorded. A reader then see
 tar paths. Each process loads the member indexes once (shared by all stores over the same tars)
 and keeps one file descriptor per tar, read with os.pread so threads and forked workers never
 race on a shared file position.
+
+`NamedTarStore` is for sources of many tars (Emilia: thousands) whose units each read one or a
+few: audio is named `<tar name>/<member>`, and a process keeps only the indexes of the tars it
+read last (`MAX_TAR_INDEXES`), opening a tar for each read, so its memory and open files stay
+flat however many tars the corpus has.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import json
 import os
 import tarfile
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -194,18 +200,66 @@ class TarAudioStore:
             )
         tar_index, offset, size = location
         tar = self.tar_paths[tar_index]
-        fd = _fd(tar)
-        chunks, done = [], 0
-        while done < size:  # pread may return fewer bytes than asked for
-            chunk = os.pread(fd, size - done, offset + done)
-            if not chunk:
-                raise MissingAudio(
-                    f"audio {rel_path!r}: {tar} ends at byte {offset + done}, inside this member "
-                    f"({size} bytes at {offset}); the tar is truncated, download it again"
-                )
-            chunks.append(chunk)
-            done += len(chunk)
-        return b"".join(chunks)
+        return _read_member(_fd(tar), tar, rel_path, offset, size)
+
+
+def _read_member(fd: int, tar: Path, rel_path: str, offset: int, size: int) -> bytes:
+    chunks, done = [], 0
+    while done < size:  # pread may return fewer bytes than asked for
+        chunk = os.pread(fd, size - done, offset + done)
+        if not chunk:
+            raise MissingAudio(
+                f"audio {rel_path!r}: {tar} ends at byte {offset + done}, inside this member "
+                f"({size} bytes at {offset}); the tar is truncated, download it again"
+            )
+        chunks.append(chunk)
+        done += len(chunk)
+    return b"".join(chunks)
+
+
+MAX_TAR_INDEXES = 8  # per process, for NamedTarStore: a unit reads one tar, or a few small ones
+_TAR_INDEXES: OrderedDict[str, dict] = OrderedDict()  # tar path -> its index, least recently used first
+
+
+class NamedTarStore:
+    """Members of many tars, named `<tar name>/<member>`; see the module docstring."""
+
+    def __init__(self, tar_paths: Sequence[Path]):
+        self.tars = {Path(p).name: Path(p).absolute() for p in tar_paths}
+
+    def __repr__(self) -> str:
+        return f"NamedTarStore({len(self.tars)} tars)"
+
+    def read_bytes(self, rel_path: str) -> bytes:
+        name, _, member = rel_path.partition("/")
+        tar = self.tars.get(name)
+        if tar is None:
+            raise MissingAudio(f"audio {rel_path!r}: no tar {name!r} among the {len(self.tars)} of this source")
+        index = _tar_index(tar)
+        location = index["members"].get(_normalise(member))
+        if location is None:
+            why = next((e["reason"] for e in index["skipped"] if e["name"] == member), "no such member")
+            raise MissingAudio(f"audio {rel_path!r} is not readable from {tar}: {why}")
+        fd = os.open(tar, os.O_RDONLY)  # one per read: no descriptor outlives its read
+        try:
+            return _read_member(fd, tar, rel_path, *location)
+        finally:
+            os.close(fd)
+
+
+def _tar_index(tar: Path) -> dict:
+    key = str(tar)
+    with _LOCK:
+        index = _TAR_INDEXES.get(key)
+        if index is not None:
+            _TAR_INDEXES.move_to_end(key)
+            return index
+    index = json.loads(index_tar(tar).read_text(encoding="utf-8"))
+    with _LOCK:
+        _TAR_INDEXES[key] = index
+        while len(_TAR_INDEXES) > MAX_TAR_INDEXES:
+            _TAR_INDEXES.popitem(last=False)
+    return index
 
 
 def _fd(tar: Path) -> int:

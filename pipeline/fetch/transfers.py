@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from storage.download import DiskFull, DownloadError, download, is_downloaded, part_path, read_marker, streaming
 from storage.hashing import Checksum
+from storage.http import BearerToken
 from storage.locks import HeldLock, LockBusy, LockGuard, LockLost, describe, take
 from storage.ranged import (
     RangeJob,
@@ -75,6 +76,7 @@ class FileJob:
     url: str
     dest: Path
     checksum: Checksum | None = None
+    auth: BearerToken | None = None  # a gated server's token (storage.http)
 
 
 class Cancelled(Exception):
@@ -210,7 +212,7 @@ class Transfers:
     def _submit(self, f: _File, kind: str, index: int = -1) -> None:
         s, job, guard = self.settings, f.job, f.lock.guard
         if kind == "probe":
-            call = (_probe, (job.url, s))
+            call = (_probe, (job.url, s, job.auth))
         elif kind == "stream":
             call = (_stream, (job, s, guard))
         elif kind == "verify":
@@ -233,6 +235,7 @@ class Transfers:
                         s.backoff_s,
                         s.timeout_s,
                         f.ledger.validator,
+                        job.auth,
                     ),
                     guard,
                 ),
@@ -387,8 +390,8 @@ def _cause(err: BaseException) -> BaseException:
 
 
 # -- the tasks: plain functions, the last argument a progress callback (bytes) ----------------
-def _probe(url: str, s: DownloadSettings, report):
-    return probe(url, retries=s.retries, backoff_s=s.backoff_s, timeout_s=s.timeout_s)
+def _probe(url: str, s: DownloadSettings, auth: BearerToken | None, report):
+    return probe(url, retries=s.retries, backoff_s=s.backoff_s, timeout_s=s.timeout_s, auth=auth)
 
 
 def _stream(job: FileJob, s: DownloadSettings, guard: LockGuard, report) -> Path:
@@ -401,6 +404,7 @@ def _stream(job: FileJob, s: DownloadSettings, guard: LockGuard, report) -> Path
         timeout_s=s.timeout_s,
         bar=_ReportBar(_Guarded(report, guard)),
         commit_check=guard.check,
+        auth=job.auth,
     )
 
 
