@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from pipeline.plan.manifest import ManifestInput
-from pipeline.sources import libriheavy
+from pipeline.sources import lhotse, libriheavy
 
-KINDS = {module.KIND: module for module in (libriheavy,)}
+KINDS = {module.KIND: module for module in (libriheavy, lhotse)}
 DEFAULT_KIND = libriheavy.KIND
 
 
