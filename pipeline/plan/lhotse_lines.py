@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from pipeline.encode.segment import PAST_END_TOLERANCE_S
 from pipeline.plan.manifest import BadLine, _explain_malformed
 
 LINES_FORMAT = 1  # bump when the compact cuts made from the same lines change
+GROUP_BUCKETS = 8  # see unit_group
 READABLE_SOURCES = ("file", "url")  # `command` would run a shell line from a manifest: never
 
 
@@ -159,7 +161,19 @@ def compact_cut(cut_id: str, rec: Recording, sup: Supervision, start: float, aud
     }
     if sup.language is not None:
         cut["language"] = sup.language
+    cut["group"] = unit_group(cut["audio"], rec.id)
     return cut
+
+
+def unit_group(audio: str, recording_id: str) -> str:
+    """What a unit keeps whole: the recording's folder, in GROUP_BUCKETS parts by recording id.
+
+    Per-utterance corpora (LibriTTS, MLS: one file an utterance, 10 M of them) would make the
+    planner keep a tally per recording; folders (a speaker's chapter or book) are ~100x fewer.
+    The buckets keep a flat folder (LJSpeech's 13 k files) from becoming one unit. A recording
+    stays in one group, so a unit still decodes each file once."""
+    folder = audio.rsplit("/", 1)[0] if "/" in audio else ""
+    return f"{folder}#{zlib.crc32(recording_id.encode()) % GROUP_BUCKETS}"
 
 
 def _each(make, sup: Supervision) -> dict | BadLine:
@@ -194,6 +208,8 @@ class CutLines:
             return [BadLine(f"cut {cut.id}: start is {cut.start}", cut_id=cut.id)]
         if cut.recording is None:
             return [BadLine(f"cut {cut.id} has no recording (features only?)", "unsupported_cut", cut.id)]
+        if not cut.supervisions:
+            return [BadLine(f"cut {cut.id} has no supervision: nothing to train on", "no_supervision", cut.id)]
         one = len(cut.supervisions) == 1
         return [
             _each(

@@ -10,6 +10,7 @@ read where the manifests say it is (pipeline.fetch.path_audio). See docs/sources
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import re
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, ClassVar
 from pipeline.fetch.path_audio import PathAudioStore
 from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers
 from pipeline.plan.lhotse_lines import CutLines, SupervisionLines
-from pipeline.plan.manifest import GZIP_ERRORS, ManifestInput, read_blocks
+from pipeline.plan.manifest import GZIP_ERRORS, ManifestInput
 from pipeline.plan.recordings_table import build_table, table_path
 from pipeline.plan.subsets import manifest_sha256
 from storage.hashing import Checksum, checksum_problems, hash_file
@@ -111,8 +112,8 @@ def manifest_files(src: Config, part: str) -> dict[str, str]:
             return {"cuts": str(path)}
         path = path.parent
     have = listing(path).get(src.prefix, {}).get(part, {})
-    if src.form != "recordings" and "cuts" in have:
-        return {"cuts": str(have["cuts"])}
+    if src.form == "cuts" or (src.form is None and "cuts" in have):
+        return {"cuts": str(have.get("cuts", path / f"{src.prefix}_cuts_{part}.jsonl.gz"))}
     return {k: str(have.get(k, path / f"{src.prefix}_{k}_{part}.jsonl.gz")) for k in ("recordings", "supervisions")}
 
 
@@ -147,7 +148,10 @@ def settle(dag: Dag, dag_dir: Path) -> None:
     elif path.is_dir():
         found = listing(path)
     else:
-        raise DagError(f"source.manifests: {path} does not exist")
+        raise DagError(
+            f"source.manifests: {path} does not exist (a relative path is read from the DAG file's folder: "
+            "give an absolute one)"
+        )
     if not found:
         raise DagError(f"source.manifests: no lhotse manifests (<prefix>_cuts_<part>.jsonl.gz, ...) in {path}")
     if src.prefix is None:
@@ -200,31 +204,40 @@ def check(dag: Dag) -> None:
             )
 
 
-# What the first line of each kind of manifest holds (lhotse tells them apart the same way).
-_FIRST_KEYS = {
-    "cuts": ("id", "start", "duration"),
-    "recordings": ("id", "sources"),
-    "supervisions": ("recording_id", "start"),
+# How lhotse itself tells its manifests apart (lhotse.serialization.deserialize_item): a recording
+# has sources; a cut has a type; a supervision has none, and names its recording.
+_LOOKS = {
+    "cuts": ("a cut (with id, start, duration and type)", lambda d: {"id", "start", "duration", "type"} <= d.keys()),
+    "recordings": ("a recording (with id and sources)", lambda d: {"id", "sources"} <= d.keys()),
+    "supervisions": (
+        "a supervision (with id, recording_id and start, no type)",
+        lambda d: {"id", "recording_id", "start"} <= d.keys() and "type" not in d,
+    ),
 }
+FIRST_LINE_BYTES = 1 << 24  # a lhotse line is far shorter; a file of one huge line is not a manifest
 
 
 def not_lhotse(path: Path, what: str) -> str | None:
     """Why `path` is not a lhotse `what` manifest, judged by its first line; None if it may be."""
     try:
-        first = next((line for _, block in read_blocks(path) for line in block.split(b"\n") if line.strip()), None)
+        with gzip.open(path) if path.suffix == ".gz" else open(path, "rb") as f:
+            first = b""
+            while not first.strip() and (line := f.readline(FIRST_LINE_BYTES)):
+                first = line
     except GZIP_ERRORS as err:
         form = "gzip" if path.suffix == ".gz" else "text"
         return f"{path} is not a lhotse manifest: it cannot be read as {form} ({err})"
-    if first is None:
+    if not first.strip():
         return None  # an empty part: nothing to plan
     try:
         data = json.loads(first)
     except ValueError:
         return f"{path} is not a lhotse manifest: its first line is not JSON ({first[:80]!r})"
-    if not isinstance(data, dict) or any(k not in data for k in _FIRST_KEYS[what]):
+    expected, looks = _LOOKS[what]
+    if not isinstance(data, dict) or not looks(data):
         return (
-            f"{path} is not a lhotse {what} manifest: its first line lacks "
-            f"{', '.join(_FIRST_KEYS[what])} ({first[:80]!r}); point source.manifests at the output of a lhotse recipe"
+            f"{path} is not a lhotse {what} manifest: its first line is not {expected}: {first[:80]!r}. "
+            "Point source.manifests at the output of a lhotse recipe"
         )
     return None
 
