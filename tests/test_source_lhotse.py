@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,16 @@ from pipeline.dag import DagError, load_dag
 from pipeline.encode.segment import segment_recording
 from pipeline.executors.local import LocalExecutor
 from pipeline.fetch.transfer_pools import ThreadTasks
-from pipeline.plan.subsets import plan_subsets, read_unit_cuts
+from pipeline.plan import recordings_table
+from pipeline.plan.parse_pool import ProcessParsers, SerialParsers
+from pipeline.plan.subsets import plan_subset, plan_subsets, read_unit_cuts
 from pipeline.runner import run
 from pipeline.sources import kind_of
 from tests.conftest import REPO
 from tokens.text import normalize_text
 
 lhotse = pytest.importorskip("lhotse")
-from lhotse import CutSet, MonoCut, Recording, RecordingSet, SupervisionSegment, SupervisionSet  # noqa: E402
+from lhotse import AudioSource, CutSet, MonoCut, Recording, RecordingSet, SupervisionSegment, SupervisionSet  # noqa: E402
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven bright stars shine".split()
 
@@ -155,7 +158,12 @@ def corpus(root: Path) -> tuple[RecordingSet, SupervisionSet]:
     folder.sources[0].source = "audio"  # a bad path: a folder, relative to the audio root
     noise = Recording.from_file(audio / "rate.wav", recording_id="noise")
     noise.sources[0].source = "audio/noise.wav"
-    recordings += [missing, folder, noise]
+    fast = Recording.from_file(audio / "rate.wav", recording_id="fast").perturb_speed(1.1, affix_id=False)
+    # one file per channel, as lhotse writes multi-microphone corpora: channel 1 is stereo.wav's first
+    pair = Recording.from_file(audio / "long.flac", recording_id="pair")
+    pair.sources.append(AudioSource("file", [1], str(audio / "stereo.wav")))
+    pair.duration, pair.num_samples = 1.5, 24000
+    recordings += [missing, folder, noise, fast, pair]
     sups = [
         SupervisionSegment("long-a", "long_flac", 0.2, 1.5, text="First of two.", speaker="s1", language="English"),
         SupervisionSegment(
@@ -171,6 +179,8 @@ def corpus(root: Path) -> tuple[RecordingSet, SupervisionSet]:
         SupervisionSegment("outside", "rate_wav", 0.5, 3.0, text=sentence(8)),
         SupervisionSegment("empty", "rate_wav", 0.0, 1.0, text=""),
         SupervisionSegment("both", "stereo_wav", 0.0, 1.0, channel=[0, 1], text=sentence(9)),
+        SupervisionSegment("fast", "fast", 0.0, 1.0, text=sentence(11)),
+        SupervisionSegment("pair", "pair", 0.0, 1.5, channel=[1], text=sentence(12)),
     ]
     return RecordingSet.from_recordings(recordings), SupervisionSet.from_segments(sups)
 
@@ -217,16 +227,19 @@ def test_both_forms_plan_the_same_cuts_and_refuse_the_same_lines(tmp_path):
     def by_window(cuts):
         return {(c["recording_id"], c["start"], c["duration"]): {**c, "id": None} for c in cuts.values()}
 
-    assert by_window(from_cuts) == by_window(from_split) and len(from_split) == 10
+    assert by_window(from_cuts) == by_window(from_split) and len(from_split) == 11
     # a cut with one supervision keeps its id; each of several is named by its supervision's
     named = {c.id if len(c.supervisions) == 1 else s.id for c in cutset for s in c.supervisions}
-    assert set(from_cuts) == named - {"outside", "both"} and {"long-a", "long-b", "rate"} <= set(from_cuts)
+    fast = next(c.id for c in cutset if c.supervisions[0].id == "fast")
+    assert set(from_cuts) == named - {"outside", "both", fast} and {"long-a", "long-b", "rate"} <= set(from_cuts)
     assert "mp3" not in from_cuts and "mp3" in from_split  # a single supervision's cut keeps the cut's id
     long_b = from_split["long-b"]
     assert long_b["start"] == 2.0 and long_b["duration"] == 1.8 and long_b["speaker"] == "s1"
     assert long_b["texts"] == {"text": "Second of two.", "alt": "Other words."}
     assert from_cuts["long-b"] == long_b and from_split["long-a"]["language"] == "English"
     assert from_split["stereo"]["channel"] == 1
+    assert from_split["pair"]["channel"] == 0 and from_split["pair"]["audio"].endswith("stereo.wav")
+    assert refused_split["unsupported_recording"] == ["fast"] and refused_cuts["unsupported_recording"] == [fast]
     assert from_split["folder"]["audio"] == str(Path.cwd() / "audio")  # relative: under the audio root
     assert refused_split["supervision_outside_recording"] == ["outside"]
     assert refused_split["multi_channel_supervision"] == ["both"]
@@ -235,12 +248,31 @@ def test_both_forms_plan_the_same_cuts_and_refuse_the_same_lines(tmp_path):
     assert len(refused_cuts["bad_manifest_line"]) == 2 and len(refused_split["bad_manifest_line"]) == 1
 
 
+def test_worker_processes_join_with_the_recordings_table_as_the_planning_thread_does(tmp_path):
+    """The supervisions' parser pickles into spawned workers, each opening the table itself."""
+    _, split_dir, _ = write_both_forms(tmp_path / "corpus")
+    dag = load_dag(dag_file(tmp_path, split_dir))
+    plans = []
+    for n, parsers in enumerate((SerialParsers(block_bytes=600), ProcessParsers(2, block_bytes=600))):
+        with parsers, kind_of(dag.source).open_source(dag, tmp_path / f"out{n}", False, ThreadTasks()) as source:
+            plan = plan_subset(
+                source.manifests()["train"], "train", "train", tmp_path / f"out{n}", 0.001, False, (), parsers
+            )
+        plans.append(([(u.name, u.sha256) for u in plan.units], plan.rejects))
+    assert plans[0] == plans[1] and len(plans[0][0]) > 1
+    tables = [Path(table) for _, _, table in recordings_table._CONNECTIONS if table.startswith(str(tmp_path))]
+    opened_here = {table.parent.parent.parent.name for table in tables}
+    assert opened_here == {"out0"}  # out1's joins ran in the workers
+    store = pickle.loads(pickle.dumps(source.audio_store()))  # Ray ships it to every worker
+    assert store.read_bytes(str(tmp_path / "corpus/audio/rate.wav"))[:4] == b"RIFF"
+
+
 def test_rates_channels_formats_and_bad_audio_are_built_or_counted(tmp_path):
     _, split_dir, _ = write_both_forms(tmp_path / "corpus")
     dag = load_dag(dag_file(tmp_path, split_dir, source={"audio_root": str(tmp_path / "corpus")}))
     summary = run(dag, progress=False, executor=LocalExecutor(threads=1))
     rows = built(dag.out, summary.index)
-    assert set(rows) == {"long-a", "long-b", "rate", "stereo", "mp3", "opus"}
+    assert set(rows) == {"long-a", "long-b", "rate", "stereo", "mp3", "opus", "pair"}
     assert rows["rate"]["duration"] == pytest.approx(1.5) and rows["long-b"]["text"] == "Second of two."
     reasons = summary.index["rejects"]["by_reason"]
     assert reasons["missing_audio"] == 2  # gone.wav, and a folder where a file should be
@@ -277,7 +309,7 @@ def test_a_url_folder_is_downloaded_and_relative_audio_read_from_a_url_root(tmp_
         load_dag(dag_file(tmp_path, f"{url}split", source=source))
     dag = load_dag(dag_file(tmp_path, f"{url}split", source=source, subsets={"train": ["train"]}))
     summary = run(dag, progress=False, executor=LocalExecutor(threads=1))
-    assert set(built(dag.out, summary.index)) == {"long-a", "long-b", "rate", "stereo", "mp3", "opus"}
+    assert set(built(dag.out, summary.index)) == {"long-a", "long-b", "rate", "stereo", "mp3", "opus", "pair"}
     assert (dag.out / "downloads" / "demo_supervisions_train.jsonl.gz").is_file()
     reasons = summary.index["rejects"]["by_reason"]
     # audio/noise.wav came over HTTP and is refused by its format; "audio" is a folder's listing
