@@ -19,6 +19,9 @@ from pipeline.dag import DagError, load_dag
 from pipeline.encode.segment import segment_recording
 from pipeline.executors.local import LocalExecutor
 from pipeline.fetch.transfer_pools import ThreadTasks
+from pipeline.inspect.report import collect
+from pipeline.inspect.status import corpus_status
+from pipeline.inspect.verify import verify
 from pipeline.plan import recordings_table
 from pipeline.plan.parse_pool import ProcessParsers, SerialParsers
 from pipeline.plan.subsets import plan_subset, plan_subsets, read_unit_cuts
@@ -280,6 +283,12 @@ def test_rates_channels_formats_and_bad_audio_are_built_or_counted(tmp_path):
     assert reasons["supervision_outside_recording"] == 1 and reasons["missing_recording"] == 1
     details = [json.loads(line) for line in (dag.out / "rejects.jsonl").read_text().splitlines()]
     assert any(r["reason"] == "undecodable_audio" and "WAV" in r["detail"] for r in details)
+    # the tools that inspect a corpus read this one as any other
+    assert verify(dag.out) == []
+    status = corpus_status(dag.out)
+    assert status["complete"] and status["subsets"]["train"]["shards_done"] == summary.units
+    stats = collect(dag.out, progress=False)
+    assert stats["rejects"]["by_reason"]["supervision_outside_recording"] == 1
 
 
 @pytest.fixture
@@ -362,14 +371,21 @@ def test_parts_are_found_named_and_given_roles(tmp_path):
     with pytest.raises(DagError, match="no part of .* dev_clean"):
         load_dag(dag_file(tmp_path, folder, subsets={"train": ["dev_other"]}))
 
-    (folder / "libritts_cuts_dev_clean.jsonl.gz").write_bytes(
-        (folder / "libritts_cuts_dev-clean.jsonl.gz").read_bytes()
-    )
+    clean = (folder / "libritts_cuts_dev-clean.jsonl.gz").read_bytes()
+    (folder / "libritts_cuts_dev_clean.jsonl.gz").write_bytes(clean)
     with pytest.raises(DagError, match="would both be subset 'dev_clean'"):
         load_dag(dag_file(tmp_path, folder))
     (folder / "other_cuts_a.jsonl.gz").write_bytes(b"")
     with pytest.raises(DagError, match="several prefixes"):
         load_dag(dag_file(tmp_path, folder))
+    plain = tmp_path / "plain"  # lhotse writes no prefix when given none
+    plain.mkdir()
+    (plain / "cuts_dev-clean.jsonl.gz").write_bytes(clean)
+    (plain / "cuts_train.jsonl").write_bytes(gzip.decompress(clean))
+    (plain / "cuts_train.jsonl.gz").write_bytes(clean)  # read before its .jsonl twin
+    dag = load_dag(dag_file(tmp_path, plain))
+    assert dag.source.prefix == "" and dag.subsets.roles() == {"train": "train", "dev_clean": "dev"}
+    assert kind_of(dag.source).manifest_files(dag.source, "train") == {"cuts": str(plain / "cuts_train.jsonl.gz")}
     with pytest.raises(DagError, match="cannot be listed: set source.prefix and list the parts"):
         load_dag(dag_file(tmp_path, "https://example.org/manifests"))
 

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 KIND = "lhotse"
 DEFAULT_TEXT_FIELD = "text"
 FORMS = ("cuts", "recordings")
-_FILE = re.compile(r"^(?P<prefix>.+?)_(?P<what>cuts|recordings|supervisions)_(?P<part>.+?)\.jsonl(?:\.gz)?$")
+# lhotse's file names: <prefix>_<what>_<part>.jsonl.gz, or <what>_<part>... without a prefix.
+_FILE = re.compile(r"^(?:(?P<prefix>.+?)_)??(?P<what>cuts|recordings|supervisions)_(?P<part>.+?)\.jsonl(?:\.gz)?$")
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Config:
     # A folder of manifests, one manifest file, or an http(s):// folder (then `subsets:` must
     # list the parts, and `prefix` be set: a URL folder cannot be listed).
     manifests: str = ""
-    # The <prefix> of <prefix>_cuts_<part>.jsonl.gz; null: the one prefix in the folder.
+    # The <prefix> of <prefix>_cuts_<part>.jsonl.gz ("": none); null: the one prefix in the folder.
     prefix: str | None = None
     # cuts, or recordings (+ supervisions); null: cuts where a part has a cuts file, else
     # recordings (a URL folder: cuts).
@@ -92,11 +93,15 @@ def role_of(part: str) -> str:
 def listing(folder: Path) -> dict[str, dict[str, dict[str, Path]]]:
     """prefix -> part -> {"cuts"|"recordings"|"supervisions": file} of a folder's manifests."""
     found: dict = {}
-    for path in sorted(folder.iterdir()):
+    for path in sorted(folder.iterdir(), key=lambda p: (not p.name.endswith(".gz"), p.name)):
         if match := _FILE.match(path.name):
-            parts = found.setdefault(match["prefix"], {})
+            parts = found.setdefault(match["prefix"] or "", {})
             parts.setdefault(match["part"], {}).setdefault(match["what"], path)  # .jsonl.gz before .jsonl
     return found
+
+
+def file_name(prefix: str, what: str, part: str) -> str:
+    return f"{prefix}_{what}_{part}.jsonl.gz" if prefix else f"{what}_{part}.jsonl.gz"
 
 
 def manifest_files(src: Config, part: str) -> dict[str, str]:
@@ -104,7 +109,7 @@ def manifest_files(src: Config, part: str) -> dict[str, str]:
     if src.remote:
         base = src.manifests.rstrip("/") + "/"
         kinds = ("recordings", "supervisions") if src.form == "recordings" else ("cuts",)
-        return {k: f"{base}{src.prefix}_{k}_{part}.jsonl.gz" for k in kinds}
+        return {k: base + file_name(src.prefix, k, part) for k in kinds}
     path = Path(src.manifests)
     if path.is_file():
         match = _FILE.match(path.name)
@@ -113,8 +118,8 @@ def manifest_files(src: Config, part: str) -> dict[str, str]:
         path = path.parent
     have = listing(path).get(src.prefix, {}).get(part, {})
     if src.form == "cuts" or (src.form is None and "cuts" in have):
-        return {"cuts": str(have.get("cuts", path / f"{src.prefix}_cuts_{part}.jsonl.gz"))}
-    return {k: str(have.get(k, path / f"{src.prefix}_{k}_{part}.jsonl.gz")) for k in ("recordings", "supervisions")}
+        return {"cuts": str(have.get("cuts", path / file_name(src.prefix, "cuts", part)))}
+    return {k: str(have.get(k, path / file_name(src.prefix, k, part))) for k in ("recordings", "supervisions")}
 
 
 def settle(dag: Dag, dag_dir: Path) -> None:
@@ -130,7 +135,7 @@ def settle(dag: Dag, dag_dir: Path) -> None:
     listed = bool(subsets.roles())
     if src.remote:
         src.manifests = as_url(src.manifests, dag_dir)
-        if not listed or not src.prefix:
+        if not listed or src.prefix is None:
             raise DagError(
                 f"source.manifests is a URL ({src.manifests}), which cannot be listed: set source.prefix "
                 "and list the parts under subsets: (train/dev/test), with source.parts naming any whose "
@@ -143,7 +148,7 @@ def settle(dag: Dag, dag_dir: Path) -> None:
     src.manifests = str(path)
     if path.is_file():
         match = _FILE.match(path.name)
-        prefix, part = (match["prefix"], match["part"]) if match else ("", path.name.split(".")[0])
+        prefix, part = (match["prefix"] or "", match["part"]) if match else ("", path.name.split(".")[0])
         found = {prefix: {part: {}}}
     elif path.is_dir():
         found = listing(path)
