@@ -82,10 +82,10 @@ def built(out: Path, index: dict) -> dict[str, dict]:
 # ---- the recipe test: LibriTTS-R as lhotse prepares it ------------------------------------------
 
 
-def write_librittsr(root: Path, parts: dict[str, list[tuple[str, str]]]) -> dict[str, str]:
+def write_librittsr(root: Path, parts: dict[str, list[tuple[str, str]]]) -> None:
     """A LibriTTS-R-shaped tree (<part>/<speaker>/<chapter>/<utt>.wav + .trans.tsv + .book.tsv),
-    as prepare_librittsr reads it; utterance id -> its normalized text."""
-    texts, seed = {}, 0
+    as prepare_librittsr reads it: the original text upper-cased, the normalized one as written."""
+    seed = 0
     for part, chapters in parts.items():
         for speaker, chapter in chapters:
             folder = root / part / speaker / chapter
@@ -100,10 +100,8 @@ def write_librittsr(root: Path, parts: dict[str, list[tuple[str, str]]]) -> dict
                 (folder / f"{utt}.original.txt").write_text(text.upper())
                 trans.append(f"{utt}\t{text.upper()}\t{text}")
                 book.append(f"{utt}\t{text.upper()}\t{text}\t{n}\t12.5")
-                texts[utt] = text
             (folder / f"{speaker}_{chapter}.trans.tsv").write_text("\n".join(trans) + "\n")
             (folder / f"{speaker}_{chapter}.book.tsv").write_text("\n".join(book) + "\n")
-    return texts
 
 
 def test_a_librittsr_recipe_output_is_built_as_lhotse_reads_it(tmp_path):
@@ -120,7 +118,7 @@ def test_a_librittsr_recipe_output_is_built_as_lhotse_reads_it(tmp_path):
     summary = run(dag, progress=False, executor=LocalExecutor(threads=1))
     rows = built(dag.out, summary.index)
 
-    expected = {}
+    expected, original = {}, {}
     for part, subset in (("train-clean-100", "train_clean_100"), ("dev-clean", "dev_clean")):
         cuts = CutSet.from_manifests(**prepared[part]).trim_to_supervisions(keep_overlapping=False)
         for cut in cuts:
@@ -132,12 +130,18 @@ def test_a_librittsr_recipe_output_is_built_as_lhotse_reads_it(tmp_path):
                 "duration": pytest.approx(cut.duration, abs=1e-4),
                 "text": normalize_text(sup.text),
             }
+            original[cut.id] = normalize_text(sup.custom["orig_text"])
     assert rows == expected and len(rows) == 6
     assert summary.index["provenance"]["source"]["kind"] == "lhotse"
     assert set(summary.index["provenance"]["source"]["manifests"]) == {p.name for p in manifests.iterdir()}
 
     again = run(load_dag(dag_file(tmp_path, manifests)), progress=False, executor=LocalExecutor(threads=1))
     assert again.skipped == again.units and again.codec_forward_passes == 0  # the recordings table reused
+
+    text = {"field": "orig_text", "bpe": {"vocab_size": 40}}  # a custom field of LibriTTS's supervisions
+    other = run(load_dag(dag_file(tmp_path, manifests, text=text)), progress=False, executor=LocalExecutor(threads=1))
+    assert {i: row["text"] for i, row in built(dag.out, other.index).items()} == original != {}
+    assert other.codec_forward_passes == 0
 
 
 # ---- both forms, rates, channels, formats and every reject ---------------------------------------
@@ -165,7 +169,7 @@ def corpus(root: Path) -> tuple[RecordingSet, SupervisionSet]:
     # one file per channel, as lhotse writes multi-microphone corpora: channel 1 is stereo.wav's first
     pair = Recording.from_file(audio / "long.flac", recording_id="pair")
     pair.sources.append(AudioSource("file", [1], str(audio / "stereo.wav")))
-    pair.duration, pair.num_samples = 1.5, 24000
+    pair.duration, pair.num_samples = 4.0, 64000
     recordings += [missing, folder, noise, fast, pair]
     sups = [
         SupervisionSegment("long-a", "long_flac", 0.2, 1.5, text="First of two.", speaker="s1", language="English"),
@@ -184,8 +188,12 @@ def corpus(root: Path) -> tuple[RecordingSet, SupervisionSet]:
         SupervisionSegment("both", "stereo_wav", 0.0, 1.0, channel=[0, 1], text=sentence(9)),
         SupervisionSegment("fast", "fast", 0.0, 1.0, text=sentence(11)),
         SupervisionSegment("pair", "pair", 0.0, 1.5, channel=[1], text=sentence(12)),
+        SupervisionSegment("pair-left", "pair", 2.0, 1.5, channel=0, text=sentence(13)),  # long.flac only
     ]
     return RecordingSet.from_recordings(recordings), SupervisionSet.from_segments(sups)
+
+
+BUILT = {"long-a", "long-b", "rate", "stereo", "mp3", "opus", "pair", "pair-left"}  # the corpus's good samples
 
 
 def write_both_forms(root: Path) -> tuple[Path, Path, CutSet]:
@@ -230,7 +238,7 @@ def test_both_forms_plan_the_same_cuts_and_refuse_the_same_lines(tmp_path):
     def by_window(cuts):
         return {(c["recording_id"], c["start"], c["duration"]): {**c, "id": None} for c in cuts.values()}
 
-    assert by_window(from_cuts) == by_window(from_split) and len(from_split) == 11
+    assert by_window(from_cuts) == by_window(from_split) and len(from_split) == 12
     # a cut with one supervision keeps its id; each of several is named by its supervision's
     named = {c.id if len(c.supervisions) == 1 else s.id for c in cutset for s in c.supervisions}
     fast = next(c.id for c in cutset if c.supervisions[0].id == "fast")
@@ -275,7 +283,7 @@ def test_rates_channels_formats_and_bad_audio_are_built_or_counted(tmp_path):
     dag = load_dag(dag_file(tmp_path, split_dir, source={"audio_root": str(tmp_path / "corpus")}))
     summary = run(dag, progress=False, executor=LocalExecutor(threads=1))
     rows = built(dag.out, summary.index)
-    assert set(rows) == {"long-a", "long-b", "rate", "stereo", "mp3", "opus", "pair"}
+    assert set(rows) == BUILT
     assert rows["rate"]["duration"] == pytest.approx(1.5) and rows["long-b"]["text"] == "Second of two."
     reasons = summary.index["rejects"]["by_reason"]
     assert reasons["missing_audio"] == 2  # gone.wav, and a folder where a file should be
@@ -310,15 +318,17 @@ def served(tmp_path):
     server.shutdown()
 
 
-def test_a_url_folder_is_downloaded_and_relative_audio_read_from_a_url_root(tmp_path, served):
+def test_a_url_folder_is_downloaded_and_relative_audio_read_from_a_url_root(tmp_path, served, ray_address):
+    """On Ray: downloads as Ray tasks, the audio store shipped to unit tasks that read over HTTP."""
     site, url = served
     write_both_forms(site)
     source = {"prefix": "demo", "form": "recordings", "audio_root": url}
     with pytest.raises(DagError, match="cannot be listed"):
         load_dag(dag_file(tmp_path, f"{url}split", source=source))
-    dag = load_dag(dag_file(tmp_path, f"{url}split", source=source, subsets={"train": ["train"]}))
-    summary = run(dag, progress=False, executor=LocalExecutor(threads=1))
-    assert set(built(dag.out, summary.index)) == {"long-a", "long-b", "rate", "stereo", "mp3", "opus", "pair"}
+    ray = {"units_in_flight": 2, "cpus_per_codec_worker": 2}
+    dag = load_dag(dag_file(tmp_path, f"{url}split", source=source, subsets={"train": ["train"]}, ray=ray))
+    summary = run(dag, progress=False)
+    assert set(built(dag.out, summary.index)) == BUILT
     assert (dag.out / "downloads" / "demo_supervisions_train.jsonl.gz").is_file()
     reasons = summary.index["rejects"]["by_reason"]
     # audio/noise.wav came over HTTP and is refused by its format; "audio" is a folder's listing
