@@ -52,6 +52,7 @@ def sentence(seed: int) -> str:
 
 
 def dag_file(tmp_path: Path, manifests: Path, **sections) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     dag = {
         "name": "lhotse-test",
         "source": {"kind": "lhotse", "manifests": str(manifests), **sections.pop("source", {})},
@@ -333,6 +334,14 @@ def test_a_url_folder_is_downloaded_and_relative_audio_read_from_a_url_root(tmp_
     reasons = summary.index["rejects"]["by_reason"]
     # audio/noise.wav came over HTTP and is refused by its format; "audio" is a folder's listing
     assert reasons["missing_audio"] == 1 and reasons["undecodable_audio"] == 2
+
+    (site / "csv").mkdir()  # a URL folder's manifest is judged once downloaded, before it is planned
+    (site / "csv/demo_cuts_train.jsonl.gz").write_bytes(gzip.compress(b"utt1,hello world,1.5\n"))
+    source = {"prefix": "demo", "audio_root": url}
+    bad = load_dag(dag_file(tmp_path / "csv", f"{url}csv", source=source, subsets={"train": ["train"]}, ray=ray))
+    with pytest.raises(DagError, match="not a lhotse manifest: its first line is not JSON"):
+        run(bad, progress=False)
+    assert not (bad.out / "plan" / "train.json").exists()
 
 
 def test_a_stereo_file_gives_the_supervision_s_channel():

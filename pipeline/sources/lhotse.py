@@ -25,6 +25,7 @@ from pipeline.plan.lhotse_lines import CutLines, SupervisionLines
 from pipeline.plan.manifest import GZIP_ERRORS, ManifestInput
 from pipeline.plan.recordings_table import build_table, table_path
 from pipeline.plan.subsets import manifest_sha256
+from storage.download import DownloadError
 from storage.hashing import Checksum, checksum_problems, hash_file
 from storage.settings import Problems
 
@@ -275,14 +276,17 @@ class Opened:
             self.files = {s: {k: str(urls[u]) for k, u in files.items()} for s, files in self.files.items()}
 
     def _ready(self, location: str, what: str) -> Path:
-        """The local, verified manifest file; a URL's waits for its download."""
+        """The local, verified manifest file; a URL's waits for its download. A downloaded file that
+        is not lhotse's stops the run before it is planned, as a local one stops it at load."""
+        from pipeline.dag import DagError
+
         path = Path(location)
         if self.transfers is not None:
             self.transfers.wait(path)
             if problem := not_lhotse(path, what):
-                raise ValueError(problem)
+                raise DagError(problem)
         elif (expected := self.checksums.get(path.name)) and hash_file(path, expected.algo) != expected.hexdigest:
-            raise ValueError(f"{path} does not match source.checksums ({expected}): a changed or damaged file")
+            raise DownloadError(f"{path} does not match source.checksums ({expected}): a changed or damaged file")
         return path
 
     def _sha256(self, path: Path) -> str:
