@@ -405,6 +405,10 @@ def test_parts_are_found_named_and_given_roles(tmp_path):
     dag = load_dag(dag_file(tmp_path, plain))
     assert dag.source.prefix == "" and dag.subsets.roles() == {"train": "train", "dev_clean": "dev"}
     assert kind_of(dag.source).manifest_files(dag.source, "train") == {"cuts": str(plain / "cuts_train.jsonl.gz")}
+    (tmp_path / "my-corpus.jsonl.gz").write_bytes(clean)  # one file, named as its owner likes
+    single = load_dag(dag_file(tmp_path, tmp_path / "my-corpus.jsonl.gz"))
+    assert single.subsets.roles() == {"my_corpus": "train"}
+    assert kind_of(single.source).manifest_files(single.source, "my-corpus") == {"cuts": single.source.manifests}
     with pytest.raises(DagError, match="cannot be listed: set source.prefix and list the parts"):
         load_dag(dag_file(tmp_path, "https://example.org/manifests"))
 
