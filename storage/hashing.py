@@ -48,6 +48,15 @@ class Checksum:
         return f"{self.algo}:{self.hexdigest}"
 
 
+def checksum_problems(checksums: dict[str, str] | None):
+    """(key, problem) for each entry of a `checksums:` setting that is not a checksum."""
+    for name, text in (checksums or {}).items():
+        try:
+            Checksum.parse(text)
+        except ValueError as err:
+            yield f"checksums.{name}", f"is not a checksum: {err}"
+
+
 def hash_file(path: Path, algo: str = "sha256") -> str:
     """Lower-case hex digest of a file, read in chunks (works for multi-terabyte files)."""
     try:

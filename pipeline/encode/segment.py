@@ -12,6 +12,7 @@ happens where the audio is encoded (tokens.audio), so what travels is a third th
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,13 +53,18 @@ def segment_recording(
             dtype = "int16" if f.subtype == "PCM_16" else "float32"
             samples, rate = f.read(dtype=dtype, always_2d=True), f.samplerate  # (n, channels)
     except Exception as err:  # libsndfile reports corrupt files through several error types
-        return [], [reject(c, "undecodable_audio", f"{audio_path}: {err}") for c in cuts]
+        why = re.sub(r"^Error opening <[^>]*>: ", "", str(err))  # no memory address: details stay the same
+        detail = f"{audio_path}: {audio_format(audio_path, data)} audio that libsndfile cannot decode: {why}"
+        return [], [reject(c, "undecodable_audio", detail) for c in cuts]
     del data  # the compressed bytes are not needed once decoded
 
     segments, rejects = [], []
     total = samples.shape[0]
     for cut in cuts:
-        channel = cut["channel"] if cut["channel"] < samples.shape[1] else 0
+        channel = cut["channel"]
+        if channel >= samples.shape[1]:
+            rejects.append(reject(cut, "missing_channel", f"channel {channel}; {audio_path} has {samples.shape[1]}"))
+            continue
         first = int(round(cut["start"] * rate))
         wanted = int(round((cut["start"] + cut["duration"]) * rate))
         last = min(wanted, total)
@@ -86,3 +92,31 @@ def segment_recording(
             )
         )
     return segments, rejects
+
+
+# Magic bytes of the formats a manifest may name (the file's name may not say, or may lie).
+_MAGIC = (
+    (b"fLaC", 0, "FLAC"),
+    (b"OggS", 0, "Ogg"),
+    (b"ID3", 0, "MP3"),
+    (b"ftyp", 4, "MP4/M4A"),
+    (b"\x1aE\xdf\xa3", 0, "Matroska/WebM"),
+    (b"#!AMR", 0, "AMR"),
+    (b"caff", 0, "CAF"),
+    (b"FORM", 0, "AIFF"),
+)
+
+
+def audio_format(path: str, data: bytes) -> str:
+    """What a file's bytes say it is (its name's extension when they say nothing known), so a
+    reject names the format that could not be read."""
+    if data[:4] in (b"RIFF", b"RF64") and data[8:12] == b"WAVE":
+        codec = int.from_bytes(data[20:22], "little") if len(data) >= 22 else None
+        return f"WAV (format tag {codec:#06x})" if codec not in (None, 1, 3) else "WAV"
+    for magic, offset, name in _MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            return "Ogg Opus" if name == "Ogg" and b"OpusHead" in data[:64] else name
+    if len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0:
+        return "MP3" if data[1] & 0x06 else "AAC (ADTS)"
+    ext = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
+    return f"unrecognised ({ext} by its name)" if ext else "unrecognised"

@@ -196,7 +196,7 @@ def _encode(job: UnitJob, cuts: list[dict], encode_async: EncodeAsync, timings: 
     writer = CodesWriter(target, partial(target))
     try:
         rejects, in_flight, chunk = [], deque(), []
-        for _, rec_cuts in groupby(cuts, key=lambda c: c["recording_id"]):
+        for _, rec_cuts in groupby(cuts, key=lambda c: (c["recording_id"], c["audio"])):  # one file at a time
             started = time.perf_counter()
             segments, dropped = segment_recording(
                 list(rec_cuts), job.audio_store.read_bytes, job.min_duration, job.max_duration

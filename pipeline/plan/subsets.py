@@ -499,7 +499,8 @@ def read_unit_cuts(out: Path, unit: UnitPlan) -> list[dict]:
     """A unit's cuts ordered by recording, then start, then id (independent of manifest order)."""
     with unit.path(out).open() as lines:
         cuts = [json.loads(line) for line in lines]
-    return sorted(cuts, key=lambda c: (c["recording_id"], c["start"], c["id"]))
+    # By file within a recording: a recording of one file per channel (lhotse) reads each file once.
+    return sorted(cuts, key=lambda c: (c["recording_id"], c["audio"], c["start"], c["id"]))
 
 
 def _pack_units(seconds_by_recording: dict[str, float], subset: str, unit_hours: float) -> dict[str, str]:

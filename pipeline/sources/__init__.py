@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from pipeline.plan.manifest import ManifestInput
-from pipeline.sources import emilia, libriheavy
+from pipeline.sources import emilia, lhotse, libriheavy
 
-KINDS = {module.KIND: module for module in (libriheavy, emilia)}
+KINDS = {module.KIND: module for module in (libriheavy, lhotse, emilia)}
 DEFAULT_KIND = libriheavy.KIND
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 from pipeline.fetch.sources import Sources
 from pipeline.plan.manifest import LibriheavyLines, ManifestInput
 from pipeline.plan.subsets import manifest_sha256
-from storage.hashing import Checksum
+from storage.hashing import checksum_problems
 from storage.settings import Problems
 from tokens.text import TEXT_FIELDS
 
@@ -46,11 +46,7 @@ class Config:
     def problems(self) -> Problems:
         if not self.manifest_base_url:
             yield "manifest_base_url", "is required"
-        for name, text in (self.checksums or {}).items():
-            try:
-                Checksum.parse(text)
-            except ValueError as err:
-                yield f"checksums.{name}", f"is not a checksum: {err}"
+        yield from checksum_problems(self.checksums)
 
 
 def text_field_problem(name: str) -> str | None:
