@@ -203,6 +203,7 @@ def load_dag(
     try:
         for item in overrides:
             settings.apply_override(raw, item, DagError)
+        _locations_from_here(raw, overrides)
         if out is not None:
             raw.setdefault("output", {})["dir"] = out
         if ray_address is not None:
@@ -224,6 +225,36 @@ def load_dag(
     except DagError as err:
         raise DagError(f"{path}: {err}") from None
     return dag
+
+
+# Locations a DAG file may hold: relative ones are read from the DAG file's folder, except when
+# given with --set, where they are typed from the working directory and read from there.
+_LOCATION_KEYS = {
+    "source.manifests",
+    "source.audio_root",
+    "source.audio_dir",
+    "source.manifest_base_url",
+    "source.audio_base_url",
+    "source.base_url",
+    "codec.weights",
+    "text.bpe.model",
+}
+
+
+def _locations_from_here(raw: dict, overrides: list[str]) -> None:
+    """Make the relative paths given with --set for location keys absolute, from the cwd."""
+    for item in overrides:
+        key = item.partition("=")[0]
+        if key not in _LOCATION_KEYS:
+            continue
+        *sections, name = key.split(".")
+        node = raw
+        for section in sections:  # apply_override made every section on the way a mapping
+            node = node[section]
+        value = node.get(name)
+        relative = isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute()
+        if relative and not (key == "codec.weights" and value in WEIGHT_KINDS):
+            node[name] = str(Path.cwd() / value)
 
 
 def _build_source(raw) -> object:

@@ -150,3 +150,18 @@ def test_a_given_bpe_model_must_reserve_our_ids(tmp_path, tiny_corpus):
     path = write_dag(tmp_path / "d.yaml", tiny_corpus)
     with pytest.raises(DagError, match=r"reserves pad/unk/bos/eos as \(-1, 0, 1, 2\), not \(0, 1, 2, 3\)"):
         load_dag(path, [f"text.bpe.model={tmp_path / 'theirs.model'}"])
+
+
+def test_locations_given_with_set_are_read_from_the_working_directory(tmp_path, tiny_corpus, monkeypatch):
+    from pipeline.dag import load_dag as load
+
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here/my.model").write_bytes((REPO / "sample/SHA256SUMS").read_bytes())  # not a model
+    (tmp_path / "dags").mkdir()
+    path = write_dag(tmp_path / "dags/d.yaml", tiny_corpus)
+    monkeypatch.chdir(tmp_path / "here")
+    with pytest.raises(DagError, match=rf"{tmp_path}/here/my.model is not a SentencePiece model"):
+        load(path, ["text.bpe.model=my.model"])  # from here, not from the DAG's folder
+    dag = load(path, ["source.audio_dir=extracted", "codec.weights=random"])
+    assert dag.source.audio_dir == str(tmp_path / "here/extracted") and dag.codec.weights == "random"
+    assert load(path, ["source.manifest_base_url=../m"]).source.manifest_base_url == (tmp_path / "m").as_uri() + "/"

@@ -155,8 +155,8 @@ def settle(dag: Dag, dag_dir: Path) -> None:
         found = listing(path)
     else:
         raise DagError(
-            f"source.manifests: {path} does not exist (a relative path is read from the DAG file's folder: "
-            "give an absolute one)"
+            f"source.manifests: {path} does not exist (a relative path given with --set is read from the "
+            "working directory; one written in the DAG file, from the DAG file's folder)"
         )
     if not found:
         raise DagError(f"source.manifests: no lhotse manifests (<prefix>_cuts_<part>.jsonl.gz, ...) in {path}")
