@@ -16,7 +16,7 @@ members pair by their WebDataset key (the name up to the first dot of its base n
 rejects, never a crash: a json that is not JSON or lacks a key (bad_manifest_line), a json
 without its mp3 (missing_audio), an mp3 without its json (missing_json), a DNSMOS below
 `filter.min_dnsmos` (low_dnsmos); the unit stage adds too_short / too_long (segment:), empty_text.
-See docs/source-emilia.md.
+See docs/sources.md (Emilia).
 """
 
 from __future__ import annotations
