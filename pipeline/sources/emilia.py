@@ -40,7 +40,7 @@ from pipeline.plan.manifest import BadLine, ManifestInput
 from pipeline.plan.subsets import manifest_sha256
 from storage.download import marker_path, read_marker
 from storage.files import replacing, write_json_atomic
-from storage.hashing import Checksum
+from storage.hashing import Checksum, checksum_problems
 from storage.http import BearerToken
 from storage.settings import Problems
 
@@ -79,11 +79,7 @@ class Config:
             yield "base_url", "is required (or audio_dir)"
         if not isinstance(self.archives, dict) or not self.archives:
             yield "archives", "must map each subset to its tar names, e.g. {train: ['EN-B{000000..000009}.tar']}"
-        for name, text in (self.checksums or {}).items():
-            try:
-                Checksum.parse(text)
-            except ValueError as err:
-                yield f"checksums.{name}", f"is not a checksum: {err}"
+        yield from checksum_problems(self.checksums)
 
     def tars(self, subset: str) -> list[str]:
         return [name for pattern in self.archives.get(subset, []) for name in braceexpand(pattern)]
