@@ -93,7 +93,11 @@ def build_from_corpus(dag, subset: str, dest: Path, selection: Selection, progre
     # Pass 1: who is there (ids, speakers, where), no codes kept; pass 2: the chosen ones only.
     found: list[tuple[str, str, int, int]] = []  # (id, speaker, shard, position)
     for n, shard in enumerate(tqdm(shards, desc=f"reading {subset}", unit="shard", disable=not progress)):
-        found += [(m["id"], m["speaker"], n, pos) for pos, m, _ in read_shard(shard) if selection.fits(m["duration"])]
+        found += [
+            (m["id"], m["speaker"], n, pos)
+            for pos, m, _ in read_shard(shard, all_metadata=True)
+            if selection.fits(m["duration"])
+        ]
     keep = selection.choose([(cut_id, speaker) for cut_id, speaker, _, _ in found])
     kind = kind_of(dag.source)
     try:
@@ -115,7 +119,7 @@ def build_from_corpus(dag, subset: str, dest: Path, selection: Selection, progre
     fallbacks = 0  # utterances scored against their text: the kind's reference is missing
     with tqdm(total=len(keep), desc="ground truth", unit="utt", disable=not progress) as bar:
         for n, positions in sorted(wanted.items()):
-            for _, meta, codes in read_shard(shards[n], np.array(sorted(positions))):
+            for _, meta, codes in read_shard(shards[n], np.array(sorted(positions)), all_metadata=True):
                 bar.update()
                 cut = cuts.get(meta["id"])
                 if cut is None:  # the manifest changed since the run: where its audio is is unknown
