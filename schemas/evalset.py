@@ -6,9 +6,10 @@ and read by `valle-eval` and the training-time evaluation. A folder:
     evalset.json      written last (it marks a finished set): {"schema": "valle-corpus/evalset.v1",
                       "name", "source" (where the utterances came from; for a corpus's subset,
                       whether training saw them: pipeline.evalsets.held_out; its optional "reference":
-                      {"field": what the references are, e.g. "asr transcript (texts[1])" or
-                      "LibriSpeech transcript", "fallbacks": how many utterances lacked it and
-                      hold their text instead}; a set without it holds its text), "selection" (the
+                      {"field": what the references are, e.g. "asr transcript (texts[1])",
+                      "LibriSpeech transcript" or "text" (the utterance's text: a lhotse or
+                      Emilia corpus's), "fallbacks": how many utterances lacked it and hold
+                      their text instead}; a set without it holds its text), "selection" (the
                       rules that chose them), "provenance" (codec, BPE and text settings, as
                       index.json's: the codes and tokens mean what the corpus's mean), "utterances",
                       "speakers"}

@@ -66,19 +66,24 @@ def index_shards(location: str, index: dict, fmt: str = "auto", error: type[Exce
     ]
 
 
-def read_shard(shard: Shard, wanted: np.ndarray | None = None) -> Iterator[tuple[int, dict, np.ndarray]]:
+def read_shard(
+    shard: Shard, wanted: np.ndarray | None = None, *, all_metadata: bool = False
+) -> Iterator[tuple[int, dict, np.ndarray]]:
     """Yield (position, metadata, codes (K, T) uint16) for the positions in `wanted` (sorted; all
     when None), in shard order. Unwanted samples are skipped without decoding, and reading stops
-    after the last wanted one."""
+    after the last wanted one. Parquet's metadata is id, speaker and text_tokens (what a trainer
+    reads) unless `all_metadata`; the other formats' is always all of it."""
     positions = iter(range(shard.samples)) if wanted is None else iter(wanted.tolist())
-    for meta, codes in _samples(shard, wanted):  # the readers yield the wanted samples in order
+    for meta, codes in _samples(
+        shard, wanted, None if all_metadata else ["id", "speaker", "text_tokens"]
+    ):  # the readers yield the wanted samples in order
         position = next(positions, None)
         if position is None:
             raise SchemaError(f"{shard.uri}: holds more than the {shard.samples} samples the index says")
         yield position, meta, codes
 
 
-def _samples(shard: Shard, wanted: np.ndarray | None) -> Iterator[tuple[dict, np.ndarray]]:
+def _samples(shard: Shard, wanted: np.ndarray | None, columns: list[str] | None) -> Iterator[tuple[dict, np.ndarray]]:
     if shard.format == "webdataset":
         with open_stream(shard.uri) as stream:
             yield from webdataset.read(stream, wanted, where=shard.uri)
@@ -89,6 +94,4 @@ def _samples(shard: Shard, wanted: np.ndarray | None) -> Iterator[tuple[dict, np
             yield from lhotse_shar.read_shard(cuts, codes, wanted)
     else:
         with open_random_access(shard.uri) as source:
-            yield from parquet.read(
-                parquet.open_file(source), wanted, columns=["id", "speaker", "text_tokens"], where=shard.uri
-            )
+            yield from parquet.read(parquet.open_file(source), wanted, columns=columns, where=shard.uri)

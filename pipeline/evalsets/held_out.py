@@ -11,6 +11,8 @@ A corpus written before lengths.parquet had a speaker column gives no "training_
 
 from __future__ import annotations
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.evalset import TRAINED_ON
@@ -35,16 +37,18 @@ def held_out_fields(out: str, index: dict, subset: str, speakers: set[str]) -> d
 
 
 def training_speakers(out: str, index: dict) -> set[str] | None:
-    """Every speaker of the corpus's training subsets; None when lengths.parquet has no speakers."""
+    """Every speaker of the corpus's training subsets; None when lengths.parquet has no speakers.
+    Arrow does the work a row group at a time (each the speaker lists of 64 shards): the training
+    shards' rows, their speakers flattened and made unique; only distinct names reach Python."""
     train = {s for s, meta in index["subsets"].items() if meta["role"] == "train"}
-    shards = {s["id"] for s in index["shards"] if s["subset"] in train}
+    shards = pa.array(sorted(s["id"] for s in index["shards"] if s["subset"] in train), pa.string())
     found: set[str] = set()
     with open_random_access(join(out, index["lengths"]["path"])) as source:
         lengths = pq.ParquetFile(source)
         if "speaker" not in lengths.schema_arrow.names:
             return None
-        for batch in lengths.iter_batches(batch_size=64, columns=["shard", "speaker"]):
-            for shard, names in zip(batch.column("shard").to_pylist(), batch.column("speaker").to_pylist()):
-                if shard in shards:
-                    found.update(names)
+        for group in range(lengths.num_row_groups):
+            table = lengths.read_row_group(group, columns=["shard", "speaker"])
+            speakers = table.filter(pc.is_in(table["shard"], value_set=shards))["speaker"]
+            found.update(pc.unique(pc.list_flatten(speakers)).to_pylist())
     return found

@@ -127,6 +127,16 @@ def index_tar(tar_path: Path) -> Path:
     return out
 
 
+def indexed_tars(tars: Sequence[Path]) -> list[Path]:
+    """`tars`, each indexed (`index_tar`), once every one is there; else FileNotFoundError naming
+    those that are not."""
+    if missing := [str(t) for t in tars if not Path(t).is_file()]:
+        raise FileNotFoundError(f"the audio tars {missing} are not there")
+    for tar in tars:
+        index_tar(tar)
+    return list(tars)
+
+
 # Per-process caches shared by all stores: key -> {name: (tar_index, offset, size)} etc.
 _LOCK = threading.Lock()
 _LOCATIONS: dict[tuple[str, ...], dict[str, tuple[int, int, int]]] = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.fetch.audio_store import DirAudioStore, TarAudioStore, index_tar
-from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers
+from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers, download_folder
 from storage.hashing import Checksum
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class Sources:
     def __init__(self, dag: Dag, out: Path, progress: bool, pool):
         src, dl = dag.source, dag.download
         self.audio_dir = src.audio_dir
-        folder = Path(src.download_dir).absolute() if src.download_dir else out / "downloads"
+        folder = download_folder(src, out)
         if src.checksums is None:
             log.warning("source.checksums is null: downloads are NOT verified")
         checksums = {name: Checksum.parse(text) for name, text in (src.checksums or {}).items()}

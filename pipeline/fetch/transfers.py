@@ -61,6 +61,11 @@ log = logging.getLogger(__name__)
 GUARD_EVERY_S = 5.0  # how often a transfer task reads its file's lock record
 
 
+def download_folder(config, out: Path) -> Path:
+    """Where a source's downloads go: its `download_dir`, else OUT/downloads."""
+    return Path(config.download_dir).absolute() if config.download_dir else Path(out) / "downloads"
+
+
 @dataclass(frozen=True)
 class DownloadSettings:
     connections: int = 8  # per host, over all files

@@ -10,7 +10,12 @@ resume, lock, rejects, formats, index, inspection) is shared:
 - `open_source(dag, out, progress, pool)`: the run's `Opened` source: each subset's manifest as a
   `ManifestInput` (a file of JSON lines and the parser of its lines into compact cuts), the audio
   store the units read from, and the provenance recorded in index.json;
-- `plan_settings(config)`: what the plan depends on besides the unit size (OUT/corpus.json).
+- `plan_settings(config)`: what the plan depends on besides the unit size (OUT/corpus.json);
+- for evaluation sets made from a finished run (pipeline.evalsets.from_corpus), nothing fetched:
+  `run_manifest(dag, subset)` (the subset's `ManifestInput` as the run read it: its cuts' audio)
+  and `run_audio_store(dag, subset)` (the store the run read that audio from; FileNotFoundError
+  when the run left none), and `REFERENCE`: what WER is scored against, None for the corpus's
+  own text, else its name in evalset.json with `reference(cut)` giving it (None: the text).
 Adding a kind: one module and a line in `KINDS`. See docs/sources.md.
 """
 

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, ClassVar
 import msgspec
 from braceexpand import braceexpand
 
-from pipeline.fetch.audio_store import NamedTarStore, index_tar
-from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers
+from pipeline.fetch.audio_store import NamedTarStore, index_tar, indexed_tars
+from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers, download_folder
 from pipeline.plan.manifest import BadLine, ManifestInput
 from pipeline.plan.subsets import manifest_sha256
 from storage.download import marker_path, read_marker
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 KIND = "emilia"
 DEFAULT_TEXT_FIELD = "text"
+REFERENCE = None  # an evaluation set's WER is scored against the corpus's own text (the json's)
 HAS_DNSMOS = True  # filter.min_dnsmos applies (pipeline.dag)
 BASE_URL = "https://huggingface.co/datasets/amphion/Emilia-Dataset/resolve/main/Emilia/EN/"
 TERMS = (
@@ -283,7 +284,6 @@ class Opened:
 
         src, dl = dag.source, dag.download
         self.pool, self.transfers, self.lines = pool, None, EmiliaLines(dag.filter.min_dnsmos)
-        self.folder = out / "emilia"
         priority = {"test": 0, "dev": 1, "train": 2}  # evaluation subsets plan first (pipeline.plan.subsets)
         roles = sorted(dag.subsets.roles().items(), key=lambda item: priority[item[1]])
         names = {subset: src.archives[subset] for subset, _ in roles}
@@ -295,12 +295,12 @@ class Opened:
                     f"source.audio_dir {src.audio_dir} lacks {len(missing)} tar(s) source.archives lists: "
                     f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
                 )
-            folder = self.folder / "tars"
+            folder = tar_folder(dag, out)
             folder.mkdir(parents=True, exist_ok=True)
             for name in (n for ns in names.values() for n in ns):
                 _link(folder / name, Path(src.audio_dir) / name)
         else:
-            folder = Path(src.download_dir).absolute() if src.download_dir else out / "downloads"
+            folder = tar_folder(dag, out)
             checksums = {name: Checksum.parse(text) for name, text in (src.checksums or {}).items()}
             auth = BearerToken(src.token_env, TERMS) if src.token_env else None
             jobs = [
@@ -313,7 +313,7 @@ class Opened:
             )
             self.transfers = Transfers(jobs, settings, pool, progress)
         self.tars = {subset: [folder / n for n in ns] for subset, ns in names.items()}
-        self.paths = {subset: self.folder / f"emilia_{subset}.jsonl" for subset in dag.subsets.roles()}
+        self.paths = {subset: manifest_path(out, subset) for subset in dag.subsets.roles()}
 
     def _wait(self, tar: Path) -> Path:
         return self.transfers.wait(tar) if self.transfers is not None else tar
@@ -349,6 +349,28 @@ class Opened:
 
 def open_source(dag: Dag, out: Path, progress: bool, pool) -> Opened:
     return Opened(dag, out, progress, pool)
+
+
+def manifest_path(out: Path, subset: str) -> Path:
+    return out / "emilia" / f"emilia_{subset}.jsonl"
+
+
+def tar_folder(dag: Dag, out: Path) -> Path:
+    """Where the run reads the tars: linked from audio_dir under OUT (their indexes go beside
+    them), or downloaded."""
+    return out / "emilia" / "tars" if dag.source.audio_dir else download_folder(dag.source, out)
+
+
+# ---- what an evaluation set reads of a finished run (pipeline.evalsets.from_corpus) ------------
+
+
+def run_manifest(dag: Dag, subset: str) -> ManifestInput:
+    return ManifestInput(manifest_path(dag.out, subset), EmiliaLines(dag.filter.min_dnsmos))
+
+
+def run_audio_store(dag: Dag, subset: str) -> NamedTarStore:
+    """The subset's tars, as the run left them (nothing downloaded)."""
+    return NamedTarStore(indexed_tars([tar_folder(dag, dag.out) / name for name in dag.source.archives[subset]]))
 
 
 def _link(link: Path, target: Path) -> None:

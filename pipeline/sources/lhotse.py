@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from pipeline.fetch.path_audio import PathAudioStore
-from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers
+from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers, download_folder
 from pipeline.plan.lhotse_lines import CutLines, SupervisionLines
 from pipeline.plan.manifest import GZIP_ERRORS, ManifestInput
 from pipeline.plan.recordings_table import build_table, table_path
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 KIND = "lhotse"
 DEFAULT_TEXT_FIELD = "text"
+REFERENCE = None  # an evaluation set's WER is scored against the corpus's own text
 FORMS = ("cuts", "recordings")
 # lhotse's file names: <prefix>_<what>_<part>.jsonl.gz, or <what>_<part>... without a prefix.
 _FILE = re.compile(r"^(?:(?P<prefix>.+?)_)??(?P<what>cuts|recordings|supervisions)_(?P<part>.+?)\.jsonl(?:\.gz)?$")
@@ -266,7 +267,7 @@ class Opened:
         self.digests: dict[str, str] = {}
         self.transfers = None
         if src.remote:
-            folder = Path(src.download_dir).absolute() if src.download_dir else out / "downloads"
+            folder = download_folder(src, out)
             urls = {url: folder / url.rsplit("/", 1)[-1] for files in self.files.values() for url in files.values()}
             jobs = [FileJob(url, dest, self.checksums.get(dest.name)) for url, dest in urls.items()]
             settings = DownloadSettings(
@@ -295,14 +296,7 @@ class Opened:
         return self.digests[str(path)]
 
     def manifest(self, subset: str) -> ManifestInput:
-        files = self.files[subset]
-        if "cuts" in files:
-            return ManifestInput(self._ready(files["cuts"], "cuts"), CutLines(self.src.audio_root))
-        recordings = self._ready(files["recordings"], "recordings")
-        supervisions = self._ready(files["supervisions"], "supervisions")
-        digest = self._sha256(recordings)
-        table = build_table(recordings, table_path(self.out / "plan" / "lhotse", digest))
-        return ManifestInput(supervisions, SupervisionLines(str(table), digest, self.src.audio_root))
+        return manifest_input(self.files[subset], self.src, self.out, self._ready, self._sha256)
 
     def manifests(self) -> Mapping[str, ManifestInput]:
         return _Lazy(self)
@@ -328,6 +322,33 @@ class Opened:
 
 def open_source(dag: Dag, out: Path, progress: bool, pool) -> Opened:
     return Opened(dag, out, progress, pool)
+
+
+def manifest_input(files: dict[str, str], src: Config, out: Path, ready, sha256) -> ManifestInput:
+    """A part's manifest as the planner reads it; `ready(location, what)` is the local file."""
+    if "cuts" in files:
+        return ManifestInput(ready(files["cuts"], "cuts"), CutLines(src.audio_root))
+    recordings = ready(files["recordings"], "recordings")
+    supervisions = ready(files["supervisions"], "supervisions")
+    digest = sha256(recordings)
+    table = build_table(recordings, table_path(out / "plan" / "lhotse", digest))
+    return ManifestInput(supervisions, SupervisionLines(str(table), digest, src.audio_root))
+
+
+# ---- what an evaluation set reads of a finished run (pipeline.evalsets.from_corpus) ------------
+
+
+def run_manifest(dag: Dag, subset: str) -> ManifestInput:
+    """The part's manifest where the run read it (a URL folder's: its download), nothing fetched."""
+    src = dag.source
+    files = manifest_files(src, src.parts[subset])
+    if src.remote:
+        files = {what: str(download_folder(src, dag.out) / url.rsplit("/", 1)[-1]) for what, url in files.items()}
+    return manifest_input(files, src, dag.out, lambda location, what: Path(location), manifest_sha256)
+
+
+def run_audio_store(dag: Dag, subset: str) -> PathAudioStore:
+    return PathAudioStore(dag.source.audio_root)
 
 
 class _Lazy(Mapping):

@@ -12,18 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from pipeline.fetch.audio_store import DirAudioStore, TarAudioStore, indexed_tars
 from pipeline.fetch.sources import Sources
+from pipeline.fetch.transfers import download_folder
 from pipeline.plan.manifest import LibriheavyLines, ManifestInput
 from pipeline.plan.subsets import manifest_sha256
 from storage.hashing import checksum_problems
 from storage.settings import Problems
-from tokens.text import TEXT_FIELDS
+from tokens.text import TEXT_FIELDS, has_words, select_text
 
 if TYPE_CHECKING:
     from pipeline.dag import Dag
 
 KIND = "libriheavy"
 DEFAULT_TEXT_FIELD = "book"
+REFERENCE = "asr transcript (texts[1])"  # what an evaluation set's WER is scored against
 
 
 @dataclass
@@ -108,6 +111,30 @@ class Opened(Sources):
 
 def open_source(dag: Dag, out: Path, progress: bool, pool) -> Opened:
     return Opened(dag, out, progress, pool)
+
+
+# ---- what an evaluation set reads of a finished run (pipeline.evalsets.from_corpus) ------------
+
+
+def run_manifest(dag: Dag, subset: str) -> ManifestInput:
+    src = dag.source
+    return ManifestInput(download_folder(src, dag.out) / src.manifest_name(subset), LibriheavyLines(src.source_prefix))
+
+
+def run_audio_store(dag: Dag, subset: str):
+    """The extracted tree, or the downloaded (verified) tars, all of them: a subset's recordings
+    may lie in any."""
+    src = dag.source
+    if src.audio_dir:
+        return DirAudioStore(Path(src.audio_dir))
+    return TarAudioStore(indexed_tars([download_folder(src, dag.out) / name for name in src.audio_archives]))
+
+
+def reference(cut: dict) -> str | None:
+    """The cut's ASR transcript (custom.texts[1], normalized as the corpus's text is), or None
+    when it has none with a word in it."""
+    text = select_text(cut["texts"], "asr")
+    return text if has_words(text) else None
 
 
 class _Parsed(Mapping):
