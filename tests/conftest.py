@@ -137,3 +137,16 @@ def trained(built_corpus, tmp_path_factory):
     prompt = root / "prompt.wav"
     sf.write(prompt, np.stack([tone, 0.5 * tone], axis=1).astype(np.float32), 16000)
     return corpus, paths[0], paths[1], prompt
+
+
+@pytest.fixture(scope="session")
+def lhotse_sample(tmp_path_factory):
+    """The bundled lhotse sample (sample/lhotse/) built by dags/sample-lhotse.yaml as shipped, but
+    for a random-init codec and an output folder here: (dag, run summary), read-only."""
+    from pipeline.dag import load_dag
+    from pipeline.executors.local import LocalExecutor
+    from pipeline.runner import run
+
+    out = tmp_path_factory.mktemp("sample-lhotse") / "out"
+    dag = load_dag(REPO / "dags/sample-lhotse.yaml", ["codec.weights=random"], out=str(out))
+    return dag, run(dag, progress=False, executor=LocalExecutor(threads=2))
