@@ -99,20 +99,8 @@ def lhotse_corpus(lhotse_sample):
 
 
 @pytest.fixture(scope="module")
-def emilia_corpus(tmp_path_factory):
-    """The Emilia look-alike (sample/emilia.py: one utterance per "recording", ids like
-    EN_B00000_S00001_W000000) built from a folder of its tars."""
-    from pipeline.dag import load_dag
-    from pipeline.executors.local import LocalExecutor
-    from pipeline.runner import run
-    from sample.emilia import write_emilia
-    from tests.test_source_emilia import emilia_dag
-
-    folder = tmp_path_factory.mktemp("emilia-listen")
-    lookalike = write_emilia(folder / "site", tars=3)
-    dag = load_dag(emilia_dag(folder, {"audio_dir": str(lookalike.folder)}))
-    run(dag, progress=False, executor=LocalExecutor(threads=2))
-    return dag.out, lookalike
+def emilia_corpus(emilia_sample):
+    return emilia_sample
 
 
 @pytest.mark.parametrize(
