@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("listen", help="decode one sample's codes to a 24 kHz wav")
     p.add_argument("out", help="the corpus: a folder, or an http(s):// or s3:// location")
-    p.add_argument("cut_id", help="the Libriheavy cut id (the sample's id)")
+    p.add_argument("cut_id", help="the sample's id (its cut or supervision id in the source's manifest)")
     p.add_argument("--out", dest="wav", required=True, help="the wav file to write")
     p.add_argument(
         "--codec-weights",

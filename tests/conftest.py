@@ -137,3 +137,33 @@ def trained(built_corpus, tmp_path_factory):
     prompt = root / "prompt.wav"
     sf.write(prompt, np.stack([tone, 0.5 * tone], axis=1).astype(np.float32), 16000)
     return corpus, paths[0], paths[1], prompt
+
+
+@pytest.fixture(scope="session")
+def lhotse_sample(tmp_path_factory):
+    """The bundled lhotse sample (sample/lhotse/) built by dags/sample-lhotse.yaml as shipped, but
+    for a random-init codec and an output folder here: (dag, run summary), read-only."""
+    from pipeline.dag import load_dag
+    from pipeline.executors.local import LocalExecutor
+    from pipeline.runner import run
+
+    out = tmp_path_factory.mktemp("sample-lhotse") / "out"
+    dag = load_dag(REPO / "dags/sample-lhotse.yaml", ["codec.weights=random"], out=str(out))
+    return dag, run(dag, progress=False, executor=LocalExecutor(threads=2))
+
+
+@pytest.fixture(scope="session")
+def emilia_sample(tmp_path_factory):
+    """The Emilia look-alike (sample/emilia.py: 3 tars, one utterance per "recording", ids like
+    EN_B00000_S00001_W000000, 4 defects) built from a folder of its tars: (out, its files)."""
+    from pipeline.dag import load_dag
+    from pipeline.executors.local import LocalExecutor
+    from pipeline.runner import run
+    from sample.emilia import write_emilia
+    from tests.test_source_emilia import emilia_dag
+
+    folder = tmp_path_factory.mktemp("emilia-sample")
+    lookalike = write_emilia(folder / "site", tars=3)
+    dag = load_dag(emilia_dag(folder, {"audio_dir": str(lookalike.folder)}))
+    run(dag, progress=False, executor=LocalExecutor(threads=2))
+    return dag.out, lookalike

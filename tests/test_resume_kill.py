@@ -1,7 +1,8 @@
 """`valle-prep run` killed with SIGKILL (the whole process group, as on machine loss) at several
 points, then re-run with the same command, ends with the same index, shards, rejects and BPE
-model, byte for byte, as an uninterrupted run. The runs join the session's Ray cluster by
-address (`--ray-address`), which is also how a user joins a real cluster."""
+model, byte for byte, as an uninterrupted run: on the tiny Libriheavy corpus and on the bundled
+lhotse sample (dags/sample-lhotse.yaml). The runs join the session's Ray cluster by address
+(`--ray-address`), which is also how a user joins a real cluster."""
 
 from __future__ import annotations
 
@@ -16,24 +17,34 @@ from pathlib import Path
 import pytest
 
 from pipeline.inspect.verify import verify
-from tests.conftest import write_dag
+from tests.conftest import REPO, write_dag
 
 pytestmark = pytest.mark.slow
 
 
-def command(dag: Path, out: Path, ray_address: str) -> list[str]:
+def command(dag: Path | list[str], out: Path, ray_address: str) -> list[str]:
+    """`valle-prep run` of `dag` (a DAG file, or one and its `--set` arguments) into `out`."""
     return [
         sys.executable,
         "-m",
         "pipeline.cli",
         "run",
-        str(dag),
+        *([str(dag)] if isinstance(dag, Path) else dag),
         "--out",
         str(out),
         "--ray-address",
         ray_address,
         "--no-progress",
     ]
+
+
+# The shipped lhotse sample's DAG, with a random-init codec and the Ray sizes write_dag gives the
+# tiny corpus (the session's cluster has 3 CPUs).
+LHOTSE_SAMPLE = [
+    str(REPO / "dags/sample-lhotse.yaml"),
+    *("--set", "codec.weights=random"),
+    *("--set", "ray.units_in_flight=2", "--set", "ray.cpus_per_codec_worker=2"),
+]
 
 
 def outputs(out: Path) -> dict[str, bytes]:
@@ -72,19 +83,32 @@ def kill_when(cmd: list[str], ready, timeout: float = 120) -> bool:
     return alive
 
 
-def test_sigkill_then_rerun_gives_identical_output(tmp_path, tiny_corpus, ray_address):
-    dag = write_dag(tmp_path / "tiny.yaml", tiny_corpus)
-    clean = tmp_path / "clean"
-    subprocess.run(command(dag, clean, ray_address), check=True, capture_output=True)
+@pytest.mark.parametrize(
+    "corpus, kill_at",
+    [
+        ("libriheavy", ["planning", "first unit committed", "half the units committed"]),
+        ("lhotse", ["planning", "half the units committed"]),  # planning: the recordings + supervisions join
+    ],
+    ids=["libriheavy", "lhotse"],
+)
+def test_sigkill_then_rerun_gives_identical_output(tmp_path, request, ray_address, corpus, kill_at):
+    if corpus == "libriheavy":
+        dag = write_dag(tmp_path / "tiny.yaml", request.getfixturevalue("tiny_corpus"))
+        clean = tmp_path / "clean"
+        subprocess.run(command(dag, clean, ray_address), check=True, capture_output=True)
+    else:  # the uninterrupted run is the one built in process: the CLI on Ray must give the same bytes
+        dag, clean = LHOTSE_SAMPLE, request.getfixturevalue("lhotse_sample")[0].out
     expected = outputs(clean)
     units = len(list((clean / "ledger").glob("*.json")))
     assert units >= 4 and verify(clean) == []
+    assert json.loads(expected["index.json"])["rejects"]["by_reason"]["missing_audio"] == 1  # both have one
 
     points = {
         "planning": lambda out: (out / "plan").exists(),
         "first unit committed": lambda out: committed_units(out) >= 1,
         "half the units committed": lambda out: committed_units(out) >= units // 2,
     }
+    points = {name: points[name] for name in kill_at}
     for name, ready in points.items():
         out = tmp_path / name.replace(" ", "-")
         assert kill_when(command(dag, out, ray_address), lambda: ready(out)), (

@@ -48,6 +48,28 @@ def test_cli_verify_and_status_on_a_good_corpus(corpus, capsys):
     assert "complete" in capsys.readouterr().out
 
 
+def test_an_emilia_corpus_verifies_shows_its_status_and_reports(emilia_sample, tmp_path, capsys):
+    """verify, status and report read a corpus of another source kind as any other; an Emilia
+    recording is one utterance, no LibriLight chapter, so the report counts no books."""
+    from tests.test_source_emilia import DEFECT_REJECTS
+
+    out, lookalike = emilia_sample
+    assert main(["verify", str(out)]) == 0
+    assert capsys.readouterr().out.strip().endswith("OK")
+    assert main(["status", str(out), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["complete"] and set(status["subsets"]) == {"train", "dev"}
+    assert all(r["codes_done"] == r["shards_done"] == r["units"] for r in status["subsets"].values())
+    assert status["rejects"] == DEFECT_REJECTS
+    assert main(["report", str(out), "--to", str(tmp_path / "report"), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "report/report.json").read_text())
+    speakers = {t.meta["speaker"] for t in lookalike.kept().values() if t.tar != "EN-B000002.tar"}
+    assert report["speakers"]["per_subset"]["train"] == {"speakers": len(speakers), "books": None}
+    assert report["speakers"]["leakage"]["dev"] == {"speakers": [], "books": None}
+    assert " books" not in capsys.readouterr().out  # the summary counts speakers only
+    assert "LibriLight book folder" not in (tmp_path / "report/index.html").read_text()
+
+
 def test_flipped_byte_in_a_tar_is_named(copy, capsys):
     shard = first_shard(copy, "webdataset")
     path = copy / shard["path"]

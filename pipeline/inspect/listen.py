@@ -5,10 +5,16 @@ storage.remote), a cut id, a wav path. Out: a 16-bit mono 24 kHz wav of the samp
 codes decoded by EnCodec with the weights the corpus was encoded with (its provenance names
 them; their hash must match), frames x 320 samples long.
 
-The sample is found without scanning the corpus: Libriheavy cut ids are `<recording id>_<n>`,
-and lengths.parquet lists every shard's recordings, so only the shards holding the cut's
-recording are opened, and in them only that recording's samples are decoded (through the
-formats' readers, schemas.reading.read_shard).
+The sample is usually found without scanning the corpus: lengths.parquet lists every shard's
+recordings, and a sample id is its recording's id (LibriTTS, Emilia: one utterance per
+recording) or starts with it (Libriheavy's `<recording id>_<n>`, most lhotse recipes' segment
+ids), so only the shards holding a recording whose id is the sample id or a prefix of it ending
+before a non-alphanumeric character are opened, and in them only that recording's samples are
+decoded (through the formats' readers, schemas.reading.read_shard). An id unrelated to its
+recording's (a lhotse supervision named otherwise in a multi-supervision recording) is looked
+for among the rejects, then in the shards' ids, one shard at a time: the Parquet shards' id
+column when the corpus has Parquet, else the samples' metadata. Sources whose ids always start
+with their recording's (Libriheavy, Emilia) are never scanned: an id not found is not there.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from storage.remote import join, open_random_access, open_text
 from tokens.audio import write_wav
 from tokens.constants import SAMPLE_RATE
 
+# Source kinds (index.json's provenance.source.kind) whose sample ids start with their recording's.
+IDS_START_WITH_RECORDING = ("libriheavy", "emilia")
+
 
 class ListenError(ValueError):
     """The sample cannot be decoded as asked; the message says why and what to do."""
@@ -39,6 +48,12 @@ def find_sample(out, cut_id: str) -> tuple[dict, np.ndarray]:
         return _find(out, index, pq.ParquetFile(source), cut_id)
 
 
+def recording_candidates(cut_id: str) -> list[str]:
+    """The recording ids a sample id may belong to: itself, and every prefix of it that ends
+    before a non-alphanumeric character (`a_1/b-2` -> `a`, `a_1`, `a_1/b`, `a_1/b-2`)."""
+    return [cut_id[:i] for i, ch in enumerate(cut_id) if i and not ch.isalnum()] + [cut_id]
+
+
 def _find(out: str, index: dict, lengths: pq.ParquetFile, cut_id: str) -> tuple[dict, np.ndarray]:
     shards = {s.id: s for s in index_shards(out, index, error=ListenError)}
     if "recording_id" not in lengths.schema_arrow.names:
@@ -46,9 +61,7 @@ def _find(out: str, index: dict, lengths: pq.ParquetFile, cut_id: str) -> tuple[
             f"{out}/lengths.parquet has no recording_id column (a corpus from an older "
             "version); run valle-prep run again to rewrite it"
         )
-    # Every prefix of the id that ends before a "_" may be its recording id.
-    candidates = pa.array([cut_id[:i] for i, ch in enumerate(cut_id) if ch == "_"], pa.string())
-    searched = 0
+    candidates = pa.array(recording_candidates(cut_id), pa.string())
     for batch in lengths.iter_batches(batch_size=64, columns=["shard", "recording_id"]):
         recordings = batch.column("recording_id")
         hits = np.flatnonzero(
@@ -60,22 +73,44 @@ def _find(out: str, index: dict, lengths: pq.ParquetFile, cut_id: str) -> tuple[
         starts = recordings.offsets.to_numpy()[rows]
         for row in np.unique(rows):
             shard = shards[batch.column("shard")[int(row)].as_py()]
-            searched += 1
             for _, meta, codes in read_shard(shard, (hits - starts)[rows == row]):
                 if meta["id"] == cut_id:
                     return meta, codes
-    raise ListenError(_not_found(out, index, cut_id, searched))
-
-
-def _not_found(out: str, index: dict, cut_id: str, searched: int) -> str:
-    where = f"its recording's {searched} shard(s)" if searched else "any shard (no sample of its recording)"
     rejected = _rejected(out, index, cut_id)
     if rejected:
-        return f"cut {cut_id!r} is not in {out}: it was rejected ({rejected['reason']}: {rejected.get('detail', '')})"
-    return (
-        f"cut {cut_id!r} is not in {out}: not found in {where}, and not among the rejects. "
-        "Cut ids are Libriheavy's, e.g. small/100/<book>/<chapter>_12 (see the 'id' of any sample)"
-    )
+        raise ListenError(
+            f"cut {cut_id!r} is not in {out}: it was rejected ({rejected['reason']}: {rejected.get('detail', '')})"
+        )
+    kind = index["provenance"].get("source", {}).get("kind", "libriheavy")  # none: an index from before kinds
+    found = None if kind in IDS_START_WITH_RECORDING else _scan_ids(out, index, cut_id)
+    if found is None:
+        raise ListenError(
+            f"cut {cut_id!r} is not in {out}: no shard holds it, and it is not among the rejects "
+            "(a sample's id is the 'id' of its metadata, as in the source's manifest)"
+        )
+    shard, position = found
+    [(_, meta, codes)] = read_shard(shards[shard], np.array([position]))
+    return meta, codes
+
+
+def _scan_ids(out: str, index: dict, cut_id: str) -> tuple[str, int] | None:
+    """(shard id, position) of `cut_id`, looked for shard by shard; None if no shard holds it.
+    Every format holds the same samples in the same order, so the cheapest to read is scanned."""
+    has_parquet = any(s["format"] == "parquet" for s in index["shards"])
+    for shard in index_shards(out, index, "parquet" if has_parquet else "auto", error=ListenError):
+        if shard.format == "parquet":
+            with open_random_access(shard.uri) as source:
+                start = 0
+                for batch in pq.ParquetFile(source).iter_batches(columns=["id"], use_threads=False):
+                    hits = np.flatnonzero(pc.equal(batch.column("id"), cut_id).to_numpy(zero_copy_only=False))
+                    if len(hits):
+                        return shard.id, start + int(hits[0])
+                    start += batch.num_rows
+        else:
+            for position, meta, _ in read_shard(shard):
+                if meta["id"] == cut_id:
+                    return shard.id, position
+    return None
 
 
 def _rejected(out: str, index: dict, cut_id: str) -> dict | None:

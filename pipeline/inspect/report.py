@@ -103,6 +103,12 @@ def _lengths_stats(out: str, index: dict, roles: dict[str, str]) -> dict:
         return _lengths_of(pq.ParquetFile(source), index, roles)
 
 
+def has_books(index: dict) -> bool:
+    """Whether the corpus's recordings are LibriLight chapters, whose folder names their book:
+    Libriheavy's (an index without `provenance.source` predates the other kinds)."""
+    return index["provenance"].get("source", {}).get("kind", "libriheavy") == "libriheavy"
+
+
 def _lengths_of(lengths: pq.ParquetFile, index: dict, roles: dict[str, str]) -> dict:
     subset_of = {s["id"]: s["subset"] for s in index["shards"]}
     names = set(lengths.schema_arrow.names)
@@ -111,7 +117,8 @@ def _lengths_of(lengths: pq.ParquetFile, index: dict, roles: dict[str, str]) -> 
     tokens = defaultdict(lambda: np.zeros(len(TOKEN_BINS) - 1, np.int64))
     cer_hist, cer_missing, cer_sum, cer_count = np.zeros(len(CER_BINS) - 1, np.int64), 0, 0.0, 0
     speaker_seconds: dict[str, float] = defaultdict(float)  # training speakers
-    speakers, books = defaultdict(set), defaultdict(set)  # by subset
+    speakers = defaultdict(set)  # by subset; books too, where recordings are LibriLight chapters
+    books = defaultdict(set) if has_books(index) else None
     longest = {"seconds": 0.0, "tokens": 0}
     for batch in lengths.iter_batches(batch_size=8, columns=columns):
         for row in batch.to_pylist():
@@ -136,7 +143,8 @@ def _lengths_of(lengths: pq.ParquetFile, index: dict, roles: dict[str, str]) -> 
                 cer_sum, cer_count = cer_sum + float(cers.sum()), cer_count + len(cers)
             if "speaker" in row:
                 speakers[subset].update(row["speaker"])
-                books[subset].update(book_of(r) for r in row["recording_id"])
+                if books is not None:
+                    books[subset].update(book_of(r) for r in row["recording_id"])
                 if role == "train":
                     for speaker, s in zip(row["speaker"], seconds.tolist()):
                         speaker_seconds[speaker] += s
@@ -186,19 +194,24 @@ def _quantiles(hist: np.ndarray, bins: np.ndarray, qs) -> dict[str, float]:
 
 
 def _speaker_stats(seconds: dict[str, float], speakers, books, roles) -> dict:
+    """Hours per training speaker, and each subset's speakers (and books, None where the source
+    has none) also found in training."""
     ranked = sorted(seconds.items(), key=lambda kv: (-kv[1], kv[0]))
     hours = np.array([s for _, s in ranked]) / 3600
-    train_speakers = set().union(*(speakers[s] for s, r in roles.items() if r == "train"))
-    train_books = set().union(*(books[s] for s, r in roles.items() if r == "train"))
+    train = [subset for subset, role in roles.items() if role == "train"]
+    train_speakers = set().union(*(speakers[s] for s in train))
+    train_books = set().union(*(books[s] for s in train)) if books is not None else None
     leaks = {}
     for subset, role in roles.items():
         if role != "train":
             leaks[subset] = {
                 "speakers": sorted(speakers[subset] & train_speakers),
-                "books": sorted(books[subset] & train_books),
+                "books": sorted(books[subset] & train_books) if books is not None else None,
             }
     return {
-        "per_subset": {s: {"speakers": len(speakers[s]), "books": len(books[s])} for s in roles},
+        "per_subset": {
+            s: {"speakers": len(speakers[s]), "books": len(books[s]) if books is not None else None} for s in roles
+        },
         "train_hours": [round(float(h), 6) for h in hours],  # one per training speaker, most first
         "top": [[name, round(s / 3600, 6)] for name, s in ranked[:TOP_SPEAKERS]],
         "bottom": [[name, round(s / 3600, 6)] for name, s in ranked[-TOP_SPEAKERS:]][::-1],
@@ -272,7 +285,7 @@ def _warnings(stats: dict) -> list[str]:
         out.append("The codes come from a RANDOM-INIT EnCodec (an offline test build): they carry no speech.")
     for subset, leak in ((stats["speakers"] or {}).get("leakage") or {}).items():
         for kind in ("speakers", "books"):
-            if leak[kind]:
+            if leak[kind]:  # books: None where the source has none
                 shown = ", ".join(leak[kind][:5]) + (" ..." if len(leak[kind]) > 5 else "")
                 out.append(f"Leakage: {kind} of {subset} that also occur in training data ({len(leak[kind])}): {shown}")
     frames = stats["codes"]["frames"]
@@ -298,7 +311,8 @@ def summary_text(stats: dict) -> str:
         extra = ""
         if stats["speakers"]:
             per = stats["speakers"]["per_subset"][name]
-            extra = f", {per['speakers']} speakers, {per['books']} books"
+            books = f", {per['books']} books" if per["books"] is not None else ""
+            extra = f", {per['speakers']} speakers{books}"
         lines.append(f"  {name:<16} {s['role']:<5} {s['hours']:>10.3f} h {s['samples']:>10} utterances{extra}")
     codes = stats["codes"]
     lines.append(

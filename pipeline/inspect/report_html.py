@@ -63,6 +63,17 @@ def _figure(plots: dict, name: str) -> list[str]:
     ]
 
 
+_BOOKS = (
+    "<p>Speakers and books of each subset; a book is the LibriLight book folder, whoever "
+    "reads it and in whichever subset.</p>"
+)
+_NO_BOOKS = "<p>Speakers of each subset (books: only where the recordings are LibriLight chapters).</p>"
+
+
+def _or_na(value) -> str:
+    return "n/a" if value is None else value
+
+
 def _overview(stats: dict, plots: dict) -> list[str]:
     per = (stats["speakers"] or {}).get("per_subset", {})
     rows = [
@@ -72,7 +83,7 @@ def _overview(stats: dict, plots: dict) -> list[str]:
             f"{s['hours']:,.3f}",
             f"{s['samples']:,}",
             per.get(name, {}).get("speakers", "n/a"),
-            per.get(name, {}).get("books", "n/a"),
+            _or_na(per.get(name, {}).get("books")),
         ]
         for name, s in stats["subsets"].items()
     ]
@@ -83,8 +94,7 @@ def _overview(stats: dict, plots: dict) -> list[str]:
         [
             "<h2>Subsets</h2>",
             _table(["subset", "role", "hours", "utterances", "speakers", "books"], rows, {2, 3, 4, 5}),
-            "<p>Speakers and books of each subset; a book is the LibriLight book folder, whoever "
-            "reads it and in whichever subset.</p>",
+            _NO_BOOKS if any(p.get("books", 0) is None for p in per.values()) else _BOOKS,
             '<div class="cols">',
         ]
         + _figure(plots, "durations")
@@ -110,7 +120,8 @@ def _speakers(stats: dict, plots: dict) -> list[str]:
         out.append("<p>No dev or test subsets.</p>")
     for subset, leak in speakers["leakage"].items():
         if not leak["speakers"] and not leak["books"]:
-            out.append(f'<p class="ok">{escape(subset)}: no speaker or book also in training data.</p>')
+            also = "speaker or book" if leak["books"] is not None else "speaker"
+            out.append(f'<p class="ok">{escape(subset)}: no {also} also in training data.</p>')
         for kind in ("speakers", "books"):
             if leak[kind]:
                 shown = ", ".join(leak[kind][:20]) + (" ..." if len(leak[kind]) > 20 else "")
