@@ -129,6 +129,7 @@ def downgrade_to_v1(out) -> None:
     index["version"], index["codes"]["format"] = 1, schemas.CODES_FORMAT_V1
     index["provenance"].pop("filter", None)  # v1 indexes predate the transcript filter
     index["provenance"]["codec"].pop("stacks", None)  # and the compute stacks
+    index["provenance"].pop("source", None)  # and source kinds
     (out / "index.json").write_text(json.dumps(index))
 
 
