@@ -48,6 +48,11 @@ class Checksum:
         return f"{self.algo}:{self.hexdigest}"
 
 
+def parse_checksums(checksums: dict[str, str] | None) -> dict[str, Checksum]:
+    """A `checksums:` setting (file name -> "sha256:<hex>"; null or empty: none) as Checksums."""
+    return {name: Checksum.parse(text) for name, text in (checksums or {}).items()}
+
+
 def checksum_problems(checksums: dict[str, str] | None):
     """(key, problem) for each entry of a `checksums:` setting that is not a checksum."""
     for name, text in (checksums or {}).items():

@@ -26,6 +26,31 @@ def capture_every_level():
             handler.setLevel(logging.NOTSET)
 
 
+@pytest.fixture
+def s3(monkeypatch):
+    """A moto S3 server on 127.0.0.1 that boto3 and storage.remote talk to (AWS_ENDPOINT_URL,
+    test credentials); yields a boto3 client for it."""
+    moto_server = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    import storage.remote
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(storage.remote, "_CLIENTS", {})  # clients made for another endpoint
+    try:
+        yield boto3.client("s3")
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def ray_address():
     """A local Ray cluster shared by the whole session (ray.init costs ~5 s); yields its address.

@@ -192,42 +192,23 @@ def test_mid_epoch_resume_sees_exactly_the_rest(corpus_dir):
     assert sorted(consumed + remaining) == sorted(everything)
 
 
-def test_s3_and_http_corpora_read_like_local(corpus_dir, tmp_path, monkeypatch):
-    moto_server = pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        for key, value in {
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        }.items():
-            monkeypatch.setenv(key, value)
-        import storage.remote
-
-        monkeypatch.setattr(storage.remote, "_CLIENTS", {})
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="corpora")
-        for path in corpus_dir.rglob("*"):
-            if (
-                path.is_file()
-                and path.parts[len(corpus_dir.parts)] in ("webdataset", "parquet", "lhotse_shar", "text")
-                or path.name in ("index.json", "lengths.parquet")
-            ):
-                s3.upload_file(str(path), "corpora", f"tiny/{path.relative_to(corpus_dir).as_posix()}")
-        local = open_corpus(str(corpus_dir), allow_random_codec=True)
-        remote = open_corpus("s3://corpora/tiny", allow_random_codec=True)
-        assert [s.id for s in remote.shards] == [s.id for s in local.shards]
-        ids = lambda c: sorted(i for b in loader_for(c, workers=1)[0] for i in b["ids"])  # noqa: E731
-        assert ids(remote) == ids(local)
-        for fmt in ("parquet", "lhotse_shar"):
-            remote_pq = open_corpus("s3://corpora/tiny", allow_random_codec=True, fmt=fmt)
-            assert ids(remote_pq) == ids(local)
-    finally:
-        server.stop()
+def test_s3_and_http_corpora_read_like_local(corpus_dir, tmp_path, s3):
+    s3.create_bucket(Bucket="corpora")
+    for path in corpus_dir.rglob("*"):
+        if (
+            path.is_file()
+            and path.parts[len(corpus_dir.parts)] in ("webdataset", "parquet", "lhotse_shar", "text")
+            or path.name in ("index.json", "lengths.parquet")
+        ):
+            s3.upload_file(str(path), "corpora", f"tiny/{path.relative_to(corpus_dir).as_posix()}")
+    local = open_corpus(str(corpus_dir), allow_random_codec=True)
+    remote = open_corpus("s3://corpora/tiny", allow_random_codec=True)
+    assert [s.id for s in remote.shards] == [s.id for s in local.shards]
+    ids = lambda c: sorted(i for b in loader_for(c, workers=1)[0] for i in b["ids"])  # noqa: E731
+    assert ids(remote) == ids(local)
+    for fmt in ("parquet", "lhotse_shar"):
+        remote_pq = open_corpus("s3://corpora/tiny", allow_random_codec=True, fmt=fmt)
+        assert ids(remote_pq) == ids(local)
 
     from sample.http_mirror import HttpMirror
 

@@ -424,33 +424,17 @@ def test_the_shipped_dag_builds_a_folder_given_with_set(tmp_path):
         load_dag(REPO / "dags/lhotse.yaml")
 
 
-def test_s3_audio_is_read_and_a_missing_object_is_missing_audio(tmp_path, monkeypatch):
+def test_s3_audio_is_read_and_a_missing_object_is_missing_audio(tmp_path, s3):
     """lhotse `url` sources on s3:// (and an s3:// audio_root) read through storage.remote."""
-    moto_server = pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
     from pipeline.fetch.audio_store import MissingAudio
     from pipeline.fetch.path_audio import PathAudioStore
 
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        for key, value in {
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        }.items():
-            monkeypatch.setenv(key, value)
-        flac = tmp_path / "a.flac"
-        sf.write(flac, np.zeros(1600, dtype=np.int16), 16000)
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="audio")
-        s3.upload_file(str(flac), "audio", "spk/a.flac")
-        store = PathAudioStore("s3://audio/")
-        assert store.read_bytes("s3://audio/spk/a.flac") == flac.read_bytes()  # a url source
-        assert store.read_bytes("spk/a.flac") == flac.read_bytes()  # relative, under an s3 root
-        with pytest.raises(MissingAudio, match="s3://audio/spk/gone.flac"):
-            store.read_bytes("spk/gone.flac")
-    finally:
-        server.stop()
+    flac = tmp_path / "a.flac"
+    sf.write(flac, np.zeros(1600, dtype=np.int16), 16000)
+    s3.create_bucket(Bucket="audio")
+    s3.upload_file(str(flac), "audio", "spk/a.flac")
+    store = PathAudioStore("s3://audio/")
+    assert store.read_bytes("s3://audio/spk/a.flac") == flac.read_bytes()  # a url source
+    assert store.read_bytes("spk/a.flac") == flac.read_bytes()  # relative, under an s3 root
+    with pytest.raises(MissingAudio, match="s3://audio/spk/gone.flac"):
+        store.read_bytes("spk/gone.flac")

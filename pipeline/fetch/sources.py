@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.fetch.audio_store import DirAudioStore, TarAudioStore, index_tar
 from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers, download_folder
-from storage.hashing import Checksum
+from storage.hashing import parse_checksums
 
 if TYPE_CHECKING:
     from pipeline.dag import Dag
@@ -22,7 +22,45 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Sources:
+class Downloads:
+    """What every opened source holds: its downloads under way (`transfers`, or None when it
+    downloads nothing) and the task pool they run on; both closed by `close()` (or `with`)."""
+
+    transfers: Transfers | None = None
+    pool = None
+
+    def close(self) -> None:
+        if self.transfers is not None:
+            self.transfers.close()
+        self.pool.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Lookup(Mapping):
+    """Keys known now, each value made when it is looked up (a manifest waits for its download,
+    or is written from its tars): a subset's lookup waits for that subset's files only."""
+
+    def __init__(self, keys, make):
+        self._keys, self.make = dict.fromkeys(keys), make
+
+    def __getitem__(self, key: str):
+        if key not in self._keys:
+            raise KeyError(key)
+        return self.make(key)
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class Sources(Downloads):
     """The run's downloads, under way in the background until `close()` (or `with`).
 
     Units start only after `audio_store()`: every archive downloaded, verified and indexed. A
@@ -35,7 +73,7 @@ class Sources:
         folder = download_folder(src, out)
         if src.checksums is None:
             log.warning("source.checksums is null: downloads are NOT verified")
-        checksums = {name: Checksum.parse(text) for name, text in (src.checksums or {}).items()}
+        checksums = parse_checksums(src.checksums)
         self.manifest_paths = {s: folder / src.manifest_name(s) for s in dag.subsets.roles()}
         self.tars = [] if src.audio_dir else [folder / name for name in src.audio_archives]
         jobs = [
@@ -43,15 +81,12 @@ class Sources:
             for base, paths in ((src.manifest_base_url, self.manifest_paths.values()), (src.audio_base_url, self.tars))
             for path in paths
         ]
-        settings = DownloadSettings(
-            connections=dl.connections, range_bytes=dl.range_bytes, retries=dl.retries, timeout_s=dl.timeout_s
-        )
         self.pool = pool
-        self.transfers = Transfers(jobs, settings, pool, progress)
+        self.transfers = Transfers(jobs, DownloadSettings.of(dl), pool, progress)
 
     def manifests(self) -> Mapping[str, Path]:
         """Subset -> its verified manifest; looking a subset up waits for that manifest only."""
-        return _Arriving(self.manifest_paths, self.transfers.wait)
+        return Lookup(self.manifest_paths, lambda subset: self.transfers.wait(self.manifest_paths[subset]))
 
     def audio_store(self):
         """Wait for every archive (verified), index it, and return the store over them all."""
@@ -61,29 +96,3 @@ class Sources:
         for tar in tars:
             index_tar(tar)
         return TarAudioStore(tars)
-
-    def close(self) -> None:
-        self.transfers.close()
-        self.pool.close()
-
-    def __enter__(self) -> Sources:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class _Arriving(Mapping):
-    """A mapping whose values are files still downloading: a lookup waits for that file."""
-
-    def __init__(self, paths: dict[str, Path], wait):
-        self.paths, self.wait = paths, wait
-
-    def __getitem__(self, key: str) -> Path:
-        return self.wait(self.paths[key])
-
-    def __iter__(self):
-        return iter(self.paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)

@@ -75,6 +75,16 @@ class DownloadSettings:
     timeout_s: float = 60.0
     task_retries: int = 3  # times a lost task (its process died, a bug) is submitted again
 
+    @classmethod
+    def of(cls, download) -> DownloadSettings:
+        """From a DAG's `download:` section (pipeline.dag.DownloadConfig)."""
+        return cls(
+            connections=download.connections,
+            range_bytes=download.range_bytes,
+            retries=download.retries,
+            timeout_s=download.timeout_s,
+        )
+
 
 @dataclass(frozen=True)
 class FileJob:

@@ -35,12 +35,13 @@ import msgspec
 from braceexpand import braceexpand
 
 from pipeline.fetch.audio_store import NamedTarStore, index_tar, indexed_tars
+from pipeline.fetch.sources import Downloads, Lookup
 from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers, download_folder
 from pipeline.plan.manifest import BadLine, ManifestInput
-from pipeline.plan.subsets import manifest_sha256
+from pipeline.plan.subsets import ROLE_PRIORITY, manifest_sha256
 from storage.download import marker_path, read_marker
 from storage.files import replacing, write_json_atomic
-from storage.hashing import Checksum, checksum_problems
+from storage.hashing import checksum_problems, parse_checksums
 from storage.http import BearerToken
 from storage.settings import Problems
 
@@ -276,16 +277,16 @@ def write_manifest(tars: list[Path], dest: Path, wait=lambda tar: tar) -> Path:
 
 
 # -- the opened source --------------------------------------------------------------------------
-class Opened:
+class Opened(Downloads):
     """The tars (downloading in the background, or linked from audio_dir) and each subset's manifest."""
 
     def __init__(self, dag: Dag, out: Path, progress: bool, pool):
         from pipeline.dag import DagError
 
         src, dl = dag.source, dag.download
-        self.pool, self.transfers, self.lines = pool, None, EmiliaLines(dag.filter.min_dnsmos)
-        priority = {"test": 0, "dev": 1, "train": 2}  # evaluation subsets plan first (pipeline.plan.subsets)
-        roles = sorted(dag.subsets.roles().items(), key=lambda item: priority[item[1]])
+        self.pool, self.lines = pool, EmiliaLines(dag.filter.min_dnsmos)
+        # evaluation subsets plan first (pipeline.plan.subsets), so their tars come first
+        roles = sorted(dag.subsets.roles().items(), key=lambda item: ROLE_PRIORITY.index(item[1]))
         names = {subset: src.archives[subset] for subset, _ in roles}
         if src.audio_dir:  # linked under OUT, so the tars' indexes are written there
             missing = [n for ns in names.values() for n in ns if not (Path(src.audio_dir) / n).is_file()]
@@ -301,17 +302,14 @@ class Opened:
                 _link(folder / name, Path(src.audio_dir) / name)
         else:
             folder = tar_folder(dag, out)
-            checksums = {name: Checksum.parse(text) for name, text in (src.checksums or {}).items()}
+            checksums = parse_checksums(src.checksums)
             auth = BearerToken(src.token_env, TERMS) if src.token_env else None
             jobs = [
                 FileJob(src.base_url + name, folder / name, checksums.get(name), auth)
                 for ns in names.values()
                 for name in ns
             ]
-            settings = DownloadSettings(
-                connections=dl.connections, range_bytes=dl.range_bytes, retries=dl.retries, timeout_s=dl.timeout_s
-            )
-            self.transfers = Transfers(jobs, settings, pool, progress)
+            self.transfers = Transfers(jobs, DownloadSettings.of(dl), pool, progress)
         self.tars = {subset: [folder / n for n in ns] for subset, ns in names.items()}
         self.paths = {subset: manifest_path(out, subset) for subset in dag.subsets.roles()}
 
@@ -319,7 +317,7 @@ class Opened:
         return self.transfers.wait(tar) if self.transfers is not None else tar
 
     def manifests(self) -> Mapping[str, ManifestInput]:
-        return _Manifests(self)
+        return Lookup(self.paths, self.manifest)
 
     def manifest(self, subset: str) -> ManifestInput:
         """The subset's manifest, made from its tars as each arrives (or reused)."""
@@ -334,17 +332,6 @@ class Opened:
     def provenance(self) -> dict:
         files = {path.name: manifest_sha256(path) for path in self.paths.values() if path.exists()}
         return {"kind": KIND, "manifests": files}
-
-    def close(self) -> None:
-        if self.transfers is not None:
-            self.transfers.close()
-        self.pool.close()
-
-    def __enter__(self) -> Opened:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def open_source(dag: Dag, out: Path, progress: bool, pool) -> Opened:
@@ -378,17 +365,3 @@ def _link(link: Path, target: Path) -> None:
         return
     link.unlink(missing_ok=True)
     link.symlink_to(target)
-
-
-class _Manifests(Mapping):
-    def __init__(self, opened: Opened):
-        self.opened = opened
-
-    def __getitem__(self, subset: str) -> ManifestInput:
-        return self.opened.manifest(subset)
-
-    def __iter__(self):
-        return iter(self.opened.paths)
-
-    def __len__(self) -> int:
-        return len(self.opened.paths)

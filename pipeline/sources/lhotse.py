@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from pipeline.fetch.path_audio import PathAudioStore
+from pipeline.fetch.sources import Downloads, Lookup
 from pipeline.fetch.transfers import DownloadSettings, FileJob, Transfers, download_folder
 from pipeline.plan.lhotse_lines import CutLines, SupervisionLines
 from pipeline.plan.manifest import GZIP_ERRORS, ManifestInput
 from pipeline.plan.recordings_table import build_table, table_path
 from pipeline.plan.subsets import manifest_sha256
 from storage.download import DownloadError
-from storage.hashing import Checksum, checksum_problems, hash_file
+from storage.hashing import checksum_problems, hash_file, parse_checksums
 from storage.settings import Problems
 
 if TYPE_CHECKING:
@@ -256,24 +257,20 @@ def plan_settings(config: Config) -> dict:
 # ---- a run's manifests --------------------------------------------------------------------
 
 
-class Opened:
+class Opened(Downloads):
     """The manifests (downloaded first for a URL folder), parsed lazily per subset."""
 
     def __init__(self, dag: Dag, out: Path, progress: bool, pool):
         src, dl = dag.source, dag.download
         self.src, self.out, self.pool = src, out, pool
         self.files = {s: manifest_files(src, src.parts[s]) for s in dag.subsets.roles()}
-        self.checksums = {n: Checksum.parse(t) for n, t in (src.checksums or {}).items()}
+        self.checksums = parse_checksums(src.checksums)
         self.digests: dict[str, str] = {}
-        self.transfers = None
         if src.remote:
             folder = download_folder(src, out)
             urls = {url: folder / url.rsplit("/", 1)[-1] for files in self.files.values() for url in files.values()}
             jobs = [FileJob(url, dest, self.checksums.get(dest.name)) for url, dest in urls.items()]
-            settings = DownloadSettings(
-                connections=dl.connections, range_bytes=dl.range_bytes, retries=dl.retries, timeout_s=dl.timeout_s
-            )
-            self.transfers = Transfers(jobs, settings, pool, progress)
+            self.transfers = Transfers(jobs, DownloadSettings.of(dl), pool, progress)
             self.files = {s: {k: str(urls[u]) for k, u in files.items()} for s, files in self.files.items()}
 
     def _ready(self, location: str, what: str) -> Path:
@@ -299,7 +296,7 @@ class Opened:
         return manifest_input(self.files[subset], self.src, self.out, self._ready, self._sha256)
 
     def manifests(self) -> Mapping[str, ManifestInput]:
-        return _Lazy(self)
+        return Lookup(self.files, self.manifest)
 
     def audio_store(self) -> PathAudioStore:
         return PathAudioStore(self.src.audio_root)
@@ -307,17 +304,6 @@ class Opened:
     def provenance(self) -> dict:
         paths = [Path(p) for files in self.files.values() for p in files.values()]
         return {"kind": KIND, "manifests": {p.name: self._sha256(p) for p in paths}}
-
-    def close(self) -> None:
-        if self.transfers is not None:
-            self.transfers.close()
-        self.pool.close()
-
-    def __enter__(self) -> Opened:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def open_source(dag: Dag, out: Path, progress: bool, pool) -> Opened:
@@ -349,17 +335,3 @@ def run_manifest(dag: Dag, subset: str) -> ManifestInput:
 
 def run_audio_store(dag: Dag, subset: str) -> PathAudioStore:
     return PathAudioStore(dag.source.audio_root)
-
-
-class _Lazy(Mapping):
-    def __init__(self, opened: Opened):
-        self.opened = opened
-
-    def __getitem__(self, subset: str) -> ManifestInput:
-        return self.opened.manifest(subset)
-
-    def __iter__(self):
-        return iter(self.opened.files)
-
-    def __len__(self) -> int:
-        return len(self.opened.files)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from pipeline.fetch.audio_store import DirAudioStore, TarAudioStore, indexed_tars
-from pipeline.fetch.sources import Sources
+from pipeline.fetch.sources import Lookup, Sources
 from pipeline.fetch.transfers import download_folder
 from pipeline.plan.manifest import LibriheavyLines, ManifestInput
 from pipeline.plan.subsets import manifest_sha256
@@ -102,7 +102,8 @@ class Opened(Sources):
         self.lines = LibriheavyLines(dag.source.source_prefix)
 
     def manifests(self) -> Mapping[str, ManifestInput]:
-        return _Parsed(super().manifests(), self.lines)
+        paths = super().manifests()
+        return Lookup(paths, lambda subset: ManifestInput(paths[subset], self.lines))
 
     def provenance(self) -> dict:
         files = {path.name: manifest_sha256(path) for path in super().manifests().values()}
@@ -135,17 +136,3 @@ def reference(cut: dict) -> str | None:
     when it has none with a word in it."""
     text = select_text(cut["texts"], "asr")
     return text if has_words(text) else None
-
-
-class _Parsed(Mapping):
-    def __init__(self, paths: Mapping[str, Path], lines):
-        self.paths, self.lines = paths, lines
-
-    def __getitem__(self, key: str) -> ManifestInput:
-        return ManifestInput(self.paths[key], self.lines)
-
-    def __iter__(self):
-        return iter(self.paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
