@@ -22,7 +22,7 @@ from schemas import FORMATS
 from storage import settings
 from storage.hashing import json_digest
 from storage.settings import Problems, positive
-from tokens.codec_settings import WEIGHT_KINDS, CodecConfig
+from tokens.codec_settings import DEFAULT_CODEC, WEIGHT_KINDS, CodecConfig
 
 DEFAULT_FORMATS = ("webdataset", "parquet")
 ROLES = ("train", "dev", "test")
@@ -191,6 +191,10 @@ class Dag:
             data["filter"].pop("min_dnsmos")
         for key in ("device", "batch_seconds", "cache_dir", "threads", "download_retries"):
             data["codec"].pop(key, None)
+        if data["codec"]["name"] == DEFAULT_CODEC:
+            del data["codec"]["name"]
+        if data["codec"]["codebooks"] is None:
+            del data["codec"]["codebooks"]
         return json_digest(data)
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.encode.segment import PAST_END_TOLERANCE_S
 from pipeline.encode.unit import StackChanged, UnitJob, is_current
-from pipeline.executors import CodecSpec, Executor
+from pipeline.executors import Executor, ResolvedCodec
 from pipeline.fetch.transfer_pools import RayTasks, ThreadTasks
 from pipeline.output import ledger
 from pipeline.output.index import INDEX_NAME, build_index
@@ -42,8 +42,14 @@ from storage.files import read_json, write_bytes_atomic, write_json_atomic
 from storage.hashing import json_digest, sha256_file
 from storage.locks import HeldLock
 from tokens.audio import RESAMPLER
-from tokens.codec_settings import CodecConfig, CodecWeights, num_codebooks, unnamed_device
-from tokens.constants import CODEBOOK_SIZE, FRAME_RATE, SAMPLE_RATE
+from tokens.codec_settings import (
+    CodecConfig,
+    CodecWeights,
+    audio_codec_settings,
+    codebooks_of,
+    codec_record,
+    unnamed_device,
+)
 from tokens.text import NORMALIZATION, Tokenizer, select_text
 
 if TYPE_CHECKING:
@@ -224,12 +230,7 @@ def _run(
         lock.check()
         provenance = {
             "codec": {
-                "model": "encodec_24khz",
-                "sample_rate": SAMPLE_RATE,
-                "bandwidth_kbps": dag.codec.bandwidth,
-                "codebooks": num_codebooks(dag.codec.bandwidth),
-                "codebook_size": CODEBOOK_SIZE,
-                "frame_rate": FRAME_RATE,
+                **codec_record(dag.codec),
                 "weights": codec.weights.kind,
                 "weights_sha256": codec.weights.sha256,
                 "weights_source": codec.weights.source,
@@ -240,7 +241,7 @@ def _run(
             "bpe": bpe_info,
             "source": source_provenance,
         }
-        build_index(out, plans, dag.name, dag.fingerprint(), provenance, num_codebooks(dag.codec.bandwidth))
+        build_index(out, plans, dag.name, dag.fingerprint(), provenance, codebooks_of(dag.codec))
         clock.log("index written")
     summary.index = read_json(index_path)
     return summary
@@ -312,13 +313,13 @@ def ensure_bpe(dag: Dag, out: Path, plans: list[SubsetPlan]) -> tuple[Tokenizer,
     return Tokenizer(model), info
 
 
-def resolve_codec(cfg: CodecConfig) -> CodecSpec:
+def resolve_codec(cfg: CodecConfig) -> ResolvedCodec:
     """Settle `auto` and load the weights once, in the driver: every worker gets this state."""
     from tokens.codec_weights import resolve_weights  # torch loads here, in the driver only
 
     state, weights = resolve_weights(cfg)
     concrete = replace(cfg, weights=weights.kind if weights.kind != "checkpoint" else cfg.weights)
-    return CodecSpec(concrete, state, weights)
+    return ResolvedCodec(concrete, state, weights)
 
 
 def audio_settings(dag: Dag, weights: CodecWeights) -> dict:
@@ -332,8 +333,7 @@ def audio_settings(dag: Dag, weights: CodecWeights) -> dict:
             "past_end_tolerance_s": PAST_END_TOLERANCE_S,
         },
         "codec": {
-            "model": "encodec_24khz",
-            "bandwidth": dag.codec.bandwidth,
+            **audio_codec_settings(dag.codec),
             "weights": weights.kind,
             "weights_sha256": weights.sha256,
             "precision": dag.codec.precision,

@@ -55,13 +55,13 @@ def test_synthesizes_reproducibly(trained, tmp_path, capsys):
 
 
 def test_refuses_other_codec_weights(trained, tmp_path, capsys):
-    from tokens.codec import EncodecModel
+    from tokens.codec_weights import EncodecModel
 
     other = tmp_path / "encodec.pt"  # encodec's own random init: not the corpus's weights
     torch.save(EncodecModel.encodec_model_24khz(pretrained=False).state_dict(), other)
     assert synth(trained, tmp_path / "x.wav", "--codec-weights", str(other)) == 2
     err = capsys.readouterr().err
-    assert "EnCodec weights with sha256" in err and "encoded with weights sha256" in err
+    assert "encodec_24khz weights with sha256" in err and "encoded with weights sha256" in err
     assert not (tmp_path / "x.wav").exists()
 
 

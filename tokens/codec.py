@@ -1,10 +1,14 @@
-"""EnCodec 24 kHz at 6 kbps: mono waveforms in, discrete codes out, and codes back to audio.
+"""A codec (EnCodec 24 kHz at 6 kbps by default): mono waveforms in, codes out, and back.
 
-In:  float32 mono 24 kHz waveforms (1-D numpy arrays, any lengths).
-Out: one uint16 array per waveform, shape (n_q, num_frames(len)) = (8, ceil(len / 320)) at
-     6 kbps, values in [0, 1024), in input order; `decode` turns codes back into a waveform.
-Settings and numbers are in tokens.codec_settings (no torch), the weights in
-tokens.codec_weights; `codec_for` builds the codec a corpus's provenance names (listen, synth).
+In:  float32 mono waveforms at the codec's sample rate (1-D numpy arrays, any lengths).
+Out: one uint16 array per waveform, shape (codebooks, ceil(len / hop)), values below the codec's
+     codebook size, in input order; `decode` turns codes back into a waveform.
+`CodecEncoder` does the batching, the device and the numerical mode for every codec; the model
+itself is a backend in tokens.codecs (one module per codec). Settings and numbers are in
+tokens.codec_settings (no torch), the weights in tokens.codec_weights; `codec_for` builds the
+codec a corpus's provenance names (listen, synth).
+
+The rest of this docstring is EnCodec's (the other backends say what their codes are).
 
 What the codes are, exactly: each utterance is zero-padded at the end to whole frames (a multiple
 of 320 samples, and at least MIN_FRAMES frames), encoded, and trimmed to ceil(len / 320) frames.
@@ -41,17 +45,8 @@ import numpy as np
 import torch
 
 from tokens import codec_weights
-from tokens.codec_settings import (
-    MIN_FRAMES,
-    PRECISIONS,
-    CodecConfig,
-    CodecWeights,
-    batch_seconds,
-    num_codebooks,
-    num_frames,
-)
-from tokens.codec_weights import EncodecModel
-from tokens.constants import HOP, SAMPLE_RATE
+from tokens.codec_settings import DEFAULT_CODEC, PRECISIONS, CodecConfig, CodecWeights, batch_seconds, codebooks_of
+from tokens.codecs import backend, spec
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +100,8 @@ class CodecEncoder:
 
     def __init__(self, cfg: CodecConfig, given: tuple[dict, CodecWeights] | None = None):
         self.cfg = cfg
-        self.n_q = num_codebooks(cfg.bandwidth)  # fail early on a bad bandwidth
+        self.spec = spec(cfg.name)  # fail early on an unknown codec
+        self.n_q = codebooks_of(cfg)  # or a bad bandwidth
         if cfg.batch_seconds is not None and cfg.batch_seconds <= 0:
             raise ValueError(f"codec.batch_seconds must be > 0, got {cfg.batch_seconds}")
         if cfg.precision not in PRECISIONS:
@@ -114,12 +110,13 @@ class CodecEncoder:
         self.forward_passes = 0
         self.oom_splits = 0
         self._given = given
-        self._model: EncodecModel | None = None
+        self._model = None
+        self._backend = None
         self._device: torch.device | None = None
 
     def __getstate__(self) -> dict:
         # Ship the config, not the model: the receiving worker calls setup() itself.
-        return {**self.__dict__, "_model": None, "_device": None, "weights": None, "_given": None}
+        return {**self.__dict__, "_model": None, "_backend": None, "_device": None, "weights": None, "_given": None}
 
     @property
     def device(self) -> torch.device:
@@ -135,14 +132,15 @@ class CodecEncoder:
         if device.type != "cuda" and self.cfg.precision == "tf32":
             log.warning("codec.precision=tf32 only changes CUDA kernels; on %s the codes are exact", device)
         if self._given is not None:
-            model, self.weights = codec_weights.model_from_state(*self._given)
+            model, self.weights = codec_weights.model_from_state(*self._given, self.cfg)
             self._given = None  # the model holds its own copy now
         else:
             model, self.weights = codec_weights.load_model(self.cfg)
-        model.set_target_bandwidth(self.cfg.bandwidth)
+        self._backend = backend(self.cfg.name)
         self._model, self._device = model.to(device).eval(), device
         log.info(
-            "EnCodec 24 kHz on %s (%s): %s weights sha256=%s (%s)",
+            "%s on %s (%s): %s weights sha256=%s (%s)",
+            self.spec.name,
             device,
             self.cfg.precision,
             self.weights.kind,
@@ -151,17 +149,17 @@ class CodecEncoder:
         )
 
     def encode(self, waves: list[np.ndarray]) -> list[np.ndarray]:
-        """float32 mono 24 kHz waveforms -> uint16 codes (n_q, num_frames(len)), same order."""
+        """float32 mono waveforms at the codec's rate -> uint16 codes (n_q, frames), same order."""
         return self.run(self.prepare(waves))
 
     def prepare(self, waves: list[np.ndarray]) -> PreparedBatches:
         """Host work: check the waveforms and pad them, longest first, into batches."""
         self.setup()
-        waves = [_as_wave(w, i) for i, w in enumerate(waves)]
+        waves = [_as_wave(w, i, self.spec.sample_rate) for i, w in enumerate(waves)]
         lengths = [len(w) for w in waves]
-        padded = [max(num_frames(n), MIN_FRAMES) * HOP for n in lengths]
+        padded = [self._padded(n) for n in lengths]
         todo = [i for i, n in enumerate(lengths) if n > 0]
-        max_samples = int(batch_seconds(self.cfg, self._device.type) * SAMPLE_RATE)
+        max_samples = int(batch_seconds(self.cfg, self._device.type) * self.spec.sample_rate)
         pin = self._device.type == "cuda"  # page-locked, so the copy to the GPU need not block
         batches = []
         for group in _batches([padded[i] for i in todo], max_samples):
@@ -173,6 +171,10 @@ class CodecEncoder:
             batches.append((rows, x))
         return PreparedBatches(lengths, batches)
 
+    def _padded(self, num_samples: int) -> int:
+        """An utterance's samples once zero-padded to whole frames, and to the codec's minimum."""
+        return max(self.spec.num_frames(num_samples), self.spec.min_frames) * self.spec.hop
+
     def run(self, prepared: PreparedBatches) -> list[np.ndarray]:
         """Device work: every batch is queued without waiting, then the codes come back at once."""
         self.setup()
@@ -182,20 +184,21 @@ class CodecEncoder:
         pending = []
         with torch.inference_mode(), self._kernels():
             for rows, x in prepared.batches:
-                pending += self._queue(rows, x)
+                pending += self._queue(rows, x, [self._padded(prepared.lengths[i]) for i in rows])
             if self._device.type == "cuda":
                 torch.cuda.current_stream(self._device).synchronize()
         for rows, host in pending:
             codes = host.numpy().view(np.uint16)
             for row, i in enumerate(rows):
-                out[i] = codes[row, :, : num_frames(prepared.lengths[i])].copy()
+                out[i] = codes[row, :, : self.spec.num_frames(prepared.lengths[i])].copy()
         return out
 
-    def _queue(self, rows: list[int], x: torch.Tensor) -> list[tuple[list[int], torch.Tensor]]:
-        """One batch's forward pass queued, its codes on their way to host memory. Out of device
-        memory, the batch is split in two (`_split`), down to one utterance."""
+    def _queue(self, rows: list[int], x: torch.Tensor, sizes: list[int]) -> list[tuple[list[int], torch.Tensor]]:
+        """One batch's forward pass queued, its codes on their way to host memory. `sizes`: each
+        row's padded samples. Out of device memory, the batch is split in two (`_split`), down to
+        one utterance."""
         try:
-            codes = self._forward(x.to(self._device, non_blocking=True))  # (B, n_q, T / 320)
+            codes = self._forward(x.to(self._device, non_blocking=True), sizes)  # (B, n_q, T / hop)
         except torch.cuda.OutOfMemoryError:
             if len(rows) == 1:
                 raise
@@ -203,14 +206,14 @@ class CodecEncoder:
         if codes is None:
             # Retried here, not in the handler: while it runs, the exception's traceback holds
             # the failed attempt's frames and their activations, which no cache flush can free.
-            return self._split(rows, x)
-        # Codes are < 1024: int16 halves (of int32) the bytes copied back.
+            return self._split(rows, x, sizes)
+        # Codes are < 65,536: int16 (read back as uint16) halves the bytes copied back of int32.
         host = torch.empty(codes.shape, dtype=torch.int16, pin_memory=self._device.type == "cuda")
         host.copy_(codes.to(torch.int16), non_blocking=True)
         self.forward_passes += 1
         return [(rows, host)]
 
-    def _split(self, rows: list[int], x: torch.Tensor) -> list[tuple[list[int], torch.Tensor]]:
+    def _split(self, rows: list[int], x: torch.Tensor, sizes: list[int]) -> list[tuple[list[int], torch.Tensor]]:
         """A batch that ran out of device memory, as two halves once the cache is freed; counted
         in `oom_splits` (the halves' codes: see the module's docstring)."""
         if self._device.type == "cuda":
@@ -218,13 +221,14 @@ class CodecEncoder:
         self.oom_splits += 1
         half = len(rows) // 2
         log.warning(
-            "EnCodec on %s: out of memory for %d utterances; trying them as %d and %d",
+            "%s on %s: out of memory for %d utterances; trying them as %d and %d",
+            self.spec.name,
             self._device,
             len(rows),
             half,
             len(rows) - half,
         )
-        return self._queue(rows[:half], x[:half]) + self._queue(rows[half:], x[half:])
+        return self._queue(rows[:half], x[:half], sizes[:half]) + self._queue(rows[half:], x[half:], sizes[half:])
 
     def _kernels(self) -> contextlib.AbstractContextManager:
         """The codec's CUDA kernel settings, for its own device work only: per-shape autotuning
@@ -235,35 +239,31 @@ class CodecEncoder:
             return contextlib.nullcontext()
         return cuda_kernels(benchmark=False, deterministic=True, tf32=self.cfg.precision == "tf32")
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, T) at 24 kHz -> (B, n_q, T / 320) codes: EncodecModel.encode for one segment
-        (the 24 kHz model neither splits nor normalizes), with the encoder network under
-        autocast in bf16 mode and the quantizer always in float32."""
-        model = self._model
+    def _forward(self, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        """(B, 1, T) -> (B, n_q, T / hop) codes by the codec's backend, its encoder network under
+        autocast in bf16 mode (quantizers stay in float32)."""
         autocast = (
             torch.autocast(self._device.type, dtype=torch.bfloat16)
             if self.cfg.precision == "bf16"
             else contextlib.nullcontext()
         )
-        with autocast:
-            emb = model.encoder(x)
-        codes = model.quantizer.encode(emb.float(), model.frame_rate, model.bandwidth)  # (n_q, B, T)
-        return codes.transpose(0, 1)
+        return self._backend.encode(self._model, x, sizes, self.n_q, autocast)
 
     def codebooks(self) -> torch.Tensor:
         """(n_q * 1024, 128) float32 on the CPU: the codebook entries of the codes' n_q codebooks,
-        stacked (what a Vocos decoder embeds codes with)."""
+        stacked (what a Vocos decoder embeds codes with). EnCodec's only."""
         self.setup()
-        layers = self._model.quantizer.vq.layers[: self.n_q]
-        return torch.cat([layer.codebook.detach().float().cpu() for layer in layers])
+        if self.cfg.name != DEFAULT_CODEC:
+            raise ValueError(f"a Vocos decoder takes EnCodec codes, not {self.cfg.name}'s")
+        return self._backend.codebook_table(self._model, self.n_q)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        """(n_q, T) codes -> float32 mono 24 kHz waveform of T * 320 samples (for synthesis)."""
+        """(n_q, T) codes -> float32 mono waveform of T * hop samples at the codec's rate."""
         self.setup()
         x = torch.as_tensor(np.asarray(codes, dtype=np.int64))[None].to(self._device)  # (1, n_q, T)
         with torch.inference_mode(), self._kernels():
-            wave = self._model.decode([(x, None)])  # (1, 1, samples)
-            return wave[0, 0, : x.shape[-1] * HOP].float().cpu().numpy()
+            wave = self._backend.decode(self._model, x).reshape(-1)
+            return wave[: x.shape[-1] * self.spec.hop].float().cpu().numpy()
 
 
 def kernel_settings() -> dict:
@@ -307,33 +307,43 @@ def cuda_kernels(benchmark: bool, deterministic: bool, tf32: bool):
         set_kernel_settings(saved)
 
 
-def _as_wave(wave: np.ndarray, index: int) -> np.ndarray:
+def _as_wave(wave: np.ndarray, index: int, rate: int) -> np.ndarray:
     wave = np.asarray(wave)
     if wave.ndim != 1 or not np.issubdtype(wave.dtype, np.floating):
+        khz = f"{rate / 1000:g} kHz"
         raise ValueError(
-            f"waves[{index}]: expected a 1-D float mono waveform at 24 kHz, got dtype {wave.dtype} "
-            f"shape {wave.shape}; downmix to mono, resample to 24 kHz and scale to [-1, 1] first"
+            f"waves[{index}]: expected a 1-D float mono waveform at {khz}, got dtype {wave.dtype} "
+            f"shape {wave.shape}; downmix to mono, resample to {khz} and scale to [-1, 1] first"
         )
     return wave.astype(np.float32, copy=False)
 
 
+def codec_config_of(codec: dict, weights: str, device: str = "cpu") -> CodecConfig:
+    """The settings that rebuild the codec a provenance `codec` record (index.json, or the part a
+    checkpoint keeps) names: records written before other codecs existed are EnCodec's."""
+    name = codec.get("model", DEFAULT_CODEC)
+    if name == DEFAULT_CODEC:
+        return CodecConfig(weights=weights, bandwidth=codec["bandwidth_kbps"], device=device)
+    return CodecConfig(name=name, weights=weights, codebooks=codec["codebooks"], device=device)
+
+
 def codec_for(codec: dict, weights: str | None = None, device: str = "cpu") -> CodecEncoder:
-    """The EnCodec a corpus's codes were made with: its provenance's `codec` record (index.json,
-    or the part a checkpoint keeps) gives the bandwidth and the weights' hash. `weights`:
-    pretrained, random or a checkpoint path (default: what the provenance names, where it names
-    a source). Raises `CodecMismatch` when the weights load but are not the corpus's, and
-    ValueError / `WeightsUnavailable` when they cannot be loaded."""
+    """The codec a corpus's codes were made with: its provenance's `codec` record (index.json,
+    or the part a checkpoint keeps) gives the codec, its codebooks and the weights' hash.
+    `weights`: pretrained, random or a checkpoint path (default: what the provenance names, where
+    it names a source). Raises `CodecMismatch` when the weights load but are not the corpus's,
+    and ValueError / `WeightsUnavailable` when they cannot be loaded."""
     if weights is None:
         weights = (
             codec["weights_source"] if codec.get("weights") == "checkpoint" else codec.get("weights", "pretrained")
         )
-    encoder = CodecEncoder(CodecConfig(weights=weights, bandwidth=codec["bandwidth_kbps"], device=device))
+    encoder = CodecEncoder(codec_config_of(codec, weights, device))
     encoder.setup()
     if encoder.weights.sha256 != codec["weights_sha256"]:
         source = f" ({codec['weights']}: {codec['weights_source']})" if "weights_source" in codec else ""
         raise CodecMismatch(
-            f"{weights!r} loaded EnCodec weights with sha256 {encoder.weights.sha256}, but the corpus was "
-            f"encoded with weights sha256 {codec['weights_sha256']}{source}; pass those weights "
+            f"{weights!r} loaded {encoder.spec.name} weights with sha256 {encoder.weights.sha256}, but the corpus "
+            f"was encoded with weights sha256 {codec['weights_sha256']}{source}; pass those weights "
             "(a corpus built offline used 'random')"
         )
     return encoder

@@ -1,9 +1,10 @@
-"""EnCodec 24 kHz settings and numbers, without torch: what the DAG loader, the planner and
-unit tasks need to know about the codec without loading it.
+"""Codec settings and numbers, without torch: what the DAG loader, the planner and unit tasks
+need to know about the codec without loading it.
 
-In: a `CodecConfig` (the DAG's `codec:` section). Out: its checks (`problems`), the codebooks a
-bandwidth uses, the frames a number of samples gives, the padded seconds per forward pass on a
-device, and `CodecWeights`, the provenance of the weights that made a corpus's codes.
+In: a `CodecConfig` (the DAG's `codec:` section; `name` picks one of tokens.codecs.SPECS). Out:
+its checks (`problems`), the codebooks it uses, the padded seconds per forward pass on a device,
+the record index.json and the audio settings keep of it, and `CodecWeights`, the provenance of
+the weights that made a corpus's codes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from storage.hashing import Checksum
 from storage.settings import Problems, positive
-from tokens.constants import FRAME_RATE, HOP
+from tokens.codecs import DEFAULT_CODEC, SPECS, CodecSpec, spec
 
 ENCODEC_24KHZ_URL = "https://dl.fbaipublicfiles.com/encodec/v0/encodec_24khz-d7cc33bc.th"
 # sha256 of that file (93,171,529 bytes). Its first 8 hex digits are the "d7cc33bc" in the file
@@ -22,10 +23,11 @@ ENCODEC_24KHZ_URL = "https://dl.fbaipublicfiles.com/encodec/v0/encodec_24khz-d7c
 # independent public projects that verify this exact file.
 ENCODEC_24KHZ_SHA256 = "sha256:d7cc33bcf1aad7f2dad9836f36431530744abeace3ca033005e3290ed4fa47bf"
 
-BANDWIDTHS = (1.5, 3.0, 6.0, 12.0, 24.0)  # kbps the 24 kHz model was trained for
-# The widest reflect padding (the last conv: kernel 7 at 75 Hz) reads 6 frames ahead: an
+BANDWIDTHS = (1.5, 3.0, 6.0, 12.0, 24.0)  # kbps EnCodec 24 kHz was trained for
+DEFAULT_BANDWIDTH = 6.0
+# EnCodec's widest reflect padding (the last conv: kernel 7 at 75 Hz) reads 6 frames ahead: an
 # utterance needs 7 frames of its own so that reading never reaches what follows it in a batch.
-MIN_FRAMES = 7
+MIN_FRAMES = SPECS[DEFAULT_CODEC].min_frames
 WEIGHT_KINDS = ("pretrained", "auto", "random")  # or a checkpoint path
 
 # Numerical modes of the encoder. "exact" is float32 with TF32 off: the reference. The fast modes
@@ -43,12 +45,16 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 @dataclass
 class CodecConfig:
-    weights: str = "pretrained"  # "pretrained" | "auto" | "random" | a local checkpoint path
-    bandwidth: float = 6.0  # kbps; 6.0 -> 8 codebooks
+    name: str = DEFAULT_CODEC  # one of tokens.codecs.SPECS
+    # "pretrained" | "auto" | "random" | a local checkpoint: EnCodec's state dict file, or the
+    # folder of a transformers codec (config.json + model.safetensors)
+    weights: str = "pretrained"
+    bandwidth: float = DEFAULT_BANDWIDTH  # EnCodec's kbps; 6.0 -> 8 codebooks
+    codebooks: int | None = None  # codebooks used; null: the codec's default (EnCodec: by bandwidth)
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
     batch_seconds: float | None = None  # padded audio seconds per forward pass; null: by device
     precision: str = "exact"  # one of PRECISIONS
-    weights_url: str = ENCODEC_24KHZ_URL
+    weights_url: str = ENCODEC_24KHZ_URL  # EnCodec's; the others come from their model hub repo
     # "sha256:<hex>" (or "md5:<hex>"). None: only the hub-style 8-hex prefix in the file name (if
     # any) is checked.
     weights_checksum: str | None = ENCODEC_24KHZ_SHA256
@@ -56,16 +62,21 @@ class CodecConfig:
     download_retries: int = 8
     threads: int | None = None  # torch CPU threads; None leaves torch's default alone
 
+    @property
+    def spec(self) -> CodecSpec:
+        return spec(self.name)
+
     def problems(self) -> Problems:
-        if self.bandwidth not in BANDWIDTHS:
-            yield "bandwidth", f"must be one of {list(BANDWIDTHS)} (kbps; 6.0 = 8 codebooks), got {self.bandwidth}"
+        if self.name not in SPECS:
+            yield "name", f"{self.name!r} is not a codec; use one of {sorted(SPECS)}"
+            return
+        yield from self._codebook_problems()
         if not _DEVICE.match(self.device):
             yield "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}"
         yield from positive(self.batch_seconds, "batch_seconds", optional=True)
         if self.precision not in PRECISIONS:
             yield "precision", f"must be one of {list(PRECISIONS)}, got {self.precision!r}"
-        if self.weights not in WEIGHT_KINDS and not Path(self.weights).is_file():
-            yield "weights", f"{self.weights!r} is not pretrained, auto, random or an existing checkpoint file"
+        yield from self._weights_problems()
         if not re.match(r"^(https?|file)://", self.weights_url):
             yield "weights_url", f"must be an http(s):// or file:// URL, got {self.weights_url!r}"
         if self.weights_checksum is not None:
@@ -75,6 +86,42 @@ class CodecConfig:
                 yield "weights_checksum", f"is not a checksum: {err}"
         yield from positive(self.download_retries, "download_retries")
         yield from positive(self.threads, "threads", optional=True)
+
+    def _codebook_problems(self) -> Problems:
+        if self.name == DEFAULT_CODEC:
+            if self.bandwidth not in BANDWIDTHS:
+                yield "bandwidth", f"must be one of {list(BANDWIDTHS)} (kbps; 6.0 = 8 codebooks), got {self.bandwidth}"
+            elif self.codebooks is not None and self.codebooks != num_codebooks(self.bandwidth):
+                yield (
+                    "codebooks",
+                    (
+                        f"{self.codebooks} disagrees with bandwidth {self.bandwidth} kbps "
+                        f"({num_codebooks(self.bandwidth)} codebooks); EnCodec's is set by codec.bandwidth"
+                    ),
+                )
+            return
+        if self.bandwidth != DEFAULT_BANDWIDTH:
+            yield "bandwidth", f"is EnCodec's setting; {self.name} uses codec.codebooks (1..{self.spec.max_codebooks})"
+        if self.codebooks is not None and not 1 <= self.codebooks <= self.spec.max_codebooks:
+            yield "codebooks", f"must be 1..{self.spec.max_codebooks} for {self.name}, got {self.codebooks}"
+        for key in ("weights_url", "weights_checksum"):
+            if getattr(self, key) != getattr(CodecConfig, key):
+                yield key, f"is EnCodec's; {self.name} weights come from its model hub repo or a local folder"
+
+    def _weights_problems(self) -> Problems:
+        if self.weights in WEIGHT_KINDS:
+            return
+        path = Path(self.weights)
+        if self.name == DEFAULT_CODEC and not path.is_file():
+            yield "weights", f"{self.weights!r} is not pretrained, auto, random or an existing checkpoint file"
+        elif self.name != DEFAULT_CODEC and not (path / "config.json").is_file():
+            yield (
+                "weights",
+                (
+                    f"{self.weights!r} is not pretrained, auto, random or a {self.name} model folder "
+                    "(config.json and model.safetensors, as save_pretrained writes them)"
+                ),
+            )
 
 
 @dataclass(frozen=True)
@@ -91,15 +138,48 @@ def batch_seconds(cfg: CodecConfig, device_type: str) -> float:
 
 
 def num_frames(num_samples: int) -> int:
-    """Code frames for `num_samples` samples at 24 kHz: ceil(num_samples / 320)."""
-    return -(-int(num_samples) // HOP)
+    """EnCodec code frames for `num_samples` samples at 24 kHz: ceil(num_samples / 320)."""
+    return SPECS[DEFAULT_CODEC].num_frames(num_samples)
 
 
 def num_codebooks(bandwidth: float) -> int:
-    """Codebooks used at `bandwidth` kbps (10 bits x 75 frames/s each): 6.0 -> 8."""
+    """EnCodec codebooks used at `bandwidth` kbps (10 bits x 75 frames/s each): 6.0 -> 8."""
     if float(bandwidth) not in BANDWIDTHS:
         raise ValueError(f"codec bandwidth {bandwidth} kbps is not one of {BANDWIDTHS}")
-    return round(bandwidth * 1000 / (FRAME_RATE * 10))
+    return round(bandwidth * 1000 / (SPECS[DEFAULT_CODEC].frame_rate * 10))
+
+
+def codebooks_of(cfg: CodecConfig) -> int:
+    """The codebooks `cfg` uses (raises UnknownCodec / ValueError on a bad setting)."""
+    if cfg.name == DEFAULT_CODEC:
+        return num_codebooks(cfg.bandwidth)
+    codec = spec(cfg.name)
+    n = codec.default_codebooks if cfg.codebooks is None else cfg.codebooks
+    if not 1 <= n <= codec.max_codebooks:
+        raise ValueError(f"codec.codebooks must be 1..{codec.max_codebooks} for {cfg.name}, got {n}")
+    return n
+
+
+def codec_record(cfg: CodecConfig) -> dict:
+    """What index.json's provenance says of the codec, besides its weights: its name as `model`,
+    and the numbers a reader and the trainer size things by."""
+    codec, codebooks = spec(cfg.name), codebooks_of(cfg)
+    return {
+        "model": codec.name,
+        "sample_rate": codec.sample_rate,
+        "bandwidth_kbps": cfg.bandwidth if cfg.name == DEFAULT_CODEC else codec.kbps(codebooks),
+        "codebooks": codebooks,
+        "codebook_size": codec.codebook_size,
+        "frame_rate": codec.frame_rate,
+    }
+
+
+def audio_codec_settings(cfg: CodecConfig) -> dict:
+    """The codec's part of the audio settings (which key every unit's codes), before weights.
+    EnCodec's predates the other codecs and keeps its keys: its corpora stay current."""
+    if cfg.name == DEFAULT_CODEC:
+        return {"model": cfg.name, "bandwidth": cfg.bandwidth}
+    return {"model": cfg.name, "codebooks": codebooks_of(cfg)}
 
 
 # What a codec worker records of its device beyond its type (CodecWorker.stack): a GPU's model

@@ -1,5 +1,7 @@
-"""EnCodec 24 kHz weights: fetched, checked, or made; and the provenance that names them.
+"""Codec weights: fetched, checked, or made; and the provenance that names them.
 
+`load_model`, `resolve_weights` and `model_from_state` serve every codec (each backend in
+tokens.codecs loads its own); the rest of this module is EnCodec 24 kHz's weights.
 In: `CodecConfig.weights`. Out: the model or its state dict, and `CodecWeights` (kind, a hash of
 the state dict, where they came from):
 - "pretrained": the official checkpoint, downloaded once (storage.download: resumable,
@@ -54,9 +56,9 @@ def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def cache_dir(cfg: CodecConfig) -> Path:
+def cache_dir(cfg: CodecConfig, library: str = "encodec") -> Path:
     root = cfg.cache_dir or os.environ.get("VALLE_CORPUS_CACHE") or "~/.cache/valle-corpus"
-    return Path(root).expanduser() / "encodec"
+    return Path(root).expanduser() / library
 
 
 class WeightsUnavailable(RuntimeError):
@@ -184,21 +186,29 @@ def _matches(path: Path, checksum: Checksum | None, name: str) -> bool:
     return _matches_digest(sha256_file(path), checksum, name)
 
 
-def _warn_random(reason: str, sha256: str) -> None:
+def warn_random(codec: str, reason: str, sha256: str) -> None:
     bar = "!" * 78
     log.warning(
-        "\n%s\n!! EnCodec: the pretrained weights are unavailable:\n!!   %s\n"
+        "\n%s\n!! %s: the pretrained weights are unavailable:\n!!   %s\n"
         "!! Falling back to RANDOM-INIT weights (codec.weights=auto). The codes written with\n"
         "!! them are MEANINGLESS for training; their provenance says kind='random',\n"
         "!! sha256=%s.\n!! Set codec.weights=pretrained to make this an error instead.\n%s",
         bar,
+        codec,
         reason,
         sha256,
         bar,
     )
 
 
-def load_model(cfg: CodecConfig) -> tuple[EncodecModel, CodecWeights]:
+def load_model(cfg: CodecConfig):
+    """The model `cfg` names, ready to encode at its codebooks, and its weights' provenance."""
+    from tokens.codecs import backend
+
+    return backend(cfg.name).load(cfg)
+
+
+def load_encodec(cfg: CodecConfig) -> tuple[EncodecModel, CodecWeights]:
     if cfg.weights in ("pretrained", "auto"):
         try:
             # auto exists for offline runs: one quick try, not minutes of backoff.
@@ -207,8 +217,8 @@ def load_model(cfg: CodecConfig) -> tuple[EncodecModel, CodecWeights]:
         except WeightsUnavailable as e:
             if cfg.weights == "pretrained":
                 raise
-            model, weights = load_model(CodecConfig(weights="random"))
-            _warn_random(str(e), weights.sha256)
+            model, weights = load_encodec(CodecConfig(weights="random"))
+            warn_random("EnCodec", str(e), weights.sha256)
             return model, weights
         model = _model_from_file(path, "pretrained EnCodec checkpoint")
         source = cfg.weights_url
@@ -231,14 +241,14 @@ def resolve_weights(cfg: CodecConfig) -> tuple[dict[str, torch.Tensor], CodecWei
     return model.state_dict(), weights
 
 
-def model_from_state(state: dict[str, torch.Tensor], weights: CodecWeights) -> tuple[EncodecModel, CodecWeights]:
-    """A model from a state dict resolved elsewhere, checked against the hash it was sent with."""
+def model_from_state(state: dict[str, torch.Tensor], weights: CodecWeights, cfg: CodecConfig):
+    """`cfg`'s model from a state dict resolved elsewhere, checked against the hash it was sent with."""
+    from tokens.codecs import backend
+
     digest = state_dict_sha256(state)
     if digest != weights.sha256:
         raise RuntimeError(
             f"codec weights arrived with sha256 {digest[:12]}, expected "
             f"{weights.sha256[:12]} ({weights.kind}); they were damaged on the way"
         )
-    model = new_model()
-    model.load_state_dict(state, strict=True)
-    return model, weights
+    return backend(cfg.name).from_state(state, weights, cfg), weights

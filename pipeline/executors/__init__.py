@@ -1,6 +1,6 @@
 """Executors: how the units of a run are executed; the runner (pipeline.runner) decides which.
 
-In: the units still to do (`UnitJob`s) and the codec, resolved once by the driver (`CodecSpec`:
+In: the units still to do (`UnitJob`s) and the codec, resolved once by the driver (`ResolvedCodec`:
 settings, the loaded state dict, its provenance). Out: `UnitsOutcome`: what each unit did, the
 units that failed (each alone; the others commit), and the codec workers' counters (forward
 passes, audio seconds, seconds per step: where the time goes).
@@ -25,7 +25,7 @@ from tokens.codec_settings import CodecConfig, CodecWeights
 
 
 @dataclass
-class CodecSpec:
+class ResolvedCodec:
     cfg: CodecConfig  # weights settled: "auto" already resolved to what was found
     state: dict  # the state dict the driver loaded: workers build the model from it
     weights: CodecWeights  # its provenance; workers check the state against its hash
@@ -39,7 +39,7 @@ class UnitsOutcome:
 
 
 class Executor(Protocol):
-    def run_units(self, jobs: list[UnitJob], codec: CodecSpec, progress: bool) -> UnitsOutcome: ...
+    def run_units(self, jobs: list[UnitJob], codec: ResolvedCodec, progress: bool) -> UnitsOutcome: ...
 
 
 def chunked(jobs: list[UnitJob], batch_seconds: float) -> list[UnitJob]:

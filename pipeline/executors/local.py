@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from pipeline.encode.codec_worker import CodecWorker
 from pipeline.encode.unit import UnitJob, run_unit
-from pipeline.executors import CodecSpec, UnitsOutcome, chunked, failure, progress_bar
+from pipeline.executors import ResolvedCodec, UnitsOutcome, chunked, failure, progress_bar
 from tokens.codec_settings import batch_seconds
 
 
@@ -21,7 +21,7 @@ class LocalExecutor:
         self.threads = threads or os.cpu_count() or 1  # torch threads of the codec
         self.resample_threads = resample_threads
 
-    def run_units(self, jobs: list[UnitJob], codec: CodecSpec, progress: bool) -> UnitsOutcome:
+    def run_units(self, jobs: list[UnitJob], codec: ResolvedCodec, progress: bool) -> UnitsOutcome:
         worker = CodecWorker(codec.cfg, codec.state, codec.weights, self.threads, self.resample_threads)
         device_type = worker.encoder.device.type
         outcome = UnitsOutcome()

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from pipeline.encode.unit import UnitJob, run_unit
-from pipeline.executors import CodecSpec, UnitsOutcome, chunked, failure, progress_bar
+from pipeline.executors import ResolvedCodec, UnitsOutcome, chunked, failure, progress_bar
 from pipeline.executors.placement import ClusterMismatch, CodecSlot, cluster_summary, plan_slots, uses_gpu
 from pipeline.executors.streaks import FailureStreaks
 from tokens.codec_settings import batch_seconds
@@ -137,7 +137,7 @@ class RayExecutor:
             ray.shutdown()
             self._started_ray = False
 
-    def run_units(self, jobs: list[UnitJob], codec: CodecSpec, progress: bool) -> UnitsOutcome:
+    def run_units(self, jobs: list[UnitJob], codec: ResolvedCodec, progress: bool) -> UnitsOutcome:
         import ray
 
         started_here = not ray.is_initialized()
@@ -167,7 +167,7 @@ class RayExecutor:
             if started_here:
                 ray.shutdown()
 
-    def _start(self, slots: list[CodecSlot], cfg, codec: CodecSpec) -> list[_Worker]:
+    def _start(self, slots: list[CodecSlot], cfg, codec: ResolvedCodec) -> list[_Worker]:
         """Start one actor per slot on its node. Units are fed to them at once (their unit tasks
         start and decode while the model loads); `_schedule` watches the start-up."""
         import ray

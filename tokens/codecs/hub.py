@@ -1,0 +1,142 @@
+"""Weights of the codecs transformers ships (DAC, Mimi): from the model hub, a local folder, or
+a seeded random init; and the provenance that names them, as EnCodec's (tokens.codec_weights).
+
+- "pretrained": `from_pretrained(<hub repo>)` into `<cache>/huggingface` (the hub verifies what
+  it downloads; the resolved commit is recorded in the weights' source);
+- "auto": pretrained if it is cached or can be downloaded, else random (with a loud warning);
+- "random": the real architecture, seeded, with its codebooks fitted to noise so that codes vary;
+- a folder: what `save_pretrained` wrote (config.json, model.safetensors); refused unless its
+  config is this codec's architecture.
+Weights load as float32 tensors from safetensors: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from storage.hashing import sha256_file
+from tokens.codec_settings import CodecConfig, CodecWeights
+from tokens.codec_weights import WeightsUnavailable, cache_dir, state_dict_sha256, warn_random
+
+log = logging.getLogger(__name__)
+
+RANDOM_INIT_SEED = 20261207
+
+
+@dataclass(frozen=True)
+class HubCodec:
+    """One transformers codec: its model class, the exact architecture this project uses it with
+    (what a folder's config.json must agree with), and where its pretrained weights live."""
+
+    name: str  # the tokens.codecs name
+    model_class: type
+    config: object  # a transformers PretrainedConfig of the real architecture
+    repo: str  # model hub repository of the pretrained weights
+    checked: tuple[str, ...]  # config keys a folder's config.json must share with `config`
+    fit_random: Callable[[torch.nn.Module], None]  # makes random-init codes vary (in place)
+
+
+def load(codec: HubCodec, cfg: CodecConfig) -> tuple[torch.nn.Module, CodecWeights]:
+    if cfg.weights in ("pretrained", "auto"):
+        try:
+            model = _from_hub(codec, cfg)
+        except WeightsUnavailable as e:
+            if cfg.weights == "pretrained":
+                raise
+            model, weights = load(codec, replace(cfg, weights="random"))
+            warn_random(codec.name, str(e), weights.sha256)
+            return model, weights
+        commit = getattr(model.config, "_commit_hash", None) or "unknown commit"
+        kind, source, file_sha256 = "pretrained", f"https://huggingface.co/{codec.repo} @ {commit}", None
+    elif cfg.weights == "random":
+        model = random_model(codec)
+        kind, file_sha256 = "random", None
+        source = f"random init: seed {RANDOM_INIT_SEED}, torch {torch.__version__}"
+    else:
+        folder = Path(cfg.weights).expanduser()
+        model = _from_folder(codec, folder)
+        safetensors = folder / "model.safetensors"
+        kind, source = "checkpoint", str(folder.resolve())
+        file_sha256 = sha256_file(safetensors) if safetensors.is_file() else None
+    model = model.float().eval()
+    return model, CodecWeights(kind, state_dict_sha256(model.state_dict()), source, file_sha256)
+
+
+def from_state(
+    codec: HubCodec, state: dict[str, torch.Tensor], weights: CodecWeights, cfg: CodecConfig
+) -> torch.nn.Module:
+    """The architecture with `state` loaded (strict: every tensor, no other)."""
+    model = codec.model_class(codec.config)
+    model.load_state_dict(state, strict=True)
+    return model.float().eval()
+
+
+def random_model(codec: HubCodec) -> torch.nn.Module:
+    """The real architecture, initialized from a fixed seed (the same weights in every process
+    on the same kind of machine), its codebooks fitted to noise (`fit_random`)."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = codec.model_class(codec.config).float().eval()
+        codec.fit_random(model)
+    return model
+
+
+def fitted_codebook(residual: torch.Tensor, size: int) -> torch.Tensor:
+    """(size, dim) float64 entries drawn around seeded latents `residual` (frames, dim): Gaussian
+    with their per-dimension mean and std, as a k-means init would place them."""
+    return residual.mean(0) + residual.std(0) * torch.randn(size, residual.shape[1], dtype=torch.float64)
+
+
+def _from_hub(codec: HubCodec, cfg: CodecConfig) -> torch.nn.Module:
+    cache = cache_dir(cfg, "huggingface")
+    try:
+        model = codec.model_class.from_pretrained(codec.repo, cache_dir=str(cache), dtype=torch.float32)
+    except Exception as e:  # offline, a missing repo, a damaged download: all mean "not here"
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise WeightsUnavailable(
+            f"cannot obtain the pretrained {codec.name} weights from the model hub repo {codec.repo} "
+            f"({type(e).__name__}: {first[:300]}); download them elsewhere with "
+            f"{codec.model_class.__name__}.from_pretrained({codec.repo!r}).save_pretrained(FOLDER) "
+            "and pass codec.weights=FOLDER"
+        ) from e
+    _check_config(codec, model.config.to_dict(), f"the hub repo {codec.repo}")
+    return model
+
+
+def _from_folder(codec: HubCodec, folder: Path) -> torch.nn.Module:
+    config_file = folder / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"codec.weights folder {folder} has no readable config.json ({e}); expected a {codec.name} "
+            "model folder as save_pretrained writes it"
+        ) from None
+    _check_config(codec, config, f"codec.weights folder {folder}")
+    try:
+        return codec.model_class.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+    except Exception as e:
+        raise ValueError(
+            f"codec.weights folder {folder} cannot be loaded as {codec.name} "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''})"
+        ) from None
+
+
+def _check_config(codec: HubCodec, config: dict, where: str) -> None:
+    """Refuse weights of another model, or of this model at other numbers (rate, codebooks)."""
+    expected = codec.config.to_dict()
+    if config.get("model_type") != expected["model_type"]:
+        raise ValueError(
+            f"{where} holds a {config.get('model_type')!r} model, not {codec.name} "
+            f"(model_type {expected['model_type']!r}); pass weights of {codec.name}, or set codec.name "
+            "to the codec these weights are"
+        )
+    wrong = [f"{k} {config.get(k)!r} (expected {expected[k]!r})" for k in codec.checked if config.get(k) != expected[k]]
+    if wrong:
+        raise ValueError(f"{where} is a {config['model_type']} model but not {codec.name}: {', '.join(wrong)}")
