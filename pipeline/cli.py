@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("listen", help="decode one sample's codes to a 24 kHz wav")
+    p = sub.add_parser("listen", help="decode one sample's codes to a wav at the codec's sample rate")
     p.add_argument("out", help="the corpus: a folder, or an http(s):// or s3:// location")
     p.add_argument("cut_id", help="the sample's id (its cut or supervision id in the source's manifest)")
     p.add_argument("--out", dest="wav", required=True, help="the wav file to write")
@@ -139,7 +139,7 @@ def _run(args) -> int:
     from pipeline.encode.unit import StackChanged
     from pipeline.executors.placement import ClusterMismatch
     from pipeline.output.lock import LockLost, OutputLocked
-    from pipeline.runner import RunFailed, SettingsChanged, run
+    from pipeline.runner import RunFailed, SettingsChanged, WeightsRefused, run
     from storage.download import DownloadError
     from tokens.codec_weights import WeightsUnavailable
 
@@ -165,6 +165,7 @@ def _run(args) -> int:
         RunFailed,
         DownloadError,
         WeightsUnavailable,
+        WeightsRefused,
         OutputLocked,
         ClusterMismatch,
     ) as err:
@@ -195,7 +196,7 @@ def _run(args) -> int:
         )
     if index["provenance"]["codec"]["weights"] == "random":
         print(
-            "WARNING: codes were made with RANDOM EnCodec weights (offline test run); "
+            f"WARNING: codes were made with RANDOM {index['provenance']['codec']['model']} weights (offline test run); "
             "they are not usable for training a real model.",
             file=sys.stderr,
         )
@@ -256,7 +257,7 @@ def _listen(args) -> int:
     except ListenError as err:
         print(f"valle-prep: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {args.wav}: {args.cut_id}, {seconds:.2f} s at 24000 Hz")
+    print(f"wrote {args.wav}: {args.cut_id}, {seconds:.2f} s")
     return 0
 
 

@@ -38,6 +38,7 @@ from pipeline.plan.subsets import SubsetPlan, plan_subsets, read_unit_cuts
 from pipeline.sources import kind_of
 from pipeline.text.agreement import AGREEMENT
 from pipeline.text.bpe import model_type_of, train_bpe
+from schemas.codes import CodesSpace
 from storage.files import read_json, write_bytes_atomic, write_json_atomic
 from storage.hashing import json_digest, sha256_file
 from storage.locks import HeldLock
@@ -60,6 +61,11 @@ log = logging.getLogger(__name__)
 
 class SettingsChanged(RuntimeError):
     """The DAG asks for audio settings other than those OUT was built with."""
+
+
+class WeightsRefused(RuntimeError):
+    """codec.weights names something that is not this codec's weights (another codec's folder, a
+    damaged or foreign file): refused before anything is read or encoded."""
 
 
 class RunFailed(RuntimeError):
@@ -177,6 +183,7 @@ def _run(
             known_stacks=known_stacks,
             allow_new_stack=allow_stack_change,
             lock=lock.guard,
+            codes_space=CodesSpace.of_record(codec_record(dag.codec)),
         )
         for plan in plans
         for unit in plan.units
@@ -317,7 +324,10 @@ def resolve_codec(cfg: CodecConfig) -> ResolvedCodec:
     """Settle `auto` and load the weights once, in the driver: every worker gets this state."""
     from tokens.codec_weights import resolve_weights  # torch loads here, in the driver only
 
-    state, weights = resolve_weights(cfg)
+    try:
+        state, weights = resolve_weights(cfg)
+    except ValueError as err:  # the backends' refusals: another model, a file that is not weights
+        raise WeightsRefused(f"codec {cfg.name}: {err}") from None
     concrete = replace(cfg, weights=weights.kind if weights.kind != "checkpoint" else cfg.weights)
     return ResolvedCodec(concrete, state, weights)
 

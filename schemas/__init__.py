@@ -5,7 +5,8 @@ The JSON files beside this package are the language-neutral definition: JSON Sch
 index (index.v1/v2) and per-sample metadata (sample.v1/v2), column lists for Parquet shards
 (parquet.v1/v2) and lengths.parquet (lengths.v1). The modules:
 - `schemas.contract`: versions, the list of formats, validation against the schema files;
-- `schemas.codes`: codes as the shards store them (v2 .npy and list<list<uint16>>, v1 packed);
+- `schemas.codes`: codes as the shards store them (v2 .npy and list<list<uint16>>, v1 packed),
+  checked against the codec a corpus records (`CodesSpace`: codebook size, frame rate);
 - `schemas.sample`: one utterance, the record every writer takes;
 - one module per shard format, its writer beside its strict reader: `schemas.webdataset`,
   `schemas.parquet`, `schemas.lhotse_shar`;
@@ -17,6 +18,7 @@ The names below are the ones every consumer needs; import the rest from their mo
 from schemas.codes import (
     CODES_FORMAT,
     CODES_FORMAT_V1,
+    CodesSpace,
     check_codes,
     codes_from_arrow,
     codes_from_npy,
@@ -48,6 +50,7 @@ __all__ = [
     "PARQUET_VERSION",
     "READABLE_VERSIONS",
     "SAMPLE_VERSION",
+    "CodesSpace",
     "SchemaError",
     "arrow_schema",
     "check_codes",

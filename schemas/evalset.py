@@ -22,7 +22,8 @@ and read by `valle-eval` and the training-time evaluation. A folder:
                        prompt, the first taking the last), or null when the speaker has only one}
     bpe.model         the corpus's SentencePiece model (provenance.bpe.model names it): the set
                       tokenizes prompt and text as the corpus did, without the corpus at hand
-    audio/<n>.wav     the ground truth, mono 16-bit 24 kHz (the rate the codec and models work at)
+    audio/<n>.wav     the ground truth, mono 16-bit at the codec's sample rate (provenance.codec's
+                      sample_rate, 24 kHz for every codec here: the rate the codec and models work at)
     codes/<n>.npy     its (codebooks, frames) uint16 codes (schemas.codes), made by the corpus's codec
 
 Paths in utterances.jsonl are relative and must stay inside the folder; codes never unpickle.
@@ -41,10 +42,9 @@ import numpy as np
 import numpy.lib.format as fmt
 import soundfile as sf
 
-from schemas.codes import codes_from_npy, codes_to_npy
+from schemas.codes import DEFAULT_SPACE, CodesSpace, codes_from_npy, codes_to_npy
 from schemas.contract import SchemaError
 from storage.files import write_bytes_atomic, write_json_atomic
-from tokens.constants import SAMPLE_RATE
 
 EVALSET_SCHEMA = "valle-corpus/evalset.v1"
 # source.warning of a set whose subset training read (pipeline.evalsets.held_out), and what readers
@@ -107,6 +107,11 @@ class EvalSet:
         return self.meta["provenance"]
 
     @property
+    def space(self) -> CodesSpace:
+        """The codec of the set's codes and audio (its sample rate), as its provenance records it."""
+        return CodesSpace.of_record(self.provenance["codec"])
+
+    @property
     def bpe_model(self) -> Path:
         return self.folder / BPE_MODEL
 
@@ -142,12 +147,12 @@ class EvalSet:
         return Utterance(**{**row, "text_tokens": tuple(tokens)})
 
     def check(self) -> None:
-        """Every utterance's files are there and readable: its audio a mono 24 kHz wav, its codes
-        a 2-D uint16 .npy of the set's codebooks (headers only, nothing decoded). Raises
-        SchemaError naming the first broken file."""
+        """Every utterance's files are there and readable: its audio a mono wav at the codec's
+        sample rate, its codes a 2-D uint16 .npy of the set's codebooks (headers only, nothing
+        decoded). Raises SchemaError naming the first broken file."""
         codebooks = self.provenance["codec"]["codebooks"]
         for u in self.utterances:
-            _check_wav(self.folder / u.audio)
+            _check_wav(self.folder / u.audio, self.space.sample_rate)
             _check_npy_header(self.folder / u.codes, codebooks)
 
     def first(self, n: int | None) -> list[Utterance]:
@@ -159,16 +164,18 @@ class EvalSet:
         return [u for u in self.utterances if u.id in keep]
 
     def audio(self, u: Utterance) -> np.ndarray:
-        """float32 mono 24 kHz ground truth."""
+        """float32 mono ground truth at the codec's sample rate."""
         wave, rate = sf.read(self.folder / u.audio, dtype="float32")
-        if rate != SAMPLE_RATE or wave.ndim != 1:
-            raise SchemaError(f"{self.folder / u.audio}: expected mono {SAMPLE_RATE} Hz, got {rate} Hz {wave.shape}")
+        if rate != self.space.sample_rate or wave.ndim != 1:
+            raise SchemaError(
+                f"{self.folder / u.audio}: expected mono {self.space.sample_rate} Hz, got {rate} Hz {wave.shape}"
+            )
         return wave
 
     def codes(self, u: Utterance) -> np.ndarray:
-        """(codebooks, frames) uint16."""
+        """(codebooks, frames) uint16, values < the codec's codebook size."""
         path = self.folder / u.codes
-        return codes_from_npy(path.read_bytes(), str(path))
+        return codes_from_npy(path.read_bytes(), str(path), self.space.codebook_size)
 
 
 _REMAKE = "make the set again with valle-prep evalset"
@@ -209,13 +216,13 @@ def _reference(meta: dict, where: Path) -> dict:
     return ref
 
 
-def _check_wav(path: Path) -> None:
+def _check_wav(path: Path, sample_rate: int) -> None:
     try:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise SchemaError(f"{path}: not a readable wav ({e}); {_REMAKE}") from None
-    if info.samplerate != SAMPLE_RATE or info.channels != 1:
-        raise SchemaError(f"{path}: expected mono {SAMPLE_RATE} Hz, got {info.channels} ch {info.samplerate} Hz")
+    if info.samplerate != sample_rate or info.channels != 1:
+        raise SchemaError(f"{path}: expected mono {sample_rate} Hz, got {info.channels} ch {info.samplerate} Hz")
 
 
 def _check_npy_header(path: Path, codebooks: int) -> None:
@@ -233,10 +240,11 @@ def _check_npy_header(path: Path, codebooks: int) -> None:
 
 class EvalSetWriter:
     """Writes a set: `add` each utterance (any order), then `finish`. A set that was not finished
-    has no evalset.json and is not read; writing again starts it over."""
+    has no evalset.json and is not read; writing again starts it over. `space`: the corpus's codec
+    (audio written at its sample rate, codes checked against its codebook size)."""
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: str | Path, space: CodesSpace = DEFAULT_SPACE):
+        self.folder, self.space = Path(folder), space
         (self.folder / META).unlink(missing_ok=True)
         for sub in ("audio", "codes"):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
@@ -249,8 +257,8 @@ class EvalSetWriter:
             )
         n = f"{len(self.rows):06d}"
         wav, npy = f"audio/{n}.wav", f"codes/{n}.npy"
-        sf.write(self.folder / wav, np.clip(audio, -1, 1), SAMPLE_RATE, subtype="PCM_16")
-        write_bytes_atomic(self.folder / npy, codes_to_npy(codes))
+        sf.write(self.folder / wav, np.clip(audio, -1, 1), self.space.sample_rate, subtype="PCM_16")
+        write_bytes_atomic(self.folder / npy, codes_to_npy(codes, self.space.codebook_size))
         self.rows.append(
             {
                 "id": id,
@@ -258,7 +266,7 @@ class EvalSetWriter:
                 "text": text,
                 "reference": reference,
                 "text_tokens": [int(t) for t in text_tokens],
-                "duration": round(len(audio) / SAMPLE_RATE, 6),
+                "duration": round(len(audio) / self.space.sample_rate, 6),
                 "audio": wav,
                 "codes": npy,
                 "prompt_id": None,

@@ -7,13 +7,13 @@ temporary names, fsynced; the caller renames them when the unit commits. Each un
 Shar directory by itself (`CutSet.from_shar(in_dir=...)`); a whole subset is read by listing
 its files from index.json (docs/formats.md: With lhotse (Shar)).
 
-Each cut: duration = frames / 75 (the codes' own length, so `cut.load_codes()`, which slices by
-duration, returns every frame; the seconds of audio actually encoded are `audio_duration`), no
-recording (the audio is not in the corpus), one supervision with the normalized text, speaker,
-the LibriLight recording id and Libriheavy's original [book, ASR] texts (`custom.texts`), and
-custom fields `codes` (TemporalArray, frames x codebooks, frame_shift 1/75 s: lhotse slices
-arrays on their first axis, so time comes first), `text_tokens`, `subset`, `audio_duration` and
-`source_start` (the window's start in the recording).
+Each cut: duration = frames / the codec's frame rate (75 for EnCodec: the codes' own length, so
+`cut.load_codes()`, which slices by duration, returns every frame; the seconds of audio actually
+encoded are `audio_duration`), no recording (the audio is not in the corpus), one supervision
+with the normalized text, speaker, the LibriLight recording id and Libriheavy's original [book,
+ASR] texts (`custom.texts`), and custom fields `codes` (TemporalArray, frames x codebooks,
+frame_shift 1 / frame rate: lhotse slices arrays on their first axis, so time comes first),
+`text_tokens`, `subset`, `audio_duration` and `source_start` (the window's start in the recording).
 
 Written without lhotse, in its layout: lhotse imports torch (unit tasks never do), its writers
 open files by name (no fsync before rename) and its gzip headers carry the time of writing.
@@ -34,10 +34,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from schemas.codes import check_codes
+from schemas.codes import DEFAULT_SPACE, CodesSpace, check_codes
 from schemas.contract import SchemaError
 from schemas.webdataset import add_member
-from tokens.constants import FRAME_RATE
 
 FORMAT = "lhotse_shar"
 LANGUAGE = "English"  # Libriheavy is English audiobooks; its supervisions say so too
@@ -62,38 +61,40 @@ def id_problem(cut_id: str) -> str | None:
     return None
 
 
-def write_cuts(samples, f) -> None:
-    """One MonoCut JSON line per sample, gzipped with a fixed header."""
+def write_cuts(samples, f, space: CodesSpace = DEFAULT_SPACE) -> None:
+    """One MonoCut JSON line per sample, gzipped with a fixed header; durations at the codec's
+    frame rate (`space`)."""
     with gzip.GzipFile(fileobj=f, mode="wb", mtime=0, filename="") as gz:
         for s in samples:
-            gz.write(json.dumps(cut_dict(s), ensure_ascii=False).encode() + b"\n")
+            gz.write(json.dumps(cut_dict(s, space), ensure_ascii=False).encode() + b"\n")
 
 
-def write_codes(samples, f) -> None:
-    """Per sample `<id>.npy` (frames x codebooks, little-endian uint16) then `<id>.json`."""
+def write_codes(samples, f, space: CodesSpace = DEFAULT_SPACE) -> None:
+    """Per sample `<id>.npy` (frames x codebooks, little-endian uint16, values < the codec's
+    codebook size) then `<id>.json`."""
     with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:  # PAX: ids of any length
         for s in samples:
-            array = np.ascontiguousarray(s.codes.T, dtype="<u2")
+            array = np.ascontiguousarray(check_codes(s.codes, s.id, space.codebook_size).T, dtype="<u2")
             buf = io.BytesIO()
             np.save(buf, array, allow_pickle=False)
             add_member(tar, f"{s.id}.npy", buf.getvalue())
-            add_member(tar, f"{s.id}.json", json.dumps(_codes_manifest(array.shape)).encode() + b"\n")
+            add_member(tar, f"{s.id}.json", json.dumps(_codes_manifest(array.shape, space)).encode() + b"\n")
 
 
-def _codes_manifest(shape) -> dict:
+def _codes_manifest(shape, space: CodesSpace) -> dict:
     """A TemporalArray placeholder: lhotse's reader fills in the bytes from the tar member."""
     return {
         "array": {"storage_type": "shar", "storage_path": "", "storage_key": "", "shape": list(shape)},
         "temporal_dim": 0,
-        "frame_shift": 1 / FRAME_RATE,
+        "frame_shift": 1 / space.frame_rate,
         "start": 0,
     }
 
 
-def cut_dict(s) -> dict:
+def cut_dict(s, space: CodesSpace = DEFAULT_SPACE) -> dict:
     """The MonoCut dict lhotse's `Cut.to_dict` would write for this sample."""
     codebooks, frames = s.codes.shape
-    duration = frames / FRAME_RATE
+    duration = frames / space.frame_rate
     supervision = {
         "id": s.id,
         "recording_id": s.recording_id,
@@ -113,7 +114,7 @@ def cut_dict(s) -> dict:
         "channel": 0,
         "supervisions": [supervision],
         "custom": {
-            "codes": _codes_manifest([frames, codebooks]),
+            "codes": _codes_manifest([frames, codebooks], space),
             "text_tokens": list(s.text_tokens),
             "subset": s.subset,
             "audio_duration": s.duration,
@@ -124,13 +125,19 @@ def cut_dict(s) -> dict:
 
 
 def read_shard(
-    cuts: BinaryIO | bytes, codes: BinaryIO | bytes, wanted: np.ndarray | None = None, *, bad_codes: str = "raise"
+    cuts: BinaryIO | bytes,
+    codes: BinaryIO | bytes,
+    wanted: np.ndarray | None = None,
+    *,
+    bad_codes: str = "raise",
+    space: CodesSpace = DEFAULT_SPACE,
 ) -> Iterator[tuple[dict, np.ndarray]]:
     """(sample metadata as in schemas/sample.v2.json, codes (codebooks, frames)) per cut in
     `wanted` (sorted; all when None), from a shard's two files (streams, or their bytes)
     read side by side and checked against each other the way lhotse pairs them, without lhotse:
     cut k's line, then `<id>.npy` and `<id>.json` in the codes tar. Unwanted cuts' arrays are
-    passed over unread. Raises SchemaError on the first inconsistency; `bad_codes="yield"`
+    passed over unread. `space`: the corpus's recorded codec (durations at its frame rate, values
+    < its codebook size). Raises SchemaError on the first inconsistency; `bad_codes="yield"`
     yields a cut whose codes lie outside the codebook with its error in place of the codes."""
     last = None if wanted is None else (int(wanted[-1]) if len(wanted) else -1)
     if last == -1:
@@ -147,7 +154,8 @@ def read_shard(
             manifest = next(members, None)
             name = _check_pair(array, manifest, position, cut)
             if wanted_here:
-                yield _metadata(cut), _codes(cut, name, data, json.loads(tar.extractfile(manifest).read()), bad_codes)
+                manifest_dict = json.loads(tar.extractfile(manifest).read())
+                yield _metadata(cut), _codes(cut, name, data, manifest_dict, bad_codes, space)
             if position == last:
                 return
         if next(members, None) is not None:
@@ -179,7 +187,7 @@ def _check_pair(array, manifest, position: int, cut: dict) -> str:
     return name
 
 
-def _codes(cut: dict, name: str, data: bytes, manifest: dict, bad_codes: str):
+def _codes(cut: dict, name: str, data: bytes, manifest: dict, bad_codes: str, space: CodesSpace):
     """A cut's codes as (codebooks, frames), checked against its manifests and duration."""
     array = np.load(io.BytesIO(data), allow_pickle=False)
     if array.dtype != np.uint16 or array.ndim != 2:
@@ -187,13 +195,13 @@ def _codes(cut: dict, name: str, data: bytes, manifest: dict, bad_codes: str):
     shape = cut["custom"]["codes"]["array"]["shape"]
     if manifest["array"]["shape"] != list(array.shape) or shape != list(array.shape):
         raise SchemaError(f"cut {name!r}: manifests give shape {shape}, the array is {list(array.shape)}")
-    if abs(cut["duration"] - array.shape[0] / FRAME_RATE) > 1e-9:
+    if abs(cut["duration"] - array.shape[0] / space.frame_rate) > 1e-9:
         raise SchemaError(
             f"cut {name!r}: duration {cut['duration']} s for {array.shape[0]} frames "
-            f"(must be frames / {FRAME_RATE}, or lhotse truncates the codes)"
+            f"(must be frames / {space.frame_rate}, the codec's frame rate, or lhotse truncates the codes)"
         )
     try:
-        return check_codes(np.ascontiguousarray(array.T), f"{name}.npy")
+        return check_codes(np.ascontiguousarray(array.T), f"{name}.npy", space.codebook_size)
     except SchemaError as err:
         if bad_codes != "yield":
             raise

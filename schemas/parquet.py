@@ -2,8 +2,8 @@
 
 Write: a row group of PARQUET_ROW_GROUP samples at a time, zstd, codes as a list<list<uint16>>
 column ([codebooks][frames]) built from flat buffers (no Python object per code). Encodings,
-measured (bench/bench_code_bytes.py): a dictionary of the codes column (at most 1,024 values)
-stores each code as a 10-bit index, 752 B per audio second for uniformly random codes, where
+measured (bench/bench_code_bytes.py): a dictionary of the codes column (at most the codebook size:
+1,024 values for EnCodec) stores each code as a 10-bit index, 752 B per audio second for uniformly random codes, where
 plain uint16 + zstd takes 1,045 and byte-stream-split + zstd 794 (and less than both on
 low-entropy codes). Every Parquet reader decodes a dictionary; byte-stream-split on integers
 needs Arrow 16 or later.
@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.codes import CODES_FORMAT_V1, codes_from_arrow, codes_to_arrow, unpack_codes
+from schemas.codes import CODES_FORMAT_V1, DEFAULT_SPACE, CodesSpace, codes_from_arrow, codes_to_arrow, unpack_codes
 from schemas.contract import SchemaError, arrow_schema
 
 SUFFIX = ".parquet"
@@ -41,9 +41,9 @@ def open_file(source) -> pq.ParquetFile:
     return pq.ParquetFile(source, buffer_size=READ_BUFFER, pre_buffer=False)
 
 
-def write(samples: list, f: BinaryIO) -> None:
+def write(samples: list, f: BinaryIO, space: CodesSpace = DEFAULT_SPACE) -> None:
     """One shard's samples (schemas.sample.Sample) into `f`, each row group built and written
-    before the next."""
+    before the next; codes checked against the codec's `space`."""
     schema = arrow_schema()
     with pq.ParquetWriter(f, schema, compression="zstd", use_dictionary=True) as writer:
         for start in range(0, len(samples), PARQUET_ROW_GROUP):
@@ -55,7 +55,7 @@ def write(samples: list, f: BinaryIO) -> None:
                 "duration": [s.duration for s in group],
                 "text": [s.text for s in group],
                 "text_tokens": [list(s.text_tokens) for s in group],
-                "codes": codes_to_arrow([s.codes for s in group]),
+                "codes": codes_to_arrow([s.codes for s in group], space.codebook_size),
                 "recording_id": [s.recording_id for s in group],
                 "start": [s.start for s in group],
             }
@@ -70,11 +70,13 @@ def read(
     version: int | None = None,
     bad_codes: str = "raise",
     where: str = "codes",
+    space: CodesSpace = DEFAULT_SPACE,
 ) -> Iterator[tuple[dict, np.ndarray]]:
     """(metadata, codes (codebooks, frames) uint16) for the positions in `wanted` (sorted;
     all when None), in shard order. `columns`: the metadata columns to read (None: all); v1's
     packed codes come with `codes_shape` and `codes_format`, as in its sample JSON. `version`:
-    the schema version the file must have (None: its codes column says). A row group whose codes
+    the schema version the file must have (None: its codes column says); `space`: the corpus's
+    recorded codec (values < its codebook size). A row group whose codes
     do not decode raises `SchemaError` (`where` prefixes its message); with `bad_codes="yield"`
     a v1 row whose packed codes do not unpack is yielded with its error instead."""
     v1 = pa.types.is_binary(file.schema_arrow.field("codes").type)
@@ -94,13 +96,15 @@ def read(
         if wanted is None or ((wanted >= start) & (wanted < start + rows)).any():
             batches = file.iter_batches(READ_ROWS, row_groups=[group], columns=names + ["codes"], use_threads=False)
             for batch in batches:
-                yield from _rows(batch, start, wanted, names, v1, bad_codes, where)
+                yield from _rows(batch, start, wanted, names, v1, bad_codes, where, space)
                 start += batch.num_rows
         else:
             start += rows
 
 
-def _rows(batch: pa.RecordBatch, start: int, wanted, names: list[str], v1: bool, bad_codes: str, where: str):
+def _rows(
+    batch: pa.RecordBatch, start: int, wanted, names: list[str], v1: bool, bad_codes: str, where: str, space: CodesSpace
+):
     """The wanted rows of a batch that begins at row `start` of the file, decoded."""
     stop = start + batch.num_rows
     positions = np.arange(start, stop) if wanted is None else wanted[(wanted >= start) & (wanted < stop)]
@@ -108,7 +112,10 @@ def _rows(batch: pa.RecordBatch, start: int, wanted, names: list[str], v1: bool,
         return
     table = pa.Table.from_batches([batch]).take(pa.array(positions - start, pa.int64()))
     meta = {name: table.column(name).to_pylist() for name in names}
-    codes = _v1_codes(table, meta, bad_codes) if v1 else codes_from_arrow(table.column("codes"), where)
+    if v1:
+        codes = _v1_codes(table, meta, bad_codes)
+    else:
+        codes = codes_from_arrow(table.column("codes"), where, codebook_size=space.codebook_size)
     for i in range(len(positions)):
         yield {name: values[i] for name, values in meta.items()}, codes[i]
 

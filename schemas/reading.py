@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from schemas import lhotse_shar, parquet, webdataset
+from schemas.codes import DEFAULT_SPACE, CodesSpace
 from schemas.contract import FORMATS, READABLE_VERSIONS, SchemaError, validate
 from storage.remote import join, open_random_access, open_stream, read_bytes
 
@@ -28,6 +29,7 @@ class Shard:
     subset: str
     samples: int
     codes_uri: str | None = None  # lhotse Shar: the codes file
+    space: CodesSpace = DEFAULT_SPACE  # the corpus's codec as its index records it: codes are checked by it
 
 
 def read_index(location: str, error: type[Exception] = SchemaError) -> dict:
@@ -52,15 +54,17 @@ def read_index(location: str, error: type[Exception] = SchemaError) -> dict:
 
 def index_shards(location: str, index: dict, fmt: str = "auto", error: type[Exception] = SchemaError) -> list[Shard]:
     """Every shard of one format in an index, in index order; "auto": the first of FORMATS the
-    corpus has."""
+    corpus has. Each carries the codec the index records (`CodesSpace`), which its reader checks
+    the codes by."""
     formats = {s["format"] for s in index["shards"]}
     chosen = next((f for f in FORMATS if f in formats), None) if fmt == "auto" else fmt
     if chosen not in formats:
         raise error(f"{location}: has no {chosen} shards (it has {sorted(formats)})")
     files = [s for s in index["shards"] if s["format"] == chosen]
     codes = {s["id"]: join(location, s["path"]) for s in files if s.get("field") == "codes"}
+    space = CodesSpace.of_index(index)
     return [
-        Shard(s["id"], join(location, s["path"]), chosen, s["subset"], s["samples"], codes.get(s["id"]))
+        Shard(s["id"], join(location, s["path"]), chosen, s["subset"], s["samples"], codes.get(s["id"]), space)
         for s in files
         if s.get("field") != "codes"
     ]
@@ -86,12 +90,14 @@ def read_shard(
 def _samples(shard: Shard, wanted: np.ndarray | None, columns: list[str] | None) -> Iterator[tuple[dict, np.ndarray]]:
     if shard.format == "webdataset":
         with open_stream(shard.uri) as stream:
-            yield from webdataset.read(stream, wanted, where=shard.uri)
+            yield from webdataset.read(stream, wanted, where=shard.uri, space=shard.space)
     elif shard.format == lhotse_shar.FORMAT:
         if shard.codes_uri is None:
             raise SchemaError(f"{shard.uri}: the index lists no codes file for this Shar shard; run valle-prep verify")
         with open_stream(shard.uri) as cuts, open_stream(shard.codes_uri) as codes:
-            yield from lhotse_shar.read_shard(cuts, codes, wanted)
+            yield from lhotse_shar.read_shard(cuts, codes, wanted, space=shard.space)
     else:
         with open_random_access(shard.uri) as source:
-            yield from parquet.read(parquet.open_file(source), wanted, columns=columns, where=shard.uri)
+            yield from parquet.read(
+                parquet.open_file(source), wanted, columns=columns, where=shard.uri, space=shard.space
+            )

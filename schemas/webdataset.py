@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from schemas.codes import codes_from_npy, codes_to_npy, unpack_codes
+from schemas.codes import DEFAULT_SPACE, CodesSpace, codes_from_npy, codes_to_npy, unpack_codes
 from schemas.contract import SchemaError
 
 SUFFIX = ".tar"
@@ -40,14 +40,15 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write(samples, f: BinaryIO, unit: str, first_index: int) -> None:
-    """One shard's samples (schemas.sample.Sample) into `f`, keys counted from `first_index`."""
+def write(samples, f: BinaryIO, unit: str, first_index: int, space: CodesSpace = DEFAULT_SPACE) -> None:
+    """One shard's samples (schemas.sample.Sample) into `f`, keys counted from `first_index`;
+    codes checked against the codec's `space`."""
     with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for n, s in enumerate(samples, start=first_index):
             key = f"{unit}_{n:06d}"
             meta = json.dumps(s.metadata(), ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
             add_member(tar, f"{key}.json", meta)
-            add_member(tar, f"{key}.{CODES_MEMBER}", codes_to_npy(s.codes))
+            add_member(tar, f"{key}.{CODES_MEMBER}", codes_to_npy(s.codes, space.codebook_size))
 
 
 def read(
@@ -57,10 +58,12 @@ def read(
     version: int | None = None,
     bad_codes: str = "raise",
     where: str = "",
+    space: CodesSpace = DEFAULT_SPACE,
 ) -> Iterator[tuple[dict, np.ndarray]]:
     """(metadata, codes (codebooks, frames) uint16) for the positions in `wanted` (sorted;
     all when None), in shard order. `version`: the schema version the members must have (None:
-    each sample's members say). `bad_codes="yield"` yields a sample whose codes do not decode with
+    each sample's members say); `space`: the corpus's recorded codec (values < its codebook
+    size). `bad_codes="yield"` yields a sample whose codes do not decode with
     its `SchemaError` in place of the codes, instead of raising (verify names each one)."""
     keep = None if wanted is None else set(wanted.tolist())
     last = None if wanted is None else (int(wanted[-1]) if len(wanted) else -1)
@@ -72,7 +75,7 @@ def read(
         if fields["json"] is not None:
             meta = json.loads(fields["json"])
             try:
-                codes = _decode(fields[codes_member], codes_member, meta, f"{prefix}{key}.{codes_member}")
+                codes = _decode(fields[codes_member], codes_member, meta, f"{prefix}{key}.{codes_member}", space)
             except SchemaError as err:
                 if bad_codes != "yield":
                     raise
@@ -116,9 +119,9 @@ def _codes_member(fields: dict, version: int | None, key: str, prefix: str) -> s
     return member
 
 
-def _decode(data: bytes, member: str, meta: dict, where: str) -> np.ndarray:
+def _decode(data: bytes, member: str, meta: dict, where: str, space: CodesSpace) -> np.ndarray:
     if member == CODES_MEMBER:
-        return codes_from_npy(data, where)
+        return codes_from_npy(data, where, space.codebook_size)
     try:
         return unpack_codes(data, *meta["codes_shape"])
     except SchemaError:

@@ -104,7 +104,9 @@ def test_parquet_decodes_a_few_rows_at_a_time_whatever_the_row_group(tmp_path, m
         parquet.write(samples(20), f)  # one row group of 20
     decoded, real = [], parquet.codes_from_arrow
     monkeypatch.setattr(
-        parquet, "codes_from_arrow", lambda column, where: decoded.append(len(column)) or real(column, where)
+        parquet,
+        "codes_from_arrow",
+        lambda column, where, **kw: decoded.append(len(column)) or real(column, where, **kw),
     )
     monkeypatch.setattr(parquet, "READ_ROWS", 3)
     got = list(parquet.read(parquet.open_file(tmp_path / "x.parquet")))

@@ -6,7 +6,7 @@ an `encode_async` function (the codec worker: in process, or a Ray actor). Out:
 files, and its ledger entry, committed in that order.
 
 Two stages, so that text changes never cost audio work:
-- codes: decode + slice here, then resample + EnCodec in the codec worker, a chunk at a time.
+- codes: decode + slice here, then resample + the codec in the codec worker, a chunk at a time.
   Redone only when the audio settings change, the codes file is gone, or the cuts the text stage
   wants are not all covered.
 - shards: tokenize + write shards from the codes file. Redone when text or output settings change.
@@ -36,6 +36,7 @@ from pipeline.output.shards import FORMAT_DIRS, LAYOUT_VERSION, partial, remove_
 from pipeline.plan.subsets import UnitPlan, read_unit_cuts
 from pipeline.text.agreement import agreement_problem, text_cer
 from schemas import lhotse_shar as shar
+from schemas.codes import DEFAULT_SPACE, CodesSpace
 from schemas.sample import Sample
 from storage.files import fsync_dir
 from storage.hashing import json_digest, sha256_file
@@ -71,6 +72,7 @@ class UnitJob:
     known_stacks: tuple = ()
     allow_new_stack: bool = False
     lock: LockGuard | None = None  # the output lock's guard (the runner's): checked before each commit
+    codes_space: CodesSpace = DEFAULT_SPACE  # the codec's codebook size and frame rate, for the shards
 
     @property
     def codes_fingerprint(self) -> str:
@@ -268,6 +270,7 @@ def _write_shards(job: UnitJob, cuts, texts, cers, codes: CodesFile, selection_r
         job.unit.name,
         job.formats,
         job.target_shard_bytes,
+        job.codes_space,
     )
     _still_holder(job)
     for tmp, record in written:

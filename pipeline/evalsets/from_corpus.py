@@ -35,6 +35,7 @@ from pipeline.evalsets.selection import Selection
 from pipeline.fetch.audio_store import MissingAudio
 from pipeline.plan.manifest import GZIP_ERRORS, BadLine, ManifestInput, libriheavy_input, read_blocks
 from pipeline.sources import kind_of, libriheavy
+from schemas.codes import CodesSpace
 from schemas.evalset import EvalSetWriter, unusable_text
 from schemas.reading import index_shards, read_index, read_shard
 from storage.remote import join, read_bytes
@@ -109,7 +110,7 @@ def build_from_corpus(dag, subset: str, dest: Path, selection: Selection, progre
     for cut_id, _, n, pos in found:
         if cut_id in keep:
             wanted.setdefault(n, []).append(pos)
-    writer = EvalSetWriter(dest)
+    writer = EvalSetWriter(dest, CodesSpace.of_index(index))
     skipped: dict[str, int] = {}
 
     def skip(cut_id: str, reason: str, detail=None) -> None:

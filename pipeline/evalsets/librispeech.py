@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from pipeline.evalsets.from_corpus import EvalSetError
 from pipeline.evalsets.selection import Selection
+from schemas.codes import CodesSpace
 from schemas.evalset import EvalSetWriter, unusable_text
 from schemas.reading import read_index
 from storage.download import DownloadError, download
@@ -93,7 +94,7 @@ def build_from_librispeech(
     keep = selection.choose([(s.id, s.speaker) for s in chosen])
     chosen = sorted((s for s in chosen if s.id in keep), key=lambda s: s.id)
     codec = codec_for(provenance["codec"], codec_weights, device)
-    writer = EvalSetWriter(dest)
+    writer = EvalSetWriter(dest, CodesSpace.of_record(provenance["codec"]))
     skipped: dict[str, int] = {}
     with tqdm(total=len(chosen), desc=f"coding {PART}", unit="utt", disable=not progress) as bar:
         for first in range(0, len(chosen), ENCODE_BATCH):

@@ -1,9 +1,9 @@
 """Listen: one sample's codes back to audio, so a person can hear what the codes hold.
 
 In: OUT (a finished corpus: a folder, or an http(s):// or s3:// location read through
-storage.remote), a cut id, a wav path. Out: a 16-bit mono 24 kHz wav of the sample's
-codes decoded by EnCodec with the weights the corpus was encoded with (its provenance names
-them; their hash must match), frames x 320 samples long.
+storage.remote), a cut id, a wav path. Out: a 16-bit mono wav of the sample's codes decoded by
+the codec the corpus was encoded with (index.json's provenance.codec names it, its codebooks and
+its weights, whose hash must match), at the codec's sample rate, frames x its hop samples long.
 
 The sample is usually found without scanning the corpus: lengths.parquet lists every shard's
 recordings, and a sample id is its recording's id (LibriTTS, Emilia: one utterance per
@@ -29,8 +29,6 @@ import pyarrow.parquet as pq
 
 from schemas.reading import index_shards, read_index, read_shard
 from storage.remote import join, open_random_access, open_text
-from tokens.audio import write_wav
-from tokens.constants import SAMPLE_RATE
 
 # Source kinds (index.json's provenance.source.kind) whose sample ids start with their recording's.
 IDS_START_WITH_RECORDING = ("libriheavy", "emilia")
@@ -124,7 +122,8 @@ def _rejected(out: str, index: dict, cut_id: str) -> dict | None:
 
 
 def corpus_codec(out, weights: str | None = None, device: str = "cpu"):
-    """An EnCodec with the corpus's bandwidth and weights (or `weights`, whose hash must match)."""
+    """The codec the corpus's provenance names, with its codebooks and weights (or `weights`,
+    whose hash must match)."""
     from tokens.codec import codec_for  # torch loads here, only when audio is decoded
     from tokens.codec_weights import WeightsUnavailable
 
@@ -139,8 +138,12 @@ def corpus_codec(out, weights: str | None = None, device: str = "cpu"):
 
 def listen(out, cut_id: str, wav: Path, *, weights: str | None = None, device: str = "cpu") -> float:
     """Decode `cut_id`'s codes into `wav`; returns its length in seconds."""
+    import soundfile as sf
+
     _, codes = find_sample(out, cut_id)
-    wave = corpus_codec(out, weights, device).decode(codes)
+    codec = corpus_codec(out, weights, device)
+    wave = codec.decode(codes)
     wav.parent.mkdir(parents=True, exist_ok=True)
-    write_wav(wav, wave)
-    return len(wave) / SAMPLE_RATE
+    # 16-bit PCM at the codec's own rate (tokens.audio.write_wav writes 24 kHz only).
+    sf.write(wav, np.clip(wave, -1.0, 1.0), codec.spec.sample_rate, subtype="PCM_16", format="WAV")
+    return len(wave) / codec.spec.sample_rate

@@ -11,8 +11,9 @@ reads it. Out:
 Everything is streamed and memory stays flat in corpus size: lengths.parquet a batch of shards
 at a time into fixed-size histograms, rejects.jsonl line by line, codes shard by shard through
 the formats' readers (schemas.reading.read_shard, the one place that decodes codes) into one
-(codebooks x 1,024) count table. What grows is one number per speaker (~7 k in Libriheavy) and
-the set of speakers and books of each subset. Durations are the samples' codec frames / 75.
+(codebooks x the recorded codebook size) count table. What grows is one number per speaker (~7 k
+in Libriheavy) and the set of speakers and books of each subset. Durations are the samples' codec
+frames / the frame rate index.json records of the codec (75 for EnCodec, 12.5 for Mimi).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from schemas.codes import CodesSpace
 from schemas.reading import index_shards, read_index, read_shard
 from storage.files import write_json_atomic
 from storage.remote import is_remote, join, open_random_access, open_text
-from tokens.constants import CODEBOOK_SIZE, FRAME_RATE
 
 # Fixed histogram bins: the last bin of each also counts everything above it.
 DURATION_BINS = np.arange(0.0, 40.5, 0.5)  # seconds
@@ -37,7 +38,7 @@ CER_BINS = np.round(np.arange(0.0, 1.01, 0.01), 2)
 EXAMPLES_PER_REASON = 3
 TOP_CODES = 8
 TOP_SPEAKERS = 10
-ENOUGH_FRAMES = 100 * CODEBOOK_SIZE  # below, unused entries say little about the codec
+FRAMES_PER_ENTRY = 100  # below this many frames per codebook entry, unused entries say little
 
 
 class ReportError(ValueError):
@@ -120,6 +121,7 @@ def _lengths_of(lengths: pq.ParquetFile, index: dict, roles: dict[str, str]) -> 
     speakers = defaultdict(set)  # by subset; books too, where recordings are LibriLight chapters
     books = defaultdict(set) if has_books(index) else None
     longest = {"seconds": 0.0, "tokens": 0}
+    frame_rate = CodesSpace.of_index(index).frame_rate
     for batch in lengths.iter_batches(batch_size=8, columns=columns):
         for row in batch.to_pylist():
             subset = subset_of.get(row["shard"])
@@ -128,7 +130,7 @@ def _lengths_of(lengths: pq.ParquetFile, index: dict, roles: dict[str, str]) -> 
                     f"{index['lengths']['path']}: shard {row['shard']} is not in index.json; run valle-prep verify"
                 )
             role = roles[subset]
-            seconds = np.asarray(row["frames"], np.float64) / FRAME_RATE
+            seconds = np.asarray(row["frames"], np.float64) / frame_rate
             n_tokens = np.asarray(row["text_tokens"], np.int64)
             durations[role] += _histogram(seconds, DURATION_BINS)
             tokens[role] += _histogram(n_tokens, TOKEN_BINS)
@@ -245,15 +247,15 @@ def _code_stats(out: str, index: dict, code_shards: int | None, progress: bool) 
     fmt, shards_total = (shards[0].format if shards else "parquet"), len(shards)
     if code_shards is not None and code_shards < len(shards):
         shards = [shards[i] for i in np.linspace(0, len(shards) - 1, code_shards).round().astype(int)]
-    codebooks = index["codes"]["codebooks"]
-    counts = np.zeros(codebooks * CODEBOOK_SIZE, np.int64)
-    offsets = (np.arange(codebooks, dtype=np.int64) * CODEBOOK_SIZE)[:, None]  # codebook k -> row k
+    codebooks, size = index["codes"]["codebooks"], CodesSpace.of_index(index).codebook_size
+    counts = np.zeros(codebooks * size, np.int64)
+    offsets = (np.arange(codebooks, dtype=np.int64) * size)[:, None]  # codebook k -> row k
     samples = 0
     for shard in tqdm(shards, desc="report: codes", unit="shard", disable=not progress):
         for _, _, codes in read_shard(shard):
             counts += np.bincount((codes + offsets).ravel(), minlength=counts.size)
             samples += 1
-    counts = counts.reshape(codebooks, CODEBOOK_SIZE)
+    counts = counts.reshape(codebooks, size)
     per_codebook = []
     for k in range(codebooks):
         total = int(counts[k].sum())
@@ -273,6 +275,7 @@ def _code_stats(out: str, index: dict, code_shards: int | None, progress: bool) 
         "shards_read": len(shards),
         "shards_total": shards_total,
         "samples": samples,
+        "codebook_size": size,  # the codec's, as index.json records it
         "frames": int(counts[0].sum()) if codebooks else 0,
         "per_codebook": per_codebook,
         "sorted_frequencies": [np.sort(counts[k])[::-1].tolist() for k in range(codebooks)],
@@ -280,9 +283,11 @@ def _code_stats(out: str, index: dict, code_shards: int | None, progress: bool) 
 
 
 def _warnings(stats: dict) -> list[str]:
-    out = []
+    out, codec = [], CodesSpace.of_record(stats["provenance"]["codec"])
     if stats["provenance"]["codec"]["weights"] == "random":
-        out.append("The codes come from a RANDOM-INIT EnCodec (an offline test build): they carry no speech.")
+        out.append(
+            f"The codes come from a RANDOM-INIT {codec.model} codec (an offline test build): they carry no speech."
+        )
     for subset, leak in ((stats["speakers"] or {}).get("leakage") or {}).items():
         for kind in ("speakers", "books"):
             if leak[kind]:  # books: None where the source has none
@@ -291,9 +296,10 @@ def _warnings(stats: dict) -> list[str]:
     frames = stats["codes"]["frames"]
     for cb in stats["codes"]["per_codebook"]:
         # Too few frames leave entries unused in any codec; one code holding most frames does not.
-        if (frames >= ENOUGH_FRAMES and cb["utilization"] < 0.5) or (cb["top"] and cb["top"][0][1] > 0.5):
+        enough = frames >= FRAMES_PER_ENTRY * codec.codebook_size
+        if (enough and cb["utilization"] < 0.5) or (cb["top"] and cb["top"][0][1] > 0.5):
             out.append(
-                f"Codebook {cb['codebook']}: {cb['used']} of {CODEBOOK_SIZE} entries used, the most "
+                f"Codebook {cb['codebook']}: {cb['used']} of {codec.codebook_size} entries used, the most "
                 f"frequent code in {cb['top'][0][1]:.0%} of frames: a collapsed codec?"
             )
     if stats["speakers"] is None:

@@ -4,6 +4,7 @@ corpus is HTML-escaped: cut ids and texts come from manifests."""
 
 from __future__ import annotations
 
+import math
 from html import escape
 from pathlib import Path
 
@@ -144,6 +145,7 @@ def _codes(stats: dict, plots: dict) -> list[str]:
         ]
         for c in codes["per_codebook"]
     ]
+    size = codes["codebook_size"]
     scope = (
         f"{codes['frames']:,} frames of {codes['samples']:,} utterances, read from "
         f"{codes['shards_read']} of {codes['shards_total']} {codes['format']} shards"
@@ -151,7 +153,7 @@ def _codes(stats: dict, plots: dict) -> list[str]:
     return (
         [
             "<h2>Codebooks</h2>",
-            f"<p>{escape(scope)}. Entropy is at most 10 bits (1,024 entries).</p>",
+            f"<p>{escape(scope)}. Entropy is at most {math.log2(size):g} bits ({size:,} entries).</p>",
             _table(
                 ["codebook", "entries used", "utilization", "entropy (bits)", "most frequent codes"], rows, {0, 1, 2, 3}
             ),

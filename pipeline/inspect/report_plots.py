@@ -110,23 +110,24 @@ def _codebooks(stats: dict, path: Path) -> str | None:
     per = stats["codes"]["per_codebook"]
     if not stats["codes"]["frames"]:
         return None
-    names = [c["codebook"] for c in per]
+    names, size = [c["codebook"] for c in per], stats["codes"]["codebook_size"]
+    bits = np.log2(size)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax in (left, right):
         ax.set_xticks(names)
     left.bar(names, [100 * c["utilization"] for c in per], color="#4C72B0")
     left.set_ylim(0, 105)
-    left.set_ylabel("% of 1,024 entries used")
+    left.set_ylabel(f"% of {size:,} entries used")
     left.set_xlabel("codebook")
     left.set_title("Utilization")
     right.bar(names, [c["entropy_bits"] for c in per], color="#8172B2")
-    right.axhline(10, color="grey", linestyle="--", linewidth=1)
-    right.set_ylim(0, 10.5)
-    right.set_ylabel("bits (10: all entries equally used)")
+    right.axhline(bits, color="grey", linestyle="--", linewidth=1)
+    right.set_ylim(0, bits + 0.5)
+    right.set_ylabel(f"bits ({bits:g}: all entries equally used)")
     right.set_xlabel("codebook")
     right.set_title("Entropy")
     _save(fig, path)
-    return "Share of each codebook's 1,024 entries that occur, and the entropy of its code distribution."
+    return f"Share of each codebook's {size:,} entries that occur, and the entropy of its code distribution."
 
 
 def _code_frequencies(stats: dict, path: Path) -> str | None:
@@ -140,9 +141,9 @@ def _code_frequencies(stats: dict, path: Path) -> str | None:
         share = np.asarray(counts, float) / max(codes["frames"], 1)
         used = share[share > 0]
         ax.plot(np.arange(1, len(used) + 1), used, color=cmap(k / max(n - 1, 1)), label=f"{k + 1}")
-    ax.axhline(1 / 1024, color="grey", linestyle="--", linewidth=1, label="uniform")
+    ax.axhline(1 / codes["codebook_size"], color="grey", linestyle="--", linewidth=1, label="uniform")
     ax.set_yscale("log")
-    ax.set_xlim(0, 1024)
+    ax.set_xlim(0, codes["codebook_size"])
     ax.set_xlabel("code rank (most frequent first)")
     ax.set_ylabel("share of frames")
     ax.set_title("Code frequencies by rank")

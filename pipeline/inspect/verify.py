@@ -7,14 +7,15 @@ Checks the index against its schema (schemas/index.v2.json, or v1 for a corpus w
 v2); every shard's size and sha256; every sample's metadata against schemas/sample.v<N>.json
 (Parquet: the columns of parquet.v<N>.json), its codes decoded (v2: the .npy member or the
 list<list<uint16>> column; v1: the packed bytes) with their codebooks and range, its tokens
-against the BPE vocabulary, frames against duration (75 per second); counts and hours per
+against the BPE vocabulary, frames against duration (at the frame rate index.json records of the
+codec: 75 per second for EnCodec) and code values against its recorded codebook size; counts and hours per
 shard; each shard's frames, tokens, speakers and recordings against its lengths.parquet row; ids
 unique over the corpus and the same in every format, shard by shard; the rejects file against the
 index's counts. Shards are read one at a time in shard-id order, and what is kept across them is
 ~12 bytes a sample (the id check), so memory stays flat up to libriheavy-large.
 Every shard is read by its format's strict reader in schemas/ (the trainer's readers): lhotse Shar
 shards as lhotse pairs them (without lhotse): a shard's cuts file with its codes file, each cut
-with its `<id>.npy` and duration = frames / 75.
+with its `<id>.npy` and duration = frames / the codec's frame rate.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from tqdm import tqdm
 
 import schemas
 from schemas import lhotse_shar, parquet, webdataset
+from schemas.codes import CodesSpace
 from storage.remote import join, open_text, read_bytes
-from tokens.constants import FRAME_RATE
 
 
 def verify(out, progress: bool = False, jobs: int = 1) -> list[str]:
@@ -65,7 +66,13 @@ def verify(out, progress: bool = False, jobs: int = 1) -> list[str]:
     bpe_model = _read(join(out, bpe["model"]))
     if bpe_model is None or hashlib.sha256(bpe_model).hexdigest() != bpe["sha256"]:
         problems.append(f"{join(out, bpe['model'])}: missing or sha256 differs from the index")
-    expect = {"codebooks": index["codes"]["codebooks"], "vocab": bpe["vocab_size"], "version": version}
+    space = CodesSpace.of_index(index)
+    if index["codes"]["frame_rate"] != space.frame_rate:
+        problems.append(
+            f"{index_path}: codes.frame_rate {index['codes']['frame_rate']} differs from the codec's "
+            f"(provenance.codec.frame_rate {space.frame_rate})"
+        )
+    expect = {"codebooks": index["codes"]["codebooks"], "vocab": bpe["vocab_size"], "version": version, "space": space}
 
     lengths, lengths_problems = _Lengths.open(out, index)
     problems += lengths_problems
@@ -98,7 +105,9 @@ def verify(out, progress: bool = False, jobs: int = 1) -> list[str]:
 
     def ids_of(shard: dict) -> list:  # read again, only for shards whose id digests meet
         codes = shar_codes_files.get(shard["id"])
-        rows = _read_rows(shard, _read(join(out, shard["path"])), codes and _read(join(out, codes["path"])), version)
+        rows = _read_rows(
+            shard, _read(join(out, shard["path"])), codes and _read(join(out, codes["path"])), version, space
+        )
         return [m.get("id") for m, _ in rows]
 
     problems += sample_ids.duplicates(ids_of)
@@ -211,7 +220,7 @@ def _check_samples(
     (metadata, codes) rows, or None when it could not be read."""
     where = shard["path"]
     try:
-        rows = list(_read_rows(shard, raw, shar_codes, expect["version"]))
+        rows = list(_read_rows(shard, raw, shar_codes, expect["version"], expect["space"]))
     except Exception as err:  # any unreadable shard is a finding, not a crash
         problems.append(f"{where}: unreadable: {type(err).__name__}: {err}")
         return None
@@ -321,16 +330,16 @@ def _digest(sample_id) -> int:
     return int.from_bytes(hashlib.blake2b(str(sample_id).encode(), digest_size=8).digest(), "little")
 
 
-def _read_rows(shard: dict, raw: bytes, shar_codes: bytes | None, version: int):
+def _read_rows(shard: dict, raw: bytes, shar_codes: bytes | None, version: int, space: CodesSpace):
     """(metadata, codes or the SchemaError decoding them raised) per sample, by the format's own
-    strict reader over the bytes already read (and hashed)."""
+    strict reader over the bytes already read (and hashed), checked against the recorded codec."""
     if shard["format"] == "webdataset":
-        return webdataset.read(io.BytesIO(raw), version=version, bad_codes="yield")
+        return webdataset.read(io.BytesIO(raw), version=version, bad_codes="yield", space=space)
     if shard["format"] == "parquet":
-        return parquet.read(pq.ParquetFile(pa.BufferReader(raw)), version=version, bad_codes="yield")
+        return parquet.read(pq.ParquetFile(pa.BufferReader(raw)), version=version, bad_codes="yield", space=space)
     if shar_codes is None:
         raise ValueError("its codes file is missing, or not in the index")
-    return lhotse_shar.read_shard(raw, shar_codes, bad_codes="yield")
+    return lhotse_shar.read_shard(raw, shar_codes, bad_codes="yield", space=space)
 
 
 def _frames(meta: dict, codes) -> int:
@@ -349,8 +358,12 @@ def _check_sample(meta: dict, codes, expect: dict) -> list[str]:
     k, t = codes.shape
     if k != expect["codebooks"]:
         problems.append(f"{k} codebooks, the index says {expect['codebooks']}")
-    if abs(t - meta["duration"] * FRAME_RATE) > 1:
-        problems.append(f"{t} frames for {meta['duration']} s (expected ~{meta['duration'] * FRAME_RATE:.1f})")
+    rate = expect["space"].frame_rate
+    if abs(t - meta["duration"] * rate) > 1:
+        problems.append(
+            f"{t} frames for {meta['duration']} s "
+            f"(expected ~{meta['duration'] * rate:.1f} at the codec's {rate} frames/s)"
+        )
     if max(meta["text_tokens"]) >= expect["vocab"]:
         problems.append(f"token id {max(meta['text_tokens'])} outside the BPE vocabulary of {expect['vocab']}")
     return problems

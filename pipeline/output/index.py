@@ -22,7 +22,6 @@ from pipeline.plan.subsets import SubsetPlan
 from schemas.lengths import LengthsWriter
 from storage.files import replacing, write_json_atomic
 from storage.hashing import sha256_file
-from tokens.constants import FRAME_RATE
 
 INDEX_NAME = "index.json"
 REJECTS_NAME = "rejects.jsonl"
@@ -78,13 +77,15 @@ def build_index(
         for _, entry in _entries(out, units):
             for row in sorted(entry["shards"]["lengths"], key=lambda r: r["shard"]):
                 writer.add(row)
+    codec_frame_rate = provenance["codec"]["frame_rate"]
     index = {
         "format": "valle-corpus-index",
         "version": schemas.INDEX_VERSION,
         "pipeline_version": __version__,
         "dag": {"name": dag_name, "fingerprint": dag_fingerprint},
         "provenance": {**provenance, "codec": {**provenance["codec"], "stacks": list(stacks.values())}},
-        "codes": {"format": schemas.CODES_FORMAT, "codebooks": codebooks, "frame_rate": FRAME_RATE},
+        # The codes' frame rate is the codec's (provenance.codec, from tokens.codecs.SPECS).
+        "codes": {"format": schemas.CODES_FORMAT, "codebooks": codebooks, "frame_rate": codec_frame_rate},
         "subsets": subsets,
         "shards": shards,
         "lengths": {

@@ -17,6 +17,7 @@ from functools import partial as bind
 from pathlib import Path
 
 from schemas import SAMPLE_VERSION, lhotse_shar, parquet, validate, webdataset
+from schemas.codes import DEFAULT_SPACE, CodesSpace
 from schemas.sample import Sample
 from storage.files import write_durably
 from storage.hashing import sha256_file
@@ -90,18 +91,27 @@ def split_by_size(samples: Iterable[Sample], target_bytes: float) -> Iterator[li
         yield current
 
 
-def write_webdataset(samples: list[Sample], path: Path, unit: str, first_index: int) -> None:
-    write_durably(path, lambda f: webdataset.write(samples, f, unit, first_index))
+def write_webdataset(
+    samples: list[Sample], path: Path, unit: str, first_index: int, space: CodesSpace = DEFAULT_SPACE
+) -> None:
+    write_durably(path, lambda f: webdataset.write(samples, f, unit, first_index, space))
 
 
-def write_parquet(samples: list[Sample], path: Path) -> None:
-    write_durably(path, lambda f: parquet.write(samples, f))
+def write_parquet(samples: list[Sample], path: Path, space: CodesSpace = DEFAULT_SPACE) -> None:
+    write_durably(path, lambda f: parquet.write(samples, f, space))
 
 
 def write_unit_shards(
-    samples: Iterable[Sample], out: Path, subset: str, unit: str, formats: list[str], target_bytes: float
+    samples: Iterable[Sample],
+    out: Path,
+    subset: str,
+    unit: str,
+    formats: list[str],
+    target_bytes: float,
+    space: CodesSpace = DEFAULT_SPACE,
 ) -> tuple[list[tuple[Path, ShardFile]], list[dict]]:
-    """Write partial files for every format.
+    """Write partial files for every format, codes checked against the codec's `space` (Shar:
+    durations at its frame rate).
 
     Returns (partial path, final record) pairs, whose sha256 and sizes describe the partial
     files (renamed unchanged), and per shard the samples' lengths (codec frames, text tokens) in
@@ -124,28 +134,28 @@ def write_unit_shards(
         )
         for fmt in formats:
             if fmt == lhotse_shar.FORMAT:
-                written += _write_shar(group, out, subset, unit, k, hours)
+                written += _write_shar(group, out, subset, unit, k, hours, space)
                 continue
             rel = shard_path(fmt, subset, unit, k)
             tmp = partial(out / rel)
             tmp.parent.mkdir(parents=True, exist_ok=True)
             if fmt == "webdataset":
-                write_webdataset(group, tmp, unit, first)
+                write_webdataset(group, tmp, unit, first, space)
             else:
-                write_parquet(group, tmp)
+                write_parquet(group, tmp, space)
             written.append(_record(tmp, fmt, rel, subset, unit, k, group, hours))
         first += len(group)
     return written, lengths
 
 
-def _write_shar(group: list[Sample], out: Path, subset: str, unit: str, k: int, hours: float):
+def _write_shar(group: list[Sample], out: Path, subset: str, unit: str, k: int, hours: float, space: CodesSpace):
     """Shard k as lhotse Shar: one file per field, each its own record."""
     written = []
     for name, rel in lhotse_shar.shard_paths(subset, unit, k).items():
         tmp = partial(out / rel)
         tmp.parent.mkdir(parents=True, exist_ok=True)
         write = lhotse_shar.write_cuts if name == "cuts" else lhotse_shar.write_codes
-        write_durably(tmp, bind(write, group))
+        write_durably(tmp, bind(write, group, space=space))
         written.append(_record(tmp, lhotse_shar.FORMAT, rel, subset, unit, k, group, hours, field=name))
     return written
 
