@@ -25,12 +25,33 @@ def test_training_and_synthesis_load_no_pipeline_module(module):
     assert out.stdout.strip() == "", f"{module} loads pipeline modules: {out.stdout.strip()}"
 
 
-def test_the_codec_and_the_models_agree_on_the_numbers():
-    from tokens import codec, constants
-    from trainer.models.config import tiny
+def test_each_codec_spec_is_its_models_own_numbers():
+    """tokens.codecs.SPECS (what index.json records and the trainer sizes models by) against the
+    architectures the libraries build, not copies of the numbers."""
+    from tokens.codec_settings import num_codebooks
+    from tokens.codec_weights import new_model
+    from tokens.codecs import SPECS, dac, mimi
 
-    assert constants.SAMPLE_RATE == constants.FRAME_RATE * constants.HOP == 24000
-    assert codec.num_codebooks(6.0) == tiny(text_vocab=100).n_codebooks == 8
-    assert tiny(text_vocab=100).codebook_size == constants.CODEBOOK_SIZE == 1024
-    # The encoder's own frame rate, not a copy of the number.
-    assert codec.EncodecModel.encodec_model_24khz(pretrained=False).frame_rate == constants.FRAME_RATE
+    encodec = new_model()
+    spec = SPECS["encodec_24khz"]
+    assert (encodec.sample_rate, encodec.frame_rate, encodec.quantizer.bins) == (
+        spec.sample_rate,
+        spec.frame_rate,
+        spec.codebook_size,
+    )
+    assert len(encodec.quantizer.vq.layers) == spec.max_codebooks and num_codebooks(6.0) == spec.default_codebooks
+    spec, config = SPECS["dac_24khz"], dac.CONFIG
+    assert (config.sampling_rate, config.hop_length, config.codebook_size, config.n_codebooks) == (
+        spec.sample_rate,
+        spec.hop,
+        spec.codebook_size,
+        spec.max_codebooks,
+    )
+    spec, config = SPECS["mimi"], mimi.CONFIG
+    assert (config.sampling_rate, config.frame_rate, config.codebook_size, config.num_quantizers) == (
+        spec.sample_rate,
+        spec.frame_rate,
+        spec.codebook_size,
+        spec.max_codebooks,
+    )
+    assert spec.kbps(8) == 1.1 and SPECS["dac_24khz"].kbps(8) == SPECS["encodec_24khz"].kbps(8) == 6.0
