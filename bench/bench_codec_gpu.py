@@ -1,5 +1,6 @@
-"""EnCodec throughput on one device: the bare encoder at batch 1, 8, 32, 128, the whole pipeline
-on the same device, utilization, where the time goes, and the fast modes' code agreement.
+"""Codec throughput on one device: EnCodec's bare encoder at batch 1, 8, 32, 128, each codec of
+--codecs by batch size, the whole pipeline on the same device, utilization, where the time goes,
+and the fast modes' code agreement.
 
     python bench/bench_codec_gpu.py                       # the GPU if there is one, else CPU
     python bench/bench_codec_gpu.py --utterance-seconds 10 --pipeline-minutes 60   # on a GPU
@@ -7,6 +8,9 @@ on the same device, utilization, where the time goes, and the fast modes' code a
 - bare: `CodecEncoder.encode` on B utterances of --utterance-seconds each, one forward pass per
   call (batch_seconds = B x utterance), after a warm-up; audio seconds encoded per second, and
   the share spent padding on the host versus on the device. Per --precisions mode.
+- each codec (--codecs: EnCodec, DAC, Mimi): audio s/s by padded seconds per forward pass
+  (--codec-batch-seconds) on --codec-audio-seconds of 2-20 s utterances, per --codec-precisions
+  (bench/bench_codecs.py's `throughput`, which measures the same on CPU).
 - agreement: each fast mode's codes against exact on the batch-32 utterances: the share of
   identical codes per codebook (a code that differs in codebook k changes every later one's
   residual, so later codebooks agree less).
@@ -40,6 +44,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_codecs import markdown, throughput, utterances  # noqa: E402
+
 from pipeline.dag import load_dag  # noqa: E402
 from pipeline.executors.local import LocalExecutor  # noqa: E402
 from pipeline.runner import run  # noqa: E402
@@ -48,6 +54,7 @@ from sample.lookalike import synthetic_chapters, write_corpus  # noqa: E402
 from tokens.codec import CodecEncoder  # noqa: E402
 from tokens.codec_settings import CodecConfig  # noqa: E402
 from tokens.codec_weights import resolve_weights  # noqa: E402
+from tokens.codecs import SPECS  # noqa: E402
 
 
 class Utilization(threading.Thread):
@@ -187,6 +194,12 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["exact", "tf32", "bf16"] if gpu_here else ["exact", "bf16"])
     parser.add_argument("--pipeline-minutes", type=float, default=30.0 if gpu_here else 3.0)
     parser.add_argument("--executor", choices=["ray", "local"], default="ray")
+    parser.add_argument("--codecs", nargs="+", choices=sorted(SPECS), default=sorted(SPECS))
+    parser.add_argument(
+        "--codec-batch-seconds", type=float, nargs="+", default=[30.0, 120.0, 600.0] if gpu_here else [5.0, 30.0]
+    )
+    parser.add_argument("--codec-audio-seconds", type=float, default=600.0 if gpu_here else 30.0)
+    parser.add_argument("--codec-precisions", nargs="+", default=["exact", "bf16"] if gpu_here else ["exact"])
     args = parser.parse_args()
     device = ("cuda" if gpu_here else "cpu") if args.device == "auto" else args.device
     gpu = device.startswith("cuda")
@@ -198,6 +211,13 @@ def main() -> None:
 
     state = resolve_weights(CodecConfig(weights="random"))
     rows, codes = bare(device, state, args.precisions, args.batches, args.utterance_seconds, args.repeat)
+    codecs = []
+    for codec_name in args.codecs:
+        waves = utterances(codec_name, args.codec_audio_seconds, 2.0, 20.0)
+        given = state if codec_name == "encodec_24khz" else None
+        for p in args.codec_precisions:
+            batches = args.codec_batch_seconds
+            codecs += throughput(codec_name, batches, waves, device, p, repeat=args.repeat, state=given)
     agreement = {
         p: code_agreement(
             codes["exact", 32 if 32 in args.batches else args.batches[-1]],
@@ -219,7 +239,9 @@ def main() -> None:
 
     print(
         f"$ python bench/bench_codec_gpu.py --device {args.device} --utterance-seconds {args.utterance_seconds:g} "
-        f"--repeat {args.repeat} --pipeline-minutes {args.pipeline_minutes:g} --executor {args.executor}"
+        f"--repeat {args.repeat} --pipeline-minutes {args.pipeline_minutes:g} --executor {args.executor} "
+        f"--codecs {' '.join(args.codecs)} --codec-audio-seconds {args.codec_audio_seconds:g} "
+        f"--codec-batch-seconds {' '.join(f'{b:g}' for b in args.codec_batch_seconds)}"
     )
     print(f"device: {name}; random-init weights (same architecture and cost as pretrained)")
     print(f"\nbare encoder, {args.utterance_seconds:g} s utterances, one forward pass per batch")
@@ -229,6 +251,8 @@ def main() -> None:
             f"{r['precision']:<9} {r['batch']:>5} {r['audio_s_per_s']:>11.1f} {r['audio_s_per_s']:>10.0f}x "
             f"{r['host_pad_share']:>12.0%}"
         )
+    print(f"\neach codec, 2-20 s utterances, {args.codec_audio_seconds:g} s of audio per row\n")
+    print(markdown(codecs))
     for p, shares in agreement.items():
         print(f"\n{p} vs exact, identical codes per codebook: " + " ".join(f"{s:.3f}" for s in shares))
     print(f"\nwhole pipeline, {pipe['audio_s']:.0f} s of audio in {pipe['units']} units, {args.executor} executor")
@@ -246,7 +270,7 @@ def main() -> None:
     print("where the time goes (seconds, summed over threads and tasks; they overlap):")
     for who, steps in (("codec worker", pipe["codec_worker_s"]), ("unit tasks", pipe["unit_tasks_s"])):
         print(f"  {who:<13} " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(steps.items()) if k != "forward_passes"))
-    print(json.dumps({"bare": rows, "agreement": agreement, "pipeline": pipe}))
+    print(json.dumps({"bare": rows, "codecs": codecs, "agreement": agreement, "pipeline": pipe}))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
 1. codec exactness: EnCodec's batched codes equal its one-by-one codes, on this device, in the
    exact mode (float32, TF32 off): every code of utterances of many lengths, batched together;
 2. codec throughput: audio seconds encoded per second by batch size and precision (exact, tf32,
-   bf16), and the fast modes' agreement with exact (share of identical codes per codebook);
+   bf16), and the fast modes' agreement with exact (share of identical codes per codebook); then
+   each codec of --codecs (EnCodec, DAC, Mimi) by batch size (padded seconds per forward pass) on
+   utterances of 2-20 s (bench/bench_codecs.py's measure);
 3. codec faults: a batch that runs out of device memory (injected into a real encode: the
    encoder network allocates, then fails) is split, the splits are counted, nothing of the
    failed attempts is alive when the halves run, and the share of codes equal to the unsplit
@@ -46,11 +48,13 @@ sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
 from bench_codec_gpu import bare, corpus_dag, pipeline  # noqa: E402
+from bench_codecs import throughput, utterances  # noqa: E402
 
 from storage.files import write_bytes_atomic, write_json_atomic  # noqa: E402
 from tokens.codec import CodecEncoder, kernel_settings, set_kernel_settings  # noqa: E402
 from tokens.codec_settings import CodecConfig  # noqa: E402
 from tokens.codec_weights import resolve_weights  # noqa: E402
+from tokens.codecs import SPECS  # noqa: E402
 from trainer.metrics import peak_flops  # noqa: E402
 from trainer.models import ARModel, NARModel, base, tiny  # noqa: E402
 
@@ -71,6 +75,10 @@ def sizes(tiny_run: bool, gpu: bool) -> dict:
             "frames": 150,
             "text": 20,
             "preset": tiny,
+            # each codec: padded seconds per forward pass, utterance seconds, audio seconds
+            "codec_batches": [1.0, 2.0],
+            "utterance_seconds": (0.3, 1.0),
+            "codec_audio": 2.0,
         }
     return {
         "batches": [1, 8, 32, 128],
@@ -84,6 +92,9 @@ def sizes(tiny_run: bool, gpu: bool) -> dict:
         "frames": 1100,
         "text": 60,
         "preset": base,
+        "codec_batches": [30.0, 120.0, 600.0] if gpu else [5.0, 30.0],
+        "utterance_seconds": (2.0, 20.0),
+        "codec_audio": 600.0 if gpu else 30.0,
     }
 
 
@@ -264,6 +275,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="tiny sizes and models: a smoke run in seconds")
     parser.add_argument("--json", type=Path, help="also write the figures here (and the table beside it, .md)")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile's backend (eager: no codegen)")
+    parser.add_argument(
+        "--codecs", nargs="+", choices=sorted(SPECS), default=sorted(SPECS), help="codecs measured by batch size"
+    )
     args = parser.parse_args(argv)
     s = sizes(args.tiny, gpu)
     device = torch.device("cuda" if gpu else "cpu")
@@ -272,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
     report.update(kernel_settings=kernel_settings(), seconds=0.0, step_seconds={}, training=[])
     report.update(errors={}, settings_left={})
     started = time.monotonic()
-    for name, step in steps(device, state, s, args.compile_backend):
+    for name, step in steps(device, state, s, args.compile_backend, args.codecs):
         run_step(report, name, step)
         report["seconds"] = time.monotonic() - started
         if args.json:
@@ -289,7 +303,7 @@ def describe_device(device: torch.device) -> dict:
     return {"device": torch.cuda.get_device_name(device), "capability": f"{major}.{minor}"}
 
 
-def steps(device: torch.device, state, s: dict, compile_backend: str):
+def steps(device: torch.device, state, s: dict, compile_backend: str, codecs: list[str]):
     """(name, step) in order; a step adds its figures to the report."""
     precisions = ["exact", "tf32", "bf16"] if device.type == "cuda" else ["exact", "bf16"]
 
@@ -305,12 +319,22 @@ def steps(device: torch.device, state, s: dict, compile_backend: str):
             if p != "exact"
         }
 
+    def each_codec(report):
+        report["codecs"] = []
+        for name in codecs:
+            waves = utterances(name, s["codec_audio"], *s["utterance_seconds"])
+            for precision in ["exact", "bf16"] if device.type == "cuda" else ["exact"]:
+                given = state if name == "encodec_24khz" else None  # EnCodec's are loaded already
+                batches, repeat = s["codec_batches"], s["repeat"]
+                report["codecs"] += throughput(name, batches, waves, device.type, precision, repeat=repeat, state=given)
+
     def training_step(kind: str, group: int, backend: str | None):
         return lambda report: report["training"].append(training(kind, group, device, s, backend))
 
     return [
         ("codec exactness", lambda report: report.update(exactness=exactness(device.type, state))),
         ("codec throughput", codec),
+        ("each codec's throughput", each_codec),
         ("codec OOM split", lambda report: report.update(oom_split=oom_split(device.type, state, s["oom_utterances"]))),
         ("broken device exit", lambda report: report.update(broken_device=broken_device(device.type))),
         ("pipeline", lambda report: report.update(pipeline=end_to_end(device, s))),
@@ -375,6 +399,11 @@ def markdown(r: dict) -> str:
         )
     for row in r.get("codec", []):
         lines.append(f"| codec {row['precision']}, batch {row['batch']} | {row['audio_s_per_s']:,.1f} audio s/s |")
+    for row in r.get("codecs", []):
+        lines.append(
+            f"| {row['codec']} {row['precision']}, batch {row['batch_seconds']:g} s | {row['audio_s_per_s']:,.1f} "
+            f"audio s/s ({row['forward_passes']} forward passes, {row['audio_s']:.0f} s of audio) |"
+        )
     for p, shares in r.get("agreement", {}).items():
         lines.append(f"| {p} vs exact, identical codes per codebook | " + " ".join(f"{x:.3f}" for x in shares) + " |")
     if "oom_split" in r:

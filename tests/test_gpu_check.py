@@ -60,6 +60,10 @@ def test_the_gpu_check_reports_every_figure_step_by_step(tmp_path, capsys, monke
 
     assert 0.99 <= report["exactness"]["identical_share"] <= 1.0  # float32 kernels by shape: near-ties may flip
     assert [r["batch"] for r in report["codec"] if r["precision"] == "exact"] == [1, 4]
+    assert [(r["codec"], r["batch_seconds"]) for r in report["codecs"]] == [
+        (name, seconds) for name in ("dac_24khz", "encodec_24khz", "mimi") for seconds in (1.0, 2.0)
+    ]
+    assert all(r["audio_s"] >= 2 and r["audio_s_per_s"] > 0 for r in report["codecs"])
     assert len(report["agreement"]["bf16"]) == 8 and all(0 <= x <= 1 for x in report["agreement"]["bf16"])
     oom = report["oom_split"]  # 4 -> 2 + 2; on CPU, splits above one utterance change no code
     assert (oom["splits"], oom["failed_attempts"], oom["alive_mib_at_retries"], oom["identical_share"]) == (1, 1, 0, 1)
@@ -77,4 +81,5 @@ def test_the_gpu_check_reports_every_figure_step_by_step(tmp_path, capsys, monke
     table = capsys.readouterr().out
     assert table.strip() == out.with_suffix(".md").read_text().strip()
     assert "| EnCodec batched = one by one (exact) |" in table and "x real time" in table
+    assert "| mimi exact, batch 2 s |" in table
     assert "| step attention backends FAILED | RuntimeError: no attention kernel today |" in table

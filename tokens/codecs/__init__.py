@@ -88,5 +88,16 @@ def spec(name: str) -> CodecSpec:
 
 
 def backend(name: str):
-    """The backend module of codec `name` (imports torch and the codec's library)."""
-    return importlib.import_module(f"tokens.codecs.{spec(name).module}")
+    """The backend module of codec `name` (imports torch and the codec's library). DAC and Mimi
+    need transformers: without it, an ImportError that names the extra to install."""
+    module = spec(name).module
+    try:
+        return importlib.import_module(f"tokens.codecs.{module}")
+    except ImportError as e:
+        if e.name is None or e.name.split(".")[0] != "transformers":
+            raise
+        raise ImportError(
+            f"codec {name!r} needs transformers (>= 4.45), which is not installed ({e}); "
+            "install it with: pip install 'valle-corpus[codecs]'",
+            name=e.name,
+        ) from e

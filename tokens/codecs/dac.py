@@ -59,7 +59,10 @@ def encode(model: DacModel, x: torch.Tensor, lengths: list[int], codebooks: int,
 
 
 def decode(model: DacModel, codes: torch.Tensor) -> torch.Tensor:
-    return model.decode(audio_codes=codes).audio_values
+    """(1, codebooks, frames) -> (1, frames x 320) samples. The decoder's transposed convolutions
+    of odd stride (5) give one sample less than the stride each, 8 at the output: zeros end it."""
+    wave = model.decode(audio_codes=codes).audio_values
+    return torch.nn.functional.pad(wave, (0, codes.shape[-1] * CODEC.config.hop_length - wave.shape[-1]))
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from tokens.codec_weights import WeightsUnavailable, cache_dir, state_dict_sha25
 log = logging.getLogger(__name__)
 
 RANDOM_INIT_SEED = 20261207
+PROBE_TIMEOUT_S = 10  # seconds "auto" waits for the model hub to answer
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,21 @@ def fitted_codebook(residual: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _from_hub(codec: HubCodec, cfg: CodecConfig) -> torch.nn.Module:
-    cache = cache_dir(cfg, "huggingface")
+    """The pretrained model: from the cache if it is there (no network), else downloaded. With
+    "auto", one quick look at the hub first: offline, the hub's own retries of a download would
+    take half a minute before the fallback to random weights."""
+    cache = str(cache_dir(cfg, "huggingface"))
     try:
-        model = codec.model_class.from_pretrained(codec.repo, cache_dir=str(cache), dtype=torch.float32)
+        model = codec.model_class.from_pretrained(
+            codec.repo, cache_dir=cache, local_files_only=True, dtype=torch.float32
+        )
+    except Exception:  # not cached (or only in part): download
+        model = None
+    try:
+        if model is None:
+            if cfg.weights == "auto":
+                _reachable(codec.repo)
+            model = codec.model_class.from_pretrained(codec.repo, cache_dir=cache, dtype=torch.float32)
     except Exception as e:  # offline, a missing repo, a damaged download: all mean "not here"
         first = str(e).splitlines()[0] if str(e) else ""
         raise WeightsUnavailable(
@@ -107,6 +120,14 @@ def _from_hub(codec: HubCodec, cfg: CodecConfig) -> torch.nn.Module:
         ) from e
     _check_config(codec, model.config.to_dict(), f"the hub repo {codec.repo}")
     return model
+
+
+def _reachable(repo: str) -> None:
+    """One HEAD request for the repo's config.json, no retries (raises when the hub cannot be
+    reached or has no such repo)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    get_hf_file_metadata(hf_hub_url(repo, "config.json"), timeout=PROBE_TIMEOUT_S, retry_on_errors=False)
 
 
 def _from_folder(codec: HubCodec, folder: Path) -> torch.nn.Module:
