@@ -110,8 +110,8 @@ def codec_numbers(codec: dict) -> tuple[int, float]:
 
 
 def two_codecs(a: str, key_a: dict, b: str, key_b: dict) -> str | None:
-    """ "A is mimi, B is encodec_24khz" when two provenance keys (`provenance_key`), of what `a`
-    and `b` name, are of different codecs; None when their codec is the same."""
+    """Two provenance keys' (`provenance_key`) codecs in words, `a` and `b` naming whose they are
+    ("A is mimi, B is encodec_24khz"); None when their codec is the same."""
     name_a, name_b = codec_name(key_a["codec"]), codec_name(key_b["codec"])
     return None if name_a == name_b else f"{a} is {name_a}, {b} is {name_b}"
 
@@ -123,8 +123,8 @@ def open_corpus(
     if index["provenance"]["codec"]["weights"] == "random" and not allow_random_codec:
         raise CorpusError(
             f"{location}: its codes come from a RANDOM-INIT {codec_name(index['provenance']['codec'])} codec (an "
-            "offline test corpus); training on "
-            "them teaches nothing about speech. Pass --allow-random-codec if that is what you want."
+            "offline test corpus); training on them teaches nothing about speech. Pass --allow-random-codec "
+            "if that is what you want."
         )
     subsets = {name for name, s in index["subsets"].items() if s["role"] in roles}
     shards = [s for s in index_shards(location, index, fmt, CorpusError) if s.subset in subsets]
