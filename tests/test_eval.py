@@ -139,7 +139,7 @@ def test_valle_eval_end_to_end(trained, built_corpus, tmp_path, capsys):
     out = tmp_path / "eval"
     args = ["--ar", str(ar), "--nar", str(nar), "--set", str(evalset), "--out", str(out), "--codec-weights", "random"]
     args += ["--samples", "2", "--max-utterances", "3", "--prompt-seconds", "0.5", "--no-dnsmos", "--no-progress"]
-    args += ["--max-frames-per-token", "10"]  # an untrained model runs to the cap: keep the audio short
+    args += ["--max-seconds-per-token", str(10 / 75)]  # an untrained model runs to the cap: keep the audio short
     assert main(args) == 0
     assert "## Continuation" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())

@@ -36,7 +36,7 @@ def valle_eval(trained, evalset: Path, out: Path, *extra: str) -> int:
     _, ar, nar, _ = trained
     args = ["--ar", str(ar), "--nar", str(nar), "--set", str(evalset), "--out", str(out), "--codec-weights", "random"]
     args += ["--samples", "1", "--prompt-seconds", "0.5", "--no-dnsmos", "--no-progress"]
-    return main(args + ["--max-frames-per-token", "10", *extra])
+    return main(args + ["--max-seconds-per-token", str(10 / 75), *extra])
 
 
 def one_line(capsys) -> str:

@@ -39,7 +39,7 @@ def command(trained, evalset: Path, out: Path, *extra: str) -> list[str]:
     _, ar, nar, _ = trained
     args = ["--ar", str(ar), "--nar", str(nar), "--set", str(evalset), "--out", str(out), "--codec-weights", "random"]
     args += ["--tasks", "continuation", "--samples", "2", "--prompt-seconds", "0.5", "--no-dnsmos", "--no-progress"]
-    return args + ["--min-frames-per-token", "0", "--max-frames-per-token", "1", *extra]
+    return args + ["--min-seconds-per-token", "0", "--max-seconds-per-token", str(1 / 75), *extra]
 
 
 def results(out: Path) -> dict:

@@ -134,7 +134,7 @@ def test_length_guard_gives_the_sentence_its_minimum_length(trained, tmp_path, c
     frames = int(re.search(r"(\d+) frames", capsys.readouterr().out).group(1))
     provenance = torch.load(trained[1], weights_only=True)["provenance"]
     tokens = len(load_bpe(None, trained[0], provenance).encode(sentence))
-    low, high = LengthGuard().bounds(tokens)
+    low, high = LengthGuard().bounds(tokens, 75)  # EnCodec's frame rate: 4/75 s a token is 4 frames
     assert low == math.ceil(4 * tokens) and low <= frames <= high
     # Without the guard the same seed may stop anywhere; with min 0 / max 1 it is cut to one frame.
     assert (
@@ -142,8 +142,8 @@ def test_length_guard_gives_the_sentence_its_minimum_length(trained, tmp_path, c
             [
                 *["--ar", str(trained[1]), "--nar", str(trained[2]), "--data", trained[0]],
                 *["--text", sentence, "--prompt-audio", str(trained[3]), "--prompt-text", "a prompt"],
-                *["--out", str(out), "--codec-weights", "random", "--min-frames-per-token", "0"],
-                *["--max-frames-per-token", str(1 / tokens)],
+                *["--out", str(out), "--codec-weights", "random", "--min-seconds-per-token", "0"],
+                *["--max-seconds-per-token", str(1 / tokens / 75)],
             ]
         )
         == 0

@@ -57,7 +57,7 @@ def read_audio(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(resample(audio.mean(axis=1), rate), dtype=np.float32)
 
 
-def write_wav(path: Path, wave: np.ndarray) -> None:
-    """A 16-bit PCM mono 24 kHz wav (what players expect; libsndfile writes no timestamp into
+def write_wav(path: Path, wave: np.ndarray, rate: int = TARGET_RATE) -> None:
+    """A 16-bit PCM mono wav at `rate` Hz (what players expect; libsndfile writes no timestamp into
     PCM files, so the same samples give the same bytes)."""
-    sf.write(path, np.clip(wave, -1.0, 1.0), TARGET_RATE, subtype="PCM_16", format="WAV")
+    sf.write(path, np.clip(wave, -1.0, 1.0), rate, subtype="PCM_16", format="WAV")

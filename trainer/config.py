@@ -38,7 +38,7 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    max_frames: int = 20_000  # per batch: count x longest sequence in model positions (text + frames / G)
+    max_frames: int = 20_000  # per batch: count x longest sequence in model positions (text + frames / G), any codec
     buckets: int = 10
     shuffle_buffer: int = 2_000
     interleave: int = 64  # shard streams each DataLoader worker reads at once (speaker mix)

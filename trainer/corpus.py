@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from schemas.reading import Shard, index_shards, read_index
 from storage.remote import join, read_bytes
+from tokens.codecs import DEFAULT_CODEC, spec
 
 
 class CorpusError(ValueError):
@@ -72,6 +73,12 @@ class Corpus:
         return self.index["codes"]["codebooks"]
 
     @property
+    def codec(self) -> dict:
+        """index.json's provenance.codec: the codec's name (`model`), its codebooks, their size,
+        its frame rate and sample rate, and its weights."""
+        return self.index["provenance"]["codec"]
+
+    @property
     def fingerprint(self) -> str:
         """Identifies the samples (not where they are stored): the lengths file's sha256."""
         return self.index["lengths"]["sha256"]
@@ -89,14 +96,35 @@ def provenance_key(index: dict) -> dict:
     }
 
 
+def codec_name(codec: dict) -> str:
+    """The codec a provenance `codec` record (index.json's, or a checkpoint's) names; records
+    written before other codecs existed are EnCodec 24 kHz's."""
+    return codec.get("model", DEFAULT_CODEC)
+
+
+def codec_numbers(codec: dict) -> tuple[int, float]:
+    """(codebook size, frame rate) of the codec a provenance `codec` record names: as recorded,
+    else (a record that predates them) its codec's own."""
+    known = spec(codec_name(codec))
+    return codec.get("codebook_size", known.codebook_size), codec.get("frame_rate", known.frame_rate)
+
+
+def two_codecs(a: str, key_a: dict, b: str, key_b: dict) -> str | None:
+    """Two provenance keys' (`provenance_key`) codecs in words, `a` and `b` naming whose they are
+    ("A is mimi, B is encodec_24khz"); None when their codec is the same."""
+    name_a, name_b = codec_name(key_a["codec"]), codec_name(key_b["codec"])
+    return None if name_a == name_b else f"{a} is {name_a}, {b} is {name_b}"
+
+
 def open_corpus(
     location: str, *, roles: tuple[str, ...] = ("train",), fmt: str = "auto", allow_random_codec: bool = False
 ) -> Corpus:
     index = read_index(location, CorpusError)
     if index["provenance"]["codec"]["weights"] == "random" and not allow_random_codec:
         raise CorpusError(
-            f"{location}: its codes come from a RANDOM-INIT EnCodec (an offline test corpus); training on "
-            "them teaches nothing about speech. Pass --allow-random-codec if that is what you want."
+            f"{location}: its codes come from a RANDOM-INIT {codec_name(index['provenance']['codec'])} codec (an "
+            "offline test corpus); training on them teaches nothing about speech. Pass --allow-random-codec "
+            "if that is what you want."
         )
     subsets = {name for name, s in index["subsets"].items() if s["role"] in roles}
     shards = [s for s in index_shards(location, index, fmt, CorpusError) if s.subset in subsets]
@@ -177,6 +205,12 @@ def merge(corpora: list[Corpus]) -> Samples:
 def check_compatible(corpora: list[Corpus]) -> None:
     first = corpora[0]
     for other in corpora[1:]:
+        codecs = two_codecs(first.location, first.provenance_key, other.location, other.provenance_key)
+        if codecs:
+            raise CorpusError(
+                f"corpora of two codecs: {codecs}; their codes do not mean the same thing. Train on corpora "
+                "coded with one codec (valle-prep run DAG --set codec.name=NAME codes a corpus with another)"
+            )
         if other.provenance_key != first.provenance_key:
             raise CorpusError(
                 f"{other.location} and {first.location} were made with different codec or BPE settings "

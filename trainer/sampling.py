@@ -1,7 +1,7 @@
 """AR decoding for VALL-E / VALL-E 2: nucleus sampling, repetition-aware sampling (RAS) and a
-KV-cached generation loop over codebook-1 EnCodec codes.
+KV-cached generation loop over codebook-1 codes of the corpus's codec.
 
-In:  logits over the AR audio vocabulary (1024 EnCodec codes + EOS = 1024), the codes decoded
+In:  logits over the AR audio vocabulary (the codec's codes, e.g. EnCodec's 1024, + EOS), the codes decoded
      so far, a `SamplingConfig` and a seeded `torch.Generator`.
 Out: sampled code ids; `generate_ar` returns the generated codebook-1 codes (T,) without the
      prompt and without EOS.
@@ -56,7 +56,7 @@ class SamplingConfig:
     window: int = 10  # K: how many previous codes RAS looks at
     repetition_threshold: float = 0.1  # t_r: fallback when count / K > t_r
     temperature: float = 1.0  # divides the logits of both draws; > 0
-    max_frames: int = 75 * 30  # stop after 30 s of 75 Hz codes if no EOS
+    max_frames: int = 75 * 30  # stop after this many codes if no EOS (30 s of EnCodec's; callers set it)
     min_frames: int = 0  # EOS is not drawn before this many codes (the length guard)
 
     def __post_init__(self) -> None:
@@ -76,34 +76,40 @@ class SamplingConfig:
 
 @dataclass
 class LengthGuard:
-    """How long speech for a text may be, in 75 Hz frames per BPE token of the text spoken.
+    """How long speech for a text may be, in seconds per BPE token of the text spoken: the same
+    bounds whatever the codec's frame rate (`bounds` turns them into frames).
 
     An AR model can end at once (EOS first: the 5-frame output of an undertrained model) or never
     (a loop until max_frames). CosyVoice bounds its LLM's decoding by speech tokens per text token
     (min 2, max 20 of its 25 Hz tokens, i.e. 80-800 ms a token of its large-vocabulary BPE). Ours:
-    EOS is masked before `min_per_token` frames a token and output is cut at `max_per_token`.
-    Defaults 4 and 40 frames (53-533 ms a token): the sample corpus (BPE 128, the shortest tokens
-    we build) speaks 6.8-11.7 frames a token, and a larger BPE has longer tokens, so more frames
-    each; 4 sits below the fastest of the shortest, 40 leaves room for slow speech of long tokens
-    while stopping a loop a few seconds past where speech should end. valle-eval reports the
-    ground truth's frames a token for its set and warns when they fall outside the guard.
+    EOS is masked before `min_per_token` seconds a token and output is cut at `max_per_token`.
+    Defaults 4/75 and 40/75 s (53-533 ms a token; 4 and 40 EnCodec frames): the sample corpus (BPE
+    128, the shortest tokens we build) speaks 91-156 ms a token, and a larger BPE has longer
+    tokens, so more time each; 53 ms sits below the fastest of the shortest, 533 ms leaves room for
+    slow speech of long tokens while stopping a loop a few seconds past where speech should end.
+    valle-eval reports the ground truth's seconds a token for its set and warns when they fall
+    outside the guard.
     """
 
-    min_per_token: float = 4.0
-    max_per_token: float = 40.0
+    min_per_token: float = 4 / 75
+    max_per_token: float = 40 / 75
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_per_token <= self.max_per_token or not self.max_per_token > 0:
             raise ValueError(
-                f"length guard {self.min_per_token}-{self.max_per_token} frames a token: "
+                f"length guard {self.min_per_token:g}-{self.max_per_token:g} s a token: "
                 "need 0 <= min <= max and max > 0"
             )
 
-    def bounds(self, tokens: int, given: int = 0, room: int = 75 * 30) -> tuple[int, int]:
-        """(min_frames, max_frames) to generate for speech of `tokens` text tokens of which `given`
-        frames already exist (a continuation's prompt), never more than `room` frames."""
-        high = max(1, min(room, math.floor(self.max_per_token * tokens) - given))
-        low = min(high, max(0, math.ceil(self.min_per_token * tokens) - given))
+    def bounds(self, tokens: int, frame_rate: float, given: int = 0, room: int | None = None) -> tuple[int, int]:
+        """(min_frames, max_frames) at `frame_rate` frames/s to generate for speech of `tokens`
+        text tokens of which `given` frames already exist (a continuation's prompt), never more
+        than `room` frames. Whole frames within 1e-6 of a bound count as on it (4/75 s x 75 is 4)."""
+        most = self.max_per_token * tokens * frame_rate
+        least = self.min_per_token * tokens * frame_rate
+        high = max(1, math.floor(most + 1e-6) - given)
+        high = high if room is None else max(1, min(room, high))
+        low = min(high, max(0, math.ceil(least - 1e-6) - given))
         return low, high
 
 

@@ -27,7 +27,7 @@ from storage.remote import retry_budget_of
 from trainer import checkpoint
 from trainer.batching import BatchingConfig, EpochPlan, consumed_samples, plan_epoch, plan_stats
 from trainer.config import TrainConfig, load_config
-from trainer.corpus import Corpus, CorpusError, Samples, check_compatible, merge, open_corpus
+from trainer.corpus import Corpus, CorpusError, Samples, check_compatible, codec_numbers, merge, open_corpus, two_codecs
 from trainer.distributed import Run, agree_on_checkpoint, check_shared_folder
 from trainer.launch import report
 from trainer.loader import LoaderState, make_loader
@@ -44,11 +44,14 @@ from trainer.outage import (
 )
 
 
-def build_model(cfg: TrainConfig, vocab: int, codebooks: int):
+def build_model(cfg: TrainConfig, vocab: int, codebooks: int, codec: dict | None = None):
+    """The configured model for a corpus of `vocab` BPE ids and `codebooks` codebooks of the codec
+    its provenance `codec` record names (None: EnCodec 24 kHz): the code vocabulary, the frame rate
+    (prompt seconds in frames) and the position tables (40 s) are that codec's."""
     from trainer.models import ARModel, NARModel
-    from trainer.models.config import PRESETS
+    from trainer.models.config import PRESETS, codec_sizes
 
-    overrides = {"n_codebooks": codebooks}
+    overrides = {"n_codebooks": codebooks, **codec_sizes(*codec_numbers(codec or {}))}
     if cfg.model.dropout is not None:
         overrides["dropout"] = cfg.model.dropout
     if cfg.model.kind == "ar":
@@ -254,7 +257,7 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
     corpora, dev = agreed_read(
         run, lambda: open_corpora(cfg, data, allow_random_codec), reads, out, "at startup, reading the corpora"
     )
-    model = build_model(cfg, corpora[0].vocab_size, corpora[0].codebooks)
+    model = build_model(cfg, corpora[0].vocab_size, corpora[0].codebooks, corpora[0].codec)
     training = TrainingData(corpora, model)
     dev_data = TrainingData(dev, model) if dev else None
     key = checkpoint.plan_key(cfg, corpora, (model.cfg.max_text_len, model.cfg.max_audio_frames))
@@ -267,6 +270,9 @@ def _train(run: Run, cfg: TrainConfig, data: list[str], resume: bool, allow_rand
         path = agree_on_checkpoint(run, out, found[-1] if found else None)
     if path is not None:
         saved = torch.load(path, map_location="cpu", weights_only=True)
+        codecs = two_codecs(str(path), saved["provenance"], "the corpus", corpora[0].provenance_key)
+        if codecs:
+            raise CorpusError(f"a checkpoint and a corpus of two codecs: {codecs}; resume on the corpus it began on")
         if saved["provenance"] != corpora[0].provenance_key:
             raise CorpusError(f"{path} was trained on a corpus with other codec/BPE provenance")
         checkpoint.check_plan_key(saved.get("plan"), key, path)

@@ -9,8 +9,9 @@
 
 EVALSET comes from `valle-prep evalset` (a corpus's test subset) or `valle-prep
 evalset-librispeech` (LibriSpeech test-clean 4-10 s, the papers' set); its codec, BPE and text
-settings must be the checkpoints'. Writes DIR/results.md, DIR/results.json, DIR/index.html and the
-audio the page plays (DIR/audio/). See trainer/eval/run.py for the tasks, rows and selection rule.
+settings must be the checkpoints' (a set of another codec is one error naming both). Writes
+DIR/results.md, DIR/results.json, DIR/index.html and the audio the page plays (DIR/audio/). See
+trainer/eval/run.py for the tasks, rows and selection rule.
 Each finished trial is appended to DIR/rows.jsonl as it is made: the same command again continues
 where a crash stopped it (trainer/eval/store.py); another command on the same DIR is refused.
 
@@ -45,7 +46,7 @@ from trainer.eval.run import TASKS, EvalConfig, Scorer, evaluate
 from trainer.eval.store import ROWS_FILE, RowStore
 from trainer.eval.wer import NORMALIZATION, NORMALIZERS, normalizer_named
 from trainer.sampling import LengthGuard, SamplingConfig
-from trainer.synth import SynthError, Synthesizer
+from trainer.synth import SynthError, Synthesizer, add_guard_options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--threshold", type=float, default=0.1)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--min-frames-per-token", type=float, default=LengthGuard.min_per_token)
-    parser.add_argument("--max-frames-per-token", type=float, default=LengthGuard.max_per_token)
+    add_guard_options(parser)
     parser.add_argument("--page-utterances", type=int, default=24, help="utterances a task with audio on the page")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -118,7 +118,7 @@ def run(args) -> dict:
         sampling=SamplingConfig(
             top_p=args.top_p, window=args.window, repetition_threshold=args.threshold, temperature=args.temperature
         ),
-        guard=LengthGuard(args.min_frames_per_token, args.max_frames_per_token),
+        guard=LengthGuard(args.min_seconds_per_token, args.max_seconds_per_token),
     )
     synth = Synthesizer.load(
         args.ar,
@@ -128,13 +128,8 @@ def run(args) -> dict:
         device=args.device,
         decoder=args.decoder,
         vocos=args.vocos,
+        given=(args.evalset, provenance_key({"provenance": evalset.provenance})),
     )
-    wanted = provenance_key({"provenance": evalset.provenance})
-    if wanted != synth.provenance:
-        raise SynthError(
-            f"{args.evalset} was coded with other codec/BPE/text settings than the checkpoints "
-            f"({wanted} vs {synth.provenance}); make the set from the checkpoints' corpus"
-        )
     check_vocabulary(evalset, synth)
     device = "cuda" if synth.device.type == "cuda" else "cpu"
     scorer = Scorer(
@@ -142,6 +137,7 @@ def run(args) -> dict:
         speaker_backend(args.speaker, device),
         None if args.no_dnsmos else DNSMOS(),
         args.normalizer,
+        synth.sample_rate,
     )
     checkpoints = {
         "ar": args.ar,

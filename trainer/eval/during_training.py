@@ -24,12 +24,11 @@ import torch
 
 from schemas.evalset import EvalSet
 from tokens.codec import codec_for
-from tokens.constants import FRAME_RATE, HOP, SAMPLE_RATE
 from trainer.eval.backends import asr_backend, speaker_backend
 from trainer.eval.run import Scorer, against
 from trainer.eval.wer import WordErrors, corpus_wer
 from trainer.sampling import LengthGuard, SamplingConfig, generate_ar_samples
-from trainer.synth import SynthError, load_checkpoint
+from trainer.synth import SynthError, check_made_like, load_checkpoint
 
 
 @dataclass
@@ -48,13 +47,13 @@ class WatchSettings:
 
 class TrainingEval:
     def __init__(self, settings: WatchSettings, kind: str, provenance: dict, device: torch.device):
-        from trainer.corpus import provenance_key
+        from trainer.corpus import provenance_key, two_codecs
         from trainer.models import ARModel, NARModel
 
         self.settings, self.kind, self.device = settings, kind, device
         self.evalset = EvalSet(settings.set)
-        if provenance_key({"provenance": self.evalset.provenance}) != provenance:
-            raise SynthError(f"synth_eval.set {settings.set} was coded with other codec/BPE settings than the corpus")
+        set_key = provenance_key({"provenance": self.evalset.provenance})
+        check_made_like(f"synth_eval.set {settings.set}", set_key, provenance, "make the set from the corpus")
         self.utterances = self.evalset.first(settings.utterances)
         self.prompt_embeddings: dict[str, np.ndarray] = {}  # the prompts never change: embedded once
         self.codec = codec_for(self.evalset.provenance["codec"], settings.codec_weights, "cpu")
@@ -62,9 +61,13 @@ class TrainingEval:
         if settings.partner:
             wanted = NARModel if kind == "ar" else ARModel
             self.partner, partner_prov = load_checkpoint(settings.partner, wanted, device)
+            codecs = two_codecs(f"synth_eval.partner {settings.partner}", partner_prov, "the corpus", provenance)
+            if codecs:
+                raise SynthError(f"a partner and a corpus of two codecs: {codecs}; train the partner on this corpus")
             if partner_prov != provenance:
                 raise SynthError(f"synth_eval.partner {settings.partner} was trained on a corpus of other codes")
-        self.scorer = Scorer(asr_backend(settings.asr), speaker_backend(settings.speaker))
+        speaker = speaker_backend(settings.speaker)
+        self.scorer = Scorer(asr_backend(settings.asr), speaker, rate=self.codec.spec.sample_rate)
         self.spent, self.last, self.started = 0.0, 0.0, time.perf_counter()
         self.label = "AR + NAR" if self.partner else ("codebook 1 only" if kind == "ar" else "ground-truth codebook 1")
 
@@ -92,7 +95,8 @@ class TrainingEval:
                 sims.append(against(measured, self.prompt_embeddings[u.id])["sim"])
                 heard = measured["hypothesis"]
                 if writer is not None:
-                    writer.add_audio(f"synth/audio_{n}", torch.from_numpy(wave)[None], step, sample_rate=SAMPLE_RATE)
+                    rate = self.codec.spec.sample_rate
+                    writer.add_audio(f"synth/audio_{n}", torch.from_numpy(wave)[None], step, sample_rate=rate)
                     writer.add_text(f"synth/heard_{n}", f"{u.reference} -> {heard}", step)
         finally:
             model.train(was_training)
@@ -113,13 +117,14 @@ class TrainingEval:
     def _synthesize(self, model, u) -> tuple[np.ndarray, np.ndarray]:
         """Continuation of u from its first prompt_seconds: (whole output, the prompt's audio)."""
         codes = torch.from_numpy(self.evalset.codes(u).astype(np.int64)).to(self.device)  # (K, T)
-        P = min(round(self.settings.prompt_seconds * FRAME_RATE), codes.shape[1] - 1)
+        spec = self.codec.spec
+        P = min(spec.frames(self.settings.prompt_seconds), codes.shape[1] - 1)
         text = torch.tensor([list(u.text_tokens)], device=self.device)
         ar = model if self.kind == "ar" else self.partner
         nar = model if self.kind == "nar" else self.partner
         if ar is not None:
-            room = min(round(self.settings.max_seconds * FRAME_RATE), ar.cfg.max_audio_frames) - P
-            low, high = LengthGuard().bounds(len(u.text_tokens), given=P, room=max(1, room))
+            room = min(spec.frames(self.settings.max_seconds), ar.cfg.max_audio_frames) - P
+            low, high = LengthGuard().bounds(len(u.text_tokens), spec.frame_rate, given=P, room=max(1, room))
             cfg = SamplingConfig(max_frames=high, min_frames=low)
             gen = torch.Generator().manual_seed(self.settings.seed)
             codes1 = generate_ar_samples(ar, text, codes[None, 0, :P], cfg, [gen])[0].to(self.device)
@@ -131,7 +136,7 @@ class TrainingEval:
         else:
             out = torch.cat([codes[:1, :P], codes1[None]], dim=1)  # codebook 1 alone
         wave = self.codec.decode(out.cpu().numpy())
-        prompt_audio = self.evalset.audio(u)[: P * HOP]
+        prompt_audio = self.evalset.audio(u)[: P * spec.hop]
         return wave, prompt_audio
 
 

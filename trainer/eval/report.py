@@ -218,10 +218,10 @@ def markdown(results: dict) -> str:
         )
     g = results.get("length_guard")
     if g:
-        f = g["frames_per_token"]
+        f = {k: 1000 * v for k, v in g["seconds_per_token"].items()}
         lines.append(
-            f"Length guard {g['guard'][0]:g}-{g['guard'][1]:g} frames a token; the ground truth speaks "
-            f"{f['min']:.1f}-{f['max']:.1f} (median {f['median']:.1f}); {g['outside']} utterance(s) outside."
+            f"Length guard {1000 * g['guard'][0]:.0f}-{1000 * g['guard'][1]:.0f} ms a token; the ground truth "
+            f"speaks {f['min']:.0f}-{f['max']:.0f} (median {f['median']:.0f}); {g['outside']} utterance(s) outside."
         )
     return "\n".join(lines) + "\n"
 

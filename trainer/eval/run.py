@@ -33,7 +33,6 @@ from tqdm import tqdm
 
 from schemas.evalset import EvalSet, Utterance
 from tokens.audio import write_wav
-from tokens.constants import FRAME_RATE, HOP, SAMPLE_RATE
 from trainer.eval import stats
 from trainer.eval.backends import cosine, to_16k
 from trainer.eval.generated import split_reference, summarize_generated
@@ -88,10 +87,12 @@ def _calling(backend: str, fn, *args):
 
 
 class Scorer:
-    """ASR, speaker and (optional) DNSMOS back-ends together, and the WER text normalization."""
+    """ASR, speaker and (optional) DNSMOS back-ends together, and the WER text normalization.
+    `rate`: the sample rate of the waves it is given (the codec's; 24 kHz for every codec here),
+    resampled to 16 kHz for the back-ends."""
 
-    def __init__(self, asr, speaker, dnsmos=None, normalizer: str = NORMALIZATION):
-        self.asr, self.speaker, self.dnsmos = asr, speaker, dnsmos
+    def __init__(self, asr, speaker, dnsmos=None, normalizer: str = NORMALIZATION, rate: int = 24000):
+        self.asr, self.speaker, self.dnsmos, self.rate = asr, speaker, dnsmos, rate
         normalizer_named(normalizer)("")  # an unknown name or a missing package fails here, not mid-run
         self.normalizer = normalizer
 
@@ -103,17 +104,17 @@ class Scorer:
             "wer_normalization": self.normalizer,
         }
 
-    def embed(self, wave24: np.ndarray) -> np.ndarray:
-        return _calling("speaker", self.speaker.embed, to_16k(wave24, SAMPLE_RATE))
+    def embed(self, wave: np.ndarray) -> np.ndarray:
+        return _calling("speaker", self.speaker.embed, to_16k(wave, self.rate))
 
-    def measure(self, wave24: np.ndarray, reference: str) -> dict:
-        return self.measure_all([wave24], reference)[0]
+    def measure(self, wave: np.ndarray, reference: str) -> dict:
+        return self.measure_all([wave], reference)[0]
 
-    def measure_all(self, waves24: list[np.ndarray], reference: str, quality: bool = True) -> list[dict]:
+    def measure_all(self, waves_in: list[np.ndarray], reference: str, quality: bool = True) -> list[dict]:
         """What does not depend on the prompt, for renditions of one text: what the ASR heard
         (all in one call), its word errors, DNSMOS (unless `quality` is off), and the speaker
         embedding (None for audio too short to carry a voice). `against` adds SIM."""
-        waves = [to_16k(w, SAMPLE_RATE) for w in waves24]
+        waves = [to_16k(w, self.rate) for w in waves_in]
         heard = iter(_calling("asr", self.asr.transcribe_all, [w for w in waves if len(w)]))
         measured = []
         for wave in waves:
@@ -165,7 +166,7 @@ class Trial:
     utterance: Utterance
     text_ids: list[int]
     prompt: np.ndarray  # (K, P) codes
-    prompt_audio: np.ndarray  # float32 24 kHz: the voice SIM compares with
+    prompt_audio: np.ndarray  # float32 at the codec's rate: the voice SIM compares with
     given: int  # frames of the output already there (the continuation's prompt)
     target_tokens: int  # BPE tokens of the text to be spoken (the length guard's measure)
 
@@ -178,10 +179,10 @@ def make_trial(task: str, u: Utterance, evalset: EvalSet, synth: Synthesizer, cf
         return "no words in the reference (WER undefined)"
     codes = evalset.codes(u).astype(np.int64)
     if task == "continuation":
-        P = round(cfg.prompt_seconds * FRAME_RATE)
-        if codes.shape[1] < P + FRAME_RATE // 2:
+        P = synth.frames(cfg.prompt_seconds)
+        if codes.shape[1] < P + int(synth.frame_rate / 2):
             return "shorter than the prompt + 0.5 s"
-        audio = evalset.audio(u)[: P * HOP]
+        audio = evalset.audio(u)[: P * synth.codec.spec.hop]
         return Trial(u, list(u.text_tokens), codes[:, :P], audio, P, len(u.text_tokens))
     if u.prompt_id is None:
         return "no other utterance of its speaker"
@@ -265,7 +266,7 @@ def _sampling_run(task, run, utterances, synth, evalset, scorer, cfg, truth, aud
                 failed.append(str(err))
                 continue
             if on_page:  # saved before the row is stored: a resumed run's page plays it
-                row["audio"] = _save(audio_dir, Path(task, f"{n:04d}"), row.pop("waves"))
+                row["audio"] = _save(audio_dir, Path(task, f"{n:04d}"), row.pop("waves"), synth.sample_rate)
             store.add(run, task, row)
         rows.append(row)
     return {"seeds": seeds, "rows": rows, "skipped": _count(skipped), "failed": failed}
@@ -305,14 +306,15 @@ def _spread(values: list[float]) -> dict:
 def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, keep_audio: bool) -> dict:
     u = trial.utterance
     room = max(1, synth.max_audio_frames - trial.prompt.shape[1])
-    low, high = cfg.guard.bounds(trial.target_tokens, given=trial.given, room=room)
+    low, high = cfg.guard.bounds(trial.target_tokens, synth.frame_rate, given=trial.given, room=room)
     sampling = replace(cfg.sampling, max_frames=high, min_frames=low)
     start = time.perf_counter()
     samples = synth.generate(trial.text_ids, trial.prompt, sampling, seeds)
     if trial.given:  # continuation: the output is the prompt and what follows it
         samples = [np.concatenate([trial.prompt, s], axis=1) for s in samples]
     waves = [synth.decode(s) for s in samples]
-    timing = {"synthesis_s": time.perf_counter() - start, "generated_s": made_seconds(samples, trial.given)}
+    made = made_seconds(samples, trial.given, synth.frame_rate)
+    timing = {"synthesis_s": time.perf_counter() - start, "generated_s": made}
 
     first = u.id not in truth
     if first or keep_audio or trial.given:  # only scores are kept across tasks: memory stays flat in the set's size
@@ -340,7 +342,7 @@ def _run_trial(trial, task, synth, evalset, scorer, cfg, seeds, truth, keep_audi
         row["metric_wise"] = metric_wise(scores)
     row["samples"] = [{k: s[k] for k in ("errors", "words", "sim", "frames")} for s in scores]
     if trial.given:
-        add_generated(row, scorer, [gt, resynth, *waves], trial.given * HOP, prompt_embedding)
+        add_generated(row, scorer, [gt, resynth, *waves], trial.given * synth.codec.spec.hop, prompt_embedding)
     if keep_audio:
         row["waves"] = {
             "prompt": trial.prompt_audio,
@@ -379,19 +381,19 @@ def add_generated(row: dict, scorer: Scorer, waves: list[np.ndarray], cut: int, 
         row["metric_wise"]["generated"] = metric_wise(samples)
 
 
-def made_seconds(samples: list[np.ndarray], given: int) -> float:
-    """Seconds of audio the model made in `samples` (K, T) codes: a continuation's first `given`
-    frames are its prompt, not made."""
-    return sum(s.shape[1] - given for s in samples) * HOP / SAMPLE_RATE
+def made_seconds(samples: list[np.ndarray], given: int, frame_rate: float) -> float:
+    """Seconds of audio the model made in `samples` (K, T) codes at `frame_rate` frames/s: a
+    continuation's first `given` frames are its prompt, not made."""
+    return sum(s.shape[1] - given for s in samples) / frame_rate
 
 
-def _save(audio_dir: Path, sub: Path, waves: dict[str, np.ndarray]) -> dict[str, str]:
+def _save(audio_dir: Path, sub: Path, waves: dict[str, np.ndarray], rate: int) -> dict[str, str]:
     """Write the waves under audio_dir/sub; their paths relative to the page (audio_dir's parent),
     so the stored rows hold the same paths whatever folder a run or its resumption started in."""
     (audio_dir / sub).mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, wave in waves.items():
-        write_wav(audio_dir / sub / f"{name}.wav", wave)
+        write_wav(audio_dir / sub / f"{name}.wav", wave, rate)
         paths[name] = str(Path(audio_dir.name, sub, f"{name}.wav"))
     return paths
 
@@ -414,13 +416,13 @@ def summarize(rows: list[dict], samples: int) -> dict:
 
 
 def guard_check(utterances: list[Utterance], guard: LengthGuard) -> dict:
-    """The ground truth's frames per text token, against the length guard's bounds."""
-    ratios = np.array([round(u.duration * FRAME_RATE) / max(1, len(u.text_tokens)) for u in utterances])
+    """The ground truth's seconds of speech per text token, against the length guard's bounds."""
+    ratios = np.array([u.duration / max(1, len(u.text_tokens)) for u in utterances])
     if not len(ratios):
         return {}
     outside = int(((ratios < guard.min_per_token) | (ratios > guard.max_per_token)).sum())
     return {
-        "frames_per_token": {
+        "seconds_per_token": {
             "min": float(ratios.min()),
             "median": float(np.median(ratios)),
             "max": float(ratios.max()),

@@ -30,8 +30,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tokens.constants import FRAME_RATE
-
 from .config import ModelConfig
 from .layers import SinePositions, Transformer, attention_mask, length_mask, target_stats, train_flops
 
@@ -73,10 +71,10 @@ class NARModel(nn.Module):
 
     def draw(self, code_lens: torch.Tensor, generator: torch.Generator | None = None):
         """Per utterance: stage uniform in 1..K-1; prompt split T' uniform in [lo, hi] frames,
-        hi = min(prompt_seconds[1] x 75, 3L/4), lo = min(prompt_seconds[0] x 75, 3L/8).
+        hi = min(prompt_seconds[1] x frame rate, 3L/4), lo = min(prompt_seconds[0] x frame rate, 3L/8).
         Draws on the CPU (reproducible from `generator`)."""
         K = self.cfg.n_codebooks
-        low, high = (round(s * FRAME_RATE) for s in self.cfg.prompt_seconds)
+        low, high = (self.cfg.frames(s) for s in self.cfg.prompt_seconds)
         u = torch.rand(code_lens.shape[0], 2, generator=generator)  # (B, 2)
         u = u.to(code_lens.device, non_blocking=True)  # staged at once: no wait for the GPU's queue
         stage = 1 + (u[:, 0] * (K - 1)).long().clamp(max=K - 2)
