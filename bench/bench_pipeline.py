@@ -56,7 +56,7 @@ def kept_waves(out: Path, dag, store_dir: Path):
                 segs, _ = segment_recording(
                     list(rec), store.read_bytes, dag.segment.min_duration, dag.segment.max_duration
                 )
-                waves += [codec_input(s.audio, s.rate) for s in segs]
+                waves += [codec_input(s.audio, s.rate, 24000) for s in segs]
     return waves
 
 

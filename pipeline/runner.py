@@ -143,7 +143,8 @@ def _run(
     check_audio_settings(out, settings, rebuild_audio)  # before anything is written
     with kind_of(dag.source).open_source(dag, out, progress, _task_pool(executor)) as sources:
         # Each subset is planned once its manifest is verified, while the archives still arrive.
-        plans = plan_subsets(sources.manifests(), dag.subsets.roles(), out, dag.plan.unit_hours, progress=progress)
+        roles, shared = dag.subsets.roles(), shared_parses(dag)
+        plans = plan_subsets(sources.manifests(), roles, out, dag.plan.unit_hours, progress=progress, shared=shared)
         source_provenance = sources.provenance()
         clock.log(f"planned {sum(len(p.units) for p in plans)} units")
         lock.check()
@@ -318,6 +319,13 @@ def ensure_bpe(dag: Dag, out: Path, plans: list[SubsetPlan]) -> tuple[Tokenizer,
         "model_type": record["model_type"],
     }
     return Tokenizer(model), info
+
+
+def shared_parses(dag: Dag) -> Path | None:
+    """Where parsed manifests are shared between output folders: the download folder's `parsed/`
+    when the DAG names one (output folders that share downloads share parses), else nowhere."""
+    download_dir = getattr(dag.source, "download_dir", None)
+    return Path(download_dir) / "parsed" if download_dir else None
 
 
 def resolve_codec(cfg: CodecConfig) -> ResolvedCodec:

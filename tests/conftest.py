@@ -134,6 +134,31 @@ def built_corpus(tmp_path_factory, tiny_corpus, ray_address):
     return dag, run(dag, progress=False)
 
 
+def files_state(folder: Path) -> dict:
+    """Every file under `folder` with its inode and modification time: a download rewrites both."""
+    return {str(p.relative_to(folder)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="session")
+def codec_samples(tmp_path_factory):
+    """dags/sample.yaml built once per session with DAC and with Mimi (random-init weights), into
+    two folders sharing one download_dir: ({codec: OUT}, the download_dir's files before the
+    second build, after it, the download_dir)."""
+    from pipeline.dag import load_dag
+    from pipeline.executors.local import LocalExecutor
+    from pipeline.runner import run
+
+    root = tmp_path_factory.mktemp("codecs")
+    downloads, outs, states = root / "downloads", {}, []
+    for name in ("dac_24khz", "mimi"):
+        states.append(files_state(downloads) if downloads.exists() else {})
+        outs[name] = root / name
+        overrides = [f"source.download_dir={downloads}", "codec.weights=random", f"codec.name={name}"]
+        dag = load_dag(REPO / "dags/sample.yaml", overrides, out=str(outs[name]))
+        run(dag, progress=False, executor=LocalExecutor(threads=2))
+    return outs, states[1], files_state(downloads), downloads
+
+
 @pytest.fixture(scope="session")
 def trained(built_corpus, tmp_path_factory):
     """(corpus dir, AR checkpoint, NAR checkpoint, prompt wav): tiny models trained 5 steps each on

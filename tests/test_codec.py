@@ -21,10 +21,12 @@ from sample.http_mirror import HttpMirror
 from tokens.codec import CodecEncoder
 from tokens.codec_settings import MIN_FRAMES, CodecConfig, num_codebooks, num_frames
 from tokens.codec_weights import WeightsUnavailable, resolve_weights, state_dict_sha256
-from tokens.constants import HOP
+from tokens.codecs import SPECS
+
+ENCODEC = SPECS["encodec_24khz"]
 
 # Lengths around frame edges and below MIN_FRAMES frames (where reflect padding peeks ahead).
-LENGTHS = [16000, 321, 319, 2500, 8345, MIN_FRAMES * HOP, 1, 640, 6400, 0]
+LENGTHS = [16000, 321, 319, 2500, 8345, MIN_FRAMES * ENCODEC.hop, 1, 640, 6400, 0]
 
 
 def waves(lengths, seed=0):
@@ -93,7 +95,7 @@ def test_order_is_preserved(encoder):
 
 
 def test_whole_frame_utterances_match_encodec_itself(encoder):
-    (w,) = waves([30 * HOP], seed=2)
+    (w,) = waves([30 * ENCODEC.hop], seed=2)
     with torch.inference_mode():
         native = encoder._model.encode(torch.from_numpy(w)[None, None])[0][0][0].numpy()
     np.testing.assert_array_equal(encoder.encode([w])[0], native)

@@ -41,7 +41,7 @@ def test_int16_windows_give_the_codes_of_the_float_path(worker, cuts_by_recordin
         whole, rate = sf.read(io.BytesIO(store.read_bytes(cuts[0]["audio"])), dtype="float32")
         for seg in segments:
             first = int(round(seg.cut["start"] * rate))
-            before.append(resample(whole[first : first + len(seg.audio)], rate))
+            before.append(resample(whole[first : first + len(seg.audio)], rate, 24000))
             windows.append(seg.audio)
             rates.append(seg.rate)
     assert len(windows) >= 5 and {w.dtype for w in windows} == {np.dtype(np.int16)}

@@ -43,27 +43,14 @@ def build(out, downloads, *overrides):
     return run(sample_dag(out, downloads, *overrides), progress=False, executor=LocalExecutor(threads=2))
 
 
-def files_state(folder) -> dict:
-    """Every file under `folder` with its inode and modification time: a download rewrites both."""
-    return {str(p.relative_to(folder)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+@pytest.fixture(scope="module")
+def built(codec_samples):
+    return codec_samples
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """{codec: OUT} of the sample built with each codec, and the download_dir's files before and
-    after the second build."""
-    root = tmp_path_factory.mktemp("codecs")
-    downloads, outs, states = root / "downloads", {}, []
-    for name in CODECS:
-        states.append(files_state(downloads) if downloads.exists() else {})
-        outs[name] = root / name
-        build(outs[name], downloads, f"codec.name={name}")
-    return outs, states[1], files_state(downloads), downloads
-
-
-@pytest.fixture(scope="module")
-def outs(built):
-    return built[0]
+def outs(codec_samples):
+    return codec_samples[0]
 
 
 def samples(out) -> dict[str, tuple[dict, np.ndarray]]:
@@ -157,11 +144,20 @@ def test_listen_and_report_use_the_recorded_codec(outs, tmp_path):
     assert stats["durations"]["longest_s"] == pytest.approx(frames / mimi.frame_rate, abs=1e-3)
 
 
-def test_a_second_codec_downloads_nothing_again(built):
-    _, before, after, downloads = built
+def test_a_second_codec_downloads_and_parses_nothing_again(built):
+    outs, before, after, downloads = built
     assert {p for p in before if p.endswith(".done.json")} >= {"small.tar.done.json", "large.tar.done.json"}
     assert after == before, "the second output folder downloaded again"
     assert not list(downloads.rglob("*.part*"))
+    # Both folders plan from one parse of each manifest, published under downloads/parsed/.
+    shared = sorted((downloads / "parsed").iterdir())
+    subsets = json.loads((outs["mimi"] / "index.json").read_text())["subsets"]
+    assert [p.name.split("-")[0] for p in shared] == sorted(subsets)
+    for folder in shared:
+        subset = folder.name.split("-")[0]
+        for out in outs.values():
+            kept = out / "plan" / f"{subset}.parsed" / "cuts.tsv"
+            assert kept.stat().st_ino == (folder / "cuts.tsv").stat().st_ino
 
 
 def test_verify_names_a_code_past_the_recorded_codebook(outs, tmp_path):

@@ -16,11 +16,13 @@ import soundfile as sf
 from pipeline.evalsets.from_corpus import build_from_corpus
 from pipeline.evalsets.selection import Selection
 from sample.librispeech import sample_utterances
-from tokens.constants import FRAME_RATE
+from tokens.codecs import SPECS
 from trainer.eval.backends import DNSMOS, BackendError, asr_backend, cosine, speaker_backend
 from trainer.eval.cli import main
 from trainer.eval.run import best_of, metric_wise
 from trainer.eval.wer import NORMALIZERS, WordErrors, corpus_wer, normalize, word_errors
+
+ENCODEC = SPECS["encodec_24khz"]
 
 # pocketsphinx's bundled en-us model on the sample's espeak-ng speech, measured on the 28 clean
 # sample utterances: 86 % WER (it is far from the papers' ASR; espeak-ng is hard for it too).
@@ -153,7 +155,7 @@ def test_valle_eval_end_to_end(trained, built_corpus, tmp_path, capsys):
         for row in body["utterances"]:
             kept = row["best_of_n"]["sample"]
             assert kept == best_of(row["samples"]) and row["single"]["frames"] == row["samples"][0]["frames"]
-            given = round(0.5 * FRAME_RATE) if task == "continuation" else 0  # the prompt's frames
+            given = round(0.5 * ENCODEC.frame_rate) if task == "continuation" else 0  # the prompt's frames
             if given:  # scored on the whole utterance: the 0.5 s prompt is part of it
                 assert all(s["frames"] > given for s in row["samples"])
             made_frames += sum(s["frames"] - given for s in row["samples"])
@@ -164,7 +166,7 @@ def test_valle_eval_end_to_end(trained, built_corpus, tmp_path, capsys):
         assert summary["metric_wise"]["sim"] >= max(summary["best_of_n"]["sim"], summary["single"]["sim"])
     assert results["timing"]["seconds_per_trial"] > 0
     # speed counts the audio the model made: a continuation's prompt is not
-    assert results["timing"]["generated_s"] == pytest.approx(made_frames / FRAME_RATE)
+    assert results["timing"]["generated_s"] == pytest.approx(made_frames / ENCODEC.frame_rate)
     page = _Page()
     page.feed((out / "index.html").read_text())
     assert page.tables >= 4 and len(page.audio) >= 2 * 3 * 5  # 2 tasks x 3 utterances x 5 players

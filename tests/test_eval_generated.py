@@ -11,11 +11,13 @@ from pipeline.evalsets.from_corpus import build_from_corpus
 from pipeline.evalsets.selection import Selection
 from schemas.evalset import EvalSet
 from tests.test_eval_errors import valle_eval
-from tokens.constants import FRAME_RATE, HOP, SAMPLE_RATE
+from tokens.codecs import SPECS
 from trainer.eval.backends import asr_backend, to_16k
 from trainer.eval.generated import prefix_distances, split_reference
 from trainer.eval.run import ROWS, summarize
 from trainer.eval.wer import WordErrors, corpus_wer, normalize, word_errors
+
+ENCODEC = SPECS["encodec_24khz"]
 
 REF = "the cat sat on the mat".split()
 
@@ -76,14 +78,14 @@ def test_continuation_scores_its_generated_part_on_every_row(trained, built_corp
     results = json.loads((out / "results.json").read_text())
     body = results["tasks"]["continuation"]
     evalset, asr = EvalSet(folder), asr_backend("pocketsphinx")
-    cut = round(0.5 * FRAME_RATE) * HOP
+    cut = round(0.5 * ENCODEC.frame_rate) * ENCODEC.hop
     assert body["utterances"]
     for row in body["utterances"]:
         for name in ROWS:
             assert set(row[name]["generated"]) >= {"errors", "words", "sim"}, name
         # the split comes from the ground truth alone: what the ASR hears before and after the prompt
         gt = evalset.audio(evalset.by_id[row["id"]])
-        heard_prompt, heard_rest = (asr.transcribe(to_16k(w, SAMPLE_RATE)) for w in (gt[:cut], gt[cut:]))
+        heard_prompt, heard_rest = (asr.transcribe(to_16k(w, ENCODEC.sample_rate)) for w in (gt[:cut], gt[cut:]))
         words, k = normalize(row["reference"]).split(), row["split"]["prompt_words"]
         truth = row["ground_truth"]["generated"]
         assert (row["split"]["heard_in_prompt"], truth["hypothesis"]) == (heard_prompt, heard_rest)

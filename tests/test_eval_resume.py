@@ -20,11 +20,13 @@ from pipeline.evalsets.from_corpus import build_from_corpus
 from pipeline.evalsets.selection import Selection
 from schemas.evalset import EvalSet
 from tests.conftest import REPO
-from tokens.constants import SAMPLE_RATE
+from tokens.codecs import SPECS
 from trainer.eval import cli
 from trainer.eval.backends import to_16k
 from trainer.eval.run import BackendFailed, EvalConfig, Scorer
 from trainer.eval.store import ROWS_FILE, OtherRun, RowStore
+
+ENCODEC = SPECS["encodec_24khz"]
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +143,7 @@ class Deaf:
 
 def test_a_backend_failing_on_one_wave_fails_that_trial_alone(trained, evalset, tmp_path, monkeypatch, capsys):
     first, second = EvalSet(evalset).first(2)
-    target = to_16k(EvalSet(evalset).audio(second), SAMPLE_RATE)  # the second utterance's ground truth
+    target = to_16k(EvalSet(evalset).audio(second), ENCODEC.sample_rate)  # the second utterance's ground truth
     real = cli.asr_backend
     monkeypatch.setattr(cli, "asr_backend", lambda spec, device: Deaf(real(spec, device), target))
     out = tmp_path / "out"
@@ -184,7 +186,7 @@ def test_each_backend_failure_names_its_backend():
         def score(self, wave):
             return {"p808": 3.0}
 
-    wave = np.zeros(SAMPLE_RATE, np.float32)
+    wave = np.zeros(ENCODEC.sample_rate, np.float32)
     cases = [
         (Scorer(Raises(MemoryError()), Hears()), "asr: MemoryError"),
         (Scorer(Hears(), Raises(ValueError("no voice\nmore"))), "speaker: ValueError: no voice"),

@@ -37,7 +37,7 @@ def expected_audio(cut: dict, read_bytes) -> np.ndarray:
     """What the run encoded for `cut` (its file, channel and window), decoded as the run does."""
     segments, rejects = segment_recording([cut], read_bytes, 0.0, 1e9)
     assert not rejects, rejects
-    return codec_input(segments[0].audio, segments[0].rate)
+    return codec_input(segments[0].audio, segments[0].rate, 24000)
 
 
 def check_set(folder: Path, truth: dict[str, dict], read_bytes) -> EvalSet:
@@ -190,6 +190,6 @@ def test_the_mp3_window_is_read_as_the_run_decoded_it():
             return data
 
     cut = {"id": "x", "audio": "x.mp3", "channel": 0, "start": 0.7, "duration": 0.9}
-    got = window(Store(), cut, {"start": 0.7, "duration": 0.9})
+    got = window(Store(), cut, {"start": 0.7, "duration": 0.9}, 24000)
     assert np.array_equal(got, expected_audio(cut, lambda _: data))
     assert sf.info(io.BytesIO(data)).format == "MP3"  # not a format libsndfile seeks exactly

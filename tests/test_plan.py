@@ -252,6 +252,26 @@ def test_a_new_unit_size_plans_from_the_kept_parse_and_a_damaged_one_is_parsed_a
     )
 
 
+def test_output_folders_sharing_downloads_share_the_parse(tmp_path, tiny_corpus, monkeypatch):
+    """A second output folder (the same corpus coded by another codec) plans from the first's
+    parse, linked from the shared folder; a damaged shared parse is parsed again and replaced."""
+    manifests, roles, shared = {"small": tiny_corpus.manifests["small"]}, {"small": "train"}, tmp_path / "parsed"
+    parsed = _count_parses(monkeypatch)
+    (first,) = plan_subsets(libriheavy_inputs(manifests), roles, tmp_path / "a", 0.001, progress=False, shared=shared)
+    (published,) = shared.iterdir()
+    assert parsed == ["small"] and published.name.startswith("small-")
+    (second,) = plan_subsets(libriheavy_inputs(manifests), roles, tmp_path / "b", 0.001, progress=False, shared=shared)
+    assert parsed == ["small"] and _units(second) == _units(first)  # no second parse, the same units
+    linked = tmp_path / "b/plan/small.parsed/cuts.tsv"
+    assert linked.stat().st_ino == (published / "cuts.tsv").stat().st_ino  # a link, not a copy
+
+    (published / "digests.npy").write_bytes(b"damaged")
+    (third,) = plan_subsets(libriheavy_inputs(manifests), roles, tmp_path / "c", 0.001, progress=False, shared=shared)
+    assert parsed == ["small", "small"] and _units(third) == _units(first)
+    assert (tmp_path / "c/plan/small.parsed/digests.npy").read_bytes() == (published / "digests.npy").read_bytes()
+    assert [p.name for p in shared.iterdir()] == [published.name]  # replaced, nothing left aside
+
+
 def test_a_damaged_manifest_is_a_clear_error(tmp_path, tiny_corpus):
     data = tiny_corpus.manifests["small"].read_bytes()
     damaged = tmp_path / "libriheavy_cuts_small.jsonl.gz"

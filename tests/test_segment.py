@@ -53,8 +53,8 @@ def test_windows_match_the_source_audio(tiny_corpus, cuts_by_recording, store):
             # float32 and resampling gave before (so the codes are unchanged).
             assert seg.audio.dtype == np.int16 and seg.rate == rate == 16000
             assert np.array_equal(as_float32(seg.audio), window)
-            assert np.array_equal(codec_input(seg.audio, seg.rate), resample(window, rate))
-            assert len(codec_input(seg.audio, seg.rate)) == len(window) * 3 // 2
+            assert np.array_equal(codec_input(seg.audio, seg.rate, 24000), resample(window, rate, 24000))
+            assert len(codec_input(seg.audio, seg.rate, 24000)) == len(window) * 3 // 2
     assert sorted(reads) == sorted({c[0]["audio"] for c in cuts_by_recording.values()})  # once each
 
 
@@ -111,9 +111,9 @@ def test_files_not_16_bit_travel_as_float(tmp_path):
 
 def test_resample_length_and_passthrough():
     x = np.sin(np.arange(16000) / 16000 * 2 * np.pi * 440).astype(np.float32)
-    y = resample(x, 16000)
+    y = resample(x, 16000, 24000)
     assert y.dtype == np.float32 and len(y) == 24000
-    assert resample(y, 24000) is y
+    assert resample(y, 24000, 24000) is y
 
 
 def test_overrun_past_the_end_is_clamped_up_to_the_tolerance_then_rejected(cuts_by_recording, store):

@@ -30,17 +30,9 @@ MIMI_HOP = 1920  # 24,000 Hz / 12.5 frames/s
 
 
 @pytest.fixture(scope="module")
-def mimi_sample(tmp_path_factory):
-    """dags/sample.yaml coded by Mimi (random-init weights, WebDataset only): its folder."""
-    from pipeline.dag import load_dag
-    from pipeline.executors.local import LocalExecutor
-    from pipeline.runner import run
-
-    out = tmp_path_factory.mktemp("sample-mimi") / "out"
-    overrides = ["codec.name=mimi", "codec.weights=random", "output.formats=[webdataset]"]
-    dag = load_dag(REPO / "dags/sample.yaml", overrides, out=str(out))
-    run(dag, progress=False, executor=LocalExecutor(threads=2))
-    return str(out)
+def mimi_sample(codec_samples):
+    """dags/sample.yaml coded by Mimi (random-init weights): its folder."""
+    return str(codec_samples[0]["mimi"])
 
 
 @pytest.fixture(scope="module")

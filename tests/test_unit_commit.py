@@ -104,7 +104,7 @@ def make_job(out: Path, unit_setup, **changes) -> UnitJob:
 
 def local_encode(encoder):
     def encode_async(windows, rates):
-        codes = encoder.encode([codec_input(w, r) for w, r in zip(windows, rates)])
+        codes = encoder.encode([codec_input(w, r, 24000) for w, r in zip(windows, rates)])
         return lambda: codes
 
     return encode_async

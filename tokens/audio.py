@@ -19,8 +19,6 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from tokens.constants import SAMPLE_RATE as TARGET_RATE
-
 RESAMPLER = f"soxr-{soxr.__version__}-HQ"  # recorded in the audio settings: it shapes the codes
 
 
@@ -31,33 +29,33 @@ def as_float32(audio: np.ndarray) -> np.ndarray:
     return audio.astype(np.float32, copy=False)
 
 
-def resample(audio: np.ndarray, rate: int) -> np.ndarray:
-    """(n,) float32 at `rate` -> float32 at 24 kHz with libsoxr's high-quality filter.
+def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """(n,) float32 at `rate` -> float32 at `target` Hz with libsoxr's high-quality filter.
 
     soxr rather than torchaudio: several times faster, it releases the GIL (so a worker's
     threads resample in parallel), and it keeps torch out of the decoding workers.
     """
-    if rate == TARGET_RATE:
+    if rate == target:
         return audio
-    return soxr.resample(audio, rate, TARGET_RATE, quality="HQ").astype(np.float32, copy=False)
+    return soxr.resample(audio, rate, target, quality="HQ").astype(np.float32, copy=False)
 
 
-def codec_input(audio: np.ndarray, rate: int) -> np.ndarray:
-    """A decoded window -> what the codec encodes: float32 mono at 24 kHz."""
-    return resample(as_float32(audio), rate)
+def codec_input(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """A decoded window -> what the codec encodes: float32 mono at its rate, `target` Hz."""
+    return resample(as_float32(audio), rate, target)
 
 
-def read_audio(path: str | Path) -> np.ndarray:
-    """Any soundfile-readable file -> float32 mono 24 kHz (channels averaged); ValueError when it
-    cannot be read."""
+def read_audio(path: str | Path, target: int) -> np.ndarray:
+    """Any soundfile-readable file -> float32 mono at `target` Hz (channels averaged); ValueError
+    when it cannot be read."""
     try:
         audio, rate = sf.read(path, dtype="float32", always_2d=True)  # (samples, channels)
     except (sf.LibsndfileError, RuntimeError) as e:
         raise ValueError(f"cannot read audio {path}: {e}") from None
-    return np.ascontiguousarray(resample(audio.mean(axis=1), rate), dtype=np.float32)
+    return np.ascontiguousarray(resample(audio.mean(axis=1), rate, target), dtype=np.float32)
 
 
-def write_wav(path: Path, wave: np.ndarray, rate: int = TARGET_RATE) -> None:
+def write_wav(path: Path, wave: np.ndarray, rate: int) -> None:
     """A 16-bit PCM mono wav at `rate` Hz (what players expect; libsndfile writes no timestamp into
     PCM files, so the same samples give the same bytes)."""
     sf.write(path, np.clip(wave, -1.0, 1.0), rate, subtype="PCM_16", format="WAV")

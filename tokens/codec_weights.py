@@ -31,8 +31,10 @@ import torch
 from storage.download import DownloadError, download, is_downloaded
 from storage.hashing import Checksum, hash_file, sha256_file
 from tokens.codec_settings import CodecConfig, CodecWeights
-from tokens.constants import CODEBOOK_SIZE, SAMPLE_RATE
+from tokens.codecs import DEFAULT_CODEC, SPECS
 from tokens.stack import encodec_model_class
+
+ENCODEC = SPECS[DEFAULT_CODEC]
 
 EncodecModel = encodec_model_class()  # encodec without its torchaudio import (tokens.stack)
 
@@ -90,11 +92,11 @@ def _random_model() -> EncodecModel:
         torch.manual_seed(RANDOM_INIT_SEED)
         model = new_model()  # encodec's init draws uniforms only: the same bits everywhere
         f64 = torch.float64  # also keeps randn off its vectorized float32 path (CPU-specific)
-        noise = 0.1 * torch.randn(1, 1, SAMPLE_RATE, dtype=f64)
+        noise = 0.1 * torch.randn(1, 1, ENCODEC.sample_rate, dtype=f64)
         residual = copy.deepcopy(model.encoder).to(f64)(noise)[0].T  # (75 frames, 128)
         for layer in model.quantizer.vq.layers:
             book = layer._codebook
-            embed = residual.mean(0) + residual.std(0) * torch.randn(CODEBOOK_SIZE, 128, dtype=f64)
+            embed = residual.mean(0) + residual.std(0) * torch.randn(ENCODEC.codebook_size, 128, dtype=f64)
             book.embed.copy_(embed.float())  # (1024, 128)
             book.embed_avg.copy_(embed.float())
             embed = book.embed.to(f64)

@@ -1,12 +1,7 @@
-"""The numbers both halves must agree on: EnCodec 24 kHz framing and the reserved text ids.
+"""The reserved text ids every SentencePiece model trained here shares (both halves agree on them).
 
-Plain constants, no imports: the trainer's model code reads them without loading the codec.
+Plain constants, no imports. The codec's numbers are each codec's own: tokens.codecs.SPECS.
 """
-
-SAMPLE_RATE = 24000  # Hz, EnCodec 24 kHz
-FRAME_RATE = 75  # code frames per second
-HOP = SAMPLE_RATE // FRAME_RATE  # 320 samples per frame
-CODEBOOK_SIZE = 1024  # entries per codebook (10 bits)
 
 # Reserved ids of every SentencePiece model trained here; text pieces start at 4.
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3

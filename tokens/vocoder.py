@@ -20,8 +20,10 @@ import torch
 import yaml
 
 from tokens.codec import CodecEncoder
-from tokens.constants import CODEBOOK_SIZE, HOP
+from tokens.codecs import DEFAULT_CODEC, SPECS
 from tokens.stack import import_without_torchaudio
+
+ENCODEC = SPECS[DEFAULT_CODEC]  # Vocos decodes EnCodec 24 kHz codes
 
 VOCOS_HUB_REPO = "charactr/vocos-encodec-24khz"
 DECODERS = ("encodec", "vocos")
@@ -81,12 +83,12 @@ class VocosDecoder:
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """(n_q, T) codes -> float32 mono 24 kHz waveform of T * 320 samples."""
         x = torch.as_tensor(np.asarray(codes, dtype=np.int64), device=self.device)  # (n_q, T)
-        offsets = torch.arange(x.shape[0], device=self.device)[:, None] * CODEBOOK_SIZE
+        offsets = torch.arange(x.shape[0], device=self.device)[:, None] * ENCODEC.codebook_size
         features = torch.nn.functional.embedding(x + offsets, self.codebooks).sum(0)  # (T, 128)
         with torch.inference_mode():
             bandwidth = torch.tensor([self.bandwidth_id], device=self.device)
             wave = self.head(self.backbone(features.T[None], bandwidth_id=bandwidth))  # (1, samples)
-        return wave[0, : x.shape[1] * HOP].float().cpu().numpy()
+        return wave[0, : x.shape[1] * ENCODEC.hop].float().cpu().numpy()
 
 
 def _build(section: dict, config: Path) -> torch.nn.Module:

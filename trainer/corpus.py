@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from schemas.codes import CodesSpace
 from schemas.reading import Shard, index_shards, read_index
 from storage.remote import join, read_bytes
-from tokens.codecs import DEFAULT_CODEC, spec
 
 
 class CorpusError(ValueError):
@@ -96,23 +96,10 @@ def provenance_key(index: dict) -> dict:
     }
 
 
-def codec_name(codec: dict) -> str:
-    """The codec a provenance `codec` record (index.json's, or a checkpoint's) names; records
-    written before other codecs existed are EnCodec 24 kHz's."""
-    return codec.get("model", DEFAULT_CODEC)
-
-
-def codec_numbers(codec: dict) -> tuple[int, float]:
-    """(codebook size, frame rate) of the codec a provenance `codec` record names: as recorded,
-    else (a record that predates them) its codec's own."""
-    known = spec(codec_name(codec))
-    return codec.get("codebook_size", known.codebook_size), codec.get("frame_rate", known.frame_rate)
-
-
 def two_codecs(a: str, key_a: dict, b: str, key_b: dict) -> str | None:
     """Two provenance keys' (`provenance_key`) codecs in words, `a` and `b` naming whose they are
     ("A is mimi, B is encodec_24khz"); None when their codec is the same."""
-    name_a, name_b = codec_name(key_a["codec"]), codec_name(key_b["codec"])
+    name_a, name_b = CodesSpace.of_record(key_a["codec"]).model, CodesSpace.of_record(key_b["codec"]).model
     return None if name_a == name_b else f"{a} is {name_a}, {b} is {name_b}"
 
 
@@ -122,7 +109,7 @@ def open_corpus(
     index = read_index(location, CorpusError)
     if index["provenance"]["codec"]["weights"] == "random" and not allow_random_codec:
         raise CorpusError(
-            f"{location}: its codes come from a RANDOM-INIT {codec_name(index['provenance']['codec'])} codec (an "
+            f"{location}: its codes come from a RANDOM-INIT {CodesSpace.of_index(index).model} codec (an "
             "offline test corpus); training on them teaches nothing about speech. Pass --allow-random-codec "
             "if that is what you want."
         )

@@ -277,7 +277,7 @@ def synthesize(args) -> tuple[np.ndarray, int]:
         raise SynthError("--text is empty")
     text_ids = synth.tokens(f"{args.prompt_text} {args.text}")  # the prompt's transcript, then the text
     try:
-        prompt_audio = read_audio(args.prompt_audio)
+        prompt_audio = read_audio(args.prompt_audio, synth.sample_rate)
     except ValueError as e:
         raise SynthError(f"--prompt-audio: {e}") from None
     prompt = synth.encode_prompt(prompt_audio)

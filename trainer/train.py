@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from schemas.codes import CodesSpace
 from storage.remote import retry_budget_of
 from trainer import checkpoint
 from trainer.batching import BatchingConfig, EpochPlan, consumed_samples, plan_epoch, plan_stats
 from trainer.config import TrainConfig, load_config
-from trainer.corpus import Corpus, CorpusError, Samples, check_compatible, codec_numbers, merge, open_corpus, two_codecs
+from trainer.corpus import Corpus, CorpusError, Samples, check_compatible, merge, open_corpus, two_codecs
 from trainer.distributed import Run, agree_on_checkpoint, check_shared_folder
 from trainer.launch import report
 from trainer.loader import LoaderState, make_loader
@@ -51,7 +52,8 @@ def build_model(cfg: TrainConfig, vocab: int, codebooks: int, codec: dict | None
     from trainer.models import ARModel, NARModel
     from trainer.models.config import PRESETS, codec_sizes
 
-    overrides = {"n_codebooks": codebooks, **codec_sizes(*codec_numbers(codec or {}))}
+    space = CodesSpace.of_record(codec or {})
+    overrides = {"n_codebooks": codebooks, **codec_sizes(space.codebook_size, space.frame_rate)}
     if cfg.model.dropout is not None:
         overrides["dropout"] = cfg.model.dropout
     if cfg.model.kind == "ar":

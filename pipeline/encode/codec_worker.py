@@ -58,7 +58,8 @@ class CodecWorker:
         if len(windows) != len(rates):
             raise ValueError(f"encode: {len(windows)} windows but {len(rates)} rates")
         t0 = time.perf_counter()
-        waves = list(self._pool.map(codec_input, windows, rates))
+        target = [self.encoder.spec.sample_rate] * len(rates)
+        waves = list(self._pool.map(codec_input, windows, rates, target))
         t1 = time.perf_counter()
         prepared = self.encoder.prepare(waves)
         del waves

@@ -132,7 +132,7 @@ def build_from_corpus(dag, subset: str, dest: Path, selection: Selection, progre
                     skip(meta["id"], reason)
                     continue
                 try:
-                    audio = window(store, cut, meta)
+                    audio = window(store, cut, meta, writer.space.sample_rate)
                 except (MissingAudio, ValueError) as err:
                     skip(meta["id"], type(err).__name__, err)
                     continue
@@ -165,9 +165,10 @@ def build_from_corpus(dag, subset: str, dest: Path, selection: Selection, progre
     return summary | {"warning": held_out.get("warning")}
 
 
-def window(store, cut: dict, meta: dict) -> np.ndarray:
+def window(store, cut: dict, meta: dict, target: int) -> np.ndarray:
     """The sample's window (`meta`'s start and duration, as the shard holds them) of the file
-    and channel its manifest `cut` names, as float32 mono 24 kHz: what the codec encoded, decoded
+    and channel its manifest `cut` names, as float32 mono at the codec's rate (`target` Hz): what
+    the codec encoded, decoded
     as pipeline.encode.segment decodes it (16-bit files as int16)."""
     data = store.read_bytes(cut["audio"])
     try:
@@ -183,4 +184,4 @@ def window(store, cut: dict, meta: dict) -> np.ndarray:
         raise ValueError(f"{cut['audio']} cannot be decoded: {err}") from None
     if cut["channel"] >= audio.shape[1]:
         raise ValueError(f"{cut['audio']} has no channel {cut['channel']}")
-    return codec_input(audio[:, cut["channel"]], rate)
+    return codec_input(audio[:, cut["channel"]], rate, target)

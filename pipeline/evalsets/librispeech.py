@@ -99,7 +99,7 @@ def build_from_librispeech(
     with tqdm(total=len(chosen), desc=f"coding {PART}", unit="utt", disable=not progress) as bar:
         for first in range(0, len(chosen), ENCODE_BATCH):
             batch = chosen[first : first + ENCODE_BATCH]
-            waves = [_audio(recordings[s.recording_id], s) for s in batch]
+            waves = [_audio(recordings[s.recording_id], s, codec.spec.sample_rate) for s in batch]
             for s, wave, codes in zip(batch, waves, codec.encode(waves)):
                 text = normalize_text(sentence_case(s.text))
                 if reason := unusable_text(text, s.text):
@@ -132,11 +132,12 @@ def build_from_librispeech(
     return {"utterances": len(writer.rows), "speakers": len({r["speaker"] for r in writer.rows}), "skipped": skipped}
 
 
-def _audio(recording, supervision):
-    """The supervision's span of its recording (LibriSpeech: the whole file), float32 24 kHz."""
+def _audio(recording, supervision, target: int):
+    """The supervision's span of its recording (LibriSpeech: the whole file), float32 at the
+    codec's rate (`target` Hz)."""
     path = recording.sources[0].source
     with sf.SoundFile(path) as f:
         rate = f.samplerate
         f.seek(int(round(supervision.start * rate)))
         samples = f.read(int(round(supervision.duration * rate)), dtype="int16", always_2d=True)[:, 0]
-    return codec_input(samples, rate)
+    return codec_input(samples, rate, target)

@@ -138,12 +138,11 @@ def corpus_codec(out, weights: str | None = None, device: str = "cpu"):
 
 def listen(out, cut_id: str, wav: Path, *, weights: str | None = None, device: str = "cpu") -> float:
     """Decode `cut_id`'s codes into `wav`; returns its length in seconds."""
-    import soundfile as sf
+    from tokens.audio import write_wav
 
     _, codes = find_sample(out, cut_id)
     codec = corpus_codec(out, weights, device)
     wave = codec.decode(codes)
     wav.parent.mkdir(parents=True, exist_ok=True)
-    # 16-bit PCM at the codec's own rate (tokens.audio.write_wav writes 24 kHz only).
-    sf.write(wav, np.clip(wave, -1.0, 1.0), codec.spec.sample_rate, subtype="PCM_16", format="WAV")
+    write_wav(wav, wave, codec.spec.sample_rate)
     return len(wave) / codec.spec.sample_rate

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import shutil
 import threading
 from collections.abc import Mapping
@@ -42,6 +44,8 @@ from pipeline.plan.parse_pool import SerialParsers, default_parsers, parse_in_or
 from storage.download import DownloadError, read_marker
 from storage.files import read_json, write_json_atomic
 from storage.hashing import sha256_file
+
+log = logging.getLogger(__name__)
 
 PLAN_FORMAT = 2  # 2: msgspec parsing, number checks, duplicate ids rejected while planning
 # A cut id in several subsets is kept in the first by role in this order (then DAG order):
@@ -119,10 +123,12 @@ def plan_subsets(
     unit_hours: float,
     progress: bool = True,
     parsers: SerialParsers | None = None,
+    shared: Path | None = None,
 ) -> list[SubsetPlan]:
     """Plan every subset (returned in `roles` order) so that no cut id is in two of them.
-    The subsets are planned at the same time (`SubsetPlanner`)."""
-    with SubsetPlanner(roles, out, unit_hours, progress, parsers) as planner:
+    The subsets are planned at the same time (`SubsetPlanner`). `shared`: a folder where parsed
+    manifests are offered to, and taken from, other output folders (`ParsedManifest`)."""
+    with SubsetPlanner(roles, out, unit_hours, progress, parsers, shared) as planner:
         # Highest priority first: each subset needs those above it, and evaluation manifests are
         # small, so when `manifests` are still arriving they are planned while train's downloads.
         for subset in planner.order:
@@ -152,8 +158,9 @@ class SubsetPlanner:
         unit_hours: float,
         progress: bool = True,
         parsers: SerialParsers | None = None,
+        shared: Path | None = None,
     ):
-        self.roles, self.out, self.unit_hours = dict(roles), out, unit_hours
+        self.roles, self.out, self.unit_hours, self.shared = dict(roles), out, unit_hours, shared
         self.order = sorted(roles, key=lambda s: ROLE_PRIORITY.index(roles[s]))  # stable: DAG order within
         self.progress, self.parsers, self.own_parsers = progress, parsers, None
         self.lock = threading.Lock()
@@ -189,6 +196,7 @@ class SubsetPlanner:
                 lambda: [(s, self.ids[s].result()) for s in higher],
                 self._parsers(manifest.path),
                 self.ids[subset].set_result,
+                self.shared,
             )
             self.done[subset].set_result(plan)
         except BaseException as err:  # handed to whoever waits on this subset
@@ -256,6 +264,7 @@ def _plan(
     earlier,
     parsers: SerialParsers,
     publish_ids=lambda ids: None,
+    shared: Path | None = None,
 ) -> SubsetPlan:
     """`plan_subset`, for subsets planned at the same time. `earlier()` waits for the id sets of
     the subsets of higher priority; `publish_ids(ids)` hands on this subset's, as soon as they
@@ -281,7 +290,7 @@ def _plan(
 
     # The parse is kept: a change of the unit size or of the other subsets (whose ids this one
     # leaves to them) plans again from it, without inflating and parsing the manifest again.
-    parsed = ParsedManifest(out, subset, parse_fingerprint(digest, manifest.lines.key))
+    parsed = ParsedManifest(out, subset, parse_fingerprint(digest, manifest.lines.key), shared)
     scan = parsed.load()
     if scan is None:
         scan = parsed.parse(manifest, progress, parsers)
@@ -336,11 +345,20 @@ class ParsedManifest:
     """A subset's parsed manifest, kept in `OUT/plan/<subset>.parsed/`: the compact cuts
     (`cuts.tsv`, `<line number>\t<json>` in line order: about the size of the unit files), their
     id digests (`digests.npy`) and the rest of the scan (`scan.json`: lines, unreadable lines,
-    recording tallies, and the parse fingerprint; written last, so it marks a finished parse)."""
+    recording tallies, and the parse fingerprint; written last, so it marks a finished parse).
 
-    def __init__(self, out: Path, subset: str, fingerprint: str):
+    With a `shared` folder (the download folder's `parsed/`, when output folders share one, as a
+    corpus coded with several codecs does), a finished parse is also published there under its
+    fingerprint, and a later output folder links it in (a copy across file systems) instead of
+    parsing the manifest again. Publishing builds the folder aside and renames it into place, so a
+    reader sees a whole parse or none; what is taken is checked as a local parse is."""
+
+    FILES = ("cuts.tsv", "digests.npy", "scan.json")  # scan.json last: it marks a whole parse
+
+    def __init__(self, out: Path, subset: str, fingerprint: str, shared: Path | None = None):
         self.subset, self.fingerprint = subset, fingerprint
         self.folder = out / "plan" / f"{subset}.parsed"
+        self.shared = shared / f"{subset}-{fingerprint[:32]}" if shared is not None else None
         self.cuts, self.digests, self.summary = (
             self.folder / "cuts.tsv",
             self.folder / "digests.npy",
@@ -348,7 +366,21 @@ class ParsedManifest:
         )
 
     def load(self) -> ManifestScan | None:
-        """The kept scan, or None when there is none for this fingerprint (or it is damaged)."""
+        """The kept scan (or the shared one, linked in), or None when there is none for this
+        fingerprint (or it is damaged)."""
+        scan = self._load()
+        if scan is None and self.shared is not None and (self.shared / "scan.json").is_file():
+            try:
+                _place(self.shared, self.folder, self.FILES)
+            except OSError as err:
+                log.warning("cannot take the shared parse %s (%s); parsing again", self.shared, err)
+                return None
+            scan = self._load()
+            if scan is not None:
+                log.info("plan %s: the manifest's parse is taken from %s", self.subset, self.shared)
+        return scan
+
+    def _load(self) -> ManifestScan | None:
         state = read_json(self.summary)
         if not state or state.get("fingerprint") != self.fingerprint:
             return None
@@ -380,7 +412,36 @@ class ParsedManifest:
             "recordings": scan.recordings,
         }
         write_json_atomic(self.summary, state)
+        if self.shared is not None:
+            self._publish()
         return scan
+
+    def _publish(self) -> None:
+        """Offer this parse to other output folders; never fails the plan (a folder that cannot
+        be written only costs them a parse)."""
+        if (self.shared / "scan.json").is_file():
+            shutil.rmtree(self.shared, ignore_errors=True)  # damaged (it did not load): replaced
+        aside = self.shared.with_name(f".{self.shared.name}.{os.getpid()}.{threading.get_ident()}")
+        try:
+            _place(self.folder, aside, self.FILES)
+            aside.rename(self.shared)  # atomic; fails when another run published it first
+        except OSError as err:
+            if not self.shared.is_dir():
+                log.warning("cannot share the parse of %s in %s: %s", self.subset, self.shared.parent, err)
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+def _place(source: Path, dest: Path, names: tuple[str, ...]) -> None:
+    """`dest` made afresh with hard links to `source`'s files (copies across file systems), in
+    `names` order. Files are never rewritten in place, so linked copies stay independent."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for name in names:
+        try:
+            os.link(source / name, dest / name)
+        except OSError:
+            shutil.copyfile(source / name, dest / name)
 
 
 def _scan(
