@@ -6,7 +6,7 @@
         [--min-seconds-per-token 0.0533 --max-seconds-per-token 0.533] [--decoder encodec|vocos --vocos DIR]
 
 Steps (VALL-E inference):
-  1. the prompt audio is mono-mixed, resampled to 24 kHz (soxr HQ, as the pipeline does) and
+  1. the prompt audio is mono-mixed, resampled to the codec's rate (soxr HQ, as the pipeline does) and
      encoded by the corpus's codec with its settings (EnCodec, DAC or Mimi), which the
      checkpoints' provenance names;
   2. the text the models read is the BPE of normalize(prompt_text + " " + text), tokenized as
