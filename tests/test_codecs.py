@@ -155,6 +155,94 @@ def refused_port() -> int:
         return s.getsockname()[1]  # closed again: connections to it are refused
 
 
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def use_hub(monkeypatch, endpoint: str) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+
+
+@contextlib.contextmanager
+def local_hub(repo: str, folder, requests: list):
+    """A model hub look-alike on 127.0.0.1 serving `folder`'s files as `repo` at commit COMMIT
+    (HEAD and GET of /<repo>/resolve/main/<file>, with the headers huggingface_hub reads); every
+    request lands in `requests`. Yields its address."""
+    import hashlib
+    import http.server
+    import threading
+
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    prefix = f"/{repo}/resolve/main/"
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _headers(self):
+            requests.append(self.path)
+            name = self.path.split("?")[0].removeprefix(prefix)
+            body = files.get(name) if self.path.startswith(prefix) else None
+            self.send_response(200 if body is not None else 404)
+            if body is None:
+                self.send_header("X-Error-Code", "EntryNotFound")
+            else:
+                self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
+                self.send_header("X-Repo-Commit", COMMIT)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            return body
+
+        def do_HEAD(self):
+            self._headers()
+
+        def do_GET(self):
+            body = self._headers()
+            if body is not None:
+                self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_pretrained_comes_from_the_hub_once_then_from_the_cache(tmp_path, monkeypatch):
+    """ "pretrained" downloads the hub repo's files into the cache (here from a local look-alike of
+    the hub serving a saved DAC), records the commit and the safetensors file's sha256, and loads
+    from the cache without the hub afterwards; another model in the repo is refused."""
+    from tokens.codecs import hub, mimi
+
+    served = tmp_path / "served"
+    hub.random_model(dac.CODEC).save_pretrained(served)
+    cfg = config("dac_24khz", weights="pretrained", cache_dir=str(tmp_path / "cache"))
+    requests = []
+    with local_hub("descript/dac_24khz", served, requests) as endpoint:
+        use_hub(monkeypatch, endpoint)
+        _, weights = backend("dac_24khz").load(cfg)
+    assert any(r.endswith("/model.safetensors") for r in requests)
+    random = backend("dac_24khz").load(config("dac_24khz"))[1]
+    assert (weights.kind, weights.sha256) == ("pretrained", random.sha256)  # the served weights
+    assert weights.source == f"https://huggingface.co/descript/dac_24khz @ {COMMIT}"
+    assert weights.file_sha256 == codec_weights.sha256_file(served / "model.safetensors")
+
+    use_hub(monkeypatch, f"http://127.0.0.1:{refused_port()}")  # the hub is gone: the cache serves
+    assert backend("dac_24khz").load(cfg)[1] == weights
+
+    other = tmp_path / "mimi"
+    hub.random_model(mimi.CODEC).save_pretrained(other)
+    with local_hub("descript/dac_24khz", other, []) as endpoint:
+        use_hub(monkeypatch, endpoint)
+        fresh = dataclasses.replace(cfg, cache_dir=str(tmp_path / "cache2"))
+        with pytest.raises(ValueError, match="the hub repo descript/dac_24khz holds a 'mimi' model, not dac_24khz"):
+            backend("dac_24khz").load(fresh)
+
+
 def test_auto_without_the_hub_falls_back_to_random_at_once(tmp_path, monkeypatch, caplog):
     """Offline, "auto" makes one quick try: the hub's retries (5, 23 s of waits) are for downloads."""
     from huggingface_hub import constants

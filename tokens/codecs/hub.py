@@ -2,7 +2,8 @@
 a seeded random init; and the provenance that names them, as EnCodec's (tokens.codec_weights).
 
 - "pretrained": `from_pretrained(<hub repo>)` into `<cache>/huggingface` (the hub verifies what
-  it downloads; the resolved commit is recorded in the weights' source);
+  it downloads; the commit is recorded in the weights' source, the safetensors file's sha256 as
+  their file_sha256);
 - "auto": pretrained if it is cached or can be downloaded, else random (with a loud warning);
 - "random": the real architecture, seeded, with its codebooks fitted to noise so that codes vary;
 - a folder: what `save_pretrained` wrote (config.json, model.safetensors); refused unless its
@@ -53,8 +54,10 @@ def load(codec: HubCodec, cfg: CodecConfig) -> tuple[torch.nn.Module, CodecWeigh
             model, weights = load(codec, replace(cfg, weights="random"))
             warn_random(codec.name, str(e), weights.sha256)
             return model, weights
-        commit = getattr(model.config, "_commit_hash", None) or "unknown commit"
-        kind, source, file_sha256 = "pretrained", f"https://huggingface.co/{codec.repo} @ {commit}", None
+        snapshot = _snapshot(codec, cfg)  # the cache's folder of the commit loaded: named by it
+        kind, source = "pretrained", f"https://huggingface.co/{codec.repo} @ {snapshot.name if snapshot else '?'}"
+        safetensors = snapshot / "model.safetensors" if snapshot else None
+        file_sha256 = sha256_file(safetensors) if safetensors and safetensors.is_file() else None
     elif cfg.weights == "random":
         model = random_model(codec)
         kind, file_sha256 = "random", None
@@ -118,8 +121,20 @@ def _from_hub(codec: HubCodec, cfg: CodecConfig) -> torch.nn.Module:
             f"{codec.model_class.__name__}.from_pretrained({codec.repo!r}).save_pretrained(FOLDER) "
             "and pass codec.weights=FOLDER"
         ) from e
-    _check_config(codec, model.config.to_dict(), f"the hub repo {codec.repo}")
+    # The repo's own config.json, not the loaded model's: transformers reads another model's
+    # config into this class's (its model_type replaced), which would hide what the repo holds.
+    snapshot = _snapshot(codec, cfg)
+    config = json.loads((snapshot / "config.json").read_text()) if snapshot else model.config.to_dict()
+    _check_config(codec, config, f"the hub repo {codec.repo}")
     return model
+
+
+def _snapshot(codec: HubCodec, cfg: CodecConfig) -> Path | None:
+    """The hub cache's snapshot folder `from_pretrained` loaded (its name is the repo's commit)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(codec.repo, "config.json", cache_dir=str(cache_dir(cfg, "huggingface")))
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def _reachable(repo: str) -> None:
