@@ -10,6 +10,7 @@ tokens.codec applies).
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
@@ -22,20 +23,20 @@ CONFIG = MimiConfig()  # transformers' defaults are kyutai/mimi's architecture
 
 def _fit_random(model: MimiModel) -> None:
     """Mimi's codebooks start at zero (every code 0): place each one's entries around what is
-    left for it to quantize of seeded noise, codebook by codebook, in float64."""
-    noise = 0.1 * torch.randn(1, 1, 4 * CONFIG.sampling_rate, dtype=torch.float64)
-    latents = model.encoder(noise.float()).latents.double()  # (1, 512, 50 frames)
+    left for it to quantize of seeded noise, codebook by codebook. In float64, on copies of the
+    encoder and projections: float32 sums change with the thread count, and so would the weights."""
+    f64 = torch.float64
+    noise = 0.1 * torch.randn(1, 1, 4 * CONFIG.sampling_rate, dtype=f64)
+    latents = copy.deepcopy(model.encoder).to(f64)(noise).latents  # (1, 512, 50 frames)
     quantizer = model.quantizer
     for rvq in (quantizer.semantic_residual_vector_quantizer, quantizer.acoustic_residual_vector_quantizer):
-        residual = rvq.input_proj.double()(latents)[0].T if rvq.input_proj is not None else latents[0].T
-        rvq.input_proj.float()
+        residual = copy.deepcopy(rvq.input_proj).to(f64)(latents)[0].T  # (frames, 256)
         for layer in rvq.layers:
             book = layer.codebook
-            embed = hub.fitted_codebook(residual, CONFIG.codebook_size)
-            book.embed_sum.copy_(embed.float())
+            book.embed_sum.copy_(hub.fitted_codebook(residual, CONFIG.codebook_size).float())
             book.cluster_usage.fill_(1.0)
             book._embed = None  # the cached embed = embed_sum / cluster_usage
-            embed = book.embed.double()
+            embed = book.embed.to(f64)
             residual = residual - embed[torch.cdist(residual, embed).argmin(1)]
 
 
