@@ -167,6 +167,7 @@ def _run(
             "some codes here were made on a device whose model was not recorded (an older valle-corpus): codec "
             "workers on any GPU model, or CPU, with the same torch, cuDNN and precision are taken for that stack"
         )
+    codes_space = CodesSpace.of_record(codec_record(dag.codec))  # the same for every unit
     jobs = [
         UnitJob(
             out=out,
@@ -184,7 +185,7 @@ def _run(
             known_stacks=known_stacks,
             allow_new_stack=allow_stack_change,
             lock=lock.guard,
-            codes_space=CodesSpace.of_record(codec_record(dag.codec)),
+            codes_space=codes_space,
         )
         for plan in plans
         for unit in plan.units

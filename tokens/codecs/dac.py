@@ -33,17 +33,13 @@ CONFIG = DacConfig(
 )
 
 
-def _fit_random(model: DacModel) -> None:
-    """DAC's random codebooks already give varied codes (cosine lookup of normal entries)."""
-
-
 CODEC = hub.HubCodec(
     name="dac_24khz",
     model_class=DacModel,
     config=CONFIG,
     repo="descript/dac_24khz",
     checked=("sampling_rate", "hop_length", "n_codebooks", "codebook_size", "codebook_dim", "downsampling_ratios"),
-    fit_random=_fit_random,
+    # No fit_random: DAC's random codebooks already give varied codes (cosine lookup of normal entries).
 )
 
 

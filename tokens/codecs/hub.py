@@ -41,20 +41,20 @@ class HubCodec:
     config: object  # a transformers PretrainedConfig of the real architecture
     repo: str  # model hub repository of the pretrained weights
     checked: tuple[str, ...]  # config keys a folder's config.json must share with `config`
-    fit_random: Callable[[torch.nn.Module], None]  # makes random-init codes vary (in place)
+    # Makes random-init codes vary (in place); None where the library's init already does.
+    fit_random: Callable[[torch.nn.Module], None] | None = None
 
 
 def load(codec: HubCodec, cfg: CodecConfig) -> tuple[torch.nn.Module, CodecWeights]:
     if cfg.weights in ("pretrained", "auto"):
         try:
-            model = _from_hub(codec, cfg)
+            model, snapshot = _from_hub(codec, cfg)
         except WeightsUnavailable as e:
             if cfg.weights == "pretrained":
                 raise
             model, weights = load(codec, replace(cfg, weights="random"))
             warn_random(codec.name, str(e), weights.sha256)
             return model, weights
-        snapshot = _snapshot(codec, cfg)  # the cache's folder of the commit loaded: named by it
         kind, source = "pretrained", f"https://huggingface.co/{codec.repo} @ {snapshot.name if snapshot else '?'}"
         safetensors = snapshot / "model.safetensors" if snapshot else None
         file_sha256 = sha256_file(safetensors) if safetensors and safetensors.is_file() else None
@@ -87,7 +87,8 @@ def random_model(codec: HubCodec) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(RANDOM_INIT_SEED)
         model = codec.model_class(codec.config).float().eval()
-        codec.fit_random(model)
+        if codec.fit_random is not None:
+            codec.fit_random(model)
     return model
 
 
@@ -97,8 +98,9 @@ def fitted_codebook(residual: torch.Tensor, size: int) -> torch.Tensor:
     return residual.mean(0) + residual.std(0) * torch.randn(size, residual.shape[1], dtype=torch.float64)
 
 
-def _from_hub(codec: HubCodec, cfg: CodecConfig) -> torch.nn.Module:
-    """The pretrained model: from the cache if it is there (no network), else downloaded. With
+def _from_hub(codec: HubCodec, cfg: CodecConfig) -> tuple[torch.nn.Module, Path | None]:
+    """The pretrained model and the cache's snapshot folder it came from (named by the commit):
+    from the cache if it is there (no network), else downloaded. With
     "auto", one quick look at the hub first: offline, the hub's own retries of a download would
     take half a minute before the fallback to random weights."""
     cache = str(cache_dir(cfg, "huggingface"))
@@ -126,7 +128,7 @@ def _from_hub(codec: HubCodec, cfg: CodecConfig) -> torch.nn.Module:
     snapshot = _snapshot(codec, cfg)
     config = json.loads((snapshot / "config.json").read_text()) if snapshot else model.config.to_dict()
     _check_config(codec, config, f"the hub repo {codec.repo}")
-    return model
+    return model, snapshot
 
 
 def _snapshot(codec: HubCodec, cfg: CodecConfig) -> Path | None:
