@@ -1,14 +1,15 @@
 """Each codec's encoding throughput (audio seconds per second) by batch size, on CPU by default.
 
-    python bench/bench_codecs.py                                   # all three, 5 / 30 / 120 s batches
-    python bench/bench_codecs.py --codecs mimi --batch-seconds 30 --threads 8 --json /tmp/codecs.json
+    python bench/bench_codecs.py                    # all three: one utterance, 5 / 30 / 120 s batches
+    python bench/bench_codecs.py --codecs mimi --batch-seconds 0 30 --threads 8 --json /tmp/codecs.json
 
 `CodecEncoder.encode` (padding on the host included) in the exact mode, seeded random weights
 (the pretrained models' architecture, so their cost), on utterances of realistic lengths (uniform
 in --min-seconds..--max-seconds, seeded noise: the cost does not depend on what is said). The
 batch size is the padded audio seconds per forward pass (codec.batch_seconds): utterances are
 batched longest first as the pipeline batches them, so a batch holds its longest utterance at
-least. Each cell encodes the same utterances after a warm-up; the best of --repeat runs counts.
+least; 0 is the CPU default, one utterance per pass (on CPU every pass runs on one thread, in
+--threads lanes at once). Each cell encodes the same utterances after a warm-up; the best of --repeat runs counts.
 Prints a markdown table; --json writes the rows too.
 
     python bench/bench_codecs.py --corpora out/sample out/sample-dac out/sample-mimi
@@ -70,7 +71,7 @@ def throughput(
     audio = sum(len(w) for w in waves) / rate
     rows = []
     for seconds in batch_seconds:
-        encoder = CodecEncoder(CodecConfig(**{**cfg.__dict__, "batch_seconds": seconds}), state)
+        encoder = CodecEncoder(CodecConfig(**{**cfg.__dict__, "batch_seconds": seconds or None}), state)
         encoder.encode(waves[:1])  # warm-up: model on the device, kernels chosen
         best, passes = float("inf"), encoder.forward_passes
         for _ in range(repeat):
@@ -100,7 +101,8 @@ def markdown(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['codec']} | {r['codebooks']} | {r['precision']} | {r['batch_seconds']:g} | {r['forward_passes']} "
+            f"| {r['codec']} | {r['codebooks']} | {r['precision']} | {r['batch_seconds'] or 'one utterance'} "
+            f"| {r['forward_passes']} "
             f"| {r['audio_s']:.1f} | {r['audio_s_per_s']:,.1f} |"
         )
     return "\n".join(lines)
@@ -146,11 +148,11 @@ def disk_markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--codecs", nargs="+", choices=sorted(SPECS), default=sorted(SPECS))
-    parser.add_argument("--batch-seconds", type=float, nargs="+", default=[5.0, 30.0, 120.0])
+    parser.add_argument("--batch-seconds", type=float, nargs="+", default=[0.0, 5.0, 30.0, 120.0])
     parser.add_argument("--audio-seconds", type=float, default=120.0, help="audio encoded per cell")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="shortest utterance")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="longest utterance")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (codec.threads); default torch's")
+    parser.add_argument("--threads", type=int, help="codec.threads: CPU lanes (default one per core)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="exact", help="codec.precision: exact, tf32 or bf16")
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell; the fastest counts")
@@ -167,12 +169,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in args.codecs:
         waves = utterances(name, args.audio_seconds, args.min_seconds, args.max_seconds)
         rows += throughput(name, args.batch_seconds, waves, args.device, args.precision, args.threads, args.repeat)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    lanes = args.threads or len(os.sched_getaffinity(0))
     where = (
         torch.cuda.get_device_name(torch.device(args.device))
         if args.device.startswith("cuda")
-        else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+        else f"CPU ({os.cpu_count()} cores, {lanes} lanes of one thread)"
     )
     print(f"$ python bench/bench_codecs.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
     print(

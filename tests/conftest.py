@@ -103,7 +103,7 @@ def write_dag(path: Path, corpus, **sections) -> Path:
         "plan": {"unit_hours": 0.001},  # one recording per unit
         "segment": {"min_duration": 0.5, "max_duration": 20.0},
         "text": {"field": "book", "bpe": {"vocab_size": 64}},
-        "codec": {"weights": "random", "batch_seconds": 10},
+        "codec": {"weights": "random"},
         "output": {
             "dir": str(path.parent / "out"),
             "formats": ["webdataset", "parquet", "lhotse_shar"],

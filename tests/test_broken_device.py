@@ -79,7 +79,7 @@ def test_out_of_device_memory_splits_the_batch_once_the_failed_attempt_is_freed(
     GPU the halves then run out of memory too, down to one utterance."""
     import weakref
 
-    encoder = CodecEncoder(CodecConfig(weights="random", device="cpu"))
+    encoder = CodecEncoder(CodecConfig(weights="random", device="cpu", batch_seconds=10))
     rng = np.random.default_rng(0)
     waves = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (8000, 6000, 5000, 4000, 3000)]
     want = encoder.encode(waves)

@@ -136,7 +136,7 @@ def emilia_corpus(tmp_path_factory):
         "segment": {"min_duration": 0.5, "max_duration": 20.0},
         "text": {"bpe": {"vocab_size": 40}},
         "filter": {"min_dnsmos": 3.0},
-        "codec": {"weights": "random", "batch_seconds": 10},
+        "codec": {"weights": "random"},
         "output": {"dir": str(root / "out"), "formats": ["webdataset"], "target_shard_mb": 0.05},
     }
     (root / "emilia.yaml").write_text(yaml.safe_dump(dag))

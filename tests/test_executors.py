@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.dag import load_dag
 from pipeline.executors.local import LocalExecutor
-from pipeline.executors.placement import ClusterMismatch, plan_slots, uses_gpu
+from pipeline.executors.placement import MAX_LANES, ClusterMismatch, plan_slots, uses_gpu
 from pipeline.runner import run
 from tests.conftest import write_dag
 from tests.test_resume_kill import outputs
@@ -52,15 +52,28 @@ def test_more_codec_workers_than_gpus_is_refused_with_the_count():
 def test_cpu_only_workers_use_their_own_nodes_cpus_not_the_cluster_total():
     nodes = [node(0, 16), node(1, 16), node(2, 4), node(3, 64, alive=False)]
     slots = plan_slots(nodes, False, None, None, None)
-    assert [(s.threads, s.num_cpus) for s in slots] == [(16, 15), (16, 15), (4, 3)]  # not 36 or 100
+    # Every CPU of a node is a lane, at most MAX_LANES per worker; each worker books its share
+    # but one CPU, which its two unit tasks share. Not 36 or 100 lanes anywhere.
+    assert MAX_LANES == 8
+    assert [(s.threads, s.num_cpus) for s in slots] == [(8, 7)] * 4 + [(4, 3)]
+    assert {(s.units_in_flight, s.unit_cpus) for s in slots} == {(2, 0.5)}
+    assert [(s.threads, s.num_cpus) for s in plan_slots([node(0, 20)], False, None, None, None)] == [
+        (7, 6),
+        (7, 6),
+        (6, 5),
+    ]
+    assert [(s.threads, s.num_cpus) for s in plan_slots([node(0, 2)], False, None, None, None)] == [(2, 1)]
+    assert len(plan_slots([node(0, 64)], False, None, None, None)) == 8
     two_per_node = plan_slots(nodes[:2], False, 4, None, None)
     assert [(s.threads, s.num_cpus) for s in two_per_node] == [(8, 7)] * 4
+    assert [(s.threads, s.num_cpus) for s in plan_slots([node(0, 16)], False, None, 4, None)] == [(4, 3)] * 4
     with pytest.raises(ClusterMismatch, match="node 02.*has 4 CPUs"):
         plan_slots([node(2, 4)], False, 5, None, None)
     with pytest.raises(ClusterMismatch, match="leave a CPU"):
         plan_slots([node(2, 2)], False, 2, None, None)
-    # units_in_flight is a total for the cluster, shared out between the workers
-    assert [s.units_in_flight for s in plan_slots(nodes[:2], False, None, None, 5)] == [3, 3]
+    # units_in_flight is a total for the cluster, shared out between the workers (and their CPU)
+    shared = plan_slots(nodes[:2], False, None, None, 10)
+    assert [(s.units_in_flight, s.unit_cpus) for s in shared] == [(3, 1 / 3)] * 4
 
 
 def test_local_executor_writes_what_ray_writes(tmp_path, tiny_corpus, built_corpus):

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -263,6 +264,7 @@ def test_codes_of_another_compute_stack_join_a_corpus_only_when_allowed(tmp_path
     index = json.loads((out / "index.json").read_text())
     isa = torch.backends.cpu.get_cpu_capability()
     cpu = {"device": "cpu", "torch": torch.__version__, "cudnn": None, "precision": "exact", "cpu": isa}
+    cpu["cpu_pass"] = "one utterance, 1 thread, FastELU"
     assert sorted(index["provenance"]["codec"]["stacks"], key=lambda s: s["device"]) == [
         {**cpu, "units": 1},
         {**gpu, "units": len(units) - 1},
@@ -270,7 +272,7 @@ def test_codes_of_another_compute_stack_join_a_corpus_only_when_allowed(tmp_path
     text = format_status(corpus_status(out))
     assert "codes made on:" in text
     assert f"  cuda (torch 2.15.0+cu132, cuDNN 91002, exact): {len(units) - 1} unit(s)" in text
-    assert f"\n  cpu ({isa}, torch " in text
+    assert f"\n  cpu ({isa}, one utterance, 1 thread, FastELU, torch " in text
 
 
 def test_codes_of_another_device_model_are_refused(monkeypatch):
@@ -295,16 +297,32 @@ def test_codes_of_another_device_model_are_refused(monkeypatch):
         return worker.stack()
 
     avx2, avx512 = on_cpu("AVX2"), on_cpu("AVX512")
-    assert avx2 == {"device": "cpu", "torch": torch.__version__, "cudnn": None, "precision": "exact", "cpu": "AVX2"}
+    assert avx2 == {
+        "device": "cpu",
+        "torch": torch.__version__,
+        "cudnn": None,
+        "precision": "exact",
+        "cpu": "AVX2",
+        "cpu_pass": "one utterance, 1 thread, FastELU",
+    }
     assert avx512 == {**avx2, "cpu": "AVX512"}
 
     def job(stack: dict, *known: dict):
         return SimpleNamespace(codec_stack=stack, known_stacks=known, allow_new_stack=False)
 
     check_stack(job(avx2, avx2))
-    with pytest.raises(StackChanged, match=r"made on cpu \(AVX2, torch .*worker is cpu \(AVX512, torch "):
+    with pytest.raises(StackChanged, match=r"made on cpu \(AVX2, one utterance, .*worker is cpu \(AVX512, one "):
         check_stack(job(avx512, avx2))
     check_stack(job(avx512, {k: v for k, v in avx2.items() if k != "cpu"}))  # an older record
+    # A CPU pass is part of the stack: codes made before passes were recorded (torch's ELU, 120 s
+    # batches on every core), or in batches, are not joined by one-utterance codes.
+    before_passes = {k: v for k, v in avx512.items() if k != "cpu_pass"}
+    with pytest.raises(StackChanged, match=r"made on cpu \(AVX512, torch .*worker is cpu \(AVX512, one utterance, "):
+        check_stack(job(avx512, before_passes))
+    batches = CodecWorker(replace(cfg, batch_seconds=5.0), *resolve_weights(cfg)).stack()
+    assert batches["cpu_pass"] == "5 s batches, 1 thread, FastELU"
+    with pytest.raises(StackChanged, match=r"5 s batches, 1 thread, FastELU"):
+        check_stack(job(batches, avx512))
 
     worker.encoder._device = torch.device("cuda", 0)
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)

@@ -140,7 +140,8 @@ def test_page_plots_and_summary(report, capsys):
     assert "RANDOM-INIT" in page and "text_mismatch" in page and stats["provenance"]["codec"]["weights_sha256"] in page
     units = sum(1 for _ in (out / "ledger").glob("*.json"))
     isa = torch.backends.cpu.get_cpu_capability()
-    assert f"cpu ({isa}, torch {torch.__version__}, exact): {units} unit(s)" in page  # the stack the codes came from
+    stack = f"cpu ({isa}, one utterance, 1 thread, FastELU, torch {torch.__version__}, exact)"
+    assert f"{stack}: {units} unit(s)" in page  # the stack the codes came from
     assert json.loads((out / "report/report.json").read_text()) == json.loads(json.dumps(stats))
 
     assert main(["report", str(out), "--no-progress", "--code-shards", "1"]) == 0

@@ -56,7 +56,7 @@ def emilia_dag(folder: Path, source: dict, **sections) -> Path:
         "segment": {"min_duration": 0.5, "max_duration": 20.0},
         "text": {"bpe": {"vocab_size": 40}},
         "filter": {"min_dnsmos": 3.0},
-        "codec": {"weights": "random", "batch_seconds": 10},
+        "codec": {"weights": "random"},
         "output": {"dir": str(folder / "out"), "formats": ["webdataset", "parquet"], "target_shard_mb": 0.02},
         **sections,
     }

@@ -60,7 +60,7 @@ def dag_file(tmp_path: Path, manifests: Path, **sections) -> Path:
         "segment": {"min_duration": 0.5, "max_duration": 20.0},
         "text": {"bpe": {"vocab_size": 40}},
         "filter": {"max_text_cer": None},
-        "codec": {"weights": "random", "batch_seconds": 10},
+        "codec": {"weights": "random"},
         "output": {"dir": str(tmp_path / "out"), "formats": ["parquet"], "target_shard_mb": 0.05},
         **sections,
     }

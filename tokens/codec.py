@@ -17,8 +17,9 @@ the first outputs of a layer peek up to `kernel - 1` steps ahead. Within an utte
 MIN_FRAMES frames that peek stays inside the utterance's own (padded) samples, so what follows it
 in a batch cannot change its codes: batched codes equal one-by-one codes bit for bit. For an
 utterance of MIN_FRAMES frames or more whose length is a multiple of 320, they also equal
-`EncodecModel.encode` on that waveform alone (otherwise encodec pads the end by reflection
-instead of zeros, which may change the last frame).
+`EncodecModel.encode` of the same network on that waveform alone (otherwise encodec pads the end
+by reflection instead of zeros, which may change the last frame); on CPU, of the network with
+FastELU on one thread, as the CPU lanes run it (below).
 Caveat: float32 kernels are chosen by shape (the LSTM's recurrent step is a matrix-vector
 product at batch 1 and a matrix product above; oneDNN convolutions at some thread counts), so
 a latent that sits on a near-tie between two codebook entries can round to a different code
@@ -33,12 +34,24 @@ differed (the LSTM's matrix-vector step); in bf16 11 % differed at one utterance
 cuDNN picks kernels by shape, so any split may change a near-tie (bench/gpu_check.py measures
 it). Since memory pressure decides when a split happens, every split is counted (`oom_splits`,
 in the run's summary) and logged.
+
+On CPU the encoder runs in lanes: `threads` Python threads, each running one forward pass at a
+time on one torch thread, one utterance per pass by default (`CPU_PASS`). That layout was the
+fastest measured on CPU (docs/benchmarks.md), and it makes an utterance's codes depend on
+nothing but its own samples and the machine's kernels: not on the lane count, the worker count
+or what else is encoded at the same time. Its encoder network's ELUs run as
+tokens.cpu_kernels.FastELU (float32, within 5e-8 of the exact function; torch's own ELU kernel was
+45 % of the time). All of it is named in the compute stack (`cpu_pass`), so a corpus whose codes
+came from another CPU pass is not mixed with these.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +60,7 @@ import torch
 from tokens import codec_weights
 from tokens.codec_settings import DEFAULT_CODEC, PRECISIONS, CodecConfig, CodecWeights, batch_seconds, codebooks_of
 from tokens.codecs import backend, spec
+from tokens.cpu_kernels import use_fast_elu
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +109,9 @@ class CodecEncoder:
     object store), used instead of loading or downloading the weights again; its hash is checked.
     Encoding is two steps so that a worker can overlap them: `prepare` (host: pad into batches,
     pinned memory on a GPU) and `run` (device: copy in without blocking, forward, codes out).
-    `run` is not thread-safe: one caller at a time (CodecWorker holds a lock around it).
+    On a GPU `run` is not thread-safe: one caller at a time (CodecWorker holds a lock around it).
+    On CPU callers share the lanes (`cfg.threads` of them; null: one per core), and any number
+    may call `run` at once.
     """
 
     def __init__(self, cfg: CodecConfig, given: tuple[dict, CodecWeights] | None = None):
@@ -113,10 +129,17 @@ class CodecEncoder:
         self._model = None
         self._backend = None
         self._device: torch.device | None = None
+        self._lanes: ThreadPoolExecutor | None = None  # CPU only
+        self._count_lock = threading.Lock()
 
     def __getstate__(self) -> dict:
         # Ship the config, not the model: the receiving worker calls setup() itself.
-        return {**self.__dict__, "_model": None, "_backend": None, "_device": None, "weights": None, "_given": None}
+        skip = ("_model", "_backend", "_device", "weights", "_given", "_lanes", "_count_lock")
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _model=None, _backend=None, _device=None, weights=None, _given=None, _lanes=None)
+        self._count_lock = threading.Lock()
 
     @property
     def device(self) -> torch.device:
@@ -126,9 +149,9 @@ class CodecEncoder:
     def setup(self) -> None:
         if self._model is not None:
             return
-        if self.cfg.threads is not None:
-            torch.set_num_threads(self.cfg.threads)
         device = _device(self.cfg.device)
+        if device.type == "cuda" and self.cfg.threads is not None:
+            torch.set_num_threads(self.cfg.threads)  # host-side ops
         if device.type != "cuda" and self.cfg.precision == "tf32":
             log.warning("codec.precision=tf32 only changes CUDA kernels; on %s the codes are exact", device)
         if self._given is not None:
@@ -137,6 +160,11 @@ class CodecEncoder:
         else:
             model, self.weights = codec_weights.load_model(self.cfg)
         self._backend = backend(self.cfg.name)
+        if device.type == "cpu":
+            use_fast_elu(model.encoder)  # the decoder keeps torch's ELU: its audio is not a code
+            lanes = self.cfg.threads or len(os.sched_getaffinity(0))
+            # torch's thread count is per calling thread: each lane runs its passes on one.
+            self._lanes = ThreadPoolExecutor(lanes, "codec-lane", initializer=torch.set_num_threads, initargs=(1,))
         self._model, self._device = model.to(device).eval(), device
         log.info(
             "%s on %s (%s): %s weights sha256=%s (%s)",
@@ -171,22 +199,42 @@ class CodecEncoder:
             batches.append((rows, x))
         return PreparedBatches(lengths, batches)
 
+    @property
+    def cpu_pass(self) -> str:
+        """How each CPU forward pass runs, in words (the compute stack records it): its codes
+        depend on it, never on the lane count."""
+        seconds = batch_seconds(self.cfg, "cpu")
+        batch = f"{seconds:g} s batches" if seconds else "one utterance"
+        return f"{batch}, 1 thread, FastELU"
+
+    def close(self) -> None:
+        """Stop the CPU lanes: a later `run` fails."""
+        if self._lanes is not None:
+            self._lanes.shutdown()
+
     def _padded(self, num_samples: int) -> int:
         """An utterance's samples once zero-padded to whole frames, and to the codec's minimum."""
         return max(self.spec.num_frames(num_samples), self.spec.min_frames) * self.spec.hop
 
     def run(self, prepared: PreparedBatches) -> list[np.ndarray]:
-        """Device work: every batch is queued without waiting, then the codes come back at once."""
+        """Device work: every batch is queued without waiting, then the codes come back at once.
+        On CPU the batches are spread over the lanes, longest first (prepare's order), so that
+        the lanes finish close together."""
         self.setup()
         out: list[np.ndarray | None] = [
             np.zeros((self.n_q, 0), np.uint16) if n == 0 else None for n in prepared.lengths
         ]
-        pending = []
-        with torch.inference_mode(), self._kernels():
-            for rows, x in prepared.batches:
-                pending += self._queue(rows, x, [self._padded(prepared.lengths[i]) for i in rows])
-            if self._device.type == "cuda":
-                torch.cuda.current_stream(self._device).synchronize()
+
+        def queue(batch: tuple[list[int], torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
+            rows, x = batch
+            with torch.inference_mode(), self._kernels():  # inference mode is per thread
+                return self._queue(rows, x, [self._padded(prepared.lengths[i]) for i in rows])
+
+        if self._lanes is not None:
+            pending = [part for parts in self._lanes.map(queue, prepared.batches) for part in parts]
+        else:
+            pending = [part for batch in prepared.batches for part in queue(batch)]
+            torch.cuda.current_stream(self._device).synchronize()
         for rows, host in pending:
             codes = host.numpy().view(np.uint16)
             for row, i in enumerate(rows):
@@ -210,7 +258,8 @@ class CodecEncoder:
         # Codes are < 65,536: int16 (read back as uint16) halves the bytes copied back of int32.
         host = torch.empty(codes.shape, dtype=torch.int16, pin_memory=self._device.type == "cuda")
         host.copy_(codes.to(torch.int16), non_blocking=True)
-        self.forward_passes += 1
+        with self._count_lock:  # CPU lanes count at once
+            self.forward_passes += 1
         return [(rows, host)]
 
     def _split(self, rows: list[int], x: torch.Tensor, sizes: list[int]) -> list[tuple[list[int], torch.Tensor]]:
@@ -218,7 +267,8 @@ class CodecEncoder:
         in `oom_splits` (the halves' codes: see the module's docstring)."""
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
-        self.oom_splits += 1
+        with self._count_lock:
+            self.oom_splits += 1
         half = len(rows) // 2
         log.warning(
             "%s on %s: out of memory for %d utterances; trying them as %d and %d",

@@ -37,9 +37,10 @@ WEIGHT_KINDS = ("pretrained", "auto", "random")  # or a checkpoint path
 # codes made in different modes are never mixed in one corpus.
 PRECISIONS = ("exact", "tf32", "bf16")
 # Padded audio seconds per forward pass when codec.batch_seconds is null: a GPU wants large
-# batches to stay busy (600 s is ~14 M samples, a few GB of activations); on CPU larger batches
-# gain nothing and 120 s keeps the codes of existing CPU corpora unchanged.
-DEFAULT_BATCH_SECONDS = {"cpu": 120.0, "cuda": 600.0}
+# batches to stay busy (600 s is ~14 M samples, a few GB of activations). On CPU 0 means one
+# utterance per pass, in parallel lanes of one thread each (tokens.codec): as fast as the best
+# batch measured (5 s; 120 s batches were half as fast: docs/benchmarks.md), and no padding.
+DEFAULT_BATCH_SECONDS = {"cpu": 0.0, "cuda": 600.0}
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -60,7 +61,9 @@ class CodecConfig:
     weights_checksum: str | None = ENCODEC_24KHZ_SHA256
     cache_dir: str | None = None  # default $VALLE_CORPUS_CACHE or ~/.cache/valle-corpus
     download_retries: int = 8
-    threads: int | None = None  # torch CPU threads; None leaves torch's default alone
+    # CPU: lanes, i.e. forward passes at once, one torch thread each (null: one per core); GPU:
+    # torch's threads for host-side work (null: torch's default)
+    threads: int | None = None
 
     @property
     def spec(self) -> CodecSpec:
@@ -191,8 +194,9 @@ DEVICE_FIELDS = ("gpu", "capability", "cpu")
 
 def describe_stack(stack: dict) -> str:
     """A codec worker's compute stack in words: 'cuda (NVIDIA H100 80GB HBM3, compute capability
-    9.0, torch 2.14.1+cu130, cuDNN 91002, exact)'; a CPU's: 'cpu (AVX512, torch 2.14.1, exact)'."""
-    parts = [stack[k] for k in ("gpu", "cpu") if stack.get(k)]
+    9.0, torch 2.14.1+cu130, cuDNN 91002, exact)'; a CPU's: 'cpu (AVX512, one utterance, 1 thread,
+    FastELU, torch 2.14.1, exact)'."""
+    parts = [stack[k] for k in ("gpu", "cpu", "cpu_pass") if stack.get(k)]
     parts += [f"compute capability {stack['capability']}"] if stack.get("capability") else []
     parts += [f"torch {stack['torch']}"] + ([f"cuDNN {stack['cudnn']}"] if stack.get("cudnn") else [])
     return f"{stack['device']} ({', '.join(parts + [stack['precision']])})"

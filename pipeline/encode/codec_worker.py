@@ -5,14 +5,17 @@ file's rate for LibriLight) from one unit. Out: uint16 codes (n_q, frames) per w
 
 Both executors use it: in process (pipeline.executors.local) or as a threaded Ray actor
 (pipeline.executors.ray_cluster), where several units call it at once. Each call resamples its
-windows to 24 kHz float32 in a thread pool (libsoxr releases the GIL) and pads them into host
-batches, then takes the device lock only to run them; so while one call's batches are on the
-device, the next call's host work proceeds. Codes depend only on the call's own windows (their
-batches are formed from them alone), never on what else runs at the same time.
+windows to the codec's rate in a thread pool (libsoxr releases the GIL) and pads them into host
+batches. On a GPU it then takes the device lock only to run them, so while one call's batches
+are on the device, the next call's host work proceeds. On CPU the calls share the encoder's lanes
+(`threads` of them, one torch thread each; tokens.codec), with no lock. Codes depend only on the
+call's own windows (their batches are formed from them alone), never on what else runs at the
+same time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -20,6 +23,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
@@ -40,16 +44,16 @@ class CodecWorker:
         # every batch has its own padded length: its cache would grow by megabytes per batch for
         # hours. Read when the first kernel is built, so set before this process encodes.
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
-        import torch  # here, not at the top: a unit task holding a handle to this actor never loads it
-
+        # torch is imported here, not at the top: a unit task holding a handle to this actor
+        # never loads it.
         from tokens.codec import CodecEncoder
 
-        if threads:
-            torch.set_num_threads(threads)
-        self.encoder = CodecEncoder(cfg, (state, weights))
+        # CPU: the encoder's lanes; GPU: torch's threads for host-side work.
+        self.encoder = CodecEncoder(replace(cfg, threads=threads or cfg.threads), (state, weights))
         self.encoder.setup()
         self.weights = self.encoder.weights
-        self._device_lock = threading.Lock()
+        on_gpu = self.encoder.device.type == "cuda"
+        self._device_lock = threading.Lock() if on_gpu else contextlib.nullcontext()
         self._stats_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max(1, resample_threads), thread_name_prefix="resample")
         self._seconds: Counter = Counter()  # where the time goes, summed over calls
@@ -122,7 +126,7 @@ class CodecWorker:
             major, minor = torch.cuda.get_device_capability(device)
             stack.update(gpu=torch.cuda.get_device_name(device), capability=f"{major}.{minor}")
         else:
-            stack["cpu"] = torch.backends.cpu.get_cpu_capability()
+            stack.update(cpu=torch.backends.cpu.get_cpu_capability(), cpu_pass=self.encoder.cpu_pass)
         return stack
 
     def device(self) -> str:
@@ -130,6 +134,7 @@ class CodecWorker:
 
     def close(self) -> None:
         self._pool.shutdown()
+        self.encoder.close()
 
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None

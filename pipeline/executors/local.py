@@ -18,7 +18,7 @@ from tokens.codec_settings import batch_seconds
 
 class LocalExecutor:
     def __init__(self, threads: int | None = None, resample_threads: int = 1):
-        self.threads = threads or os.cpu_count() or 1  # torch threads of the codec
+        self.threads = threads or len(os.sched_getaffinity(0))  # the codec's lanes on CPU
         self.resample_threads = resample_threads
 
     def run_units(self, jobs: list[UnitJob], codec: ResolvedCodec, progress: bool) -> UnitsOutcome:

@@ -197,7 +197,8 @@ class RayExecutor:
             "%d codec worker(s): %s",
             len(workers),
             ", ".join(
-                f"{'GPU' if s.num_gpus else f'CPU x{s.threads}'} on {s.node_id[:8]} fed by {s.units_in_flight} units"
+                f"{'GPU' if s.num_gpus else f'CPU, {s.threads} lanes'} on {s.node_id[:8]} "
+                f"fed by {s.units_in_flight} units"
                 for s in slots
             ),
         )
@@ -246,7 +247,7 @@ class RayExecutor:
                 attempt = next((a for a in queue if id(worker) not in a.avoid), queue[0])
                 queue.remove(attempt)
                 task = self._unit_task.options(
-                    num_cpus=1,
+                    num_cpus=worker.slot.unit_cpus,
                     max_retries=2,  # Ray re-runs it if its process or node is lost
                     scheduling_strategy=NodeAffinitySchedulingStrategy(worker.node_id, soft=True),
                 )
