@@ -234,7 +234,8 @@ class CodecEncoder:
             pending = [part for parts in self._lanes.map(queue, prepared.batches) for part in parts]
         else:
             pending = [part for batch in prepared.batches for part in queue(batch)]
-            torch.cuda.current_stream(self._device).synchronize()
+            if self._device.type == "cuda":
+                torch.cuda.current_stream(self._device).synchronize()
         for rows, host in pending:
             codes = host.numpy().view(np.uint16)
             for row, i in enumerate(rows):
