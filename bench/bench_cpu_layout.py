@@ -11,6 +11,8 @@ A layout is PROCESSES:LANES:THREADS:BATCH:ELU[:nomkldnn]
 - BATCH: padded seconds per forward pass (codec.batch_seconds), 0 for one utterance per pass;
 - ELU: `fast` (tokens.cpu_kernels.FastELU, the CPU default) or `stock` (torch's nn.ELU);
 - `nomkldnn`: oneDNN off (torch.backends.mkldnn.enabled = False).
+Every layout pads EnCodec's convolutions with tokens.cpu_kernels.reflect_pad (the same values as
+torch's reflect padding, faster), so `stock` differs from encodec's own network by the ELU alone.
 Every layout encodes the same utterances (seeded noise, uniform 2-5 s: Libriheavy's cuts are
 2-20 s, mostly short), split round-robin between the processes, in the exact mode with EnCodec's
 random-init weights (its architecture, so its cost). The time is from a barrier after every

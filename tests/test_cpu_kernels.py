@@ -12,7 +12,7 @@ from torch import nn
 
 from tokens.codec import CodecEncoder
 from tokens.codec_settings import CodecConfig
-from tokens.cpu_kernels import FastELU, use_fast_elu
+from tokens.cpu_kernels import FastELU, reflect_pad, use_fast_elu
 
 
 def waves(seconds, seed=0):
@@ -42,6 +42,35 @@ def test_use_fast_elu_swaps_every_alpha_one_elu_and_refuses_others():
     assert not any(type(m) is nn.ELU for m in net.modules())
     with pytest.raises(ValueError, match="alpha 0.5"):
         use_fast_elu(nn.Sequential(nn.ELU(alpha=0.5)))
+
+
+def test_reflect_pad_is_torchs_bit_for_bit():
+    x = torch.randn(2, 3, 50)
+    for left, right in [(0, 0), (6, 0), (0, 3), (5, 2), (49, 49)]:
+        want = nn.functional.pad(x, (left, right), mode="reflect")
+        assert torch.equal(reflect_pad(x, left, right), want), (left, right)
+    assert reflect_pad(x, 0, 0) is x  # nothing to pad: no copy
+
+
+def test_encodecs_cpu_convolutions_give_encodecs_own_values(encoder):
+    """on_cpu swaps the padding of every encoder convolution; the encoder's output (before the
+    quantizer) is bit for bit that of encodec's own forward, the short inputs included."""
+    from tokens.codecs import encodec as backend
+
+    model = encoder._model
+    stock = copy.deepcopy(model)
+    for module in stock.encoder.modules():
+        module.__dict__.pop("forward", None)  # encodec's own SConv1d.forward again
+    patched = [m for m in model.encoder.modules() if "forward" in m.__dict__]
+    assert len(patched) >= 14 and not [m for m in stock.encoder.modules() if "forward" in m.__dict__]
+    backend.on_cpu(stock)
+    assert sum("forward" in m.__dict__ for m in stock.encoder.modules()) == len(patched)
+    for module in stock.encoder.modules():
+        module.__dict__.pop("forward", None)
+    with torch.inference_mode():
+        for samples in (7 * 320, 8000, 24000 + 320):
+            x = torch.randn(1, 1, samples) * 0.1
+            assert torch.equal(model.encoder(x), stock.encoder(x)), samples
 
 
 @pytest.fixture(scope="module")

@@ -162,6 +162,8 @@ class CodecEncoder:
         self._backend = backend(self.cfg.name)
         if device.type == "cpu":
             use_fast_elu(model.encoder)  # the decoder keeps torch's ELU: its audio is not a code
+            if hasattr(self._backend, "on_cpu"):  # a codec's own CPU speed-ups, same values
+                self._backend.on_cpu(model)
             lanes = self.cfg.threads or len(os.sched_getaffinity(0))
             # torch's thread count is per calling thread: each lane runs its passes on one.
             self._lanes = ThreadPoolExecutor(lanes, "codec-lane", initializer=torch.set_num_threads, initargs=(1,))

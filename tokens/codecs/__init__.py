@@ -13,7 +13,9 @@ A backend module (tokens/codecs/<module>.py) implements, over torch:
 - `encode(model, x, lengths, codebooks, autocast) -> (B, codebooks, T // hop)` integer codes of
   a zero-padded (B, 1, T) float32 batch; `lengths[b]` is row b's own length (a whole number of
   frames); a row's codes must not depend on what else is in the batch;
-- `decode(model, codes) -> (samples,)` float waveform of (1, codebooks, frames) int64 codes.
+- `decode(model, codes) -> (samples,)` float waveform of (1, codebooks, frames) int64 codes;
+- optionally `on_cpu(model)`: in place, faster CPU kernels for its encoder that give the same
+  values (EnCodec's reflect padding); every encoder's ELUs become tokens.cpu_kernels.FastELU.
 Adding a codec is one backend module and one `CodecSpec` line below.
 """
 
