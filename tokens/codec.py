@@ -36,13 +36,14 @@ it). Since memory pressure decides when a split happens, every split is counted 
 in the run's summary) and logged.
 
 On CPU the encoder runs in lanes: `threads` Python threads, each running one forward pass at a
-time on one torch thread, one utterance per pass by default (`CPU_PASS`). That layout was the
-fastest measured on CPU (docs/benchmarks.md), and it makes an utterance's codes depend on
-nothing but its own samples and the machine's kernels: not on the lane count, the worker count
-or what else is encoded at the same time. Its encoder network's ELUs run as
-tokens.cpu_kernels.FastELU (float32, within 5e-8 of the exact function; torch's own ELU kernel was
-45 % of the time). All of it is named in the compute stack (`cpu_pass`), so a corpus whose codes
-came from another CPU pass is not mixed with these.
+time on one torch thread, one utterance per pass by default. That layout was the fastest
+measured on CPU (docs/benchmarks.md), and it makes an utterance's codes depend on nothing but its
+own samples and the machine's kernels: not on the lane count, the worker count or what else is
+encoded at the same time. Its encoder network's ELUs run as tokens.cpu_kernels.FastELU (float32,
+within 5e-8 of the exact function; torch's own ELU kernel was 45 % of the time), and a backend
+may swap in faster kernels of the same values (`on_cpu`: EnCodec's padding). The pass is named
+in the compute stack (`cpu_pass`), so a corpus whose codes came from another CPU pass is not
+mixed with these.
 """
 
 from __future__ import annotations
