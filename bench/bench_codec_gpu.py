@@ -206,7 +206,7 @@ def main() -> None:
     name = (
         torch.cuda.get_device_name(0)
         if gpu
-        else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+        else f"CPU ({os.cpu_count()} cores, {len(os.sched_getaffinity(0))} lanes of one thread)"
     )
 
     state = resolve_weights(CodecConfig(weights="random"))

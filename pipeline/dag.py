@@ -136,9 +136,9 @@ class OutputConfig:
 @dataclass
 class RayConfig:
     address: str | None = None  # null: start an embedded local Ray
-    codec_workers: int | None = None  # null: one per GPU, or one per node on CPU-only clusters
-    # CPU codec worker: torch threads (null: all its node's CPUs); GPU: resampling threads
-    # (null: half its node's CPUs per GPU).
+    codec_workers: int | None = None  # null: one per GPU, or one per 8 CPUs of a CPU-only node
+    # CPU codec worker: its lanes, one utterance at a time on one thread each (null: its share of
+    # its node's CPUs, at most 8); GPU: resampling threads (null: half its node's CPUs per GPU).
     cpus_per_codec_worker: int | None = None
     # Unit tasks in flight over the cluster, i.e. the decode pool. null: per GPU worker, the rest
     # of its node's CPUs per GPU; per CPU worker, 2.

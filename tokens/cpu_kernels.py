@@ -26,8 +26,8 @@ class FastELU(nn.Module):
     -6e-8, the max keeps x, the closer value."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x.clamp(max=0).exp_().sub_(1)  # one new tensor, the rest in place
-        return torch.maximum(x, y, out=y)
+        # In place on the clamped copy: for inference (the codec's encoder is never trained).
+        return torch.maximum(x, x.clamp(max=0).exp_().sub_(1))
 
 
 def reflect_pad(x: torch.Tensor, left: int, right: int) -> torch.Tensor:

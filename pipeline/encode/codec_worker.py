@@ -1,4 +1,4 @@
-"""Codec worker: decoded windows in, codes out; one per GPU (or per CPU node), shared by callers.
+"""Codec worker: decoded windows in, codes out; one per GPU (or per 8 CPUs), shared by callers.
 
 In: `encode(windows, rates)`: a chunk of windows as pipeline.encode.segment decodes them (int16 at the
 file's rate for LibriLight) from one unit. Out: uint16 codes (n_q, frames) per window, in order.
