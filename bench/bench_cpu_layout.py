@@ -33,8 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(BENCH))
+
+from bench_codecs import utterances as codec_utterances  # noqa: E402
 
 DEFAULT_LAYOUTS = [
     "1:1:2:120:stock",  # the CPU default before: one worker, every core as torch threads, 120 s batches
@@ -50,13 +53,9 @@ DEFAULT_LAYOUTS = [
 ]
 
 
-def utterances(seconds: float, seed: int = 0) -> list[np.ndarray]:
-    rng, waves, total = np.random.default_rng(seed), [], 0.0
-    while total < seconds:
-        length = float(rng.uniform(2.0, 5.0))
-        waves.append((0.1 * rng.standard_normal(int(length * 24000))).astype(np.float32))
-        total += length
-    return waves
+def utterances(seconds: float) -> list[np.ndarray]:
+    """The seeded noise utterances every layout encodes: 2-5 s at 24 kHz."""
+    return codec_utterances("encodec_24khz", seconds, 2.0, 5.0)
 
 
 def _worker(layout: dict, index: int, audio_seconds: float, barrier, results) -> None:

@@ -6,7 +6,6 @@ next (torch and libsndfile release the GIL). Same stage code and same codes as o
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -18,7 +17,7 @@ from tokens.codec_settings import batch_seconds
 
 class LocalExecutor:
     def __init__(self, threads: int | None = None, resample_threads: int = 1):
-        self.threads = threads or len(os.sched_getaffinity(0))  # the codec's lanes on CPU
+        self.threads = threads  # the codec's lanes on CPU; null: the codec's default, one per core
         self.resample_threads = resample_threads
 
     def run_units(self, jobs: list[UnitJob], codec: ResolvedCodec, progress: bool) -> UnitsOutcome:
